@@ -1,0 +1,8 @@
+//! attnc: a compiler for tile-grouped sparse attention kernels.
+//!
+//! The pipeline, one module a stage:
+//! `syntax` (parse) -> `sema` (check, instantiate a kernel) -> `pattern` (tile analysis)
+//! -> `ir` (kernel IR) -> `passes` -> code generators. `driver` runs the stages.
+
+pub mod diagnostic;
+pub mod syntax;

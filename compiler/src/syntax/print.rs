@@ -1,0 +1,120 @@
+//! The AST's text form (`attnc compile --emit ast`): one line per declaration or statement,
+//! with byte spans, expressions fully parenthesised so that precedence is visible.
+
+use std::fmt::Write;
+
+use super::ast::*;
+use crate::diagnostic::Span;
+
+pub fn print_file(f: &File) -> String {
+    let mut out = String::new();
+    for item in &f.items {
+        match item {
+            Item::Param(p) => param_decl(&mut out, p, 0),
+            Item::Layout(l) => {
+                line(&mut out, 0, &format!("layout {}", l.name.name), l.span);
+                for s in &l.stmts {
+                    match s {
+                        LayoutStmt::Param(p) => param_decl(&mut out, p, 1),
+                        LayoutStmt::Canvas { dims, span } => line(&mut out, 1, &format!("canvas ({})", list(dims)), *span),
+                        LayoutStmt::Tile { dims, span } => line(&mut out, 1, &format!("tile ({})", list(dims)), *span),
+                        LayoutStmt::Order { order, span } => {
+                            let o = match order {
+                                Order::Tiled => "tiled",
+                                Order::Raster => "raster",
+                            };
+                            line(&mut out, 1, &format!("order {o}"), *span)
+                        }
+                        LayoutStmt::Segment(s) => {
+                            let place = match s.placement {
+                                Placement::Prefix => "prefix",
+                                Placement::Suffix => "suffix",
+                            };
+                            let valid = s.valid.as_ref().map(|v| format!(" valid {}", expr(v))).unwrap_or_default();
+                            line(&mut out, 1, &format!("segment {} {place} {}{valid}", s.name.name, expr(&s.size)), s.span)
+                        }
+                    }
+                }
+            }
+            Item::Pattern(p) => {
+                line(&mut out, 0, &format!("pattern {} on {}", p.name.name, p.layout.name), p.span);
+                for s in &p.stmts {
+                    match s {
+                        PatternStmt::Param(d) => param_decl(&mut out, d, 1),
+                        PatternStmt::Tiles { expr: e, span } => line(&mut out, 1, &format!("tiles: {}", expr(e)), *span),
+                        PatternStmt::Tokens { expr: e, span } => line(&mut out, 1, &format!("tokens: {}", expr(e)), *span),
+                        PatternStmt::See { from, to, span } => {
+                            line(&mut out, 1, &format!("see {} -> {}", from.name, to.name), *span)
+                        }
+                    }
+                }
+            }
+            Item::Kernel(k) => {
+                line(&mut out, 0, &format!("kernel {} = attention({})", k.name.name, k.pattern.name), k.span);
+                for s in &k.stmts {
+                    match s {
+                        KernelStmt::Param(d) => param_decl(&mut out, d, 1),
+                        KernelStmt::Dtype { name, span } => line(&mut out, 1, &format!("dtype {}", name.name), *span),
+                        KernelStmt::Setting { key, value, span, .. } => {
+                            line(&mut out, 1, &format!("{} {}", key.keyword(), expr(value)), *span)
+                        }
+                        KernelStmt::Score { expr: e, span } => line(&mut out, 1, &format!("score: {}", expr(e)), *span),
+                        KernelStmt::Input { name, dtype, dims, span } => {
+                            line(&mut out, 1, &format!("input {}: {}[{}]", name.name, dtype.name, list(dims)), *span)
+                        }
+                        KernelStmt::Override(b) => {
+                            line(&mut out, 1, &format!("override {} = {}", b.name.name, value(&b.value)), b.span)
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn line(out: &mut String, indent: usize, text: &str, span: Span) {
+    let _ = writeln!(out, "{}{text}  @{}..{}", "  ".repeat(indent), span.start, span.end);
+}
+
+fn param_decl(out: &mut String, p: &ParamDecl, indent: usize) {
+    for b in &p.binds {
+        line(out, indent, &format!("param {} = {}", b.name.name, value(&b.value)), b.span);
+    }
+}
+
+fn value(v: &ParamValue) -> String {
+    match v {
+        ParamValue::Expr(e) => expr(e),
+        ParamValue::List(l) => format!("[{}]", list(&l.items)),
+        ParamValue::PerHead(l) => format!("per_head [{}]", list(&l.items)),
+    }
+}
+
+fn list(items: &[Expr]) -> String {
+    items.iter().map(expr).collect::<Vec<_>>().join(", ")
+}
+
+/// An expression in source syntax with every operation parenthesised.
+pub fn expr(e: &Expr) -> String {
+    match &e.kind {
+        ExprKind::Int(v) => v.to_string(),
+        ExprKind::Float(v) => format!("{v:?}"),
+        ExprKind::Bool(b) => b.to_string(),
+        ExprKind::Name(n) => n.clone(),
+        ExprKind::Unary(UnOp::Neg, a) => format!("(-{})", expr(a)),
+        ExprKind::Unary(UnOp::Not, a) => format!("(!{})", expr(a)),
+        ExprKind::Binary(op, a, b) => format!("({} {} {})", expr(a), op.symbol(), expr(b)),
+        ExprKind::Call { func, args } => {
+            let args: Vec<String> = args
+                .iter()
+                .map(|a| match &a.name {
+                    Some(n) => format!("{}: {}", n.name, expr(&a.value)),
+                    None => expr(&a.value),
+                })
+                .collect();
+            format!("{}({})", func.name, args.join(", "))
+        }
+        ExprKind::Index { base, indices } => format!("{}[{}]", expr(base), list(indices)),
+    }
+}
