@@ -5,4 +5,9 @@
 //! -> `ir` (kernel IR) -> `passes` -> code generators. `driver` runs the stages.
 
 pub mod diagnostic;
+pub mod driver;
+pub mod ir;
+pub mod passes;
+pub mod pattern;
+pub mod sema;
 pub mod syntax;

@@ -1,0 +1,208 @@
+//! The pipeline as named stages, shared by the CLI, the runtime's JIT and the tests:
+//! `parse -> resolve -> instantiate -> analyse -> lower -> passes`. Every stage returns
+//! data or diagnostics; nothing here prints.
+
+pub mod explain;
+
+use std::path::Path;
+
+use crate::diagnostic::{has_errors, Diagnostic};
+use crate::pattern::{self, Schedule};
+use crate::sema::instantiate::{instantiate, Binding};
+use crate::sema::program::Program;
+use crate::sema::spec::Spec;
+use crate::syntax::ast;
+use crate::{ir, passes, sema, syntax};
+
+/// Largest source file accepted.
+pub const MAX_SOURCE_BYTES: u64 = 4 << 20;
+
+/// A source file held in memory.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub name: String,
+    pub text: String,
+}
+
+impl Source {
+    pub fn new(name: impl Into<String>, text: impl Into<String>) -> Source {
+        Source { name: name.into(), text: text.into() }
+    }
+
+    /// Reads a file; the error is a one-line message for the user.
+    pub fn load(path: &Path) -> Result<Source, String> {
+        let meta = std::fs::metadata(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        if meta.is_dir() {
+            return Err(format!("`{}` is a directory, not a .attn file", path.display()));
+        }
+        if meta.len() > MAX_SOURCE_BYTES {
+            return Err(format!("`{}` is {} bytes; at most {MAX_SOURCE_BYTES} are accepted", path.display(), meta.len()));
+        }
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            format!("`{}` is not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to())
+        })?;
+        Ok(Source { name: path.display().to_string(), text })
+    }
+
+    pub fn render(&self, diags: &[Diagnostic], color: bool) -> String {
+        crate::diagnostic::render(&self.name, &self.text, diags, color)
+    }
+}
+
+/// The stages `--emit` can print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Ast,
+    Spec,
+    Schedule,
+    Ir,
+    /// The kernel IR as a Graphviz graph.
+    Dot,
+}
+
+impl Stage {
+    pub const ALL: [(&'static str, Stage); 5] =
+        [("ast", Stage::Ast), ("spec", Stage::Spec), ("schedule", Stage::Schedule), ("ir", Stage::Ir), ("dot", Stage::Dot)];
+}
+
+/// Parsed and resolved file.
+pub struct Frontend {
+    pub ast: ast::File,
+    pub program: Program,
+}
+
+/// Parse and resolve. Warnings come back with the result.
+pub fn frontend(src: &Source) -> Result<(Frontend, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let ast = syntax::parse(&src.text)?;
+    let (program, diags) = sema::resolve(&ast);
+    if has_errors(&diags) {
+        return Err(diags);
+    }
+    Ok((Frontend { ast, program }, diags))
+}
+
+/// Picks a kernel by name, with a helpful error.
+pub fn find_kernel(program: &Program, name: &str) -> Result<usize, Diagnostic> {
+    program.kernel_by_name(name).ok_or_else(|| {
+        let names: Vec<&str> = program.kernels.iter().map(|k| k.name.as_str()).collect();
+        let mut d = Diagnostic::error("E0501", format!("no kernel named `{name}` in this file"))
+            .with_note(format!("kernels here: {}", if names.is_empty() { "none".into() } else { names.join(", ") }));
+        if let Some(c) = crate::diagnostic::closest(name, names.iter().copied()) {
+            d = d.with_hint(format!("did you mean `{c}`?"));
+        }
+        d
+    })
+}
+
+pub fn spec(program: &Program, kernel: usize, sets: &[Binding]) -> Result<(Spec, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let (spec, diags) = instantiate(program, kernel, sets);
+    match spec {
+        Some(s) if !has_errors(&diags) => Ok((s, diags)),
+        _ => Err(diags),
+    }
+}
+
+/// A kernel through every stage up to the optimised IR.
+pub struct Compiled {
+    pub spec: Spec,
+    pub schedule: Schedule,
+    pub ir: ir::Kernel,
+    pub warnings: Vec<Diagnostic>,
+}
+
+pub fn compile_kernel(program: &Program, kernel: usize, sets: &[Binding]) -> Result<Compiled, Vec<Diagnostic>> {
+    let (spec, mut warnings) = spec(program, kernel, sets)?;
+    let schedule = pattern::analyse(&spec)?;
+    warnings.extend(pattern_warnings(&spec, &schedule));
+    let mut kernel_ir = ir::lower::lower(&spec, &schedule);
+    passes::run_default(&mut kernel_ir).map_err(|e| vec![Diagnostic::error("E0601", format!("internal error: {e}"))])?;
+    Ok(Compiled { spec, schedule, ir: kernel_ir, warnings })
+}
+
+/// Warnings that only the analysis can give.
+fn pattern_warnings(spec: &Spec, s: &Schedule) -> Vec<Diagnostic> {
+    let mut out = vec![];
+    for v in &s.variants {
+        if v.stats.empty_rows > 0 {
+            out.push(
+                Diagnostic::warning(
+                    "W0401",
+                    format!("{} query tile(s) of `{}` attend to no key; their outputs are zeros", v.stats.empty_rows, spec.kernel),
+                )
+                .with_label(spec.pattern_span, "in this pattern"),
+            );
+        }
+    }
+    out
+}
+
+/// `attnc check`: every kernel of the file instantiated with its defaults (and `sets`
+/// where a kernel has such a parameter) and analysed. Returns all diagnostics.
+pub fn check(src: &Source, sets: &[Binding]) -> Vec<Diagnostic> {
+    let (fe, mut diags) = match frontend(src) {
+        Ok(x) => x,
+        Err(d) => return d,
+    };
+    for k in 0..fe.program.kernels.len() {
+        let visible: Vec<String> = fe.program.visible_params(k).iter().map(|p| fe.program.param(*p).name.clone()).collect();
+        let own: Vec<Binding> = sets.iter().filter(|b| visible.contains(&b.name)).cloned().collect();
+        match compile_kernel(&fe.program, k, &own) {
+            Ok(c) => diags.extend(c.warnings),
+            Err(d) => diags.extend(d),
+        }
+    }
+    dedup(diags)
+}
+
+/// Kernels sharing a pattern report its errors once.
+fn dedup(diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut out: Vec<Diagnostic> = vec![];
+    for d in diags {
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    }
+    out
+}
+
+/// The text of one stage for one kernel (or the whole file for `ast`).
+pub fn emit(src: &Source, stage: Stage, kernel: Option<&str>, sets: &[Binding]) -> Result<(String, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let (fe, warnings) = frontend(src)?;
+    if stage == Stage::Ast {
+        return Ok((syntax::print::print_file(&fe.ast), warnings));
+    }
+    let kernels: Vec<usize> = match kernel {
+        Some(name) => vec![find_kernel(&fe.program, name).map_err(|d| vec![d])?],
+        None => (0..fe.program.kernels.len()).collect(),
+    };
+    if kernels.is_empty() {
+        return Err(vec![Diagnostic::error("E0502", "this file declares no kernel")
+            .with_hint("add `kernel NAME = attention(PATTERN) { ... }`")]);
+    }
+    let mut out = String::new();
+    let mut warns = warnings;
+    for k in kernels {
+        let text = match stage {
+            Stage::Spec => {
+                let (s, w) = spec(&fe.program, k, sets)?;
+                warns.extend(w);
+                sema::spec::print_spec(&s)
+            }
+            _ => {
+                let c = compile_kernel(&fe.program, k, sets)?;
+                warns.extend(c.warnings.iter().cloned());
+                match stage {
+                    Stage::Schedule => pattern::print::print_schedule(&c.spec, &c.schedule, None),
+                    Stage::Ir => ir::print::print(&c.ir),
+                    _ => ir::dot::dot(&c.ir),
+                }
+            }
+        };
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&text);
+    }
+    Ok((out, dedup(warns)))
+}
