@@ -17,12 +17,18 @@ impl Span {
     pub const DUMMY: Span = Span { start: 0, end: 0 };
 
     pub fn new(start: usize, end: usize) -> Span {
-        Span { start: clamp_u32(start), end: clamp_u32(end.max(start)) }
+        Span {
+            start: clamp_u32(start),
+            end: clamp_u32(end.max(start)),
+        }
     }
 
     /// The smallest span covering both.
     pub fn to(self, other: Span) -> Span {
-        Span { start: self.start.min(other.start), end: self.end.max(other.end) }
+        Span {
+            start: self.start.min(other.start),
+            end: self.end.max(other.end),
+        }
     }
 
     pub fn range(self) -> std::ops::Range<usize> {
@@ -77,16 +83,27 @@ impl Diagnostic {
     }
 
     pub fn warning(code: &'static str, message: impl Into<String>) -> Diagnostic {
-        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(code, message) }
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(code, message)
+        }
     }
 
     pub fn with_label(mut self, span: Span, message: impl Into<String>) -> Diagnostic {
-        self.labels.push(Label { span, message: message.into(), primary: true });
+        self.labels.push(Label {
+            span,
+            message: message.into(),
+            primary: true,
+        });
         self
     }
 
     pub fn with_secondary(mut self, span: Span, message: impl Into<String>) -> Diagnostic {
-        self.labels.push(Label { span, message: message.into(), primary: false });
+        self.labels.push(Label {
+            span,
+            message: message.into(),
+            primary: false,
+        });
         self
     }
 
@@ -106,7 +123,11 @@ impl Diagnostic {
 
     /// The primary span, if any.
     pub fn span(&self) -> Option<Span> {
-        self.labels.iter().find(|l| l.primary).or(self.labels.first()).map(|l| l.span)
+        self.labels
+            .iter()
+            .find(|l| l.primary)
+            .or(self.labels.first())
+            .map(|l| l.span)
     }
 }
 
@@ -146,7 +167,11 @@ fn to_codespan(d: &Diagnostic, len: usize) -> cs::Diagnostic<()> {
             // Clamp so that a stray span can never make rendering fail.
             let start = (l.span.start as usize).min(len);
             let end = (l.span.end as usize).clamp(start, len);
-            let style = if l.primary { cs::LabelStyle::Primary } else { cs::LabelStyle::Secondary };
+            let style = if l.primary {
+                cs::LabelStyle::Primary
+            } else {
+                cs::LabelStyle::Secondary
+            };
             cs::Label::new(style, (), start..end).with_message(l.message.clone())
         })
         .collect();
@@ -199,7 +224,9 @@ mod tests {
     #[test]
     fn render_shows_line_and_caret() {
         let src = "layout a {\n  canvas (H);\n}\n";
-        let d = Diagnostic::error("E0001", "bad").with_label(Span::new(21, 22), "here").with_hint("fix");
+        let d = Diagnostic::error("E0001", "bad")
+            .with_label(Span::new(21, 22), "here")
+            .with_hint("fix");
         let text = render("x.attn", src, &[d], false);
         assert!(text.contains("x.attn:2:11"), "{text}");
         assert!(text.contains("^"), "{text}");

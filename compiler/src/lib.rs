@@ -4,6 +4,10 @@
 //! `syntax` (parse) -> `sema` (check, instantiate a kernel) -> `pattern` (tile analysis)
 //! -> `ir` (kernel IR) -> `passes` -> code generators. `driver` runs the stages.
 
+// Coordinates are fixed-size arrays indexed by axis, several at once: index loops read
+// better than zipped iterators there.
+#![allow(clippy::needless_range_loop)]
+
 pub mod diagnostic;
 pub mod driver;
 pub mod ir;

@@ -7,13 +7,20 @@ use attnc::syntax::ast::*;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// `.attn` files of a folder, sorted.
 pub fn attn_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "attn")).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "attn"))
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -29,7 +36,10 @@ pub fn spans_inside(diags: &[Diagnostic], len: usize) -> Result<(), String> {
     for d in diags {
         for l in &d.labels {
             if l.span.start > l.span.end || l.span.end as usize > len {
-                return Err(format!("{}: span {:?} outside a file of {len} bytes", d.message, l.span));
+                return Err(format!(
+                    "{}: span {:?} outside a file of {len} bytes",
+                    d.message, l.span
+                ));
             }
         }
     }
@@ -41,7 +51,10 @@ pub fn spans_inside(diags: &[Diagnostic], len: usize) -> Result<(), String> {
 pub fn check_ast_spans(f: &File, len: usize) -> Result<(), String> {
     fn expr(e: &Expr, parent: attnc::diagnostic::Span) -> Result<(), String> {
         if !parent.contains(e.span) {
-            return Err(format!("expression {:?} at {:?} outside its parent {:?}", e.kind, e.span, parent));
+            return Err(format!(
+                "expression {:?} at {:?} outside its parent {:?}",
+                e.kind, e.span, parent
+            ));
         }
         match &e.kind {
             ExprKind::Unary(_, a) => expr(a, e.span),
@@ -74,7 +87,9 @@ pub fn check_ast_spans(f: &File, len: usize) -> Result<(), String> {
     fn value(v: &ParamValue, parent: attnc::diagnostic::Span) -> Result<(), String> {
         match v {
             ParamValue::Expr(e) => expr(e, parent),
-            ParamValue::List(l) | ParamValue::PerHead(l) => l.items.iter().try_for_each(|e| expr(e, parent)),
+            ParamValue::List(l) | ParamValue::PerHead(l) => {
+                l.items.iter().try_for_each(|e| expr(e, parent))
+            }
         }
     }
     let whole = attnc::diagnostic::Span::new(0, len);
@@ -107,7 +122,8 @@ pub fn check_ast_spans(f: &File, len: usize) -> Result<(), String> {
                 for s in &p.stmts {
                     match s {
                         PatternStmt::Param(d) => params(d)?,
-                        PatternStmt::Tiles { expr: e, span } | PatternStmt::Tokens { expr: e, span } => expr(e, *span)?,
+                        PatternStmt::Tiles { expr: e, span }
+                        | PatternStmt::Tokens { expr: e, span } => expr(e, *span)?,
                         PatternStmt::See { .. } => {}
                     }
                 }
@@ -116,8 +132,11 @@ pub fn check_ast_spans(f: &File, len: usize) -> Result<(), String> {
                 for s in &k.stmts {
                     match s {
                         KernelStmt::Param(d) => params(d)?,
-                        KernelStmt::Setting { value: e, span, .. } | KernelStmt::Score { expr: e, span } => expr(e, *span)?,
-                        KernelStmt::Input { dims, span, .. } => dims.iter().try_for_each(|d| expr(d, *span))?,
+                        KernelStmt::Setting { value: e, span, .. }
+                        | KernelStmt::Score { expr: e, span } => expr(e, *span)?,
+                        KernelStmt::Input { dims, span, .. } => {
+                            dims.iter().try_for_each(|d| expr(d, *span))?
+                        }
                         KernelStmt::Override(b) => value(&b.value, b.span)?,
                         KernelStmt::Dtype { .. } => {}
                     }

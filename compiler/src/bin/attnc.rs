@@ -10,7 +10,11 @@ use attnc::sema::instantiate::Binding;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "attnc", version, about = "A compiler for tile-grouped sparse attention kernels")]
+#[command(
+    name = "attnc",
+    version,
+    about = "A compiler for tile-grouped sparse attention kernels"
+)]
 struct Cli {
     /// Colour diagnostics: auto, always or never.
     #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "always", "never"])]
@@ -103,7 +107,11 @@ fn report(src: &Source, diags: &[Diagnostic], color: bool) -> Result<(), u8> {
     }
     if has_errors(diags) {
         let n = diags.iter().filter(|d| d.is_error()).count();
-        eprintln!("error: {n} error{} in {}", if n == 1 { "" } else { "s" }, src.name);
+        eprintln!(
+            "error: {n} error{} in {}",
+            if n == 1 { "" } else { "s" },
+            src.name
+        );
         Err(EXIT_DIAGNOSTICS)
     } else {
         Ok(())
@@ -130,14 +138,30 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             let src = load(&file)?;
             let diags = driver::check(&src, &sets);
             report(&src, &diags, color)?;
-            let kernels = driver::frontend(&src).map(|(f, _)| f.program.kernels.len()).unwrap_or(0);
-            eprintln!("ok: {} ({kernels} kernel{})", src.name, if kernels == 1 { "" } else { "s" });
+            let kernels = driver::frontend(&src)
+                .map(|(f, _)| f.program.kernels.len())
+                .unwrap_or(0);
+            eprintln!(
+                "ok: {} ({kernels} kernel{})",
+                src.name,
+                if kernels == 1 { "" } else { "s" }
+            );
             Ok(())
         }
-        Command::Compile { file, kernel, sets, emit, output } => {
+        Command::Compile {
+            file,
+            kernel,
+            sets,
+            emit,
+            output,
+        } => {
             let sets = bindings(&sets)?;
             let src = load(&file)?;
-            let stage = Stage::ALL.iter().find(|(n, _)| *n == emit).map(|(_, s)| *s).unwrap_or(Stage::Ir);
+            let stage = Stage::ALL
+                .iter()
+                .find(|(n, _)| *n == emit)
+                .map(|(_, s)| *s)
+                .unwrap_or(Stage::Ir);
             match driver::emit(&src, stage, kernel.as_deref(), &sets) {
                 Ok((text, warnings)) => {
                     report(&src, &warnings, color)?;
@@ -146,7 +170,13 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                 Err(diags) => report(&src, &diags, color),
             }
         }
-        Command::Explain { file, kernel, sets, png, tile } => {
+        Command::Explain {
+            file,
+            kernel,
+            sets,
+            png,
+            tile,
+        } => {
             let sets = bindings(&sets)?;
             let src = load(&file)?;
             let (fe, warnings) = match driver::frontend(&src) {
@@ -161,8 +191,14 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                 },
                 None if fe.program.kernels.len() == 1 => 0,
                 None => {
-                    let names: Vec<&str> = fe.program.kernels.iter().map(|k| k.name.as_str()).collect();
-                    eprintln!("error: {} has {} kernels; pick one with --kernel ({})", src.name, names.len(), names.join(", "));
+                    let names: Vec<&str> =
+                        fe.program.kernels.iter().map(|k| k.name.as_str()).collect();
+                    eprintln!(
+                        "error: {} has {} kernels; pick one with --kernel ({})",
+                        src.name,
+                        names.len(),
+                        names.join(", ")
+                    );
                     return Err(EXIT_USAGE);
                 }
             };

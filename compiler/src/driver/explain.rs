@@ -32,13 +32,23 @@ pub struct Figures {
 pub fn figures(spec: &Spec, s: &Schedule) -> Figures {
     let g = &s.geom;
     let per_pair = 2.0 * f64::from(spec.head_dim + spec.value_dim) * f64::from(spec.batch);
-    let active: f64 = s.variants.iter().map(|v| v.stats.active_pairs as f64 * v.heads.len() as f64).sum();
+    let active: f64 = s
+        .variants
+        .iter()
+        .map(|v| v.stats.active_pairs as f64 * v.heads.len() as f64)
+        .sum();
     let tile_pairs = s.active_tile_pairs();
     let tt = f64::from(g.tile_tokens);
     Figures {
         density: s.density(),
-        active_pairs: s.variants.iter().map(|v| v.stats.active_pairs * v.heads.len() as u64).sum(),
-        total_pairs: u128::from(g.total_tokens) * u128::from(g.total_tokens) * u128::from(spec.heads),
+        active_pairs: s
+            .variants
+            .iter()
+            .map(|v| v.stats.active_pairs * v.heads.len() as u64)
+            .sum(),
+        total_pairs: u128::from(g.total_tokens)
+            * u128::from(g.total_tokens)
+            * u128::from(spec.heads),
         tile_pairs,
         flops: per_pair * active,
         tile_flops: per_pair * tile_pairs as f64 * tt * tt,
@@ -70,8 +80,18 @@ pub fn report(spec: &Spec, s: &Schedule, file: &str, query_tile: Option<u32>) ->
     let f = figures(spec, s);
     let axes = spec.layout.axes();
     let mut o = String::new();
-    let dims = |v: &[u32]| v[..g.rank].iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" x ");
-    let _ = writeln!(o, "kernel {} ({file}): attention({}) on {}", spec.kernel, spec.pattern, spec.layout_name);
+    let dims = |v: &[u32]| {
+        v[..g.rank]
+            .iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(" x ")
+    };
+    let _ = writeln!(
+        o,
+        "kernel {} ({file}): attention({}) on {}",
+        spec.kernel, spec.pattern, spec.layout_name
+    );
     let _ = writeln!(
         o,
         "  canvas {} = {} ({} tokens), tile {} ({} tokens), grid {} = {} tiles",
@@ -83,11 +103,22 @@ pub fn report(spec: &Spec, s: &Schedule, file: &str, query_tile: Option<u32>) ->
         dims(&g.grid),
         g.canvas_tiles
     );
-    let mut seq = format!("  sequence {} tokens in {} tiles", g.total_tokens, g.total_tiles);
+    let mut seq = format!(
+        "  sequence {} tokens in {} tiles",
+        g.total_tokens, g.total_tiles
+    );
     for sg in &g.segments {
-        let _ = write!(seq, "; {} {:?} {} ({} valid)", sg.name, sg.placement, sg.size, sg.valid);
+        let _ = write!(
+            seq,
+            "; {} {:?} {} ({} valid)",
+            sg.name, sg.placement, sg.size, sg.valid
+        );
     }
-    let _ = writeln!(o, "{}", seq.replace("Prefix", "prefix").replace("Suffix", "suffix"));
+    let _ = writeln!(
+        o,
+        "{}",
+        seq.replace("Prefix", "prefix").replace("Suffix", "suffix")
+    );
     let _ = writeln!(
         o,
         "  heads {} (kv {}), head_dim {}, value_dim {}, batch {}, {}",
@@ -104,7 +135,11 @@ pub fn report(spec: &Spec, s: &Schedule, file: &str, query_tile: Option<u32>) ->
         f.density,
         f.active_pairs,
         f.total_pairs,
-        if f.density > 0.0 { 1.0 / f.density } else { 0.0 }
+        if f.density > 0.0 {
+            1.0 / f.density
+        } else {
+            0.0
+        }
     );
     let _ = writeln!(
         o,
@@ -114,7 +149,11 @@ pub fn report(spec: &Spec, s: &Schedule, file: &str, query_tile: Option<u32>) ->
         si(f.dense_flops)
     );
     for (i, v) in s.variants.iter().enumerate() {
-        let heads = if s.variants.len() == 1 { "all heads".to_string() } else { format!("heads {}", ranges(&v.heads)) };
+        let heads = if s.variants.len() == 1 {
+            "all heads".to_string()
+        } else {
+            format!("heads {}", ranges(&v.heads))
+        };
         let st = &v.stats;
         let visited = st.full_tiles + st.partial_tiles;
         let _ = writeln!(o, "mask {i} ({heads}):");
@@ -141,7 +180,9 @@ pub fn report(spec: &Spec, s: &Schedule, file: &str, query_tile: Option<u32>) ->
                 let _ = writeln!(o, "  canvas key tiles from a table ({} runs)", v.runs.len());
             }
         }
-        let qt = query_tile.filter(|q| *q < g.total_tiles).unwrap_or_else(|| centre_tile(g));
+        let qt = query_tile
+            .filter(|q| *q < g.total_tiles)
+            .unwrap_or_else(|| centre_tile(g));
         o.push_str(&ascii_view(g, v, qt));
     }
     o
@@ -151,7 +192,11 @@ pub fn report(spec: &Spec, s: &Schedule, file: &str, query_tile: Option<u32>) ->
 /// attends to itself it is still `Q`), `#` full, `+` partial, `.` not visited.
 pub fn ascii_view(g: &Geometry, v: &VariantSchedule, q: u32) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "  key tiles of query tile {q} ({}): Q query, # full, + partial, . skipped", tile_name(g, q));
+    let _ = writeln!(
+        o,
+        "  key tiles of query tile {q} ({}): Q query, # full, + partial, . skipped",
+        tile_name(g, q)
+    );
     let qc = match g.tile_ref(q) {
         TileRef::Canvas { coords } => Some(coords),
         TileRef::Segment { .. } => None,
@@ -202,7 +247,10 @@ pub fn ascii_view(g: &Geometry, v: &VariantSchedule, q: u32) -> String {
             // One slice per t near the query tile, side by side.
             let qt = qc.map(|c| c[0]).unwrap_or(g.grid[0] / 2);
             let ts: Vec<u32> = (qt.saturating_sub(2)..(qt + 3).min(g.grid[0])).collect();
-            let header: Vec<String> = ts.iter().map(|t| format!("{:<width$}", format!("t={t}"), width = (wh - wl) as usize)).collect();
+            let header: Vec<String> = ts
+                .iter()
+                .map(|t| format!("{:<width$}", format!("t={t}"), width = (wh - wl) as usize))
+                .collect();
             let _ = writeln!(o, "    {}", header.join("  "));
             let (hl, hh) = window(1);
             for h in hl..hh {
@@ -216,7 +264,9 @@ pub fn ascii_view(g: &Geometry, v: &VariantSchedule, q: u32) -> String {
         .iter()
         .filter(|sg| sg.tiles > 0)
         .map(|sg| {
-            let seen = (sg.first_tile..sg.first_tile + sg.tiles).filter(|k| v.class_of(q, *k).is_some()).count();
+            let seen = (sg.first_tile..sg.first_tile + sg.tiles)
+                .filter(|k| v.class_of(q, *k).is_some())
+                .count();
             format!("{} {seen}/{}", sg.name, sg.tiles)
         })
         .collect();
@@ -229,7 +279,10 @@ pub fn ascii_view(g: &Geometry, v: &VariantSchedule, q: u32) -> String {
 /// Writes the tile mask (query tiles down, key tiles across) of one head variant.
 pub fn write_png(s: &Schedule, variant: usize, path: &Path) -> Result<(), String> {
     let g = &s.geom;
-    let v = s.variants.get(variant).ok_or_else(|| format!("no mask {variant}"))?;
+    let v = s
+        .variants
+        .get(variant)
+        .ok_or_else(|| format!("no mask {variant}"))?;
     let n = g.total_tiles.max(1);
     let step = n.div_ceil(MAX_PNG_SIDE);
     let side = n.div_ceil(step);
@@ -258,11 +311,15 @@ pub fn write_png(s: &Schedule, variant: usize, path: &Path) -> Result<(), String
             _ => &[255u8, 255, 255],
         });
     }
-    let file = std::fs::File::create(path).map_err(|e| format!("cannot create `{}`: {e}", path.display()))?;
+    let file = std::fs::File::create(path)
+        .map_err(|e| format!("cannot create `{}`: {e}", path.display()))?;
     let mut enc = png::Encoder::new(BufWriter::new(file), side, side);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
-    let mut w = enc.write_header().map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
-    w.write_image_data(&rgb).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+    let mut w = enc
+        .write_header()
+        .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+    w.write_image_data(&rgb)
+        .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
     Ok(())
 }

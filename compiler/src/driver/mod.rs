@@ -26,23 +26,42 @@ pub struct Source {
 
 impl Source {
     pub fn new(name: impl Into<String>, text: impl Into<String>) -> Source {
-        Source { name: name.into(), text: text.into() }
+        Source {
+            name: name.into(),
+            text: text.into(),
+        }
     }
 
     /// Reads a file; the error is a one-line message for the user.
     pub fn load(path: &Path) -> Result<Source, String> {
-        let meta = std::fs::metadata(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
         if meta.is_dir() {
-            return Err(format!("`{}` is a directory, not a .attn file", path.display()));
+            return Err(format!(
+                "`{}` is a directory, not a .attn file",
+                path.display()
+            ));
         }
         if meta.len() > MAX_SOURCE_BYTES {
-            return Err(format!("`{}` is {} bytes; at most {MAX_SOURCE_BYTES} are accepted", path.display(), meta.len()));
+            return Err(format!(
+                "`{}` is {} bytes; at most {MAX_SOURCE_BYTES} are accepted",
+                path.display(),
+                meta.len()
+            ));
         }
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
         let text = String::from_utf8(bytes).map_err(|e| {
-            format!("`{}` is not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to())
+            format!(
+                "`{}` is not UTF-8 text (invalid byte at offset {})",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            )
         })?;
-        Ok(Source { name: path.display().to_string(), text })
+        Ok(Source {
+            name: path.display().to_string(),
+            text,
+        })
     }
 
     pub fn render(&self, diags: &[Diagnostic], color: bool) -> String {
@@ -62,8 +81,13 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [(&'static str, Stage); 5] =
-        [("ast", Stage::Ast), ("spec", Stage::Spec), ("schedule", Stage::Schedule), ("ir", Stage::Ir), ("dot", Stage::Dot)];
+    pub const ALL: [(&'static str, Stage); 5] = [
+        ("ast", Stage::Ast),
+        ("spec", Stage::Spec),
+        ("schedule", Stage::Schedule),
+        ("ir", Stage::Ir),
+        ("dot", Stage::Dot),
+    ];
 }
 
 /// Parsed and resolved file.
@@ -87,7 +111,14 @@ pub fn find_kernel(program: &Program, name: &str) -> Result<usize, Diagnostic> {
     program.kernel_by_name(name).ok_or_else(|| {
         let names: Vec<&str> = program.kernels.iter().map(|k| k.name.as_str()).collect();
         let mut d = Diagnostic::error("E0501", format!("no kernel named `{name}` in this file"))
-            .with_note(format!("kernels here: {}", if names.is_empty() { "none".into() } else { names.join(", ") }));
+            .with_note(format!(
+                "kernels here: {}",
+                if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                }
+            ));
         if let Some(c) = crate::diagnostic::closest(name, names.iter().copied()) {
             d = d.with_hint(format!("did you mean `{c}`?"));
         }
@@ -95,7 +126,11 @@ pub fn find_kernel(program: &Program, name: &str) -> Result<usize, Diagnostic> {
     })
 }
 
-pub fn spec(program: &Program, kernel: usize, sets: &[Binding]) -> Result<(Spec, Vec<Diagnostic>), Vec<Diagnostic>> {
+pub fn spec(
+    program: &Program,
+    kernel: usize,
+    sets: &[Binding],
+) -> Result<(Spec, Vec<Diagnostic>), Vec<Diagnostic>> {
     let (spec, diags) = instantiate(program, kernel, sets);
     match spec {
         Some(s) if !has_errors(&diags) => Ok((s, diags)),
@@ -111,13 +146,33 @@ pub struct Compiled {
     pub warnings: Vec<Diagnostic>,
 }
 
-pub fn compile_kernel(program: &Program, kernel: usize, sets: &[Binding]) -> Result<Compiled, Vec<Diagnostic>> {
+pub fn compile_kernel(
+    program: &Program,
+    kernel: usize,
+    sets: &[Binding],
+) -> Result<Compiled, Vec<Diagnostic>> {
+    compile_kernel_with_budget(program, kernel, sets, pattern::DEFAULT_BUDGET)
+}
+
+/// As [`compile_kernel`], with a cap on the analysis work (see [`pattern::Budget`]).
+pub fn compile_kernel_with_budget(
+    program: &Program,
+    kernel: usize,
+    sets: &[Binding],
+    budget: u64,
+) -> Result<Compiled, Vec<Diagnostic>> {
     let (spec, mut warnings) = spec(program, kernel, sets)?;
-    let schedule = pattern::analyse(&spec)?;
+    let schedule = pattern::analyse_with_budget(&spec, budget)?;
     warnings.extend(pattern_warnings(&spec, &schedule));
     let mut kernel_ir = ir::lower::lower(&spec, &schedule);
-    passes::run_default(&mut kernel_ir).map_err(|e| vec![Diagnostic::error("E0601", format!("internal error: {e}"))])?;
-    Ok(Compiled { spec, schedule, ir: kernel_ir, warnings })
+    passes::run_default(&mut kernel_ir)
+        .map_err(|e| vec![Diagnostic::error("E0601", format!("internal error: {e}"))])?;
+    Ok(Compiled {
+        spec,
+        schedule,
+        ir: kernel_ir,
+        warnings,
+    })
 }
 
 /// Warnings that only the analysis can give.
@@ -128,7 +183,10 @@ fn pattern_warnings(spec: &Spec, s: &Schedule) -> Vec<Diagnostic> {
             out.push(
                 Diagnostic::warning(
                     "W0401",
-                    format!("{} query tile(s) of `{}` attend to no key; their outputs are zeros", v.stats.empty_rows, spec.kernel),
+                    format!(
+                        "{} query tile(s) of `{}` attend to no key; their outputs are zeros",
+                        v.stats.empty_rows, spec.kernel
+                    ),
                 )
                 .with_label(spec.pattern_span, "in this pattern"),
             );
@@ -140,14 +198,27 @@ fn pattern_warnings(spec: &Spec, s: &Schedule) -> Vec<Diagnostic> {
 /// `attnc check`: every kernel of the file instantiated with its defaults (and `sets`
 /// where a kernel has such a parameter) and analysed. Returns all diagnostics.
 pub fn check(src: &Source, sets: &[Binding]) -> Vec<Diagnostic> {
+    check_with_budget(src, sets, pattern::DEFAULT_BUDGET)
+}
+
+pub fn check_with_budget(src: &Source, sets: &[Binding], budget: u64) -> Vec<Diagnostic> {
     let (fe, mut diags) = match frontend(src) {
         Ok(x) => x,
         Err(d) => return d,
     };
     for k in 0..fe.program.kernels.len() {
-        let visible: Vec<String> = fe.program.visible_params(k).iter().map(|p| fe.program.param(*p).name.clone()).collect();
-        let own: Vec<Binding> = sets.iter().filter(|b| visible.contains(&b.name)).cloned().collect();
-        match compile_kernel(&fe.program, k, &own) {
+        let visible: Vec<String> = fe
+            .program
+            .visible_params(k)
+            .iter()
+            .map(|p| fe.program.param(*p).name.clone())
+            .collect();
+        let own: Vec<Binding> = sets
+            .iter()
+            .filter(|b| visible.contains(&b.name))
+            .cloned()
+            .collect();
+        match compile_kernel_with_budget(&fe.program, k, &own, budget) {
             Ok(c) => diags.extend(c.warnings),
             Err(d) => diags.extend(d),
         }
@@ -167,7 +238,12 @@ fn dedup(diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
 }
 
 /// The text of one stage for one kernel (or the whole file for `ast`).
-pub fn emit(src: &Source, stage: Stage, kernel: Option<&str>, sets: &[Binding]) -> Result<(String, Vec<Diagnostic>), Vec<Diagnostic>> {
+pub fn emit(
+    src: &Source,
+    stage: Stage,
+    kernel: Option<&str>,
+    sets: &[Binding],
+) -> Result<(String, Vec<Diagnostic>), Vec<Diagnostic>> {
     let (fe, warnings) = frontend(src)?;
     if stage == Stage::Ast {
         return Ok((syntax::print::print_file(&fe.ast), warnings));
@@ -177,8 +253,11 @@ pub fn emit(src: &Source, stage: Stage, kernel: Option<&str>, sets: &[Binding]) 
         None => (0..fe.program.kernels.len()).collect(),
     };
     if kernels.is_empty() {
-        return Err(vec![Diagnostic::error("E0502", "this file declares no kernel")
-            .with_hint("add `kernel NAME = attention(PATTERN) { ... }`")]);
+        return Err(vec![Diagnostic::error(
+            "E0502",
+            "this file declares no kernel",
+        )
+        .with_hint("add `kernel NAME = attention(PATTERN) { ... }`")]);
     }
     let mut out = String::new();
     let mut warns = warnings;

@@ -62,11 +62,21 @@ impl Elem {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Type {
     /// A `rows x cols` tile in a memory scope.
-    Tile { scope: Scope, elem: Elem, rows: u32, cols: u32 },
+    Tile {
+        scope: Scope,
+        elem: Elem,
+        rows: u32,
+        cols: u32,
+    },
     /// One value per tile row, in registers (running max, running sum).
     Rows { elem: Elem, rows: u32 },
     /// A `[batch, heads, tokens, dim]` tensor in global memory.
-    Tensor { elem: Elem, heads: u32, tokens: u64, dim: u32 },
+    Tensor {
+        elem: Elem,
+        heads: u32,
+        tokens: u64,
+        dim: u32,
+    },
     /// A tile id, head or batch index.
     Index,
     /// Full or partial (whether a key tile needs its mask).
@@ -230,7 +240,12 @@ pub enum ElemFn {
     /// Whether a pair is attended: keys past a segment's valid length never are; the `see`
     /// rules decide pairs that involve a segment; canvas pairs follow the tile rule (at
     /// tile coordinates) and the token rule (at token coordinates).
-    Mask { heads: Vec<u32>, tiles: Option<Expr>, tokens: Option<Expr>, see: Vec<(Group, Group)> },
+    Mask {
+        heads: Vec<u32>,
+        tiles: Option<Expr>,
+        tokens: Option<Expr>,
+        see: Vec<(Group, Group)>,
+    },
 }
 
 /// Sizes and settings the code generators need.
@@ -266,32 +281,64 @@ pub struct Kernel {
 
 impl Kernel {
     pub fn new(info: KernelInfo) -> Kernel {
-        Kernel { info, graph: StableDiGraph::new(), regions: vec![Region { parent: None, owner: None }], elem_fns: vec![] }
+        Kernel {
+            info,
+            graph: StableDiGraph::new(),
+            regions: vec![Region {
+                parent: None,
+                owner: None,
+            }],
+            elem_fns: vec![],
+        }
     }
 
     pub fn add_region(&mut self, parent: RegionId) -> RegionId {
-        self.regions.push(Region { parent: Some(parent), owner: None });
+        self.regions.push(Region {
+            parent: Some(parent),
+            owner: None,
+        });
         RegionId(self.regions.len() as u32 - 1)
     }
 
     /// Adds a node with its operands (in slot order).
-    pub fn add(&mut self, op: Op, results: Vec<Type>, region: RegionId, operands: &[Value]) -> NodeIndex {
+    pub fn add(
+        &mut self,
+        op: Op,
+        results: Vec<Type>,
+        region: RegionId,
+        operands: &[Value],
+    ) -> NodeIndex {
         if let Op::KvLoop { region: r, .. } = op {
-            let n = self.graph.add_node(Node { op, results, region });
+            let n = self.graph.add_node(Node {
+                op,
+                results,
+                region,
+            });
             if let Some(reg) = self.regions.get_mut(r.0 as usize) {
                 reg.owner = Some(n);
             }
             self.connect(n, operands);
             return n;
         }
-        let n = self.graph.add_node(Node { op, results, region });
+        let n = self.graph.add_node(Node {
+            op,
+            results,
+            region,
+        });
         self.connect(n, operands);
         n
     }
 
     fn connect(&mut self, n: NodeIndex, operands: &[Value]) {
         for (i, v) in operands.iter().enumerate() {
-            self.graph.add_edge(v.node, n, Edge { result: v.result, operand: i as u8 });
+            self.graph.add_edge(
+                v.node,
+                n,
+                Edge {
+                    result: v.result,
+                    operand: i as u8,
+                },
+            );
         }
     }
 
@@ -304,7 +351,15 @@ impl Kernel {
         let mut v: Vec<(u8, Value)> = self
             .graph
             .edges_directed(n, Direction::Incoming)
-            .map(|e| (e.weight().operand, Value { node: e.source(), result: e.weight().result }))
+            .map(|e| {
+                (
+                    e.weight().operand,
+                    Value {
+                        node: e.source(),
+                        result: e.weight().result,
+                    },
+                )
+            })
             .collect();
         v.sort_by_key(|(i, _)| *i);
         v.into_iter().map(|(_, v)| v).collect()
@@ -312,20 +367,28 @@ impl Kernel {
 
     /// Nodes using any result of `n`.
     pub fn users(&self, n: NodeIndex) -> Vec<NodeIndex> {
-        let mut v: Vec<NodeIndex> = self.graph.neighbors_directed(n, Direction::Outgoing).collect();
+        let mut v: Vec<NodeIndex> = self
+            .graph
+            .neighbors_directed(n, Direction::Outgoing)
+            .collect();
         v.sort();
         v.dedup();
         v
     }
 
     pub fn ty(&self, v: Value) -> Option<Type> {
-        self.graph.node_weight(v.node).and_then(|n| n.results.get(v.result as usize).copied())
+        self.graph
+            .node_weight(v.node)
+            .and_then(|n| n.results.get(v.result as usize).copied())
     }
 
     /// Nodes of a region in a topological order that prefers lower indices (so that the
     /// builder's order is kept and nodes added by passes appear where they are needed).
     pub fn region_nodes(&self, r: RegionId) -> Vec<NodeIndex> {
-        self.topo_order().into_iter().filter(|n| self.graph[*n].region == r).collect()
+        self.topo_order()
+            .into_iter()
+            .filter(|n| self.graph[*n].region == r)
+            .collect()
     }
 
     /// Kahn's algorithm with a min-heap on node index: deterministic.
@@ -334,10 +397,18 @@ impl Kernel {
         use std::collections::{BinaryHeap, HashMap};
         let mut indeg: HashMap<NodeIndex, usize> = HashMap::new();
         for n in self.graph.node_indices() {
-            indeg.insert(n, self.graph.neighbors_directed(n, Direction::Incoming).count());
+            indeg.insert(
+                n,
+                self.graph
+                    .neighbors_directed(n, Direction::Incoming)
+                    .count(),
+            );
         }
-        let mut heap: BinaryHeap<Reverse<NodeIndex>> =
-            indeg.iter().filter(|(_, d)| **d == 0).map(|(n, _)| Reverse(*n)).collect();
+        let mut heap: BinaryHeap<Reverse<NodeIndex>> = indeg
+            .iter()
+            .filter(|(_, d)| **d == 0)
+            .map(|(n, _)| Reverse(*n))
+            .collect();
         let mut out = Vec::with_capacity(indeg.len());
         while let Some(Reverse(n)) = heap.pop() {
             out.push(n);
@@ -362,7 +433,14 @@ impl Kernel {
             .collect();
         for (id, target, operand) in uses {
             self.graph.remove_edge(id);
-            self.graph.add_edge(new.node, target, Edge { result: new.result, operand });
+            self.graph.add_edge(
+                new.node,
+                target,
+                Edge {
+                    result: new.result,
+                    operand,
+                },
+            );
         }
     }
 

@@ -7,9 +7,19 @@ use crate::sema::expr::{print_plain, Ty};
 
 pub fn type_text(t: &Type) -> String {
     match t {
-        Type::Tile { scope, elem, rows, cols } => format!("{} {}[{rows}x{cols}]", scope.name(), elem.name()),
+        Type::Tile {
+            scope,
+            elem,
+            rows,
+            cols,
+        } => format!("{} {}[{rows}x{cols}]", scope.name(), elem.name()),
         Type::Rows { elem, rows } => format!("rows {}[{rows}]", elem.name()),
-        Type::Tensor { elem, heads, tokens, dim } => format!("global {}[B, {heads}, {tokens}, {dim}]", elem.name()),
+        Type::Tensor {
+            elem,
+            heads,
+            tokens,
+            dim,
+        } => format!("global {}[B, {heads}, {tokens}, {dim}]", elem.name()),
         Type::Index => "index".into(),
         Type::Class => "class".into(),
     }
@@ -20,7 +30,13 @@ fn op_text(k: &Kernel, op: &Op) -> String {
         Op::Arg(t) => format!("arg {}", t.name()),
         Op::Load(t) => format!("load {}", t.name()),
         Op::Const(v) => format!("const {v}"),
-        Op::Dot { transpose_b } => if *transpose_b { "dot_t".into() } else { "dot".into() },
+        Op::Dot { transpose_b } => {
+            if *transpose_b {
+                "dot_t".into()
+            } else {
+                "dot".into()
+            }
+        }
         Op::Scale(c) => format!("scale {c}"),
         Op::Convert(e) => format!("convert {}", e.name()),
         Op::ScoreMod(f) => format!("score_mod e{}", f.0),
@@ -28,10 +44,18 @@ fn op_text(k: &Kernel, op: &Op) -> String {
             let f: Vec<String> = fs.iter().map(|f| format!("e{}", f.0)).collect();
             format!("mask [{}]", f.join(", "))
         }
-        Op::SoftmaxUpdate { exp2 } => if *exp2 { "softmax_update exp2".into() } else { "softmax_update exp".into() },
+        Op::SoftmaxUpdate { exp2 } => {
+            if *exp2 {
+                "softmax_update exp2".into()
+            } else {
+                "softmax_update exp".into()
+            }
+        }
         Op::KvLoop { source, region } => {
             let src = match source {
-                KvSource::Closed => format!("closed form ({} box(es))", k.info.closed_boxes.unwrap_or(0)),
+                KvSource::Closed => {
+                    format!("closed form ({} box(es))", k.info.closed_boxes.unwrap_or(0))
+                }
                 KvSource::Table => format!("table ({} runs)", k.info.table_runs),
             };
             format!("kv_loop {src} region {}", region.0)
@@ -51,7 +75,11 @@ fn val(k: &Kernel, v: &Value) -> String {
 
 pub fn elem_fn_text(k: &Kernel, f: &ElemFn) -> String {
     let axes: Vec<&str> = k.info.axes.iter().map(String::as_str).collect();
-    let e = |x: &Option<Expr>| x.as_ref().map(|x| print_plain(x, &axes)).unwrap_or_else(|| "all".into());
+    let e = |x: &Option<Expr>| {
+        x.as_ref()
+            .map(|x| print_plain(x, &axes))
+            .unwrap_or_else(|| "all".into())
+    };
     match f {
         ElemFn::Score(x) => {
             let mut s = print_plain(x, &axes);
@@ -60,14 +88,26 @@ pub fn elem_fn_text(k: &Kernel, f: &ElemFn) -> String {
             }
             format!("score = {s}")
         }
-        ElemFn::Mask { heads, tiles, tokens, see } => {
-            let see: Vec<String> = see.iter().map(|(a, b)| format!("{} -> {}", group(k, *a), group(k, *b))).collect();
+        ElemFn::Mask {
+            heads,
+            tiles,
+            tokens,
+            see,
+        } => {
+            let see: Vec<String> = see
+                .iter()
+                .map(|(a, b)| format!("{} -> {}", group(k, *a), group(k, *b)))
+                .collect();
             format!(
                 "mask heads {}: tiles {}; tokens {}; see {}",
                 crate::sema::spec::ranges(heads),
                 e(tiles),
                 e(tokens),
-                if see.is_empty() { "none".into() } else { see.join(", ") }
+                if see.is_empty() {
+                    "none".into()
+                } else {
+                    see.join(", ")
+                }
             )
         }
     }
@@ -77,7 +117,12 @@ fn group(k: &Kernel, g: Group) -> String {
     match g {
         Group::All => "all".into(),
         Group::Canvas => "canvas".into(),
-        Group::Segment(i) => k.info.segments.get(i).cloned().unwrap_or_else(|| format!("segment{i}")),
+        Group::Segment(i) => k
+            .info
+            .segments
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("segment{i}")),
     }
 }
 
@@ -102,9 +147,21 @@ fn region(k: &Kernel, r: RegionId, indent: usize, o: &mut String) {
         let node = k.node(n);
         let ops: Vec<String> = k.operands(n).iter().map(|v| val(k, v)).collect();
         let res: Vec<String> = node.results.iter().map(type_text).collect();
-        let lhs = if node.results.is_empty() { String::new() } else { format!("%{} = ", n.index()) };
-        let operands = if ops.is_empty() { String::new() } else { format!(" {}", ops.join(", ")) };
-        let ty = if res.is_empty() { String::new() } else { format!(" : {}", res.join(", ")) };
+        let lhs = if node.results.is_empty() {
+            String::new()
+        } else {
+            format!("%{} = ", n.index())
+        };
+        let operands = if ops.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", ops.join(", "))
+        };
+        let ty = if res.is_empty() {
+            String::new()
+        } else {
+            format!(" : {}", res.join(", "))
+        };
         let _ = writeln!(o, "{pad}{lhs}{}{operands}{ty}", op_text(k, &node.op));
         if let Op::KvLoop { region: body, .. } = node.op {
             let _ = writeln!(o, "{pad}{{");

@@ -19,7 +19,11 @@ impl Pass for ElideMasks {
         if k.info.partial_tiles > 0 {
             return 0;
         }
-        let masks: Vec<_> = k.graph.node_indices().filter(|n| matches!(k.node(*n).op, Op::Mask(_))).collect();
+        let masks: Vec<_> = k
+            .graph
+            .node_indices()
+            .filter(|n| matches!(k.node(*n).op, Op::Mask(_)))
+            .collect();
         for m in &masks {
             let input = k.operands(*m)[0];
             k.replace_uses(value(*m, 0), input);

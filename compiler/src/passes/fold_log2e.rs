@@ -20,8 +20,11 @@ impl Pass for FoldLog2e {
     }
 
     fn run(&self, k: &mut Kernel) -> usize {
-        let updates: Vec<_> =
-            k.graph.node_indices().filter(|n| k.node(*n).op == Op::SoftmaxUpdate { exp2: false }).collect();
+        let updates: Vec<_> = k
+            .graph
+            .node_indices()
+            .filter(|n| k.node(*n).op == Op::SoftmaxUpdate { exp2: false })
+            .collect();
         let mut changes = 0;
         for u in updates {
             let scores = k.operands(u)[0];
@@ -35,7 +38,10 @@ impl Pass for FoldLog2e {
                 // Scores only flow to scale-invariant consumers: fold into the scale.
                 Op::Scale(c)
                     if k.users(src.node).iter().all(|u| {
-                        matches!(k.node(*u).op, Op::RowMax | Op::SoftmaxUpdate { .. } | Op::Mask(_))
+                        matches!(
+                            k.node(*u).op,
+                            Op::RowMax | Op::SoftmaxUpdate { .. } | Op::Mask(_)
+                        )
                     }) =>
                 {
                     k.graph[src.node].op = Op::Scale(c * std::f64::consts::LOG2_E);
@@ -44,7 +50,12 @@ impl Pass for FoldLog2e {
                     // Insert `scale log2(e)` between the scores and everything that reads them.
                     let ty = k.node(src.node).results[src.result as usize];
                     let users = k.users(src.node);
-                    let s = k.add(Op::Scale(std::f64::consts::LOG2_E), vec![ty], region, &[src]);
+                    let s = k.add(
+                        Op::Scale(std::f64::consts::LOG2_E),
+                        vec![ty],
+                        region,
+                        &[src],
+                    );
                     for user in users {
                         // Re-point every edge from src to the new scale node.
                         let edges: Vec<_> = k
@@ -55,7 +66,8 @@ impl Pass for FoldLog2e {
                             .collect();
                         for (id, operand) in edges {
                             k.graph.remove_edge(id);
-                            k.graph.add_edge(s, user, crate::ir::Edge { result: 0, operand });
+                            k.graph
+                                .add_edge(s, user, crate::ir::Edge { result: 0, operand });
                         }
                     }
                     let _ = value(s, 0);

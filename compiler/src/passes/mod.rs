@@ -16,7 +16,11 @@ pub trait Pass {
 
 /// The default pipeline, in order.
 pub fn default_pipeline() -> Vec<Box<dyn Pass>> {
-    vec![Box::new(elide_masks::ElideMasks), Box::new(fold_log2e::FoldLog2e), Box::new(dce::Dce)]
+    vec![
+        Box::new(elide_masks::ElideMasks),
+        Box::new(fold_log2e::FoldLog2e),
+        Box::new(dce::Dce),
+    ]
 }
 
 /// Verifies, then runs each pass and verifies again. Errors name the pass.
@@ -24,7 +28,8 @@ pub fn run_default(k: &mut Kernel) -> Result<(), String> {
     verify(k).map_err(|e| format!("lowering produced invalid IR: {}", e.join("; ")))?;
     for p in default_pipeline() {
         p.run(k);
-        verify(k).map_err(|e| format!("pass `{}` produced invalid IR: {}", p.name(), e.join("; ")))?;
+        verify(k)
+            .map_err(|e| format!("pass `{}` produced invalid IR: {}", p.name(), e.join("; ")))?;
     }
     Ok(())
 }

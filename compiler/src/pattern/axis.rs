@@ -58,11 +58,20 @@ pub struct AxisTable {
     pub rows: Vec<Vec<Run>>,
 }
 
-pub fn build(geom: &Geometry, f: &Formula, axis: usize, sigs: &mut Sigs, budget: &mut Budget) -> Result<AxisTable, AnalysisError> {
-    let atoms: Vec<u32> =
-        (0..f.atoms.len() as u32).filter(|i| f.atoms[*i as usize].single_axis() == Some(axis)).collect();
+pub fn build(
+    geom: &Geometry,
+    f: &Formula,
+    axis: usize,
+    sigs: &mut Sigs,
+    budget: &mut Budget,
+) -> Result<AxisTable, AnalysisError> {
+    let atoms: Vec<u32> = (0..f.atoms.len() as u32)
+        .filter(|i| f.atoms[*i as usize].single_axis() == Some(axis))
+        .collect();
     if atoms.len() > 64 {
-        return Err(AnalysisError::TooComplex(format!("more than 64 comparisons read axis {axis}")));
+        return Err(AnalysisError::TooComplex(format!(
+            "more than 64 comparisons read axis {axis}"
+        )));
     }
     // Tile atoms that are top-level conjuncts: where one is false, the block is empty and
     // its token atoms need no enumeration.
@@ -131,7 +140,9 @@ pub fn build(geom: &Geometry, f: &Formula, axis: usize, sigs: &mut Sigs, budget:
                         (pt.qi, pt.ki) = (qa, ka);
                         let mut b = bits;
                         for i in &undecided {
-                            if eval_bool(&f.atoms[atoms[*i] as usize].expr, &pt).map_err(AnalysisError::Eval)? {
+                            if eval_bool(&f.atoms[atoms[*i] as usize].expr, &pt)
+                                .map_err(AnalysisError::Eval)?
+                            {
                                 b |= 1 << i;
                             }
                         }
@@ -147,7 +158,11 @@ pub fn build(geom: &Geometry, f: &Formula, axis: usize, sigs: &mut Sigs, budget:
             let id = sigs.intern(sig);
             match row.last_mut() {
                 Some(r) if r.sig == id && r.hi + 1 == ck => r.hi = ck,
-                _ => row.push(Run { lo: ck, hi: ck, sig: id }),
+                _ => row.push(Run {
+                    lo: ck,
+                    hi: ck,
+                    sig: id,
+                }),
             }
         }
         rows.push(row);

@@ -19,9 +19,16 @@ pub struct Oracle<'a> {
 impl<'a> Oracle<'a> {
     pub fn new(spec: &'a Spec) -> Result<Oracle<'a>, String> {
         let geom = Geometry::from_spec(spec)?;
-        let formulas =
-            spec.variants.iter().map(|v| Formula::new(v.tiles.as_ref(), v.tokens.as_ref(), geom.rank)).collect();
-        Ok(Oracle { geom, spec, formulas })
+        let formulas = spec
+            .variants
+            .iter()
+            .map(|v| Formula::new(v.tiles.as_ref(), v.tokens.as_ref(), geom.rank))
+            .collect();
+        Ok(Oracle {
+            geom,
+            spec,
+            formulas,
+        })
     }
 
     fn side(&self, t: &TokenRef) -> Side {
@@ -40,7 +47,9 @@ impl<'a> Oracle<'a> {
                 return Ok(false);
             }
         }
-        let rules = Rules { rules: &self.spec.rules };
+        let rules = Rules {
+            rules: &self.spec.rules,
+        };
         let (qs, ks) = (self.side(&qt), self.side(&kt));
         if rules.sees(qs, ks) {
             return Ok(true);
@@ -64,7 +73,11 @@ impl<'a> Oracle<'a> {
         let mut err = None;
         let v = f.eval(&mut |i| {
             let atom = &f.atoms[i as usize];
-            let p = if atom.unit == Unit::Tiles { &tile } else { &tok };
+            let p = if atom.unit == Unit::Tiles {
+                &tile
+            } else {
+                &tok
+            };
             eval_bool(&atom.expr, p).unwrap_or_else(|e| {
                 err = Some(e);
                 false
@@ -105,7 +118,12 @@ impl<'a> Oracle<'a> {
 
     /// Class and active-pair count of a tile pair by enumerating its token pairs. Key
     /// tiles that miss tokens (ragged, padding) are partial when active.
-    pub fn tile_pair(&self, variant: usize, q: u32, k: u32) -> Result<(Option<TileClass>, u64), EvalError> {
+    pub fn tile_pair(
+        &self,
+        variant: usize,
+        q: u32,
+        k: u32,
+    ) -> Result<(Option<TileClass>, u64), EvalError> {
         let qs = self.tile_positions(q);
         let ks = self.tile_positions(k);
         let mut count = 0u64;

@@ -46,7 +46,11 @@ pub struct Classifier<'a> {
 }
 
 impl<'a> Classifier<'a> {
-    pub fn new(geom: &'a Geometry, f: &'a Formula, budget: &mut Budget) -> Result<Classifier<'a>, AnalysisError> {
+    pub fn new(
+        geom: &'a Geometry,
+        f: &'a Formula,
+        budget: &mut Budget,
+    ) -> Result<Classifier<'a>, AnalysisError> {
         let mut sigs = Sigs::default();
         let mut tables = vec![];
         for a in 0..geom.rank {
@@ -63,7 +67,8 @@ impl<'a> Classifier<'a> {
         let mut joint_tokens = vec![];
         for (i, a) in f.atoms.iter().enumerate() {
             if a.axes == 0 {
-                constants[i] = Some(eval_bool(&a.expr, &Point::default()).map_err(AnalysisError::Eval)?);
+                constants[i] =
+                    Some(eval_bool(&a.expr, &Point::default()).map_err(AnalysisError::Eval)?);
             } else if a.single_axis().is_none() {
                 match a.unit {
                     Unit::Tiles => joint_tiles.push(i as u32),
@@ -71,7 +76,17 @@ impl<'a> Classifier<'a> {
                 }
             }
         }
-        Ok(Classifier { geom, f, tables, sigs, place, constants, joint_tiles, joint_tokens, memo: HashMap::new() })
+        Ok(Classifier {
+            geom,
+            f,
+            tables,
+            sigs,
+            place,
+            constants,
+            joint_tiles,
+            joint_tokens,
+            memo: HashMap::new(),
+        })
     }
 
     /// True when no atom reads several axes (the whole analysis is per axis).
@@ -80,9 +95,15 @@ impl<'a> Classifier<'a> {
     }
 
     /// The boxes of active key tiles for the canvas query tile at `qc`.
-    pub fn row(&mut self, qc: &[u32; MAX_RANK], budget: &mut Budget) -> Result<Vec<KvBox>, AnalysisError> {
+    pub fn row(
+        &mut self,
+        qc: &[u32; MAX_RANK],
+        budget: &mut Budget,
+    ) -> Result<Vec<KvBox>, AnalysisError> {
         let rank = self.geom.rank;
-        let runs: Vec<Vec<super::axis::Run>> = (0..rank).map(|a| self.tables[a].rows[qc[a] as usize].clone()).collect();
+        let runs: Vec<Vec<super::axis::Run>> = (0..rank)
+            .map(|a| self.tables[a].rows[qc[a] as usize].clone())
+            .collect();
         let mut out = vec![];
         let mut idx = [0usize; MAX_RANK];
         loop {
@@ -106,7 +127,12 @@ impl<'a> Classifier<'a> {
             if ev.undecided {
                 self.split_box(qc, &lo, &hi, &key, &mut out, budget)?;
             } else if ev.any {
-                out.push(KvBox { lo, hi, class: self.class(ev.all, &lo, &hi), pairs_per_tile: ev.count });
+                out.push(KvBox {
+                    lo,
+                    hi,
+                    class: self.class(ev.all, &lo, &hi),
+                    pairs_per_tile: ev.count,
+                });
             }
             // Next combination (odometer over the runs of each axis).
             let mut a = rank;
@@ -140,7 +166,12 @@ impl<'a> Classifier<'a> {
     fn eval_box(&self, key: &[SigId; MAX_RANK], joint: Option<&HashMap<u32, bool>>) -> BoxEval {
         let rank = self.geom.rank;
         let sigs: Vec<&Vec<(u64, u64)>> = (0..rank).map(|a| &self.sigs.get(key[a]).0).collect();
-        let mut ev = BoxEval { any: false, all: true, undecided: false, count: 0 };
+        let mut ev = BoxEval {
+            any: false,
+            all: true,
+            undecided: false,
+            count: 0,
+        };
         let mut idx = [0usize; MAX_RANK];
         loop {
             let mut bits = [0u64; MAX_RANK];
@@ -206,12 +237,24 @@ impl<'a> Classifier<'a> {
             let tp = tp.with_linear(rank);
             let mut joint = HashMap::new();
             for i in &self.joint_tiles {
-                joint.insert(*i, eval_bool(&self.f.atoms[*i as usize].expr, &tp).map_err(AnalysisError::Eval)?);
+                joint.insert(
+                    *i,
+                    eval_bool(&self.f.atoms[*i as usize].expr, &tp).map_err(AnalysisError::Eval)?,
+                );
             }
             let ev = self.eval_box(key, Some(&joint));
-            let (any, all, count) = if ev.undecided { self.enumerate_pair(qc, &kc, budget)? } else { (ev.any, ev.all, ev.count) };
+            let (any, all, count) = if ev.undecided {
+                self.enumerate_pair(qc, &kc, budget)?
+            } else {
+                (ev.any, ev.all, ev.count)
+            };
             if any {
-                out.push(KvBox { lo: kc, hi: kc, class: self.class(all, &kc, &kc), pairs_per_tile: count });
+                out.push(KvBox {
+                    lo: kc,
+                    hi: kc,
+                    class: self.class(all, &kc, &kc),
+                    pairs_per_tile: count,
+                });
             }
             // Next key tile in the box.
             let mut a = rank;
@@ -230,11 +273,20 @@ impl<'a> Classifier<'a> {
     }
 
     /// Brute force over the token pairs of one tile pair.
-    fn enumerate_pair(&self, qc: &[u32; MAX_RANK], kc: &[u32; MAX_RANK], budget: &mut Budget) -> Result<(bool, bool, u64), AnalysisError> {
+    fn enumerate_pair(
+        &self,
+        qc: &[u32; MAX_RANK],
+        kc: &[u32; MAX_RANK],
+        budget: &mut Budget,
+    ) -> Result<(bool, bool, u64), AnalysisError> {
         let g = self.geom;
         let rank = g.rank;
-        let qn: u64 = (0..rank).map(|a| u64::from(g.tile_extent(a, qc[a]))).product();
-        let kn: u64 = (0..rank).map(|a| u64::from(g.tile_extent(a, kc[a]))).product();
+        let qn: u64 = (0..rank)
+            .map(|a| u64::from(g.tile_extent(a, qc[a])))
+            .product();
+        let kn: u64 = (0..rank)
+            .map(|a| u64::from(g.tile_extent(a, kc[a])))
+            .product();
         budget.spend(qn * kn * self.f.atoms.len() as u64)?;
         let mut tp = Point::default();
         for a in 0..rank {
@@ -247,7 +299,13 @@ impl<'a> Classifier<'a> {
             .f
             .atoms
             .iter()
-            .map(|a| if a.unit == Unit::Tiles { eval_bool(&a.expr, &tp).ok() } else { None })
+            .map(|a| {
+                if a.unit == Unit::Tiles {
+                    eval_bool(&a.expr, &tp).ok()
+                } else {
+                    None
+                }
+            })
             .collect();
         let (mut any, mut all, mut count) = (false, true, 0u64);
         let mut pt = Point::default();
@@ -258,7 +316,10 @@ impl<'a> Classifier<'a> {
             for ki in 0..kn {
                 let (mut ql, mut kl) = (qi, ki);
                 for a in (0..rank).rev() {
-                    let (qe, ke) = (u64::from(g.tile_extent(a, qc[a])), u64::from(g.tile_extent(a, kc[a])));
+                    let (qe, ke) = (
+                        u64::from(g.tile_extent(a, qc[a])),
+                        u64::from(g.tile_extent(a, kc[a])),
+                    );
                     pt.q[a] = i64::from(qc[a] * g.tile[a]) + (ql % qe) as i64;
                     pt.k[a] = i64::from(kc[a] * g.tile[a]) + (kl % ke) as i64;
                     ql /= qe;

@@ -115,8 +115,16 @@ fn canon(e: &Expr) -> Expr {
                 walk(a, m, terms, konst)?;
                 walk(b, m.checked_neg()?, terms, konst)?;
             }
-            Kind::Binary(BinOp::Mul, a, b) if matches!(a.kind, Kind::Int(_)) || matches!(b.kind, Kind::Int(_)) => {
-                let (c, x) = if let Kind::Int(c) = a.kind { (c, b) } else if let Kind::Int(c) = b.kind { (c, a) } else { return None };
+            Kind::Binary(BinOp::Mul, a, b)
+                if matches!(a.kind, Kind::Int(_)) || matches!(b.kind, Kind::Int(_)) =>
+            {
+                let (c, x) = if let Kind::Int(c) = a.kind {
+                    (c, b)
+                } else if let Kind::Int(c) = b.kind {
+                    (c, a)
+                } else {
+                    return None;
+                };
                 walk(x, m.checked_mul(c)?, terms, konst)?;
             }
             _ => {
@@ -140,7 +148,11 @@ fn canon(e: &Expr) -> Expr {
     let span = e.span;
     let mut out: Option<Expr> = None;
     for (_, t, c) in terms.into_iter().filter(|t| t.2 != 0) {
-        let term = if c.abs() == 1 { t } else { Expr::binary(BinOp::Mul, Expr::int(c.abs(), span), t, span) };
+        let term = if c.abs() == 1 {
+            t
+        } else {
+            Expr::binary(BinOp::Mul, Expr::int(c.abs(), span), t, span)
+        };
         out = Some(match out {
             None if c < 0 => neg(term),
             None => term,
@@ -150,14 +162,17 @@ fn canon(e: &Expr) -> Expr {
     match out {
         None => Expr::int(konst, span),
         Some(acc) if konst > 0 => Expr::binary(BinOp::Add, acc, Expr::int(konst, span), span),
-        Some(acc) if konst < 0 && konst != i64::MIN => Expr::binary(BinOp::Sub, acc, Expr::int(-konst, span), span),
+        Some(acc) if konst < 0 && konst != i64::MIN => {
+            Expr::binary(BinOp::Sub, acc, Expr::int(-konst, span), span)
+        }
         Some(acc) if konst < 0 => Expr::binary(BinOp::Add, acc, Expr::int(konst, span), span),
         Some(acc) => acc,
     }
 }
 
 fn strip_spans(e: &Expr) -> Expr {
-    let mut c = crate::sema::instantiate::map_children::<()>(e, &mut |x| Ok(strip_spans(x))).unwrap_or_else(|_| e.clone());
+    let mut c = crate::sema::instantiate::map_children::<()>(e, &mut |x| Ok(strip_spans(x)))
+        .unwrap_or_else(|_| e.clone());
     c.span = Span::DUMMY;
     c
 }
@@ -168,7 +183,11 @@ fn zero() -> Expr {
 
 fn neg(e: Expr) -> Expr {
     let span = e.span;
-    Expr { ty: e.ty, kind: Kind::Unary(UnOp::Neg, Box::new(e)), span }
+    Expr {
+        ty: e.ty,
+        kind: Kind::Unary(UnOp::Neg, Box::new(e)),
+        span,
+    }
 }
 
 fn add(e: Expr, v: i64) -> Expr {
@@ -207,7 +226,11 @@ fn to_nnf(e: &Expr, negated: bool, rank: usize) -> Option<Nnf> {
         Kind::Binary(op @ (BinOp::And | BinOp::Or), a, b) => {
             let (x, y) = (to_nnf(a, negated, rank)?, to_nnf(b, negated, rank)?);
             let and = (*op == BinOp::And) != negated;
-            Some(if and { Nnf::And(vec![x, y]) } else { Nnf::Or(vec![x, y]) })
+            Some(if and {
+                Nnf::And(vec![x, y])
+            } else {
+                Nnf::Or(vec![x, y])
+            })
         }
         Kind::Binary(op, a, b) if op.is_comparison() && a.ty != crate::sema::expr::Ty::Bool => {
             let op = if negated { negate(*op) } else { *op };
@@ -234,14 +257,19 @@ fn comparison(a: &Expr, op: BinOp, b: &Expr, rank: usize) -> Option<Nnf> {
             let minus_b = neg(b.clone());
             let lit = |l: &Expr, op, r: &Expr| comparison(l, op, r, rank);
             return Some(match op {
-                BinOp::Le | BinOp::Lt => Nnf::And(vec![lit(x, op, b)?, lit(x, flip(op), &minus_b)?]),
+                BinOp::Le | BinOp::Lt => {
+                    Nnf::And(vec![lit(x, op, b)?, lit(x, flip(op), &minus_b)?])
+                }
                 BinOp::Ge | BinOp::Gt => Nnf::Or(vec![lit(x, op, b)?, lit(x, flip(op), &minus_b)?]),
                 _ => return None,
             });
         }
     }
     if op == BinOp::Ne {
-        return Some(Nnf::Or(vec![comparison(a, BinOp::Lt, b, rank)?, comparison(a, BinOp::Gt, b, rank)?]));
+        return Some(Nnf::Or(vec![
+            comparison(a, BinOp::Lt, b, rank)?,
+            comparison(a, BinOp::Gt, b, rank)?,
+        ]));
     }
     let la = lin(a, rank)?;
     let lb = lin(b, rank)?;
@@ -263,31 +291,53 @@ fn has_key(e: &Expr) -> bool {
 fn lin(e: &Expr, rank: usize) -> Option<Lin> {
     let span = e.span;
     if !has_key(e) {
-        return Some(Lin { coef: [0; MAX_RANK], rest: e.clone() });
+        return Some(Lin {
+            coef: [0; MAX_RANK],
+            rest: e.clone(),
+        });
     }
     match &e.kind {
         Kind::Var(Var::K(a)) => {
             let mut coef = [0; MAX_RANK];
             coef[*a as usize % MAX_RANK] = 1;
-            Some(Lin { coef, rest: Expr::int(0, span) })
+            Some(Lin {
+                coef,
+                rest: Expr::int(0, span),
+            })
         }
         Kind::Var(Var::D(a)) => {
             let mut coef = [0; MAX_RANK];
             coef[*a as usize % MAX_RANK] = 1;
-            Some(Lin { coef, rest: neg(Expr::var(Var::Q(*a), span)) })
+            Some(Lin {
+                coef,
+                rest: neg(Expr::var(Var::Q(*a), span)),
+            })
         }
-        Kind::Var(Var::KI) if rank == 1 => Some(Lin { coef: [1, 0, 0], rest: Expr::int(0, span) }),
+        Kind::Var(Var::KI) if rank == 1 => Some(Lin {
+            coef: [1, 0, 0],
+            rest: Expr::int(0, span),
+        }),
         Kind::Unary(UnOp::Neg, a) => {
             let l = lin(a, rank)?;
-            Some(Lin { coef: l.coef.map(|c| -c), rest: neg(l.rest) })
+            Some(Lin {
+                coef: l.coef.map(|c| -c),
+                rest: neg(l.rest),
+            })
         }
         Kind::Binary(op @ (BinOp::Add | BinOp::Sub), a, b) => {
             let (x, y) = (lin(a, rank)?, lin(b, rank)?);
             let mut coef = [0; MAX_RANK];
             for i in 0..MAX_RANK {
-                coef[i] = if *op == BinOp::Add { x.coef[i].checked_add(y.coef[i])? } else { x.coef[i].checked_sub(y.coef[i])? };
+                coef[i] = if *op == BinOp::Add {
+                    x.coef[i].checked_add(y.coef[i])?
+                } else {
+                    x.coef[i].checked_sub(y.coef[i])?
+                };
             }
-            Some(Lin { coef, rest: Expr::binary(*op, x.rest, y.rest, span) })
+            Some(Lin {
+                coef,
+                rest: Expr::binary(*op, x.rest, y.rest, span),
+            })
         }
         Kind::Binary(BinOp::Mul, a, b) => {
             let (c, other) = match (&a.kind, &b.kind) {
@@ -300,7 +350,10 @@ fn lin(e: &Expr, rank: usize) -> Option<Lin> {
             for i in 0..MAX_RANK {
                 coef[i] = l.coef[i].checked_mul(c)?;
             }
-            Some(Lin { coef, rest: Expr::binary(BinOp::Mul, Expr::int(c, span), l.rest, span) })
+            Some(Lin {
+                coef,
+                rest: Expr::binary(BinOp::Mul, Expr::int(c, span), l.rest, span),
+            })
         }
         _ => None,
     }
@@ -346,7 +399,12 @@ fn to_dnf(n: &Nnf) -> Option<Vec<Vec<(Lin, BinOp)>>> {
 impl ClosedForm {
     /// The boxes for the query tile at grid coordinates `q` (possibly overlapping, clipped
     /// to the grid, empty ones dropped).
-    pub fn eval_at(&self, q: &[u32; MAX_RANK], grid: &[u32; MAX_RANK], rank: usize) -> Result<Vec<TileBox>, EvalError> {
+    pub fn eval_at(
+        &self,
+        q: &[u32; MAX_RANK],
+        grid: &[u32; MAX_RANK],
+        rank: usize,
+    ) -> Result<Vec<TileBox>, EvalError> {
         let mut p = Point::default();
         for a in 0..rank {
             p.q[a] = i64::from(q[a]);
@@ -387,15 +445,31 @@ impl ClosedForm {
         for (i, b) in self.boxes.iter().enumerate() {
             let mut parts = vec![];
             if !b.guards.is_empty() {
-                let g: Vec<String> = b.guards.iter().map(|g| crate::sema::expr::print_plain(g, axes)).collect();
+                let g: Vec<String> = b
+                    .guards
+                    .iter()
+                    .map(|g| crate::sema::expr::print_plain(g, axes))
+                    .collect();
                 parts.push(format!("if {}", g.join(" && ")));
             }
             for (a, name) in axes.iter().enumerate() {
-                let mut lo: Vec<String> = b.lo[a].iter().map(|e| crate::sema::expr::print_plain(e, axes)).collect();
-                let mut hi: Vec<String> = b.hi[a].iter().map(|e| crate::sema::expr::print_plain(e, axes)).collect();
+                let mut lo: Vec<String> = b.lo[a]
+                    .iter()
+                    .map(|e| crate::sema::expr::print_plain(e, axes))
+                    .collect();
+                let mut hi: Vec<String> = b.hi[a]
+                    .iter()
+                    .map(|e| crate::sema::expr::print_plain(e, axes))
+                    .collect();
                 lo.insert(0, "0".into());
                 hi.push(format!("{}", grid[a].saturating_sub(1)));
-                let f = |name: &str, v: Vec<String>| if v.len() == 1 { v[0].clone() } else { format!("{name}({})", v.join(", ")) };
+                let f = |name: &str, v: Vec<String>| {
+                    if v.len() == 1 {
+                        v[0].clone()
+                    } else {
+                        format!("{name}({})", v.join(", "))
+                    }
+                };
                 parts.push(format!("k{name} in [{}, {}]", f("max", lo), f("min", hi)));
             }
             s.push_str(&format!("  box {i}: {}\n", parts.join(", ")));

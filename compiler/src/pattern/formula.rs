@@ -74,7 +74,16 @@ impl Formula {
     pub fn top_conjuncts(&self) -> Vec<u32> {
         match &self.tree {
             Tree::Atom(i) => vec![*i],
-            Tree::And(v) => v.iter().filter_map(|t| if let Tree::Atom(i) = t { Some(*i) } else { None }).collect(),
+            Tree::And(v) => v
+                .iter()
+                .filter_map(|t| {
+                    if let Tree::Atom(i) = t {
+                        Some(*i)
+                    } else {
+                        None
+                    }
+                })
+                .collect(),
             _ => vec![],
         }
     }
@@ -115,7 +124,11 @@ fn build(e: &Expr, unit: Unit, rank: usize, atoms: &mut Vec<Atom>) -> Tree {
             Tree::Or(v)
         }
         _ => {
-            atoms.push(Atom { expr: e.clone(), unit, axes: axes_of(e, rank) });
+            atoms.push(Atom {
+                expr: e.clone(),
+                unit,
+                axes: axes_of(e, rank),
+            });
             Tree::Atom(atoms.len() as u32 - 1)
         }
     }
@@ -161,7 +174,11 @@ fn eval3(t: &Tree, atom: &mut dyn FnMut(u32) -> Option<bool>) -> Option<bool> {
                     Some(true) => {}
                 }
             }
-            if unknown { None } else { Some(true) }
+            if unknown {
+                None
+            } else {
+                Some(true)
+            }
         }
         Tree::Or(v) => {
             let mut unknown = false;
@@ -172,7 +189,11 @@ fn eval3(t: &Tree, atom: &mut dyn FnMut(u32) -> Option<bool>) -> Option<bool> {
                     Some(false) => {}
                 }
             }
-            if unknown { None } else { Some(false) }
+            if unknown {
+                None
+            } else {
+                Some(false)
+            }
         }
     }
 }
@@ -197,7 +218,12 @@ impl Env for Point {
             Var::N(x) => self.n[a(x)],
             Var::QI => self.qi,
             Var::KI => self.ki,
-            _ => return Err(EvalError { span, message: "this variable is not defined in a mask".into() }),
+            _ => {
+                return Err(EvalError {
+                    span,
+                    message: "this variable is not defined in a mask".into(),
+                })
+            }
         }))
     }
 }

@@ -46,8 +46,13 @@ pub struct SegmentGeom {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TileRef {
     /// `order`-th tile of segment `seg` (position in `Geometry::segments`).
-    Segment { seg: usize, index: u32 },
-    Canvas { coords: [u32; MAX_RANK] },
+    Segment {
+        seg: usize,
+        index: u32,
+    },
+    Canvas {
+        coords: [u32; MAX_RANK],
+    },
 }
 
 /// What a token is.
@@ -80,7 +85,12 @@ impl Geometry {
         let mut pos = 0u64;
         let mut tiles = 0u64;
         let mut push = |placement: Placement, pos: &mut u64, tiles: &mut u64| {
-            for (i, s) in layout.segments.iter().enumerate().filter(|(_, s)| s.placement == placement) {
+            for (i, s) in layout
+                .segments
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.placement == placement)
+            {
                 let n = s.size.div_ceil(tile_tokens);
                 segments.push(SegmentGeom {
                     index: i,
@@ -102,7 +112,8 @@ impl Geometry {
         pos += canvas_tokens;
         tiles += canvas_tiles64;
         push(Placement::Suffix, &mut pos, &mut tiles);
-        let total_tiles = u32::try_from(tiles).map_err(|_| format!("{tiles} tiles are too many"))?;
+        let total_tiles =
+            u32::try_from(tiles).map_err(|_| format!("{tiles} tiles are too many"))?;
         Ok(Geometry {
             rank,
             canvas,
@@ -126,11 +137,16 @@ impl Geometry {
 
     pub fn tile_ref(&self, t: u32) -> TileRef {
         if t >= self.canvas_first_tile && t < self.canvas_first_tile + self.canvas_tiles {
-            return TileRef::Canvas { coords: self.canvas_tile_coords(t - self.canvas_first_tile) };
+            return TileRef::Canvas {
+                coords: self.canvas_tile_coords(t - self.canvas_first_tile),
+            };
         }
         for (i, s) in self.segments.iter().enumerate() {
             if t >= s.first_tile && t < s.first_tile + s.tiles {
-                return TileRef::Segment { seg: i, index: t - s.first_tile };
+                return TileRef::Segment {
+                    seg: i,
+                    index: t - s.first_tile,
+                };
             }
         }
         TileRef::Segment { seg: 0, index: 0 }
@@ -169,7 +185,9 @@ impl Geometry {
     /// Tokens in a tile (what exists, padding included).
     pub fn tile_len(&self, t: u32) -> u32 {
         match self.tile_ref(t) {
-            TileRef::Canvas { coords } => (0..self.rank).map(|a| self.tile_extent(a, coords[a])).product(),
+            TileRef::Canvas { coords } => (0..self.rank)
+                .map(|a| self.tile_extent(a, coords[a]))
+                .product(),
             TileRef::Segment { seg, index } => {
                 let s = &self.segments[seg];
                 self.tile_tokens.min(s.size - index * self.tile_tokens)
@@ -192,11 +210,16 @@ impl Geometry {
     /// The token at a sequence position.
     pub fn token_at(&self, pos: u64) -> TokenRef {
         if pos >= self.canvas_first_pos && pos < self.canvas_first_pos + self.canvas_tokens {
-            return TokenRef::Canvas { coords: self.canvas_coords_at(pos - self.canvas_first_pos) };
+            return TokenRef::Canvas {
+                coords: self.canvas_coords_at(pos - self.canvas_first_pos),
+            };
         }
         for (i, s) in self.segments.iter().enumerate() {
             if pos >= s.first_pos && pos < s.first_pos + u64::from(s.size) {
-                return TokenRef::Segment { seg: i, offset: (pos - s.first_pos) as u32 };
+                return TokenRef::Segment {
+                    seg: i,
+                    offset: (pos - s.first_pos) as u32,
+                };
             }
         }
         TokenRef::Segment { seg: 0, offset: 0 }
@@ -225,7 +248,9 @@ impl Geometry {
                     self.ragged_tile_of(local)
                 };
                 let tc = self.canvas_tile_coords(tile);
-                let ext: Vec<u64> = (0..self.rank).map(|a| u64::from(self.tile_extent(a, tc[a]))).collect();
+                let ext: Vec<u64> = (0..self.rank)
+                    .map(|a| u64::from(self.tile_extent(a, tc[a])))
+                    .collect();
                 for a in (0..self.rank).rev() {
                     c[a] = tc[a] * self.tile[a] + (within % ext[a]) as u32;
                     within /= ext[a];
@@ -242,14 +267,19 @@ impl Geometry {
         let mut coords = [0u32; MAX_RANK];
         let mut before = 1u64; // product of the extents of the axes already fixed
         for a in 0..self.rank {
-            let after: u64 = (a + 1..self.rank).map(|b| u64::from(self.canvas[b])).product();
+            let after: u64 = (a + 1..self.rank)
+                .map(|b| u64::from(self.canvas[b]))
+                .product();
             let full_slab = before * u64::from(self.tile[a]) * after;
             let c = (remaining / full_slab).min(u64::from(self.grid[a] - 1));
             remaining -= c * full_slab;
             coords[a] = c as u32;
             before *= u64::from(self.tile_extent(a, coords[a]));
         }
-        (self.canvas_tile_id(&coords) - self.canvas_first_tile, remaining)
+        (
+            self.canvas_tile_id(&coords) - self.canvas_first_tile,
+            remaining,
+        )
     }
 
     /// Sequence position of a canvas token.
@@ -270,7 +300,8 @@ impl Geometry {
                 let start = self.tiled_tile_start(&tc);
                 let mut within = 0u64;
                 for a in 0..self.rank {
-                    within = within * u64::from(self.tile_extent(a, tc[a])) + u64::from(coords[a] % self.tile[a]);
+                    within = within * u64::from(self.tile_extent(a, tc[a]))
+                        + u64::from(coords[a] % self.tile[a]);
                 }
                 start + within
             }

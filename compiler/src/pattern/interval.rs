@@ -88,7 +88,10 @@ fn ev(e: &Expr, b: &Block) -> I {
                 _ => Unknown,
             }
         }
-        Kind::Doc { x, offsets: crate::sema::expr::DocOffsets::Values(offs) } => match ev(x, b) {
+        Kind::Doc {
+            x,
+            offsets: crate::sema::expr::DocOffsets::Values(offs),
+        } => match ev(x, b) {
             Int(l, h) => Int(doc_index(l, offs), doc_index(h, offs)),
             _ => Unknown,
         },
@@ -103,8 +106,16 @@ fn binary(op: BinOp, x: I, y: I) -> I {
             BinOp::Add => Int(a.saturating_add(c), b.saturating_add(d)),
             BinOp::Sub => Int(a.saturating_sub(d), b.saturating_sub(c)),
             BinOp::Mul => {
-                let p = [a as i128 * c as i128, a as i128 * d as i128, b as i128 * c as i128, b as i128 * d as i128];
-                Int(sat(*p.iter().min().unwrap_or(&0)), sat(*p.iter().max().unwrap_or(&0)))
+                let p = [
+                    a as i128 * c as i128,
+                    a as i128 * d as i128,
+                    b as i128 * c as i128,
+                    b as i128 * d as i128,
+                ];
+                Int(
+                    sat(*p.iter().min().unwrap_or(&0)),
+                    sat(*p.iter().max().unwrap_or(&0)),
+                )
             }
             BinOp::Div if c == d && c > 0 => match (floor_div(a, c), floor_div(b, c)) {
                 (Some(l), Some(h)) => Int(l, h),
@@ -153,7 +164,12 @@ mod tests {
     #[test]
     fn abs_window_decides_far_blocks() {
         // abs(dh) <= 1
-        let e = Expr::binary(BinOp::Le, Expr::call(Builtin::Abs, vec![v(Var::D(0))], Span::DUMMY), Expr::int(1, Span::DUMMY), Span::DUMMY);
+        let e = Expr::binary(
+            BinOp::Le,
+            Expr::call(Builtin::Abs, vec![v(Var::D(0))], Span::DUMMY),
+            Expr::int(1, Span::DUMMY),
+            Span::DUMMY,
+        );
         let mut b = Block::default();
         b.q[0] = (0, 7);
         b.k[0] = (16, 23);

@@ -27,7 +27,7 @@ pub enum TileClass {
 }
 
 /// Default cap on elementary evaluations, so that no input can make analysis hang.
-pub const DEFAULT_BUDGET: u64 = 1 << 31;
+pub const DEFAULT_BUDGET: u64 = 1 << 29;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum AnalysisError {
@@ -66,10 +66,15 @@ pub fn analyse(spec: &Spec) -> Result<Schedule, Vec<Diagnostic>> {
 
 pub fn analyse_with_budget(spec: &Spec, limit: u64) -> Result<Schedule, Vec<Diagnostic>> {
     let geom = Geometry::from_spec(spec).map_err(|m| {
-        vec![Diagnostic::error("E0401", format!("cannot lay out kernel `{}`: {m}", spec.kernel)).with_label(spec.kernel_span, "here")]
+        vec![Diagnostic::error(
+            "E0401",
+            format!("cannot lay out kernel `{}`: {m}", spec.kernel),
+        )
+        .with_label(spec.kernel_span, "here")]
     })?;
     let mut budget = Budget::new(limit);
-    let sched = schedule::build(spec, &geom, &mut budget).map_err(|(_, e)| vec![analysis_diag(spec, e)])?;
+    let sched =
+        schedule::build(spec, &geom, &mut budget).map_err(|(_, e)| vec![analysis_diag(spec, e)])?;
     let mut diags = vec![];
     for v in &sched.variants {
         if v.stats.active_pairs == 0 {
@@ -94,23 +99,37 @@ pub fn analyse_with_budget(spec: &Spec, limit: u64) -> Result<Schedule, Vec<Diag
 }
 
 fn param_note(spec: &Spec) -> String {
-    let p: Vec<String> =
-        spec.params.iter().map(|b| format!("{} = {}", b.name, crate::sema::spec::format_bound(&b.value))).collect();
+    let p: Vec<String> = spec
+        .params
+        .iter()
+        .map(|b| format!("{} = {}", b.name, crate::sema::spec::format_bound(&b.value)))
+        .collect();
     format!("parameters: {}", p.join(", "))
 }
 
 fn analysis_diag(spec: &Spec, e: AnalysisError) -> Diagnostic {
     match e {
-        AnalysisError::Eval(e) => Diagnostic::error("E0403", format!("evaluating the rule failed: {}", e.message))
-            .with_label(e.span, e.message)
-            .with_note(param_note(spec)),
+        AnalysisError::Eval(e) => Diagnostic::error(
+            "E0403",
+            format!("evaluating the rule failed: {}", e.message),
+        )
+        .with_label(e.span, e.message)
+        .with_note(param_note(spec)),
         AnalysisError::Budget(limit) => Diagnostic::error(
             "E0404",
-            format!("analysing pattern `{}` needs more than {limit} evaluations", spec.pattern),
+            format!(
+                "analysing pattern `{}` needs more than {limit} evaluations",
+                spec.pattern
+            ),
         )
         .with_label(spec.pattern_span, "too costly at this size")
-        .with_hint("use larger tiles, a smaller canvas, or rules that read one axis per comparison"),
-        AnalysisError::TooComplex(m) => Diagnostic::error("E0405", format!("pattern `{}` is too complex: {m}", spec.pattern))
-            .with_label(spec.pattern_span, "here"),
+        .with_hint(
+            "use larger tiles, a smaller canvas, or rules that read one axis per comparison",
+        ),
+        AnalysisError::TooComplex(m) => Diagnostic::error(
+            "E0405",
+            format!("pattern `{}` is too complex: {m}", spec.pattern),
+        )
+        .with_label(spec.pattern_span, "here"),
     }
 }

@@ -12,7 +12,9 @@ pub fn tile_name(g: &Geometry, t: u32) -> String {
         TileRef::Segment { seg, index } => format!("{} {index}", g.segments[seg].name),
         TileRef::Canvas { coords } => {
             let axes = crate::sema::expr::axis_names(g.rank);
-            let c: Vec<String> = (0..g.rank).map(|a| format!("{}={}", axes[a], coords[a])).collect();
+            let c: Vec<String> = (0..g.rank)
+                .map(|a| format!("{}={}", axes[a], coords[a]))
+                .collect();
             c.join(",")
         }
     }
@@ -59,18 +61,34 @@ pub fn print_schedule(spec: &Spec, s: &Schedule, max_rows: Option<usize>) -> Str
         g.canvas_first_tile + g.canvas_tiles
     );
     for sg in &g.segments {
-        let _ = writeln!(o, "segment {}: tiles {}..{} ({} tokens, {} valid)", sg.name, sg.first_tile, sg.first_tile + sg.tiles, sg.size, sg.valid);
+        let _ = writeln!(
+            o,
+            "segment {}: tiles {}..{} ({} tokens, {} valid)",
+            sg.name,
+            sg.first_tile,
+            sg.first_tile + sg.tiles,
+            sg.size,
+            sg.valid
+        );
     }
     let total = (g.total_tokens as f64).powi(2);
     for (i, v) in s.variants.iter().enumerate() {
-        let heads = if s.variants.len() == 1 { "all heads".to_string() } else { format!("heads {}", ranges(&v.heads)) };
+        let heads = if s.variants.len() == 1 {
+            "all heads".to_string()
+        } else {
+            format!("heads {}", ranges(&v.heads))
+        };
         let _ = writeln!(o, "mask {i} ({heads}):");
         match &v.closed {
             Some(c) if c.boxes.len() == 1 && c.boxes[0] == Default::default() => {
                 let _ = writeln!(o, "  canvas key tiles, closed form: every tile");
             }
             Some(c) => {
-                let _ = writeln!(o, "  canvas key tiles, closed form: union of {} box(es)", c.boxes.len());
+                let _ = writeln!(
+                    o,
+                    "  canvas key tiles, closed form: union of {} box(es)",
+                    c.boxes.len()
+                );
                 o.push_str(&c.print(axes, &g.grid));
             }
             None => {
@@ -96,7 +114,11 @@ pub fn print_schedule(spec: &Spec, s: &Schedule, max_rows: Option<usize>) -> Str
         let limit = max_rows.unwrap_or(usize::MAX);
         for q in 0..g.total_tiles {
             if q as usize >= limit {
-                let _ = writeln!(o, "  ... {} more query tiles", g.total_tiles as usize - limit);
+                let _ = writeln!(
+                    o,
+                    "  ... {} more query tiles",
+                    g.total_tiles as usize - limit
+                );
                 break;
             }
             let _ = writeln!(o, "  q{q} ({}): {}", tile_name(g, q), runs_text(v.row(q)));

@@ -42,7 +42,10 @@ pub struct VariantSchedule {
 
 impl VariantSchedule {
     pub fn row(&self, q: u32) -> &[KvRun] {
-        let (a, b) = (self.rows[q as usize] as usize, self.rows[q as usize + 1] as usize);
+        let (a, b) = (
+            self.rows[q as usize] as usize,
+            self.rows[q as usize + 1] as usize,
+        );
         &self.runs[a..b]
     }
 
@@ -52,7 +55,10 @@ impl VariantSchedule {
 
     /// The class of one tile pair, or None when it is empty.
     pub fn class_of(&self, q: u32, k: u32) -> Option<TileClass> {
-        self.row(q).iter().find(|r| k >= r.start && k < r.start + r.len).map(|r| r.class)
+        self.row(q)
+            .iter()
+            .find(|r| k >= r.start && k < r.start + r.len)
+            .map(|r| r.class)
     }
 }
 
@@ -69,13 +75,20 @@ impl Schedule {
     pub fn density(&self) -> f64 {
         let total = (self.geom.total_tokens as f64).powi(2);
         let heads = self.head_variant.len().max(1) as f64;
-        let active: f64 = self.variants.iter().map(|v| v.stats.active_pairs as f64 * v.heads.len() as f64).sum();
+        let active: f64 = self
+            .variants
+            .iter()
+            .map(|v| v.stats.active_pairs as f64 * v.heads.len() as f64)
+            .sum();
         active / (total * heads)
     }
 
     /// Tile pairs the kernel visits, summed over heads.
     pub fn active_tile_pairs(&self) -> u64 {
-        self.variants.iter().map(|v| (v.stats.full_tiles + v.stats.partial_tiles) * v.heads.len() as u64).sum()
+        self.variants
+            .iter()
+            .map(|v| (v.stats.full_tiles + v.stats.partial_tiles) * v.heads.len() as u64)
+            .sum()
     }
 
     pub fn variant_of_head(&self, h: u32) -> &VariantSchedule {
@@ -107,27 +120,49 @@ impl Rules<'_> {
     }
 }
 
-pub fn build(spec: &Spec, geom: &Geometry, budget: &mut Budget) -> Result<Schedule, (usize, AnalysisError)> {
+pub fn build(
+    spec: &Spec,
+    geom: &Geometry,
+    budget: &mut Budget,
+) -> Result<Schedule, (usize, AnalysisError)> {
     let mut variants = vec![];
     for (i, v) in spec.variants.iter().enumerate() {
         variants.push(build_variant(spec, geom, v, budget).map_err(|e| (i, e))?);
     }
-    Ok(Schedule { geom: geom.clone(), variants, head_variant: spec.head_variant.clone() })
+    Ok(Schedule {
+        geom: geom.clone(),
+        variants,
+        head_variant: spec.head_variant.clone(),
+    })
 }
 
-fn build_variant(spec: &Spec, geom: &Geometry, v: &PatternVariant, budget: &mut Budget) -> Result<VariantSchedule, AnalysisError> {
+fn build_variant(
+    spec: &Spec,
+    geom: &Geometry,
+    v: &PatternVariant,
+    budget: &mut Budget,
+) -> Result<VariantSchedule, AnalysisError> {
     let rules = Rules { rules: &spec.rules };
     let formula = Formula::new(v.tiles.as_ref(), v.tokens.as_ref(), geom.rank);
     let dense_canvas = rules.sees(Side::Canvas, Side::Canvas);
-    let mut classifier = if dense_canvas { None } else { Some(Classifier::new(geom, &formula, budget)?) };
+    let mut classifier = if dense_canvas {
+        None
+    } else {
+        Some(Classifier::new(geom, &formula, budget)?)
+    };
     let closed = match (&v.tiles, &v.tokens, dense_canvas) {
         (Some(t), None, false) => closed::derive(t, geom.rank),
-        (None, None, _) | (_, _, true) => Some(ClosedForm { boxes: vec![Default::default()] }),
+        (None, None, _) | (_, _, true) => Some(ClosedForm {
+            boxes: vec![Default::default()],
+        }),
         _ => None,
     };
     let mut rows = Vec::with_capacity(geom.total_tiles as usize + 1);
     let mut runs: Vec<KvRun> = vec![];
-    let mut stats = Stats { min_kv_tiles: u32::MAX, ..Stats::default() };
+    let mut stats = Stats {
+        min_kv_tiles: u32::MAX,
+        ..Stats::default()
+    };
     rows.push(0u32);
     let mut pieces: Vec<(KvRun, u64)> = vec![];
     for q in 0..geom.total_tiles {
@@ -161,8 +196,19 @@ fn build_variant(spec: &Spec, geom: &Geometry, v: &PatternVariant, budget: &mut 
                 if valid == 0 {
                     continue;
                 }
-                let class = if valid == geom.tile_tokens { TileClass::Full } else { TileClass::Partial };
-                pieces.push((KvRun { start: k, len: 1, class }, qlen * u64::from(valid)));
+                let class = if valid == geom.tile_tokens {
+                    TileClass::Full
+                } else {
+                    TileClass::Partial
+                };
+                pieces.push((
+                    KvRun {
+                        start: k,
+                        len: 1,
+                        class,
+                    },
+                    qlen * u64::from(valid),
+                ));
             }
         }
         pieces.sort_by_key(|(r, _)| r.start);
@@ -177,7 +223,11 @@ fn build_variant(spec: &Spec, geom: &Geometry, v: &PatternVariant, budget: &mut 
             }
             let in_row = runs.len() > row_start;
             match runs.last_mut() {
-                Some(last) if in_row && last.class == r.class && last.start + last.len == r.start => last.len += r.len,
+                Some(last)
+                    if in_row && last.class == r.class && last.start + last.len == r.start =>
+                {
+                    last.len += r.len
+                }
                 _ => runs.push(*r),
             }
         }
@@ -191,7 +241,13 @@ fn build_variant(spec: &Spec, geom: &Geometry, v: &PatternVariant, budget: &mut 
     if geom.total_tiles == 0 {
         stats.min_kv_tiles = 0;
     }
-    Ok(VariantSchedule { heads: v.heads.clone(), rows, runs, closed, stats })
+    Ok(VariantSchedule {
+        heads: v.heads.clone(),
+        rows,
+        runs,
+        closed,
+        stats,
+    })
 }
 
 /// Every canvas key tile, split so that ragged tiles (partial) form their own boxes.
@@ -218,9 +274,20 @@ fn dense_boxes(geom: &Geometry, qlen: u64) -> Vec<KvBox> {
         for a in 0..rank {
             (lo[a], hi[a]) = parts[a][idx[a]];
         }
-        let klen: u64 = (0..rank).map(|a| u64::from(geom.tile_extent(a, lo[a]))).product();
-        let class = if geom.canvas_tile_ragged(&lo) { TileClass::Partial } else { TileClass::Full };
-        out.push(KvBox { lo, hi, class, pairs_per_tile: qlen * klen });
+        let klen: u64 = (0..rank)
+            .map(|a| u64::from(geom.tile_extent(a, lo[a])))
+            .product();
+        let class = if geom.canvas_tile_ragged(&lo) {
+            TileClass::Partial
+        } else {
+            TileClass::Full
+        };
+        out.push(KvBox {
+            lo,
+            hi,
+            class,
+            pairs_per_tile: qlen * klen,
+        });
         let mut a = rank;
         loop {
             if a == 0 {
@@ -245,7 +312,14 @@ fn boxes_to_runs(geom: &Geometry, boxes: &[KvBox], out: &mut Vec<(KvRun, u64)>) 
         let mut c = b.lo;
         'rows: loop {
             let start = geom.canvas_tile_id(&c);
-            out.push((KvRun { start, len, class: b.class }, b.pairs_per_tile * u64::from(len)));
+            out.push((
+                KvRun {
+                    start,
+                    len,
+                    class: b.class,
+                },
+                b.pairs_per_tile * u64::from(len),
+            ));
             // Odometer over the axes before the last.
             let mut a = last;
             loop {

@@ -44,7 +44,10 @@ pub struct EvalError {
 }
 
 fn err<T>(span: Span, message: impl Into<String>) -> Result<T, EvalError> {
-    Err(EvalError { span, message: message.into() })
+    Err(EvalError {
+        span,
+        message: message.into(),
+    })
 }
 
 /// What an expression's free names evaluate to.
@@ -224,7 +227,10 @@ pub fn binary(op: BinOp, l: Value, r: Value, span: Span) -> Result<Value, EvalEr
 }
 
 fn overflow(span: Span) -> EvalError {
-    EvalError { span, message: "integer overflow".into() }
+    EvalError {
+        span,
+        message: "integer overflow".into(),
+    }
 }
 
 pub fn call(b: Builtin, args: &[Value], span: Span) -> Result<Value, EvalError> {
@@ -238,16 +244,28 @@ pub fn call(b: Builtin, args: &[Value], span: Span) -> Result<Value, EvalError> 
         Builtin::Min | Builtin::Max => {
             if all_int {
                 let (a, c) = (args[0].as_int().unwrap_or(0), args[1].as_int().unwrap_or(0));
-                Int(if b == Builtin::Min { a.min(c) } else { a.max(c) })
+                Int(if b == Builtin::Min {
+                    a.min(c)
+                } else {
+                    a.max(c)
+                })
             } else {
                 let (a, c) = (args[0].as_f64(), args[1].as_f64());
-                Float(if b == Builtin::Min { a.min(c) } else { a.max(c) })
+                Float(if b == Builtin::Min {
+                    a.min(c)
+                } else {
+                    a.max(c)
+                })
             }
         }
         Builtin::Clamp => {
             // clamp(x, lo, hi) = max(lo, min(x, hi)); never panics when lo > hi.
             if all_int {
-                let (x, lo, hi) = (args[0].as_int().unwrap_or(0), args[1].as_int().unwrap_or(0), args[2].as_int().unwrap_or(0));
+                let (x, lo, hi) = (
+                    args[0].as_int().unwrap_or(0),
+                    args[1].as_int().unwrap_or(0),
+                    args[2].as_int().unwrap_or(0),
+                );
                 Int(lo.max(x.min(hi)))
             } else {
                 let (x, lo, hi) = (args[0].as_f64(), args[1].as_f64(), args[2].as_f64());

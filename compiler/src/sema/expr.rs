@@ -6,8 +6,8 @@
 use std::fmt;
 use std::rc::Rc;
 
-pub use crate::syntax::ast::{BinOp, UnOp};
 use crate::diagnostic::Span;
+pub use crate::syntax::ast::{BinOp, UnOp};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Ty {
@@ -159,12 +159,23 @@ pub enum Kind {
     Call(Builtin, Vec<Expr>),
     /// `doc(x, OFFSETS)`: the index of the document containing position `x`, given sorted
     /// start offsets; -1 before the first.
-    Doc { x: Box<Expr>, offsets: DocOffsets },
+    Doc {
+        x: Box<Expr>,
+        offsets: DocOffsets,
+    },
     /// `window(axis, radius, stride:, dilation:)`: a clamped (NATTEN/STA) window along one
     /// axis. Desugared into comparisons when the kernel is instantiated.
-    Window { axis: u8, radius: Box<Expr>, stride: Box<Expr>, dilation: Box<Expr> },
+    Window {
+        axis: u8,
+        radius: Box<Expr>,
+        stride: Box<Expr>,
+        dilation: Box<Expr>,
+    },
     /// An element of a kernel input tensor (score modifiers only).
-    Input { id: InputId, indices: Vec<Expr> },
+    Input {
+        id: InputId,
+        indices: Vec<Expr>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -175,15 +186,27 @@ pub enum DocOffsets {
 
 impl Expr {
     pub fn int(v: i64, span: Span) -> Expr {
-        Expr { kind: Kind::Int(v), ty: Ty::Int, span }
+        Expr {
+            kind: Kind::Int(v),
+            ty: Ty::Int,
+            span,
+        }
     }
 
     pub fn bool(v: bool, span: Span) -> Expr {
-        Expr { kind: Kind::Bool(v), ty: Ty::Bool, span }
+        Expr {
+            kind: Kind::Bool(v),
+            ty: Ty::Bool,
+            span,
+        }
     }
 
     pub fn var(v: Var, span: Span) -> Expr {
-        Expr { kind: Kind::Var(v), ty: if v == Var::Score { Ty::Float } else { Ty::Int }, span }
+        Expr {
+            kind: Kind::Var(v),
+            ty: if v == Var::Score { Ty::Float } else { Ty::Int },
+            span,
+        }
     }
 
     pub fn binary(op: BinOp, a: Expr, b: Expr, span: Span) -> Expr {
@@ -194,7 +217,11 @@ impl Expr {
         } else {
             Ty::Int
         };
-        Expr { kind: Kind::Binary(op, Box::new(a), Box::new(b)), ty, span }
+        Expr {
+            kind: Kind::Binary(op, Box::new(a), Box::new(b)),
+            ty,
+            span,
+        }
     }
 
     pub fn call(b: Builtin, args: Vec<Expr>, span: Span) -> Expr {
@@ -208,7 +235,11 @@ impl Expr {
             }
             _ => Ty::Float,
         };
-        Expr { kind: Kind::Call(b, args), ty, span }
+        Expr {
+            kind: Kind::Call(b, args),
+            ty,
+            span,
+        }
     }
 
     /// Visits every sub-expression (pre-order).
@@ -222,7 +253,12 @@ impl Expr {
             }
             Kind::Call(_, args) => args.iter().for_each(|a| a.walk(f)),
             Kind::Doc { x, .. } => x.walk(f),
-            Kind::Window { radius, stride, dilation, .. } => {
+            Kind::Window {
+                radius,
+                stride,
+                dilation,
+                ..
+            } => {
                 radius.walk(f);
                 stride.walk(f);
                 dilation.walk(f);
@@ -235,7 +271,12 @@ impl Expr {
     /// True when the expression mentions any variable (so it is not a constant).
     pub fn has_vars(&self) -> bool {
         let mut any = false;
-        self.walk(&mut |e| any |= matches!(e.kind, Kind::Var(_) | Kind::HeadTable(_) | Kind::Input { .. }));
+        self.walk(&mut |e| {
+            any |= matches!(
+                e.kind,
+                Kind::Var(_) | Kind::HeadTable(_) | Kind::Input { .. }
+            )
+        });
         any
     }
 }
@@ -284,12 +325,23 @@ impl Printer<'_> {
                 let o = match offsets {
                     DocOffsets::Param(p) => (self.param_name)(*p),
                     DocOffsets::Values(v) => {
-                        format!("[{}]", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "))
+                        format!(
+                            "[{}]",
+                            v.iter()
+                                .map(|x| x.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
                     }
                 };
                 format!("doc({}, {o})", self.go(x, 0))
             }
-            Kind::Window { axis, radius, stride, dilation } => {
+            Kind::Window {
+                axis,
+                radius,
+                stride,
+                dilation,
+            } => {
                 let name = self.axes.get(*axis as usize).copied().unwrap_or("?");
                 format!(
                     "window({name}, {}, stride: {}, dilation: {})",
@@ -334,5 +386,10 @@ pub fn format_float(v: f64) -> String {
 pub fn print_plain(e: &Expr, axes: &[&str]) -> String {
     let pn = |p: ParamId| format!("param#{}", p.0);
     let inn = |i: InputId| format!("input#{}", i.0);
-    Printer { axes, param_name: &pn, input_name: &inn }.print(e)
+    Printer {
+        axes,
+        param_name: &pn,
+        input_name: &inn,
+    }
+    .print(e)
 }

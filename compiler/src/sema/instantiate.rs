@@ -31,16 +31,25 @@ pub struct Binding {
 impl Binding {
     /// Parses `NAME=VALUE`.
     pub fn parse(s: &str) -> Result<Binding, String> {
-        let (n, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not NAME=VALUE"))?;
+        let (n, v) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))?;
         let n = n.trim();
         if n.is_empty() {
             return Err(format!("`{s}` has no parameter name"));
         }
-        Ok(Binding { name: n.to_string(), value: v.trim().to_string() })
+        Ok(Binding {
+            name: n.to_string(),
+            value: v.trim().to_string(),
+        })
     }
 }
 
-pub fn instantiate(prog: &Program, kernel: usize, sets: &[Binding]) -> (Option<Spec>, Vec<Diagnostic>) {
+pub fn instantiate(
+    prog: &Program,
+    kernel: usize,
+    sets: &[Binding],
+) -> (Option<Spec>, Vec<Diagnostic>) {
     let mut diags = vec![];
     let spec = Inst::new(prog, kernel, &mut diags).and_then(|mut i| i.run(sets));
     (spec, diags)
@@ -73,13 +82,22 @@ impl Params<'_> {
         }
         let name = &self.prog.param(id).name;
         if self.busy.borrow().contains(&id) {
-            return Err(EvalError { span, message: format!("parameter `{name}` depends on itself") });
+            return Err(EvalError {
+                span,
+                message: format!("parameter `{name}` depends on itself"),
+            });
         }
         if self.depth.get() > 64 {
-            return Err(EvalError { span, message: "parameter defaults nest too deeply".into() });
+            return Err(EvalError {
+                span,
+                message: "parameter defaults nest too deeply".into(),
+            });
         }
         let Some(src) = self.sources.get(&id) else {
-            return Err(EvalError { span, message: format!("parameter `{name}` is not visible here") });
+            return Err(EvalError {
+                span,
+                message: format!("parameter `{name}` is not visible here"),
+            });
         };
         self.busy.borrow_mut().push(id);
         self.depth.set(self.depth.get() + 1);
@@ -87,10 +105,16 @@ impl Params<'_> {
             Source::Set(v) => Ok(v.clone()),
             Source::Decl(pv, _) => match pv {
                 ParamValue::Scalar(e) => eval::eval(e, self).map(BoundValue::Scalar),
-                ParamValue::List(items, _) => items.iter().map(|e| eval::eval(e, self)).collect::<Result<_, _>>().map(BoundValue::List),
-                ParamValue::PerHead(items, _) => {
-                    items.iter().map(|e| eval::eval(e, self)).collect::<Result<_, _>>().map(BoundValue::PerHead)
-                }
+                ParamValue::List(items, _) => items
+                    .iter()
+                    .map(|e| eval::eval(e, self))
+                    .collect::<Result<_, _>>()
+                    .map(BoundValue::List),
+                ParamValue::PerHead(items, _) => items
+                    .iter()
+                    .map(|e| eval::eval(e, self))
+                    .collect::<Result<_, _>>()
+                    .map(BoundValue::PerHead),
             },
         };
         self.depth.set(self.depth.get() - 1);
@@ -105,18 +129,25 @@ impl Params<'_> {
             BoundValue::Scalar(v) => Ok(v),
             BoundValue::PerHead(_) => Err(EvalError {
                 span,
-                message: format!("`{}` has one value per head and cannot be used here", self.prog.param(id).name),
+                message: format!(
+                    "`{}` has one value per head and cannot be used here",
+                    self.prog.param(id).name
+                ),
             }),
-            BoundValue::List(_) => {
-                Err(EvalError { span, message: format!("`{}` is a list, not a number", self.prog.param(id).name) })
-            }
+            BoundValue::List(_) => Err(EvalError {
+                span,
+                message: format!("`{}` is a list, not a number", self.prog.param(id).name),
+            }),
         }
     }
 }
 
 impl eval::Env for Params<'_> {
     fn var(&self, _: Var, span: Span) -> Result<Value, EvalError> {
-        Err(EvalError { span, message: "a coordinate cannot be used here".into() })
+        Err(EvalError {
+            span,
+            message: "a coordinate cannot be used here".into(),
+        })
     }
     fn param(&self, id: ParamId, span: Span) -> Result<Value, EvalError> {
         self.scalar(id, span)
@@ -129,7 +160,11 @@ fn eval_diag(e: EvalError) -> Diagnostic {
 
 impl<'a> Inst<'a> {
     fn new(prog: &'a Program, kernel: usize, diags: &'a mut Vec<Diagnostic>) -> Option<Inst<'a>> {
-        (kernel < prog.kernels.len()).then_some(Inst { prog, kernel, diags })
+        (kernel < prog.kernels.len()).then_some(Inst {
+            prog,
+            kernel,
+            diags,
+        })
     }
 
     fn err(&mut self, d: Diagnostic) {
@@ -149,17 +184,30 @@ impl<'a> Inst<'a> {
         let visible = prog.visible_params(self.kernel);
         let mut sources: HashMap<ParamId, Source> = HashMap::new();
         for id in &visible {
-            sources.insert(*id, Source::Decl(prog.param(*id).value.clone(), Origin::Default));
+            sources.insert(
+                *id,
+                Source::Decl(prog.param(*id).value.clone(), Origin::Default),
+            );
         }
         for (id, v, _) in &k.overrides {
             sources.insert(*id, Source::Decl(v.clone(), Origin::Kernel));
         }
         let mut ok = true;
         for b in sets {
-            let Some(id) = visible.iter().copied().find(|id| prog.param(*id).name == b.name) else {
-                let names: Vec<&str> = visible.iter().map(|id| prog.param(*id).name.as_str()).collect();
-                let mut d = Diagnostic::error("E0302", format!("kernel `{}` has no parameter `{}`", k.name, b.name))
-                    .with_note(format!("its parameters: {}", names.join(", ")));
+            let Some(id) = visible
+                .iter()
+                .copied()
+                .find(|id| prog.param(*id).name == b.name)
+            else {
+                let names: Vec<&str> = visible
+                    .iter()
+                    .map(|id| prog.param(*id).name.as_str())
+                    .collect();
+                let mut d = Diagnostic::error(
+                    "E0302",
+                    format!("kernel `{}` has no parameter `{}`", k.name, b.name),
+                )
+                .with_note(format!("its parameters: {}", names.join(", ")));
                 if let Some(c) = closest(&b.name, names.iter().copied()) {
                     d = d.with_hint(format!("did you mean `{c}`?"));
                 }
@@ -172,7 +220,10 @@ impl<'a> Inst<'a> {
                     sources.insert(id, Source::Set(v));
                 }
                 Err(msg) => {
-                    self.err(Diagnostic::error("E0303", format!("bad value for `{}`: {msg}", b.name)));
+                    self.err(Diagnostic::error(
+                        "E0303",
+                        format!("bad value for `{}`: {msg}", b.name),
+                    ));
                     ok = false;
                 }
             }
@@ -204,7 +255,12 @@ impl<'a> Inst<'a> {
         let mut bound = vec![];
         for id in &visible {
             match params.value(*id, prog.param(*id).span) {
-                Ok(v) => bound.push(BoundParam { id: *id, name: prog.param(*id).name.clone(), value: v, origin: origins[id] }),
+                Ok(v) => bound.push(BoundParam {
+                    id: *id,
+                    name: prog.param(*id).name.clone(),
+                    value: v,
+                    origin: origins[id],
+                }),
                 Err(e) => {
                     self.err(eval_diag(e));
                     ok = false;
@@ -219,15 +275,29 @@ impl<'a> Inst<'a> {
         let layout = self.layout(lay, &params)?;
 
         // 4. Settings.
-        let setting = |s: Setting| k.settings.iter().find(|(x, _, _)| *x == s).map(|(_, id, sp)| (*id, *sp));
+        let setting = |s: Setting| {
+            k.settings
+                .iter()
+                .find(|(x, _, _)| *x == s)
+                .map(|(_, id, sp)| (*id, *sp))
+        };
         let mut vals: HashMap<Setting, u32> = HashMap::new();
-        for s in [Setting::Heads, Setting::KvHeads, Setting::HeadDim, Setting::ValueDim, Setting::Batch] {
-            let Some((id, written)) = setting(s) else { return None };
+        for s in [
+            Setting::Heads,
+            Setting::KvHeads,
+            Setting::HeadDim,
+            Setting::ValueDim,
+            Setting::Batch,
+        ] {
+            let (id, written) = setting(s)?;
             let span = written.unwrap_or(k.span);
             let v = match params.scalar(id, span) {
                 Ok(Value::Int(v)) => v,
                 Ok(_) => {
-                    self.err(Diagnostic::error("E0304", format!("`{}` must be an integer", s.keyword())).with_label(span, "here"));
+                    self.err(
+                        Diagnostic::error("E0304", format!("`{}` must be an integer", s.keyword()))
+                            .with_label(span, "here"),
+                    );
                     return None;
                 }
                 Err(e) => {
@@ -243,8 +313,11 @@ impl<'a> Inst<'a> {
             if v < 1 || v > i64::from(max) {
                 let pname = s.param_name().unwrap_or("");
                 self.err(
-                    Diagnostic::error("E0304", format!("`{}` is {v}; it must be between 1 and {max}", s.keyword()))
-                        .with_label(span, format!("{pname} = {v}")),
+                    Diagnostic::error(
+                        "E0304",
+                        format!("`{}` is {v}; it must be between 1 and {max}", s.keyword()),
+                    )
+                    .with_label(span, format!("{pname} = {v}")),
                 );
                 ok = false;
                 continue;
@@ -256,11 +329,16 @@ impl<'a> Inst<'a> {
         }
         let (heads, kv_heads) = (vals[&Setting::Heads], vals[&Setting::KvHeads]);
         if heads % kv_heads != 0 {
-            let span = setting(Setting::KvHeads).and_then(|x| x.1).unwrap_or(k.span);
+            let span = setting(Setting::KvHeads)
+                .and_then(|x| x.1)
+                .unwrap_or(k.span);
             self.err(
-                Diagnostic::error("E0305", format!("{heads} query heads cannot be shared evenly by {kv_heads} KV heads"))
-                    .with_label(span, format!("KV_HEADS = {kv_heads}"))
-                    .with_hint("HEADS must be a multiple of KV_HEADS (GQA groups of equal size)"),
+                Diagnostic::error(
+                    "E0305",
+                    format!("{heads} query heads cannot be shared evenly by {kv_heads} KV heads"),
+                )
+                .with_label(span, format!("KV_HEADS = {kv_heads}"))
+                .with_hint("HEADS must be a multiple of KV_HEADS (GQA groups of equal size)"),
             );
             return None;
         }
@@ -275,7 +353,11 @@ impl<'a> Inst<'a> {
                     };
                     let mut d = Diagnostic::error(
                         "E0306",
-                        format!("`{}` has {} per-head values but the kernel has {heads} heads", b.name, v.len()),
+                        format!(
+                            "`{}` has {} per-head values but the kernel has {heads} heads",
+                            b.name,
+                            v.len()
+                        ),
                     )
                     .with_hint(format!("give exactly {heads} values, or change HEADS"));
                     if span != Span::DUMMY {
@@ -289,14 +371,25 @@ impl<'a> Inst<'a> {
         if !ok {
             return None;
         }
-        let values: HashMap<ParamId, BoundValue> = bound.iter().map(|b| (b.id, b.value.clone())).collect();
+        let values: HashMap<ParamId, BoundValue> =
+            bound.iter().map(|b| (b.id, b.value.clone())).collect();
 
         // 6. Pattern rules, per head.
         let grid: Vec<i64> = layout.grid().iter().map(|g| i64::from(*g)).collect();
         let canvas: Vec<i64> = layout.canvas.iter().map(|g| i64::from(*g)).collect();
-        let tiles = pat.tiles.as_ref().map(|e| self.concrete(e, &values, &grid, heads)).transpose();
-        let tokens = pat.tokens.as_ref().map(|e| self.concrete(e, &values, &canvas, heads)).transpose();
-        let (Ok(tiles), Ok(tokens)) = (tiles, tokens) else { return None };
+        let tiles = pat
+            .tiles
+            .as_ref()
+            .map(|e| self.concrete(e, &values, &grid, heads))
+            .transpose();
+        let tokens = pat
+            .tokens
+            .as_ref()
+            .map(|e| self.concrete(e, &values, &canvas, heads))
+            .transpose();
+        let (Ok(tiles), Ok(tokens)) = (tiles, tokens) else {
+            return None;
+        };
         let mut variants: Vec<PatternVariant> = vec![];
         let mut head_variant = vec![];
         for h in 0..heads as usize {
@@ -309,7 +402,11 @@ impl<'a> Inst<'a> {
                 }
                 None => {
                     head_variant.push(variants.len() as u32);
-                    variants.push(PatternVariant { heads: vec![h as u32], tiles: t, tokens: k });
+                    variants.push(PatternVariant {
+                        heads: vec![h as u32],
+                        tiles: t,
+                        tokens: k,
+                    });
                 }
             }
         }
@@ -322,8 +419,11 @@ impl<'a> Inst<'a> {
                 Ok(v) if v.as_f64().is_finite() => v.as_f64(),
                 Ok(v) => {
                     self.err(
-                        Diagnostic::error("E0307", format!("the scale is {}, not a finite number", v.as_f64()))
-                            .with_label(e.span, "here"),
+                        Diagnostic::error(
+                            "E0307",
+                            format!("the scale is {}, not a finite number", v.as_f64()),
+                        )
+                        .with_label(e.span, "here"),
                     );
                     return None;
                 }
@@ -353,8 +453,14 @@ impl<'a> Inst<'a> {
                     Ok(Value::Int(v)) if v >= 1 && v <= i64::from(u32::MAX) => dims.push(v as u64),
                     Ok(v) => {
                         self.err(
-                            Diagnostic::error("E0308", format!("input dimension is {}; it must be at least 1", format_value(&v)))
-                                .with_label(d.span, "here"),
+                            Diagnostic::error(
+                                "E0308",
+                                format!(
+                                    "input dimension is {}; it must be at least 1",
+                                    format_value(&v)
+                                ),
+                            )
+                            .with_label(d.span, "here"),
                         );
                         return None;
                     }
@@ -364,7 +470,11 @@ impl<'a> Inst<'a> {
                     }
                 }
             }
-            inputs.push(InputSpec { name: i.name.clone(), dtype: i.dtype, dims });
+            inputs.push(InputSpec {
+                name: i.name.clone(),
+                dtype: i.dtype,
+                dims,
+            });
         }
 
         Some(Spec {
@@ -396,33 +506,63 @@ impl<'a> Inst<'a> {
         let mut tile = vec![];
         let mut ok = true;
         for (i, d) in lay.canvas.iter().enumerate() {
-            match self.size(params, d, 1, i64::from(MAX_AXIS), &format!("canvas axis {}", axes[i])) {
+            match self.size(
+                params,
+                d,
+                1,
+                i64::from(MAX_AXIS),
+                &format!("canvas axis {}", axes[i]),
+            ) {
                 Some(v) => canvas.push(v),
                 None => ok = false,
             }
         }
         for (i, d) in lay.tile.iter().enumerate() {
-            match self.size(params, d, 1, i64::from(MAX_AXIS), &format!("tile size along {}", axes[i])) {
+            match self.size(
+                params,
+                d,
+                1,
+                i64::from(MAX_AXIS),
+                &format!("tile size along {}", axes[i]),
+            ) {
                 Some(v) => tile.push(v),
                 None => ok = false,
             }
         }
         let mut segments = vec![];
         for s in &lay.segments {
-            let size = self.size(params, &s.size, 0, MAX_TOKENS as i64, &format!("segment `{}`", s.name));
+            let size = self.size(
+                params,
+                &s.size,
+                0,
+                MAX_TOKENS as i64,
+                &format!("segment `{}`", s.name),
+            );
             let Some(size) = size else {
                 ok = false;
                 continue;
             };
             let valid = match &s.valid {
                 None => size,
-                Some(v) => match self.size(params, v, 0, MAX_TOKENS as i64, &format!("valid length of `{}`", s.name)) {
+                Some(v) => match self.size(
+                    params,
+                    v,
+                    0,
+                    MAX_TOKENS as i64,
+                    &format!("valid length of `{}`", s.name),
+                ) {
                     Some(v) if v > size => {
                         self.err(
-                            Diagnostic::error("E0309", format!("segment `{}` has {size} tokens but {v} are valid", s.name))
-                                .with_label(s.valid.as_ref().map(|e| e.span).unwrap_or(s.span), format!("{v} valid"))
-                                .with_secondary(s.size.span, format!("{size} tokens"))
-                                .with_hint("the valid length can be at most the segment size"),
+                            Diagnostic::error(
+                                "E0309",
+                                format!("segment `{}` has {size} tokens but {v} are valid", s.name),
+                            )
+                            .with_label(
+                                s.valid.as_ref().map(|e| e.span).unwrap_or(s.span),
+                                format!("{v} valid"),
+                            )
+                            .with_secondary(s.size.span, format!("{size} tokens"))
+                            .with_hint("the valid length can be at most the segment size"),
                         );
                         ok = false;
                         continue;
@@ -434,16 +574,32 @@ impl<'a> Inst<'a> {
                     }
                 },
             };
-            segments.push(Segment { name: s.name.clone(), placement: s.placement, size, valid });
+            segments.push(Segment {
+                name: s.name.clone(),
+                placement: s.placement,
+                size,
+                valid,
+            });
         }
         if !ok {
             return None;
         }
-        let layout = Layout { canvas, tile, order: lay.order, segments };
+        let layout = Layout {
+            canvas,
+            tile,
+            order: lay.order,
+            segments,
+        };
         if layout.total_tokens() > MAX_TOKENS {
             self.err(
-                Diagnostic::error("E0310", format!("the sequence has {} tokens; at most {MAX_TOKENS} are supported", layout.total_tokens()))
-                    .with_label(lay.canvas_span, "canvas"),
+                Diagnostic::error(
+                    "E0310",
+                    format!(
+                        "the sequence has {} tokens; at most {MAX_TOKENS} are supported",
+                        layout.total_tokens()
+                    ),
+                )
+                .with_label(lay.canvas_span, "canvas"),
             );
             return None;
         }
@@ -457,8 +613,11 @@ impl<'a> Inst<'a> {
                 let shown = format_value(&v);
                 let rule = if min == 1 { "at least 1" } else { "0 or more" };
                 self.err(
-                    Diagnostic::error("E0311", format!("{what} is {shown}; it must be {rule} and at most {max}"))
-                        .with_label(e.span, format!("= {shown}")),
+                    Diagnostic::error(
+                        "E0311",
+                        format!("{what} is {shown}; it must be {rule} and at most {max}"),
+                    )
+                    .with_label(e.span, format!("= {shown}")),
                 );
                 None
             }
@@ -503,7 +662,10 @@ fn parse_set_value(text: &str, p: &ParamDef) -> Result<BoundValue, String> {
     let one = |s: &str| -> Result<Value, String> {
         let s = s.trim();
         match p.ty {
-            Ty::Int => s.parse::<i64>().map(Value::Int).map_err(|_| format!("`{s}` is not an integer")),
+            Ty::Int => s
+                .parse::<i64>()
+                .map(Value::Int)
+                .map_err(|_| format!("`{s}` is not an integer")),
             Ty::Float => match s.parse::<f64>() {
                 Ok(v) if v.is_finite() => Ok(Value::Float(v)),
                 _ => Err(format!("`{s}` is not a finite number")),
@@ -521,9 +683,15 @@ fn parse_set_value(text: &str, p: &ParamDef) -> Result<BoundValue, String> {
     }
     let is_list = text.contains(',');
     match p.value.shape() {
-        ParamShape::List => Ok(BoundValue::List(text.split(',').map(one).collect::<Result<_, _>>()?)),
-        ParamShape::PerHead => Ok(BoundValue::PerHead(text.split(',').map(one).collect::<Result<_, _>>()?)),
-        ParamShape::Scalar if is_list => Ok(BoundValue::PerHead(text.split(',').map(one).collect::<Result<_, _>>()?)),
+        ParamShape::List => Ok(BoundValue::List(
+            text.split(',').map(one).collect::<Result<_, _>>()?,
+        )),
+        ParamShape::PerHead => Ok(BoundValue::PerHead(
+            text.split(',').map(one).collect::<Result<_, _>>()?,
+        )),
+        ParamShape::Scalar if is_list => Ok(BoundValue::PerHead(
+            text.split(',').map(one).collect::<Result<_, _>>()?,
+        )),
         ParamShape::Scalar => Ok(BoundValue::Scalar(one(text)?)),
     }
 }
@@ -539,22 +707,51 @@ pub fn subst(e: &Expr, values: &HashMap<ParamId, BoundValue>) -> Result<Expr, Ev
                 Value::Float(f) => Kind::Float(*f),
                 Value::Bool(b) => Kind::Bool(*b),
             },
-            Some(BoundValue::PerHead(vs)) => Kind::HeadTable(vs.iter().map(|v| v.as_f64()).collect::<Vec<_>>().into()),
-            _ => return Err(EvalError { span, message: "a list parameter cannot be used as a number".into() }),
+            Some(BoundValue::PerHead(vs)) => {
+                Kind::HeadTable(vs.iter().map(|v| v.as_f64()).collect::<Vec<_>>().into())
+            }
+            _ => {
+                return Err(EvalError {
+                    span,
+                    message: "a list parameter cannot be used as a number".into(),
+                })
+            }
         },
-        Kind::Doc { x, offsets: DocOffsets::Param(id) } => {
+        Kind::Doc {
+            x,
+            offsets: DocOffsets::Param(id),
+        } => {
             let offs: Rc<[i64]> = match values.get(id) {
-                Some(BoundValue::List(vs)) => vs.iter().map(|v| v.as_int().unwrap_or(0)).collect::<Vec<_>>().into(),
-                _ => return Err(EvalError { span, message: "document offsets must be a list".into() }),
+                Some(BoundValue::List(vs)) => vs
+                    .iter()
+                    .map(|v| v.as_int().unwrap_or(0))
+                    .collect::<Vec<_>>()
+                    .into(),
+                _ => {
+                    return Err(EvalError {
+                        span,
+                        message: "document offsets must be a list".into(),
+                    })
+                }
             };
             if offs.windows(2).any(|w| w[0] > w[1]) {
-                return Err(EvalError { span, message: "document offsets must be in increasing order".into() });
+                return Err(EvalError {
+                    span,
+                    message: "document offsets must be in increasing order".into(),
+                });
             }
-            Kind::Doc { x: Box::new(subst(x, values)?), offsets: DocOffsets::Values(offs) }
+            Kind::Doc {
+                x: Box::new(subst(x, values)?),
+                offsets: DocOffsets::Values(offs),
+            }
         }
         _ => return map_children(e, &mut |c| subst(c, values)),
     };
-    Ok(Expr { kind, ty: e.ty, span })
+    Ok(Expr {
+        kind,
+        ty: e.ty,
+        span,
+    })
 }
 
 /// Rebuilds `e` with `f` applied to each direct child.
@@ -563,25 +760,48 @@ pub fn map_children<E>(e: &Expr, f: &mut dyn FnMut(&Expr) -> Result<Expr, E>) ->
         Kind::Unary(op, a) => Kind::Unary(*op, Box::new(f(a)?)),
         Kind::Binary(op, a, b) => Kind::Binary(*op, Box::new(f(a)?), Box::new(f(b)?)),
         Kind::Call(b, args) => Kind::Call(*b, args.iter().map(&mut *f).collect::<Result<_, _>>()?),
-        Kind::Doc { x, offsets } => Kind::Doc { x: Box::new(f(x)?), offsets: offsets.clone() },
-        Kind::Window { axis, radius, stride, dilation } => Kind::Window {
+        Kind::Doc { x, offsets } => Kind::Doc {
+            x: Box::new(f(x)?),
+            offsets: offsets.clone(),
+        },
+        Kind::Window {
+            axis,
+            radius,
+            stride,
+            dilation,
+        } => Kind::Window {
             axis: *axis,
             radius: Box::new(f(radius)?),
             stride: Box::new(f(stride)?),
             dilation: Box::new(f(dilation)?),
         },
-        Kind::Input { id, indices } => Kind::Input { id: *id, indices: indices.iter().map(&mut *f).collect::<Result<_, _>>()? },
+        Kind::Input { id, indices } => Kind::Input {
+            id: *id,
+            indices: indices.iter().map(&mut *f).collect::<Result<_, _>>()?,
+        },
         other => other.clone(),
     };
-    Ok(Expr { kind, ty: e.ty, span: e.span })
+    Ok(Expr {
+        kind,
+        ty: e.ty,
+        span: e.span,
+    })
 }
 
 /// The rule as seen by head `h`: head tables become literals.
 pub fn specialise(e: &Expr, h: usize) -> Expr {
     if let Kind::HeadTable(vals) = &e.kind {
         let v = vals.get(h).copied().unwrap_or(0.0);
-        let kind = if e.ty == Ty::Int { Kind::Int(v as i64) } else { Kind::Float(v) };
-        return Expr { kind, ty: e.ty, span: e.span };
+        let kind = if e.ty == Ty::Int {
+            Kind::Int(v as i64)
+        } else {
+            Kind::Float(v)
+        };
+        return Expr {
+            kind,
+            ty: e.ty,
+            span: e.span,
+        };
     }
     map_children::<()>(e, &mut |c| Ok(specialise(c, h))).unwrap_or_else(|_| e.clone())
 }
@@ -593,7 +813,10 @@ pub fn fold(e: &Expr) -> Result<Expr, EvalError> {
         Kind::Unary(_, a) => is_lit(a),
         Kind::Binary(_, a, b) => is_lit(a) && is_lit(b),
         Kind::Call(_, args) => args.iter().all(is_lit),
-        Kind::Doc { x, offsets: DocOffsets::Values(_) } => is_lit(x),
+        Kind::Doc {
+            x,
+            offsets: DocOffsets::Values(_),
+        } => is_lit(x),
         _ => false,
     };
     // Short-circuit folding: `false && x`, `true || x`.
@@ -616,7 +839,11 @@ pub fn fold(e: &Expr) -> Result<Expr, EvalError> {
         Value::Float(f) => Kind::Float(f),
         Value::Bool(b) => Kind::Bool(b),
     };
-    Ok(Expr { kind, ty: e.ty, span: e.span })
+    Ok(Expr {
+        kind,
+        ty: e.ty,
+        span: e.span,
+    })
 }
 
 fn is_lit(e: &Expr) -> bool {
@@ -631,12 +858,22 @@ fn is_lit(e: &Expr) -> bool {
 /// `i` has the leader `min((i / S) * S + (S - 1) / 2, L - 1)` and sees the `2R + 1`
 /// group positions starting at `clamp(leader - R, 0, L - 2R - 1)`.
 pub fn expand_windows(e: &Expr, extent: &[i64]) -> Result<Expr, Diagnostic> {
-    if let Kind::Window { axis, radius, stride, dilation } = &e.kind {
+    if let Kind::Window {
+        axis,
+        radius,
+        stride,
+        dilation,
+    } = &e.kind
+    {
         let span = e.span;
         let konst = |x: &Expr, what: &str| -> Result<i64, Diagnostic> {
             match fold(x).map(|f| f.kind) {
                 Ok(Kind::Int(v)) => Ok(v),
-                Ok(_) => Err(Diagnostic::error("E0312", format!("{what} must be an integer constant")).with_label(x.span, "here")),
+                Ok(_) => Err(Diagnostic::error(
+                    "E0312",
+                    format!("{what} must be an integer constant"),
+                )
+                .with_label(x.span, "here")),
                 Err(err) => Err(eval_diag(err)),
             }
         };
@@ -645,14 +882,28 @@ pub fn expand_windows(e: &Expr, extent: &[i64]) -> Result<Expr, Diagnostic> {
         let d = konst(dilation, "the dilation")?;
         let n = extent.get(*axis as usize).copied().unwrap_or(1);
         if r < 0 {
-            return Err(Diagnostic::error("E0313", format!("the window radius is {r}; it must be 0 or more"))
-                .with_label(radius.span, format!("= {r}")));
+            return Err(Diagnostic::error(
+                "E0313",
+                format!("the window radius is {r}; it must be 0 or more"),
+            )
+            .with_label(radius.span, format!("= {r}")));
         }
         if s < 1 || d < 1 {
-            let (what, v, sp) = if s < 1 { ("stride", s, stride.span) } else { ("dilation", d, dilation.span) };
-            return Err(Diagnostic::error("E0313", format!("the {what} is {v}; it must be at least 1")).with_label(sp, format!("= {v}")));
+            let (what, v, sp) = if s < 1 {
+                ("stride", s, stride.span)
+            } else {
+                ("dilation", d, dilation.span)
+            };
+            return Err(Diagnostic::error(
+                "E0313",
+                format!("the {what} is {v}; it must be at least 1"),
+            )
+            .with_label(sp, format!("= {v}")));
         }
-        let k = r.checked_mul(2).and_then(|x| x.checked_add(1)).unwrap_or(i64::MAX);
+        let k = r
+            .checked_mul(2)
+            .and_then(|x| x.checked_add(1))
+            .unwrap_or(i64::MAX);
         let smallest_group = n / d;
         if k > smallest_group {
             let mut diag = Diagnostic::error(
@@ -662,7 +913,9 @@ pub fn expand_windows(e: &Expr, extent: &[i64]) -> Result<Expr, Diagnostic> {
             .with_label(span, format!("2 * {r} + 1 = {k} > {smallest_group}"))
             .with_hint("lower the radius, or use an unclamped box such as `abs(dh) <= R`, which shrinks at the edges");
             if d > 1 {
-                diag = diag.with_note("with dilation D, each of the D groups of positions must hold the whole window");
+                diag = diag.with_note(
+                    "with dilation D, each of the D groups of positions must hold the whole window",
+                );
             }
             return Err(diag);
         }
@@ -677,18 +930,31 @@ pub fn expand_windows(e: &Expr, extent: &[i64]) -> Result<Expr, Diagnostic> {
             // L = (n - g + d - 1) / d
             let len = bin(BinOp::Div, bin(BinOp::Sub, i(n + d - 1), g.clone()), i(d));
             let same = bin(BinOp::Eq, bin(BinOp::Rem, kx.clone(), i(d)), g);
-            (bin(BinOp::Div, q, i(d)), bin(BinOp::Div, kx, i(d)), len, Some(same))
+            (
+                bin(BinOp::Div, q, i(d)),
+                bin(BinOp::Div, kx, i(d)),
+                len,
+                Some(same),
+            )
         };
         let leader = if s == 1 {
             qi
         } else {
             let block = bin(BinOp::Mul, bin(BinOp::Div, qi, i(s)), i(s));
             let centre = bin(BinOp::Add, block, i((s - 1) / 2));
-            Expr::call(Builtin::Min, vec![centre, bin(BinOp::Sub, group_len.clone(), i(1))], span)
+            Expr::call(
+                Builtin::Min,
+                vec![centre, bin(BinOp::Sub, group_len.clone(), i(1))],
+                span,
+            )
         };
         let start = Expr::call(
             Builtin::Clamp,
-            vec![bin(BinOp::Sub, leader, i(r)), i(0), bin(BinOp::Sub, group_len, i(k))],
+            vec![
+                bin(BinOp::Sub, leader, i(r)),
+                i(0),
+                bin(BinOp::Sub, group_len, i(k)),
+            ],
             span,
         );
         let lo = bin(BinOp::Ge, ki.clone(), start.clone());

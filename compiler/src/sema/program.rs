@@ -188,7 +188,12 @@ impl Program {
     pub fn kernel_scopes(&self, kernel: usize) -> Vec<Scope> {
         let k = &self.kernels[kernel];
         let p = &self.patterns[k.pattern];
-        vec![Scope::Kernel(kernel), Scope::Pattern(k.pattern), Scope::Layout(p.layout), Scope::File]
+        vec![
+            Scope::Kernel(kernel),
+            Scope::Pattern(k.pattern),
+            Scope::Layout(p.layout),
+            Scope::File,
+        ]
     }
 
     /// Every parameter a kernel sees, in declaration order.

@@ -220,7 +220,12 @@ impl Resolver {
     fn find_param(&self, name: &str, scopes: &[Scope]) -> Option<ParamId> {
         // Innermost scope first.
         for s in scopes {
-            if let Some(i) = self.prog.params.iter().position(|p| p.name == name && p.scope == *s) {
+            if let Some(i) = self
+                .prog
+                .params
+                .iter()
+                .position(|p| p.name == name && p.scope == *s)
+            {
                 return Some(ParamId(i as u32));
             }
         }
@@ -242,16 +247,31 @@ impl Resolver {
         }
     }
 
-    fn declare_param(&mut self, name: &ast::Ident, value: Option<ast::ParamValue>, scope: Scope, implicit: bool) -> ParamId {
+    fn declare_param(
+        &mut self,
+        name: &ast::Ident,
+        value: Option<ast::ParamValue>,
+        scope: Scope,
+        implicit: bool,
+    ) -> ParamId {
         if let Some(prev) = self.find_param(&name.name, &self.chain(scope)) {
             let p = self.prog.param(prev);
-            let mut d = Diagnostic::error("E0103", format!("parameter `{}` is already declared", name.name))
-                .with_label(name.span, "declared again here");
+            let mut d = Diagnostic::error(
+                "E0103",
+                format!("parameter `{}` is already declared", name.name),
+            )
+            .with_label(name.span, "declared again here");
             if !p.implicit {
-                d = d.with_secondary(p.span, format!("first declared in {}", self.scope_name(p.scope)));
+                d = d.with_secondary(
+                    p.span,
+                    format!("first declared in {}", self.scope_name(p.scope)),
+                );
             }
             if matches!(scope, Scope::Kernel(_)) && p.scope != scope {
-                d = d.with_hint(format!("to change its value in this kernel, write `{} = ...;` without `param`", name.name));
+                d = d.with_hint(format!(
+                    "to change its value in this kernel, write `{} = ...;` without `param`",
+                    name.name
+                ));
             }
             self.diags.push(d);
             return prev;
@@ -275,34 +295,70 @@ impl Resolver {
     fn declare_settings(&mut self, k: &ast::KernelDecl, ki: usize) {
         let written = |s: Setting| {
             k.stmts.iter().rev().find_map(|st| match st {
-                ast::KernelStmt::Setting { key, value, span, .. } if *key == s => Some((value.clone(), *span)),
+                ast::KernelStmt::Setting {
+                    key, value, span, ..
+                } if *key == s => Some((value.clone(), *span)),
                 _ => None,
             })
         };
-        for s in [Setting::Heads, Setting::KvHeads, Setting::HeadDim, Setting::ValueDim, Setting::Batch] {
-            let Some(pname) = s.param_name() else { continue };
-            let ident = ast::Ident { name: pname.to_string(), span: k.name.span };
+        for s in [
+            Setting::Heads,
+            Setting::KvHeads,
+            Setting::HeadDim,
+            Setting::ValueDim,
+            Setting::Batch,
+        ] {
+            let Some(pname) = s.param_name() else {
+                continue;
+            };
+            let ident = ast::Ident {
+                name: pname.to_string(),
+                span: k.name.span,
+            };
             let visible = self.find_param(pname, &self.chain(Scope::Kernel(ki)));
             let w = written(s);
             let id = match (visible, &w) {
                 (Some(id), Some((value, span))) => {
                     // Acts as an override of the visible parameter.
-                    self.prog.kernels[ki].overrides.push((id, ParamValue::Scalar(Expr::int(0, *span)), *span));
+                    self.prog.kernels[ki].overrides.push((
+                        id,
+                        ParamValue::Scalar(Expr::int(0, *span)),
+                        *span,
+                    ));
                     let slot = self.prog.kernels[ki].overrides.len() - 1;
-                    self.pending_override_ast.push((ki, slot, ast::ParamValue::Expr(value.clone())));
+                    self.pending_override_ast.push((
+                        ki,
+                        slot,
+                        ast::ParamValue::Expr(value.clone()),
+                    ));
                     id
                 }
                 (Some(id), None) => id,
                 (None, Some((value, span))) => {
-                    let ident = ast::Ident { name: pname.to_string(), span: *span };
-                    self.declare_param(&ident, Some(ast::ParamValue::Expr(value.clone())), Scope::Kernel(ki), true)
+                    let ident = ast::Ident {
+                        name: pname.to_string(),
+                        span: *span,
+                    };
+                    self.declare_param(
+                        &ident,
+                        Some(ast::ParamValue::Expr(value.clone())),
+                        Scope::Kernel(ki),
+                        true,
+                    )
                 }
                 (None, None) => {
                     let default = default_setting(s, k.name.span);
-                    self.declare_param(&ident, Some(ast::ParamValue::Expr(default)), Scope::Kernel(ki), true)
+                    self.declare_param(
+                        &ident,
+                        Some(ast::ParamValue::Expr(default)),
+                        Scope::Kernel(ki),
+                        true,
+                    )
                 }
             };
-            self.prog.kernels[ki].settings.push((s, id, w.map(|(_, sp)| sp)));
+            self.prog.kernels[ki]
+                .settings
+                .push((s, id, w.map(|(_, sp)| sp)));
         }
     }
 }
@@ -349,8 +405,14 @@ impl Resolver {
         if self.chain_depth >= MAX_PARAM_CHAIN {
             let p = &self.prog.params[i];
             self.diags.push(
-                Diagnostic::error("E0104", format!("parameter `{}` ends a chain of more than {MAX_PARAM_CHAIN} defaults", p.name))
-                    .with_label(p.span, "too deep"),
+                Diagnostic::error(
+                    "E0104",
+                    format!(
+                        "parameter `{}` ends a chain of more than {MAX_PARAM_CHAIN} defaults",
+                        p.name
+                    ),
+                )
+                .with_label(p.span, "too deep"),
             );
             self.param_state[i] = ParamState::Failed;
             return None;
@@ -358,7 +420,12 @@ impl Resolver {
         self.param_state[i] = ParamState::InProgress;
         self.chain_depth += 1;
         let scope = self.prog.params[i].scope;
-        let env = Env { ctx: Ctx::Param, scopes: self.chain(scope), axes: &[], inputs: vec![] };
+        let env = Env {
+            ctx: Ctx::Param,
+            scopes: self.chain(scope),
+            axes: &[],
+            inputs: vec![],
+        };
         let result = match self.param_ast[i].clone() {
             Some(v) => self.param_value(&v, &env),
             None => None,
@@ -387,7 +454,8 @@ impl Resolver {
             ast::ParamValue::List(l) | ast::ParamValue::PerHead(l) => {
                 if l.items.is_empty() {
                     self.diags.push(
-                        Diagnostic::error("E0105", "a list parameter needs at least one value").with_label(l.span, "empty list"),
+                        Diagnostic::error("E0105", "a list parameter needs at least one value")
+                            .with_label(l.span, "empty list"),
                     );
                     return None;
                 }
@@ -397,7 +465,8 @@ impl Resolver {
                     let e = self.expr(e, env)?;
                     if e.ty == Ty::Bool {
                         self.diags.push(
-                            Diagnostic::error("E0201", "list values must be numbers").with_label(e.span, "a boolean"),
+                            Diagnostic::error("E0201", "list values must be numbers")
+                                .with_label(e.span, "a boolean"),
                         );
                         return None;
                     }
@@ -439,7 +508,12 @@ impl Resolver {
     }
 
     fn layout_body(&mut self, l: &ast::LayoutDecl, li: usize) {
-        let env = Env { ctx: Ctx::Param, scopes: self.chain(Scope::Layout(li)), axes: &[], inputs: vec![] };
+        let env = Env {
+            ctx: Ctx::Param,
+            scopes: self.chain(Scope::Layout(li)),
+            axes: &[],
+            inputs: vec![],
+        };
         let mut canvas: Option<Span> = None;
         let mut tile: Option<Span> = None;
         let mut order: Option<Span> = None;
@@ -454,13 +528,21 @@ impl Resolver {
                     canvas = Some(*span);
                     if dims.is_empty() || dims.len() > 3 {
                         self.diags.push(
-                            Diagnostic::error("E0106", format!("a canvas has 1, 2 or 3 axes, not {}", dims.len()))
-                                .with_label(*span, "here")
-                                .with_hint("write `canvas (N);`, `canvas (H, W);` or `canvas (T, H, W);`"),
+                            Diagnostic::error(
+                                "E0106",
+                                format!("a canvas has 1, 2 or 3 axes, not {}", dims.len()),
+                            )
+                            .with_label(*span, "here")
+                            .with_hint(
+                                "write `canvas (N);`, `canvas (H, W);` or `canvas (T, H, W);`",
+                            ),
                         );
                         continue;
                     }
-                    let dims = dims.iter().filter_map(|d| self.expect(d, &env, Ty::Int, "a canvas size")).collect();
+                    let dims = dims
+                        .iter()
+                        .filter_map(|d| self.expect(d, &env, Ty::Int, "a canvas size"))
+                        .collect();
                     self.prog.layouts[li].canvas = dims;
                     self.prog.layouts[li].canvas_span = *span;
                 }
@@ -470,7 +552,10 @@ impl Resolver {
                         continue;
                     }
                     tile = Some(*span);
-                    let dims = dims.iter().filter_map(|d| self.expect(d, &env, Ty::Int, "a tile size")).collect();
+                    let dims = dims
+                        .iter()
+                        .filter_map(|d| self.expect(d, &env, Ty::Int, "a tile size"))
+                        .collect();
                     self.prog.layouts[li].tile = dims;
                     self.prog.layouts[li].tile_span = *span;
                 }
@@ -503,10 +588,13 @@ impl Resolver {
                 if c != t && c > 0 && t > 0 {
                     let axes = axis_names(c).join(", ");
                     self.diags.push(
-                        Diagnostic::error("E0108", format!("the tile has {t} axes but the canvas has {c}"))
-                            .with_label(ts, format!("{t} tile sizes"))
-                            .with_secondary(cs, format!("{c} canvas axes ({axes})"))
-                            .with_hint(format!("give one tile size per canvas axis: {axes}")),
+                        Diagnostic::error(
+                            "E0108",
+                            format!("the tile has {t} axes but the canvas has {c}"),
+                        )
+                        .with_label(ts, format!("{t} tile sizes"))
+                        .with_secondary(cs, format!("{c} canvas axes ({axes})"))
+                        .with_hint(format!("give one tile size per canvas axis: {axes}")),
                     );
                     self.prog.layouts[li].tile.clear();
                 }
@@ -527,13 +615,22 @@ impl Resolver {
         let name = &seg.name.name;
         if name == "all" || name == "canvas" {
             self.diags.push(
-                Diagnostic::error("E0110", format!("`{name}` is reserved and cannot name a segment"))
-                    .with_label(seg.name.span, "reserved")
-                    .with_hint("`see` rules use `all` and `canvas` for the whole sequence and the canvas"),
+                Diagnostic::error(
+                    "E0110",
+                    format!("`{name}` is reserved and cannot name a segment"),
+                )
+                .with_label(seg.name.span, "reserved")
+                .with_hint(
+                    "`see` rules use `all` and `canvas` for the whole sequence and the canvas",
+                ),
             );
             return;
         }
-        if let Some(prev) = self.prog.layouts[li].segments.iter().find(|s| &s.name == name) {
+        if let Some(prev) = self.prog.layouts[li]
+            .segments
+            .iter()
+            .find(|s| &s.name == name)
+        {
             let prev = prev.name_span;
             self.diags.push(
                 Diagnostic::error("E0110", format!("segment `{name}` is declared twice"))
@@ -542,7 +639,9 @@ impl Resolver {
             );
             return;
         }
-        let Some(size) = self.expect(&seg.size, env, Ty::Int, "a segment size") else { return };
+        let Some(size) = self.expect(&seg.size, env, Ty::Int, "a segment size") else {
+            return;
+        };
         let valid = match &seg.valid {
             Some(v) => match self.expect(v, env, Ty::Int, "a valid length") {
                 Some(v) => Some(v),
@@ -561,7 +660,9 @@ impl Resolver {
     }
 
     fn pattern_body(&mut self, p: &ast::PatternDecl, pi: usize) {
-        let Some(li) = self.pattern_layout.get(pi).copied().flatten() else { return };
+        let Some(li) = self.pattern_layout.get(pi).copied().flatten() else {
+            return;
+        };
         let rank = self.prog.layouts[li].rank();
         if rank == 0 {
             return; // the layout's own error says why
@@ -579,8 +680,14 @@ impl Resolver {
                         continue;
                     }
                     tiles_span = Some(*span);
-                    let env = Env { ctx: Ctx::Tiles, scopes: scopes.clone(), axes, inputs: vec![] };
-                    self.prog.patterns[pi].tiles = self.expect(expr, &env, Ty::Bool, "a `tiles:` rule");
+                    let env = Env {
+                        ctx: Ctx::Tiles,
+                        scopes: scopes.clone(),
+                        axes,
+                        inputs: vec![],
+                    };
+                    self.prog.patterns[pi].tiles =
+                        self.expect(expr, &env, Ty::Bool, "a `tiles:` rule");
                 }
                 ast::PatternStmt::Tokens { expr, span } => {
                     if let Some(prev) = tokens_span {
@@ -588,12 +695,24 @@ impl Resolver {
                         continue;
                     }
                     tokens_span = Some(*span);
-                    let env = Env { ctx: Ctx::Tokens, scopes: scopes.clone(), axes, inputs: vec![] };
-                    self.prog.patterns[pi].tokens = self.expect(expr, &env, Ty::Bool, "a `tokens:` rule");
+                    let env = Env {
+                        ctx: Ctx::Tokens,
+                        scopes: scopes.clone(),
+                        axes,
+                        inputs: vec![],
+                    };
+                    self.prog.patterns[pi].tokens =
+                        self.expect(expr, &env, Ty::Bool, "a `tokens:` rule");
                 }
                 ast::PatternStmt::See { from, to, span } => {
-                    let (Some(f), Some(t)) = (self.group(from, li), self.group(to, li)) else { continue };
-                    self.prog.patterns[pi].see.push(SeeRule { from: f, to: t, span: *span });
+                    let (Some(f), Some(t)) = (self.group(from, li), self.group(to, li)) else {
+                        continue;
+                    };
+                    self.prog.patterns[pi].see.push(SeeRule {
+                        from: f,
+                        to: t,
+                        span: *span,
+                    });
                 }
             }
         }
@@ -622,12 +741,19 @@ impl Resolver {
     }
 
     fn kernel_body(&mut self, k: &ast::KernelDecl, ki: usize) {
-        let Some(pi) = self.kernel_pattern.get(ki).copied().flatten() else { return };
+        let Some(pi) = self.kernel_pattern.get(ki).copied().flatten() else {
+            return;
+        };
         let li = self.prog.patterns[pi].layout;
         let rank = self.prog.layouts[li].rank();
         let axes = axis_names(rank.max(1));
         let scopes = self.chain(Scope::Kernel(ki));
-        let penv = Env { ctx: Ctx::Param, scopes: scopes.clone(), axes: &[], inputs: vec![] };
+        let penv = Env {
+            ctx: Ctx::Param,
+            scopes: scopes.clone(),
+            axes: &[],
+            inputs: vec![],
+        };
         // Settings written for parameters declared outside the kernel.
         for (kk, slot, value) in std::mem::take(&mut self.pending_override_ast) {
             if kk != ki {
@@ -643,12 +769,21 @@ impl Resolver {
         let mut scale_span: Option<Span> = None;
         // Inputs first: score modifiers may index them wherever they are declared.
         for s in &k.stmts {
-            if let ast::KernelStmt::Input { name, dtype, dims, span } = s {
+            if let ast::KernelStmt::Input {
+                name,
+                dtype,
+                dims,
+                span,
+            } = s
+            {
                 self.input(name, dtype, dims, *span, ki, &penv);
             }
         }
-        let inputs: Vec<(String, usize)> =
-            self.prog.kernels[ki].inputs.iter().map(|i| (i.name.clone(), i.dims.len())).collect();
+        let inputs: Vec<(String, usize)> = self.prog.kernels[ki]
+            .inputs
+            .iter()
+            .map(|i| (i.name.clone(), i.dims.len()))
+            .collect();
         for s in &k.stmts {
             match s {
                 ast::KernelStmt::Param(_) | ast::KernelStmt::Input { .. } => {}
@@ -664,9 +799,12 @@ impl Resolver {
                             self.prog.kernels[ki].dtype_span = name.span;
                         }
                         None => {
-                            let mut d = Diagnostic::error("E0112", format!("unknown dtype `{}`", name.name))
-                                .with_label(name.span, "not a supported element type")
-                                .with_note("supported: bf16, f16, f32");
+                            let mut d = Diagnostic::error(
+                                "E0112",
+                                format!("unknown dtype `{}`", name.name),
+                            )
+                            .with_label(name.span, "not a supported element type")
+                            .with_note("supported: bf16, f16, f32");
                             if let Some(c) = closest(&name.name, ["bf16", "f16", "f32"]) {
                                 d = d.with_hint(format!("did you mean `{c}`?"));
                             }
@@ -674,7 +812,12 @@ impl Resolver {
                         }
                     }
                 }
-                ast::KernelStmt::Setting { key: Setting::Scale, value, span, .. } => {
+                ast::KernelStmt::Setting {
+                    key: Setting::Scale,
+                    value,
+                    span,
+                    ..
+                } => {
                     if let Some(prev) = scale_span {
                         self.duplicate_stmt("scale", *span, prev);
                         continue;
@@ -688,10 +831,14 @@ impl Resolver {
                         }
                     }
                 }
-                ast::KernelStmt::Setting { key, value, span, .. } => {
+                ast::KernelStmt::Setting {
+                    key, value, span, ..
+                } => {
                     // Declared (or overridden) in declare_settings; type-check here.
                     let written_last = k.stmts.iter().rev().find_map(|st| match st {
-                        ast::KernelStmt::Setting { key: kk, span: sp, .. } if kk == key => Some(*sp),
+                        ast::KernelStmt::Setting {
+                            key: kk, span: sp, ..
+                        } if kk == key => Some(*sp),
                         _ => None,
                     });
                     if written_last != Some(*span) {
@@ -712,7 +859,12 @@ impl Resolver {
                         continue;
                     }
                     score_span = Some(*span);
-                    let env = Env { ctx: Ctx::Score, scopes: scopes.clone(), axes, inputs: inputs.clone() };
+                    let env = Env {
+                        ctx: Ctx::Score,
+                        scopes: scopes.clone(),
+                        axes,
+                        inputs: inputs.clone(),
+                    };
                     if let Some(e) = self.expr(expr, &env) {
                         if e.ty == Ty::Bool {
                             self.type_mismatch(&e, Ty::Float, "a `score:` modifier");
@@ -726,10 +878,23 @@ impl Resolver {
         }
     }
 
-    fn input(&mut self, name: &ast::Ident, dtype: &ast::Ident, dims: &[ast::Expr], span: Span, ki: usize, env: &Env) {
-        if self.prog.kernels[ki].inputs.iter().any(|i| i.name == name.name) {
+    fn input(
+        &mut self,
+        name: &ast::Ident,
+        dtype: &ast::Ident,
+        dims: &[ast::Expr],
+        span: Span,
+        ki: usize,
+        env: &Env,
+    ) {
+        if self.prog.kernels[ki]
+            .inputs
+            .iter()
+            .any(|i| i.name == name.name)
+        {
             self.diags.push(
-                Diagnostic::error("E0113", format!("input `{}` is declared twice", name.name)).with_label(name.span, "again"),
+                Diagnostic::error("E0113", format!("input `{}` is declared twice", name.name))
+                    .with_label(name.span, "again"),
             );
             return;
         }
@@ -743,13 +908,24 @@ impl Resolver {
         };
         if dims.is_empty() || dims.len() > 4 {
             self.diags.push(
-                Diagnostic::error("E0113", format!("an input has 1 to 4 dimensions, not {}", dims.len()))
-                    .with_label(span, "here"),
+                Diagnostic::error(
+                    "E0113",
+                    format!("an input has 1 to 4 dimensions, not {}", dims.len()),
+                )
+                .with_label(span, "here"),
             );
             return;
         }
-        let dims: Vec<Expr> = dims.iter().filter_map(|d| self.expect(d, env, Ty::Int, "an input dimension")).collect();
-        self.prog.kernels[ki].inputs.push(InputDef { name: name.name.clone(), span: name.span, dtype: dt, dims });
+        let dims: Vec<Expr> = dims
+            .iter()
+            .filter_map(|d| self.expect(d, env, Ty::Int, "an input dimension"))
+            .collect();
+        self.prog.kernels[ki].inputs.push(InputDef {
+            name: name.name.clone(),
+            span: name.span,
+            dtype: dt,
+            dims,
+        });
     }
 
     fn kernel_override(&mut self, b: &ast::ParamBind, ki: usize, scopes: &[Scope], env: &Env) {
@@ -766,7 +942,10 @@ impl Resolver {
             if let Some(c) = closest(&b.name.name, visible.iter().map(String::as_str)) {
                 d = d.with_hint(format!("did you mean `{c}`?"));
             } else {
-                d = d.with_hint(format!("to declare a new parameter, write `param {} = ...;`", b.name.name));
+                d = d.with_hint(format!(
+                    "to declare a new parameter, write `param {} = ...;`",
+                    b.name.name
+                ));
             }
             self.diags.push(d);
             return;
@@ -777,12 +956,20 @@ impl Resolver {
         };
         if pscope == Scope::Kernel(ki) && !self.prog.param(id).implicit {
             self.diags.push(
-                Diagnostic::error("E0114", format!("`{}` is declared in this kernel; change its `param` instead", b.name.name))
-                    .with_label(b.name.span, "override of a local parameter"),
+                Diagnostic::error(
+                    "E0114",
+                    format!(
+                        "`{}` is declared in this kernel; change its `param` instead",
+                        b.name.name
+                    ),
+                )
+                .with_label(b.name.span, "override of a local parameter"),
             );
             return;
         }
-        let Some((value, ty)) = self.param_value(&b.value, env) else { return };
+        let Some((value, ty)) = self.param_value(&b.value, env) else {
+            return;
+        };
         let shape_ok = match (pshape, value.shape()) {
             (a, b) if a == b => true,
             // A scalar may become per-head in one kernel (per-head windows).
@@ -797,9 +984,18 @@ impl Resolver {
                 ParamShape::PerHead => format!("a per-head list of {t}s"),
             };
             self.diags.push(
-                Diagnostic::error("E0115", format!("`{}` cannot be overridden with this value", b.name.name))
-                    .with_label(b.value.span(), format!("this is {}", describe(value.shape(), ty)))
-                    .with_secondary(self.prog.param(id).span, format!("declared as {}", describe(pshape, pty))),
+                Diagnostic::error(
+                    "E0115",
+                    format!("`{}` cannot be overridden with this value", b.name.name),
+                )
+                .with_label(
+                    b.value.span(),
+                    format!("this is {}", describe(value.shape(), ty)),
+                )
+                .with_secondary(
+                    self.prog.param(id).span,
+                    format!("declared as {}", describe(pshape, pty)),
+                ),
             );
             return;
         }
@@ -809,8 +1005,11 @@ impl Resolver {
     // ---- expressions -------------------------------------------------------------------
 
     fn type_mismatch(&mut self, e: &Expr, want: Ty, what: &str) {
-        let mut d = Diagnostic::error("E0201", format!("{what} must be a {want} expression, found a {}", e.ty))
-            .with_label(e.span, format!("this is a {}", e.ty));
+        let mut d = Diagnostic::error(
+            "E0201",
+            format!("{what} must be a {want} expression, found a {}", e.ty),
+        )
+        .with_label(e.span, format!("this is a {}", e.ty));
         if want == Ty::Bool && e.ty == Ty::Int {
             d = d.with_hint("compare it with something, e.g. `abs(dh) <= R`");
         }
@@ -832,7 +1031,11 @@ impl Resolver {
         let span = e.span;
         match &e.kind {
             ast::ExprKind::Int(v) => Some(Expr::int(*v, span)),
-            ast::ExprKind::Float(v) => Some(Expr { kind: Kind::Float(*v), ty: Ty::Float, span }),
+            ast::ExprKind::Float(v) => Some(Expr {
+                kind: Kind::Float(*v),
+                ty: Ty::Float,
+                span,
+            }),
             ast::ExprKind::Bool(b) => Some(Expr::bool(*b, span)),
             ast::ExprKind::Name(n) => self.name(n, span, env),
             ast::ExprKind::Unary(op, a) => {
@@ -842,15 +1045,26 @@ impl Resolver {
                     UnOp::Not => a.ty == Ty::Bool,
                 };
                 if !ok {
-                    let (sym, want) = if *op == UnOp::Neg { ("-", "a number") } else { ("!", "a boolean") };
+                    let (sym, want) = if *op == UnOp::Neg {
+                        ("-", "a number")
+                    } else {
+                        ("!", "a boolean")
+                    };
                     self.diags.push(
-                        Diagnostic::error("E0202", format!("`{sym}` needs {want}, found a {}", a.ty))
-                            .with_label(a.span, format!("this is a {}", a.ty)),
+                        Diagnostic::error(
+                            "E0202",
+                            format!("`{sym}` needs {want}, found a {}", a.ty),
+                        )
+                        .with_label(a.span, format!("this is a {}", a.ty)),
                     );
                     return None;
                 }
                 let ty = a.ty;
-                Some(Expr { kind: Kind::Unary(*op, Box::new(a)), ty, span })
+                Some(Expr {
+                    kind: Kind::Unary(*op, Box::new(a)),
+                    ty,
+                    span,
+                })
             }
             ast::ExprKind::Binary(op, a, b) => {
                 let a = self.expr(a, env);
@@ -885,9 +1099,17 @@ impl Resolver {
                 "numbers"
             };
             let bad = if op.is_logical() {
-                if a.ty != Ty::Bool { &a } else { &b }
+                if a.ty != Ty::Bool {
+                    &a
+                } else {
+                    &b
+                }
             } else if op == BinOp::Rem {
-                if a.ty != Ty::Int { &a } else { &b }
+                if a.ty != Ty::Int {
+                    &a
+                } else {
+                    &b
+                }
             } else if a.ty == Ty::Bool {
                 &a
             } else {
@@ -933,16 +1155,23 @@ impl Resolver {
                 }
                 _ => {}
             }
-            return Some(Expr { kind: Kind::Param(id), ty, span });
+            return Some(Expr {
+                kind: Kind::Param(id),
+                ty,
+                span,
+            });
         }
         self.diags.push(self.unknown_name(n, span, env));
         None
     }
 
     fn unknown_name(&self, n: &str, span: Span, env: &Env) -> Diagnostic {
-        let mut d = Diagnostic::error("E0204", format!("unknown name `{n}`")).with_label(span, "not a parameter or coordinate");
+        let mut d = Diagnostic::error("E0204", format!("unknown name `{n}`"))
+            .with_label(span, "not a parameter or coordinate");
         // A coordinate of another context or axis?
-        let coord_like = n.len() >= 2 && matches!(&n[..1], "q" | "k" | "d" | "n") && ["x", "h", "w", "t"].contains(&&n[1..]);
+        let coord_like = n.len() >= 2
+            && matches!(&n[..1], "q" | "k" | "d" | "n")
+            && ["x", "h", "w", "t"].contains(&&n[1..]);
         if coord_like || n == "qi" || n == "ki" {
             return match env.ctx {
                 Ctx::Param => d.with_hint("coordinates exist only in `tiles:`, `tokens:` and `score:`; sizes are parameters"),
@@ -1012,14 +1241,23 @@ impl Resolver {
         }
     }
 
-    fn call(&mut self, func: &ast::Ident, args: &[ast::Arg], span: Span, env: &Env) -> Option<Expr> {
+    fn call(
+        &mut self,
+        func: &ast::Ident,
+        args: &[ast::Arg],
+        span: Span,
+        env: &Env,
+    ) -> Option<Expr> {
         match func.name.as_str() {
             "window" => return self.window(func, args, span, env),
             "doc" => return self.doc(func, args, span, env),
             _ => {}
         }
         let Some(b) = Builtin::from_name(&func.name) else {
-            let mut names: Vec<&str> = ["abs", "min", "max", "clamp", "tanh", "exp", "exp2", "log", "sqrt", "float"].into();
+            let mut names: Vec<&str> = [
+                "abs", "min", "max", "clamp", "tanh", "exp", "exp2", "log", "sqrt", "float",
+            ]
+            .into();
             if matches!(env.ctx, Ctx::Tiles | Ctx::Tokens) {
                 names.push("window");
             }
@@ -1044,7 +1282,13 @@ impl Resolver {
             self.diags.push(
                 Diagnostic::error(
                     "E0206",
-                    format!("`{}` takes {} argument{}, found {}", b.name(), b.arity(), plural(b.arity()), args.len()),
+                    format!(
+                        "`{}` takes {} argument{}, found {}",
+                        b.name(),
+                        b.arity(),
+                        plural(b.arity()),
+                        args.len()
+                    ),
                 )
                 .with_label(span, "wrong number of arguments"),
             );
@@ -1057,18 +1301,28 @@ impl Resolver {
         let out: Vec<Expr> = out.into_iter().collect::<Option<_>>()?;
         if let Some(bad) = out.iter().find(|a| a.ty == Ty::Bool) {
             self.diags.push(
-                Diagnostic::error("E0202", format!("`{}` needs numbers", b.name())).with_label(bad.span, "this is a boolean"),
+                Diagnostic::error("E0202", format!("`{}` needs numbers", b.name()))
+                    .with_label(bad.span, "this is a boolean"),
             );
             return None;
         }
         Some(Expr::call(b, out, span))
     }
 
-    fn window(&mut self, func: &ast::Ident, args: &[ast::Arg], span: Span, env: &Env) -> Option<Expr> {
+    fn window(
+        &mut self,
+        func: &ast::Ident,
+        args: &[ast::Arg],
+        span: Span,
+        env: &Env,
+    ) -> Option<Expr> {
         if !matches!(env.ctx, Ctx::Tiles | Ctx::Tokens) {
             self.diags.push(
-                Diagnostic::error("E0207", "`window` can be used only in `tiles:` and `tokens:` rules")
-                    .with_label(func.span, "not allowed here"),
+                Diagnostic::error(
+                    "E0207",
+                    "`window` can be used only in `tiles:` and `tokens:` rules",
+                )
+                .with_label(func.span, "not allowed here"),
             );
             return None;
         }
@@ -1076,14 +1330,22 @@ impl Resolver {
         let positional: Vec<&ast::Arg> = args.iter().filter(|a| a.name.is_none()).collect();
         if positional.len() != 2 {
             self.diags.push(
-                Diagnostic::error("E0206", format!("`window` takes an axis and a radius, found {} positional arguments", positional.len()))
-                    .with_label(span, "here")
-                    .with_hint(format!("write `{usage}`; stride and dilation are optional")),
+                Diagnostic::error(
+                    "E0206",
+                    format!(
+                        "`window` takes an axis and a radius, found {} positional arguments",
+                        positional.len()
+                    ),
+                )
+                .with_label(span, "here")
+                .with_hint(format!("write `{usage}`; stride and dilation are optional")),
             );
             return None;
         }
         let axis = match &positional[0].value.kind {
-            ast::ExprKind::Name(n) if env.axes.contains(&n.as_str()) => env.axes.iter().position(|a| a == n)? as u8,
+            ast::ExprKind::Name(n) if env.axes.contains(&n.as_str()) => {
+                env.axes.iter().position(|a| a == n)? as u8
+            }
             _ => {
                 self.diags.push(
                     Diagnostic::error("E0208", "the first argument of `window` is an axis name")
@@ -1093,15 +1355,23 @@ impl Resolver {
                 return None;
             }
         };
-        let penv = Env { ctx: Ctx::Param, scopes: env.scopes.clone(), axes: &[], inputs: vec![] };
-        let radius = self.expect_window_arg(&positional[1].value, &penv, env, "the window radius")?;
+        let penv = Env {
+            ctx: Ctx::Param,
+            scopes: env.scopes.clone(),
+            axes: &[],
+            inputs: vec![],
+        };
+        let radius =
+            self.expect_window_arg(&positional[1].value, &penv, env, "the window radius")?;
         let mut stride = Expr::int(1, span);
         let mut dilation = Expr::int(1, span);
         for a in args {
             let Some(n) = &a.name else { continue };
             match n.name.as_str() {
                 "stride" => stride = self.expect_window_arg(&a.value, &penv, env, "the stride")?,
-                "dilation" => dilation = self.expect_window_arg(&a.value, &penv, env, "the dilation")?,
+                "dilation" => {
+                    dilation = self.expect_window_arg(&a.value, &penv, env, "the dilation")?
+                }
                 other => {
                     self.diags.push(
                         Diagnostic::error("E0206", format!("`window` has no argument `{other}`"))
@@ -1113,16 +1383,35 @@ impl Resolver {
             }
         }
         Some(Expr {
-            kind: Kind::Window { axis, radius: Box::new(radius), stride: Box::new(stride), dilation: Box::new(dilation) },
+            kind: Kind::Window {
+                axis,
+                radius: Box::new(radius),
+                stride: Box::new(stride),
+                dilation: Box::new(dilation),
+            },
             ty: Ty::Bool,
             span,
         })
     }
 
     /// Window sizes may be per-head parameters but not coordinates.
-    fn expect_window_arg(&mut self, e: &ast::Expr, penv: &Env, env: &Env, what: &str) -> Option<Expr> {
+    fn expect_window_arg(
+        &mut self,
+        e: &ast::Expr,
+        penv: &Env,
+        env: &Env,
+        what: &str,
+    ) -> Option<Expr> {
         let before = self.diags.len();
-        let r = self.expr(e, &Env { ctx: env.ctx, scopes: penv.scopes.clone(), axes: env.axes, inputs: vec![] })?;
+        let r = self.expr(
+            e,
+            &Env {
+                ctx: env.ctx,
+                scopes: penv.scopes.clone(),
+                axes: env.axes,
+                inputs: vec![],
+            },
+        )?;
         let mut uses_coords = false;
         r.walk(&mut |x| uses_coords |= matches!(x.kind, Kind::Var(_)));
         if uses_coords {
@@ -1144,9 +1433,14 @@ impl Resolver {
     fn doc(&mut self, func: &ast::Ident, args: &[ast::Arg], span: Span, env: &Env) -> Option<Expr> {
         if args.len() != 2 || args.iter().any(|a| a.name.is_some()) {
             self.diags.push(
-                Diagnostic::error("E0206", "`doc` takes a position and a list of document offsets")
-                    .with_label(span, "here")
-                    .with_hint("write `doc(qx, OFFSETS) == doc(kx, OFFSETS)` with `param OFFSETS = [0, ...];`"),
+                Diagnostic::error(
+                    "E0206",
+                    "`doc` takes a position and a list of document offsets",
+                )
+                .with_label(span, "here")
+                .with_hint(
+                    "write `doc(qx, OFFSETS) == doc(kx, OFFSETS)` with `param OFFSETS = [0, ...];`",
+                ),
             );
             return None;
         }
@@ -1160,19 +1454,37 @@ impl Resolver {
             ast::ExprKind::Name(n) => self.find_param(n, &env.scopes),
             _ => None,
         };
-        let Some(id) = list.filter(|id| self.resolve_param(*id) == Some(Ty::Int) && self.prog.param(*id).value.shape() == ParamShape::List)
-        else {
+        let Some(id) = list.filter(|id| {
+            self.resolve_param(*id) == Some(Ty::Int)
+                && self.prog.param(*id).value.shape() == ParamShape::List
+        }) else {
             self.diags.push(
-                Diagnostic::error("E0210", "the second argument of `doc` must name a list of integer offsets")
-                    .with_label(args[1].value.span, "not an integer list parameter")
-                    .with_hint("declare `param OFFSETS = [0, 100, 250];`"),
+                Diagnostic::error(
+                    "E0210",
+                    "the second argument of `doc` must name a list of integer offsets",
+                )
+                .with_label(args[1].value.span, "not an integer list parameter")
+                .with_hint("declare `param OFFSETS = [0, 100, 250];`"),
             );
             return None;
         };
-        Some(Expr { kind: Kind::Doc { x: Box::new(x), offsets: DocOffsets::Param(id) }, ty: Ty::Int, span })
+        Some(Expr {
+            kind: Kind::Doc {
+                x: Box::new(x),
+                offsets: DocOffsets::Param(id),
+            },
+            ty: Ty::Int,
+            span,
+        })
     }
 
-    fn index(&mut self, base: &ast::Expr, indices: &[ast::Expr], span: Span, env: &Env) -> Option<Expr> {
+    fn index(
+        &mut self,
+        base: &ast::Expr,
+        indices: &[ast::Expr],
+        span: Span,
+        env: &Env,
+    ) -> Option<Expr> {
         let name = match &base.kind {
             ast::ExprKind::Name(n) => Some(n.as_str()),
             _ => None,
@@ -1192,8 +1504,15 @@ impl Resolver {
         let rank = env.inputs[id].1;
         if indices.len() != rank {
             self.diags.push(
-                Diagnostic::error("E0211", format!("input `{}` has {rank} dimensions, indexed with {}", env.inputs[id].0, indices.len()))
-                    .with_label(span, "wrong number of indices"),
+                Diagnostic::error(
+                    "E0211",
+                    format!(
+                        "input `{}` has {rank} dimensions, indexed with {}",
+                        env.inputs[id].0,
+                        indices.len()
+                    ),
+                )
+                .with_label(span, "wrong number of indices"),
             );
             return None;
         }
@@ -1201,10 +1520,21 @@ impl Resolver {
         for i in indices {
             out.push(self.expect(i, env, Ty::Int, "an index")?);
         }
-        Some(Expr { kind: Kind::Input { id: InputId(id as u32), indices: out }, ty: Ty::Float, span })
+        Some(Expr {
+            kind: Kind::Input {
+                id: InputId(id as u32),
+                indices: out,
+            },
+            ty: Ty::Float,
+            span,
+        })
     }
 }
 
 fn plural(n: usize) -> &'static str {
-    if n == 1 { "" } else { "s" }
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
 }

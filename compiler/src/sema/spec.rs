@@ -78,7 +78,11 @@ impl Layout {
 
     /// Tiles per axis (the last tile of an axis may be ragged).
     pub fn grid(&self) -> Vec<u32> {
-        self.canvas.iter().zip(&self.tile).map(|(c, t)| c.div_ceil(*t)).collect()
+        self.canvas
+            .iter()
+            .zip(&self.tile)
+            .map(|(c, t)| c.div_ceil(*t))
+            .collect()
     }
 
     pub fn tile_tokens(&self) -> u64 {
@@ -124,21 +128,45 @@ impl Spec {
         match g {
             Group::All => "all".into(),
             Group::Canvas => "canvas".into(),
-            Group::Segment(i) => self.layout.segments.get(i).map(|s| s.name.clone()).unwrap_or_default(),
+            Group::Segment(i) => self
+                .layout
+                .segments
+                .get(i)
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
         }
     }
 
-    pub fn printer_names(&self) -> (impl Fn(ParamId) -> String + '_, impl Fn(InputId) -> String + '_) {
+    pub fn printer_names(
+        &self,
+    ) -> (
+        impl Fn(ParamId) -> String + '_,
+        impl Fn(InputId) -> String + '_,
+    ) {
         let pn = move |p: ParamId| {
-            self.params.iter().find(|b| b.id == p).map(|b| b.name.clone()).unwrap_or_else(|| format!("param#{}", p.0))
+            self.params
+                .iter()
+                .find(|b| b.id == p)
+                .map(|b| b.name.clone())
+                .unwrap_or_else(|| format!("param#{}", p.0))
         };
-        let inn = move |i: InputId| self.inputs.get(i.0 as usize).map(|x| x.name.clone()).unwrap_or_default();
+        let inn = move |i: InputId| {
+            self.inputs
+                .get(i.0 as usize)
+                .map(|x| x.name.clone())
+                .unwrap_or_default()
+        };
         (pn, inn)
     }
 
     pub fn print_expr(&self, e: &Expr) -> String {
         let (pn, inn) = self.printer_names();
-        Printer { axes: self.layout.axes(), param_name: &pn, input_name: &inn }.print(e)
+        Printer {
+            axes: self.layout.axes(),
+            param_name: &pn,
+            input_name: &inn,
+        }
+        .print(e)
     }
 
     /// Query heads per KV head.
@@ -167,7 +195,11 @@ pub fn format_bound(v: &BoundValue) -> String {
 /// The text form printed by `--emit spec`.
 pub fn print_spec(s: &Spec) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "kernel {} = attention({}) on layout {}", s.kernel, s.pattern, s.layout_name);
+    let _ = writeln!(
+        o,
+        "kernel {} = attention({}) on layout {}",
+        s.kernel, s.pattern, s.layout_name
+    );
     let _ = writeln!(o, "params:");
     for p in &s.params {
         let origin = match p.origin {
@@ -179,7 +211,12 @@ pub fn print_spec(s: &Spec) -> String {
     }
     let l = &s.layout;
     let axes = l.axes();
-    let dims = |v: &[u32]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("x");
+    let dims = |v: &[u32]| {
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join("x")
+    };
     let _ = writeln!(
         o,
         "canvas: {} = {} ({} tokens)",
@@ -187,15 +224,23 @@ pub fn print_spec(s: &Spec) -> String {
         dims(&l.canvas),
         l.canvas_tokens()
     );
-    let ragged: Vec<&str> =
-        axes.iter().zip(l.canvas.iter().zip(&l.tile)).filter(|(_, (c, t))| *c % *t != 0).map(|(a, _)| *a).collect();
+    let ragged: Vec<&str> = axes
+        .iter()
+        .zip(l.canvas.iter().zip(&l.tile))
+        .filter(|(_, (c, t))| *c % *t != 0)
+        .map(|(a, _)| *a)
+        .collect();
     let _ = writeln!(
         o,
         "tile: {} ({} tokens), grid {} tiles{}",
         dims(&l.tile),
         l.tile_tokens(),
         dims(&l.grid()),
-        if ragged.is_empty() { String::new() } else { format!(", ragged along {}", ragged.join(", ")) }
+        if ragged.is_empty() {
+            String::new()
+        } else {
+            format!(", ragged along {}", ragged.join(", "))
+        }
     );
     let _ = writeln!(
         o,
@@ -210,7 +255,11 @@ pub fn print_spec(s: &Spec) -> String {
             Placement::Prefix => "prefix",
             Placement::Suffix => "suffix",
         };
-        let _ = writeln!(o, "segment {}: {place}, {} tokens, {} valid", seg.name, seg.size, seg.valid);
+        let _ = writeln!(
+            o,
+            "segment {}: {place}, {} tokens, {} valid",
+            seg.name, seg.size, seg.valid
+        );
     }
     let _ = writeln!(o, "sequence: {} tokens", l.total_tokens());
     let _ = writeln!(
@@ -226,10 +275,28 @@ pub fn print_spec(s: &Spec) -> String {
     );
     let _ = writeln!(o, "scale: {}", s.scale);
     for (i, v) in s.variants.iter().enumerate() {
-        let heads = if s.variants.len() == 1 { "all heads".to_string() } else { format!("heads {}", ranges(&v.heads)) };
+        let heads = if s.variants.len() == 1 {
+            "all heads".to_string()
+        } else {
+            format!("heads {}", ranges(&v.heads))
+        };
         let _ = writeln!(o, "mask {i} ({heads}):");
-        let _ = writeln!(o, "  tiles: {}", v.tiles.as_ref().map(|e| s.print_expr(e)).unwrap_or_else(|| "(all)".into()));
-        let _ = writeln!(o, "  tokens: {}", v.tokens.as_ref().map(|e| s.print_expr(e)).unwrap_or_else(|| "(all)".into()));
+        let _ = writeln!(
+            o,
+            "  tiles: {}",
+            v.tiles
+                .as_ref()
+                .map(|e| s.print_expr(e))
+                .unwrap_or_else(|| "(all)".into())
+        );
+        let _ = writeln!(
+            o,
+            "  tokens: {}",
+            v.tokens
+                .as_ref()
+                .map(|e| s.print_expr(e))
+                .unwrap_or_else(|| "(all)".into())
+        );
     }
     for (f, t) in &s.rules {
         let _ = writeln!(o, "see {} -> {}", s.group_name(*f), s.group_name(*t));
@@ -253,7 +320,11 @@ pub fn ranges(v: &[u32]) -> String {
         while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
             j += 1;
         }
-        out.push(if i == j { v[i].to_string() } else { format!("{}-{}", v[i], v[j]) });
+        out.push(if i == j {
+            v[i].to_string()
+        } else {
+            format!("{}-{}", v[i], v[j])
+        });
         i = j + 1;
     }
     out.join(", ")

@@ -113,11 +113,21 @@ pub struct PatternDecl {
 pub enum PatternStmt {
     Param(ParamDecl),
     /// `tiles: <bool expr over tile coordinates>;`
-    Tiles { expr: Expr, span: Span },
+    Tiles {
+        expr: Expr,
+        span: Span,
+    },
     /// `tokens: <bool expr over token coordinates>;`
-    Tokens { expr: Expr, span: Span },
+    Tokens {
+        expr: Expr,
+        span: Span,
+    },
     /// `see text -> all;`
-    See { from: Ident, to: Ident, span: Span },
+    See {
+        from: Ident,
+        to: Ident,
+        span: Span,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -178,12 +188,28 @@ impl Setting {
 #[derive(Clone, Debug, PartialEq)]
 pub enum KernelStmt {
     Param(ParamDecl),
-    Dtype { name: Ident, span: Span },
-    Setting { key: Setting, key_span: Span, value: Expr, span: Span },
+    Dtype {
+        name: Ident,
+        span: Span,
+    },
+    Setting {
+        key: Setting,
+        key_span: Span,
+        value: Expr,
+        span: Span,
+    },
     /// `score: <expr of score, b, h, coordinates>;`
-    Score { expr: Expr, span: Span },
+    Score {
+        expr: Expr,
+        span: Span,
+    },
     /// `input TEMP: f32[HEADS, 4096];`
-    Input { name: Ident, dtype: Ident, dims: Vec<Expr>, span: Span },
+    Input {
+        name: Ident,
+        dtype: Ident,
+        dims: Vec<Expr>,
+        span: Span,
+    },
     /// `R = 2;` overrides a parameter declared by the pattern or layout.
     Override(ParamBind),
 }
@@ -287,7 +313,10 @@ impl BinOp {
     }
 
     pub fn is_comparison(self) -> bool {
-        matches!(self, BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge)
+        matches!(
+            self,
+            BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge
+        )
     }
 
     pub fn is_logical(self) -> bool {

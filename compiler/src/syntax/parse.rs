@@ -26,9 +26,15 @@ pub fn parse(source: &str) -> Result<File, Vec<Diagnostic>> {
     if let Some(d) = check_nesting(source) {
         return Err(vec![d]);
     }
-    let mut pairs = AttnParser::parse(Rule::file, source).map_err(|e| vec![syntax_error(source, e)])?;
-    let file = pairs.next().ok_or_else(|| vec![Diagnostic::error("E0001", "empty parse")])?;
-    let mut lower = Lower { diags: vec![], nest: 0 };
+    let mut pairs =
+        AttnParser::parse(Rule::file, source).map_err(|e| vec![syntax_error(source, e)])?;
+    let file = pairs
+        .next()
+        .ok_or_else(|| vec![Diagnostic::error("E0001", "empty parse")])?;
+    let mut lower = Lower {
+        diags: vec![],
+        nest: 0,
+    };
     let file = lower.file(file);
     if lower.diags.is_empty() {
         Ok(file)
@@ -45,9 +51,12 @@ fn check_nesting(source: &str) -> Option<Diagnostic> {
                 depth += 1;
                 if depth > MAX_NESTING {
                     return Some(
-                        Diagnostic::error("E0002", format!("brackets nested more than {MAX_NESTING} deep"))
-                            .with_label(Span::new(i, i + 1), "too deep")
-                            .with_hint("split the expression, or name parts of it with `param`"),
+                        Diagnostic::error(
+                            "E0002",
+                            format!("brackets nested more than {MAX_NESTING} deep"),
+                        )
+                        .with_label(Span::new(i, i + 1), "too deep")
+                        .with_hint("split the expression, or name parts of it with `param`"),
                     );
                 }
             }
@@ -72,6 +81,7 @@ fn rule_name(rule: Rule) -> String {
         Rule::assign => "`=`",
         Rule::arrow => "`->`",
         Rule::ident => "a name",
+        Rule::group_name => "a token group (`all`, `canvas` or a segment)",
         Rule::number => "a number",
         Rule::EOI => "end of file",
         Rule::expr | Rule::unary | Rule::postfix | Rule::paren | Rule::call => "an expression",
@@ -101,7 +111,9 @@ fn rule_name(rule: Rule) -> String {
         Rule::kw_input => "`input`",
         Rule::kw_true => "`true`",
         Rule::kw_false => "`false`",
-        Rule::setting_kw => "a setting (`heads`, `kv_heads`, `head_dim`, `value_dim`, `batch`, `scale`)",
+        Rule::setting_kw => {
+            "a setting (`heads`, `kv_heads`, `head_dim`, `value_dim`, `batch`, `scale`)"
+        }
         Rule::param_decl => "`param`",
         Rule::layout_decl => "`layout`",
         Rule::pattern_decl => "`pattern`",
@@ -132,21 +144,39 @@ fn syntax_error(source: &str, e: pest::error::Error<Rule>) -> Diagnostic {
         InputLocation::Pos(p) => (p, p),
         InputLocation::Span((s, e)) => (s, e),
     };
-    // Point at the offending token (or the end of the file) rather than at nothing.
-    let tok_end = source[start.min(source.len())..]
-        .char_indices()
-        .find(|(_, c)| c.is_whitespace())
-        .map(|(i, _)| start + i)
-        .unwrap_or(source.len());
+    // Point at the offending token (or the end of the file) rather than at nothing: a
+    // word, or one other character.
+    let rest = &source[start.min(source.len())..];
+    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '.';
+    let tok_len = match rest.chars().next() {
+        None => 0,
+        Some(c) if word(c) => rest
+            .char_indices()
+            .find(|(_, c)| !word(*c))
+            .map(|(i, _)| i)
+            .unwrap_or(rest.len()),
+        Some(c) => c.len_utf8(),
+    };
+    let tok_end = start + tok_len;
     let end = if end > start { end } else { tok_end.max(start) };
     let found = if start >= source.len() {
         "end of file".to_string()
     } else {
-        let text: String = source[start..end.min(source.len())].chars().take(20).collect();
-        if text.is_empty() { "whitespace".to_string() } else { format!("`{text}`") }
+        let text: String = source[start..end.min(source.len())]
+            .chars()
+            .take(20)
+            .collect();
+        if text.is_empty() {
+            "whitespace".to_string()
+        } else {
+            format!("`{text}`")
+        }
     };
     let (message, label) = match &e.variant {
-        ErrorVariant::ParsingError { positives, negatives } => {
+        ErrorVariant::ParsingError {
+            positives,
+            negatives,
+        } => {
             let mut names: Vec<String> = positives.iter().map(|r| rule_name(*r)).collect();
             names.sort();
             names.dedup();
@@ -156,21 +186,30 @@ fn syntax_error(source: &str, e: pest::error::Error<Rule>) -> Diagnostic {
                 n => format!("{} or {}", names[..n - 1].join(", "), names[n - 1]),
             };
             if !expected.is_empty() {
-                (format!("expected {expected}, found {found}"), format!("expected {expected}"))
+                (
+                    format!("expected {expected}, found {found}"),
+                    format!("expected {expected}"),
+                )
             } else if !negatives.is_empty() {
                 let n: Vec<String> = negatives.iter().map(|r| rule_name(*r)).collect();
-                (format!("unexpected {}", n.join(", ")), "unexpected here".to_string())
+                (
+                    format!("unexpected {}", n.join(", ")),
+                    "unexpected here".to_string(),
+                )
             } else {
                 (format!("unexpected {found}"), "unexpected here".to_string())
             }
         }
         ErrorVariant::CustomError { message } => (message.clone(), "here".to_string()),
     };
-    let mut d = Diagnostic::error("E0001", format!("syntax error: {message}")).with_label(Span::new(start, end), label);
+    let mut d = Diagnostic::error("E0001", format!("syntax error: {message}"))
+        .with_label(Span::new(start, end), label);
     if message.contains("a name") && found.starts_with('`') {
         let word = found.trim_matches('`');
         if is_reserved(word) {
-            d = d.with_hint(format!("`{word}` is a keyword and cannot be used as a name"));
+            d = d.with_hint(format!(
+                "`{word}` is a keyword and cannot be used as a name"
+            ));
         }
     }
     d
@@ -273,7 +312,10 @@ impl Lower {
     }
 
     fn ident(&mut self, p: Pair<Rule>) -> Ident {
-        Ident { name: p.as_str().to_string(), span: span_of(&p) }
+        Ident {
+            name: p.as_str().to_string(),
+            span: span_of(&p),
+        }
     }
 
     fn param_decl(&mut self, p: Pair<Rule>) -> ParamDecl {
@@ -299,7 +341,10 @@ impl Lower {
                 let inner = children(p).next();
                 match inner {
                     Some(l) => ParamValue::PerHead(self.list_lit(l)),
-                    None => ParamValue::List(ListLit { items: vec![], span: Span::DUMMY }),
+                    None => ParamValue::List(ListLit {
+                        items: vec![],
+                        span: Span::DUMMY,
+                    }),
                 }
             }
             Rule::list_lit => ParamValue::List(self.list_lit(p)),
@@ -316,7 +361,10 @@ impl Lower {
     fn layout_decl(&mut self, p: Pair<Rule>) -> LayoutDecl {
         let span = span_of(&p);
         let mut it = children(p);
-        let name = it.next().map(|c| self.ident(c)).unwrap_or_else(|| dummy_ident(span));
+        let name = it
+            .next()
+            .map(|c| self.ident(c))
+            .unwrap_or_else(|| dummy_ident(span));
         let stmts = it.map(|c| self.layout_stmt(c)).collect();
         LayoutDecl { name, stmts, span }
     }
@@ -325,10 +373,20 @@ impl Lower {
         let span = span_of(&p);
         match p.as_rule() {
             Rule::param_decl => LayoutStmt::Param(self.param_decl(p)),
-            Rule::canvas_stmt => LayoutStmt::Canvas { dims: self.expr_list_child(p), span },
-            Rule::tile_stmt => LayoutStmt::Tile { dims: self.expr_list_child(p), span },
+            Rule::canvas_stmt => LayoutStmt::Canvas {
+                dims: self.expr_list_child(p),
+                span,
+            },
+            Rule::tile_stmt => LayoutStmt::Tile {
+                dims: self.expr_list_child(p),
+                span,
+            },
             Rule::order_stmt => {
-                let order = if children(p).any(|c| c.as_rule() == Rule::kw_raster) { Order::Raster } else { Order::Tiled };
+                let order = if children(p).any(|c| c.as_rule() == Rule::kw_raster) {
+                    Order::Raster
+                } else {
+                    Order::Tiled
+                };
                 LayoutStmt::Order { order, span }
             }
             _ => LayoutStmt::Segment(self.segment_stmt(p)),
@@ -362,29 +420,62 @@ impl Lower {
                 _ => {}
             }
         }
-        let size = size.unwrap_or(Expr { kind: ExprKind::Int(0), span });
-        SegmentDecl { name, placement, size, valid, span }
+        let size = size.unwrap_or(Expr {
+            kind: ExprKind::Int(0),
+            span,
+        });
+        SegmentDecl {
+            name,
+            placement,
+            size,
+            valid,
+            span,
+        }
     }
 
     fn pattern_decl(&mut self, p: Pair<Rule>) -> PatternDecl {
         let span = span_of(&p);
         let mut it = children(p);
-        let name = it.next().map(|c| self.ident(c)).unwrap_or_else(|| dummy_ident(span));
-        let layout = it.next().map(|c| self.ident(c)).unwrap_or_else(|| dummy_ident(span));
+        let name = it
+            .next()
+            .map(|c| self.ident(c))
+            .unwrap_or_else(|| dummy_ident(span));
+        let layout = it
+            .next()
+            .map(|c| self.ident(c))
+            .unwrap_or_else(|| dummy_ident(span));
         let stmts = it.map(|c| self.pattern_stmt(c)).collect();
-        PatternDecl { name, layout, stmts, span }
+        PatternDecl {
+            name,
+            layout,
+            stmts,
+            span,
+        }
     }
 
     fn pattern_stmt(&mut self, p: Pair<Rule>) -> PatternStmt {
         let span = span_of(&p);
         match p.as_rule() {
             Rule::param_decl => PatternStmt::Param(self.param_decl(p)),
-            Rule::tiles_stmt => PatternStmt::Tiles { expr: self.first_expr(p, span), span },
-            Rule::tokens_stmt => PatternStmt::Tokens { expr: self.first_expr(p, span), span },
+            Rule::tiles_stmt => PatternStmt::Tiles {
+                expr: self.first_expr(p, span),
+                span,
+            },
+            Rule::tokens_stmt => PatternStmt::Tokens {
+                expr: self.first_expr(p, span),
+                span,
+            },
             _ => {
                 let mut it = children(p);
-                let from = it.next().map(|c| self.ident(c)).unwrap_or_else(|| dummy_ident(span));
-                let to = it.next().map(|c| self.ident(c)).unwrap_or_else(|| dummy_ident(span));
+                // `group_name` is `canvas` or a name: its text and span are the group's.
+                let from = it
+                    .next()
+                    .map(|c| self.ident(c))
+                    .unwrap_or_else(|| dummy_ident(span));
+                let to = it
+                    .next()
+                    .map(|c| self.ident(c))
+                    .unwrap_or_else(|| dummy_ident(span));
                 PatternStmt::See { from, to, span }
             }
         }
@@ -393,17 +484,31 @@ impl Lower {
     fn first_expr(&mut self, p: Pair<Rule>, span: Span) -> Expr {
         match children(p).find(|c| c.as_rule() == Rule::expr) {
             Some(e) => self.expr(e),
-            None => Expr { kind: ExprKind::Bool(true), span },
+            None => Expr {
+                kind: ExprKind::Bool(true),
+                span,
+            },
         }
     }
 
     fn kernel_decl(&mut self, p: Pair<Rule>) -> KernelDecl {
         let span = span_of(&p);
         let mut it = children(p);
-        let name = it.next().map(|c| self.ident(c)).unwrap_or_else(|| dummy_ident(span));
-        let pattern = it.next().map(|c| self.ident(c)).unwrap_or_else(|| dummy_ident(span));
+        let name = it
+            .next()
+            .map(|c| self.ident(c))
+            .unwrap_or_else(|| dummy_ident(span));
+        let pattern = it
+            .next()
+            .map(|c| self.ident(c))
+            .unwrap_or_else(|| dummy_ident(span));
         let stmts = it.map(|c| self.kernel_stmt(c)).collect();
-        KernelDecl { name, pattern, stmts, span }
+        KernelDecl {
+            name,
+            pattern,
+            stmts,
+            span,
+        }
     }
 
     fn kernel_stmt(&mut self, p: Pair<Rule>) -> KernelStmt {
@@ -411,32 +516,66 @@ impl Lower {
         match p.as_rule() {
             Rule::param_decl => KernelStmt::Param(self.param_decl(p)),
             Rule::dtype_stmt => {
-                let name = children(p).next().map(|c| self.ident(c)).unwrap_or_else(|| dummy_ident(span));
+                let name = children(p)
+                    .next()
+                    .map(|c| self.ident(c))
+                    .unwrap_or_else(|| dummy_ident(span));
                 KernelStmt::Dtype { name, span }
             }
             Rule::setting_stmt => {
                 let mut it = children(p);
                 let (key, key_span) = match it.next() {
-                    Some(k) => (Setting::from_keyword(k.as_str()).unwrap_or(Setting::Heads), span_of(&k)),
+                    Some(k) => (
+                        Setting::from_keyword(k.as_str()).unwrap_or(Setting::Heads),
+                        span_of(&k),
+                    ),
                     None => (Setting::Heads, span),
                 };
-                let value = it.next().map(|c| self.expr(c)).unwrap_or(Expr { kind: ExprKind::Int(0), span });
-                KernelStmt::Setting { key, key_span, value, span }
+                let value = it.next().map(|c| self.expr(c)).unwrap_or(Expr {
+                    kind: ExprKind::Int(0),
+                    span,
+                });
+                KernelStmt::Setting {
+                    key,
+                    key_span,
+                    value,
+                    span,
+                }
             }
-            Rule::score_stmt => KernelStmt::Score { expr: self.first_expr(p, span), span },
+            Rule::score_stmt => KernelStmt::Score {
+                expr: self.first_expr(p, span),
+                span,
+            },
             Rule::input_stmt => {
                 let mut it = children(p);
-                let name = it.next().map(|c| self.ident(c)).unwrap_or_else(|| dummy_ident(span));
-                let dtype = it.next().map(|c| self.ident(c)).unwrap_or_else(|| dummy_ident(span));
+                let name = it
+                    .next()
+                    .map(|c| self.ident(c))
+                    .unwrap_or_else(|| dummy_ident(span));
+                let dtype = it
+                    .next()
+                    .map(|c| self.ident(c))
+                    .unwrap_or_else(|| dummy_ident(span));
                 let dims = it.next().map(|c| self.expr_list(c)).unwrap_or_default();
-                KernelStmt::Input { name, dtype, dims, span }
+                KernelStmt::Input {
+                    name,
+                    dtype,
+                    dims,
+                    span,
+                }
             }
             _ => {
                 let mut it = children(p);
-                let name = it.next().map(|c| self.ident(c)).unwrap_or_else(|| dummy_ident(span));
+                let name = it
+                    .next()
+                    .map(|c| self.ident(c))
+                    .unwrap_or_else(|| dummy_ident(span));
                 let value = match it.next() {
                     Some(v) => self.param_value(v),
-                    None => ParamValue::Expr(Expr { kind: ExprKind::Int(0), span }),
+                    None => ParamValue::Expr(Expr {
+                        kind: ExprKind::Int(0),
+                        span,
+                    }),
                 };
                 KernelStmt::Override(ParamBind { name, value, span })
             }
@@ -451,11 +590,17 @@ impl Lower {
         self.nest -= 1;
         if self.nest == 0 && depth(&e) > MAX_DEPTH {
             self.diags.push(
-                Diagnostic::error("E0003", format!("expression nested more than {MAX_DEPTH} deep"))
-                    .with_label(e.span, "too deep")
-                    .with_hint("split it into named parameters"),
+                Diagnostic::error(
+                    "E0003",
+                    format!("expression nested more than {MAX_DEPTH} deep"),
+                )
+                .with_label(e.span, "too deep")
+                .with_hint("split it into named parameters"),
             );
-            return Expr { kind: ExprKind::Int(0), span: e.span };
+            return Expr {
+                kind: ExprKind::Int(0),
+                span: e.span,
+            };
         }
         e
     }
@@ -477,17 +622,32 @@ impl Lower {
         }
         if ops.len() > MAX_OPERATORS {
             self.diags.push(
-                Diagnostic::error("E0003", format!("expression has {} operators (at most {MAX_OPERATORS})", ops.len()))
-                    .with_label(span, "too long")
-                    .with_hint("split it into named parameters"),
+                Diagnostic::error(
+                    "E0003",
+                    format!(
+                        "expression has {} operators (at most {MAX_OPERATORS})",
+                        ops.len()
+                    ),
+                )
+                .with_label(span, "too long")
+                .with_hint("split it into named parameters"),
             );
-            return Expr { kind: ExprKind::Int(0), span };
+            return Expr {
+                kind: ExprKind::Int(0),
+                span,
+            };
         }
         if operands.len() != ops.len() + 1 {
-            return Expr { kind: ExprKind::Int(0), span };
+            return Expr {
+                kind: ExprKind::Int(0),
+                span,
+            };
         }
         let mut operands = operands.into_iter();
-        let first = operands.next().unwrap_or(Expr { kind: ExprKind::Int(0), span });
+        let first = operands.next().unwrap_or(Expr {
+            kind: ExprKind::Int(0),
+            span,
+        });
         let rest: Vec<(BinOp, Expr)> = ops.into_iter().map(|(o, _)| o).zip(operands).collect();
         let mut pos = 0;
         climb(first, &rest, &mut pos, 0)
@@ -499,22 +659,38 @@ impl Lower {
         for c in p.into_inner() {
             match c.as_rule() {
                 Rule::prefix_op => {
-                    let op = if c.as_str() == "-" { UnOp::Neg } else { UnOp::Not };
+                    let op = if c.as_str() == "-" {
+                        UnOp::Neg
+                    } else {
+                        UnOp::Not
+                    };
                     prefixes.push((op, span_of(&c)));
                 }
                 Rule::postfix => operand = Some(self.postfix(c)),
                 _ => {}
             }
         }
-        let mut e = operand.unwrap_or(Expr { kind: ExprKind::Int(0), span: Span::DUMMY });
+        let mut e = operand.unwrap_or(Expr {
+            kind: ExprKind::Int(0),
+            span: Span::DUMMY,
+        });
         for (op, s) in prefixes.into_iter().rev() {
             // `-5` is the literal -5, which also lets i64::MIN be written.
             e = match (op, &e.kind) {
-                (UnOp::Neg, ExprKind::Int(v)) => Expr { kind: ExprKind::Int(v.wrapping_neg()), span: s.to(e.span) },
-                (UnOp::Neg, ExprKind::Float(v)) => Expr { kind: ExprKind::Float(-v), span: s.to(e.span) },
+                (UnOp::Neg, ExprKind::Int(v)) => Expr {
+                    kind: ExprKind::Int(v.wrapping_neg()),
+                    span: s.to(e.span),
+                },
+                (UnOp::Neg, ExprKind::Float(v)) => Expr {
+                    kind: ExprKind::Float(-v),
+                    span: s.to(e.span),
+                },
                 _ => {
                     let span = s.to(e.span);
-                    Expr { kind: ExprKind::Unary(op, Box::new(e)), span }
+                    Expr {
+                        kind: ExprKind::Unary(op, Box::new(e)),
+                        span,
+                    }
                 }
             };
         }
@@ -525,13 +701,25 @@ impl Lower {
         let mut it = p.into_inner();
         let mut e = match it.next() {
             Some(prim) => self.primary(prim),
-            None => Expr { kind: ExprKind::Int(0), span: Span::DUMMY },
+            None => Expr {
+                kind: ExprKind::Int(0),
+                span: Span::DUMMY,
+            },
         };
         for suffix in it {
             let s = span_of(&suffix);
-            let indices = children(suffix).next().map(|l| self.expr_list(l)).unwrap_or_default();
+            let indices = children(suffix)
+                .next()
+                .map(|l| self.expr_list(l))
+                .unwrap_or_default();
             let span = e.span.to(s);
-            e = Expr { kind: ExprKind::Index { base: Box::new(e), indices }, span };
+            e = Expr {
+                kind: ExprKind::Index {
+                    base: Box::new(e),
+                    indices,
+                },
+                span,
+            };
         }
         e
     }
@@ -540,31 +728,55 @@ impl Lower {
         let span = span_of(&p);
         match p.as_rule() {
             Rule::number => self.number(p.as_str(), span),
-            Rule::kw_true => Expr { kind: ExprKind::Bool(true), span },
-            Rule::kw_false => Expr { kind: ExprKind::Bool(false), span },
-            Rule::ident => Expr { kind: ExprKind::Name(p.as_str().to_string()), span },
+            Rule::kw_true => Expr {
+                kind: ExprKind::Bool(true),
+                span,
+            },
+            Rule::kw_false => Expr {
+                kind: ExprKind::Bool(false),
+                span,
+            },
+            Rule::ident => Expr {
+                kind: ExprKind::Name(p.as_str().to_string()),
+                span,
+            },
             Rule::paren => match children(p).next() {
                 Some(inner) => {
                     let mut e = self.expr(inner);
                     e.span = span;
                     e
                 }
-                None => Expr { kind: ExprKind::Int(0), span },
+                None => Expr {
+                    kind: ExprKind::Int(0),
+                    span,
+                },
             },
             Rule::call => {
                 let mut it = children(p);
-                let func = it.next().map(|c| self.ident(c)).unwrap_or_else(|| dummy_ident(span));
+                let func = it
+                    .next()
+                    .map(|c| self.ident(c))
+                    .unwrap_or_else(|| dummy_ident(span));
                 let args = it.map(|a| self.arg(a)).collect();
-                Expr { kind: ExprKind::Call { func, args }, span }
+                Expr {
+                    kind: ExprKind::Call { func, args },
+                    span,
+                }
             }
-            _ => Expr { kind: ExprKind::Int(0), span },
+            _ => Expr {
+                kind: ExprKind::Int(0),
+                span,
+            },
         }
     }
 
     fn arg(&mut self, p: Pair<Rule>) -> Arg {
         let span = span_of(&p);
         let mut name = None;
-        let mut value = Expr { kind: ExprKind::Int(0), span };
+        let mut value = Expr {
+            kind: ExprKind::Int(0),
+            span,
+        };
         for c in children(p) {
             match c.as_rule() {
                 Rule::ident => name = Some(self.ident(c)),
@@ -579,22 +791,37 @@ impl Lower {
         let is_float = text.contains(['.', 'e', 'E']);
         if is_float {
             match text.parse::<f64>() {
-                Ok(v) if v.is_finite() => Expr { kind: ExprKind::Float(v), span },
+                Ok(v) if v.is_finite() => Expr {
+                    kind: ExprKind::Float(v),
+                    span,
+                },
                 _ => {
-                    self.diags.push(Diagnostic::error("E0004", "number out of range").with_label(span, "not a finite float"));
-                    Expr { kind: ExprKind::Float(0.0), span }
+                    self.diags.push(
+                        Diagnostic::error("E0004", "number out of range")
+                            .with_label(span, "not a finite float"),
+                    );
+                    Expr {
+                        kind: ExprKind::Float(0.0),
+                        span,
+                    }
                 }
             }
         } else {
             match text.parse::<i64>() {
-                Ok(v) => Expr { kind: ExprKind::Int(v), span },
+                Ok(v) => Expr {
+                    kind: ExprKind::Int(v),
+                    span,
+                },
                 Err(_) => {
                     self.diags.push(
                         Diagnostic::error("E0004", "integer literal too large")
                             .with_label(span, "does not fit in 64 bits")
                             .with_hint(format!("integers range from {} to {}", i64::MIN, i64::MAX)),
                     );
-                    Expr { kind: ExprKind::Int(0), span }
+                    Expr {
+                        kind: ExprKind::Int(0),
+                        span,
+                    }
                 }
             }
         }
@@ -612,7 +839,10 @@ fn climb(mut lhs: Expr, rest: &[(BinOp, Expr)], pos: &mut usize, min_prec: u8) -
             rhs = climb(rhs, rest, pos, next_prec);
         }
         let span = lhs.span.to(rhs.span);
-        lhs = Expr { kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)), span };
+        lhs = Expr {
+            kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
+            span,
+        };
     }
     lhs
 }
@@ -641,11 +871,21 @@ fn depth(e: &Expr) -> usize {
 }
 
 fn dummy_ident(span: Span) -> Ident {
-    Ident { name: String::new(), span }
+    Ident {
+        name: String::new(),
+        span,
+    }
 }
 
 fn unreachable_bind(span: Span) -> ParamBind {
-    ParamBind { name: dummy_ident(span), value: ParamValue::Expr(Expr { kind: ExprKind::Int(0), span }), span }
+    ParamBind {
+        name: dummy_ident(span),
+        value: ParamValue::Expr(Expr {
+            kind: ExprKind::Int(0),
+            span,
+        }),
+        span,
+    }
 }
 
 #[cfg(test)]
@@ -671,7 +911,14 @@ mod tests {
             ExprKind::Unary(UnOp::Not, a) => format!("!{}", show(a)),
             ExprKind::Unary(UnOp::Neg, a) => format!("-{}", show(a)),
             ExprKind::Call { func, args } => {
-                format!("{}({})", func.name, args.iter().map(|a| show(&a.value)).collect::<Vec<_>>().join(", "))
+                format!(
+                    "{}({})",
+                    func.name,
+                    args.iter()
+                        .map(|a| show(&a.value))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             }
             other => format!("{other:?}"),
         }
@@ -679,22 +926,34 @@ mod tests {
 
     #[test]
     fn precedence_and_associativity() {
-        assert_eq!(show(&expr_of("a || b && c == 1 + 2 * 3")), "(a || (b && (c == (1 + (2 * 3)))))");
+        assert_eq!(
+            show(&expr_of("a || b && c == 1 + 2 * 3")),
+            "(a || (b && (c == (1 + (2 * 3)))))"
+        );
         assert_eq!(show(&expr_of("a - b - c")), "((a - b) - c)");
-        assert_eq!(show(&expr_of("abs(dh) <= R && !x")), "((abs(dh) <= R) && !x)");
+        assert_eq!(
+            show(&expr_of("abs(dh) <= R && !x")),
+            "((abs(dh) <= R) && !x)"
+        );
         assert_eq!(show(&expr_of("-3 * -x")), "(-3 * -x)");
     }
 
     #[test]
     fn spans_cover_operands() {
         let e = expr_of("abs(dh) <= R");
-        let ExprKind::Binary(_, a, b) = &e.kind else { panic!() };
+        let ExprKind::Binary(_, a, b) = &e.kind else {
+            panic!()
+        };
         assert!(e.span.contains(a.span) && e.span.contains(b.span));
     }
 
     #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
-        let src = format!("pattern p on l {{ tiles: {}1{}; }}", "(".repeat(10_000), ")".repeat(10_000));
+        let src = format!(
+            "pattern p on l {{ tiles: {}1{}; }}",
+            "(".repeat(10_000),
+            ")".repeat(10_000)
+        );
         let errs = parse(&src).unwrap_err();
         assert_eq!(errs[0].code, "E0002");
     }

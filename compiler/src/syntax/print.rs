@@ -16,8 +16,12 @@ pub fn print_file(f: &File) -> String {
                 for s in &l.stmts {
                     match s {
                         LayoutStmt::Param(p) => param_decl(&mut out, p, 1),
-                        LayoutStmt::Canvas { dims, span } => line(&mut out, 1, &format!("canvas ({})", list(dims)), *span),
-                        LayoutStmt::Tile { dims, span } => line(&mut out, 1, &format!("tile ({})", list(dims)), *span),
+                        LayoutStmt::Canvas { dims, span } => {
+                            line(&mut out, 1, &format!("canvas ({})", list(dims)), *span)
+                        }
+                        LayoutStmt::Tile { dims, span } => {
+                            line(&mut out, 1, &format!("tile ({})", list(dims)), *span)
+                        }
                         LayoutStmt::Order { order, span } => {
                             let o = match order {
                                 Order::Tiled => "tiled",
@@ -30,41 +34,91 @@ pub fn print_file(f: &File) -> String {
                                 Placement::Prefix => "prefix",
                                 Placement::Suffix => "suffix",
                             };
-                            let valid = s.valid.as_ref().map(|v| format!(" valid {}", expr(v))).unwrap_or_default();
-                            line(&mut out, 1, &format!("segment {} {place} {}{valid}", s.name.name, expr(&s.size)), s.span)
+                            let valid = s
+                                .valid
+                                .as_ref()
+                                .map(|v| format!(" valid {}", expr(v)))
+                                .unwrap_or_default();
+                            line(
+                                &mut out,
+                                1,
+                                &format!(
+                                    "segment {} {place} {}{valid}",
+                                    s.name.name,
+                                    expr(&s.size)
+                                ),
+                                s.span,
+                            )
                         }
                     }
                 }
             }
             Item::Pattern(p) => {
-                line(&mut out, 0, &format!("pattern {} on {}", p.name.name, p.layout.name), p.span);
+                line(
+                    &mut out,
+                    0,
+                    &format!("pattern {} on {}", p.name.name, p.layout.name),
+                    p.span,
+                );
                 for s in &p.stmts {
                     match s {
                         PatternStmt::Param(d) => param_decl(&mut out, d, 1),
-                        PatternStmt::Tiles { expr: e, span } => line(&mut out, 1, &format!("tiles: {}", expr(e)), *span),
-                        PatternStmt::Tokens { expr: e, span } => line(&mut out, 1, &format!("tokens: {}", expr(e)), *span),
-                        PatternStmt::See { from, to, span } => {
-                            line(&mut out, 1, &format!("see {} -> {}", from.name, to.name), *span)
+                        PatternStmt::Tiles { expr: e, span } => {
+                            line(&mut out, 1, &format!("tiles: {}", expr(e)), *span)
                         }
+                        PatternStmt::Tokens { expr: e, span } => {
+                            line(&mut out, 1, &format!("tokens: {}", expr(e)), *span)
+                        }
+                        PatternStmt::See { from, to, span } => line(
+                            &mut out,
+                            1,
+                            &format!("see {} -> {}", from.name, to.name),
+                            *span,
+                        ),
                     }
                 }
             }
             Item::Kernel(k) => {
-                line(&mut out, 0, &format!("kernel {} = attention({})", k.name.name, k.pattern.name), k.span);
+                line(
+                    &mut out,
+                    0,
+                    &format!("kernel {} = attention({})", k.name.name, k.pattern.name),
+                    k.span,
+                );
                 for s in &k.stmts {
                     match s {
                         KernelStmt::Param(d) => param_decl(&mut out, d, 1),
-                        KernelStmt::Dtype { name, span } => line(&mut out, 1, &format!("dtype {}", name.name), *span),
-                        KernelStmt::Setting { key, value, span, .. } => {
-                            line(&mut out, 1, &format!("{} {}", key.keyword(), expr(value)), *span)
+                        KernelStmt::Dtype { name, span } => {
+                            line(&mut out, 1, &format!("dtype {}", name.name), *span)
                         }
-                        KernelStmt::Score { expr: e, span } => line(&mut out, 1, &format!("score: {}", expr(e)), *span),
-                        KernelStmt::Input { name, dtype, dims, span } => {
-                            line(&mut out, 1, &format!("input {}: {}[{}]", name.name, dtype.name, list(dims)), *span)
+                        KernelStmt::Setting {
+                            key, value, span, ..
+                        } => line(
+                            &mut out,
+                            1,
+                            &format!("{} {}", key.keyword(), expr(value)),
+                            *span,
+                        ),
+                        KernelStmt::Score { expr: e, span } => {
+                            line(&mut out, 1, &format!("score: {}", expr(e)), *span)
                         }
-                        KernelStmt::Override(b) => {
-                            line(&mut out, 1, &format!("override {} = {}", b.name.name, value(&b.value)), b.span)
-                        }
+                        KernelStmt::Input {
+                            name,
+                            dtype,
+                            dims,
+                            span,
+                        } => line(
+                            &mut out,
+                            1,
+                            &format!("input {}: {}[{}]", name.name, dtype.name, list(dims)),
+                            *span,
+                        ),
+                        KernelStmt::Override(b) => line(
+                            &mut out,
+                            1,
+                            &format!("override {} = {}", b.name.name, value(&b.value)),
+                            b.span,
+                        ),
                     }
                 }
             }
@@ -74,12 +128,23 @@ pub fn print_file(f: &File) -> String {
 }
 
 fn line(out: &mut String, indent: usize, text: &str, span: Span) {
-    let _ = writeln!(out, "{}{text}  @{}..{}", "  ".repeat(indent), span.start, span.end);
+    let _ = writeln!(
+        out,
+        "{}{text}  @{}..{}",
+        "  ".repeat(indent),
+        span.start,
+        span.end
+    );
 }
 
 fn param_decl(out: &mut String, p: &ParamDecl, indent: usize) {
     for b in &p.binds {
-        line(out, indent, &format!("param {} = {}", b.name.name, value(&b.value)), b.span);
+        line(
+            out,
+            indent,
+            &format!("param {} = {}", b.name.name, value(&b.value)),
+            b.span,
+        );
     }
 }
 

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The main job: build attnc, check and compile every shipped kernel, explain one.
+# Outputs go to out/ (git-ignored).
+source "$(dirname "$0")/scripts/common.sh"
+cd "$(repo_root)"
+need_cargo
+
+echo "== building attnc (release)" >&2
+cargo build --release -q -p attnc
+attnc=target/release/attnc
+mkdir -p out
+
+echo "== checking and compiling the shipped kernels" >&2
+for f in kernels/*.attn; do
+  "$attnc" check "$f"
+  name=$(basename "$f" .attn)
+  "$attnc" compile "$f" --emit schedule -o "out/$name.schedule.txt"
+  "$attnc" compile "$f" --emit ir -o "out/$name.ir.txt"
+  echo "   $f -> out/$name.schedule.txt, out/$name.ir.txt" >&2
+done
+
+echo "== explaining GRAT-B on a 128x128 canvas (Flux 2048^2, no text)" >&2
+"$attnc" explain kernels/grat.attn --kernel grat_b_2d --set H=128 --set W=128 --set R=1 --set TEXT=0 \
+  --png out/grat_b_2d.png

@@ -1,0 +1,129 @@
+//! Snapshots of `--emit spec`, `--emit schedule` and `--emit ir` for every shipped kernel,
+//! and checks that tie the numbers to their definitions.
+
+use attnc::driver::{self, Source, Stage};
+use attnc::sema::instantiate::Binding;
+use attnc_tests::{kernel_files, root};
+
+fn kernels() -> Vec<(Source, String)> {
+    let mut out = vec![];
+    for path in kernel_files() {
+        let src = Source::load(&path).expect("kernel file readable");
+        let (fe, _) =
+            driver::frontend(&src).unwrap_or_else(|d| panic!("{}", src.render(&d, false)));
+        for k in &fe.program.kernels {
+            out.push((src.clone(), k.name.clone()));
+        }
+    }
+    out
+}
+
+#[test]
+fn shipped_kernel_names() {
+    let names: Vec<String> = kernels().into_iter().map(|(_, k)| k).collect();
+    for want in [
+        "grat_b_2d",
+        "grat_x_2d",
+        "grat_b_3d",
+        "grat_x_3d",
+        "sta_3d",
+        "na_2d",
+        "dense",
+        "causal",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "kernel `{want}` is not shipped (have {names:?})"
+        );
+    }
+}
+
+#[test]
+fn spec_snapshots() {
+    for (src, k) in kernels() {
+        let (text, warnings) = driver::emit(&src, Stage::Spec, Some(&k), &[])
+            .unwrap_or_else(|d| panic!("{}", src.render(&d, false)));
+        assert!(warnings.is_empty(), "{k}: {}", src.render(&warnings, false));
+        insta::assert_snapshot!(format!("spec__{k}"), text);
+    }
+}
+
+#[test]
+fn ir_snapshots() {
+    for (src, k) in kernels() {
+        let (text, _) = driver::emit(&src, Stage::Ir, Some(&k), &[])
+            .unwrap_or_else(|d| panic!("{}", src.render(&d, false)));
+        insta::assert_snapshot!(format!("ir__{k}"), text);
+    }
+}
+
+#[test]
+fn schedule_snapshots() {
+    // Whole schedules at the default sizes are long for the video kernels: snapshot the
+    // header, the closed forms, the statistics and the first query tiles.
+    for (src, k) in kernels() {
+        let (fe, _) = driver::frontend(&src).expect("frontend");
+        let ki = driver::find_kernel(&fe.program, &k).expect("kernel");
+        let c = driver::compile_kernel(&fe.program, ki, &[])
+            .unwrap_or_else(|d| panic!("{}", src.render(&d, false)));
+        let text = attnc::pattern::print::print_schedule(&c.spec, &c.schedule, Some(48));
+        insta::assert_snapshot!(format!("schedule__{k}"), text);
+    }
+}
+
+#[test]
+fn graphviz_dump_is_a_digraph() {
+    let src = Source::load(&root().join("kernels/grat.attn")).expect("grat.attn");
+    let (text, _) = driver::emit(&src, Stage::Dot, Some("grat_b_2d"), &[]).expect("dot");
+    assert!(text.starts_with("digraph \"grat_b_2d\" {"), "{text}");
+    assert!(
+        text.contains("subgraph cluster_r1"),
+        "the loop body is a cluster"
+    );
+    assert!(text.trim_end().ends_with('}'));
+}
+
+fn density(kernel: &str, sets: &[&str]) -> f64 {
+    let src = Source::load(&root().join("kernels/grat.attn")).expect("grat.attn");
+    let (fe, _) = driver::frontend(&src).expect("frontend");
+    let sets: Vec<Binding> = sets
+        .iter()
+        .map(|s| Binding::parse(s).expect("binding"))
+        .collect();
+    let k = driver::find_kernel(&fe.program, kernel).expect("kernel");
+    let c = driver::compile_kernel(&fe.program, k, &sets).expect("compiles");
+    c.schedule.density()
+}
+
+/// The block counts FlexAttention reports for the same masks (../shared/design/GPU.md and the
+/// issue): GRAT-B r=1 and GRAT-X on a 128x128 canvas with 8x16 tiles, and the Flux 64x64
+/// canvas with its 512 text tokens.
+#[test]
+fn grat_densities_match_flexattention_block_counts() {
+    let d = density("grat_b_2d", &["H=128", "W=128", "R=1", "TEXT=0"]);
+    assert_eq!(format!("{d:.4}"), "0.0618");
+    // 16x8 tiles: (3*16-2) * (3*8-2) = 1012 of 128^2 tile pairs.
+    assert_eq!(d, 1012.0 / 16384.0);
+    let d = density("grat_x_2d", &["H=128", "W=128", "TEXT=0"]);
+    assert_eq!(format!("{d:.4}"), "0.1797");
+    assert_eq!(d, (128.0 * 23.0) / 16384.0);
+    assert_eq!(
+        format!(
+            "{:.3}",
+            density("grat_b_2d", &["R=2", "H=128", "W=128", "TEXT=0"])
+        ),
+        "0.154"
+    );
+    assert_eq!(format!("{:.3}", density("grat_b_2d", &[])), "0.380");
+    // Flux 64x64 + 512 text: 32 canvas tiles see 11 canvas + 4 text tiles, 4 text tiles see
+    // all 36: 624 of 36^2 tile pairs (GPU.md's 48.2% rounds the same block count up).
+    assert_eq!(density("grat_x_2d", &[]), 624.0 / 1296.0);
+    assert_eq!(
+        format!("{:.3}", density("grat_b_2d", &["H=128", "W=128"])),
+        "0.118"
+    );
+    assert_eq!(
+        format!("{:.4}", density("grat_b_2d", &["H=512", "W=512", "TEXT=0"])),
+        "0.0043"
+    );
+}
