@@ -8,6 +8,7 @@
 // better than zipped iterators there.
 #![allow(clippy::needless_range_loop)]
 
+pub mod codegen;
 pub mod diagnostic;
 pub mod driver;
 pub mod ir;
@@ -15,3 +16,5 @@ pub mod passes;
 pub mod pattern;
 pub mod sema;
 pub mod syntax;
+
+pub use diagnostic::Span;

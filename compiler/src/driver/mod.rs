@@ -178,6 +178,22 @@ pub fn compile_kernel_with_budget(
 /// Warnings that only the analysis can give.
 fn pattern_warnings(spec: &Spec, s: &Schedule) -> Vec<Diagnostic> {
     let mut out = vec![];
+    use crate::sema::program::Group;
+    let dense = spec.rules.iter().any(|(f, t)| {
+        matches!(f, Group::All | Group::Canvas) && matches!(t, Group::All | Group::Canvas)
+    });
+    if dense
+        && spec
+            .variants
+            .iter()
+            .any(|v| v.tiles.is_some() || v.tokens.is_some())
+    {
+        out.push(
+            Diagnostic::warning("W0402", format!("a `see` rule lets the whole canvas see itself, so the rules of `{}` change nothing", spec.pattern))
+                .with_label(spec.pattern_span, "every canvas pair attends")
+                .with_hint("`see all -> all` includes canvas -> canvas; name segments instead, e.g. `see all -> text;`"),
+        );
+    }
     for v in &s.variants {
         if v.stats.empty_rows > 0 {
             out.push(
@@ -206,6 +222,22 @@ pub fn check_with_budget(src: &Source, sets: &[Binding], budget: u64) -> Vec<Dia
         Ok(x) => x,
         Err(d) => return d,
     };
+    // --set names must mean something to some kernel.
+    let all: Vec<String> = (0..fe.program.kernels.len())
+        .flat_map(|k| fe.program.visible_params(k))
+        .map(|p| fe.program.param(p).name.clone())
+        .collect();
+    for b in sets.iter().filter(|b| !all.contains(&b.name)) {
+        let mut d = Diagnostic::error(
+            "E0302",
+            format!("no kernel in this file has a parameter `{}`", b.name),
+        );
+        if let Some(c) = crate::diagnostic::closest(&b.name, all.iter().map(String::as_str)) {
+            d = d.with_hint(format!("did you mean `{c}`?"));
+        }
+        diags.push(d);
+    }
+    diags.extend(crate::sema::instantiate::check_defaults(&fe.program));
     for k in 0..fe.program.kernels.len() {
         let visible: Vec<String> = fe
             .program

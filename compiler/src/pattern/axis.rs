@@ -85,7 +85,8 @@ pub fn build(
     let grid = geom.grid[axis];
     let (t, n) = (i64::from(geom.tile[axis]), i64::from(geom.canvas[axis]));
     let mut rows = Vec::with_capacity(grid as usize);
-    budget.spend(u64::from(grid) * u64::from(grid) * (atoms.len() as u64 + 1))?;
+    budget
+        .spend(u64::from(grid) * u64::from(grid) * (atoms.len() as u64 + 1) * super::EVAL_COST)?;
     for cq in 0..grid {
         let mut row: Vec<Run> = vec![];
         let q_lo = i64::from(cq) * t;
@@ -129,7 +130,7 @@ pub fn build(
             let sig = if undecided.is_empty() || gated {
                 Sig(vec![(bits, pairs)])
             } else {
-                budget.spend(pairs * undecided.len() as u64)?;
+                budget.spend(pairs * undecided.len() as u64 * super::EVAL_COST)?;
                 let mut hist: Vec<(u64, u64)> = vec![];
                 let mut pt = Point::default();
                 pt.n[axis] = n;

@@ -225,9 +225,12 @@ impl<'a> Classifier<'a> {
     ) -> Result<(), AnalysisError> {
         let rank = self.geom.rank;
         let g = self.geom;
+        // Charge the whole box up front (tiles times the cost of deciding one), so that a
+        // rule mixing axes on a huge grid fails at once instead of after a long while.
+        let volume: u64 = (0..rank).map(|a| u64::from(hi[a] - lo[a] + 1)).product();
+        budget.spend(volume.saturating_mul(64 + 16 * self.f.atoms.len() as u64))?;
         let mut kc = *lo;
         loop {
-            budget.spend(1 + self.joint_tiles.len() as u64)?;
             let mut tp = Point::default();
             for a in 0..rank {
                 tp.q[a] = i64::from(qc[a]);
@@ -287,7 +290,7 @@ impl<'a> Classifier<'a> {
         let kn: u64 = (0..rank)
             .map(|a| u64::from(g.tile_extent(a, kc[a])))
             .product();
-        budget.spend(qn * kn * self.f.atoms.len() as u64)?;
+        budget.spend(qn * kn * self.f.atoms.len() as u64 * super::EVAL_COST)?;
         let mut tp = Point::default();
         for a in 0..rank {
             tp.q[a] = i64::from(qc[a]);

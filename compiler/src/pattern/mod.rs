@@ -26,8 +26,11 @@ pub enum TileClass {
     Partial,
 }
 
-/// Default cap on elementary evaluations, so that no input can make analysis hang.
+/// Default cap on analysis work, so that no input can make analysis run long (a few
+/// seconds at most on one core; real patterns use a tiny fraction).
 pub const DEFAULT_BUDGET: u64 = 1 << 29;
+/// Budget units one interpreted evaluation of a comparison costs.
+pub const EVAL_COST: u64 = 8;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum AnalysisError {

@@ -57,7 +57,7 @@ pub trait Env {
         let _ = id;
         err(span, "parameter used where none is bound")
     }
-    fn doc_offsets(&self, id: ParamId, span: Span) -> Result<std::rc::Rc<[i64]>, EvalError> {
+    fn doc_offsets(&self, id: ParamId, span: Span) -> Result<std::sync::Arc<[i64]>, EvalError> {
         let _ = id;
         err(span, "list parameter used where none is bound")
     }

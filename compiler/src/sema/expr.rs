@@ -4,7 +4,7 @@
 //! defaults; a [`Ctx`] says which variables an expression may use.
 
 use std::fmt;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::diagnostic::Span;
 pub use crate::syntax::ast::{BinOp, UnOp};
@@ -14,6 +14,17 @@ pub enum Ty {
     Int,
     Float,
     Bool,
+}
+
+impl Ty {
+    /// With its article: "an integer", "a float", "a boolean".
+    pub fn a(self) -> &'static str {
+        match self {
+            Ty::Int => "an integer",
+            Ty::Float => "a float",
+            Ty::Bool => "a boolean",
+        }
+    }
 }
 
 impl fmt::Display for Ty {
@@ -153,7 +164,7 @@ pub enum Kind {
     /// A scalar parameter (before instantiation).
     Param(ParamId),
     /// A per-head parameter after instantiation: the value for head `h`.
-    HeadTable(Rc<[f64]>),
+    HeadTable(Arc<[f64]>),
     Unary(UnOp, Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
     Call(Builtin, Vec<Expr>),
@@ -181,7 +192,7 @@ pub enum Kind {
 #[derive(Clone, Debug, PartialEq)]
 pub enum DocOffsets {
     Param(ParamId),
-    Values(Rc<[i64]>),
+    Values(Arc<[i64]>),
 }
 
 impl Expr {

@@ -4,7 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use super::eval::{self, EvalError, NoVars, Value};
 use super::expr::*;
@@ -75,6 +75,9 @@ struct Params<'a> {
     depth: Cell<usize>,
 }
 
+/// Evaluation failed only because a per-head value was needed without a head.
+const NEEDS_HEAD: &str = "\u{0}needs a head";
+
 impl Params<'_> {
     fn value(&self, id: ParamId, span: Span) -> Result<BoundValue, EvalError> {
         if let Some(v) = self.memo.borrow().get(&id) {
@@ -101,27 +104,61 @@ impl Params<'_> {
         };
         self.busy.borrow_mut().push(id);
         self.depth.set(self.depth.get() + 1);
+        let at = |head| AtHead { p: self, head };
         let r = match src {
             Source::Set(v) => Ok(v.clone()),
             Source::Decl(pv, _) => match pv {
-                ParamValue::Scalar(e) => eval::eval(e, self).map(BoundValue::Scalar),
+                // A default that reads a per-head parameter is per-head itself.
+                ParamValue::Scalar(e) => match eval::eval(e, &at(None)) {
+                    Err(err) if err.message == NEEDS_HEAD => self.heads(span).and_then(|n| {
+                        (0..n)
+                            .map(|h| eval::eval(e, &at(Some(h))))
+                            .collect::<Result<_, _>>()
+                            .map(BoundValue::PerHead)
+                    }),
+                    other => other.map(BoundValue::Scalar),
+                },
                 ParamValue::List(items, _) => items
                     .iter()
-                    .map(|e| eval::eval(e, self))
+                    .map(|e| eval::eval(e, &at(None)))
                     .collect::<Result<_, _>>()
                     .map(BoundValue::List),
                 ParamValue::PerHead(items, _) => items
                     .iter()
-                    .map(|e| eval::eval(e, self))
+                    .map(|e| eval::eval(e, &at(None)))
                     .collect::<Result<_, _>>()
                     .map(BoundValue::PerHead),
             },
         };
         self.depth.set(self.depth.get() - 1);
         self.busy.borrow_mut().pop();
-        let v = r?;
+        let v = r.map_err(|mut e| {
+            if e.message == NEEDS_HEAD {
+                e.message = format!("`{name}` has one value per head and cannot be used here");
+            }
+            e
+        })?;
         self.memo.borrow_mut().insert(id, v.clone());
         Ok(v)
+    }
+
+    /// The number of query heads (the `HEADS` parameter).
+    fn heads(&self, span: Span) -> Result<usize, EvalError> {
+        let id = self
+            .sources
+            .keys()
+            .copied()
+            .find(|id| self.prog.param(*id).name == "HEADS");
+        match id.map(|id| self.value(id, span)) {
+            Some(Ok(BoundValue::Scalar(Value::Int(n)))) if n >= 1 && n <= i64::from(MAX_HEADS) => {
+                Ok(n as usize)
+            }
+            Some(Err(e)) => Err(e),
+            _ => Err(EvalError {
+                span,
+                message: format!("a per-head value needs HEADS between 1 and {MAX_HEADS}"),
+            }),
+        }
     }
 
     fn scalar(&self, id: ParamId, span: Span) -> Result<Value, EvalError> {
@@ -137,6 +174,44 @@ impl Params<'_> {
             BoundValue::List(_) => Err(EvalError {
                 span,
                 message: format!("`{}` is a list, not a number", self.prog.param(id).name),
+            }),
+        }
+    }
+}
+
+/// Parameter values as seen by one head (or by none, for values shared by all heads).
+struct AtHead<'p, 'a> {
+    p: &'p Params<'a>,
+    head: Option<usize>,
+}
+
+impl eval::Env for AtHead<'_, '_> {
+    fn var(&self, _: Var, span: Span) -> Result<Value, EvalError> {
+        Err(EvalError {
+            span,
+            message: "a coordinate cannot be used here".into(),
+        })
+    }
+    fn param(&self, id: ParamId, span: Span) -> Result<Value, EvalError> {
+        match self.p.value(id, span)? {
+            BoundValue::Scalar(v) => Ok(v),
+            BoundValue::PerHead(vs) => match self.head {
+                Some(h) => vs.get(h).copied().ok_or_else(|| EvalError {
+                    span,
+                    message: format!(
+                        "`{}` has {} per-head values, fewer than the heads",
+                        self.p.prog.param(id).name,
+                        vs.len()
+                    ),
+                }),
+                None => Err(EvalError {
+                    span,
+                    message: NEEDS_HEAD.into(),
+                }),
+            },
+            BoundValue::List(_) => Err(EvalError {
+                span,
+                message: format!("`{}` is a list, not a number", self.p.prog.param(id).name),
             }),
         }
     }
@@ -282,6 +357,7 @@ impl<'a> Inst<'a> {
                 .map(|(_, id, sp)| (*id, *sp))
         };
         let mut vals: HashMap<Setting, u32> = HashMap::new();
+        let mut failed: Vec<Setting> = vec![];
         for s in [
             Setting::Heads,
             Setting::KvHeads,
@@ -311,6 +387,15 @@ impl<'a> Inst<'a> {
                 _ => MAX_HEAD_DIM,
             };
             if v < 1 || v > i64::from(max) {
+                failed.push(s);
+                // An unwritten setting that copies a failed one (KV_HEADS = HEADS,
+                // VALUE_DIM = HEAD_DIM) would only repeat that error.
+                let copies_failed = (s == Setting::KvHeads && failed.contains(&Setting::Heads))
+                    || (s == Setting::ValueDim && failed.contains(&Setting::HeadDim));
+                if written.is_none() && copies_failed {
+                    ok = false;
+                    continue;
+                }
                 let pname = s.param_name().unwrap_or("");
                 self.err(
                     Diagnostic::error(
@@ -380,12 +465,12 @@ impl<'a> Inst<'a> {
         let tiles = pat
             .tiles
             .as_ref()
-            .map(|e| self.concrete(e, &values, &grid, heads))
+            .map(|e| self.concrete(e, &values, &grid, "tiles", heads))
             .transpose();
         let tokens = pat
             .tokens
             .as_ref()
-            .map(|e| self.concrete(e, &values, &canvas, heads))
+            .map(|e| self.concrete(e, &values, &canvas, "tokens", heads))
             .transpose();
         let (Ok(tiles), Ok(tokens)) = (tiles, tokens) else {
             return None;
@@ -536,7 +621,7 @@ impl<'a> Inst<'a> {
                 &s.size,
                 0,
                 MAX_TOKENS as i64,
-                &format!("segment `{}`", s.name),
+                &format!("the size of segment `{}`", s.name),
             );
             let Some(size) = size else {
                 ok = false;
@@ -634,6 +719,7 @@ impl<'a> Inst<'a> {
         e: &Expr,
         values: &HashMap<ParamId, BoundValue>,
         extent: &[i64],
+        unit: &str,
         heads: u32,
     ) -> Result<Vec<Expr>, ()> {
         let e = subst(e, values).map_err(|x| self.err(eval_diag(x)))?;
@@ -645,7 +731,8 @@ impl<'a> Inst<'a> {
                 out.push(out[0].clone());
                 continue;
             }
-            let expanded = expand_windows(&spec_h, extent).map_err(|d| self.err(d))?;
+            let head = (heads > 1 && has_head_table(&e)).then_some(h);
+            let expanded = expand_windows(&spec_h, extent, unit, head).map_err(|d| self.err(d))?;
             out.push(fold(&expanded).map_err(|x| self.err(eval_diag(x)))?);
         }
         Ok(out)
@@ -696,6 +783,12 @@ fn parse_set_value(text: &str, p: &ParamDef) -> Result<BoundValue, String> {
     }
 }
 
+fn has_head_table(e: &Expr) -> bool {
+    let mut found = false;
+    e.walk(&mut |x| found |= matches!(x.kind, Kind::HeadTable(_)));
+    found
+}
+
 /// Replaces parameters with their values: scalars become literals, per-head lists become
 /// head tables, lists become document offsets.
 pub fn subst(e: &Expr, values: &HashMap<ParamId, BoundValue>) -> Result<Expr, EvalError> {
@@ -721,7 +814,7 @@ pub fn subst(e: &Expr, values: &HashMap<ParamId, BoundValue>) -> Result<Expr, Ev
             x,
             offsets: DocOffsets::Param(id),
         } => {
-            let offs: Rc<[i64]> = match values.get(id) {
+            let offs: Arc<[i64]> = match values.get(id) {
                 Some(BoundValue::List(vs)) => vs
                     .iter()
                     .map(|v| v.as_int().unwrap_or(0))
@@ -857,7 +950,13 @@ fn is_lit(e: &Expr) -> bool {
 /// interleaved groups by `x % D`; within a group of length `L`, the query at group index
 /// `i` has the leader `min((i / S) * S + (S - 1) / 2, L - 1)` and sees the `2R + 1`
 /// group positions starting at `clamp(leader - R, 0, L - 2R - 1)`.
-pub fn expand_windows(e: &Expr, extent: &[i64]) -> Result<Expr, Diagnostic> {
+/// `unit` names the extent ("tiles" or "tokens"); `head` is set when the rule differs per head.
+pub fn expand_windows(
+    e: &Expr,
+    extent: &[i64],
+    unit: &str,
+    head: Option<usize>,
+) -> Result<Expr, Diagnostic> {
     if let Kind::Window {
         axis,
         radius,
@@ -900,17 +999,21 @@ pub fn expand_windows(e: &Expr, extent: &[i64]) -> Result<Expr, Diagnostic> {
             )
             .with_label(sp, format!("= {v}")));
         }
-        let k = r
-            .checked_mul(2)
-            .and_then(|x| x.checked_add(1))
-            .unwrap_or(i64::MAX);
         let smallest_group = n / d;
-        if k > smallest_group {
+        let k = r.checked_mul(2).and_then(|x| x.checked_add(1));
+        if k.is_none_or(|k| k > smallest_group) {
+            let size = k
+                .map(|k| k.to_string())
+                .unwrap_or_else(|| format!("2 * {r} + 1"));
+            let whose = head.map(|h| format!(" for head {h}")).unwrap_or_default();
             let mut diag = Diagnostic::error(
                 "E0314",
-                format!("a window of {k} does not fit the canvas axis, which is {n} long{}", if d > 1 { format!(" ({smallest_group} per dilation group)") } else { String::new() }),
+                format!(
+                    "a window of {size} {unit} does not fit the canvas axis{whose}, which is {n} {unit} long{}",
+                    if d > 1 { format!(" ({smallest_group} per dilation group)") } else { String::new() }
+                ),
             )
-            .with_label(span, format!("2 * {r} + 1 = {k} > {smallest_group}"))
+            .with_label(span, format!("2 * {r} + 1 > {smallest_group}"))
             .with_hint("lower the radius, or use an unclamped box such as `abs(dh) <= R`, which shrinks at the edges");
             if d > 1 {
                 diag = diag.with_note(
@@ -919,6 +1022,7 @@ pub fn expand_windows(e: &Expr, extent: &[i64]) -> Result<Expr, Diagnostic> {
             }
             return Err(diag);
         }
+        let k = k.unwrap_or(1);
         let i = |v: i64| Expr::int(v, span);
         let q = Expr::var(Var::Q(*axis), span);
         let kx = Expr::var(Var::K(*axis), span);
@@ -965,5 +1069,51 @@ pub fn expand_windows(e: &Expr, extent: &[i64]) -> Result<Expr, Diagnostic> {
         }
         return Ok(out);
     }
-    map_children(e, &mut |c| expand_windows(c, extent))
+    map_children(e, &mut |c| expand_windows(c, extent, unit, head))
+}
+
+/// Evaluates every parameter default with the declared values of the others, so that a
+/// broken default (`1 / 0`) is reported even where no kernel uses it.
+pub fn check_defaults(prog: &Program) -> Vec<Diagnostic> {
+    let sources: HashMap<ParamId, Source> = (0..prog.params.len() as u32)
+        .map(ParamId)
+        .map(|id| {
+            (
+                id,
+                Source::Decl(prog.param(id).value.clone(), Origin::Default),
+            )
+        })
+        .collect();
+    let params = Params {
+        prog,
+        sources,
+        memo: RefCell::new(HashMap::new()),
+        busy: RefCell::new(vec![]),
+        depth: Cell::new(0),
+    };
+    let mut out = vec![];
+    for i in 0..prog.params.len() as u32 {
+        let p = prog.param(ParamId(i));
+        let items: Vec<&Expr> = match &p.value {
+            ParamValue::Scalar(e) => vec![e],
+            ParamValue::List(v, _) | ParamValue::PerHead(v, _) => v.iter().collect(),
+        };
+        for e in items {
+            match eval::eval(
+                e,
+                &AtHead {
+                    p: &params,
+                    head: None,
+                },
+            ) {
+                Err(err)
+                    if err.message != NEEDS_HEAD && !err.message.contains("one value per head") =>
+                {
+                    out.push(eval_diag(err))
+                }
+                _ => {}
+            }
+        }
+    }
+    out
 }

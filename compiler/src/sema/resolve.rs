@@ -243,6 +243,14 @@ impl Resolver {
 
     fn declare_params(&mut self, decl: &ast::ParamDecl, scope: Scope) {
         for b in &decl.binds {
+            if is_variable_name(&b.name.name) {
+                self.diags.push(
+                    Diagnostic::error("E0116", format!("`{}` is the name of a variable and cannot name a parameter", b.name.name))
+                        .with_label(b.name.span, "reserved for a coordinate, position, score, batch or head")
+                        .with_hint("coordinates are q*, k*, d*, n* per axis, positions qi and ki; pick another name"),
+                );
+                continue;
+            }
             self.declare_param(&b.name, Some(b.value.clone()), scope, false);
         }
     }
@@ -979,9 +987,9 @@ impl Resolver {
         let ty_ok = ty == pty || (pty == Ty::Float && ty == Ty::Int);
         if !shape_ok || !ty_ok {
             let describe = |s: ParamShape, t: Ty| match s {
-                ParamShape::Scalar => format!("a {t}"),
-                ParamShape::List => format!("a list of {t}s"),
-                ParamShape::PerHead => format!("a per-head list of {t}s"),
+                ParamShape::Scalar => t.a().to_string(),
+                ParamShape::List => format!("a list of {t} values"),
+                ParamShape::PerHead => format!("a per-head list of {t} values"),
             };
             self.diags.push(
                 Diagnostic::error(
@@ -1007,9 +1015,9 @@ impl Resolver {
     fn type_mismatch(&mut self, e: &Expr, want: Ty, what: &str) {
         let mut d = Diagnostic::error(
             "E0201",
-            format!("{what} must be a {want} expression, found a {}", e.ty),
+            format!("{what} must be {} expression, found {}", want.a(), e.ty.a()),
         )
-        .with_label(e.span, format!("this is a {}", e.ty));
+        .with_label(e.span, format!("this is {}", e.ty.a()));
         if want == Ty::Bool && e.ty == Ty::Int {
             d = d.with_hint("compare it with something, e.g. `abs(dh) <= R`");
         }
@@ -1053,9 +1061,9 @@ impl Resolver {
                     self.diags.push(
                         Diagnostic::error(
                             "E0202",
-                            format!("`{sym}` needs {want}, found a {}", a.ty),
+                            format!("`{sym}` needs {want}, found {}", a.ty.a()),
                         )
-                        .with_label(a.span, format!("this is a {}", a.ty)),
+                        .with_label(a.span, format!("this is {}", a.ty.a())),
                     );
                     return None;
                 }
@@ -1116,7 +1124,7 @@ impl Resolver {
                 &b
             };
             let mut d = Diagnostic::error("E0202", format!("`{}` needs {want}", op.symbol()))
-                .with_label(bad.span, format!("this is a {}", bad.ty));
+                .with_label(bad.span, format!("this is {}", bad.ty.a()));
             if op.is_logical() && bad.ty == Ty::Int {
                 d = d.with_hint("compare it with something, e.g. `dh == 0`");
             }
@@ -1136,24 +1144,13 @@ impl Resolver {
         if let Some(id) = self.find_param(n, &env.scopes) {
             let ty = self.resolve_param(id)?;
             let shape = self.prog.param(id).value.shape();
-            match (shape, env.ctx) {
-                (ParamShape::List, _) => {
-                    self.diags.push(
-                        Diagnostic::error("E0203", format!("`{n}` is a list, not a number"))
-                            .with_label(span, "a list parameter")
-                            .with_hint(format!("lists are document offsets: use `doc(qx, {n})`")),
-                    );
-                    return None;
-                }
-                (ParamShape::PerHead, Ctx::Param) => {
-                    self.diags.push(
-                        Diagnostic::error("E0203", format!("`{n}` has one value per head and cannot size anything"))
-                            .with_label(span, "a per-head parameter")
-                            .with_hint("per-head parameters can be used in `tiles:`, `tokens:` and `score:` only"),
-                    );
-                    return None;
-                }
-                _ => {}
+            if shape == ParamShape::List {
+                self.diags.push(
+                    Diagnostic::error("E0203", format!("`{n}` is a list, not a number"))
+                        .with_label(span, "a list parameter")
+                        .with_hint(format!("lists are document offsets: use `doc(qx, {n})`")),
+                );
+                return None;
             }
             return Some(Expr {
                 kind: Kind::Param(id),
@@ -1333,8 +1330,9 @@ impl Resolver {
                 Diagnostic::error(
                     "E0206",
                     format!(
-                        "`window` takes an axis and a radius, found {} positional arguments",
-                        positional.len()
+                        "`window` takes an axis and a radius, found {} positional argument{}",
+                        positional.len(),
+                        plural(positional.len())
                     ),
                 )
                 .with_label(span, "here")
@@ -1507,8 +1505,9 @@ impl Resolver {
                 Diagnostic::error(
                     "E0211",
                     format!(
-                        "input `{}` has {rank} dimensions, indexed with {}",
+                        "input `{}` has {rank} dimension{}, indexed with {}",
                         env.inputs[id].0,
+                        plural(rank),
                         indices.len()
                     ),
                 )
@@ -1529,6 +1528,15 @@ impl Resolver {
             span,
         })
     }
+}
+
+/// Names the rules' variables use: a parameter with one of them would be shadowed.
+fn is_variable_name(n: &str) -> bool {
+    if matches!(n, "qi" | "ki" | "score" | "b" | "h") {
+        return true;
+    }
+    let c: Vec<char> = n.chars().collect();
+    c.len() == 2 && "qkdn".contains(c[0]) && "xthw".contains(c[1])
 }
 
 fn plural(n: usize) -> &'static str {

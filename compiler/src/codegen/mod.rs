@@ -1,0 +1,3 @@
+//! Code generators. Each reads the kernel IR (after passes).
+
+pub mod cpu;

@@ -1,0 +1,61 @@
+//! What a compiled kernel expects: the runtime checks every call against it and never
+//! guesses argument order.
+
+use attnc::driver::Compiled;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Manifest {
+    pub kernel: String,
+    pub batch: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    /// Sequence length (canvas and segments), in the layout's token order.
+    pub tokens: usize,
+    pub head_dim: usize,
+    pub value_dim: usize,
+    /// The element type the kernel is declared with (the CPU computes in f32 regardless).
+    pub dtype: String,
+    pub scale: f64,
+    pub tile_tokens: usize,
+    /// Declared inputs of score modifiers: name and shape.
+    pub inputs: Vec<(String, Vec<usize>)>,
+}
+
+impl Manifest {
+    pub fn from_compiled(c: &Compiled) -> Manifest {
+        let s = &c.spec;
+        Manifest {
+            kernel: s.kernel.clone(),
+            batch: s.batch as usize,
+            heads: s.heads as usize,
+            kv_heads: s.kv_heads as usize,
+            tokens: c.schedule.geom.total_tokens as usize,
+            head_dim: s.head_dim as usize,
+            value_dim: s.value_dim as usize,
+            dtype: s.dtype.name().to_string(),
+            scale: s.scale,
+            tile_tokens: c.schedule.geom.tile_tokens as usize,
+            inputs: s
+                .inputs
+                .iter()
+                .map(|i| (i.name.clone(), i.dims.iter().map(|d| *d as usize).collect()))
+                .collect(),
+        }
+    }
+
+    pub fn q_shape(&self) -> [usize; 4] {
+        [self.batch, self.heads, self.tokens, self.head_dim]
+    }
+
+    pub fn k_shape(&self) -> [usize; 4] {
+        [self.batch, self.kv_heads, self.tokens, self.head_dim]
+    }
+
+    pub fn v_shape(&self) -> [usize; 4] {
+        [self.batch, self.kv_heads, self.tokens, self.value_dim]
+    }
+
+    pub fn o_shape(&self) -> [usize; 4] {
+        [self.batch, self.heads, self.tokens, self.value_dim]
+    }
+}
