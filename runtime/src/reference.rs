@@ -52,62 +52,51 @@ pub fn attention(
     let mut out = vec![0f64; b_n * h_n * n * dv];
     let mut scores = vec![0f64; n];
     let mut active = vec![false; n];
-    for b in 0..b_n {
-        for h in 0..h_n {
-            let variant = spec.head_variant[h] as usize;
-            let kh = h / group.max(1);
-            for i in 0..n {
-                let qrow = &q.data[((b * h_n + h) * n + i) * d..][..d];
-                let mut max = f64::NEG_INFINITY;
-                for j in 0..n {
-                    active[j] = oracle
-                        .active(variant, i as u64, j as u64)
-                        .map_err(eval_error)?;
-                    if !active[j] {
-                        continue;
+    // Mask rows are computed once per (head variant, query) and shared by its heads.
+    for (variant, pv) in spec.variants.iter().enumerate() {
+        for i in 0..n {
+            for (j, a) in active.iter_mut().enumerate() {
+                *a = oracle.active(variant, i as u64, j as u64).map_err(eval_error)?;
+            }
+            for b in 0..b_n {
+                for &h in &pv.heads {
+                    let h = h as usize;
+                    let kh = h / group.max(1);
+                    let qrow = &q.data[((b * h_n + h) * n + i) * d..][..d];
+                    let mut max = f64::NEG_INFINITY;
+                    for j in 0..n {
+                        if !active[j] {
+                            continue;
+                        }
+                        let krow = &k.data[((b * kvh + kh) * n + j) * d..][..d];
+                        let dot: f64 = qrow.iter().zip(krow).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+                        let mut s = dot * spec.scale;
+                        if let Some(e) = &spec.score {
+                            let env = ScoreEnv { score: s, b, h, q: i, k: j, coords: &coords, canvas: &g.canvas, inputs, spec };
+                            s = eval::eval(e, &env).map_err(eval_error)?.as_f64();
+                        }
+                        scores[j] = s;
+                        max = max.max(s);
                     }
-                    let krow = &k.data[((b * kvh + kh) * n + j) * d..][..d];
-                    let dot: f64 = qrow
-                        .iter()
-                        .zip(krow)
-                        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-                        .sum();
-                    let mut s = dot * spec.scale;
-                    if let Some(e) = &spec.score {
-                        let env = ScoreEnv {
-                            score: s,
-                            b,
-                            h,
-                            q: i,
-                            k: j,
-                            coords: &coords,
-                            canvas: &g.canvas,
-                            inputs,
-                            spec,
-                        };
-                        s = eval::eval(e, &env).map_err(eval_error)?.as_f64();
+                    let o = &mut out[((b * h_n + h) * n + i) * dv..][..dv];
+                    if max == f64::NEG_INFINITY {
+                        continue; // no key: zeros (as FlexAttention)
                     }
-                    scores[j] = s;
-                    max = max.max(s);
-                }
-                let o = &mut out[((b * h_n + h) * n + i) * dv..][..dv];
-                if max == f64::NEG_INFINITY {
-                    continue; // no key: zeros (as FlexAttention)
-                }
-                let mut sum = 0f64;
-                for j in 0..n {
-                    if !active[j] {
-                        continue;
+                    let mut sum = 0f64;
+                    for j in 0..n {
+                        if !active[j] {
+                            continue;
+                        }
+                        let p = (scores[j] - max).exp();
+                        sum += p;
+                        let vrow = &v.data[((b * kvh + kh) * n + j) * dv..][..dv];
+                        for (x, y) in o.iter_mut().zip(vrow) {
+                            *x += p * f64::from(*y);
+                        }
                     }
-                    let p = (scores[j] - max).exp();
-                    sum += p;
-                    let vrow = &v.data[((b * kvh + kh) * n + j) * dv..][..dv];
-                    for (x, y) in o.iter_mut().zip(vrow) {
-                        *x += p * f64::from(*y);
+                    for x in o.iter_mut() {
+                        *x /= sum;
                     }
-                }
-                for x in o.iter_mut() {
-                    *x /= sum;
                 }
             }
         }

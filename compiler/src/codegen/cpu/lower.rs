@@ -171,10 +171,9 @@ impl<'a, 'e, 'd> Lower<'a, 'e, 'd> {
         self.idx[&v]
     }
 
-    /// Address of row `r` of a buffer.
+    /// Address of row `r` of a buffer, without the buffer's offset (loads and stores add it).
     fn row(&mut self, b: Buf, r: Value) -> Value {
-        let base = self.em.index(self.scratch, r, i64::from(b.stride) * 4);
-        self.em.addi(base, i64::from(b.off))
+        self.em.index(self.scratch, r, i64::from(b.stride) * 4)
     }
 
     pub fn region(&mut self, r: ir::RegionId) {
