@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# The main job: build attnc, check and compile every shipped kernel, explain one.
-# Outputs go to out/ (git-ignored).
+# The main job: build attnc, check and compile every shipped kernel, explain one, and run
+# one end to end on the CPU. Outputs go to out/ (git-ignored).
 source "$(dirname "$0")/scripts/common.sh"
 cd "$(repo_root)"
 need_cargo
 
 echo "== building attnc (release)" >&2
-cargo build --release -q -p attnc
+cargo build --release -q -p attnc-runtime --bin attnc -p attnc-examples --bin grat_b_cpu
 attnc=target/release/attnc
 mkdir -p out
 
 echo "== checking and compiling the shipped kernels" >&2
-for f in kernels/*.attn; do
+for f in kernels/*.attn dsl-examples/*.attn; do
   "$attnc" check "$f"
   name=$(basename "$f" .attn)
   "$attnc" compile "$f" --emit schedule -o "out/$name.schedule.txt"
@@ -22,3 +22,9 @@ done
 echo "== explaining GRAT-B on a 128x128 canvas (Flux 2048^2, no text)" >&2
 "$attnc" explain kernels/grat.attn --kernel grat_b_2d --set H=128 --set W=128 --set R=1 --set TEXT=0 \
   --png out/grat_b_2d.png
+
+echo "== running grat_b_2d on the CPU through the Rust API, against the f64 reference" >&2
+target/release/grat_b_cpu
+
+echo "== timing grat_b_2d (Flux 1024^2 with text, 24 heads) on the CPU" >&2
+"$attnc" bench kernels/grat.attn --kernel grat_b_2d --runs 3

@@ -5,4 +5,7 @@ source "$(dirname "$0")/scripts/common.sh"
 cd "$(repo_root)"
 need_cargo
 export INSTA_UPDATE="${INSTA_UPDATE:-no}"
+# The independent NumPy reference runs `attnc run` against NumPy (tests/numpy/).
+ATTNC_PYTHON="$(numpy_python)"
+export ATTNC_PYTHON
 cargo test --workspace -q "$@"

@@ -34,3 +34,18 @@ apt_install() {
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
+
+# A Python with NumPy for the independent reference (tests/numpy/), in .tools/venv.
+# Prints its path; installs python3-venv from Debian if venv is missing.
+numpy_python() {
+  local venv=.tools/venv
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import numpy" >/dev/null 2>&1; then
+    if ! command -v python3 >/dev/null 2>&1 || ! python3 -m venv --help >/dev/null 2>&1; then
+      apt_install python3 python3-venv >&2
+    fi
+    rm -rf "$venv"
+    python3 -m venv "$venv" >&2 || { apt_install python3-venv >&2; python3 -m venv "$venv" >&2; }
+    "$venv/bin/pip" install -q --disable-pip-version-check numpy==2.1.3 >&2
+  fi
+  echo "$PWD/$venv/bin/python"
+}

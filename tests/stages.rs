@@ -127,3 +127,18 @@ fn grat_densities_match_flexattention_block_counts() {
         "0.0043"
     );
 }
+
+/// The CPU code generator's Cranelift IR for one small kernel (no embedded data pointers,
+/// so the text is deterministic).
+#[test]
+fn clif_snapshot_of_a_small_dense_kernel() {
+    let src = Source::load(&root().join("kernels/dense.attn")).expect("dense.attn");
+    let sets: Vec<Binding> = ["N=64", "TILE=32", "HEADS=1", "HEAD_DIM=8"]
+        .iter()
+        .map(|s| Binding::parse(s).unwrap())
+        .collect();
+    let (text, _) = driver::emit(&src, Stage::Clif, Some("dense"), &sets)
+        .unwrap_or_else(|d| panic!("{}", src.render(&d, false)));
+    assert!(text.starts_with("function "));
+    insta::assert_snapshot!("clif__dense_n64", text);
+}

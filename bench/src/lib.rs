@@ -1,5 +1,7 @@
 //! Shared setup for the benchmarks.
 
+pub mod plain;
+
 use attnc::driver::{self, Compiled, Source};
 use attnc::sema::instantiate::Binding;
 

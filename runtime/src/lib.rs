@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod cpu;
 pub mod error;
+pub mod files;
 pub mod manifest;
 pub mod npy;
 pub mod reference;

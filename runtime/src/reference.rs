@@ -56,7 +56,9 @@ pub fn attention(
     for (variant, pv) in spec.variants.iter().enumerate() {
         for i in 0..n {
             for (j, a) in active.iter_mut().enumerate() {
-                *a = oracle.active(variant, i as u64, j as u64).map_err(eval_error)?;
+                *a = oracle
+                    .active(variant, i as u64, j as u64)
+                    .map_err(eval_error)?;
             }
             for b in 0..b_n {
                 for &h in &pv.heads {
@@ -69,10 +71,24 @@ pub fn attention(
                             continue;
                         }
                         let krow = &k.data[((b * kvh + kh) * n + j) * d..][..d];
-                        let dot: f64 = qrow.iter().zip(krow).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+                        let dot: f64 = qrow
+                            .iter()
+                            .zip(krow)
+                            .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                            .sum();
                         let mut s = dot * spec.scale;
                         if let Some(e) = &spec.score {
-                            let env = ScoreEnv { score: s, b, h, q: i, k: j, coords: &coords, canvas: &g.canvas, inputs, spec };
+                            let env = ScoreEnv {
+                                score: s,
+                                b,
+                                h,
+                                q: i,
+                                k: j,
+                                coords: &coords,
+                                canvas: &g.canvas,
+                                inputs,
+                                spec,
+                            };
                             s = eval::eval(e, &env).map_err(eval_error)?.as_f64();
                         }
                         scores[j] = s;

@@ -11,28 +11,46 @@ use attnc_runtime::{cache, reference, CpuKernel, Tensor};
 const TOLERANCE: f64 = 1e-5;
 
 fn kernel_source(file: &str, order: &str) -> Source {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels").join(file);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../kernels")
+        .join(file);
     let text = std::fs::read_to_string(&path).expect("shipped kernel");
-    let text = text.replace("order tiled;", &format!("order {order};")).replace("order raster;", &format!("order {order};"));
+    let text = text
+        .replace("order tiled;", &format!("order {order};"))
+        .replace("order raster;", &format!("order {order};"));
     Source::new(format!("{file} ({order})"), text)
 }
 
 fn random(shape: [usize; 4], rng: &mut fastrand::Rng) -> Tensor {
     let n = shape.iter().product();
-    Tensor::new(shape.to_vec(), (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect()).expect("tensor")
+    Tensor::new(
+        shape.to_vec(),
+        (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect(),
+    )
+    .expect("tensor")
 }
 
 /// Runs one case; returns the max-norm relative error of the JIT against the reference.
 fn run_case(src: &Source, kernel: &str, sets: &[&str], seed: u64) -> f64 {
-    let sets: Vec<Binding> = sets.iter().map(|s| Binding::parse(s).expect("binding")).collect();
-    let compiled = cache::compile(src, kernel, &sets).unwrap_or_else(|e| panic!("{}: {e}", src.name));
+    let sets: Vec<Binding> = sets
+        .iter()
+        .map(|s| Binding::parse(s).expect("binding"))
+        .collect();
+    let compiled =
+        cache::compile(src, kernel, &sets).unwrap_or_else(|e| panic!("{}: {e}", src.name));
     let k = CpuKernel::new(compiled, false).unwrap_or_else(|e| panic!("{}: {e}", src.name));
     let m = k.manifest().clone();
     let mut rng = fastrand::Rng::with_seed(seed);
-    let (q, kk, v) = (random(m.q_shape(), &mut rng), random(m.k_shape(), &mut rng), random(m.v_shape(), &mut rng));
+    let (q, kk, v) = (
+        random(m.q_shape(), &mut rng),
+        random(m.k_shape(), &mut rng),
+        random(m.v_shape(), &mut rng),
+    );
     let mut out = vec![f32::NAN; m.o_shape().iter().product()];
-    k.run(q.view(), kk.view(), v.view(), &[], &mut out).expect("runs");
-    let r = reference::attention(&k.compiled().spec, q.view(), kk.view(), v.view(), &[]).expect("reference");
+    k.run(q.view(), kk.view(), v.view(), &[], &mut out)
+        .expect("runs");
+    let r = reference::attention(&k.compiled().spec, q.view(), kk.view(), v.view(), &[])
+        .expect("reference");
     compare(&out, &r, &format!("{} {kernel} {sets:?}", src.name))
 }
 
@@ -41,7 +59,10 @@ fn compare(out: &[f32], r: &[f64], what: &str) -> f64 {
     let scale = r.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-30);
     let mut worst = (0f64, 0usize);
     for (i, (a, b)) in out.iter().zip(r).enumerate() {
-        assert!(a.is_finite(), "{what}: element {i} is {a} (never written, or NaN)");
+        assert!(
+            a.is_finite(),
+            "{what}: element {i} is {a} (never written, or NaN)"
+        );
         let e = (f64::from(*a) - b).abs() / scale;
         if e > worst.0 {
             worst = (e, i);
@@ -63,19 +84,146 @@ fn cases() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
     let gqa = ["HEADS=8", "KV_HEADS=2"];
     let mut v = vec![];
     for k in ["grat_b_2d", "grat_x_2d"] {
-        v.push(("grat.attn", k, [&["H=18", "W=20", "TILE_H=4", "TILE_W=8", "TEXT=40", "TEXT_VALID=29", "HEAD_DIM=64", "VALUE_DIM=48", "BATCH=2"][..], &gqa].concat()));
+        v.push((
+            "grat.attn",
+            k,
+            [
+                &[
+                    "H=18",
+                    "W=20",
+                    "TILE_H=4",
+                    "TILE_W=8",
+                    "TEXT=40",
+                    "TEXT_VALID=29",
+                    "HEAD_DIM=64",
+                    "VALUE_DIM=48",
+                    "BATCH=2",
+                ][..],
+                &gqa,
+            ]
+            .concat(),
+        ));
         let r = if k == "grat_b_2d" { "R=2" } else { "W=24" };
-        v.push(("grat.attn", k, vec!["H=16", "W=16", "TILE_H=4", "TILE_W=8", "TEXT=0", "HEADS=2", "HEAD_DIM=128", r]));
+        v.push((
+            "grat.attn",
+            k,
+            vec![
+                "H=16",
+                "W=16",
+                "TILE_H=4",
+                "TILE_W=8",
+                "TEXT=0",
+                "HEADS=2",
+                "HEAD_DIM=128",
+                r,
+            ],
+        ));
     }
     for k in ["grat_b_3d", "grat_x_3d"] {
-        v.push(("grat.attn", k, [&["T=5", "H=6", "W=9", "TILE_T=2", "TILE_H=4", "TILE_W=4", "TEXT=24", "TEXT_VALID=13", "HEAD_DIM=64", "VALUE_DIM=80"][..], &gqa].concat()));
+        v.push((
+            "grat.attn",
+            k,
+            [
+                &[
+                    "T=5",
+                    "H=6",
+                    "W=9",
+                    "TILE_T=2",
+                    "TILE_H=4",
+                    "TILE_W=4",
+                    "TEXT=24",
+                    "TEXT_VALID=13",
+                    "HEAD_DIM=64",
+                    "VALUE_DIM=80",
+                ][..],
+                &gqa,
+            ]
+            .concat(),
+        ));
     }
-    v.push(("sta.attn", "sta_3d", [&["T=7", "H=9", "W=10", "TILE_T=3", "TILE_H=3", "TILE_W=4", "TEXT=30", "TEXT_VALID=25", "HEAD_DIM=64", "VALUE_DIM=32"][..], &gqa].concat()));
-    v.push(("sta.attn", "sta_3d", vec!["T=6", "H=8", "W=8", "TILE_T=2", "TILE_H=2", "TILE_W=2", "TEXT=0", "HEADS=2", "HEAD_DIM=128", "R=1"]));
-    v.push(("natten.attn", "na_2d", [&["H=20", "W=22", "TILE_H=4", "TILE_W=8", "R=3", "TEXT=16", "TEXT_VALID=10", "HEAD_DIM=64", "VALUE_DIM=96"][..], &gqa].concat()));
-    v.push(("natten.attn", "na_2d", vec!["H=17", "W=13", "TILE_H=3", "TILE_W=5", "R_H=2", "R_W=4", "HEADS=2", "HEAD_DIM=128"]));
-    v.push(("dense.attn", "dense", [&["N=300", "TILE=64", "HEAD_DIM=64", "VALUE_DIM=40", "BATCH=2"][..], &gqa].concat()));
-    v.push(("dense.attn", "causal", [&["N=257", "TILE=32", "HEAD_DIM=128"][..], &gqa].concat()));
+    v.push((
+        "sta.attn",
+        "sta_3d",
+        [
+            &[
+                "T=7",
+                "H=9",
+                "W=10",
+                "TILE_T=3",
+                "TILE_H=3",
+                "TILE_W=4",
+                "TEXT=30",
+                "TEXT_VALID=25",
+                "HEAD_DIM=64",
+                "VALUE_DIM=32",
+            ][..],
+            &gqa,
+        ]
+        .concat(),
+    ));
+    v.push((
+        "sta.attn",
+        "sta_3d",
+        vec![
+            "T=6",
+            "H=8",
+            "W=8",
+            "TILE_T=2",
+            "TILE_H=2",
+            "TILE_W=2",
+            "TEXT=0",
+            "HEADS=2",
+            "HEAD_DIM=128",
+            "R=1",
+        ],
+    ));
+    v.push((
+        "natten.attn",
+        "na_2d",
+        [
+            &[
+                "H=20",
+                "W=22",
+                "TILE_H=4",
+                "TILE_W=8",
+                "R=3",
+                "TEXT=16",
+                "TEXT_VALID=10",
+                "HEAD_DIM=64",
+                "VALUE_DIM=96",
+            ][..],
+            &gqa,
+        ]
+        .concat(),
+    ));
+    v.push((
+        "natten.attn",
+        "na_2d",
+        vec![
+            "H=17",
+            "W=13",
+            "TILE_H=3",
+            "TILE_W=5",
+            "R_H=2",
+            "R_W=4",
+            "HEADS=2",
+            "HEAD_DIM=128",
+        ],
+    ));
+    v.push((
+        "dense.attn",
+        "dense",
+        [
+            &["N=300", "TILE=64", "HEAD_DIM=64", "VALUE_DIM=40", "BATCH=2"][..],
+            &gqa,
+        ]
+        .concat(),
+    ));
+    v.push((
+        "dense.attn",
+        "causal",
+        [&["N=257", "TILE=32", "HEAD_DIM=128"][..], &gqa].concat(),
+    ));
     v
 }
 
@@ -121,11 +269,24 @@ kernel soft_cap = attention(p) {
     let k = CpuKernel::new(compiled, false).expect("compiles");
     let m = k.manifest().clone();
     let mut rng = fastrand::Rng::with_seed(7);
-    let (q, kk, v) = (random(m.q_shape(), &mut rng), random(m.k_shape(), &mut rng), random(m.v_shape(), &mut rng));
-    let temp = Tensor::new(vec![4, 140], (0..560).map(|_| 0.5 + rng.f32()).collect()).expect("temp");
+    let (q, kk, v) = (
+        random(m.q_shape(), &mut rng),
+        random(m.k_shape(), &mut rng),
+        random(m.v_shape(), &mut rng),
+    );
+    let temp =
+        Tensor::new(vec![4, 140], (0..560).map(|_| 0.5 + rng.f32()).collect()).expect("temp");
     let mut out = vec![f32::NAN; m.o_shape().iter().product()];
-    k.run(q.view(), kk.view(), v.view(), &[temp.view()], &mut out).expect("runs");
-    let r = reference::attention(&k.compiled().spec, q.view(), kk.view(), v.view(), &[temp.view()]).expect("reference");
+    k.run(q.view(), kk.view(), v.view(), &[temp.view()], &mut out)
+        .expect("runs");
+    let r = reference::attention(
+        &k.compiled().spec,
+        q.view(),
+        kk.view(),
+        v.view(),
+        &[temp.view()],
+    )
+    .expect("reference");
     let e = compare(&out, &r, "score modifier");
     eprintln!("score modifier: relative error {e:.2e}");
 }
@@ -141,41 +302,82 @@ kernel k = attention(p) { heads 1; head_dim 16; }
     let k = CpuKernel::new(cache::compile(&src, "k", &[]).expect("compiles"), false).expect("jit");
     let m = k.manifest().clone();
     let mut rng = fastrand::Rng::with_seed(3);
-    let (q, kk, v) = (random(m.q_shape(), &mut rng), random(m.k_shape(), &mut rng), random(m.v_shape(), &mut rng));
+    let (q, kk, v) = (
+        random(m.q_shape(), &mut rng),
+        random(m.k_shape(), &mut rng),
+        random(m.v_shape(), &mut rng),
+    );
     let mut out = vec![f32::NAN; m.o_shape().iter().product()];
-    k.run(q.view(), kk.view(), v.view(), &[], &mut out).expect("runs");
-    assert!(out[..8 * 16].iter().all(|x| *x == 0.0), "text rows must be zeros");
-    let r = reference::attention(&k.compiled().spec, q.view(), kk.view(), v.view(), &[]).expect("reference");
+    k.run(q.view(), kk.view(), v.view(), &[], &mut out)
+        .expect("runs");
+    assert!(
+        out[..8 * 16].iter().all(|x| *x == 0.0),
+        "text rows must be zeros"
+    );
+    let r = reference::attention(&k.compiled().spec, q.view(), kk.view(), v.view(), &[])
+        .expect("reference");
     compare(&out, &r, "empty rows");
 }
 
 #[test]
 fn wrong_shapes_and_nan_are_errors() {
     let src = kernel_source("dense.attn", "tiled");
-    let sets = [Binding::parse("N=64").unwrap(), Binding::parse("TILE=16").unwrap(), Binding::parse("HEADS=4").unwrap(), Binding::parse("KV_HEADS=2").unwrap(), Binding::parse("HEAD_DIM=8").unwrap()];
-    let k = CpuKernel::new(cache::compile(&src, "dense", &sets).expect("compiles"), false).expect("jit");
+    let sets = [
+        Binding::parse("N=64").unwrap(),
+        Binding::parse("TILE=16").unwrap(),
+        Binding::parse("HEADS=4").unwrap(),
+        Binding::parse("KV_HEADS=2").unwrap(),
+        Binding::parse("HEAD_DIM=8").unwrap(),
+    ];
+    let k = CpuKernel::new(
+        cache::compile(&src, "dense", &sets).expect("compiles"),
+        false,
+    )
+    .expect("jit");
     let m = k.manifest().clone();
     let mut rng = fastrand::Rng::with_seed(5);
-    let (q, kk, v) = (random(m.q_shape(), &mut rng), random(m.k_shape(), &mut rng), random(m.v_shape(), &mut rng));
+    let (q, kk, v) = (
+        random(m.q_shape(), &mut rng),
+        random(m.k_shape(), &mut rng),
+        random(m.v_shape(), &mut rng),
+    );
     let mut out = vec![0f32; m.o_shape().iter().product()];
     // K with the query head count instead of the KV head count.
     let bad_k = random([1, 4, 64, 8], &mut rng);
-    let e = k.run(q.view(), bad_k.view(), v.view(), &[], &mut out).unwrap_err().to_string();
-    assert!(e.contains("k has kv heads (KV_HEADS) = 4; expected 2"), "{e}");
+    let e = k
+        .run(q.view(), bad_k.view(), v.view(), &[], &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("k has kv heads (KV_HEADS) = 4; expected 2"),
+        "{e}"
+    );
     // Wrong rank.
     let flat = Tensor::new(vec![64 * 4 * 8], q.data.clone()).unwrap();
-    let e = k.run(flat.view(), kk.view(), v.view(), &[], &mut out).unwrap_err().to_string();
+    let e = k
+        .run(flat.view(), kk.view(), v.view(), &[], &mut out)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("q has 1 dimensions"), "{e}");
     // NaN in V.
     let mut nan_v = v.clone();
     nan_v.data[77] = f32::NAN;
-    let e = k.run(q.view(), kk.view(), nan_v.view(), &[], &mut out).unwrap_err().to_string();
+    let e = k
+        .run(q.view(), kk.view(), nan_v.view(), &[], &mut out)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("v holds NaN at [0, 0, 9, 5]"), "{e}");
     // Output of the wrong size.
     let mut short = vec![0f32; 10];
-    let e = k.run(q.view(), kk.view(), v.view(), &[], &mut short).unwrap_err().to_string();
+    let e = k
+        .run(q.view(), kk.view(), v.view(), &[], &mut short)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("the output holds 10 values"), "{e}");
     // An input the kernel does not take.
-    let e = k.run(q.view(), kk.view(), v.view(), &[q.view()], &mut out).unwrap_err().to_string();
+    let e = k
+        .run(q.view(), kk.view(), v.view(), &[q.view()], &mut out)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("takes 0 input tensor(s)"), "{e}");
 }

@@ -78,15 +78,18 @@ pub enum Stage {
     Ir,
     /// The kernel IR as a Graphviz graph.
     Dot,
+    /// The CPU code generator's Cranelift IR.
+    Clif,
 }
 
 impl Stage {
-    pub const ALL: [(&'static str, Stage); 5] = [
+    pub const ALL: [(&'static str, Stage); 6] = [
         ("ast", Stage::Ast),
         ("spec", Stage::Spec),
         ("schedule", Stage::Schedule),
         ("ir", Stage::Ir),
         ("dot", Stage::Dot),
+        ("clif", Stage::Clif),
     ];
 }
 
@@ -139,6 +142,7 @@ pub fn spec(
 }
 
 /// A kernel through every stage up to the optimised IR.
+#[derive(Clone)]
 pub struct Compiled {
     pub spec: Spec,
     pub schedule: Schedule,
@@ -306,6 +310,16 @@ pub fn emit(
                 match stage {
                     Stage::Schedule => pattern::print::print_schedule(&c.spec, &c.schedule, None),
                     Stage::Ir => ir::print::print(&c.ir),
+                    Stage::Clif => {
+                        let m = crate::codegen::cpu::compile(
+                            &c.ir,
+                            &c.schedule.geom,
+                            &c.spec.inputs,
+                            true,
+                        )
+                        .map_err(|e| vec![Diagnostic::error("E0602", e)])?;
+                        m.clif.clone().unwrap_or_default()
+                    }
                     _ => ir::dot::dot(&c.ir),
                 }
             }

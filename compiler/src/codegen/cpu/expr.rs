@@ -3,6 +3,8 @@
 //! negative infinity; a zero divisor gives 0 here instead of trapping (the analysis
 //! reports it as an error wherever it evaluates the rule).
 
+use std::collections::HashMap;
+
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, FuncRef, InstBuilder, Value};
 
@@ -51,11 +53,50 @@ pub trait Scope {
 pub struct ExprGen<'d> {
     pub libm: Libm,
     pub data: &'d mut Data,
+    /// Values of hoisted sub-expressions (by address), valid inside the current row.
+    pub hoisted: HashMap<*const Expr, Value>,
+}
+
+/// True when `e` reads nothing of the key side (so it is constant along a row).
+fn query_only(e: &Expr) -> bool {
+    let mut ok = true;
+    e.walk(&mut |x| match &x.kind {
+        Kind::Var(Var::K(_) | Var::D(_) | Var::KI | Var::Score) | Kind::Input { .. } => ok = false,
+        _ => {}
+    });
+    ok
 }
 
 impl ExprGen<'_> {
+    /// Emits, once per query row, every maximal sub-expression of `e` that does not read
+    /// the key (window starts, per-head values); `gen` then reuses them inside the row.
+    pub fn hoist(&mut self, em: &mut Em, e: &Expr, s: &mut dyn Scope) {
+        let leaf = matches!(
+            e.kind,
+            Kind::Int(_) | Kind::Float(_) | Kind::Bool(_) | Kind::Var(_)
+        );
+        if !leaf && query_only(e) {
+            let v = self.gen(em, e, s);
+            self.hoisted.insert(e as *const Expr, v);
+            return;
+        }
+        match &e.kind {
+            Kind::Unary(_, a) => self.hoist(em, a, s),
+            Kind::Binary(_, a, b) => {
+                self.hoist(em, a, s);
+                self.hoist(em, b, s);
+            }
+            Kind::Call(_, args) => args.iter().for_each(|a| self.hoist(em, a, s)),
+            Kind::Doc { x, .. } => self.hoist(em, x, s),
+            _ => {}
+        }
+    }
+
     /// Compiles `e`; the result has the expression's type (i64, i8 or f64).
     pub fn gen(&mut self, em: &mut Em, e: &Expr, s: &mut dyn Scope) -> Value {
+        if let Some(v) = self.hoisted.get(&(e as *const Expr)) {
+            return *v;
+        }
         match &e.kind {
             Kind::Int(v) => em.i(*v),
             Kind::Float(v) => em.f64(*v),

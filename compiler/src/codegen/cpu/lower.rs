@@ -738,6 +738,11 @@ impl<'a, 'e, 'd> Lower<'a, 'e, 'd> {
         let rows = self.em.i(i64::from(src.rows));
         let cols = self.em.i(i64::from(src.cols));
         let li = self.em.loop_begin(zero, rows);
+        let j0 = self.em.i(0);
+        let zero_score = self.em.f64(0.0);
+        if let Some(mut scope) = self.pair_scope(li.i, j0, b, h, Some(zero_score), None, &extent) {
+            self.gen.hoist(&mut self.em, e, &mut scope);
+        }
         let lj = self.em.loop_begin(zero, cols);
         let (i, j) = (li.i, lj.i);
         let srow = self.row(src, i);
@@ -757,6 +762,7 @@ impl<'a, 'e, 'd> Lower<'a, 'e, 'd> {
             self.em.st(r, dp, dst.off);
         }
         self.em.loop_end(lj, 1);
+        self.gen.hoisted.clear();
         self.em.loop_end(li, 1);
     }
 
@@ -799,6 +805,19 @@ impl<'a, 'e, 'd> Lower<'a, 'e, 'd> {
             let cols = self.em.i(i64::from(dst.cols));
             let b0 = self.em.i(0);
             let li = self.em.loop_begin(zero, rows);
+            // Per row: everything of the rules that does not read the key.
+            let j0 = self.em.i(0);
+            if let Some(e) = &tiles {
+                if let Some(mut scope) = self.pair_scope(li.i, j0, b0, h, None, Some(&tile), &grid)
+                {
+                    self.gen.hoist(&mut self.em, e, &mut scope);
+                }
+            }
+            if let Some(e) = &tokens {
+                if let Some(mut scope) = self.pair_scope(li.i, j0, b0, h, None, None, &canvas) {
+                    self.gen.hoist(&mut self.em, e, &mut scope);
+                }
+            }
             let lj = self.em.loop_begin(zero, cols);
             let (i, j) = (li.i, lj.i);
             let valid = self.em.lt(j, k.valid);
@@ -825,6 +844,7 @@ impl<'a, 'e, 'd> Lower<'a, 'e, 'd> {
             let y = self.em.b.ins().select(active, x, ninf);
             self.em.st(y, dp, dst.off);
             self.em.loop_end(lj, 1);
+            self.gen.hoisted.clear();
             self.em.loop_end(li, 1);
             self.em.if_end(vdone);
         }

@@ -167,6 +167,7 @@ pub fn compile(
             gen: ExprGen {
                 libm,
                 data: &mut data,
+                hoisted: HashMap::new(),
             },
             ctx: p[0],
             scratch: p[4],

@@ -140,3 +140,141 @@ fn non_utf8_input_is_a_clear_error() {
     assert_eq!(code, 2);
     assert!(err.contains("not UTF-8"), "{err}");
 }
+
+fn write_npy(name: &str, shape: &[usize], data: Vec<f32>) -> PathBuf {
+    let p = tmp(name);
+    attnc_runtime::npy::write(
+        &p,
+        &attnc_runtime::Tensor::new(shape.to_vec(), data).expect("tensor"),
+    )
+    .expect("npy written");
+    p
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect()
+}
+
+const DENSE: [&str; 8] = [
+    "--set",
+    "N=96",
+    "--set",
+    "TILE=32",
+    "--set",
+    "HEADS=4",
+    "--set",
+    "HEAD_DIM=16",
+];
+
+#[test]
+fn run_writes_the_output_and_matches_the_reference() {
+    let shape = [1usize, 4, 96, 16];
+    let n: usize = shape.iter().product();
+    let (q, k, v) = (
+        write_npy("q.npy", &shape, random(n, 1)),
+        write_npy("k.npy", &shape, random(n, 2)),
+        write_npy("v.npy", &shape, random(n, 3)),
+    );
+    let out = tmp("o.npy");
+    let (code, _, err) = run(attnc()
+        .arg("run")
+        .arg(repo("kernels/dense.attn"))
+        .args(["--kernel", "causal"])
+        .args(DENSE)
+        .arg("--q")
+        .arg(&q)
+        .arg("--k")
+        .arg(&k)
+        .arg("--v")
+        .arg(&v)
+        .arg("-o")
+        .arg(&out));
+    assert_eq!(code, 0, "{err}");
+    let o = attnc_runtime::npy::read(&out).expect("output readable");
+    assert_eq!(o.shape, shape.to_vec());
+    // Against the reference.
+    let src = attnc::driver::Source::load(&repo("kernels/dense.attn")).expect("source");
+    let sets: Vec<_> = ["N=96", "TILE=32", "HEADS=4", "HEAD_DIM=16"]
+        .iter()
+        .map(|s| attnc::sema::instantiate::Binding::parse(s).unwrap())
+        .collect();
+    let c = attnc_runtime::cache::compile(&src, "causal", &sets).expect("compiles");
+    let t = |p: &PathBuf| attnc_runtime::npy::read(p).expect("npy");
+    let (qt, kt, vt) = (t(&q), t(&k), t(&v));
+    let r = attnc_runtime::reference::attention(&c.spec, qt.view(), kt.view(), vt.view(), &[])
+        .expect("reference");
+    let max = r.iter().fold(0f64, |m, x| m.max(x.abs()));
+    let err = o
+        .data
+        .iter()
+        .zip(&r)
+        .fold(0f64, |m, (a, b)| m.max((f64::from(*a) - b).abs()));
+    assert!(err / max < 1e-5, "relative error {}", err / max);
+}
+
+#[test]
+fn run_rejects_bad_inputs_with_exit_2() {
+    let shape = [1usize, 4, 96, 16];
+    let n: usize = shape.iter().product();
+    let good = write_npy("good.npy", &shape, random(n, 4));
+    let rank3 = write_npy("rank3.npy", &[4, 96, 16], random(n, 5));
+    let heads2 = write_npy("heads2.npy", &[1, 2, 96, 16], random(n / 2, 6));
+    let mut nan = random(n, 7);
+    nan[100] = f32::NAN;
+    let nan = write_npy("nan.npy", &shape, nan);
+    let out = tmp("bad_out.npy");
+    let case = |q: &PathBuf, k: &PathBuf| {
+        run(attnc()
+            .arg("run")
+            .arg(repo("kernels/dense.attn"))
+            .args(["--kernel", "dense"])
+            .args(DENSE)
+            .arg("--q")
+            .arg(q)
+            .arg("--k")
+            .arg(k)
+            .arg("--v")
+            .arg(&good)
+            .arg("-o")
+            .arg(&out))
+    };
+    let (code, _, err) = case(&tmp("missing.npy"), &good);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cannot read") && err.contains("missing.npy"),
+        "{err}"
+    );
+    let (code, _, err) = case(&rank3, &good);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("q has 3 dimensions"), "{err}");
+    let (code, _, err) = case(&good, &heads2);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("k has kv heads (KV_HEADS) = 2; expected 4"),
+        "{err}"
+    );
+    let (code, _, err) = case(&nan, &good);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("q holds NaN at [0, 0, 6, 4]"), "{err}");
+    let text = tmp("text.npy");
+    std::fs::write(&text, "not a numpy file").expect("write");
+    let (code, _, err) = case(&text, &good);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is not a .npy file"), "{err}");
+}
+
+#[test]
+fn emit_clif_prints_cranelift_ir() {
+    let (code, out, err) = run(attnc()
+        .arg("compile")
+        .arg(repo("kernels/dense.attn"))
+        .args(["--kernel", "dense", "--emit", "clif", "--set", "N=64"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("function "),
+        "{}",
+        &out[..out.len().min(200)]
+    );
+    assert!(out.contains("f32x4"), "the kernel uses 4-wide vectors");
+}

@@ -1,0 +1,372 @@
+//! The `attnc` command line: argument parsing and printing only; the work is in the
+//! compiler's `driver` and in this crate's runtime.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use attnc::diagnostic::{has_errors, Diagnostic};
+use attnc::driver::{self, explain, Source, Stage};
+use attnc::sema::instantiate::Binding;
+use attnc_runtime::files::{run_npy, NpyArgs};
+use attnc_runtime::{CpuKernel, Error, Tensor};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "attnc",
+    version,
+    about = "A compiler for tile-grouped sparse attention kernels"
+)]
+struct Cli {
+    /// Colour diagnostics: auto, always or never.
+    #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "always", "never"])]
+    color: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// What every command that compiles one kernel takes.
+#[derive(clap::Args)]
+struct KernelArgs {
+    file: PathBuf,
+    /// The kernel (may be omitted when the file has one).
+    #[arg(long)]
+    kernel: Option<String>,
+    /// Binds a parameter: NAME=VALUE (lists as 1,2,3; a list for a scalar makes it per-head).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    sets: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Checks a .attn file: every kernel instantiated with its defaults and analysed.
+    /// Exit status 1 on any error.
+    Check {
+        file: PathBuf,
+        /// Binds a parameter (NAME=VALUE) in every kernel that has it.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Compiles kernels and prints (or writes) one stage.
+    Compile {
+        file: PathBuf,
+        /// The kernel; every kernel of the file when omitted.
+        #[arg(long)]
+        kernel: Option<String>,
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        sets: Vec<String>,
+        /// The stage to print: ast, spec, schedule, ir, dot (the IR as Graphviz) or clif
+        /// (the CPU code generator's Cranelift IR).
+        #[arg(long, default_value = "ir", value_parser = ["ast", "spec", "schedule", "ir", "dot", "clif"])]
+        emit: String,
+        /// Write to this file instead of standard output.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
+    /// Density, FLOPs, key tiles per query tile, an ASCII view and optionally a PNG.
+    Explain {
+        #[command(flatten)]
+        k: KernelArgs,
+        /// Write the tile mask (query tiles down, key tiles across) to this PNG file.
+        #[arg(long)]
+        png: Option<PathBuf>,
+        /// The query tile to draw (a tile id; default: the centre of the canvas).
+        #[arg(long)]
+        tile: Option<u32>,
+    },
+    /// Runs a kernel on .npy tensors [batch, heads, tokens, dim] (float32 or float16) in the
+    /// layout's token order, and writes the float32 output.
+    Run {
+        #[command(flatten)]
+        k: KernelArgs,
+        #[arg(long)]
+        q: PathBuf,
+        #[arg(long)]
+        k_file: Option<PathBuf>,
+        #[arg(long)]
+        v: PathBuf,
+        /// A score-modifier input: NAME=FILE.npy.
+        #[arg(long = "input", value_name = "NAME=FILE")]
+        inputs: Vec<String>,
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        #[arg(long, default_value = "cpu", value_parser = ["cpu"])]
+        backend: String,
+    },
+    /// Times a kernel on random inputs: median of many runs after warm-up, in ms and
+    /// GFLOP/s on active pairs.
+    Bench {
+        #[command(flatten)]
+        k: KernelArgs,
+        #[arg(long, default_value = "cpu", value_parser = ["cpu"])]
+        backend: String,
+        /// Timed runs (after 2 warm-up runs).
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
+}
+
+/// Exit status for errors in the user's .attn input.
+const EXIT_DIAGNOSTICS: u8 = 1;
+/// Exit status for usage, file and tensor errors.
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    // `--k` reads better than `--k-file` on the command line: accept both.
+    let args: Vec<String> = std::env::args()
+        .map(|a| {
+            if a == "--k" {
+                "--k-file".to_string()
+            } else {
+                a
+            }
+        })
+        .collect();
+    let cli = Cli::parse_from(args);
+    let color = match cli.color.as_str() {
+        "always" => true,
+        "never" => false,
+        _ => std::io::stderr().is_terminal(),
+    };
+    match run(cli.command, color) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => ExitCode::from(code),
+    }
+}
+
+fn usage(msg: impl std::fmt::Display) -> u8 {
+    eprintln!("error: {msg}");
+    EXIT_USAGE
+}
+
+fn bindings(sets: &[String]) -> Result<Vec<Binding>, u8> {
+    sets.iter()
+        .map(|s| Binding::parse(s).map_err(|m| usage(format!("--set {m}"))))
+        .collect()
+}
+
+fn load(path: &Path) -> Result<Source, u8> {
+    Source::load(path).map_err(usage)
+}
+
+/// Prints diagnostics to stderr; Err(1) when any is an error.
+fn report(src: &Source, diags: &[Diagnostic], color: bool) -> Result<(), u8> {
+    if !diags.is_empty() {
+        eprint!("{}", src.render(diags, color));
+    }
+    if has_errors(diags) {
+        let n = diags.iter().filter(|d| d.is_error()).count();
+        eprintln!(
+            "error: {n} error{} in {}",
+            if n == 1 { "" } else { "s" },
+            src.name
+        );
+        Err(EXIT_DIAGNOSTICS)
+    } else {
+        Ok(())
+    }
+}
+
+fn write_out(output: &Option<PathBuf>, text: &str) -> Result<(), u8> {
+    match output {
+        Some(p) => std::fs::write(p, text)
+            .map_err(|e| usage(format!("cannot write `{}`: {e}", p.display()))),
+        None => {
+            out(text);
+            Ok(())
+        }
+    }
+}
+
+/// Prints to stdout; a closed pipe (`attnc ... | head`) ends the output quietly.
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// Source, kernel and bindings -> the compiled kernel (warnings printed).
+fn compile(a: &KernelArgs, color: bool) -> Result<(Source, driver::Compiled), u8> {
+    let sets = bindings(&a.sets)?;
+    let src = load(&a.file)?;
+    let (fe, warnings) = match driver::frontend(&src) {
+        Ok(x) => x,
+        Err(d) => return Err(report(&src, &d, color).err().unwrap_or(EXIT_DIAGNOSTICS)),
+    };
+    report(&src, &warnings, color)?;
+    let k = match &a.kernel {
+        Some(name) => driver::find_kernel(&fe.program, name)
+            .map_err(|d| report(&src, &[d], color).err().unwrap_or(EXIT_DIAGNOSTICS))?,
+        None if fe.program.kernels.len() == 1 => 0,
+        None => {
+            let names: Vec<&str> = fe.program.kernels.iter().map(|k| k.name.as_str()).collect();
+            return Err(usage(format!(
+                "{} has {} kernels; pick one with --kernel ({})",
+                src.name,
+                names.len(),
+                names.join(", ")
+            )));
+        }
+    };
+    let c = driver::compile_kernel(&fe.program, k, &sets)
+        .map_err(|d| report(&src, &d, color).err().unwrap_or(EXIT_DIAGNOSTICS))?;
+    report(&src, &c.warnings, color)?;
+    Ok((src, c))
+}
+
+fn runtime_error(e: Error) -> u8 {
+    match e {
+        Error::Compile(m) => {
+            eprint!("{m}");
+            EXIT_DIAGNOSTICS
+        }
+        other => usage(other),
+    }
+}
+
+fn run(cmd: Command, color: bool) -> Result<(), u8> {
+    match cmd {
+        Command::Check { file, sets } => {
+            let sets = bindings(&sets)?;
+            let src = load(&file)?;
+            let diags = driver::check(&src, &sets);
+            report(&src, &diags, color)?;
+            let kernels = driver::frontend(&src)
+                .map(|(f, _)| f.program.kernels.len())
+                .unwrap_or(0);
+            eprintln!(
+                "ok: {} ({kernels} kernel{})",
+                src.name,
+                if kernels == 1 { "" } else { "s" }
+            );
+            Ok(())
+        }
+        Command::Compile {
+            file,
+            kernel,
+            sets,
+            emit,
+            output,
+        } => {
+            let sets = bindings(&sets)?;
+            let src = load(&file)?;
+            let stage = Stage::ALL
+                .iter()
+                .find(|(n, _)| *n == emit)
+                .map(|(_, s)| *s)
+                .unwrap_or(Stage::Ir);
+            match driver::emit(&src, stage, kernel.as_deref(), &sets) {
+                Ok((text, warnings)) => {
+                    report(&src, &warnings, color)?;
+                    write_out(&output, &text)
+                }
+                Err(diags) => report(&src, &diags, color),
+            }
+        }
+        Command::Explain { k, png, tile } => {
+            let (src, c) = compile(&k, color)?;
+            out(&explain::report(&c.spec, &c.schedule, &src.name, tile));
+            if let Some(p) = png {
+                explain::write_png(&c.schedule, 0, &p).map_err(usage)?;
+                out(&format!("tile mask written to {}\n", p.display()));
+            }
+            Ok(())
+        }
+        Command::Run {
+            k,
+            q,
+            k_file,
+            v,
+            inputs,
+            output,
+            backend: _,
+        } => {
+            let Some(k_path) = k_file else {
+                return Err(usage("missing --k FILE.npy"));
+            };
+            let mut named = vec![];
+            for i in &inputs {
+                let (n, p) = i
+                    .split_once('=')
+                    .ok_or_else(|| usage(format!("--input `{i}` is not NAME=FILE")))?;
+                named.push((n.to_string(), PathBuf::from(p)));
+            }
+            let (_, c) = compile(&k, color)?;
+            let kernel = CpuKernel::new(c, false).map_err(runtime_error)?;
+            let args = NpyArgs {
+                q,
+                k: k_path,
+                v,
+                inputs: named,
+            };
+            let r = run_npy(&kernel, &args, &output).map_err(runtime_error)?;
+            eprintln!(
+                "{}: output {:?} written to {} ({:.1} ms on the CPU)",
+                kernel.manifest().kernel,
+                r.shape,
+                output.display(),
+                r.millis
+            );
+            Ok(())
+        }
+        Command::Bench {
+            k,
+            backend: _,
+            runs,
+        } => {
+            let (_, c) = compile(&k, color)?;
+            let flops = explain::figures(&c.spec, &c.schedule).flops;
+            let kernel = CpuKernel::new(c, false).map_err(runtime_error)?;
+            let m = kernel.manifest().clone();
+            let mut rng = 0x2545_f491_4f6c_dd1du64;
+            let mut random = |shape: [usize; 4]| {
+                let n = shape.iter().product();
+                let data = (0..n)
+                    .map(|_| {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        (rng >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+                    })
+                    .collect();
+                Tensor {
+                    shape: shape.to_vec(),
+                    data,
+                }
+            };
+            let (q, kk, v) = (
+                random(m.q_shape()),
+                random(m.k_shape()),
+                random(m.v_shape()),
+            );
+            let ins: Vec<Tensor> = m
+                .inputs
+                .iter()
+                .map(|(_, d)| Tensor::zeros(d.clone()))
+                .collect();
+            let views: Vec<_> = ins.iter().map(Tensor::view).collect();
+            let mut o = vec![0f32; m.o_shape().iter().product()];
+            let mut times = vec![];
+            for i in 0..runs.max(1) + 2 {
+                let t = Instant::now();
+                kernel
+                    .run(q.view(), kk.view(), v.view(), &views, &mut o)
+                    .map_err(runtime_error)?;
+                if i >= 2 {
+                    times.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            let median = times[times.len() / 2];
+            out(&format!(
+                "{} on the CPU ({} threads): median {median:.3} ms over {} runs, {:.1} GFLOP/s on active pairs\n",
+                m.kernel,
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                times.len(),
+                flops / median / 1e6
+            ));
+            Ok(())
+        }
+    }
+}
