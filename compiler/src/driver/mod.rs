@@ -80,16 +80,22 @@ pub enum Stage {
     Dot,
     /// The CPU code generator's Cranelift IR.
     Clif,
+    /// The CUDA code generator's optimised LLVM IR.
+    Llvm,
+    /// The CUDA code generator's PTX.
+    Ptx,
 }
 
 impl Stage {
-    pub const ALL: [(&'static str, Stage); 6] = [
+    pub const ALL: [(&'static str, Stage); 8] = [
         ("ast", Stage::Ast),
         ("spec", Stage::Spec),
         ("schedule", Stage::Schedule),
         ("ir", Stage::Ir),
         ("dot", Stage::Dot),
         ("clif", Stage::Clif),
+        ("llvm", Stage::Llvm),
+        ("ptx", Stage::Ptx),
     ];
 }
 
@@ -280,6 +286,17 @@ pub fn emit(
     kernel: Option<&str>,
     sets: &[Binding],
 ) -> Result<(String, Vec<Diagnostic>), Vec<Diagnostic>> {
+    emit_for(src, stage, kernel, sets, crate::codegen::nvptx::Arch::Sm90)
+}
+
+/// As [`emit`], with the GPU architecture for `llvm` and `ptx`.
+pub fn emit_for(
+    src: &Source,
+    stage: Stage,
+    kernel: Option<&str>,
+    sets: &[Binding],
+    arch: crate::codegen::nvptx::Arch,
+) -> Result<(String, Vec<Diagnostic>), Vec<Diagnostic>> {
     let (fe, warnings) = frontend(src)?;
     if stage == Stage::Ast {
         return Ok((syntax::print::print_file(&fe.ast), warnings));
@@ -319,6 +336,23 @@ pub fn emit(
                         )
                         .map_err(|e| vec![Diagnostic::error("E0602", e)])?;
                         m.clif.clone().unwrap_or_default()
+                    }
+                    Stage::Llvm | Stage::Ptx => {
+                        let m = crate::codegen::nvptx::compile(
+                            &c.ir,
+                            &c.schedule.geom,
+                            &c.spec.inputs,
+                            arch,
+                        )
+                        .map_err(|e| {
+                            vec![Diagnostic::error("E0701", e)
+                                .with_label(c.spec.kernel_span, "in this kernel")]
+                        })?;
+                        if stage == Stage::Llvm {
+                            m.llvm
+                        } else {
+                            m.ptx
+                        }
                     }
                     _ => ir::dot::dot(&c.ir),
                 }

@@ -57,10 +57,13 @@ enum Command {
         kernel: Option<String>,
         #[arg(long = "set", value_name = "NAME=VALUE")]
         sets: Vec<String>,
-        /// The stage to print: ast, spec, schedule, ir, dot (the IR as Graphviz) or clif
-        /// (the CPU code generator's Cranelift IR).
-        #[arg(long, default_value = "ir", value_parser = ["ast", "spec", "schedule", "ir", "dot", "clif"])]
+        /// The stage to print: ast, spec, schedule, ir, dot (the IR as Graphviz), clif (the
+        /// CPU code generator's Cranelift IR), llvm or ptx (the CUDA code generator's).
+        #[arg(long, default_value = "ir", value_parser = ["ast", "spec", "schedule", "ir", "dot", "clif", "llvm", "ptx"])]
         emit: String,
+        /// The GPU architecture for llvm and ptx.
+        #[arg(long, default_value = "sm_90", value_parser = ["sm_80", "sm_90"])]
+        target: String,
         /// Write to this file instead of standard output.
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
@@ -247,6 +250,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             kernel,
             sets,
             emit,
+            target,
             output,
         } => {
             let sets = bindings(&sets)?;
@@ -256,7 +260,9 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                 .find(|(n, _)| *n == emit)
                 .map(|(_, s)| *s)
                 .unwrap_or(Stage::Ir);
-            match driver::emit(&src, stage, kernel.as_deref(), &sets) {
+            let arch = attnc::codegen::nvptx::Arch::from_name(&target)
+                .unwrap_or(attnc::codegen::nvptx::Arch::Sm90);
+            match driver::emit_for(&src, stage, kernel.as_deref(), &sets, arch) {
                 Ok((text, warnings)) => {
                     report(&src, &warnings, color)?;
                     write_out(&output, &text)

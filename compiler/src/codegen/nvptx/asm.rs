@@ -1,0 +1,232 @@
+//! The one place inline PTX is written. An instruction template names its operands by
+//! role; the builder numbers them (`$0, $1, ...`, outputs first), derives the LLVM
+//! constraints from the operand types (`h` 16-bit, `r` 32-bit, `f` f32, `l` 64-bit) and
+//! emits the call, so that no format string with hand-counted operands exists elsewhere.
+
+use inkwell::builder::Builder;
+use inkwell::context::Context;
+use inkwell::types::{BasicMetadataTypeEnum, BasicType, BasicTypeEnum};
+use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum};
+use inkwell::InlineAsmDialect;
+
+/// The register class of an operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reg {
+    /// 32-bit integer (also packed bf16x2 / f16x2, shared addresses).
+    R,
+    /// f32.
+    F,
+    /// 64-bit integer (global addresses).
+    L,
+}
+
+impl Reg {
+    fn constraint(self) -> char {
+        match self {
+            Reg::R => 'r',
+            Reg::F => 'f',
+            Reg::L => 'l',
+        }
+    }
+
+    fn ty<'c>(self, cx: &'c Context) -> BasicTypeEnum<'c> {
+        match self {
+            Reg::R => cx.i32_type().as_basic_type_enum(),
+            Reg::F => cx.f32_type().as_basic_type_enum(),
+            Reg::L => cx.i64_type().as_basic_type_enum(),
+        }
+    }
+}
+
+/// One PTX instruction (or a short sequence) with typed operands.
+pub struct Asm {
+    /// The text with `{out0}`-style placeholders replaced by `$n` at build time: outputs are
+    /// written `{o0}`, `{o1}`, ...; inputs `{i0}`, `{i1}`, ...
+    template: String,
+    outputs: Vec<Reg>,
+    inputs: Vec<Reg>,
+    /// Has side effects (memory, barriers): never removed or reordered.
+    volatile: bool,
+}
+
+impl Asm {
+    pub fn new(template: impl Into<String>) -> Asm {
+        Asm {
+            template: template.into(),
+            outputs: vec![],
+            inputs: vec![],
+            volatile: false,
+        }
+    }
+
+    pub fn outputs(mut self, n: usize, r: Reg) -> Asm {
+        self.outputs.extend(std::iter::repeat_n(r, n));
+        self
+    }
+
+    pub fn inputs(mut self, n: usize, r: Reg) -> Asm {
+        self.inputs.extend(std::iter::repeat_n(r, n));
+        self
+    }
+
+    pub fn volatile(mut self) -> Asm {
+        self.volatile = true;
+        self
+    }
+
+    /// The PTX text with numbered operands.
+    fn text(&self) -> String {
+        let mut t = self.template.clone();
+        // Replace longer names first so that {o1} does not eat part of {o10}.
+        for i in (0..self.outputs.len()).rev() {
+            t = t.replace(&format!("{{o{i}}}"), &format!("${i}"));
+        }
+        for i in (0..self.inputs.len()).rev() {
+            t = t.replace(
+                &format!("{{i{i}}}"),
+                &format!("${}", self.outputs.len() + i),
+            );
+        }
+        t
+    }
+
+    fn constraints(&self) -> String {
+        let mut c: Vec<String> = self
+            .outputs
+            .iter()
+            .map(|r| format!("={}", r.constraint()))
+            .collect();
+        c.extend(self.inputs.iter().map(|r| r.constraint().to_string()));
+        if self.volatile {
+            c.push("~{memory}".into());
+        }
+        c.join(",")
+    }
+
+    /// Emits the call; returns the outputs in order.
+    pub fn emit<'c>(
+        &self,
+        cx: &'c Context,
+        b: &Builder<'c>,
+        args: &[BasicValueEnum<'c>],
+    ) -> Vec<BasicValueEnum<'c>> {
+        assert_eq!(
+            args.len(),
+            self.inputs.len(),
+            "asm `{}`: operand count",
+            self.template
+        );
+        let params: Vec<BasicMetadataTypeEnum> =
+            self.inputs.iter().map(|r| r.ty(cx).into()).collect();
+        let fn_ty = match self.outputs.len() {
+            0 => cx.void_type().fn_type(&params, false),
+            1 => self.outputs[0].ty(cx).fn_type(&params, false),
+            _ => {
+                let fields: Vec<BasicTypeEnum> = self.outputs.iter().map(|r| r.ty(cx)).collect();
+                cx.struct_type(&fields, false).fn_type(&params, false)
+            }
+        };
+        let asm = cx.create_inline_asm(
+            fn_ty,
+            self.text(),
+            self.constraints(),
+            self.volatile,
+            false,
+            Some(InlineAsmDialect::ATT),
+            false,
+        );
+        let margs: Vec<BasicMetadataValueEnum> = args.iter().map(|a| (*a).into()).collect();
+        let call = b
+            .build_indirect_call(fn_ty, asm, &margs, "")
+            .expect("inline asm call");
+        match self.outputs.len() {
+            0 => vec![],
+            1 => vec![call.try_as_basic_value().basic().expect("asm result")],
+            n => {
+                let s = call
+                    .try_as_basic_value()
+                    .basic()
+                    .expect("asm result")
+                    .into_struct_value();
+                (0..n as u32)
+                    .map(|i| b.build_extract_value(s, i, "").expect("asm field"))
+                    .collect()
+            }
+        }
+    }
+}
+
+/// The instructions the attention kernel uses.
+pub mod ptx {
+    use super::{Asm, Reg};
+
+    /// `d = a x b + c` on m16n8k16 tiles, bf16 or f16 inputs, f32 accumulators.
+    pub fn mma_m16n8k16(elem: &str) -> Asm {
+        Asm::new(
+            "mma.sync.aligned.m16n8k16.row.col.f32.ELEM.ELEM.f32 {{o0}, {o1}, {o2}, {o3}}, {{i0}, {i1}, {i2}, {i3}}, {{i4}, {i5}}, {{i6}, {i7}, {i8}, {i9}};"
+                .replace("ELEM", elem),
+        )
+        .outputs(4, Reg::F)
+        .inputs(4, Reg::R)
+        .inputs(2, Reg::R)
+        .inputs(4, Reg::F)
+    }
+
+    /// Four 8x8 b16 matrices from shared memory (`trans` for the B operand of `p v`).
+    pub fn ldmatrix_x4(trans: bool) -> Asm {
+        let t = if trans { ".trans" } else { "" };
+        Asm::new(
+            "ldmatrix.sync.aligned.m8n8.x4TRANS.shared.b16 {{o0}, {o1}, {o2}, {o3}}, [{i0}];"
+                .replace("TRANS", t),
+        )
+        .outputs(4, Reg::R)
+        .inputs(1, Reg::R)
+        .volatile()
+    }
+
+    /// 16 bytes global -> shared, asynchronously; `size` 0 zero-fills (no read).
+    pub fn cp_async_16() -> Asm {
+        Asm::new("cp.async.cg.shared.global [{i0}], [{i1}], 16, {i2};")
+            .inputs(1, Reg::R)
+            .inputs(1, Reg::L)
+            .inputs(1, Reg::R)
+            .volatile()
+    }
+
+    pub fn cp_async_commit() -> Asm {
+        Asm::new("cp.async.commit_group;").volatile()
+    }
+
+    /// Waits until at most `n` groups are in flight.
+    pub fn cp_async_wait(n: u32) -> Asm {
+        Asm::new(format!("cp.async.wait_group {n};")).volatile()
+    }
+
+    /// Two f32 -> packed bf16x2 / f16x2 (`lo` in the low half).
+    pub fn pack2(elem: &str) -> Asm {
+        // cvt puts its first source in the upper half.
+        Asm::new("cvt.rn.ELEMx2.f32 {o0}, {i1}, {i0};".replace("ELEM", elem))
+            .outputs(1, Reg::R)
+            .inputs(2, Reg::F)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operands_are_numbered_outputs_first() {
+        let a = ptx::mma_m16n8k16("bf16");
+        assert_eq!(
+            a.text(),
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, {$10, $11, $12, $13};"
+        );
+        assert_eq!(a.constraints(), "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f");
+        let c = ptx::cp_async_16();
+        assert_eq!(c.text(), "cp.async.cg.shared.global [$0], [$1], 16, $2;");
+        assert_eq!(c.constraints(), "r,l,r,~{memory}");
+        let p = ptx::pack2("bf16");
+        assert_eq!(p.text(), "cvt.rn.bf16x2.f32 $0, $2, $1;");
+    }
+}

@@ -1,0 +1,1040 @@
+//! The FlashAttention-2 forward on tensor cores, lowered from the kernel IR.
+//!
+//! One thread block per (query tile slice of `bm` rows, head, batch); each warp owns 16
+//! query rows. Q is loaded once (cp.async, then ldmatrix into registers). The key loop walks
+//! the schedule's runs for this query tile and each key tile in chunks of `bn` keys: K and V
+//! chunks are brought into double-buffered, XOR-swizzled shared memory with cp.async while
+//! the previous chunk is computed; `S = Q K^T` and `O += P V` use
+//! `mma.sync.m16n8k16` (bf16/f16 in, f32 accumulate) with ldmatrix fragments; the softmax is
+//! the exp2 online softmax (log2(e) already folded into the scale by the `fold-log2e` pass);
+//! element masks run only on partial tiles or incomplete chunks. Rows, raster order, text
+//! segments and ragged tiles are handled by address arithmetic and predication (cp.async
+//! zero-fills missing rows; nothing is read out of bounds).
+//!
+//! Fragment layouts (PTX ISA, mma.m16n8k16): lane = 4 * group + t. A: a0 (row g, cols
+//! 2t, 2t+1), a1 (row g+8), a2 (cols +8), a3 (row g+8, cols +8). B: b0 (rows 2t, 2t+1 of k,
+//! col g), b1 (rows +8). C: c0, c1 (row g, cols 2t, 2t+1), c2, c3 (row g+8).
+
+use inkwell::values::{BasicValueEnum, FloatValue, IntValue, PointerValue};
+use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
+use petgraph::stable_graph::NodeIndex;
+
+use super::asm::ptx;
+use super::expr::{self, Scope};
+use super::gen::{ok, Gen, Var};
+use super::tokens::{self, Row, Tile};
+use crate::ir::{ElemFn, Kernel, Op, Tensor, Type};
+use crate::pattern::geometry::Geometry;
+use crate::sema::expr::{Expr, InputId, Var as EVar};
+use crate::sema::program::Group;
+use crate::sema::spec::InputSpec;
+
+/// Launch geometry and sizes, fixed at compile time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Query rows per block (16 per warp).
+    pub bm: u32,
+    /// Keys per chunk.
+    pub bn: u32,
+    pub warps: u32,
+    pub d: u32,
+    pub dv: u32,
+    /// Blocks per query tile (`ceil(tile_tokens / bm)`).
+    pub blocks_per_tile: u32,
+    /// Chunks per key tile (`ceil(tile_tokens / bn)`).
+    pub chunks: u32,
+    /// Every chunk is complete (`bn` divides the tile).
+    pub exact: bool,
+    pub smem_bytes: u32,
+    pub elem: &'static str,
+}
+
+impl Config {
+    pub fn threads(&self) -> u32 {
+        self.warps * 32
+    }
+
+    fn kv_bytes(&self) -> u32 {
+        2 * self.bn * (self.d + self.dv) * 2
+    }
+
+    fn kbuf(&self, b: u32) -> u32 {
+        b * self.bn * self.d * 2
+    }
+
+    fn vbuf(&self, b: u32) -> u32 {
+        2 * self.bn * self.d * 2 + b * self.bn * self.dv * 2
+    }
+
+    fn kinfo(&self, b: u32) -> u32 {
+        self.kv_bytes() + b * self.bn * 16
+    }
+
+    fn qinfo(&self) -> u32 {
+        self.kv_bytes() + 2 * self.bn * 16
+    }
+}
+
+pub fn config(k: &Kernel) -> Result<Config, String> {
+    let i = &k.info;
+    if !matches!(i.head_dim, 64 | 128) {
+        return Err(format!(
+            "head_dim {} is not supported by the CUDA backend yet (64 or 128)",
+            i.head_dim
+        ));
+    }
+    if i.value_dim % 16 != 0 || i.value_dim > 128 || i.value_dim == 0 {
+        return Err(format!(
+            "value_dim {} is not supported by the CUDA backend yet (a multiple of 16 up to 128)",
+            i.value_dim
+        ));
+    }
+    let elem = match i.elem {
+        crate::ir::Elem::Bf16 => "bf16",
+        crate::ir::Elem::F16 => "f16",
+        crate::ir::Elem::F32 => {
+            return Err("dtype f32 is not supported by the CUDA backend (bf16 or f16)".into())
+        }
+    };
+    let tt = i.tile_q;
+    let bm = 64.min(tt.div_ceil(16) * 16);
+    let bn = if i.head_dim > 64 || i.value_dim > 64 {
+        32
+    } else {
+        64
+    };
+    let cfg = Config {
+        bm,
+        bn,
+        warps: bm / 16,
+        d: i.head_dim,
+        dv: i.value_dim,
+        blocks_per_tile: tt.div_ceil(bm),
+        chunks: tt.div_ceil(bn),
+        exact: tt % bn == 0,
+        smem_bytes: 0,
+        elem,
+    };
+    let q_bytes = bm * cfg.d * 2;
+    if q_bytes > cfg.kv_bytes() {
+        return Err("query tile does not fit the shared memory plan".into());
+    }
+    let smem_bytes = cfg.qinfo() + bm * 16;
+    Ok(Config { smem_bytes, ..cfg })
+}
+
+/// Values the lowering passes between ops.
+struct Frags<'c> {
+    /// `S` / `P` fragments: [n-tile][4].
+    s: Vec<[Var<'c>; 4]>,
+    /// `O` accumulators: [d-tile][4].
+    acc: Vec<[Var<'c>; 4]>,
+    /// Running max and (thread-partial) sum per row (g, g+8).
+    m: [Var<'c>; 2],
+    l: [Var<'c>; 2],
+    /// Row max of the current chunk and alpha, per row.
+    rowmax: [Option<FloatValue<'c>>; 2],
+    alpha: [Option<FloatValue<'c>>; 2],
+    /// P packed as A fragments: [k16 chunk][4].
+    p: Vec<[IntValue<'c>; 4]>,
+}
+
+/// Where the current chunk is.
+#[derive(Clone, Copy)]
+struct Cursor<'c> {
+    r: Var<'c>,
+    kt: Var<'c>,
+    kend: Var<'c>,
+    chunk: Var<'c>,
+    class: Var<'c>,
+}
+
+pub struct Attention<'a, 'c> {
+    pub g: &'a Gen<'c>,
+    pub k: &'a Kernel,
+    pub geo: &'a Geometry,
+    pub cfg: &'a Config,
+    pub inputs: &'a [InputSpec],
+    pub params: Params<'c>,
+    pub smem: PointerValue<'c>,
+    // Per thread.
+    tid: IntValue<'c>,
+    warp: IntValue<'c>,
+    lane: IntValue<'c>,
+    grp: IntValue<'c>,
+    tig: IntValue<'c>,
+    batch: IntValue<'c>,
+    head: IntValue<'c>,
+    kvh: IntValue<'c>,
+    qt: IntValue<'c>,
+    row0: IntValue<'c>,
+    qtile: Option<Tile<'c>>,
+    /// This thread's two query rows: (tile row, row info).
+    qrows: [(IntValue<'c>, Option<Row<'c>>); 2],
+    qfrag: Vec<[IntValue<'c>; 4]>,
+    variant: IntValue<'c>,
+}
+
+/// Kernel parameters.
+#[derive(Clone)]
+pub struct Params<'c> {
+    pub q: PointerValue<'c>,
+    pub k: PointerValue<'c>,
+    pub v: PointerValue<'c>,
+    pub o: PointerValue<'c>,
+    pub rows: PointerValue<'c>,
+    pub runs: PointerValue<'c>,
+    pub head_variant: PointerValue<'c>,
+    pub inputs: Vec<PointerValue<'c>>,
+}
+
+impl<'a, 'c> Attention<'a, 'c> {
+    pub fn new(
+        g: &'a Gen<'c>,
+        k: &'a Kernel,
+        geo: &'a Geometry,
+        cfg: &'a Config,
+        inputs: &'a [InputSpec],
+        params: Params<'c>,
+        smem: PointerValue<'c>,
+    ) -> Attention<'a, 'c> {
+        let z = g.i32(0);
+        Attention {
+            g,
+            k,
+            geo,
+            cfg,
+            inputs,
+            params,
+            smem,
+            tid: z,
+            warp: z,
+            lane: z,
+            grp: z,
+            tig: z,
+            batch: z,
+            head: z,
+            kvh: z,
+            qt: z,
+            row0: z,
+            qtile: None,
+            qrows: [(z, None), (z, None)],
+            qfrag: vec![],
+            variant: z,
+        }
+    }
+
+    // ---- addresses ---------------------------------------------------------------------
+
+    /// 32-bit shared address of a byte offset.
+    fn saddr(&self, off: IntValue<'c>) -> IntValue<'c> {
+        let g = self.g;
+        let base = ok(g.b.build_ptr_to_int(self.smem, g.i32t, ""));
+        g.add(base, off)
+    }
+
+    /// A pointer into shared memory at a byte offset.
+    fn sptr(&self, off: IntValue<'c>) -> PointerValue<'c> {
+        let g = self.g;
+        // SAFETY: offsets stay inside the shared array (the plan in `Config` sizes it).
+        unsafe { ok(g.b.build_gep(g.cx.i8_type(), self.smem, &[off], "")) }
+    }
+
+    fn st_shared_i32(&self, off: IntValue<'c>, v: IntValue<'c>) {
+        ok(self.g.b.build_store(self.sptr(off), v));
+    }
+
+    fn ld_shared_i32(&self, off: IntValue<'c>) -> IntValue<'c> {
+        ok(self.g.b.build_load(self.g.i32t, self.sptr(off), "")).into_int_value()
+    }
+
+    fn ld_global_u32(&self, base: PointerValue<'c>, index: IntValue<'c>) -> IntValue<'c> {
+        let g = self.g;
+        let i = g.sext64(index);
+        // SAFETY: indices come from the schedule tables the runtime uploads with the kernel.
+        let p = unsafe { ok(g.b.build_gep(g.i32t, base, &[i], "")) };
+        ok(g.b.build_load(g.i32t, p, "")).into_int_value()
+    }
+
+    /// Byte offset inside a `[rows][dim]` 16-bit buffer of (row, 16-byte chunk), swizzled.
+    fn swz(&self, row: IntValue<'c>, chunk: IntValue<'c>, dim: u32) -> IntValue<'c> {
+        let g = self.g;
+        let x = ok(g.b.build_xor(chunk, g.uremi(row, 8), ""));
+        g.add(g.muli(row, i64::from(dim) * 2), g.muli(x, 16))
+    }
+
+    fn global_addr(&self, base: PointerValue<'c>) -> IntValue<'c> {
+        ok(self.g.b.build_ptr_to_int(base, self.g.i64t, ""))
+    }
+
+    // ---- the kernel --------------------------------------------------------------------
+
+    pub fn emit(&mut self) -> Result<(), String> {
+        let g = self.g;
+        let cfg = self.cfg.clone();
+        self.tid = g.sreg("tid.x");
+        self.warp = g.udivi(self.tid, 32);
+        self.lane = g.uremi(self.tid, 32);
+        self.grp = g.udivi(self.lane, 4);
+        self.tig = g.uremi(self.lane, 4);
+        let bx = g.sreg("ctaid.x");
+        self.head = g.sreg("ctaid.y");
+        self.batch = g.sreg("ctaid.z");
+        let group = i64::from(self.k.info.heads / self.k.info.kv_heads.max(1));
+        self.kvh = g.udivi(self.head, group.max(1));
+        self.qt = g.udivi(bx, i64::from(cfg.blocks_per_tile));
+        let sub = g.uremi(bx, i64::from(cfg.blocks_per_tile));
+        self.row0 = g.muli(sub, i64::from(cfg.bm));
+        self.qtile = Some(tokens::tile(g, self.geo, self.qt));
+        self.variant = self.ld_global_u32(self.params.head_variant.clone(), self.head);
+
+        self.load_q();
+        // Walk the IR: region 0 until the loop, the loop body per chunk, then the rest.
+        let mut frags = Frags {
+            s: vec![],
+            acc: (0..cfg.dv / 8)
+                .map(|_| [0; 4].map(|_| g.var(g.f32t.into(), g.f32(0.0).into())))
+                .collect(),
+            m: [0; 2].map(|_| g.var(g.f32t.into(), g.f32(f64::NEG_INFINITY).into())),
+            l: [0; 2].map(|_| g.var(g.f32t.into(), g.f32(0.0).into())),
+            rowmax: [None; 2],
+            alpha: [None; 2],
+            p: vec![],
+        };
+        let order = self.k.topo_order();
+        for n in order
+            .iter()
+            .filter(|n| self.k.node(**n).region == crate::ir::RegionId(0))
+        {
+            match &self.k.node(*n).op {
+                Op::KvLoop { region, .. } => self.kv_loop(*region, &mut frags)?,
+                Op::Normalize | Op::Convert(_) | Op::Store => {}
+                Op::Arg(_) | Op::ProgramId | Op::KvHead | Op::Load(Tensor::Q) | Op::Const(_) => {}
+                other => {
+                    return Err(format!(
+                        "the CUDA backend cannot lower `{}` outside the key loop",
+                        other.name()
+                    ))
+                }
+            }
+        }
+        self.store(&frags);
+        Ok(())
+    }
+
+    /// Q rows of this block into registers: positions into shared memory, cp.async, then
+    /// ldmatrix into A fragments.
+    fn load_q(&mut self) {
+        let g = self.g;
+        let cfg = self.cfg.clone();
+        let qtile = self.qtile.expect("q tile set");
+        let qinfo = cfg.qinfo();
+        // Row information: one thread per row.
+        let in_block = g.lt(self.tid, g.i32(i64::from(cfg.bm)));
+        let (tid, row0, qt, geo) = (self.tid, self.row0, self.qt, self.geo);
+        let this = &*self;
+        g.if_then(in_block, &mut |g| {
+            let r = g.add(row0, tid);
+            let info = tokens::row(g, geo, qt, r);
+            let off = g.addi(g.muli(tid, 16), i64::from(qinfo));
+            this.st_shared_i32(off, info.pos);
+            for a in 0..3 {
+                this.st_shared_i32(g.addi(off, 4 + 4 * a as i64), info.coords[a]);
+            }
+        });
+        g.barrier();
+        // cp.async the rows (missing rows zero-filled).
+        let chunks_per_row = cfg.d / 8;
+        let total = cfg.bm * chunks_per_row;
+        let q_base = self.global_addr(self.params.q);
+        let heads = i64::from(self.k.info.heads);
+        let tokens = self.k.info.tokens as i64;
+        let bh = g.add(g.muli(g.zext64(self.batch), heads), g.zext64(self.head));
+        let bh_off = g.muli(bh, tokens * i64::from(cfg.d) * 2);
+        for it in 0..total.div_ceil(cfg.threads()) {
+            let idx = g.addi(self.tid, i64::from(it * cfg.threads()));
+            let inside = g.lt(idx, g.i32(i64::from(total)));
+            let this = &*self;
+            g.if_then(inside, &mut |g| {
+                let row = g.udivi(idx, i64::from(chunks_per_row));
+                let c = g.uremi(idx, i64::from(chunks_per_row));
+                let tr = g.add(row0, row);
+                let exists = g.lt(tr, qtile.len);
+                let pos = this.ld_shared_i32(g.addi(g.muli(row, 16), i64::from(qinfo)));
+                let elem = g.add(
+                    g.muli(g.zext64(pos), i64::from(cfg.d) * 2),
+                    g.muli(g.zext64(c), 16),
+                );
+                let src = g.add(g.add(q_base, bh_off), elem);
+                let src = g.seli(exists, src, q_base);
+                let size = g.seli(exists, g.i32(16), g.i32(0));
+                let dst = this.saddr(this.swz(row, c, cfg.d));
+                ptx::cp_async_16().emit(g.cx, &g.b, &[dst.into(), src.into(), size.into()]);
+            });
+        }
+        ptx::cp_async_commit().emit(g.cx, &g.b, &[]);
+        ptx::cp_async_wait(0).emit(g.cx, &g.b, &[]);
+        g.barrier();
+        // A fragments: rows warp*16 .. +16, 16 columns per ldmatrix.x4.
+        let mi = g.udivi(self.lane, 8);
+        let row = g.add(
+            g.add(g.muli(self.warp, 16), g.uremi(self.lane, 8)),
+            g.muli(g.uremi(mi, 2), 8),
+        );
+        let half = g.udivi(mi, 2);
+        self.qfrag = (0..cfg.d / 16)
+            .map(|kk| {
+                let chunk = g.add(g.i32(i64::from(kk * 2)), half);
+                let addr = self.saddr(self.swz(row, chunk, cfg.d));
+                let r = ptx::ldmatrix_x4(false).emit(g.cx, &g.b, &[addr.into()]);
+                [r[0], r[1], r[2], r[3]].map(|x| x.into_int_value())
+            })
+            .collect();
+        // This thread's two rows.
+        for (i, off) in [0i64, 8].iter().enumerate() {
+            let brow = g.addi(g.add(g.muli(self.warp, 16), self.grp), *off);
+            let tr = g.add(self.row0, brow);
+            let base = g.addi(g.muli(brow, 16), i64::from(qinfo));
+            let pos = self.ld_shared_i32(base);
+            let coords = [0, 1, 2].map(|a| self.ld_shared_i32(g.addi(base, 4 + 4 * a)));
+            self.qrows[i] = (tr, Some(Row { pos, coords }));
+        }
+        // The K/V pipeline reuses the memory Q was staged in.
+        g.barrier();
+    }
+
+    fn cursor_load_run(&self, c: &Cursor<'c>, r: IntValue<'c>) {
+        let g = self.g;
+        let base = g.muli(r, 3);
+        let start = self.ld_global_u32(self.params.runs, base);
+        let len = self.ld_global_u32(self.params.runs, g.addi(base, 1));
+        let class = self.ld_global_u32(self.params.runs, g.addi(base, 2));
+        g.set(c.kt, start);
+        g.set(c.kend, g.add(start, len));
+        g.set(c.class, class);
+        g.set(c.chunk, g.i32(0));
+    }
+
+    /// Moves a cursor to the next chunk (into the next tile, the next run).
+    fn advance(&self, c: &Cursor<'c>, end: IntValue<'c>) {
+        let g = self.g;
+        let ch = g.addi(g.geti(c.chunk), 1);
+        g.set(c.chunk, ch);
+        let tile_done = g.eqi(ch, i64::from(self.cfg.chunks));
+        let this = self;
+        g.if_then(tile_done, &mut |g| {
+            g.set(c.chunk, g.i32(0));
+            let kt = g.addi(g.geti(c.kt), 1);
+            g.set(c.kt, kt);
+            let run_done = g.icmp(IntPredicate::EQ, kt, g.geti(c.kend));
+            g.if_then(run_done, &mut |g| {
+                let r = g.addi(g.geti(c.r), 1);
+                g.set(c.r, r);
+                let more = g.lt(r, end);
+                g.if_then(more, &mut |_| this.cursor_load_run(c, r));
+            });
+        });
+    }
+
+    fn new_cursor(&self) -> Cursor<'c> {
+        let g = self.g;
+        let z = || g.var(g.i32t.into(), g.i32(0).into());
+        Cursor {
+            r: z(),
+            kt: z(),
+            kend: z(),
+            chunk: z(),
+            class: z(),
+        }
+    }
+
+    fn copy_cursor(&self, from: &Cursor<'c>, to: &Cursor<'c>) {
+        let g = self.g;
+        for (a, b) in [
+            (from.r, to.r),
+            (from.kt, to.kt),
+            (from.kend, to.kend),
+            (from.chunk, to.chunk),
+            (from.class, to.class),
+        ] {
+            g.set(b, g.geti(a));
+        }
+    }
+
+    /// Row information of a chunk's keys into `kinfo[buf]` (one thread per key).
+    fn fill_kinfo(&self, c: &Cursor<'c>, buf: IntValue<'c>) {
+        let g = self.g;
+        let cfg = self.cfg;
+        let in_chunk = g.lt(self.tid, g.i32(i64::from(cfg.bn)));
+        let this = self;
+        g.if_then(in_chunk, &mut |g| {
+            let kt = g.geti(c.kt);
+            let r = g.add(g.muli(g.geti(c.chunk), i64::from(cfg.bn)), this.tid);
+            let info = tokens::row(g, this.geo, kt, r);
+            let off = g.add(
+                g.add(g.muli(buf, i64::from(cfg.bn * 16)), g.muli(this.tid, 16)),
+                g.i32(i64::from(cfg.kinfo(0))),
+            );
+            this.st_shared_i32(off, info.pos);
+            for a in 0..3 {
+                this.st_shared_i32(g.addi(off, 4 + 4 * a as i64), info.coords[a]);
+            }
+        });
+    }
+
+    /// cp.async of a chunk's K and V rows into buffer `buf` (rows past the tile zero-filled).
+    fn issue_kv(&self, c: &Cursor<'c>, buf: IntValue<'c>) {
+        let g = self.g;
+        let cfg = self.cfg;
+        let kt = g.geti(c.kt);
+        let tile = tokens::tile(g, self.geo, kt);
+        let chunk0 = g.muli(g.geti(c.chunk), i64::from(cfg.bn));
+        let kvheads = i64::from(self.k.info.kv_heads);
+        let tokens_n = self.k.info.tokens as i64;
+        let bh = g.add(g.muli(g.zext64(self.batch), kvheads), g.zext64(self.kvh));
+        for (ptr, dim, is_v) in [(self.params.k, cfg.d, false), (self.params.v, cfg.dv, true)] {
+            let base = self.global_addr(ptr);
+            let bh_off = g.muli(bh, tokens_n * i64::from(dim) * 2);
+            let per_row = dim / 8;
+            let total = cfg.bn * per_row;
+            let buf_off = if is_v {
+                g.add(
+                    g.muli(buf, i64::from(cfg.bn * cfg.dv * 2)),
+                    g.i32(i64::from(cfg.vbuf(0))),
+                )
+            } else {
+                g.muli(buf, i64::from(cfg.bn * cfg.d * 2))
+            };
+            for it in 0..total.div_ceil(cfg.threads()) {
+                let idx = g.addi(self.tid, i64::from(it * cfg.threads()));
+                let inside = g.lt(idx, g.i32(i64::from(total)));
+                let this = self;
+                g.if_then(inside, &mut |g| {
+                    let row = g.udivi(idx, i64::from(per_row));
+                    let ch = g.uremi(idx, i64::from(per_row));
+                    let exists = g.lt(g.add(chunk0, row), tile.len);
+                    let info = g.add(
+                        g.add(g.muli(buf, i64::from(cfg.bn * 16)), g.muli(row, 16)),
+                        g.i32(i64::from(cfg.kinfo(0))),
+                    );
+                    let pos = this.ld_shared_i32(info);
+                    let elem = g.add(
+                        g.muli(g.zext64(pos), i64::from(dim) * 2),
+                        g.muli(g.zext64(ch), 16),
+                    );
+                    let src = g.add(g.add(base, bh_off), elem);
+                    let src = g.seli(exists, src, base);
+                    let size = g.seli(exists, g.i32(16), g.i32(0));
+                    let dst = this.saddr(g.add(buf_off, this.swz(row, ch, dim)));
+                    ptx::cp_async_16().emit(g.cx, &g.b, &[dst.into(), src.into(), size.into()]);
+                });
+            }
+        }
+    }
+
+    fn kv_loop(&mut self, region: crate::ir::RegionId, f: &mut Frags<'c>) -> Result<(), String> {
+        let g = self.g;
+        let total_tiles = i64::from(self.geo.total_tiles);
+        let row_at = g.add(g.muli(self.variant, total_tiles + 1), self.qt);
+        let start = self.ld_global_u32(self.params.rows, row_at);
+        let end = self.ld_global_u32(self.params.rows, g.addi(row_at, 1));
+        let cur = self.new_cursor();
+        let next = self.new_cursor();
+        g.set(cur.r, start);
+        let has = g.lt(start, end);
+        {
+            let this = &*self;
+            g.if_then(has, &mut |_| this.cursor_load_run(&cur, start));
+        }
+        let buf = g.var(g.i32t.into(), g.i32(0).into());
+        // Prologue: the first chunk into buffer 0.
+        {
+            let this = &*self;
+            g.if_then(has, &mut |g| {
+                this.fill_kinfo(&cur, g.i32(0));
+                g.barrier();
+                this.issue_kv(&cur, g.i32(0));
+            });
+        }
+        ptx::cp_async_commit().emit(g.cx, &g.b, &[]);
+        let body: Vec<NodeIndex> = self.k.region_nodes(region);
+        let mut err = None;
+        {
+            let this = &mut *self;
+            g.while_loop(&mut |g| g.lt(g.geti(cur.r), end), &mut |g| {
+                let b = g.geti(buf);
+                let nb = g.sub(g.i32(1), b);
+                this.copy_cursor(&cur, &next);
+                this.advance(&next, end);
+                let more = g.lt(g.geti(next.r), end);
+                let t = &*this;
+                g.if_then(more, &mut |_| t.fill_kinfo(&next, nb));
+                g.barrier();
+                g.if_then(more, &mut |_| t.issue_kv(&next, nb));
+                ptx::cp_async_commit().emit(g.cx, &g.b, &[]);
+                ptx::cp_async_wait(1).emit(g.cx, &g.b, &[]);
+                g.barrier();
+                if let Err(e) = this.chunk(&body, &cur, b, f) {
+                    err = Some(e);
+                }
+                g.barrier();
+                this.copy_cursor(&next, &cur);
+                g.set(buf, nb);
+            });
+        }
+        ptx::cp_async_wait(0).emit(g.cx, &g.b, &[]);
+        match err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// One chunk: the loop body's ops on fragments.
+    fn chunk(
+        &mut self,
+        body: &[NodeIndex],
+        cur: &Cursor<'c>,
+        buf: IntValue<'c>,
+        f: &mut Frags<'c>,
+    ) -> Result<(), String> {
+        let g = self.g;
+        let cfg = self.cfg.clone();
+        let kt = g.geti(cur.kt);
+        let ktile = tokens::tile(g, self.geo, kt);
+        let chunk0 = g.muli(g.geti(cur.chunk), i64::from(cfg.bn));
+        // Keys of this chunk that can be attended to.
+        let kval = g.smin(
+            g.smax(g.sub(ktile.valid, chunk0), g.i32(0)),
+            g.i32(i64::from(cfg.bn)),
+        );
+        for n in body {
+            let node = self.k.node(*n);
+            match &node.op {
+                Op::KvTile | Op::Carry(_) | Op::Load(_) | Op::Yield => {}
+                Op::Dot { transpose_b: true } => self.qk(buf, f),
+                Op::Scale(c) => {
+                    let c = g.f32(*c);
+                    for t in &f.s {
+                        for v in t {
+                            g.set(*v, g.fmul(g.getf(*v), c));
+                        }
+                    }
+                }
+                Op::ScoreMod(id) => {
+                    if let Some(ElemFn::Score(e)) = self.k.elem_fns.get(id.0 as usize).cloned() {
+                        self.elementwise(buf, f, &mut |this, s, q, j, k| {
+                            let mut sc = PairScope {
+                                a: this,
+                                q,
+                                j,
+                                k,
+                                score: Some(s),
+                                tile: false,
+                            };
+                            let v = expr::gen(g, &e, &mut sc);
+                            if e.ty == crate::sema::expr::Ty::Int {
+                                ok(g.b.build_signed_int_to_float(v.into_int_value(), g.f32t, ""))
+                            } else {
+                                v.into_float_value()
+                            }
+                        });
+                    }
+                }
+                Op::Mask(fs) => self.mask(fs, buf, cur, kval, ktile, f),
+                Op::RowMax => self.row_max(f),
+                Op::SoftmaxUpdate { exp2 } => self.softmax(f, *exp2),
+                Op::RowSum => {}
+                Op::RescaleAdd => {
+                    // Either the running sum (rows) or the accumulator (tile).
+                    match node.results.first() {
+                        Some(Type::Rows { .. }) => self.update_l(f),
+                        _ => self.pv(buf, f),
+                    }
+                }
+                Op::Convert(_) => self.pack_p(f),
+                Op::Dot { transpose_b: false } => {} // fused into the accumulator update
+                other => {
+                    return Err(format!(
+                        "the CUDA backend cannot lower `{}` in the key loop",
+                        other.name()
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `S = Q K^T` for the chunk in `buf`.
+    fn qk(&self, buf: IntValue<'c>, f: &mut Frags<'c>) {
+        let g = self.g;
+        let cfg = self.cfg;
+        f.s = (0..cfg.bn / 8)
+            .map(|_| [0; 4].map(|_| g.var(g.f32t.into(), g.f32(0.0).into())))
+            .collect();
+        let mi = g.udivi(self.lane, 8);
+        let kbase = g.muli(buf, i64::from(cfg.bn * cfg.d * 2));
+        for p in 0..cfg.bn / 16 {
+            let key = g.add(
+                g.add(g.i32(i64::from(p * 16)), g.uremi(self.lane, 8)),
+                g.muli(g.udivi(mi, 2), 8),
+            );
+            for kk in 0..cfg.d / 16 {
+                let chunk = g.add(g.i32(i64::from(kk * 2)), g.uremi(mi, 2));
+                let addr = self.saddr(g.add(kbase, self.swz(key, chunk, cfg.d)));
+                let b = ptx::ldmatrix_x4(false).emit(g.cx, &g.b, &[addr.into()]);
+                for (t, (b0, b1)) in [(2 * p, (b[0], b[1])), (2 * p + 1, (b[2], b[3]))] {
+                    self.mma(&f.s[t as usize], &self.qfrag[kk as usize], [b0, b1]);
+                }
+            }
+        }
+    }
+
+    fn mma(&self, c: &[Var<'c>; 4], a: &[IntValue<'c>; 4], b: [BasicValueEnum<'c>; 2]) {
+        let g = self.g;
+        let mut args: Vec<BasicValueEnum> = a.iter().map(|x| (*x).into()).collect();
+        args.extend(b);
+        args.extend(c.iter().map(|v| g.get(*v)));
+        let d = ptx::mma_m16n8k16(self.cfg.elem).emit(g.cx, &g.b, &args);
+        for (v, x) in c.iter().zip(d) {
+            g.set(*v, x);
+        }
+    }
+
+    /// Applies `f(score, query row, key column in chunk, key info)` to every S element.
+    fn elementwise(
+        &self,
+        buf: IntValue<'c>,
+        f: &mut Frags<'c>,
+        op: &mut dyn FnMut(&Self, FloatValue<'c>, usize, IntValue<'c>, Row<'c>) -> FloatValue<'c>,
+    ) {
+        let g = self.g;
+        for (n, t) in f.s.iter().enumerate() {
+            for (e, v) in t.iter().enumerate() {
+                let j = g.add(g.i32(n as i64 * 8 + (e % 2) as i64), g.muli(self.tig, 2));
+                let k = self.key_row(buf, j);
+                let x = op(self, g.getf(*v), e / 2, j, k);
+                g.set(*v, x);
+            }
+        }
+    }
+
+    fn key_row(&self, buf: IntValue<'c>, j: IntValue<'c>) -> Row<'c> {
+        let g = self.g;
+        let base = g.add(
+            g.add(g.muli(buf, i64::from(self.cfg.bn * 16)), g.muli(j, 16)),
+            g.i32(i64::from(self.cfg.kinfo(0))),
+        );
+        Row {
+            pos: self.ld_shared_i32(base),
+            coords: [0, 1, 2].map(|a| self.ld_shared_i32(g.addi(base, 4 + 4 * a))),
+        }
+    }
+
+    /// Masks on partial tiles (and incomplete chunks): inactive pairs become -inf.
+    fn mask(
+        &self,
+        fs: &[crate::ir::ElemId],
+        buf: IntValue<'c>,
+        cur: &Cursor<'c>,
+        kval: IntValue<'c>,
+        ktile: Tile<'c>,
+        f: &mut Frags<'c>,
+    ) {
+        let g = self.g;
+        let partial = g.eqi(g.geti(cur.class), 1);
+        let needed = if self.cfg.exact {
+            partial
+        } else {
+            g.cx.bool_type().const_int(1, false)
+        };
+        let qtile = self.qtile.expect("q tile");
+        let ninf = g.f32(f64::NEG_INFINITY);
+        let this = self;
+        g.if_then(needed, &mut |g| {
+            for (vi, id) in fs.iter().enumerate() {
+                let Some(ElemFn::Mask {
+                    tiles, tokens, see, ..
+                }) = this.k.elem_fns.get(id.0 as usize).cloned()
+                else {
+                    continue;
+                };
+                let is_v = g.eqi(this.variant, vi as i64);
+                g.if_then(is_v, &mut |g| {
+                    let sees = sees(g, &see, qtile.side, ktile.side);
+                    let canvas_pair = g.and(g.eqi(qtile.side, -1), g.eqi(ktile.side, -1));
+                    this.elementwise(buf, f, &mut |a, s, q, j, k| {
+                        let valid = g.lt(j, kval);
+                        let mut rule = g.cx.bool_type().const_int(1, false);
+                        for (e, tile) in [(&tiles, true), (&tokens, false)] {
+                            if let Some(e) = e {
+                                let mut sc = PairScope {
+                                    a,
+                                    q,
+                                    j,
+                                    k,
+                                    score: None,
+                                    tile,
+                                };
+                                rule = g.and(rule, expr::gen(g, e, &mut sc).into_int_value());
+                            }
+                        }
+                        let ok_pair = g.or(sees, g.and(canvas_pair, rule));
+                        let active = g.and(valid, ok_pair);
+                        g.self_f(active, s, ninf)
+                    });
+                });
+            }
+        });
+    }
+
+    fn quad_reduce(&self, x: FloatValue<'c>, max: bool) -> FloatValue<'c> {
+        let g = self.g;
+        let mut x = x;
+        for m in [1, 2] {
+            let y = g.shfl_xor(x, m);
+            x = if max { g.fmax(x, y) } else { g.fadd(x, y) };
+        }
+        x
+    }
+
+    fn row_max(&self, f: &mut Frags<'c>) {
+        let g = self.g;
+        for row in 0..2 {
+            let mut m = g.f32(f64::NEG_INFINITY);
+            for t in &f.s {
+                for e in [2 * row, 2 * row + 1] {
+                    m = g.fmax(m, g.getf(t[e]));
+                }
+            }
+            f.rowmax[row] = Some(self.quad_reduce(m, true));
+        }
+    }
+
+    /// `m' = max(m, rowmax)`; `p = 2^(s - m')`; `alpha = 2^(m - m')`; a row whose max is
+    /// still -inf gets p = 0 (ex2(-inf) = 0) and leaves the accumulator at 0.
+    fn softmax(&self, f: &mut Frags<'c>, exp2: bool) {
+        let g = self.g;
+        let k = if exp2 { 1.0 } else { std::f64::consts::LOG2_E };
+        for row in 0..2 {
+            let m_old = g.getf(f.m[row]);
+            let rm = f.rowmax[row].unwrap_or_else(|| g.f32(f64::NEG_INFINITY));
+            let m_new = g.fmax(m_old, rm);
+            let dead = g.fcmp(FloatPredicate::OEQ, m_new, g.f32(f64::NEG_INFINITY));
+            let m_use = g.self_f(dead, g.f32(0.0), m_new);
+            f.alpha[row] = Some(g.ex2(g.fmul(g.fsub(m_old, m_use), g.f32(k))));
+            for t in &f.s {
+                for e in [2 * row, 2 * row + 1] {
+                    let p = g.ex2(g.fmul(g.fsub(g.getf(t[e]), m_use), g.f32(k)));
+                    g.set(t[e], p);
+                }
+            }
+            g.set(f.m[row], m_new);
+        }
+    }
+
+    /// `l = l * alpha + rowsum(p)` (thread-partial sums; reduced across the quad at the end).
+    fn update_l(&self, f: &mut Frags<'c>) {
+        let g = self.g;
+        for row in 0..2 {
+            let mut sum = g.f32(0.0);
+            for t in &f.s {
+                for e in [2 * row, 2 * row + 1] {
+                    sum = g.fadd(sum, g.getf(t[e]));
+                }
+            }
+            let a = f.alpha[row].unwrap_or_else(|| g.f32(1.0));
+            g.set(f.l[row], g.fadd(g.fmul(g.getf(f.l[row]), a), sum));
+        }
+    }
+
+    /// P (C-fragment layout) packed into A fragments of the `p v` product.
+    fn pack_p(&self, f: &mut Frags<'c>) {
+        let g = self.g;
+        let pk = |a: Var<'c>, b: Var<'c>| {
+            ptx::pack2(self.cfg.elem).emit(g.cx, &g.b, &[g.get(a), g.get(b)])[0].into_int_value()
+        };
+        f.p = (0..self.cfg.bn / 16)
+            .map(|t| {
+                let (x, y) = (&f.s[2 * t as usize], &f.s[2 * t as usize + 1]);
+                [
+                    pk(x[0], x[1]),
+                    pk(x[2], x[3]),
+                    pk(y[0], y[1]),
+                    pk(y[2], y[3]),
+                ]
+            })
+            .collect();
+    }
+
+    /// `acc = acc * alpha + P V`, the product accumulated straight into the rescaled `acc`.
+    fn pv(&self, buf: IntValue<'c>, f: &mut Frags<'c>) {
+        let g = self.g;
+        let cfg = self.cfg;
+        for (row, a) in f.alpha.iter().enumerate() {
+            let a = a.unwrap_or_else(|| g.f32(1.0));
+            for t in &f.acc {
+                for e in [2 * row, 2 * row + 1] {
+                    g.set(t[e], g.fmul(g.getf(t[e]), a));
+                }
+            }
+        }
+        let mi = g.udivi(self.lane, 8);
+        let vbase = g.add(
+            g.muli(buf, i64::from(cfg.bn * cfg.dv * 2)),
+            g.i32(i64::from(cfg.vbuf(0))),
+        );
+        for t in 0..cfg.bn / 16 {
+            let key = g.add(
+                g.add(g.i32(i64::from(t * 16)), g.uremi(self.lane, 8)),
+                g.muli(g.uremi(mi, 2), 8),
+            );
+            for q in 0..cfg.dv / 16 {
+                let chunk = g.add(g.i32(i64::from(q * 2)), g.udivi(mi, 2));
+                let addr = self.saddr(g.add(vbase, self.swz(key, chunk, cfg.dv)));
+                let b = ptx::ldmatrix_x4(true).emit(g.cx, &g.b, &[addr.into()]);
+                let a = f.p[t as usize];
+                self.mma(&f.acc[(2 * q) as usize], &a, [b[0], b[1]]);
+                self.mma(&f.acc[(2 * q + 1) as usize], &a, [b[2], b[3]]);
+            }
+        }
+    }
+
+    /// Normalises and writes this thread's output elements (rows that exist only).
+    fn store(&self, f: &Frags<'c>) {
+        let g = self.g;
+        let cfg = self.cfg;
+        let qtile = self.qtile.expect("q tile");
+        let heads = i64::from(self.k.info.heads);
+        let tokens_n = self.k.info.tokens as i64;
+        let o_base = self.global_addr(self.params.o);
+        let bh = g.add(g.muli(g.zext64(self.batch), heads), g.zext64(self.head));
+        let bh_off = g.muli(bh, tokens_n * i64::from(cfg.dv) * 2);
+        for row in 0..2 {
+            let l = self.quad_reduce(g.getf(f.l[row]), false);
+            let zero = g.fcmp(FloatPredicate::OEQ, l, g.f32(0.0));
+            let inv = g.self_f(zero, g.f32(0.0), g.fdiv(g.f32(1.0), l));
+            let (tr, info) = self.qrows[row];
+            let Some(info) = info else { continue };
+            let exists = g.lt(tr, qtile.len);
+            let this = self;
+            g.if_then(exists, &mut |g| {
+                let row_off = g.add(bh_off, g.muli(g.zext64(info.pos), i64::from(cfg.dv) * 2));
+                for (n, t) in f.acc.iter().enumerate() {
+                    let x = g.fmul(g.getf(t[2 * row]), inv);
+                    let y = g.fmul(g.getf(t[2 * row + 1]), inv);
+                    let packed = ptx::pack2(cfg.elem).emit(g.cx, &g.b, &[x.into(), y.into()])[0]
+                        .into_int_value();
+                    let col = g.add(g.i32(n as i64 * 8), g.muli(this.tig, 2));
+                    let addr = g.add(g.add(o_base, row_off), g.muli(g.zext64(col), 2));
+                    let p =
+                        ok(g.b.build_int_to_ptr(addr, g.cx.ptr_type(AddressSpace::from(1u16)), ""));
+                    ok(g.b.build_store(p, packed));
+                }
+            });
+        }
+    }
+}
+
+/// The `see` test for a tile pair: -1 canvas, else the segment index.
+fn sees<'c>(
+    g: &Gen<'c>,
+    rules: &[(Group, Group)],
+    q: IntValue<'c>,
+    k: IntValue<'c>,
+) -> IntValue<'c> {
+    let mut acc = g.cx.bool_type().const_zero();
+    for (f, t) in rules {
+        let m = |grp: &Group, s: IntValue<'c>| match grp {
+            Group::All => g.cx.bool_type().const_int(1, false),
+            Group::Canvas => g.eqi(s, -1),
+            Group::Segment(i) => g.eqi(s, *i as i64),
+        };
+        acc = g.or(acc, g.and(m(f, q), m(t, k)));
+    }
+    acc
+}
+
+/// Variables of one (query row, key) pair in the kernel.
+struct PairScope<'x, 'a, 'c> {
+    a: &'x Attention<'a, 'c>,
+    /// Which of the thread's two rows.
+    q: usize,
+    j: IntValue<'c>,
+    k: Row<'c>,
+    score: Option<FloatValue<'c>>,
+    /// Tile units (tiles: rules) instead of tokens.
+    tile: bool,
+}
+
+impl<'c> Scope<'c> for PairScope<'_, '_, 'c> {
+    fn var(&mut self, g: &Gen<'c>, v: EVar) -> BasicValueEnum<'c> {
+        let a = self.a;
+        let geo = a.geo;
+        let q = a.qrows[self.q].1.expect("query row");
+        let coord = |r: &Row<'c>, ax: u8| -> IntValue<'c> {
+            let x = g.sext64(r.coords[ax as usize % 3]);
+            if self.tile {
+                ok(g.b.build_int_signed_div(x, g.i64(i64::from(geo.tile[ax as usize % 3])), ""))
+            } else {
+                x
+            }
+        };
+        let extent = |ax: usize| {
+            if self.tile {
+                i64::from(geo.grid[ax])
+            } else {
+                i64::from(geo.canvas[ax])
+            }
+        };
+        match v {
+            EVar::Q(ax) => coord(&q, ax).into(),
+            EVar::K(ax) => coord(&self.k, ax).into(),
+            EVar::D(ax) => g.sub(coord(&self.k, ax), coord(&q, ax)).into(),
+            EVar::N(ax) => g.i64(extent(ax as usize % 3)).into(),
+            EVar::QI | EVar::KI => {
+                let r = if v == EVar::QI { q } else { self.k };
+                if self.score.is_some() {
+                    return g.sext64(r.pos).into();
+                }
+                let mut acc = g.i64(0);
+                for ax in 0..geo.rank {
+                    acc = g.add(g.muli(acc, extent(ax)), coord(&r, ax as u8));
+                }
+                acc.into()
+            }
+            EVar::Score => self.score.unwrap_or_else(|| g.f32(0.0)).into(),
+            EVar::Batch => g.zext64(a.batch).into(),
+            EVar::Head => g.zext64(a.head).into(),
+        }
+    }
+
+    fn head(&mut self, g: &Gen<'c>) -> IntValue<'c> {
+        g.zext64(self.a.head)
+    }
+
+    fn input(&mut self, g: &Gen<'c>, id: InputId, idx: &[IntValue<'c>]) -> FloatValue<'c> {
+        let a = self.a;
+        let (Some(spec), Some(ptr)) = (
+            a.inputs.get(id.0 as usize),
+            a.params.inputs.get(id.0 as usize),
+        ) else {
+            return g.f32(0.0);
+        };
+        let mut off = g.i64(0);
+        let mut inside = g.cx.bool_type().const_int(1, false);
+        for (x, d) in idx.iter().zip(&spec.dims) {
+            let lo = g.icmp(IntPredicate::SGE, *x, g.i64(0));
+            let hi = g.lt(*x, g.i64(*d as i64));
+            inside = g.and(inside, g.and(lo, hi));
+            off = g.add(g.muli(off, *d as i64), *x);
+        }
+        let off = g.seli(inside, off, g.i64(0));
+        // SAFETY: `off` is inside the input (each index checked against its dimension).
+        let p = unsafe { ok(g.b.build_gep(g.f32t, *ptr, &[off], "")) };
+        let x = ok(g.b.build_load(g.f32t, p, "")).into_float_value();
+        g.self_f(inside, x, g.f32(0.0))
+    }
+}
+
+#[allow(dead_code)]
+fn _unused(_: &Expr) {}

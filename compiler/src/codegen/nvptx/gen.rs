@@ -1,0 +1,365 @@
+//! Helpers over inkwell's builder for the GPU kernel: constants, arithmetic that reads like
+//! the CPU emitter's, mutable variables (allocas that mem2reg promotes), structured loops
+//! and branches, and the NVVM intrinsics the kernel needs. Builder calls fail only when the
+//! builder has no insertion point, which these helpers always set: `ok` documents that.
+
+use inkwell::basic_block::BasicBlock;
+use inkwell::builder::Builder;
+use inkwell::context::Context;
+use inkwell::module::Module;
+use inkwell::types::{BasicType, BasicTypeEnum, FloatType, IntType};
+use inkwell::values::{
+    BasicValue, BasicValueEnum, FloatValue, FunctionValue, IntValue, PointerValue,
+};
+use inkwell::{FloatPredicate, IntPredicate};
+
+/// Unwraps a builder result: the builder is always positioned inside the kernel.
+pub fn ok<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
+    r.expect("LLVM builder is positioned in the kernel function")
+}
+
+pub struct Gen<'c> {
+    pub cx: &'c Context,
+    pub m: Module<'c>,
+    pub b: Builder<'c>,
+    pub f: FunctionValue<'c>,
+    pub i32t: IntType<'c>,
+    pub i64t: IntType<'c>,
+    pub i8t: IntType<'c>,
+    pub f32t: FloatType<'c>,
+    /// The entry block, where allocas go.
+    pub entry: BasicBlock<'c>,
+}
+
+/// A mutable variable.
+#[derive(Clone, Copy)]
+pub struct Var<'c> {
+    pub ptr: PointerValue<'c>,
+    pub ty: BasicTypeEnum<'c>,
+}
+
+impl<'c> Gen<'c> {
+    pub fn i32(&self, v: i64) -> IntValue<'c> {
+        self.i32t.const_int(v as u64, true)
+    }
+
+    pub fn i64(&self, v: i64) -> IntValue<'c> {
+        self.i64t.const_int(v as u64, true)
+    }
+
+    pub fn f32(&self, v: f64) -> FloatValue<'c> {
+        self.f32t.const_float(v)
+    }
+
+    pub fn add(&self, a: IntValue<'c>, b: IntValue<'c>) -> IntValue<'c> {
+        ok(self.b.build_int_add(a, b, ""))
+    }
+
+    pub fn sub(&self, a: IntValue<'c>, b: IntValue<'c>) -> IntValue<'c> {
+        ok(self.b.build_int_sub(a, b, ""))
+    }
+
+    pub fn mul(&self, a: IntValue<'c>, b: IntValue<'c>) -> IntValue<'c> {
+        ok(self.b.build_int_mul(a, b, ""))
+    }
+
+    pub fn addi(&self, a: IntValue<'c>, k: i64) -> IntValue<'c> {
+        let c = a.get_type().const_int(k as u64, true);
+        self.add(a, c)
+    }
+
+    pub fn muli(&self, a: IntValue<'c>, k: i64) -> IntValue<'c> {
+        let c = a.get_type().const_int(k as u64, true);
+        self.mul(a, c)
+    }
+
+    /// Unsigned division and remainder by a positive constant.
+    pub fn udivi(&self, a: IntValue<'c>, k: i64) -> IntValue<'c> {
+        let c = a.get_type().const_int(k as u64, false);
+        ok(self.b.build_int_unsigned_div(a, c, ""))
+    }
+
+    pub fn uremi(&self, a: IntValue<'c>, k: i64) -> IntValue<'c> {
+        let c = a.get_type().const_int(k as u64, false);
+        ok(self.b.build_int_unsigned_rem(a, c, ""))
+    }
+
+    pub fn icmp(&self, p: IntPredicate, a: IntValue<'c>, b: IntValue<'c>) -> IntValue<'c> {
+        ok(self.b.build_int_compare(p, a, b, ""))
+    }
+
+    pub fn lt(&self, a: IntValue<'c>, b: IntValue<'c>) -> IntValue<'c> {
+        self.icmp(IntPredicate::SLT, a, b)
+    }
+
+    pub fn eqi(&self, a: IntValue<'c>, k: i64) -> IntValue<'c> {
+        let c = a.get_type().const_int(k as u64, true);
+        self.icmp(IntPredicate::EQ, a, c)
+    }
+
+    pub fn and(&self, a: IntValue<'c>, b: IntValue<'c>) -> IntValue<'c> {
+        ok(self.b.build_and(a, b, ""))
+    }
+
+    pub fn or(&self, a: IntValue<'c>, b: IntValue<'c>) -> IntValue<'c> {
+        ok(self.b.build_or(a, b, ""))
+    }
+
+    pub fn not(&self, a: IntValue<'c>) -> IntValue<'c> {
+        ok(self.b.build_not(a, ""))
+    }
+
+    pub fn select<V: BasicValue<'c>>(&self, c: IntValue<'c>, a: V, b: V) -> BasicValueEnum<'c> {
+        ok(self.b.build_select(c, a, b, ""))
+    }
+
+    pub fn seli(&self, c: IntValue<'c>, a: IntValue<'c>, b: IntValue<'c>) -> IntValue<'c> {
+        self.select(c, a, b).into_int_value()
+    }
+
+    pub fn self_f(&self, c: IntValue<'c>, a: FloatValue<'c>, b: FloatValue<'c>) -> FloatValue<'c> {
+        self.select(c, a, b).into_float_value()
+    }
+
+    pub fn smin(&self, a: IntValue<'c>, b: IntValue<'c>) -> IntValue<'c> {
+        let c = self.lt(a, b);
+        self.seli(c, a, b)
+    }
+
+    pub fn smax(&self, a: IntValue<'c>, b: IntValue<'c>) -> IntValue<'c> {
+        let c = self.lt(a, b);
+        self.seli(c, b, a)
+    }
+
+    pub fn sext64(&self, a: IntValue<'c>) -> IntValue<'c> {
+        if a.get_type().get_bit_width() == 64 {
+            return a;
+        }
+        ok(self.b.build_int_s_extend(a, self.i64t, ""))
+    }
+
+    pub fn zext64(&self, a: IntValue<'c>) -> IntValue<'c> {
+        if a.get_type().get_bit_width() == 64 {
+            return a;
+        }
+        ok(self.b.build_int_z_extend(a, self.i64t, ""))
+    }
+
+    pub fn trunc32(&self, a: IntValue<'c>) -> IntValue<'c> {
+        if a.get_type().get_bit_width() == 32 {
+            return a;
+        }
+        ok(self.b.build_int_truncate(a, self.i32t, ""))
+    }
+
+    pub fn fadd(&self, a: FloatValue<'c>, b: FloatValue<'c>) -> FloatValue<'c> {
+        ok(self.b.build_float_add(a, b, ""))
+    }
+
+    pub fn fsub(&self, a: FloatValue<'c>, b: FloatValue<'c>) -> FloatValue<'c> {
+        ok(self.b.build_float_sub(a, b, ""))
+    }
+
+    pub fn fmul(&self, a: FloatValue<'c>, b: FloatValue<'c>) -> FloatValue<'c> {
+        ok(self.b.build_float_mul(a, b, ""))
+    }
+
+    pub fn fdiv(&self, a: FloatValue<'c>, b: FloatValue<'c>) -> FloatValue<'c> {
+        ok(self.b.build_float_div(a, b, ""))
+    }
+
+    pub fn fcmp(&self, p: FloatPredicate, a: FloatValue<'c>, b: FloatValue<'c>) -> IntValue<'c> {
+        ok(self.b.build_float_compare(p, a, b, ""))
+    }
+
+    pub fn fmax(&self, a: FloatValue<'c>, b: FloatValue<'c>) -> FloatValue<'c> {
+        let c = self.fcmp(FloatPredicate::OGT, a, b);
+        self.self_f(c, a, b)
+    }
+
+    // ---- variables and control flow ----------------------------------------------------
+
+    /// A variable in the entry block (promoted to registers by mem2reg).
+    pub fn var(&self, ty: BasicTypeEnum<'c>, init: BasicValueEnum<'c>) -> Var<'c> {
+        let here = self.b.get_insert_block();
+        let tmp = self.cx.create_builder();
+        match self.entry.get_first_instruction() {
+            Some(i) => tmp.position_before(&i),
+            None => tmp.position_at_end(self.entry),
+        }
+        let ptr = ok(tmp.build_alloca(ty, ""));
+        if let Some(h) = here {
+            self.b.position_at_end(h);
+        }
+        ok(self.b.build_store(ptr, init));
+        Var { ptr, ty }
+    }
+
+    pub fn get(&self, v: Var<'c>) -> BasicValueEnum<'c> {
+        ok(self.b.build_load(v.ty, v.ptr, ""))
+    }
+
+    pub fn geti(&self, v: Var<'c>) -> IntValue<'c> {
+        self.get(v).into_int_value()
+    }
+
+    pub fn getf(&self, v: Var<'c>) -> FloatValue<'c> {
+        self.get(v).into_float_value()
+    }
+
+    pub fn set<V: BasicValue<'c>>(&self, v: Var<'c>, x: V) {
+        ok(self.b.build_store(v.ptr, x));
+    }
+
+    pub fn block(&self, name: &str) -> BasicBlock<'c> {
+        self.cx.append_basic_block(self.f, name)
+    }
+
+    /// `if cond { then }`
+    pub fn if_then(&self, cond: IntValue<'c>, then: &mut dyn FnMut(&Gen<'c>)) {
+        let t = self.block("then");
+        let done = self.block("endif");
+        ok(self.b.build_conditional_branch(cond, t, done));
+        self.b.position_at_end(t);
+        then(self);
+        ok(self.b.build_unconditional_branch(done));
+        self.b.position_at_end(done);
+    }
+
+    /// `while cond() { body() }`
+    pub fn while_loop(
+        &self,
+        cond: &mut dyn FnMut(&Gen<'c>) -> IntValue<'c>,
+        body: &mut dyn FnMut(&Gen<'c>),
+    ) {
+        let head = self.block("while");
+        let bodyb = self.block("do");
+        let exit = self.block("wend");
+        ok(self.b.build_unconditional_branch(head));
+        self.b.position_at_end(head);
+        let c = cond(self);
+        ok(self.b.build_conditional_branch(c, bodyb, exit));
+        self.b.position_at_end(bodyb);
+        body(self);
+        ok(self.b.build_unconditional_branch(head));
+        self.b.position_at_end(exit);
+    }
+
+    /// `for i in lo..hi` (i32).
+    pub fn for_range(
+        &self,
+        lo: IntValue<'c>,
+        hi: IntValue<'c>,
+        body: &mut dyn FnMut(&Gen<'c>, IntValue<'c>),
+    ) {
+        let i = self.var(lo.get_type().as_basic_type_enum(), lo.into());
+        self.while_loop(
+            &mut |g| {
+                let x = g.geti(i);
+                g.lt(x, hi)
+            },
+            &mut |g| {
+                let x = g.geti(i);
+                body(g, x);
+                let n = g.addi(x, 1);
+                g.set(i, n);
+            },
+        );
+    }
+
+    // ---- intrinsics --------------------------------------------------------------------
+
+    fn intrinsic(
+        &self,
+        name: &str,
+        ret: BasicTypeEnum<'c>,
+        params: &[BasicTypeEnum<'c>],
+    ) -> FunctionValue<'c> {
+        if let Some(f) = self.m.get_function(name) {
+            return f;
+        }
+        let p: Vec<_> = params.iter().map(|t| (*t).into()).collect();
+        self.m.add_function(name, ret.fn_type(&p, false), None)
+    }
+
+    fn call(&self, f: FunctionValue<'c>, args: &[BasicValueEnum<'c>]) -> BasicValueEnum<'c> {
+        let a: Vec<_> = args.iter().map(|x| (*x).into()).collect();
+        ok(self.b.build_call(f, &a, ""))
+            .try_as_basic_value()
+            .basic()
+            .expect("intrinsic returns a value")
+    }
+
+    /// `threadIdx.x`, `blockIdx.{x,y,z}`
+    pub fn sreg(&self, name: &str) -> IntValue<'c> {
+        let f = self.intrinsic(
+            &format!("llvm.nvvm.read.ptx.sreg.{name}"),
+            self.i32t.into(),
+            &[],
+        );
+        self.call(f, &[]).into_int_value()
+    }
+
+    /// `__syncthreads()` (LLVM 19's name for it).
+    pub fn barrier(&self) {
+        let f = match self.m.get_function("llvm.nvvm.barrier0") {
+            Some(f) => f,
+            None => self.m.add_function(
+                "llvm.nvvm.barrier0",
+                self.cx.void_type().fn_type(&[], false),
+                None,
+            ),
+        };
+        ok(self.b.build_call(f, &[], ""));
+    }
+
+    /// `__shfl_xor_sync(0xffffffff, x, lane_mask)` on f32.
+    pub fn shfl_xor(&self, x: FloatValue<'c>, lane_mask: i64) -> FloatValue<'c> {
+        let f = self.intrinsic(
+            "llvm.nvvm.shfl.sync.bfly.f32",
+            self.f32t.into(),
+            &[
+                self.i32t.into(),
+                self.f32t.into(),
+                self.i32t.into(),
+                self.i32t.into(),
+            ],
+        );
+        let all = self.i32(-1);
+        self.call(
+            f,
+            &[
+                all.into(),
+                x.into(),
+                self.i32(lane_mask).into(),
+                self.i32(31).into(),
+            ],
+        )
+        .into_float_value()
+    }
+
+    /// `2^x`, approximate (ex2.approx.ftz.f32): -inf gives +0.
+    pub fn ex2(&self, x: FloatValue<'c>) -> FloatValue<'c> {
+        let f = self.intrinsic(
+            "llvm.nvvm.ex2.approx.ftz.f",
+            self.f32t.into(),
+            &[self.f32t.into()],
+        );
+        self.call(f, &[x.into()]).into_float_value()
+    }
+
+    /// `log2(x)`, approximate.
+    pub fn lg2(&self, x: FloatValue<'c>) -> FloatValue<'c> {
+        let f = self.intrinsic(
+            "llvm.nvvm.lg2.approx.f",
+            self.f32t.into(),
+            &[self.f32t.into()],
+        );
+        self.call(f, &[x.into()]).into_float_value()
+    }
+
+    pub fn sqrt(&self, x: FloatValue<'c>) -> FloatValue<'c> {
+        let f = self.intrinsic("llvm.sqrt.f32", self.f32t.into(), &[self.f32t.into()]);
+        self.call(f, &[x.into()]).into_float_value()
+    }
+}

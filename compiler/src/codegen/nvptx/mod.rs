@@ -1,0 +1,167 @@
+//! The CUDA code generator: kernel IR -> LLVM IR (inkwell, LLVM 19) -> PTX for sm_80 or
+//! sm_90. The kernel (see `attention.rs`) is a FlashAttention-2 forward on tensor cores.
+//!
+//! Kernel parameters, in order: `q, k, v, o` (global, the kernel's dtype,
+//! `[batch, heads, tokens, dim]`), `rows` (u32: per head variant the schedule's CSR offsets,
+//! `total_tiles + 1` each, into the concatenated runs), `runs` (u32 triples
+//! `(start, len, class)`), `head_variant` (u32 per query head), then one f32 pointer per
+//! declared input. Grid: `(total_tiles * blocks_per_tile, heads, batch)`; block:
+//! `warps * 32` threads; shared memory is static.
+
+pub mod asm;
+pub mod attention;
+pub mod expr;
+pub mod gen;
+pub mod tokens;
+
+use inkwell::context::Context;
+use inkwell::module::Linkage;
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::{
+    CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetTriple,
+};
+use inkwell::{AddressSpace, OptimizationLevel};
+
+use self::attention::{Attention, Config, Params};
+use self::gen::Gen;
+use crate::ir::Kernel;
+use crate::pattern::geometry::Geometry;
+use crate::sema::spec::InputSpec;
+
+/// GPU architectures the backend emits PTX for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Sm80,
+    Sm90,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Sm80 => "sm_80",
+            Arch::Sm90 => "sm_90",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Arch> {
+        match s {
+            "sm_80" => Some(Arch::Sm80),
+            "sm_90" => Some(Arch::Sm90),
+            _ => None,
+        }
+    }
+}
+
+/// A compiled GPU kernel.
+#[derive(Clone, Debug)]
+pub struct PtxModule {
+    /// The kernel's entry name in the PTX.
+    pub entry: String,
+    pub arch: Arch,
+    pub ptx: String,
+    /// The optimised LLVM IR (`--emit llvm`).
+    pub llvm: String,
+    pub config: Config,
+}
+
+/// The PTX entry name for a kernel name (identifiers are already C-like).
+pub fn entry_name(kernel: &str) -> String {
+    format!("attnc_{kernel}")
+}
+
+/// Compiles the kernel for `arch`.
+pub fn compile(
+    k: &Kernel,
+    geo: &Geometry,
+    inputs: &[InputSpec],
+    arch: Arch,
+) -> Result<PtxModule, String> {
+    let cfg = attention::config(k)?;
+    Target::initialize_nvptx(&InitializationConfig::default());
+    let triple = TargetTriple::create("nvptx64-nvidia-cuda");
+    let target =
+        Target::from_triple(&triple).map_err(|e| format!("LLVM has no NVPTX target: {e}"))?;
+    let tm = target
+        .create_target_machine(
+            &triple,
+            arch.name(),
+            "+ptx80",
+            OptimizationLevel::Aggressive,
+            RelocMode::Default,
+            CodeModel::Default,
+        )
+        .ok_or_else(|| "cannot create the NVPTX target machine".to_string())?;
+    let cx = Context::create();
+    let m = cx.create_module(&k.info.name);
+    m.set_triple(&triple);
+    m.set_data_layout(&tm.get_target_data().get_data_layout());
+    let gptr = cx.ptr_type(AddressSpace::from(1u16));
+    let mut params: Vec<inkwell::types::BasicMetadataTypeEnum> = vec![gptr.into(); 7];
+    params.extend(
+        inputs
+            .iter()
+            .map(|_| inkwell::types::BasicMetadataTypeEnum::from(gptr)),
+    );
+    let fn_ty = cx.void_type().fn_type(&params, false);
+    let entry = entry_name(&k.info.name);
+    let f = m.add_function(&entry, fn_ty, None);
+    // PTX kernels need calling convention 71 (ptx_kernel) for IR built in memory.
+    f.set_call_conventions(71);
+    let entry_bb = cx.append_basic_block(f, "entry");
+    let b = cx.create_builder();
+    b.position_at_end(entry_bb);
+    let smem_ty = cx.i8_type().array_type(cfg.smem_bytes);
+    let smem = m.add_global(smem_ty, Some(AddressSpace::from(3u16)), "attnc_smem");
+    smem.set_linkage(Linkage::Internal);
+    smem.set_initializer(&smem_ty.get_undef());
+    smem.set_alignment(128);
+    let g = Gen {
+        cx: &cx,
+        m,
+        b,
+        f,
+        i32t: cx.i32_type(),
+        i64t: cx.i64_type(),
+        i8t: cx.i8_type(),
+        f32t: cx.f32_type(),
+        entry: entry_bb,
+    };
+    let p = |i: u32| {
+        f.get_nth_param(i)
+            .map(|x| x.into_pointer_value())
+            .ok_or_else(|| "missing kernel parameter".to_string())
+    };
+    let params = Params {
+        q: p(0)?,
+        k: p(1)?,
+        v: p(2)?,
+        o: p(3)?,
+        rows: p(4)?,
+        runs: p(5)?,
+        head_variant: p(6)?,
+        inputs: (0..inputs.len() as u32)
+            .map(|i| p(7 + i))
+            .collect::<Result<_, _>>()?,
+    };
+    let mut att = Attention::new(&g, k, geo, &cfg, inputs, params, smem.as_pointer_value());
+    att.emit()?;
+    g.b.build_return(None).map_err(|e| format!("LLVM: {e}"))?;
+    g.m.verify()
+        .map_err(|e| format!("invalid LLVM IR for `{}`: {}", k.info.name, e.to_string()))?;
+    g.m.run_passes("default<O3>", &tm, PassBuilderOptions::create())
+        .map_err(|e| format!("LLVM passes: {e}"))?;
+    let llvm = g.m.print_to_string().to_string();
+    let buf = tm
+        .write_to_memory_buffer(&g.m, FileType::Assembly)
+        .map_err(|e| format!("PTX emission: {e}"))?;
+    let ptx = String::from_utf8_lossy(buf.as_slice())
+        .trim_end_matches('\0')
+        .to_string();
+    Ok(PtxModule {
+        entry,
+        arch,
+        ptx,
+        llvm,
+        config: cfg,
+    })
+}
