@@ -27,19 +27,19 @@ impl std::fmt::Debug for CpuKernel {
     }
 }
 
-const DIMS_Q: [&str; 4] = [
+pub const DIMS_Q: [&str; 4] = [
     "batch (BATCH)",
     "heads (HEADS)",
     "tokens",
     "head_dim (HEAD_DIM)",
 ];
-const DIMS_K: [&str; 4] = [
+pub const DIMS_K: [&str; 4] = [
     "batch (BATCH)",
     "kv heads (KV_HEADS)",
     "tokens",
     "head_dim (HEAD_DIM)",
 ];
-const DIMS_V: [&str; 4] = [
+pub const DIMS_V: [&str; 4] = [
     "batch (BATCH)",
     "kv heads (KV_HEADS)",
     "tokens",

@@ -13,6 +13,8 @@ pub enum Error {
     Input(String),
     /// Reading or writing a file.
     Io(String),
+    /// The CUDA driver reported an error (its text is in the message), or there is none.
+    Cuda(String),
 }
 
 impl fmt::Display for Error {
@@ -22,6 +24,7 @@ impl fmt::Display for Error {
             Error::Shape(m) => write!(f, "shape mismatch: {m}"),
             Error::Input(m) => write!(f, "bad input: {m}"),
             Error::Io(m) => write!(f, "{m}"),
+            Error::Cuda(m) => write!(f, "CUDA: {m}"),
         }
     }
 }

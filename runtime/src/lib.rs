@@ -2,13 +2,16 @@
 //! manifest, run it. The CPU path runs Cranelift-compiled code on host slices; wrong shapes
 //! or values are an `Err` with a message that says what was expected.
 
+pub mod artefact;
 pub mod cache;
 pub mod cpu;
+pub mod cuda;
 pub mod error;
 pub mod files;
 pub mod manifest;
 pub mod npy;
 pub mod reference;
+pub mod suite;
 pub mod tensor;
 
 pub use cache::Runtime;

@@ -3,7 +3,7 @@
 
 use attnc::driver::Compiled;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Manifest {
     pub kernel: String,
     pub batch: usize,

@@ -127,7 +127,7 @@ def attention(q, k, v, mask, scale):
 def case(rng, kind):
     """(file, kernel, sets, layout, rule) with random sizes."""
     heads, kvh = [(2, 2), (4, 1), (8, 2)][rng.integers(3)]
-    hd = int(rng.choice([32, 64]))
+    hd = int(rng.choice([64, 128]))
     common = {"HEADS": heads, "KV_HEADS": kvh, "HEAD_DIM": hd}
     if kind in ("grat_b_2d", "grat_x_2d"):
         th, tw = int(rng.integers(2, 6)), int(rng.integers(2, 9))
@@ -160,6 +160,13 @@ def case(rng, kind):
         sets = dict(T=canvas[0], H=canvas[1], W=canvas[2], TILE_T=tile[0], TILE_H=tile[1], TILE_W=tile[2],
                     TEXT=text, TEXT_VALID=valid, R=1, **common)
         return "sta.attn", kind, sets, Layout(canvas, tile, "tiled", text, valid, True), sta(1)
+    if kind in ("dense", "causal"):
+        tile = int(rng.choice([32, 64, 128]))
+        n = int(rng.integers(tile, 6 * tile))
+        sets = dict(N=n, TILE=tile, **common)
+        L = Layout([n], [tile], "tiled", 0, 0, False)
+        rule = (lambda L: np.ones((L.n, L.n), bool)) if kind == "dense" else (lambda L: d(L, 0, "token") <= 0)
+        return "dense.attn", kind, sets, L, rule
     # na_2d: token-level window, raster order, text prefix
     r = int(rng.integers(1, 4))
     H, W = int(rng.integers(2 * r + 1, 24)), int(rng.integers(2 * r + 1, 24))
@@ -176,9 +183,13 @@ def main():
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--cases", type=int, default=12)
     ap.add_argument("--tolerance", type=float, default=1e-4)
+    ap.add_argument("--backend", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--kernels", default=os.path.join(ROOT, "kernels"))
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
     kinds = ["grat_b_2d", "grat_x_2d", "grat_b_3d", "grat_x_3d", "sta_3d", "na_2d"]
+    if a.backend == "cuda":
+        kinds += ["dense", "causal"]
     worst = 0.0
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -193,7 +204,7 @@ def main():
             paths = {x: os.path.join(tmp, f"{x}.npy") for x in "qkvo"}
             for x, t in zip("qkv", (q, k, v)):
                 np.save(paths[x], t)
-            cmd = [a.attnc, "run", os.path.join(ROOT, "kernels", file), "--kernel", kernel]
+            cmd = [a.attnc, "run", os.path.join(a.kernels, file), "--kernel", kernel, "--backend", a.backend]
             for name, val in sets.items():
                 cmd += ["--set", f"{name}={val}"]
             cmd += ["--q", paths["q"], "--k", paths["k"], "--v", paths["v"], "-o", paths["o"], "--color", "never"]

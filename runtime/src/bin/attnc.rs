@@ -9,7 +9,8 @@ use std::time::Instant;
 use attnc::diagnostic::{has_errors, Diagnostic};
 use attnc::driver::{self, explain, Source, Stage};
 use attnc::sema::instantiate::Binding;
-use attnc_runtime::files::{run_npy, NpyArgs};
+use attnc_runtime::cuda::{CudaKernel, Gpu};
+use attnc_runtime::files::{run_npy, run_npy_cuda, NpyArgs};
 use attnc_runtime::{CpuKernel, Error, Tensor};
 use clap::{Parser, Subcommand};
 
@@ -67,6 +68,10 @@ enum Command {
         /// Write to this file instead of standard output.
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
+        /// Write the GPU artefact (KERNEL.ptx and KERNEL.json, for the runtime to load)
+        /// of every compiled kernel into this folder.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
     },
     /// Density, FLOPs, key tiles per query tile, an ASCII view and optionally a PNG.
     Explain {
@@ -95,7 +100,7 @@ enum Command {
         inputs: Vec<String>,
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
-        #[arg(long, default_value = "cpu", value_parser = ["cpu"])]
+        #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
         backend: String,
     },
     /// Times a kernel on random inputs: median of many runs after warm-up, in ms and
@@ -103,11 +108,20 @@ enum Command {
     Bench {
         #[command(flatten)]
         k: KernelArgs,
-        #[arg(long, default_value = "cpu", value_parser = ["cpu"])]
+        #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
         backend: String,
-        /// Timed runs (after 2 warm-up runs).
+        /// Timed runs (after warm-up runs).
         #[arg(long, default_value_t = 10)]
         runs: usize,
+    },
+    /// The GPU test suite: every shipped kernel on the GPU against the CPU backend.
+    Suite {
+        /// Where the shipped .attn files are.
+        #[arg(long, default_value = "kernels")]
+        kernels: PathBuf,
+        /// One small case per kernel (for compute-sanitizer).
+        #[arg(long)]
+        small: bool,
     },
 }
 
@@ -228,6 +242,70 @@ fn runtime_error(e: Error) -> u8 {
     }
 }
 
+fn open_gpu() -> Result<Gpu, u8> {
+    match Gpu::open() {
+        Ok(Some(g)) => Ok(g),
+        Ok(None) => Err(usage("no CUDA driver on this machine (use --backend cpu)")),
+        Err(e) => Err(runtime_error(e)),
+    }
+}
+
+fn write_artefacts(
+    src: &Source,
+    kernel: Option<&str>,
+    sets: &[Binding],
+    arch: attnc::codegen::nvptx::Arch,
+    dir: &Path,
+    color: bool,
+) -> Result<(), u8> {
+    let (fe, warnings) = driver::frontend(src).map_err(|d| report(src, &d, color).err().unwrap_or(EXIT_DIAGNOSTICS))?;
+    report(src, &warnings, color)?;
+    let names: Vec<String> = match kernel {
+        Some(k) => vec![k.to_string()],
+        None => fe.program.kernels.iter().map(|k| k.name.clone()).collect(),
+    };
+    for name in names {
+        let ki = driver::find_kernel(&fe.program, &name).map_err(|d| report(src, &[d], color).err().unwrap_or(EXIT_DIAGNOSTICS))?;
+        let c = driver::compile_kernel(&fe.program, ki, sets).map_err(|d| report(src, &d, color).err().unwrap_or(EXIT_DIAGNOSTICS))?;
+        let a = attnc_runtime::artefact::build(&c, arch).map_err(runtime_error)?;
+        a.save(dir, &name).map_err(runtime_error)?;
+        eprintln!("{name}: {}/{name}.ptx and {name}.json ({})", dir.display(), arch.name());
+    }
+    Ok(())
+}
+
+fn bench_cuda(c: driver::Compiled, flops: f64, runs: usize) -> Result<(), u8> {
+    let gpu = open_gpu()?;
+    let t = Instant::now();
+    let art = attnc_runtime::artefact::build(&c, gpu.arch()).map_err(runtime_error)?;
+    let compile_ms = t.elapsed().as_secs_f64() * 1e3;
+    let kernel = CudaKernel::load(&gpu, art).map_err(runtime_error)?;
+    let m = kernel.manifest().clone();
+    let zeros = |s: [usize; 4]| Tensor::zeros(s.to_vec());
+    let (mut q, mut k, mut v) = (zeros(m.q_shape()), zeros(m.k_shape()), zeros(m.v_shape()));
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for t in [&mut q, &mut k, &mut v] {
+        for e in t.data.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *e = (x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+        }
+    }
+    let ins: Vec<Tensor> = m.inputs.iter().map(|(_, d)| Tensor::zeros(d.clone())).collect();
+    let views: Vec<_> = ins.iter().map(Tensor::view).collect();
+    let mut args = kernel.upload(q.view(), k.view(), v.view(), &views).map_err(runtime_error)?;
+    let ms = kernel.time(&mut args, 5, runs.max(1)).map_err(runtime_error)?;
+    out(&format!(
+        "{} on {}: median {ms:.4} ms over {} runs, {:.1} TFLOP/s on active pairs (compile {compile_ms:.0} ms)\n",
+        m.kernel,
+        gpu.name(),
+        runs.max(1),
+        flops / ms / 1e9
+    ));
+    Ok(())
+}
+
 fn run(cmd: Command, color: bool) -> Result<(), u8> {
     match cmd {
         Command::Check { file, sets } => {
@@ -252,6 +330,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             emit,
             target,
             output,
+            out_dir,
         } => {
             let sets = bindings(&sets)?;
             let src = load(&file)?;
@@ -262,6 +341,9 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                 .unwrap_or(Stage::Ir);
             let arch = attnc::codegen::nvptx::Arch::from_name(&target)
                 .unwrap_or(attnc::codegen::nvptx::Arch::Sm90);
+            if let Some(dir) = out_dir {
+                return write_artefacts(&src, kernel.as_deref(), &sets, arch, &dir, color);
+            }
             match driver::emit_for(&src, stage, kernel.as_deref(), &sets, arch) {
                 Ok((text, warnings)) => {
                     report(&src, &warnings, color)?;
@@ -286,7 +368,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             v,
             inputs,
             output,
-            backend: _,
+            backend,
         } => {
             let Some(k_path) = k_file else {
                 return Err(usage("missing --k FILE.npy"));
@@ -299,13 +381,28 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                 named.push((n.to_string(), PathBuf::from(p)));
             }
             let (_, c) = compile(&k, color)?;
-            let kernel = CpuKernel::new(c, false).map_err(runtime_error)?;
             let args = NpyArgs {
                 q,
                 k: k_path,
                 v,
                 inputs: named,
             };
+            if backend == "cuda" {
+                let gpu = open_gpu()?;
+                let art = attnc_runtime::artefact::build(&c, gpu.arch()).map_err(runtime_error)?;
+                let kernel = CudaKernel::load(&gpu, art).map_err(runtime_error)?;
+                let r = run_npy_cuda(&kernel, &args, &output).map_err(runtime_error)?;
+                eprintln!(
+                    "{}: output {:?} written to {} ({:.1} ms on {})",
+                    kernel.manifest().kernel,
+                    r.shape,
+                    output.display(),
+                    r.millis,
+                    gpu.name()
+                );
+                return Ok(());
+            }
+            let kernel = CpuKernel::new(c, false).map_err(runtime_error)?;
             let r = run_npy(&kernel, &args, &output).map_err(runtime_error)?;
             eprintln!(
                 "{}: output {:?} written to {} ({:.1} ms on the CPU)",
@@ -316,13 +413,21 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             );
             Ok(())
         }
+        Command::Suite { kernels, small } => match attnc_runtime::suite::run(&kernels, small) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(EXIT_DIAGNOSTICS),
+            Err(e) => Err(runtime_error(e)),
+        },
         Command::Bench {
             k,
-            backend: _,
+            backend,
             runs,
         } => {
             let (_, c) = compile(&k, color)?;
             let flops = explain::figures(&c.spec, &c.schedule).flops;
+            if backend == "cuda" {
+                return bench_cuda(c, flops, runs);
+            }
             let kernel = CpuKernel::new(c, false).map_err(runtime_error)?;
             let m = kernel.manifest().clone();
             let mut rng = 0x2545_f491_4f6c_dd1du64;

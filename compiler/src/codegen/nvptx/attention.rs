@@ -58,10 +58,6 @@ impl Config {
         2 * self.bn * (self.d + self.dv) * 2
     }
 
-    fn kbuf(&self, b: u32) -> u32 {
-        b * self.bn * self.d * 2
-    }
-
     fn vbuf(&self, b: u32) -> u32 {
         2 * self.bn * self.d * 2 + b * self.bn * self.dv * 2
     }
@@ -256,10 +252,12 @@ impl<'a, 'c> Attention<'a, 'c> {
         ok(g.b.build_load(g.i32t, p, "")).into_int_value()
     }
 
-    /// Byte offset inside a `[rows][dim]` 16-bit buffer of (row, 16-byte chunk), swizzled.
+    /// Byte offset inside a `[rows][dim]` 16-bit buffer of (row, 16-byte chunk). Rows of a
+    /// multiple of 8 chunks are XOR-swizzled (chunk ^ row % 8) so that the 8 rows an
+    /// ldmatrix phase reads fall in different banks; other widths are stored plainly.
     fn swz(&self, row: IntValue<'c>, chunk: IntValue<'c>, dim: u32) -> IntValue<'c> {
         let g = self.g;
-        let x = ok(g.b.build_xor(chunk, g.uremi(row, 8), ""));
+        let x = if (dim / 8) % 8 == 0 { ok(g.b.build_xor(chunk, g.uremi(row, 8), "")) } else { chunk };
         g.add(g.muli(row, i64::from(dim) * 2), g.muli(x, 16))
     }
 
@@ -607,8 +605,15 @@ impl<'a, 'c> Attention<'a, 'c> {
             g.smax(g.sub(ktile.valid, chunk0), g.i32(0)),
             g.i32(i64::from(cfg.bn)),
         );
+        // The IR masks partial key tiles; a chunk that is not a whole tile (the tile is not a
+        // multiple of `bn`) also holds padding keys, masked here when the IR has no mask.
+        let has_mask = body.iter().any(|n| matches!(self.k.node(*n).op, Op::Mask(_)));
         for n in body {
             let node = self.k.node(*n);
+            if matches!(node.op, Op::RowMax) && !has_mask && !cfg.exact {
+                let ninf = g.f32(f64::NEG_INFINITY);
+                self.elementwise(buf, f, &mut |_, s, _, j, _| g.self_f(g.lt(j, kval), s, ninf));
+            }
             match &node.op {
                 Op::KvTile | Op::Carry(_) | Op::Load(_) | Op::Yield => {}
                 Op::Dot { transpose_b: true } => self.qk(buf, f),
@@ -622,11 +627,10 @@ impl<'a, 'c> Attention<'a, 'c> {
                 }
                 Op::ScoreMod(id) => {
                     if let Some(ElemFn::Score(e)) = self.k.elem_fns.get(id.0 as usize).cloned() {
-                        self.elementwise(buf, f, &mut |this, s, q, j, k| {
+                        self.elementwise(buf, f, &mut |this, s, q, _j, k| {
                             let mut sc = PairScope {
                                 a: this,
                                 q,
-                                j,
                                 k,
                                 score: Some(s),
                                 tile: false,
@@ -770,7 +774,6 @@ impl<'a, 'c> Attention<'a, 'c> {
                                 let mut sc = PairScope {
                                     a,
                                     q,
-                                    j,
                                     k,
                                     score: None,
                                     tile,
@@ -959,7 +962,6 @@ struct PairScope<'x, 'a, 'c> {
     a: &'x Attention<'a, 'c>,
     /// Which of the thread's two rows.
     q: usize,
-    j: IntValue<'c>,
     k: Row<'c>,
     score: Option<FloatValue<'c>>,
     /// Tile units (tiles: rules) instead of tokens.

@@ -1,0 +1,135 @@
+//! A kernel compiled for the GPU, as the runtime loads it: the PTX, the manifest, the launch
+//! geometry and the schedule tables. Written by `attnc compile --target sm_90 -o DIR` as
+//! `DIR/KERNEL.ptx` and `DIR/KERNEL.json`, and kept in the on-disk cache of in-process
+//! compilation, keyed by source, parameters, target and compiler version.
+
+use std::path::{Path, PathBuf};
+
+use attnc::codegen::nvptx::{self, Arch};
+use attnc::driver::{Compiled, Source};
+use attnc::pattern::TileClass;
+use attnc::sema::instantiate::Binding;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Manifest};
+
+pub const FORMAT: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GpuArtefact {
+    pub format: u32,
+    /// The attnc version that compiled it.
+    pub compiler: String,
+    pub manifest: Manifest,
+    pub arch: String,
+    /// The kernel's entry point in the PTX.
+    pub entry: String,
+    /// Blocks along x per (head, batch); threads per block; static shared memory.
+    pub grid_x: u32,
+    pub block: u32,
+    pub smem_bytes: u32,
+    /// Per head variant the CSR row offsets (`total_tiles + 1` each, into `runs`).
+    pub rows: Vec<u32>,
+    /// `(start, len, class)` triples, class 1 = partial.
+    pub runs: Vec<u32>,
+    pub head_variant: Vec<u32>,
+    #[serde(skip)]
+    pub ptx: String,
+}
+
+/// Compiles a kernel for `arch`.
+pub fn build(c: &Compiled, arch: Arch) -> Result<GpuArtefact, Error> {
+    let m = nvptx::compile(&c.ir, &c.schedule.geom, &c.spec.inputs, arch).map_err(Error::Compile)?;
+    let g = &c.schedule.geom;
+    let mut rows = vec![];
+    let mut runs = vec![];
+    for v in &c.schedule.variants {
+        let base = (runs.len() / 3) as u32;
+        rows.extend(v.rows.iter().map(|r| r + base));
+        for r in &v.runs {
+            runs.extend([r.start, r.len, u32::from(r.class == TileClass::Partial)]);
+        }
+    }
+    Ok(GpuArtefact {
+        format: FORMAT,
+        compiler: env!("CARGO_PKG_VERSION").to_string(),
+        manifest: Manifest::from_compiled(c),
+        arch: arch.name().to_string(),
+        entry: m.entry,
+        grid_x: g.total_tiles * m.config.blocks_per_tile,
+        block: m.config.threads(),
+        smem_bytes: m.config.smem_bytes,
+        rows,
+        runs,
+        head_variant: c.schedule.head_variant.clone(),
+        ptx: m.ptx,
+    })
+}
+
+impl GpuArtefact {
+    /// Writes `DIR/NAME.ptx` and `DIR/NAME.json`.
+    pub fn save(&self, dir: &Path, name: &str) -> Result<(), Error> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io(format!("cannot create `{}`: {e}", dir.display())))?;
+        let json = serde_json::to_string(self).map_err(|e| Error::Io(e.to_string()))?;
+        let write = |p: PathBuf, s: &str| std::fs::write(&p, s).map_err(|e| Error::Io(format!("cannot write `{}`: {e}", p.display())));
+        write(dir.join(format!("{name}.ptx")), &self.ptx)?;
+        write(dir.join(format!("{name}.json")), &json)
+    }
+
+    /// Reads `DIR/NAME.ptx` and `DIR/NAME.json`.
+    pub fn load(dir: &Path, name: &str) -> Result<GpuArtefact, Error> {
+        let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(|e| Error::Io(format!("cannot read `{}`: {e}", p.display())));
+        let json = read(dir.join(format!("{name}.json")))?;
+        let mut a: GpuArtefact =
+            serde_json::from_str(&json).map_err(|e| Error::Io(format!("`{}/{name}.json` is not an attnc manifest: {e}", dir.display())))?;
+        if a.format != FORMAT {
+            return Err(Error::Io(format!("`{}/{name}.json` has format {}; this attnc reads {FORMAT}", dir.display(), a.format)));
+        }
+        a.ptx = read(dir.join(format!("{name}.ptx")))?;
+        Ok(a)
+    }
+}
+
+/// The cache folder: `$ATTNC_CACHE_DIR`, else `$XDG_CACHE_HOME/attnc`, else `~/.cache/attnc`.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("ATTNC_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("attnc"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/attnc"))
+}
+
+/// The cache key of a compilation.
+pub fn cache_key(src: &Source, kernel: &str, sets: &[Binding], arch: Arch) -> String {
+    let mut h = blake3::Hasher::new();
+    for part in [src.text.as_str(), kernel, arch.name(), env!("CARGO_PKG_VERSION")] {
+        h.update(part.as_bytes());
+        h.update(&[0]);
+    }
+    for b in sets {
+        h.update(b.name.as_bytes());
+        h.update(b"=");
+        h.update(b.value.as_bytes());
+        h.update(&[0]);
+    }
+    h.finalize().to_hex()[..32].to_string()
+}
+
+/// Compiles for the GPU through the on-disk cache (a cache that cannot be written is
+/// skipped, not an error).
+pub fn build_cached(src: &Source, kernel: &str, sets: &[Binding], arch: Arch) -> Result<GpuArtefact, Error> {
+    let key = cache_key(src, kernel, sets, arch);
+    if let Some(dir) = cache_dir() {
+        if let Ok(a) = GpuArtefact::load(&dir, &key) {
+            return Ok(a);
+        }
+    }
+    let c = crate::cache::compile(src, kernel, sets)?;
+    let a = build(&c, arch)?;
+    if let Some(dir) = cache_dir() {
+        let _ = a.save(&dir, &key);
+    }
+    Ok(a)
+}

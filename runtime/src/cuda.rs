@@ -1,0 +1,212 @@
+//! Running kernels on NVIDIA GPUs through the CUDA driver API (cudarc, loaded at run time).
+//! Every launch is checked against the kernel's manifest; driver errors come back as
+//! `Error::Cuda` with the driver's text. Without a driver, `Gpu::open` says so and callers
+//! skip GPU work.
+
+use std::sync::Arc;
+
+use attnc::codegen::nvptx::Arch;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::Ptx;
+
+use crate::artefact::GpuArtefact;
+use crate::{Error, Manifest, TensorRef};
+
+fn cuda(e: impl std::fmt::Display) -> Error {
+    Error::Cuda(e.to_string())
+}
+
+/// A GPU with a context and a stream.
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+}
+
+impl Gpu {
+    /// The first GPU, or `Ok(None)` when there is no CUDA driver on this machine.
+    pub fn open() -> Result<Option<Gpu>, Error> {
+        // SAFETY: only checks whether the driver library can be loaded.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Ok(None);
+        }
+        let ctx = CudaContext::new(0).map_err(cuda)?;
+        let stream = ctx.default_stream();
+        Ok(Some(Gpu { ctx, stream }))
+    }
+
+    pub fn name(&self) -> String {
+        self.ctx.name().unwrap_or_else(|_| "unknown GPU".into())
+    }
+
+    /// The architecture to compile for: sm_90 from compute capability 9.0, else sm_80.
+    pub fn arch(&self) -> Arch {
+        use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR as MAJOR;
+        match self.ctx.attribute(MAJOR) {
+            Ok(m) if m >= 9 => Arch::Sm90,
+            _ => Arch::Sm80,
+        }
+    }
+}
+
+/// Host f32 -> the kernel's 16-bit element type (bits).
+pub fn to_half(dtype: &str, x: &[f32]) -> Vec<u16> {
+    match dtype {
+        "f16" => x.iter().map(|v| half::f16::from_f32(*v).to_bits()).collect(),
+        _ => x.iter().map(|v| half::bf16::from_f32(*v).to_bits()).collect(),
+    }
+}
+
+pub fn from_half(dtype: &str, x: &[u16]) -> Vec<f32> {
+    match dtype {
+        "f16" => x.iter().map(|v| half::f16::from_bits(*v).to_f32()).collect(),
+        _ => x.iter().map(|v| half::bf16::from_bits(*v).to_f32()).collect(),
+    }
+}
+
+/// A kernel loaded on a GPU with its schedule tables.
+pub struct CudaKernel {
+    pub artefact: GpuArtefact,
+    stream: Arc<CudaStream>,
+    _module: Arc<CudaModule>,
+    func: CudaFunction,
+    rows: CudaSlice<u32>,
+    runs: CudaSlice<u32>,
+    head_variant: CudaSlice<u32>,
+}
+
+/// Device buffers of one call.
+pub struct DeviceArgs {
+    pub q: CudaSlice<u16>,
+    pub k: CudaSlice<u16>,
+    pub v: CudaSlice<u16>,
+    pub o: CudaSlice<u16>,
+    pub inputs: Vec<CudaSlice<f32>>,
+}
+
+impl CudaKernel {
+    pub fn load(gpu: &Gpu, artefact: GpuArtefact) -> Result<CudaKernel, Error> {
+        let module = gpu.ctx.load_module(Ptx::from_src(artefact.ptx.clone())).map_err(|e| {
+            let path = std::env::temp_dir().join(format!("{}.ptx", artefact.entry));
+            let _ = std::fs::write(&path, &artefact.ptx);
+            Error::Cuda(format!(
+                "loading the PTX of `{}` failed: {e}; reproduce with: ptxas -arch={} {}",
+                artefact.manifest.kernel,
+                artefact.arch,
+                path.display()
+            ))
+        })?;
+        let func = module.load_function(&artefact.entry).map_err(cuda)?;
+        let s = &gpu.stream;
+        let rows = s.clone_htod(&artefact.rows).map_err(cuda)?;
+        let runs = s.clone_htod(&artefact.runs).map_err(cuda)?;
+        let head_variant = s.clone_htod(&artefact.head_variant).map_err(cuda)?;
+        Ok(CudaKernel { artefact, stream: gpu.stream.clone(), _module: module, func, rows, runs, head_variant })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.artefact.manifest
+    }
+
+    /// Uploads host tensors (checked against the manifest) into device buffers.
+    pub fn upload(&self, q: TensorRef, k: TensorRef, v: TensorRef, inputs: &[TensorRef]) -> Result<DeviceArgs, Error> {
+        let m = self.manifest();
+        q.check("q", &m.q_shape(), &crate::cpu::DIMS_Q)?;
+        k.check("k", &m.k_shape(), &crate::cpu::DIMS_K)?;
+        v.check("v", &m.v_shape(), &crate::cpu::DIMS_V)?;
+        if inputs.len() != m.inputs.len() {
+            return Err(Error::Shape(format!("kernel `{}` takes {} input tensor(s), got {}", m.kernel, m.inputs.len(), inputs.len())));
+        }
+        for (t, (name, dims)) in inputs.iter().zip(&m.inputs) {
+            let labels: Vec<String> = (0..dims.len()).map(|i| format!("dim {i}")).collect();
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            t.check(name, dims, &labels)?;
+        }
+        let s = &self.stream;
+        let up = |x: &[f32]| s.clone_htod(&to_half(&m.dtype, x)).map_err(cuda);
+        let o_len: usize = m.o_shape().iter().product();
+        Ok(DeviceArgs {
+            q: up(q.data)?,
+            k: up(k.data)?,
+            v: up(v.data)?,
+            o: s.alloc_zeros::<u16>(o_len).map_err(cuda)?,
+            inputs: inputs.iter().map(|t| s.clone_htod(t.data).map_err(cuda)).collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Launches on device buffers (sizes checked against the manifest).
+    pub fn launch(&self, a: &mut DeviceArgs) -> Result<(), Error> {
+        let m = self.manifest();
+        let need = |name: &str, have: usize, shape: [usize; 4]| {
+            let want: usize = shape.iter().product();
+            if have != want {
+                Err(Error::Shape(format!("device buffer {name} holds {have} elements; expected {want} = {shape:?}")))
+            } else {
+                Ok(())
+            }
+        };
+        need("q", a.q.len(), m.q_shape())?;
+        need("k", a.k.len(), m.k_shape())?;
+        need("v", a.v.len(), m.v_shape())?;
+        need("o", a.o.len(), m.o_shape())?;
+        if a.inputs.len() != m.inputs.len() {
+            return Err(Error::Shape(format!("{} input buffers for {} inputs", a.inputs.len(), m.inputs.len())));
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (self.artefact.grid_x, m.heads as u32, m.batch as u32),
+            block_dim: (self.artefact.block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&self.func);
+        b.arg(&a.q).arg(&a.k).arg(&a.v).arg(&mut a.o).arg(&self.rows).arg(&self.runs).arg(&self.head_variant);
+        for i in &a.inputs {
+            b.arg(i);
+        }
+        // SAFETY: the argument list is the kernel's signature (see `codegen::nvptx`): four
+        // tensors whose sizes were just checked against the manifest the kernel was compiled
+        // for, the schedule tables compiled with it, one pointer per declared input (sizes
+        // checked at upload); the grid is the one the kernel expects. The kernel reads and
+        // writes only inside these buffers (missing rows are zero-filled, not read).
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// Copies the output back as f32.
+    pub fn download(&self, a: &DeviceArgs) -> Result<Vec<f32>, Error> {
+        let bits = self.stream.clone_dtoh(&a.o).map_err(cuda)?;
+        Ok(from_half(&self.manifest().dtype, &bits))
+    }
+
+    /// Upload, launch, download: `out` is `[batch, heads, tokens, value_dim]` f32.
+    pub fn run(&self, q: TensorRef, k: TensorRef, v: TensorRef, inputs: &[TensorRef], out: &mut [f32]) -> Result<(), Error> {
+        let want: usize = self.manifest().o_shape().iter().product();
+        if out.len() != want {
+            return Err(Error::Shape(format!("the output holds {} values; expected {want}", out.len())));
+        }
+        let mut a = self.upload(q, k, v, inputs)?;
+        // Poison the output so that an element the kernel never writes cannot pass for a result.
+        let nan = vec![0x7fc0u16; want];
+        self.stream.memcpy_htod(&nan, &mut a.o).map_err(cuda)?;
+        self.launch(&mut a)?;
+        self.stream.synchronize().map_err(cuda)?;
+        out.copy_from_slice(&self.download(&a)?);
+        Ok(())
+    }
+
+    /// Median milliseconds of `runs` timed launches after `warmup`, with CUDA events.
+    pub fn time(&self, a: &mut DeviceArgs, warmup: usize, runs: usize) -> Result<f64, Error> {
+        for _ in 0..warmup {
+            self.launch(a)?;
+        }
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut times = vec![];
+        for _ in 0..runs.max(1) {
+            let start = self.stream.record_event(flags).map_err(cuda)?;
+            self.launch(a)?;
+            let end = self.stream.record_event(flags).map_err(cuda)?;
+            end.synchronize().map_err(cuda)?;
+            times.push(f64::from(start.elapsed_ms(&end).map_err(cuda)?));
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    }
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Builds the GPU bundle in .gpu/ (git-ignored): the stripped release `attnc`, the shipped
+# kernels, the independent NumPy reference and a run.sh that runs the whole GPU suite on
+# the GPU machine (no Rust there) and prints a table last. Then, on the GPU machine:
+#   RESULTS_DIR=$OUT .gpu/run.sh
+source "$(dirname "$0")/common.sh"
+cd "$(repo_root)"
+need_cargo
+cargo build --release -q -p attnc-runtime --bin attnc
+rm -rf .gpu && mkdir -p .gpu/bin
+cp target/release/attnc .gpu/bin/attnc && strip .gpu/bin/attnc
+cp -r kernels .gpu/kernels
+cp tests/numpy/independent_reference.py .gpu/
+[ -f ../shared/peers/peer_bench.py ] && cp ../shared/peers/peer_bench.py .gpu/
+cp scripts/gpu_run.sh .gpu/run.sh
+chmod +x .gpu/run.sh
+du -sh .gpu >&2

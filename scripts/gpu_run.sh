@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine from the bundle folder (see scripts/gpu_bundle.sh). Writes logs to
+# $RESULTS_DIR (default ./results) and prints a summary table last.
+set -u
+cd "$(dirname "$0")"
+OUT="${RESULTS_DIR:-results}"
+mkdir -p "$OUT"
+A=./bin/attnc
+log() { echo "== $*"; }
+
+log "GPU"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+
+log "suite: every shipped kernel on the GPU against the CPU backend"
+$A suite --kernels kernels 2>&1 | tee "$OUT/suite.txt"
+suite_rc=${PIPESTATUS[0]}
+
+log "independent NumPy reference, attnc run --backend cuda"
+python3 independent_reference.py --attnc $A --kernels kernels --backend cuda --tolerance 1e-2 --seed 4242 --cases 24 2>&1 | tee "$OUT/numpy.txt"
+numpy_rc=${PIPESTATUS[0]}
+
+log "ptxas (registers, spills) and SASS (HMMA) of the shipped kernels"
+mkdir -p ptx
+: > "$OUT/sass.txt"
+for f in kernels/*.attn; do $A compile "$f" --target sm_90 --out-dir ptx 2>/dev/null; done
+for p in ptx/*.ptx; do
+  n=$(basename "$p" .ptx)
+  ptxas -arch=sm_90 -v "$p" -o "ptx/$n.cubin" 2>&1 | grep -E "registers|spill" | tr '\n' ' ' | sed "s/^/$n: /" >> "$OUT/sass.txt"
+  echo " HMMA=$(cuobjdump -sass "ptx/$n.cubin" | grep -c HMMA)" >> "$OUT/sass.txt"
+done
+cat "$OUT/sass.txt"
+
+log "compute-sanitizer memcheck, one small case per kernel"
+timeout 300 compute-sanitizer --tool memcheck --error-exitcode 3 $A suite --kernels kernels --small > "$OUT/sanitizer.txt" 2>&1
+san_rc=$?
+tail -5 "$OUT/sanitizer.txt"
+
+log "timings (median of CUDA-event-timed runs)"
+: > "$OUT/bench.txt"
+for c in "grat.attn grat_b_2d H=128 W=128 TEXT=0" "grat.attn grat_x_2d H=128 W=128 TEXT=0" "grat.attn grat_b_2d H=256 W=256 TEXT=0" \
+         "dense.attn dense N=4096" "dense.attn dense N=16384" "sta.attn sta_3d" "natten.attn na_2d H=128 W=128"; do
+  set -- $c
+  file=$1; k=$2; shift 2
+  sets=""; for s in "$@"; do sets="$sets --set $s"; done
+  $A bench kernels/$file --kernel $k $sets --backend cuda --runs 20 2>&1 | tee -a "$OUT/bench.txt"
+done
+
+echo
+echo "== summary"
+printf "%-28s %s\n" "suite vs CPU backend" "$(tail -1 "$OUT/suite.txt") (exit $suite_rc)"
+printf "%-28s %s\n" "NumPy reference (cuda)" "$(tail -1 "$OUT/numpy.txt") (exit $numpy_rc)"
+printf "%-28s %s\n" "compute-sanitizer memcheck" "$(grep -E 'ERROR SUMMARY|skipped|Device not supported' "$OUT/sanitizer.txt" | tail -1) (exit $san_rc)"
+printf "%-28s %s\n" "SASS" "$(grep -c 'HMMA=[1-9]' "$OUT/sass.txt") of $(wc -l < "$OUT/sass.txt") kernels show HMMA; spills: $(grep -o '[0-9]* bytes spill stores' "$OUT/sass.txt" | sort -u | tr '\n' ' ')"
+cat "$OUT/bench.txt"
