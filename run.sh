@@ -4,6 +4,7 @@
 source "$(dirname "$0")/scripts/common.sh"
 cd "$(repo_root)"
 need_cargo
+ensure_build_deps
 
 echo "== building attnc (release)" >&2
 cargo build --release -q -p attnc-runtime --bin attnc -p attnc-examples --bin grat_b_cpu

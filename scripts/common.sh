@@ -35,6 +35,12 @@ apt_install() {
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
+# What building attnc needs beyond Rust: LLVM 19 (static, for the PTX code generator).
+ensure_build_deps() {
+  apt_install llvm-19-dev libpolly-19-dev libzstd-dev zlib1g-dev
+  export LLVM_SYS_191_PREFIX=/usr/lib/llvm-19
+}
+
 # A Python with NumPy for the independent reference (tests/numpy/), in .tools/venv.
 # Prints its path; installs python3-venv from Debian if venv is missing.
 numpy_python() {
@@ -48,4 +54,16 @@ numpy_python() {
     "$venv/bin/pip" install -q --disable-pip-version-check numpy==2.1.3 >&2
   fi
   echo "$PWD/$venv/bin/python"
+}
+
+# ptxas from NVIDIA's PyPI wheel (no GPU or CUDA install needed), in the same venv.
+ptxas_path() {
+  local venv=.tools/venv
+  local p="$venv/lib/python3*/site-packages/nvidia/cuda_nvcc/bin/ptxas"
+  # shellcheck disable=SC2086
+  if ! ls $p >/dev/null 2>&1; then
+    "$venv/bin/pip" install -q --disable-pip-version-check nvidia-cuda-nvcc-cu12==12.9.86 >&2
+  fi
+  # shellcheck disable=SC2086
+  echo "$PWD/$(ls $p | head -1)"
 }

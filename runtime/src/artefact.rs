@@ -39,7 +39,8 @@ pub struct GpuArtefact {
 
 /// Compiles a kernel for `arch`.
 pub fn build(c: &Compiled, arch: Arch) -> Result<GpuArtefact, Error> {
-    let m = nvptx::compile(&c.ir, &c.schedule.geom, &c.spec.inputs, arch).map_err(Error::Compile)?;
+    let m =
+        nvptx::compile(&c.ir, &c.schedule.geom, &c.spec.inputs, arch).map_err(Error::Compile)?;
     let g = &c.schedule.geom;
     let mut rows = vec![];
     let mut runs = vec![];
@@ -69,21 +70,36 @@ pub fn build(c: &Compiled, arch: Arch) -> Result<GpuArtefact, Error> {
 impl GpuArtefact {
     /// Writes `DIR/NAME.ptx` and `DIR/NAME.json`.
     pub fn save(&self, dir: &Path, name: &str) -> Result<(), Error> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Io(format!("cannot create `{}`: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Io(format!("cannot create `{}`: {e}", dir.display())))?;
         let json = serde_json::to_string(self).map_err(|e| Error::Io(e.to_string()))?;
-        let write = |p: PathBuf, s: &str| std::fs::write(&p, s).map_err(|e| Error::Io(format!("cannot write `{}`: {e}", p.display())));
+        let write = |p: PathBuf, s: &str| {
+            std::fs::write(&p, s)
+                .map_err(|e| Error::Io(format!("cannot write `{}`: {e}", p.display())))
+        };
         write(dir.join(format!("{name}.ptx")), &self.ptx)?;
         write(dir.join(format!("{name}.json")), &json)
     }
 
     /// Reads `DIR/NAME.ptx` and `DIR/NAME.json`.
     pub fn load(dir: &Path, name: &str) -> Result<GpuArtefact, Error> {
-        let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(|e| Error::Io(format!("cannot read `{}`: {e}", p.display())));
+        let read = |p: PathBuf| {
+            std::fs::read_to_string(&p)
+                .map_err(|e| Error::Io(format!("cannot read `{}`: {e}", p.display())))
+        };
         let json = read(dir.join(format!("{name}.json")))?;
-        let mut a: GpuArtefact =
-            serde_json::from_str(&json).map_err(|e| Error::Io(format!("`{}/{name}.json` is not an attnc manifest: {e}", dir.display())))?;
+        let mut a: GpuArtefact = serde_json::from_str(&json).map_err(|e| {
+            Error::Io(format!(
+                "`{}/{name}.json` is not an attnc manifest: {e}",
+                dir.display()
+            ))
+        })?;
         if a.format != FORMAT {
-            return Err(Error::Io(format!("`{}/{name}.json` has format {}; this attnc reads {FORMAT}", dir.display(), a.format)));
+            return Err(Error::Io(format!(
+                "`{}/{name}.json` has format {}; this attnc reads {FORMAT}",
+                dir.display(),
+                a.format
+            )));
         }
         a.ptx = read(dir.join(format!("{name}.ptx")))?;
         Ok(a)
@@ -104,7 +120,12 @@ pub fn cache_dir() -> Option<PathBuf> {
 /// The cache key of a compilation.
 pub fn cache_key(src: &Source, kernel: &str, sets: &[Binding], arch: Arch) -> String {
     let mut h = blake3::Hasher::new();
-    for part in [src.text.as_str(), kernel, arch.name(), env!("CARGO_PKG_VERSION")] {
+    for part in [
+        src.text.as_str(),
+        kernel,
+        arch.name(),
+        env!("CARGO_PKG_VERSION"),
+    ] {
         h.update(part.as_bytes());
         h.update(&[0]);
     }
@@ -119,7 +140,12 @@ pub fn cache_key(src: &Source, kernel: &str, sets: &[Binding], arch: Arch) -> St
 
 /// Compiles for the GPU through the on-disk cache (a cache that cannot be written is
 /// skipped, not an error).
-pub fn build_cached(src: &Source, kernel: &str, sets: &[Binding], arch: Arch) -> Result<GpuArtefact, Error> {
+pub fn build_cached(
+    src: &Source,
+    kernel: &str,
+    sets: &[Binding],
+    arch: Arch,
+) -> Result<GpuArtefact, Error> {
     let key = cache_key(src, kernel, sets, arch);
     if let Some(dir) = cache_dir() {
         if let Ok(a) = GpuArtefact::load(&dir, &key) {

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use attnc::codegen::nvptx::Arch;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::Ptx;
 
 use crate::artefact::GpuArtefact;
@@ -51,15 +53,27 @@ impl Gpu {
 /// Host f32 -> the kernel's 16-bit element type (bits).
 pub fn to_half(dtype: &str, x: &[f32]) -> Vec<u16> {
     match dtype {
-        "f16" => x.iter().map(|v| half::f16::from_f32(*v).to_bits()).collect(),
-        _ => x.iter().map(|v| half::bf16::from_f32(*v).to_bits()).collect(),
+        "f16" => x
+            .iter()
+            .map(|v| half::f16::from_f32(*v).to_bits())
+            .collect(),
+        _ => x
+            .iter()
+            .map(|v| half::bf16::from_f32(*v).to_bits())
+            .collect(),
     }
 }
 
 pub fn from_half(dtype: &str, x: &[u16]) -> Vec<f32> {
     match dtype {
-        "f16" => x.iter().map(|v| half::f16::from_bits(*v).to_f32()).collect(),
-        _ => x.iter().map(|v| half::bf16::from_bits(*v).to_f32()).collect(),
+        "f16" => x
+            .iter()
+            .map(|v| half::f16::from_bits(*v).to_f32())
+            .collect(),
+        _ => x
+            .iter()
+            .map(|v| half::bf16::from_bits(*v).to_f32())
+            .collect(),
     }
 }
 
@@ -85,22 +99,33 @@ pub struct DeviceArgs {
 
 impl CudaKernel {
     pub fn load(gpu: &Gpu, artefact: GpuArtefact) -> Result<CudaKernel, Error> {
-        let module = gpu.ctx.load_module(Ptx::from_src(artefact.ptx.clone())).map_err(|e| {
-            let path = std::env::temp_dir().join(format!("{}.ptx", artefact.entry));
-            let _ = std::fs::write(&path, &artefact.ptx);
-            Error::Cuda(format!(
-                "loading the PTX of `{}` failed: {e}; reproduce with: ptxas -arch={} {}",
-                artefact.manifest.kernel,
-                artefact.arch,
-                path.display()
-            ))
-        })?;
+        let module = gpu
+            .ctx
+            .load_module(Ptx::from_src(artefact.ptx.clone()))
+            .map_err(|e| {
+                let path = std::env::temp_dir().join(format!("{}.ptx", artefact.entry));
+                let _ = std::fs::write(&path, &artefact.ptx);
+                Error::Cuda(format!(
+                    "loading the PTX of `{}` failed: {e}; reproduce with: ptxas -arch={} {}",
+                    artefact.manifest.kernel,
+                    artefact.arch,
+                    path.display()
+                ))
+            })?;
         let func = module.load_function(&artefact.entry).map_err(cuda)?;
         let s = &gpu.stream;
         let rows = s.clone_htod(&artefact.rows).map_err(cuda)?;
         let runs = s.clone_htod(&artefact.runs).map_err(cuda)?;
         let head_variant = s.clone_htod(&artefact.head_variant).map_err(cuda)?;
-        Ok(CudaKernel { artefact, stream: gpu.stream.clone(), _module: module, func, rows, runs, head_variant })
+        Ok(CudaKernel {
+            artefact,
+            stream: gpu.stream.clone(),
+            _module: module,
+            func,
+            rows,
+            runs,
+            head_variant,
+        })
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -108,13 +133,24 @@ impl CudaKernel {
     }
 
     /// Uploads host tensors (checked against the manifest) into device buffers.
-    pub fn upload(&self, q: TensorRef, k: TensorRef, v: TensorRef, inputs: &[TensorRef]) -> Result<DeviceArgs, Error> {
+    pub fn upload(
+        &self,
+        q: TensorRef,
+        k: TensorRef,
+        v: TensorRef,
+        inputs: &[TensorRef],
+    ) -> Result<DeviceArgs, Error> {
         let m = self.manifest();
         q.check("q", &m.q_shape(), &crate::cpu::DIMS_Q)?;
         k.check("k", &m.k_shape(), &crate::cpu::DIMS_K)?;
         v.check("v", &m.v_shape(), &crate::cpu::DIMS_V)?;
         if inputs.len() != m.inputs.len() {
-            return Err(Error::Shape(format!("kernel `{}` takes {} input tensor(s), got {}", m.kernel, m.inputs.len(), inputs.len())));
+            return Err(Error::Shape(format!(
+                "kernel `{}` takes {} input tensor(s), got {}",
+                m.kernel,
+                m.inputs.len(),
+                inputs.len()
+            )));
         }
         for (t, (name, dims)) in inputs.iter().zip(&m.inputs) {
             let labels: Vec<String> = (0..dims.len()).map(|i| format!("dim {i}")).collect();
@@ -129,7 +165,10 @@ impl CudaKernel {
             k: up(k.data)?,
             v: up(v.data)?,
             o: s.alloc_zeros::<u16>(o_len).map_err(cuda)?,
-            inputs: inputs.iter().map(|t| s.clone_htod(t.data).map_err(cuda)).collect::<Result<_, _>>()?,
+            inputs: inputs
+                .iter()
+                .map(|t| s.clone_htod(t.data).map_err(cuda))
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -139,7 +178,9 @@ impl CudaKernel {
         let need = |name: &str, have: usize, shape: [usize; 4]| {
             let want: usize = shape.iter().product();
             if have != want {
-                Err(Error::Shape(format!("device buffer {name} holds {have} elements; expected {want} = {shape:?}")))
+                Err(Error::Shape(format!(
+                    "device buffer {name} holds {have} elements; expected {want} = {shape:?}"
+                )))
             } else {
                 Ok(())
             }
@@ -149,7 +190,11 @@ impl CudaKernel {
         need("v", a.v.len(), m.v_shape())?;
         need("o", a.o.len(), m.o_shape())?;
         if a.inputs.len() != m.inputs.len() {
-            return Err(Error::Shape(format!("{} input buffers for {} inputs", a.inputs.len(), m.inputs.len())));
+            return Err(Error::Shape(format!(
+                "{} input buffers for {} inputs",
+                a.inputs.len(),
+                m.inputs.len()
+            )));
         }
         let cfg = LaunchConfig {
             grid_dim: (self.artefact.grid_x, m.heads as u32, m.batch as u32),
@@ -157,7 +202,13 @@ impl CudaKernel {
             shared_mem_bytes: 0,
         };
         let mut b = self.stream.launch_builder(&self.func);
-        b.arg(&a.q).arg(&a.k).arg(&a.v).arg(&mut a.o).arg(&self.rows).arg(&self.runs).arg(&self.head_variant);
+        b.arg(&a.q)
+            .arg(&a.k)
+            .arg(&a.v)
+            .arg(&mut a.o)
+            .arg(&self.rows)
+            .arg(&self.runs)
+            .arg(&self.head_variant);
         for i in &a.inputs {
             b.arg(i);
         }
@@ -177,10 +228,20 @@ impl CudaKernel {
     }
 
     /// Upload, launch, download: `out` is `[batch, heads, tokens, value_dim]` f32.
-    pub fn run(&self, q: TensorRef, k: TensorRef, v: TensorRef, inputs: &[TensorRef], out: &mut [f32]) -> Result<(), Error> {
+    pub fn run(
+        &self,
+        q: TensorRef,
+        k: TensorRef,
+        v: TensorRef,
+        inputs: &[TensorRef],
+        out: &mut [f32],
+    ) -> Result<(), Error> {
         let want: usize = self.manifest().o_shape().iter().product();
         if out.len() != want {
-            return Err(Error::Shape(format!("the output holds {} values; expected {want}", out.len())));
+            return Err(Error::Shape(format!(
+                "the output holds {} values; expected {want}",
+                out.len()
+            )));
         }
         let mut a = self.upload(q, k, v, inputs)?;
         // Poison the output so that an element the kernel never writes cannot pass for a result.

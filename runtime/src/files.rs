@@ -64,7 +64,11 @@ pub fn run_npy(kernel: &CpuKernel, args: &NpyArgs, out: &Path) -> Result<RunRepo
 }
 
 /// As [`run_npy`], on the GPU (inputs converted to the kernel's 16-bit type).
-pub fn run_npy_cuda(kernel: &crate::cuda::CudaKernel, args: &NpyArgs, out: &Path) -> Result<RunReport, Error> {
+pub fn run_npy_cuda(
+    kernel: &crate::cuda::CudaKernel,
+    args: &NpyArgs,
+    out: &Path,
+) -> Result<RunReport, Error> {
     let m = kernel.manifest().clone();
     let q = npy::read(&args.q)?;
     let k = npy::read(&args.k)?;
@@ -72,7 +76,10 @@ pub fn run_npy_cuda(kernel: &crate::cuda::CudaKernel, args: &NpyArgs, out: &Path
     let mut inputs: Vec<Tensor> = vec![];
     for (name, _) in &m.inputs {
         let Some((_, p)) = args.inputs.iter().find(|(n, _)| n == name) else {
-            return Err(Error::Shape(format!("kernel `{}` needs the input `{name}` (pass --input {name}=FILE.npy)", m.kernel)));
+            return Err(Error::Shape(format!(
+                "kernel `{}` needs the input `{name}` (pass --input {name}=FILE.npy)",
+                m.kernel
+            )));
         };
         inputs.push(npy::read(p)?);
     }
@@ -82,5 +89,8 @@ pub fn run_npy_cuda(kernel: &crate::cuda::CudaKernel, args: &NpyArgs, out: &Path
     kernel.run(q.view(), k.view(), v.view(), &views, &mut o.data)?;
     let millis = t.elapsed().as_secs_f64() * 1e3;
     npy::write(out, &o)?;
-    Ok(RunReport { shape: o.shape, millis })
+    Ok(RunReport {
+        shape: o.shape,
+        millis,
+    })
 }

@@ -21,7 +21,12 @@ pub struct Case {
 }
 
 fn case(file: &'static str, kernel: &'static str, sets: &[&str], order: &'static str) -> Case {
-    Case { file, kernel, sets: sets.iter().map(|s| s.to_string()).collect(), order }
+    Case {
+        file,
+        kernel,
+        sets: sets.iter().map(|s| s.to_string()).collect(),
+        order,
+    }
 }
 
 /// The cases of the suite; `small` keeps one small case per kernel (for compute-sanitizer).
@@ -30,27 +35,222 @@ pub fn cases(small: bool) -> Vec<Case> {
     let gqa = ["HEADS=8", "KV_HEADS=2"];
     for order in ["tiled", "raster"] {
         for k in ["grat_b_2d", "grat_x_2d"] {
-            v.push(case("grat.attn", k, &[&["H=18", "W=20", "TILE_H=4", "TILE_W=8", "TEXT=40", "TEXT_VALID=29", "HEAD_DIM=64", "VALUE_DIM=48", "BATCH=2"][..], &gqa].concat(), order));
-            v.push(case("grat.attn", k, &["H=64", "W=64", "TEXT=512", "TEXT_VALID=300", "HEADS=4", "HEAD_DIM=128"], order));
+            v.push(case(
+                "grat.attn",
+                k,
+                &[
+                    &[
+                        "H=18",
+                        "W=20",
+                        "TILE_H=4",
+                        "TILE_W=8",
+                        "TEXT=40",
+                        "TEXT_VALID=29",
+                        "HEAD_DIM=64",
+                        "VALUE_DIM=48",
+                        "BATCH=2",
+                    ][..],
+                    &gqa,
+                ]
+                .concat(),
+                order,
+            ));
+            v.push(case(
+                "grat.attn",
+                k,
+                &[
+                    "H=64",
+                    "W=64",
+                    "TEXT=512",
+                    "TEXT_VALID=300",
+                    "HEADS=4",
+                    "HEAD_DIM=128",
+                ],
+                order,
+            ));
         }
         for k in ["grat_b_3d", "grat_x_3d"] {
-            v.push(case("grat.attn", k, &[&["T=5", "H=6", "W=9", "TILE_T=2", "TILE_H=4", "TILE_W=4", "TEXT=24", "TEXT_VALID=13", "HEAD_DIM=64", "VALUE_DIM=80"][..], &gqa].concat(), order));
-            v.push(case("grat.attn", k, &["T=8", "H=16", "W=16", "TEXT=256", "TEXT_VALID=200", "HEADS=2", "HEAD_DIM=128"], order));
+            v.push(case(
+                "grat.attn",
+                k,
+                &[
+                    &[
+                        "T=5",
+                        "H=6",
+                        "W=9",
+                        "TILE_T=2",
+                        "TILE_H=4",
+                        "TILE_W=4",
+                        "TEXT=24",
+                        "TEXT_VALID=13",
+                        "HEAD_DIM=64",
+                        "VALUE_DIM=80",
+                    ][..],
+                    &gqa,
+                ]
+                .concat(),
+                order,
+            ));
+            v.push(case(
+                "grat.attn",
+                k,
+                &[
+                    "T=8",
+                    "H=16",
+                    "W=16",
+                    "TEXT=256",
+                    "TEXT_VALID=200",
+                    "HEADS=2",
+                    "HEAD_DIM=128",
+                ],
+                order,
+            ));
         }
-        v.push(case("sta.attn", "sta_3d", &[&["T=7", "H=9", "W=10", "TILE_T=3", "TILE_H=3", "TILE_W=4", "TEXT=30", "TEXT_VALID=25", "HEAD_DIM=64", "VALUE_DIM=32"][..], &gqa].concat(), order));
-        v.push(case("sta.attn", "sta_3d", &["T=18", "H=24", "W=24", "TEXT=256", "HEADS=2", "HEAD_DIM=128"], order));
-        v.push(case("natten.attn", "na_2d", &[&["H=20", "W=22", "TILE_H=4", "TILE_W=8", "R=3", "TEXT=16", "TEXT_VALID=10", "HEAD_DIM=64", "VALUE_DIM=96"][..], &gqa].concat(), order));
-        v.push(case("natten.attn", "na_2d", &["H=48", "W=40", "R=6", "HEADS=2", "HEAD_DIM=128"], order));
-        v.push(case("dense.attn", "dense", &[&["N=300", "TILE=64", "HEAD_DIM=64", "VALUE_DIM=64", "BATCH=2"][..], &gqa].concat(), order));
-        v.push(case("dense.attn", "causal", &[&["N=1000", "TILE=128", "HEAD_DIM=128"][..], &gqa].concat(), order));
+        v.push(case(
+            "sta.attn",
+            "sta_3d",
+            &[
+                &[
+                    "T=7",
+                    "H=9",
+                    "W=10",
+                    "TILE_T=3",
+                    "TILE_H=3",
+                    "TILE_W=4",
+                    "TEXT=30",
+                    "TEXT_VALID=25",
+                    "HEAD_DIM=64",
+                    "VALUE_DIM=32",
+                ][..],
+                &gqa,
+            ]
+            .concat(),
+            order,
+        ));
+        v.push(case(
+            "sta.attn",
+            "sta_3d",
+            &[
+                "T=18",
+                "H=24",
+                "W=24",
+                "TEXT=256",
+                "HEADS=2",
+                "HEAD_DIM=128",
+            ],
+            order,
+        ));
+        v.push(case(
+            "natten.attn",
+            "na_2d",
+            &[
+                &[
+                    "H=20",
+                    "W=22",
+                    "TILE_H=4",
+                    "TILE_W=8",
+                    "R=3",
+                    "TEXT=16",
+                    "TEXT_VALID=10",
+                    "HEAD_DIM=64",
+                    "VALUE_DIM=96",
+                ][..],
+                &gqa,
+            ]
+            .concat(),
+            order,
+        ));
+        v.push(case(
+            "natten.attn",
+            "na_2d",
+            &["H=48", "W=40", "R=6", "HEADS=2", "HEAD_DIM=128"],
+            order,
+        ));
+        v.push(case(
+            "dense.attn",
+            "dense",
+            &[
+                &["N=300", "TILE=64", "HEAD_DIM=64", "VALUE_DIM=64", "BATCH=2"][..],
+                &gqa,
+            ]
+            .concat(),
+            order,
+        ));
+        v.push(case(
+            "dense.attn",
+            "causal",
+            &[&["N=1000", "TILE=128", "HEAD_DIM=128"][..], &gqa].concat(),
+            order,
+        ));
     }
     // Tiles smaller than a key chunk (whole tiles, so the IR has no mask) and 1-token tiles.
-    v.push(case("grat.attn", "grat_x_2d", &["H=4", "W=6", "TILE_H=2", "TILE_W=2", "TEXT=0", "HEADS=2", "HEAD_DIM=64"], "tiled"));
-    v.push(case("sta.attn", "sta_3d", &["T=3", "H=4", "W=3", "TILE_T=1", "TILE_H=1", "TILE_W=1", "TEXT=256", "TEXT_VALID=228", "HEADS=2", "HEAD_DIM=64"], "tiled"));
-    v.push(case("sta.attn", "sta_3d", &["T=3", "H=4", "W=3", "TILE_T=1", "TILE_H=1", "TILE_W=1", "TEXT=0", "HEADS=2", "HEAD_DIM=64"], "tiled"));
+    v.push(case(
+        "grat.attn",
+        "grat_x_2d",
+        &[
+            "H=4",
+            "W=6",
+            "TILE_H=2",
+            "TILE_W=2",
+            "TEXT=0",
+            "HEADS=2",
+            "HEAD_DIM=64",
+        ],
+        "tiled",
+    ));
+    v.push(case(
+        "sta.attn",
+        "sta_3d",
+        &[
+            "T=3",
+            "H=4",
+            "W=3",
+            "TILE_T=1",
+            "TILE_H=1",
+            "TILE_W=1",
+            "TEXT=256",
+            "TEXT_VALID=228",
+            "HEADS=2",
+            "HEAD_DIM=64",
+        ],
+        "tiled",
+    ));
+    v.push(case(
+        "sta.attn",
+        "sta_3d",
+        &[
+            "T=3",
+            "H=4",
+            "W=3",
+            "TILE_T=1",
+            "TILE_H=1",
+            "TILE_W=1",
+            "TEXT=0",
+            "HEADS=2",
+            "HEAD_DIM=64",
+        ],
+        "tiled",
+    ));
     // f16 as well as bf16.
-    v.push(case("grat.attn", "grat_b_2d", &["H=32", "W=32", "TEXT=64", "HEADS=2", "HEAD_DIM=128", "DTYPE=f16"], "tiled"));
-    v.push(case("dense.attn", "causal", &["N=384", "TILE=64", "HEADS=2", "HEAD_DIM=64", "DTYPE=f16"], "tiled"));
+    v.push(case(
+        "grat.attn",
+        "grat_b_2d",
+        &[
+            "H=32",
+            "W=32",
+            "TEXT=64",
+            "HEADS=2",
+            "HEAD_DIM=128",
+            "DTYPE=f16",
+        ],
+        "tiled",
+    ));
+    v.push(case(
+        "dense.attn",
+        "causal",
+        &["N=384", "TILE=64", "HEADS=2", "HEAD_DIM=64", "DTYPE=f16"],
+        "tiled",
+    ));
     if small {
         let mut seen = vec![];
         v.retain(|c| {
@@ -66,8 +266,11 @@ pub fn cases(small: bool) -> Vec<Case> {
 
 fn source(dir: &Path, c: &Case) -> Result<Source, Error> {
     let path = dir.join(c.file);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::Io(format!("cannot read `{}`: {e}", path.display())))?;
-    let mut text = text.replace("order tiled;", &format!("order {};", c.order)).replace("order raster;", &format!("order {};", c.order));
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::Io(format!("cannot read `{}`: {e}", path.display())))?;
+    let mut text = text
+        .replace("order tiled;", &format!("order {};", c.order))
+        .replace("order raster;", &format!("order {};", c.order));
     if let Some(d) = c.sets.iter().find_map(|s| s.strip_prefix("DTYPE=")) {
         text = text.replace("dtype bf16;", &format!("dtype {d};"));
     }
@@ -84,7 +287,10 @@ fn random(shape: [usize; 4], rng: &mut u64) -> Tensor {
             (*rng >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
         })
         .collect();
-    Tensor { shape: shape.to_vec(), data }
+    Tensor {
+        shape: shape.to_vec(),
+        data,
+    }
 }
 
 /// Runs the suite. Returns the number of failures.
@@ -105,19 +311,37 @@ pub fn run(kernels_dir: &Path, small: bool) -> Result<usize, Error> {
             Ok(false) => failures += 1,
             Err(e) => {
                 failures += 1;
-                println!("FAIL {:10} {:6}: {e}  {}", c.kernel, c.order, c.sets.join(" "));
+                println!(
+                    "FAIL {:10} {:6}: {e}  {}",
+                    c.kernel,
+                    c.order,
+                    c.sets.join(" ")
+                );
             }
         }
     }
-    println!("{}/{n} GPU cases agree with the CPU backend (bf16 < 1e-2, f16 < 5e-3 relative)", n - failures);
+    println!(
+        "{}/{n} GPU cases agree with the CPU backend (bf16 < 1e-2, f16 < 5e-3 relative)",
+        n - failures
+    );
     Ok(failures)
 }
 
 /// One case; Ok(pass).
-fn run_case(gpu: &Gpu, arch: attnc::codegen::nvptx::Arch, kernels_dir: &Path, c: &Case, rng: &mut u64) -> Result<bool, Error> {
+fn run_case(
+    gpu: &Gpu,
+    arch: attnc::codegen::nvptx::Arch,
+    kernels_dir: &Path,
+    c: &Case,
+    rng: &mut u64,
+) -> Result<bool, Error> {
     let src = source(kernels_dir, c)?;
-    let sets: Vec<Binding> =
-        c.sets.iter().filter(|s| !s.starts_with("DTYPE")).map(|s| Binding::parse(s).map_err(Error::Compile)).collect::<Result<_, _>>()?;
+    let sets: Vec<Binding> = c
+        .sets
+        .iter()
+        .filter(|s| !s.starts_with("DTYPE"))
+        .map(|s| Binding::parse(s).map_err(Error::Compile))
+        .collect::<Result<_, _>>()?;
     let compiled = cache::compile(&src, c.kernel, &sets)?;
     let dtype = compiled.spec.dtype.name();
     let tol = if dtype == "f16" { 5e-3 } else { 1e-2 };
@@ -127,7 +351,11 @@ fn run_case(gpu: &Gpu, arch: attnc::codegen::nvptx::Arch, kernels_dir: &Path, c:
     let cpu = CpuKernel::new(compiled, false)?;
     let gk = CudaKernel::load(gpu, art)?;
     let m = cpu.manifest().clone();
-    let (q, k, v) = (random(m.q_shape(), rng), random(m.k_shape(), rng), random(m.v_shape(), rng));
+    let (q, k, v) = (
+        random(m.q_shape(), rng),
+        random(m.k_shape(), rng),
+        random(m.v_shape(), rng),
+    );
     let mut want = vec![f32::NAN; m.o_shape().iter().product()];
     cpu.run(q.view(), k.view(), v.view(), &[], &mut want)?;
     let mut got = vec![f32::NAN; want.len()];
@@ -149,24 +377,48 @@ fn run_case(gpu: &Gpu, arch: attnc::codegen::nvptx::Arch, kernels_dir: &Path, c:
         let dv = m.value_dim;
         let scale = want.iter().fold(0f32, |a, x| a.max(x.abs())).max(1e-30);
         let bad: Vec<usize> = (0..want.len() / dv)
-            .filter(|r| (0..dv).any(|d| !((got[r * dv + d] - want[r * dv + d]).abs() / scale < tol as f32)))
+            .filter(|r| {
+                (0..dv).any(|d| {
+                    let e = (got[r * dv + d] - want[r * dv + d]).abs() / scale;
+                    e.is_nan() || e >= tol as f32
+                })
+            })
             .collect();
         let show: Vec<String> = bad
             .iter()
             .take(12)
-            .map(|r| format!("(b{} h{} t{})", r / (m.tokens * m.heads), (r / m.tokens) % m.heads, r % m.tokens))
+            .map(|r| {
+                format!(
+                    "(b{} h{} t{})",
+                    r / (m.tokens * m.heads),
+                    (r / m.tokens) % m.heads,
+                    r % m.tokens
+                )
+            })
             .collect();
-        println!("     {} of {} rows differ: {}", bad.len(), want.len() / dv, show.join(" "));
+        println!(
+            "     {} of {} rows differ: {}",
+            bad.len(),
+            want.len() / dv,
+            show.join(" ")
+        );
     }
     Ok(pass)
 }
 
 /// Max-norm relative error and where it is largest; NaN counts as infinite.
 pub fn max_rel(got: &[f32], want: &[f32]) -> (f64, usize) {
-    let scale = want.iter().fold(0f64, |m, x| m.max(f64::from(x.abs()))).max(1e-30);
+    let scale = want
+        .iter()
+        .fold(0f64, |m, x| m.max(f64::from(x.abs())))
+        .max(1e-30);
     let mut worst = (0f64, 0usize);
     for (i, (a, b)) in got.iter().zip(want).enumerate() {
-        let e = if a.is_finite() { f64::from((a - b).abs()) / scale } else { f64::INFINITY };
+        let e = if a.is_finite() {
+            f64::from((a - b).abs()) / scale
+        } else {
+            f64::INFINITY
+        };
         if e > worst.0 {
             worst = (e, i);
         }

@@ -258,18 +258,25 @@ fn write_artefacts(
     dir: &Path,
     color: bool,
 ) -> Result<(), u8> {
-    let (fe, warnings) = driver::frontend(src).map_err(|d| report(src, &d, color).err().unwrap_or(EXIT_DIAGNOSTICS))?;
+    let (fe, warnings) = driver::frontend(src)
+        .map_err(|d| report(src, &d, color).err().unwrap_or(EXIT_DIAGNOSTICS))?;
     report(src, &warnings, color)?;
     let names: Vec<String> = match kernel {
         Some(k) => vec![k.to_string()],
         None => fe.program.kernels.iter().map(|k| k.name.clone()).collect(),
     };
     for name in names {
-        let ki = driver::find_kernel(&fe.program, &name).map_err(|d| report(src, &[d], color).err().unwrap_or(EXIT_DIAGNOSTICS))?;
-        let c = driver::compile_kernel(&fe.program, ki, sets).map_err(|d| report(src, &d, color).err().unwrap_or(EXIT_DIAGNOSTICS))?;
+        let ki = driver::find_kernel(&fe.program, &name)
+            .map_err(|d| report(src, &[d], color).err().unwrap_or(EXIT_DIAGNOSTICS))?;
+        let c = driver::compile_kernel(&fe.program, ki, sets)
+            .map_err(|d| report(src, &d, color).err().unwrap_or(EXIT_DIAGNOSTICS))?;
         let a = attnc_runtime::artefact::build(&c, arch).map_err(runtime_error)?;
         a.save(dir, &name).map_err(runtime_error)?;
-        eprintln!("{name}: {}/{name}.ptx and {name}.json ({})", dir.display(), arch.name());
+        eprintln!(
+            "{name}: {}/{name}.ptx and {name}.json ({})",
+            dir.display(),
+            arch.name()
+        );
     }
     Ok(())
 }
@@ -292,10 +299,18 @@ fn bench_cuda(c: driver::Compiled, flops: f64, runs: usize) -> Result<(), u8> {
             *e = (x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
         }
     }
-    let ins: Vec<Tensor> = m.inputs.iter().map(|(_, d)| Tensor::zeros(d.clone())).collect();
+    let ins: Vec<Tensor> = m
+        .inputs
+        .iter()
+        .map(|(_, d)| Tensor::zeros(d.clone()))
+        .collect();
     let views: Vec<_> = ins.iter().map(Tensor::view).collect();
-    let mut args = kernel.upload(q.view(), k.view(), v.view(), &views).map_err(runtime_error)?;
-    let ms = kernel.time(&mut args, 5, runs.max(1)).map_err(runtime_error)?;
+    let mut args = kernel
+        .upload(q.view(), k.view(), v.view(), &views)
+        .map_err(runtime_error)?;
+    let ms = kernel
+        .time(&mut args, 5, runs.max(1))
+        .map_err(runtime_error)?;
     out(&format!(
         "{} on {}: median {ms:.4} ms over {} runs, {:.1} TFLOP/s on active pairs (compile {compile_ms:.0} ms)\n",
         m.kernel,
@@ -418,11 +433,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             Ok(_) => Err(EXIT_DIAGNOSTICS),
             Err(e) => Err(runtime_error(e)),
         },
-        Command::Bench {
-            k,
-            backend,
-            runs,
-        } => {
+        Command::Bench { k, backend, runs } => {
             let (_, c) = compile(&k, color)?;
             let flops = explain::figures(&c.spec, &c.schedule).flops;
             if backend == "cuda" {

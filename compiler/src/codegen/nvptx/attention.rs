@@ -257,7 +257,11 @@ impl<'a, 'c> Attention<'a, 'c> {
     /// ldmatrix phase reads fall in different banks; other widths are stored plainly.
     fn swz(&self, row: IntValue<'c>, chunk: IntValue<'c>, dim: u32) -> IntValue<'c> {
         let g = self.g;
-        let x = if (dim / 8) % 8 == 0 { ok(g.b.build_xor(chunk, g.uremi(row, 8), "")) } else { chunk };
+        let x = if (dim / 8) % 8 == 0 {
+            ok(g.b.build_xor(chunk, g.uremi(row, 8), ""))
+        } else {
+            chunk
+        };
         g.add(g.muli(row, i64::from(dim) * 2), g.muli(x, 16))
     }
 
@@ -284,7 +288,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         let sub = g.uremi(bx, i64::from(cfg.blocks_per_tile));
         self.row0 = g.muli(sub, i64::from(cfg.bm));
         self.qtile = Some(tokens::tile(g, self.geo, self.qt));
-        self.variant = self.ld_global_u32(self.params.head_variant.clone(), self.head);
+        self.variant = self.ld_global_u32(self.params.head_variant, self.head);
 
         self.load_q();
         // Walk the IR: region 0 until the loop, the loop body per chunk, then the rest.
@@ -607,12 +611,16 @@ impl<'a, 'c> Attention<'a, 'c> {
         );
         // The IR masks partial key tiles; a chunk that is not a whole tile (the tile is not a
         // multiple of `bn`) also holds padding keys, masked here when the IR has no mask.
-        let has_mask = body.iter().any(|n| matches!(self.k.node(*n).op, Op::Mask(_)));
+        let has_mask = body
+            .iter()
+            .any(|n| matches!(self.k.node(*n).op, Op::Mask(_)));
         for n in body {
             let node = self.k.node(*n);
             if matches!(node.op, Op::RowMax) && !has_mask && !cfg.exact {
                 let ninf = g.f32(f64::NEG_INFINITY);
-                self.elementwise(buf, f, &mut |_, s, _, j, _| g.self_f(g.lt(j, kval), s, ninf));
+                self.elementwise(buf, f, &mut |_, s, _, j, _| {
+                    g.self_f(g.lt(j, kval), s, ninf)
+                });
             }
             match &node.op {
                 Op::KvTile | Op::Carry(_) | Op::Load(_) | Op::Yield => {}
