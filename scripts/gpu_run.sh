@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the bundle folder (see scripts/gpu_bundle.sh). Writes logs to
 # $RESULTS_DIR (default ./results) and prints a summary table last.
+# Usage: run.sh [all|check|speed]: check = correctness (suite, NumPy, ptxas/SASS, sanitizer);
+# speed = the side-by-side table against the peers (bench/gpu/side_by_side.py).
 set -u
 cd "$(dirname "$0")"
 OUT="${RESULTS_DIR:-results}"
 mkdir -p "$OUT"
 A=./bin/attnc
+MODE="${1:-all}"
 log() { echo "== $*"; }
+
+if [ "$MODE" = "speed" ]; then
+  log "GPU"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+  log "side by side with the peers"
+  PYTHONUNBUFFERED=1 python3 side_by_side.py --attnc $A --kernels kernels 2>&1 | tee "$OUT/side_by_side.txt"
+  exit "${PIPESTATUS[0]}"
+fi
 
 log "GPU"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"

@@ -108,3 +108,55 @@ fn unsupported_head_dims_are_a_diagnostic() {
         "{text}"
     );
 }
+
+/// Every block shape the autotuner may pick assembles, and the ones it may pick have no
+/// spills (a shape that spills is dropped from the candidates by `tuning_candidates`).
+#[test]
+fn tuning_candidates_assemble() {
+    let Ok(ptxas) = std::env::var("ATTNC_PTXAS") else {
+        eprintln!("skipped: ATTNC_PTXAS is not set");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("attnc-tune-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for (file, kernel) in [
+        ("grat.attn", "grat_b_2d"),
+        ("natten.attn", "na_2d"),
+        ("dense.attn", "causal"),
+    ] {
+        let src = Source::load(&root().join("kernels").join(file)).expect("kernel");
+        let (fe, _) = driver::frontend(&src).expect("frontend");
+        let k = driver::find_kernel(&fe.program, kernel).expect("kernel");
+        let c = driver::compile_kernel(&fe.program, k, &[]).expect("compiles");
+        for t in attnc::codegen::nvptx::attention::candidates(&c.ir) {
+            let m = attnc::codegen::nvptx::compile_tuned(
+                &c.ir,
+                &c.schedule.geom,
+                &c.spec.inputs,
+                Arch::Sm90,
+                t,
+            )
+            .expect("ptx");
+            let file = dir.join(format!("{kernel}_{}x{}.ptx", t.bm, t.bn));
+            std::fs::write(&file, &m.ptx).expect("write");
+            let out = Command::new(&ptxas)
+                .args(["-arch=sm_90", "-v"])
+                .arg(&file)
+                .arg("-o")
+                .arg(file.with_extension("cubin"))
+                .output()
+                .expect("ptxas");
+            let log = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "{kernel} {t:?}:\n{log}");
+            eprintln!(
+                "{kernel} {}x{}: {}",
+                t.bm,
+                t.bn,
+                log.lines()
+                    .filter(|l| l.contains("registers") || l.contains("spill"))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+        }
+    }
+}

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Manifest};
 
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GpuArtefact {
@@ -28,6 +28,10 @@ pub struct GpuArtefact {
     pub grid_x: u32,
     pub block: u32,
     pub smem_bytes: u32,
+    /// The shared memory is dynamic (above 48 KiB): launch with it and opt in.
+    pub dynamic_smem: bool,
+    /// Query rows per block, keys per chunk.
+    pub tuning: (u32, u32),
     /// Per head variant the CSR row offsets (`total_tiles + 1` each, into `runs`).
     pub rows: Vec<u32>,
     /// `(start, len, class)` triples, class 1 = partial.
@@ -37,10 +41,19 @@ pub struct GpuArtefact {
     pub ptx: String,
 }
 
-/// Compiles a kernel for `arch`.
+/// Compiles a kernel for `arch` with the default block shape.
 pub fn build(c: &Compiled, arch: Arch) -> Result<GpuArtefact, Error> {
-    let m =
-        nvptx::compile(&c.ir, &c.schedule.geom, &c.spec.inputs, arch).map_err(Error::Compile)?;
+    build_tuned(c, arch, nvptx::attention::default_tuning(&c.ir))
+}
+
+/// Compiles a kernel for `arch` with a block shape.
+pub fn build_tuned(
+    c: &Compiled,
+    arch: Arch,
+    tuning: nvptx::attention::Tuning,
+) -> Result<GpuArtefact, Error> {
+    let m = nvptx::compile_tuned(&c.ir, &c.schedule.geom, &c.spec.inputs, arch, tuning)
+        .map_err(Error::Compile)?;
     let g = &c.schedule.geom;
     let mut rows = vec![];
     let mut runs = vec![];
@@ -60,6 +73,8 @@ pub fn build(c: &Compiled, arch: Arch) -> Result<GpuArtefact, Error> {
         grid_x: g.total_tiles * m.config.blocks_per_tile,
         block: m.config.threads(),
         smem_bytes: m.config.smem_bytes,
+        dynamic_smem: m.config.dynamic_smem,
+        tuning: (m.config.bm, m.config.bn),
         rows,
         runs,
         head_variant: c.schedule.head_variant.clone(),

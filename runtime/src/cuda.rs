@@ -113,6 +113,11 @@ impl CudaKernel {
                 ))
             })?;
         let func = module.load_function(&artefact.entry).map_err(cuda)?;
+        if artefact.dynamic_smem {
+            use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYN;
+            func.set_attribute(MAX_DYN, artefact.smem_bytes as i32)
+                .map_err(cuda)?;
+        }
         let s = &gpu.stream;
         let rows = s.clone_htod(&artefact.rows).map_err(cuda)?;
         let runs = s.clone_htod(&artefact.runs).map_err(cuda)?;
@@ -199,7 +204,11 @@ impl CudaKernel {
         let cfg = LaunchConfig {
             grid_dim: (self.artefact.grid_x, m.heads as u32, m.batch as u32),
             block_dim: (self.artefact.block, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: if self.artefact.dynamic_smem {
+                self.artefact.smem_bytes
+            } else {
+                0
+            },
         };
         let mut b = self.stream.launch_builder(&self.func);
         b.arg(&a.q)
@@ -225,6 +234,13 @@ impl CudaKernel {
     pub fn download(&self, a: &DeviceArgs) -> Result<Vec<f32>, Error> {
         let bits = self.stream.clone_dtoh(&a.o).map_err(cuda)?;
         Ok(from_half(&self.manifest().dtype, &bits))
+    }
+
+    /// Every `stride`-th element of the output, as f32 (after the stream finishes).
+    pub fn download_sample(&self, a: &DeviceArgs, stride: usize) -> Result<Vec<f32>, Error> {
+        let bits = self.stream.clone_dtoh(&a.o).map_err(cuda)?;
+        let sample: Vec<u16> = bits.iter().step_by(stride.max(1)).copied().collect();
+        Ok(from_half(&self.manifest().dtype, &sample))
     }
 
     /// Upload, launch, download: `out` is `[batch, heads, tokens, value_dim]` f32.

@@ -13,6 +13,7 @@ pub mod npy;
 pub mod reference;
 pub mod suite;
 pub mod tensor;
+pub mod tune;
 
 pub use cache::Runtime;
 pub use cpu::CpuKernel;

@@ -113,6 +113,12 @@ enum Command {
         /// Timed runs (after warm-up runs).
         #[arg(long, default_value_t = 10)]
         runs: usize,
+        /// CUDA: try every block shape and keep the fastest (cached per GPU).
+        #[arg(long)]
+        tune: bool,
+        /// Print one JSON object instead of a sentence.
+        #[arg(long)]
+        json: bool,
     },
     /// The GPU test suite: every shipped kernel on the GPU against the CPU backend.
     Suite {
@@ -281,24 +287,44 @@ fn write_artefacts(
     Ok(())
 }
 
-fn bench_cuda(c: driver::Compiled, flops: f64, runs: usize) -> Result<(), u8> {
+fn bench_cuda(
+    c: driver::Compiled,
+    flops: f64,
+    runs: usize,
+    tune: Option<(Source, String, Vec<Binding>)>,
+    json: bool,
+) -> Result<(), u8> {
     let gpu = open_gpu()?;
     let t = Instant::now();
-    let art = attnc_runtime::artefact::build(&c, gpu.arch()).map_err(runtime_error)?;
+    let (art, trials) = match &tune {
+        Some((src, name, sets)) => {
+            let key = attnc_runtime::artefact::cache_key(src, name, sets, gpu.arch());
+            attnc_runtime::tune::tune(&gpu, &c, Some(&key)).map_err(runtime_error)?
+        }
+        None => (
+            attnc_runtime::artefact::build(&c, gpu.arch()).map_err(runtime_error)?,
+            vec![],
+        ),
+    };
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
     let kernel = CudaKernel::load(&gpu, art).map_err(runtime_error)?;
     let m = kernel.manifest().clone();
-    let zeros = |s: [usize; 4]| Tensor::zeros(s.to_vec());
-    let (mut q, mut k, mut v) = (zeros(m.q_shape()), zeros(m.k_shape()), zeros(m.v_shape()));
     let mut x = 0x2545_f491_4f6c_dd1du64;
-    for t in [&mut q, &mut k, &mut v] {
+    let mut random = |s: [usize; 4]| {
+        let mut t = Tensor::zeros(s.to_vec());
         for e in t.data.iter_mut() {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             *e = (x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
         }
-    }
+        t
+    };
+    let (q, k, v) = (
+        random(m.q_shape()),
+        random(m.k_shape()),
+        random(m.v_shape()),
+    );
     let ins: Vec<Tensor> = m
         .inputs
         .iter()
@@ -311,8 +337,26 @@ fn bench_cuda(c: driver::Compiled, flops: f64, runs: usize) -> Result<(), u8> {
     let ms = kernel
         .time(&mut args, 5, runs.max(1))
         .map_err(runtime_error)?;
+    let (bm, bn) = kernel.artefact.tuning;
+    if json {
+        let tried: Vec<String> = trials
+            .iter()
+            .map(|t| format!("{{\"bm\":{},\"bn\":{},\"ms\":{:.5}}}", t.bm, t.bn, t.ms))
+            .collect();
+        out(&format!(
+            "{{\"kernel\":\"{}\",\"tokens\":{},\"ms\":{ms:.5},\"tflops\":{:.2},\"bm\":{bm},\"bn\":{bn},\"compile_ms\":{compile_ms:.1},\"trials\":[{}]}}\n",
+            m.kernel,
+            m.tokens,
+            flops / ms / 1e9,
+            tried.join(",")
+        ));
+        return Ok(());
+    }
+    for t in &trials {
+        out(&format!("  block {}x{}: {:.4} ms\n", t.bm, t.bn, t.ms));
+    }
     out(&format!(
-        "{} on {}: median {ms:.4} ms over {} runs, {:.1} TFLOP/s on active pairs (compile {compile_ms:.0} ms)\n",
+        "{} on {}: median {ms:.4} ms over {} runs, {:.1} TFLOP/s on active pairs (block {bm}x{bn}, compile {compile_ms:.0} ms)\n",
         m.kernel,
         gpu.name(),
         runs.max(1),
@@ -433,11 +477,26 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             Ok(_) => Err(EXIT_DIAGNOSTICS),
             Err(e) => Err(runtime_error(e)),
         },
-        Command::Bench { k, backend, runs } => {
-            let (_, c) = compile(&k, color)?;
+        Command::Bench {
+            k,
+            backend,
+            runs,
+            tune,
+            json,
+        } => {
+            let (src, c) = compile(&k, color)?;
             let flops = explain::figures(&c.spec, &c.schedule).flops;
             if backend == "cuda" {
-                return bench_cuda(c, flops, runs);
+                let key = tune.then(|| {
+                    let sets: Vec<Binding> = k
+                        .sets
+                        .iter()
+                        .filter_map(|s| Binding::parse(s).ok())
+                        .collect();
+                    let name = c.spec.kernel.clone();
+                    (src, name, sets)
+                });
+                return bench_cuda(c, flops, runs, key, json);
             }
             let kernel = CpuKernel::new(c, false).map_err(runtime_error)?;
             let m = kernel.manifest().clone();

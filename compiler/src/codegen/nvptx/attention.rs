@@ -46,7 +46,50 @@ pub struct Config {
     /// Every chunk is complete (`bn` divides the tile).
     pub exact: bool,
     pub smem_bytes: u32,
+    /// Shared memory above 48 KiB must be dynamic (and opted into by the launcher).
+    pub dynamic_smem: bool,
     pub elem: &'static str,
+}
+
+/// The shape choices of a kernel: query rows per block, keys per chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tuning {
+    pub bm: u32,
+    pub bn: u32,
+}
+
+/// Largest shared memory one block may use on sm_80 and sm_90 (with the opt-in).
+pub const MAX_SMEM: u32 = 160 * 1024;
+
+/// The default shape: 64 rows (4 warps), 32 keys for head dim 128 (64 for 64), so that
+/// shared memory stays static.
+pub fn default_tuning(k: &Kernel) -> Tuning {
+    let tt = k.info.tile_q;
+    let bm = 64.min(tt.div_ceil(16) * 16);
+    let bn = if k.info.head_dim > 64 || k.info.value_dim > 64 {
+        32
+    } else {
+        64
+    };
+    Tuning { bm, bn }
+}
+
+/// Every shape worth trying for this kernel (for the autotuner), the default first.
+pub fn candidates(k: &Kernel) -> Vec<Tuning> {
+    let tt = k.info.tile_q;
+    let mut out = vec![default_tuning(k)];
+    for bm in [64, 128] {
+        for bn in [32, 64] {
+            let t = Tuning {
+                bm: bm.min(tt.div_ceil(16) * 16),
+                bn,
+            };
+            if !out.contains(&t) && config_for(k, t).is_ok() {
+                out.push(t);
+            }
+        }
+    }
+    out
 }
 
 impl Config {
@@ -72,6 +115,10 @@ impl Config {
 }
 
 pub fn config(k: &Kernel) -> Result<Config, String> {
+    config_for(k, default_tuning(k))
+}
+
+pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
     let i = &k.info;
     if !matches!(i.head_dim, 64 | 128) {
         return Err(format!(
@@ -93,12 +140,10 @@ pub fn config(k: &Kernel) -> Result<Config, String> {
         }
     };
     let tt = i.tile_q;
-    let bm = 64.min(tt.div_ceil(16) * 16);
-    let bn = if i.head_dim > 64 || i.value_dim > 64 {
-        32
-    } else {
-        64
-    };
+    let Tuning { bm, bn } = t;
+    if bm % 16 != 0 || bm == 0 || bm > 128 || !matches!(bn, 16 | 32 | 64 | 128) {
+        return Err(format!("block shape {bm}x{bn} is not supported"));
+    }
     let cfg = Config {
         bm,
         bn,
@@ -109,6 +154,7 @@ pub fn config(k: &Kernel) -> Result<Config, String> {
         chunks: tt.div_ceil(bn),
         exact: tt % bn == 0,
         smem_bytes: 0,
+        dynamic_smem: false,
         elem,
     };
     let q_bytes = bm * cfg.d * 2;
@@ -116,7 +162,16 @@ pub fn config(k: &Kernel) -> Result<Config, String> {
         return Err("query tile does not fit the shared memory plan".into());
     }
     let smem_bytes = cfg.qinfo() + bm * 16;
-    Ok(Config { smem_bytes, ..cfg })
+    if smem_bytes > MAX_SMEM {
+        return Err(format!(
+            "block shape {bm}x{bn} needs {smem_bytes} bytes of shared memory"
+        ));
+    }
+    Ok(Config {
+        smem_bytes,
+        dynamic_smem: smem_bytes > 48 * 1024,
+        ..cfg
+    })
 }
 
 /// Values the lowering passes between ops.

@@ -69,14 +69,25 @@ pub fn entry_name(kernel: &str) -> String {
     format!("attnc_{kernel}")
 }
 
-/// Compiles the kernel for `arch`.
+/// Compiles the kernel for `arch` with the default block shape.
 pub fn compile(
     k: &Kernel,
     geo: &Geometry,
     inputs: &[InputSpec],
     arch: Arch,
 ) -> Result<PtxModule, String> {
-    let cfg = attention::config(k)?;
+    compile_tuned(k, geo, inputs, arch, attention::default_tuning(k))
+}
+
+/// Compiles the kernel for `arch` with a given block shape.
+pub fn compile_tuned(
+    k: &Kernel,
+    geo: &Geometry,
+    inputs: &[InputSpec],
+    arch: Arch,
+    tuning: attention::Tuning,
+) -> Result<PtxModule, String> {
+    let cfg = attention::config_for(k, tuning)?;
     Target::initialize_nvptx(&InitializationConfig::default());
     let triple = TargetTriple::create("nvptx64-nvidia-cuda");
     let target =
@@ -110,11 +121,21 @@ pub fn compile(
     let entry_bb = cx.append_basic_block(f, "entry");
     let b = cx.create_builder();
     b.position_at_end(entry_bb);
-    let smem_ty = cx.i8_type().array_type(cfg.smem_bytes);
-    let smem = m.add_global(smem_ty, Some(AddressSpace::from(3u16)), "attnc_smem");
-    smem.set_linkage(Linkage::Internal);
-    smem.set_initializer(&smem_ty.get_undef());
-    smem.set_alignment(128);
+    // Static shared memory up to 48 KiB; above, an `extern __shared__` array sized at launch.
+    let smem = if cfg.dynamic_smem {
+        let ty = cx.i8_type().array_type(0);
+        let g = m.add_global(ty, Some(AddressSpace::from(3u16)), "attnc_dsmem");
+        g.set_linkage(Linkage::External);
+        g.set_alignment(128);
+        g
+    } else {
+        let ty = cx.i8_type().array_type(cfg.smem_bytes);
+        let g = m.add_global(ty, Some(AddressSpace::from(3u16)), "attnc_smem");
+        g.set_linkage(Linkage::Internal);
+        g.set_initializer(&ty.get_undef());
+        g.set_alignment(128);
+        g
+    };
     let g = Gen {
         cx: &cx,
         m,

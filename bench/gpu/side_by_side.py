@@ -1,0 +1,218 @@
+"""attnc against its peers, side by side, in one run on one GPU.
+
+For every case: attnc (`attnc bench --backend cuda --tune --json`: the autotuned kernel,
+median of CUDA-event-timed launches) and the peers on identical shapes and masks:
+FlexAttention (torch.compile'd, block mask built from the same rule, `_compile=True` where
+needed, mask build time reported separately), and for dense cuDNN and FlashAttention-2
+through scaled_dot_product_attention. Peers are set up as ../shared/peers/peer_bench.py does.
+
+TFLOP/s are counted the same way for everyone: 4 x active (128x128) blocks x 128 x 128 x
+head_dim x heads, blocks from FlexAttention's block mask (partial blocks counted whole), so
+that ratios are time ratios. Prints one table last; writes side_by_side.json to RESULTS_DIR.
+
+    python side_by_side.py --attnc ./bin/attnc --kernels kernels [--quick]
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+from triton.testing import do_bench
+
+torch.manual_seed(0)
+dev = "cuda"
+H, D = 24, 128
+torch._dynamo.config.cache_size_limit = 256
+flex = torch.compile(flex_attention, dynamic=False)
+
+
+def bench(fn, rep=100):
+    return do_bench(fn, warmup=25, rep=rep, return_mode="median")
+
+
+def grat_rule(kind, r, grid, text, tile_tokens, suffix=False, valid=None):
+    """mask_mod over tokens in attnc's tiled order: text prefix (or suffix), then tiles of
+    `tile_tokens` tokens in raster order over `grid`; a tile's coordinates are (t, h, w) or (h, w)."""
+    valid = text if valid is None else valid
+    n_canvas = math.prod(grid) * tile_tokens
+    first = 0 if suffix else text
+
+    def coords(tile):
+        out = []
+        for g in reversed(grid):
+            out.append(tile % g)
+            tile = tile // g
+        return list(reversed(out))
+
+    def mask(b, h, q, k):
+        q_text = (q < first) | (q >= first + n_canvas)
+        k_text = (k < first) | (k >= first + n_canvas)
+        k_text_index = torch.where(k < first, k, k - first - n_canvas)
+        k_valid = ~k_text | (k_text_index < valid)
+        qc, kc = coords((q - first) // tile_tokens), coords((k - first) // tile_tokens)
+        d = [kk - qq for qq, kk in zip(qc, kc)]
+        if kind == "b":
+            rule = (d[0].abs() <= r)
+            for x in d[1:]:
+                rule = rule & (x.abs() <= r)
+        elif len(grid) == 2:
+            rule = (d[0] == 0) | (d[1] == 0)
+        else:  # 3-D criss-cross lines
+            e = [x == 0 for x in d]
+            rule = (e[0] & e[1]) | (e[0] & e[2]) | (e[1] & e[2])
+        return k_valid & (q_text | k_text | (~q_text & ~k_text & rule))
+
+    return mask
+
+
+def na_rule(r, side, text):
+    """Token-level clamped neighbourhood, raster order, text prefix."""
+    def clamp_window(q, k, n):
+        c = torch.clamp(q, r, n - 1 - r)
+        return (k - c).abs() <= r
+
+    def mask(b, h, q, k):
+        q_text, k_text = q < text, k < text
+        qi, ki = q - text, k - text
+        rule = clamp_window(qi // side, ki // side, side) & clamp_window(qi % side, ki % side, side)
+        return q_text | k_text | (~q_text & ~k_text & rule)
+
+    return mask
+
+
+def attnc_bench(a, file, kernel, sets):
+    cmd = [a.attnc, "bench", os.path.join(a.kernels, file), "--kernel", kernel, "--backend", "cuda", "--tune", "--json", "--runs", "30"]
+    for s in sets:
+        cmd += ["--set", s]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        return {"error": (res.stderr or res.stdout)[-400:]}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def flex_case(n, mask_mod):
+    q, k, v = (torch.randn(1, H, n, D, dtype=torch.bfloat16, device=dev) for _ in range(3))
+    t0 = time.time()
+    bm = create_block_mask(mask_mod, None, None, n, n, device=dev, _compile=(n > 32768))
+    torch.cuda.synchronize()
+    build = time.time() - t0
+    blocks = int(bm.kv_num_blocks.sum().item()) + (int(bm.full_kv_num_blocks.sum().item()) if bm.full_kv_num_blocks is not None else 0)
+    t0 = time.time()
+    flex(q, k, v, block_mask=bm)
+    torch.cuda.synchronize()
+    first = time.time() - t0
+    ms = bench(lambda: flex(q, k, v, block_mask=bm))
+    del q, k, v
+    return blocks, ms, build, first
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--attnc", required=True)
+    ap.add_argument("--kernels", default="kernels")
+    ap.add_argument("--quick", action="store_true", help="fewer sizes")
+    ap.add_argument("--parts", default="plain,text,other", help="which groups: plain (GRAT, no text), text (GRAT + 512 text), other (NA, video, dense)")
+    ap.add_argument("--sides", default=None, help="canvas sides, e.g. 64,128")
+    a = ap.parse_args()
+    out_dir = os.environ.get("RESULTS_DIR", ".")
+    rows = []
+    sides = [64, 128, 256] if a.quick else [64, 128, 256, 512]
+    if a.sides:
+        sides = [int(x) for x in a.sides.split(",")]
+    parts = a.parts.split(",")
+
+    def add(case, n, blocks, impl, ms, extra=None):
+        flops = 4 * blocks * 128 * 128 * D * H
+        row = dict(case=case, tokens=n, density=blocks / (n / 128) ** 2, impl=impl, ms=ms, tflops=flops / ms / 1e9 if ms else None)
+        row.update(extra or {})
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    # GRAT on images, 8x16 tiles, without and with Flux's 512 text tokens.
+    for text in [t for t, p in ((0, "plain"), (512, "text")) if p in parts]:
+        for side in sides:
+            n = side * side + text
+            grid = [side // 8, side // 16]
+            for kind, r, kernel in (("b", 1, "grat_b_2d"), ("b", 2, "grat_b_2d"), ("x", 0, "grat_x_2d")):
+                case = f"GRAT-{kind.upper()}{' r=' + str(r) if kind == 'b' else ''} {side}x{side}{' +text' if text else ''}"
+                try:
+                    blocks, fms, build, first = flex_case(n, grat_rule(kind, r, grid, text, 128))
+                    add(case, n, blocks, "flex", fms, dict(mask_build_s=round(build, 3), first_call_s=round(first, 3)))
+                except Exception as e:  # noqa: BLE001
+                    blocks = None
+                    rows.append(dict(case=case, impl="flex", error=repr(e)[:200]))
+                sets = [f"H={side}", f"W={side}", f"TEXT={text}"] + ([f"R={r}"] if kind == "b" else [])
+                ours = attnc_bench(a, "grat.attn", kernel, sets)
+                if "error" in ours or blocks is None:
+                    rows.append(dict(case=case, impl="attnc", error=ours.get("error", "no flex block count")))
+                else:
+                    add(case, n, blocks, "attnc", ours["ms"], dict(block=f"{ours['bm']}x{ours['bn']}", compile_ms=ours["compile_ms"]))
+    if "other" not in parts:
+        return finish(rows, out_dir)
+    # Neighbourhood attention, 13x13 window, 128x128 canvas, raster order.
+    side = 128
+    blocks, fms, build, first = flex_case(side * side, na_rule(6, side, 0))
+    add("NA 13x13 128x128", side * side, blocks, "flex", fms, dict(mask_build_s=round(build, 3)))
+    ours = attnc_bench(a, "natten.attn", "na_2d", [f"H={side}", f"W={side}", "R=6", "TEXT=0"])
+    if "error" not in ours:
+        add("NA 13x13 128x128", side * side, blocks, "attnc", ours["ms"], dict(block=f"{ours['bm']}x{ours['bn']}"))
+    # Video: GRAT-B 3-D on HunyuanVideo's 32x48x80 latents, 4x8x8 tiles (256 tokens), 256 text last.
+    grid3 = [8, 6, 10]
+    n3 = 32 * 48 * 80 + 256
+    try:
+        blocks, fms, build, first = flex_case(n3, grat_rule("b", 1, grid3, 256, 256, suffix=True))
+        add("GRAT-B 3D 32x48x80 +text", n3, blocks, "flex", fms, dict(mask_build_s=round(build, 3)))
+        ours = attnc_bench(a, "grat.attn", "grat_b_3d", [])
+        if "error" not in ours:
+            add("GRAT-B 3D 32x48x80 +text", n3, blocks, "attnc", ours["ms"], dict(block=f"{ours['bm']}x{ours['bn']}"))
+    except Exception as e:  # noqa: BLE001
+        rows.append(dict(case="GRAT-B 3D", impl="flex", error=repr(e)[:200]))
+    # Dense.
+    for n in ([4096, 16384] if a.quick else [4096, 16384, 65536]):
+        blocks = (n // 128) ** 2
+        q, k, v = (torch.randn(1, H, n, D, dtype=torch.bfloat16, device=dev) for _ in range(3))
+        for be, name in ((SDPBackend.CUDNN_ATTENTION, "cudnn"), (SDPBackend.FLASH_ATTENTION, "fa2")):
+            try:
+                with sdpa_kernel(be):
+                    ms = bench(lambda: F.scaled_dot_product_attention(q, k, v))
+                add(f"dense {n}", n, blocks, name, ms)
+            except Exception as e:  # noqa: BLE001
+                rows.append(dict(case=f"dense {n}", impl=name, error=repr(e)[:200]))
+        del q, k, v
+        ours = attnc_bench(a, "dense.attn", "dense", [f"N={n}", "TILE=128"])
+        if "error" not in ours:
+            add(f"dense {n}", n, blocks, "attnc", ours["ms"], dict(block=f"{ours['bm']}x{ours['bn']}"))
+        else:
+            rows.append(dict(case=f"dense {n}", impl="attnc", error=ours["error"]))
+
+    finish(rows, out_dir)
+
+
+def finish(rows, out_dir):
+    json.dump(rows, open(os.path.join(out_dir, "side_by_side.json"), "w"), indent=1)
+    # The table, last.
+    print()
+    print(f"{'case':28s} {'tokens':>7s} {'density':>8s}  {'impl':6s} {'ms':>9s} {'TFLOP/s':>8s}  attnc vs it")
+    cases = []
+    for r in rows:
+        if r.get("case") not in cases:
+            cases.append(r.get("case"))
+    for c in cases:
+        rs = [r for r in rows if r.get("case") == c and "ms" in r]
+        ours = next((r for r in rs if r["impl"] == "attnc"), None)
+        for r in rs:
+            ratio = f"{r['ms'] / ours['ms']:.2f}x" if ours and r is not ours else ""
+            extra = f" block {r['block']}" if "block" in r else ""
+            print(f"{c:28s} {r['tokens']:7d} {r['density']:8.4f}  {r['impl']:6s} {r['ms']:9.3f} {r['tflops']:8.1f}  {ratio}{extra}")
+        for r in (x for x in rows if x.get("case") == c and "error" in x):
+            print(f"{c:28s} {'':7s} {'':8s}  {r['impl']:6s} error: {r['error'][:80]}")
+
+
+if __name__ == "__main__":
+    main()

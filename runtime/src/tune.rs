@@ -1,0 +1,147 @@
+//! The autotuner: compiles a kernel with every block shape that fits, times each on the GPU
+//! on the kernel's real shapes (random inputs), and keeps the fastest. The choice is cached
+//! on disk per (source, parameters, target, compiler version, GPU) next to the compile cache.
+
+use std::path::PathBuf;
+
+use attnc::codegen::nvptx::attention::{candidates, Tuning};
+use attnc::driver::Compiled;
+use serde::{Deserialize, Serialize};
+
+use crate::artefact::{self, GpuArtefact};
+use crate::cuda::{CudaKernel, Gpu};
+use crate::{Error, Tensor};
+
+/// One timed shape (`ms` NaN: its output disagreed with the default shape's; not used).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Trial {
+    pub bm: u32,
+    pub bn: u32,
+    pub ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Choice {
+    gpu: String,
+    bm: u32,
+    bn: u32,
+    trials: Vec<Trial>,
+}
+
+fn random_inputs(shape: [usize; 4], seed: &mut u64) -> Tensor {
+    let n = shape.iter().product();
+    let data = (0..n)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            (*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect();
+    Tensor {
+        shape: shape.to_vec(),
+        data,
+    }
+}
+
+fn choice_path(key: &str) -> Option<PathBuf> {
+    artefact::cache_dir().map(|d| d.join(format!("tune-{key}.json")))
+}
+
+/// Times every candidate shape; returns the fastest artefact and all trials. `key` (the
+/// compile cache key) enables the on-disk choice cache.
+pub fn tune(
+    gpu: &Gpu,
+    c: &Compiled,
+    key: Option<&str>,
+) -> Result<(GpuArtefact, Vec<Trial>), Error> {
+    let arch = gpu.arch();
+    let name = gpu.name();
+    if let Some(p) = key.and_then(choice_path) {
+        if let Ok(text) = std::fs::read_to_string(&p) {
+            if let Ok(ch) = serde_json::from_str::<Choice>(&text) {
+                if ch.gpu == name {
+                    let a = artefact::build_tuned(
+                        c,
+                        arch,
+                        Tuning {
+                            bm: ch.bm,
+                            bn: ch.bn,
+                        },
+                    )?;
+                    return Ok((a, ch.trials));
+                }
+            }
+        }
+    }
+    let m = crate::Manifest::from_compiled(c);
+    let mut seed = 0x1234_5678_9abc_def1u64;
+    let (q, k, v) = (
+        random_inputs(m.q_shape(), &mut seed),
+        random_inputs(m.k_shape(), &mut seed),
+        random_inputs(m.v_shape(), &mut seed),
+    );
+    let ins: Vec<Tensor> = m
+        .inputs
+        .iter()
+        .map(|(_, d)| Tensor::zeros(d.clone()))
+        .collect();
+    let views: Vec<_> = ins.iter().map(Tensor::view).collect();
+    let mut best: Option<(f64, GpuArtefact)> = None;
+    let mut trials = vec![];
+    // The default shape's output is the yardstick: a shape that disagrees with it is never
+    // chosen (the tuner must not trade correctness for speed). Inputs are uploaded once and
+    // shared by every candidate; outputs are compared on a strided sample.
+    let mut reference: Option<Vec<f32>> = None;
+    let mut args: Option<crate::cuda::DeviceArgs> = None;
+    for t in candidates(&c.ir) {
+        let a = artefact::build_tuned(c, arch, t)?;
+        let kernel = match CudaKernel::load(gpu, a.clone()) {
+            Ok(k) => k,
+            Err(_) => continue, // a shape this GPU cannot launch (shared memory)
+        };
+        if args.is_none() {
+            args = Some(kernel.upload(q.view(), k.view(), v.view(), &views)?);
+        }
+        let Some(dev) = args.as_mut() else { continue };
+        kernel.launch(dev)?;
+        let out = kernel.download_sample(dev, 97)?;
+        match &reference {
+            None => reference = Some(out),
+            Some(r) => {
+                let (err, _) = crate::suite::max_rel(&out, r);
+                if err.is_nan() || err >= 1e-2 {
+                    trials.push(Trial {
+                        bm: t.bm,
+                        bn: t.bn,
+                        ms: f64::NAN,
+                    });
+                    continue;
+                }
+            }
+        }
+        let ms = kernel.time(dev, 3, 10)?;
+        trials.push(Trial {
+            bm: t.bm,
+            bn: t.bn,
+            ms,
+        });
+        if best.as_ref().is_none_or(|(b, _)| ms < *b) {
+            best = Some((ms, a));
+        }
+    }
+    let (_, a) = best.ok_or_else(|| Error::Cuda("no block shape could be launched".into()))?;
+    if let Some(p) = key.and_then(choice_path) {
+        let ch = Choice {
+            gpu: name,
+            bm: a.tuning.0,
+            bn: a.tuning.1,
+            trials: trials.clone(),
+        };
+        if let Ok(text) = serde_json::to_string(&ch) {
+            let _ = std::fs::create_dir_all(p.parent().unwrap_or(&p));
+            let _ = std::fs::write(&p, text);
+        }
+    }
+    Ok((a, trials))
+}
