@@ -27,25 +27,6 @@ impl std::fmt::Debug for CpuKernel {
     }
 }
 
-pub const DIMS_Q: [&str; 4] = [
-    "batch (BATCH)",
-    "heads (HEADS)",
-    "tokens",
-    "head_dim (HEAD_DIM)",
-];
-pub const DIMS_K: [&str; 4] = [
-    "batch (BATCH)",
-    "kv heads (KV_HEADS)",
-    "tokens",
-    "head_dim (HEAD_DIM)",
-];
-pub const DIMS_V: [&str; 4] = [
-    "batch (BATCH)",
-    "kv heads (KV_HEADS)",
-    "tokens",
-    "value_dim (VALUE_DIM)",
-];
-
 /// A 64-byte aligned scratch buffer.
 struct Scratch {
     buf: Vec<u8>,
@@ -127,24 +108,7 @@ impl CpuKernel {
         out_len: usize,
     ) -> Result<(), Error> {
         let m = &self.manifest;
-        q.check("q", &m.q_shape(), &DIMS_Q)?;
-        k.check("k", &m.k_shape(), &DIMS_K)?;
-        v.check("v", &m.v_shape(), &DIMS_V)?;
-        if inputs.len() != m.inputs.len() {
-            let names: Vec<&str> = m.inputs.iter().map(|(n, _)| n.as_str()).collect();
-            return Err(Error::Shape(format!(
-                "kernel `{}` takes {} input tensor(s) ({}), got {}",
-                m.kernel,
-                m.inputs.len(),
-                names.join(", "),
-                inputs.len()
-            )));
-        }
-        for (t, (name, dims)) in inputs.iter().zip(&m.inputs) {
-            let labels: Vec<String> = (0..dims.len()).map(|i| format!("dim {i}")).collect();
-            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-            t.check(name, dims, &labels)?;
-        }
+        m.check(q, k, v, inputs)?;
         let want: usize = m.o_shape().iter().product();
         if out_len != want {
             return Err(Error::Shape(format!(

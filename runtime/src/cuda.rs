@@ -146,22 +146,7 @@ impl CudaKernel {
         inputs: &[TensorRef],
     ) -> Result<DeviceArgs, Error> {
         let m = self.manifest();
-        q.check("q", &m.q_shape(), &crate::cpu::DIMS_Q)?;
-        k.check("k", &m.k_shape(), &crate::cpu::DIMS_K)?;
-        v.check("v", &m.v_shape(), &crate::cpu::DIMS_V)?;
-        if inputs.len() != m.inputs.len() {
-            return Err(Error::Shape(format!(
-                "kernel `{}` takes {} input tensor(s), got {}",
-                m.kernel,
-                m.inputs.len(),
-                inputs.len()
-            )));
-        }
-        for (t, (name, dims)) in inputs.iter().zip(&m.inputs) {
-            let labels: Vec<String> = (0..dims.len()).map(|i| format!("dim {i}")).collect();
-            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-            t.check(name, dims, &labels)?;
-        }
+        m.check(q, k, v, inputs)?;
         let s = &self.stream;
         let up = |x: &[f32]| s.clone_htod(&to_half(&m.dtype, x)).map_err(cuda);
         let o_len: usize = m.o_shape().iter().product();

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::{npy, CpuKernel, Error, Tensor};
+use crate::{manifest::Manifest, npy, CpuKernel, Error, Tensor};
 
 /// The tensors of one run, by path.
 pub struct NpyArgs {
@@ -19,22 +19,17 @@ pub struct RunReport {
     pub millis: f64,
 }
 
-/// Reads the tensors, checks them against the kernel's manifest, runs, writes `out`.
-pub fn run_npy(kernel: &CpuKernel, args: &NpyArgs, out: &Path) -> Result<RunReport, Error> {
-    let m = kernel.manifest();
-    let q = npy::read(&args.q)?;
-    let k = npy::read(&args.k)?;
-    let v = npy::read(&args.v)?;
-    let mut inputs: Vec<Tensor> = vec![];
-    for (name, _) in &m.inputs {
-        let Some((_, p)) = args.inputs.iter().find(|(n, _)| n == name) else {
-            return Err(Error::Shape(format!(
-                "kernel `{}` needs the input `{name}` (pass --input {name}=FILE.npy)",
-                m.kernel
-            )));
-        };
-        inputs.push(npy::read(p)?);
-    }
+/// The tensors read from the files of one run, inputs in the manifest's order.
+struct Loaded {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    inputs: Vec<Tensor>,
+}
+
+/// Reads the files and matches the named inputs to the kernel's (shapes are checked by
+/// the kernel's `run`).
+fn load(m: &Manifest, args: &NpyArgs) -> Result<Loaded, Error> {
     if let Some((n, _)) = args
         .inputs
         .iter()
@@ -51,29 +46,7 @@ pub fn run_npy(kernel: &CpuKernel, args: &NpyArgs, out: &Path) -> Result<RunRepo
             }
         )));
     }
-    let mut o = Tensor::zeros(m.o_shape().to_vec());
-    let views: Vec<_> = inputs.iter().map(Tensor::view).collect();
-    let t = Instant::now();
-    kernel.run(q.view(), k.view(), v.view(), &views, &mut o.data)?;
-    let millis = t.elapsed().as_secs_f64() * 1e3;
-    npy::write(out, &o)?;
-    Ok(RunReport {
-        shape: o.shape,
-        millis,
-    })
-}
-
-/// As [`run_npy`], on the GPU (inputs converted to the kernel's 16-bit type).
-pub fn run_npy_cuda(
-    kernel: &crate::cuda::CudaKernel,
-    args: &NpyArgs,
-    out: &Path,
-) -> Result<RunReport, Error> {
-    let m = kernel.manifest().clone();
-    let q = npy::read(&args.q)?;
-    let k = npy::read(&args.k)?;
-    let v = npy::read(&args.v)?;
-    let mut inputs: Vec<Tensor> = vec![];
+    let mut inputs = vec![];
     for (name, _) in &m.inputs {
         let Some((_, p)) = args.inputs.iter().find(|(n, _)| n == name) else {
             return Err(Error::Shape(format!(
@@ -83,14 +56,49 @@ pub fn run_npy_cuda(
         };
         inputs.push(npy::read(p)?);
     }
+    Ok(Loaded {
+        q: npy::read(&args.q)?,
+        k: npy::read(&args.k)?,
+        v: npy::read(&args.v)?,
+        inputs,
+    })
+}
+
+/// Runs `launch` on the loaded tensors, timing it, and writes the output to `out`.
+fn run_with(
+    m: &Manifest,
+    args: &NpyArgs,
+    out: &Path,
+    launch: impl FnOnce(&Loaded, &mut [f32]) -> Result<(), Error>,
+) -> Result<RunReport, Error> {
+    let t = load(m, args)?;
     let mut o = Tensor::zeros(m.o_shape().to_vec());
-    let views: Vec<_> = inputs.iter().map(Tensor::view).collect();
-    let t = Instant::now();
-    kernel.run(q.view(), k.view(), v.view(), &views, &mut o.data)?;
-    let millis = t.elapsed().as_secs_f64() * 1e3;
+    let start = Instant::now();
+    launch(&t, &mut o.data)?;
+    let millis = start.elapsed().as_secs_f64() * 1e3;
     npy::write(out, &o)?;
     Ok(RunReport {
         shape: o.shape,
         millis,
+    })
+}
+
+/// Reads the tensors, checks them against the kernel's manifest, runs, writes `out`.
+pub fn run_npy(kernel: &CpuKernel, args: &NpyArgs, out: &Path) -> Result<RunReport, Error> {
+    run_with(kernel.manifest(), args, out, |t, o| {
+        let views: Vec<_> = t.inputs.iter().map(Tensor::view).collect();
+        kernel.run(t.q.view(), t.k.view(), t.v.view(), &views, o)
+    })
+}
+
+/// As [`run_npy`], on the GPU (inputs converted to the kernel's 16-bit type).
+pub fn run_npy_cuda(
+    kernel: &crate::cuda::CudaKernel,
+    args: &NpyArgs,
+    out: &Path,
+) -> Result<RunReport, Error> {
+    run_with(kernel.manifest(), args, out, |t, o| {
+        let views: Vec<_> = t.inputs.iter().map(Tensor::view).collect();
+        kernel.run(t.q.view(), t.k.view(), t.v.view(), &views, o)
     })
 }

@@ -3,6 +3,27 @@
 
 use attnc::driver::Compiled;
 
+use crate::{Error, TensorRef};
+
+pub const DIMS_Q: [&str; 4] = [
+    "batch (BATCH)",
+    "heads (HEADS)",
+    "tokens",
+    "head_dim (HEAD_DIM)",
+];
+pub const DIMS_K: [&str; 4] = [
+    "batch (BATCH)",
+    "kv heads (KV_HEADS)",
+    "tokens",
+    "head_dim (HEAD_DIM)",
+];
+pub const DIMS_V: [&str; 4] = [
+    "batch (BATCH)",
+    "kv heads (KV_HEADS)",
+    "tokens",
+    "value_dim (VALUE_DIM)",
+];
+
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Manifest {
     pub kernel: String,
@@ -57,5 +78,35 @@ impl Manifest {
 
     pub fn o_shape(&self) -> [usize; 4] {
         [self.batch, self.heads, self.tokens, self.value_dim]
+    }
+
+    /// Checks the tensors of a call (shapes named by dimension and parameter, lengths,
+    /// finiteness, the inputs' count and shapes).
+    pub fn check(
+        &self,
+        q: TensorRef,
+        k: TensorRef,
+        v: TensorRef,
+        inputs: &[TensorRef],
+    ) -> Result<(), Error> {
+        q.check("q", &self.q_shape(), &DIMS_Q)?;
+        k.check("k", &self.k_shape(), &DIMS_K)?;
+        v.check("v", &self.v_shape(), &DIMS_V)?;
+        if inputs.len() != self.inputs.len() {
+            let names: Vec<&str> = self.inputs.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(Error::Shape(format!(
+                "kernel `{}` takes {} input tensor(s) ({}), got {}",
+                self.kernel,
+                self.inputs.len(),
+                names.join(", "),
+                inputs.len()
+            )));
+        }
+        for (t, (name, dims)) in inputs.iter().zip(&self.inputs) {
+            let labels: Vec<String> = (0..dims.len()).map(|i| format!("dim {i}")).collect();
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            t.check(name, dims, &labels)?;
+        }
+        Ok(())
     }
 }

@@ -277,22 +277,6 @@ fn source(dir: &Path, c: &Case) -> Result<Source, Error> {
     Ok(Source::new(format!("{} ({})", c.file, c.order), text))
 }
 
-fn random(shape: [usize; 4], rng: &mut u64) -> Tensor {
-    let n = shape.iter().product();
-    let data = (0..n)
-        .map(|_| {
-            *rng ^= *rng << 13;
-            *rng ^= *rng >> 7;
-            *rng ^= *rng << 17;
-            (*rng >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        })
-        .collect();
-    Tensor {
-        shape: shape.to_vec(),
-        data,
-    }
-}
-
 /// Runs the suite. Returns the number of failures.
 pub fn run(kernels_dir: &Path, small: bool) -> Result<usize, Error> {
     let Some(gpu) = Gpu::open()? else {
@@ -351,10 +335,11 @@ fn run_case(
     let cpu = CpuKernel::new(compiled, false)?;
     let gk = CudaKernel::load(gpu, art)?;
     let m = cpu.manifest().clone();
+    *rng += 3;
     let (q, k, v) = (
-        random(m.q_shape(), rng),
-        random(m.k_shape(), rng),
-        random(m.v_shape(), rng),
+        Tensor::random(&m.q_shape(), *rng),
+        Tensor::random(&m.k_shape(), *rng + 1),
+        Tensor::random(&m.v_shape(), *rng + 2),
     );
     let mut want = vec![f32::NAN; m.o_shape().iter().product()];
     cpu.run(q.view(), k.view(), v.view(), &[], &mut want)?;

@@ -29,6 +29,25 @@ impl Tensor {
         }
     }
 
+    /// Uniform values in [-1, 1) from a xorshift generator: deterministic per seed, for
+    /// tests, benchmarks and the autotuner.
+    pub fn random(shape: &[usize], seed: u64) -> Tensor {
+        let n = shape.iter().product();
+        let mut x = seed | 1;
+        let data = (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect();
+        Tensor {
+            shape: shape.to_vec(),
+            data,
+        }
+    }
+
     pub fn view(&self) -> TensorRef<'_> {
         TensorRef {
             shape: &self.shape,

@@ -28,22 +28,6 @@ struct Choice {
     trials: Vec<Trial>,
 }
 
-fn random_inputs(shape: [usize; 4], seed: &mut u64) -> Tensor {
-    let n = shape.iter().product();
-    let data = (0..n)
-        .map(|_| {
-            *seed ^= *seed << 13;
-            *seed ^= *seed >> 7;
-            *seed ^= *seed << 17;
-            (*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        })
-        .collect();
-    Tensor {
-        shape: shape.to_vec(),
-        data,
-    }
-}
-
 fn choice_path(key: &str) -> Option<PathBuf> {
     artefact::cache_dir().map(|d| d.join(format!("tune-{key}.json")))
 }
@@ -75,11 +59,10 @@ pub fn tune(
         }
     }
     let m = crate::Manifest::from_compiled(c);
-    let mut seed = 0x1234_5678_9abc_def1u64;
     let (q, k, v) = (
-        random_inputs(m.q_shape(), &mut seed),
-        random_inputs(m.k_shape(), &mut seed),
-        random_inputs(m.v_shape(), &mut seed),
+        Tensor::random(&m.q_shape(), 1),
+        Tensor::random(&m.k_shape(), 2),
+        Tensor::random(&m.v_shape(), 3),
     );
     let ins: Vec<Tensor> = m
         .inputs

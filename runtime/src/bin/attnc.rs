@@ -309,21 +309,10 @@ fn bench_cuda(
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
     let kernel = CudaKernel::load(&gpu, art).map_err(runtime_error)?;
     let m = kernel.manifest().clone();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mut random = |s: [usize; 4]| {
-        let mut t = Tensor::zeros(s.to_vec());
-        for e in t.data.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *e = (x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
-        }
-        t
-    };
     let (q, k, v) = (
-        random(m.q_shape()),
-        random(m.k_shape()),
-        random(m.v_shape()),
+        Tensor::random(&m.q_shape(), 1),
+        Tensor::random(&m.k_shape(), 2),
+        Tensor::random(&m.v_shape(), 3),
     );
     let ins: Vec<Tensor> = m
         .inputs
@@ -500,26 +489,10 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             }
             let kernel = CpuKernel::new(c, false).map_err(runtime_error)?;
             let m = kernel.manifest().clone();
-            let mut rng = 0x2545_f491_4f6c_dd1du64;
-            let mut random = |shape: [usize; 4]| {
-                let n = shape.iter().product();
-                let data = (0..n)
-                    .map(|_| {
-                        rng ^= rng << 13;
-                        rng ^= rng >> 7;
-                        rng ^= rng << 17;
-                        (rng >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-                    })
-                    .collect();
-                Tensor {
-                    shape: shape.to_vec(),
-                    data,
-                }
-            };
             let (q, kk, v) = (
-                random(m.q_shape()),
-                random(m.k_shape()),
-                random(m.v_shape()),
+                Tensor::random(&m.q_shape(), 1),
+                Tensor::random(&m.k_shape(), 2),
+                Tensor::random(&m.v_shape(), 3),
             );
             let ins: Vec<Tensor> = m
                 .inputs
