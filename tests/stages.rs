@@ -142,3 +142,77 @@ fn clif_snapshot_of_a_small_dense_kernel() {
     assert!(text.starts_with("function "));
     insta::assert_snapshot!("clif__dense_n64", text);
 }
+
+/// The selection kernels of the shipped files: (source, kernel name).
+fn selection_kernels() -> Vec<(Source, String)> {
+    let mut out = vec![];
+    for path in kernel_files() {
+        let src = Source::load(&path).expect("kernel file readable");
+        let (fe, _) =
+            driver::frontend(&src).unwrap_or_else(|d| panic!("{}", src.render(&d, false)));
+        for k in attnc::select::resolve::kernels(&fe.ast) {
+            out.push((src.clone(), k.name.name.clone()));
+        }
+    }
+    out
+}
+
+#[test]
+fn shipped_selection_kernel_names() {
+    let names: Vec<String> = selection_kernels().into_iter().map(|(_, k)| k).collect();
+    for want in [
+        "streaming_decode",
+        "h2o_decode",
+        "snapkv_select",
+        "quest_decode",
+        "dense_decode",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "selection kernel `{want}` is not shipped (have {names:?})"
+        );
+    }
+    let attention: Vec<String> = kernels().into_iter().map(|(_, k)| k).collect();
+    assert!(attention.iter().any(|n| n == "streaming_prefill"));
+}
+
+#[test]
+fn selection_spec_and_plan_snapshots() {
+    for (src, k) in selection_kernels() {
+        for (stage, name) in [(Stage::Spec, "spec"), (Stage::Plan, "plan")] {
+            let (text, warnings) = driver::emit(&src, stage, Some(&k), &[])
+                .unwrap_or_else(|d| panic!("{}", src.render(&d, false)));
+            assert!(warnings.is_empty(), "{k}: {}", src.render(&warnings, false));
+            insta::assert_snapshot!(format!("{name}__{k}"), text);
+        }
+    }
+}
+
+/// The plan's byte counts against the arithmetic of docs/kv-selection.md: at B = 8,
+/// 8 KV heads, head dim 128, bf16 and 131072 tokens, dense decode reads 4 GiB; Quest at
+/// P = 16 reads its metadata (6.25% of K + V, 256 MiB) and 4096 tokens of K and V (128 MiB).
+#[test]
+fn quest_plan_bytes_follow_the_bandwidth_arithmetic() {
+    let src = Source::load(&root().join("kernels/quest.attn")).unwrap();
+    let (fe, _) = driver::frontend(&src).unwrap();
+    let (spec, _) = driver::select_spec(&fe, "quest_decode", &[]).unwrap();
+    let plan = attnc::select::plan::plan(&spec);
+    assert_eq!(plan.dense_bytes, 4 << 30);
+    let score = &plan.steps[0];
+    assert_eq!(score.name, "score");
+    // kmax + kmin, plus the queries (8 x 32 x 128 bf16).
+    assert_eq!(score.read, (256 << 20) + 8 * 32 * 128 * 2);
+    let attend = plan.steps.iter().find(|s| s.name == "attend").unwrap();
+    // K and V of 256 pages x 16 tokens, plus the index lists and the queries.
+    assert_eq!(
+        attend.read,
+        (128 << 20) + 8 * 8 * 256 * 4 + 8 * 32 * 128 * 2
+    );
+    let ratio = plan.dense_bytes as f64 / plan.total_bytes() as f64;
+    assert!((9.5..10.7).contains(&ratio), "ratio {ratio}");
+    // Changing the page size through --set changes the metadata share.
+    let sets = [Binding::parse("PAGE=64").unwrap()];
+    let (spec64, _) = driver::select_spec(&fe, "quest_decode", &sets).unwrap();
+    let p64 = attnc::select::plan::plan(&spec64);
+    assert_eq!(p64.steps[0].read, (64 << 20) + 8 * 32 * 128 * 2);
+}

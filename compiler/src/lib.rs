@@ -14,6 +14,7 @@ pub mod driver;
 pub mod ir;
 pub mod passes;
 pub mod pattern;
+pub mod select;
 pub mod sema;
 pub mod syntax;
 

@@ -128,8 +128,9 @@ pub fn check_ast_spans(f: &File, len: usize) -> Result<(), String> {
                     }
                 }
             }
-            Item::Kernel(k) => {
-                for s in &k.stmts {
+            Item::Kernel(KernelDecl { stmts, .. })
+            | Item::SelectKernel(SelectKernelDecl { stmts, .. }) => {
+                for s in stmts {
                     match s {
                         KernelStmt::Param(d) => params(d)?,
                         KernelStmt::Setting { value: e, span, .. }
@@ -139,6 +140,21 @@ pub fn check_ast_spans(f: &File, len: usize) -> Result<(), String> {
                         }
                         KernelStmt::Override(b) => value(&b.value, b.span)?,
                         KernelStmt::Dtype { .. } => {}
+                    }
+                }
+            }
+            Item::Select(d) => {
+                for s in &d.stmts {
+                    match s {
+                        SelectStmt::Param(p) => params(p)?,
+                        SelectStmt::Source { value: e, span }
+                        | SelectStmt::Reduce { value: e, span, .. }
+                        | SelectStmt::Pool { value: e, span }
+                        | SelectStmt::Granularity { value: e, span }
+                        | SelectStmt::Budget { value: e, span, .. } => expr(e, *span)?,
+                        SelectStmt::Keep { items, span } => {
+                            items.iter().try_for_each(|(_, _, e)| expr(e, *span))?
+                        }
                     }
                 }
             }

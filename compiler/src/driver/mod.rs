@@ -8,11 +8,12 @@ use std::path::Path;
 
 use crate::diagnostic::{has_errors, Diagnostic};
 use crate::pattern::{self, Schedule};
+use crate::select::SelectSpec;
 use crate::sema::instantiate::{instantiate, Binding};
 use crate::sema::program::Program;
 use crate::sema::spec::Spec;
 use crate::syntax::ast;
-use crate::{ir, passes, sema, syntax};
+use crate::{ir, passes, select, sema, syntax};
 
 /// Largest source file accepted.
 pub const MAX_SOURCE_BYTES: u64 = 4 << 20;
@@ -84,10 +85,12 @@ pub enum Stage {
     Llvm,
     /// The CUDA code generator's PTX.
     Ptx,
+    /// A selection kernel's steps with their sizes and bytes.
+    Plan,
 }
 
 impl Stage {
-    pub const ALL: [(&'static str, Stage); 8] = [
+    pub const ALL: [(&'static str, Stage); 9] = [
         ("ast", Stage::Ast),
         ("spec", Stage::Spec),
         ("schedule", Stage::Schedule),
@@ -96,6 +99,7 @@ impl Stage {
         ("clif", Stage::Clif),
         ("llvm", Stage::Llvm),
         ("ptx", Stage::Ptx),
+        ("plan", Stage::Plan),
     ];
 }
 
@@ -108,7 +112,8 @@ pub struct Frontend {
 /// Parse and resolve. Warnings come back with the result.
 pub fn frontend(src: &Source) -> Result<(Frontend, Vec<Diagnostic>), Vec<Diagnostic>> {
     let ast = syntax::parse(&src.text)?;
-    let (program, diags) = sema::resolve(&ast);
+    let (program, mut diags) = sema::resolve(&ast);
+    diags.extend(select::resolve::check_names(&ast));
     if has_errors(&diags) {
         return Err(diags);
     }
@@ -117,8 +122,69 @@ pub fn frontend(src: &Source) -> Result<(Frontend, Vec<Diagnostic>), Vec<Diagnos
 
 /// Picks a kernel by name, with a helpful error.
 pub fn find_kernel(program: &Program, name: &str) -> Result<usize, Diagnostic> {
-    program.kernel_by_name(name).ok_or_else(|| {
-        let names: Vec<&str> = program.kernels.iter().map(|k| k.name.as_str()).collect();
+    let names: Vec<&str> = program.kernels.iter().map(|k| k.name.as_str()).collect();
+    program
+        .kernel_by_name(name)
+        .ok_or_else(|| unknown_kernel(name, &names))
+}
+
+/// An attention kernel (an index into the program) or a selection kernel (by name).
+#[derive(Clone, Debug, PartialEq)]
+pub enum KernelRef {
+    Attention(usize),
+    Selection(String),
+}
+
+/// Every kernel name of the file: attention kernels, then selection kernels.
+pub fn kernel_names(fe: &Frontend) -> Vec<String> {
+    fe.program
+        .kernels
+        .iter()
+        .map(|k| k.name.clone())
+        .chain(select::resolve::kernels(&fe.ast).map(|k| k.name.name.clone()))
+        .collect()
+}
+
+/// Picks any kernel by name, or the only one when `name` is `None`.
+pub fn find_any(fe: &Frontend, name: Option<&str>) -> Result<KernelRef, Diagnostic> {
+    let names = kernel_names(fe);
+    let name = match name {
+        Some(n) => n,
+        None if names.len() == 1 => names[0].as_str(),
+        None => {
+            return Err(Diagnostic::error(
+                "E0503",
+                format!("this file has {} kernels: pick one", names.len()),
+            )
+            .with_note(format!("kernels here: {}", names.join(", ")))
+            .with_hint("pass --kernel NAME"))
+        }
+    };
+    if let Some(i) = fe.program.kernel_by_name(name) {
+        return Ok(KernelRef::Attention(i));
+    }
+    if select::resolve::find_kernel(&fe.ast, name).is_some() {
+        return Ok(KernelRef::Selection(name.to_string()));
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    Err(unknown_kernel(name, &names))
+}
+
+/// Instantiates a selection kernel with `sets`.
+pub fn select_spec(
+    fe: &Frontend,
+    name: &str,
+    sets: &[Binding],
+) -> Result<(SelectSpec, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let names: Vec<String> = kernel_names(fe);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let k = select::resolve::find_kernel(&fe.ast, name)
+        .ok_or_else(|| vec![unknown_kernel(name, &names)])?;
+    select::resolve::instantiate(&fe.ast, k, sets)
+}
+
+fn unknown_kernel(name: &str, names: &[&str]) -> Diagnostic {
+    {
         let mut d = Diagnostic::error("E0501", format!("no kernel named `{name}` in this file"))
             .with_note(format!(
                 "kernels here: {}",
@@ -132,7 +198,7 @@ pub fn find_kernel(program: &Program, name: &str) -> Result<usize, Diagnostic> {
             d = d.with_hint(format!("did you mean `{c}`?"));
         }
         d
-    })
+    }
 }
 
 pub fn spec(
@@ -233,9 +299,15 @@ pub fn check_with_budget(src: &Source, sets: &[Binding], budget: u64) -> Vec<Dia
         Err(d) => return d,
     };
     // --set names must mean something to some kernel.
+    let selection: Vec<&ast::SelectKernelDecl> = select::resolve::kernels(&fe.ast).collect();
     let all: Vec<String> = (0..fe.program.kernels.len())
         .flat_map(|k| fe.program.visible_params(k))
         .map(|p| fe.program.param(p).name.clone())
+        .chain(
+            selection
+                .iter()
+                .flat_map(|k| select::resolve::visible_params(&fe.ast, k)),
+        )
         .collect();
     for b in sets.iter().filter(|b| !all.contains(&b.name)) {
         let mut d = Diagnostic::error(
@@ -262,6 +334,18 @@ pub fn check_with_budget(src: &Source, sets: &[Binding], budget: u64) -> Vec<Dia
             .collect();
         match compile_kernel_with_budget(&fe.program, k, &own, budget) {
             Ok(c) => diags.extend(c.warnings),
+            Err(d) => diags.extend(d),
+        }
+    }
+    for k in selection {
+        let visible = select::resolve::visible_params(&fe.ast, k);
+        let own: Vec<Binding> = sets
+            .iter()
+            .filter(|b| visible.contains(&b.name))
+            .cloned()
+            .collect();
+        match select::resolve::instantiate(&fe.ast, k, &own) {
+            Ok((_, w)) => diags.extend(w),
             Err(d) => diags.extend(d),
         }
     }
@@ -301,9 +385,15 @@ pub fn emit_for(
     if stage == Stage::Ast {
         return Ok((syntax::print::print_file(&fe.ast), warnings));
     }
-    let kernels: Vec<usize> = match kernel {
-        Some(name) => vec![find_kernel(&fe.program, name).map_err(|d| vec![d])?],
-        None => (0..fe.program.kernels.len()).collect(),
+    let kernels: Vec<KernelRef> = match kernel {
+        Some(name) => vec![find_any(&fe, Some(name)).map_err(|d| vec![d])?],
+        None => (0..fe.program.kernels.len())
+            .map(KernelRef::Attention)
+            .chain(
+                select::resolve::kernels(&fe.ast)
+                    .map(|k| KernelRef::Selection(k.name.name.clone())),
+            )
+            .collect(),
     };
     if kernels.is_empty() {
         return Err(vec![Diagnostic::error(
@@ -315,7 +405,44 @@ pub fn emit_for(
     let mut out = String::new();
     let mut warns = warnings;
     for k in kernels {
+        let k = match k {
+            KernelRef::Attention(k) => k,
+            KernelRef::Selection(name) => {
+                let (s, w) = select_spec(&fe, &name, sets)?;
+                warns.extend(w);
+                let text =
+                    match stage {
+                        Stage::Spec => s.print(),
+                        Stage::Plan => select::plan::print(&s, &select::plan::plan(&s)),
+                        // Without --kernel, the other stages cover the attention kernels.
+                        _ if kernel.is_none() => continue,
+                        _ => return Err(vec![Diagnostic::error(
+                            "E0810",
+                            format!(
+                                "`{name}` is a selection kernel: it has the stages spec and plan"
+                            ),
+                        )
+                        .with_hint("use --emit spec or --emit plan")]),
+                    };
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(&text);
+                continue;
+            }
+        };
         let text = match stage {
+            Stage::Plan if kernel.is_none() => continue,
+            Stage::Plan => {
+                return Err(vec![Diagnostic::error(
+                    "E0810",
+                    format!(
+                        "`{}` is an attention kernel: `plan` is a stage of selection kernels",
+                        fe.program.kernels[k].name
+                    ),
+                )
+                .with_hint("use --emit schedule for an attention kernel's tiles")])
+            }
             Stage::Spec => {
                 let (s, w) = spec(&fe.program, k, sets)?;
                 warns.extend(w);

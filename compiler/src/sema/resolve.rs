@@ -106,6 +106,7 @@ impl Resolver {
                         overrides: vec![],
                     });
                 }
+                ast::Item::Select(_) | ast::Item::SelectKernel(_) => {}
             }
         }
         // Link patterns to layouts and kernels to patterns, so that scope chains exist
@@ -151,6 +152,7 @@ impl Resolver {
                     self.declare_settings(k, ki);
                     ki += 1;
                 }
+                ast::Item::Select(_) | ast::Item::SelectKernel(_) => {}
             }
         }
     }
@@ -511,6 +513,8 @@ impl Resolver {
                     self.kernel_body(k, ki);
                     ki += 1;
                 }
+                // Selection kernels are checked by `select::resolve`.
+                ast::Item::Select(_) | ast::Item::SelectKernel(_) => {}
             }
         }
     }

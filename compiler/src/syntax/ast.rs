@@ -13,6 +13,10 @@ pub enum Item {
     Layout(LayoutDecl),
     Pattern(PatternDecl),
     Kernel(KernelDecl),
+    /// `select NAME { ... }`: a KV-selection policy.
+    Select(SelectDecl),
+    /// `kernel K = decode(SEL) { ... }` or `kernel K = select(SEL) { ... }`.
+    SelectKernel(SelectKernelDecl),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -212,6 +216,84 @@ pub enum KernelStmt {
     },
     /// `R = 2;` overrides a parameter declared by the pattern or layout.
     Override(ParamBind),
+}
+
+/// `select quest { source page_bound(page = 16); budget 4096 tokens; }`
+#[derive(Clone, Debug, PartialEq)]
+pub struct SelectDecl {
+    pub name: Ident,
+    pub stmts: Vec<SelectStmt>,
+    pub span: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceAxis {
+    Rows,
+    Heads,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeepKind {
+    Sinks,
+    Recent,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BudgetUnit {
+    Tokens,
+    Ratio,
+}
+
+/// One clause of a `select` body. Clause values are expressions (`exact`,
+/// `page_bound(page = PAGE)`, `per_kv_group(sum)`); the checker reads their shape.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SelectStmt {
+    Param(ParamDecl),
+    Source {
+        value: Expr,
+        span: Span,
+    },
+    Reduce {
+        axis: ReduceAxis,
+        axis_span: Span,
+        value: Expr,
+        span: Span,
+    },
+    Pool {
+        value: Expr,
+        span: Span,
+    },
+    Granularity {
+        value: Expr,
+        span: Span,
+    },
+    Keep {
+        items: Vec<(KeepKind, Span, Expr)>,
+        span: Span,
+    },
+    Budget {
+        value: Expr,
+        unit: BudgetUnit,
+        unit_span: Span,
+        span: Span,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SelectKernelKind {
+    Decode,
+    Select,
+}
+
+/// A kernel over a `select` declaration. Its body has the statements of an attention
+/// kernel (settings, `dtype`, parameters, overrides).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SelectKernelDecl {
+    pub name: Ident,
+    pub kind: SelectKernelKind,
+    pub select: Ident,
+    pub stmts: Vec<KernelStmt>,
+    pub span: Span,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -118,6 +118,19 @@ fn rule_name(rule: Rule) -> String {
         Rule::layout_decl => "`layout`",
         Rule::pattern_decl => "`pattern`",
         Rule::kernel_decl => "`kernel`",
+        Rule::kernel_kind => "a kernel kind (`attention`, `decode`, `select`)",
+        Rule::kw_decode => "`decode`",
+        Rule::kw_select => "`select`",
+        Rule::select_decl => "`select`",
+        Rule::kw_source | Rule::source_stmt => "`source`",
+        Rule::kw_reduce | Rule::reduce_stmt => "`reduce`",
+        Rule::kw_pool | Rule::pool_stmt => "`pool`",
+        Rule::kw_granularity | Rule::granularity_stmt => "`granularity`",
+        Rule::kw_keep | Rule::keep_stmt => "`keep`",
+        Rule::kw_budget | Rule::budget_stmt => "`budget`",
+        Rule::reduce_axis => "`rows` or `heads`",
+        Rule::keep_kind | Rule::keep_item => "`sinks` or `recent`",
+        Rule::budget_unit => "`tokens` or `ratio`",
         Rule::canvas_stmt => "`canvas`",
         Rule::tile_stmt => "`tile`",
         Rule::order_stmt => "`order`",
@@ -291,6 +304,14 @@ fn children(p: Pair<Rule>) -> impl Iterator<Item = Pair<Rule>> {
                 | Rule::kw_dtype
                 | Rule::kw_score
                 | Rule::kw_input
+                | Rule::kw_decode
+                | Rule::kw_select
+                | Rule::kw_source
+                | Rule::kw_reduce
+                | Rule::kw_pool
+                | Rule::kw_granularity
+                | Rule::kw_keep
+                | Rule::kw_budget
                 | Rule::EOI
         )
     })
@@ -304,7 +325,8 @@ impl Lower {
                 Rule::param_decl => items.push(Item::Param(self.param_decl(c))),
                 Rule::layout_decl => items.push(Item::Layout(self.layout_decl(c))),
                 Rule::pattern_decl => items.push(Item::Pattern(self.pattern_decl(c))),
-                Rule::kernel_decl => items.push(Item::Kernel(self.kernel_decl(c))),
+                Rule::kernel_decl => items.push(self.kernel_decl(c)),
+                Rule::select_decl => items.push(Item::Select(self.select_decl(c))),
                 _ => {}
             }
         }
@@ -491,23 +513,114 @@ impl Lower {
         }
     }
 
-    fn kernel_decl(&mut self, p: Pair<Rule>) -> KernelDecl {
+    /// `kernel K = attention(P) {...}` is an attention kernel; `decode(S)` and
+    /// `select(S)` are kernels over a `select` declaration.
+    fn kernel_decl(&mut self, p: Pair<Rule>) -> Item {
         let span = span_of(&p);
         let mut it = children(p);
         let name = it
             .next()
             .map(|c| self.ident(c))
             .unwrap_or_else(|| dummy_ident(span));
-        let pattern = it
+        let kind = it
+            .next()
+            .and_then(|c| c.into_inner().next())
+            .map(|c| c.as_rule());
+        let target = it
             .next()
             .map(|c| self.ident(c))
             .unwrap_or_else(|| dummy_ident(span));
         let stmts = it.map(|c| self.kernel_stmt(c)).collect();
-        KernelDecl {
+        let kind = match kind {
+            Some(Rule::kw_decode) => SelectKernelKind::Decode,
+            Some(Rule::kw_select) => SelectKernelKind::Select,
+            _ => {
+                return Item::Kernel(KernelDecl {
+                    name,
+                    pattern: target,
+                    stmts,
+                    span,
+                })
+            }
+        };
+        Item::SelectKernel(SelectKernelDecl {
             name,
-            pattern,
+            kind,
+            select: target,
             stmts,
             span,
+        })
+    }
+
+    fn select_decl(&mut self, p: Pair<Rule>) -> SelectDecl {
+        let span = span_of(&p);
+        let mut it = children(p);
+        let name = it
+            .next()
+            .map(|c| self.ident(c))
+            .unwrap_or_else(|| dummy_ident(span));
+        let stmts = it.map(|c| self.select_stmt(c)).collect();
+        SelectDecl { name, stmts, span }
+    }
+
+    fn select_stmt(&mut self, p: Pair<Rule>) -> SelectStmt {
+        let span = span_of(&p);
+        let rule = p.as_rule();
+        if rule == Rule::param_decl {
+            return SelectStmt::Param(self.param_decl(p));
+        }
+        let mut words: Vec<(String, Span)> = vec![];
+        let mut exprs: Vec<Expr> = vec![];
+        let mut keeps = vec![];
+        for c in children(p) {
+            match c.as_rule() {
+                Rule::expr => exprs.push(self.expr(c)),
+                Rule::keep_item => {
+                    let mut kit = children(c);
+                    let kind = kit.next().map(|k| (k.as_str() == "recent", span_of(&k)));
+                    let value = kit.next().map(|e| self.expr(e));
+                    if let (Some((recent, kspan)), Some(value)) = (kind, value) {
+                        let kind = if recent {
+                            KeepKind::Recent
+                        } else {
+                            KeepKind::Sinks
+                        };
+                        keeps.push((kind, kspan, value));
+                    }
+                }
+                _ => words.push((c.as_str().to_string(), span_of(&c))),
+            }
+        }
+        let value = exprs.pop().unwrap_or(Expr {
+            kind: ExprKind::Int(0),
+            span,
+        });
+        let word = words.pop().unwrap_or_default();
+        match rule {
+            Rule::source_stmt => SelectStmt::Source { value, span },
+            Rule::reduce_stmt => SelectStmt::Reduce {
+                axis: if word.0 == "rows" {
+                    ReduceAxis::Rows
+                } else {
+                    ReduceAxis::Heads
+                },
+                axis_span: word.1,
+                value,
+                span,
+            },
+            Rule::pool_stmt => SelectStmt::Pool { value, span },
+            Rule::granularity_stmt => SelectStmt::Granularity { value, span },
+            Rule::keep_stmt => SelectStmt::Keep { items: keeps, span },
+            _ => SelectStmt::Budget {
+                value,
+                unit: if word.0 == "ratio" {
+                    BudgetUnit::Ratio
+                } else {
+                    BudgetUnit::Tokens
+                },
+                unit_span: word.1,
+                span,
+            },
         }
     }
 

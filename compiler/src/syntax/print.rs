@@ -85,46 +85,108 @@ pub fn print_file(f: &File) -> String {
                     &format!("kernel {} = attention({})", k.name.name, k.pattern.name),
                     k.span,
                 );
-                for s in &k.stmts {
-                    match s {
-                        KernelStmt::Param(d) => param_decl(&mut out, d, 1),
-                        KernelStmt::Dtype { name, span } => {
-                            line(&mut out, 1, &format!("dtype {}", name.name), *span)
-                        }
-                        KernelStmt::Setting {
-                            key, value, span, ..
-                        } => line(
-                            &mut out,
-                            1,
-                            &format!("{} {}", key.keyword(), expr(value)),
-                            *span,
-                        ),
-                        KernelStmt::Score { expr: e, span } => {
-                            line(&mut out, 1, &format!("score: {}", expr(e)), *span)
-                        }
-                        KernelStmt::Input {
-                            name,
-                            dtype,
-                            dims,
-                            span,
-                        } => line(
-                            &mut out,
-                            1,
-                            &format!("input {}: {}[{}]", name.name, dtype.name, list(dims)),
-                            *span,
-                        ),
-                        KernelStmt::Override(b) => line(
-                            &mut out,
-                            1,
-                            &format!("override {} = {}", b.name.name, value(&b.value)),
-                            b.span,
-                        ),
-                    }
+                kernel_stmts(&mut out, &k.stmts);
+            }
+            Item::Select(d) => {
+                line(&mut out, 0, &format!("select {}", d.name.name), d.span);
+                for st in &d.stmts {
+                    select_stmt(&mut out, st);
                 }
+            }
+            Item::SelectKernel(k) => {
+                let kind = match k.kind {
+                    SelectKernelKind::Decode => "decode",
+                    SelectKernelKind::Select => "select",
+                };
+                line(
+                    &mut out,
+                    0,
+                    &format!("kernel {} = {kind}({})", k.name.name, k.select.name),
+                    k.span,
+                );
+                kernel_stmts(&mut out, &k.stmts);
             }
         }
     }
     out
+}
+
+fn kernel_stmts(out: &mut String, stmts: &[KernelStmt]) {
+    for s in stmts {
+        match s {
+            KernelStmt::Param(d) => param_decl(out, d, 1),
+            KernelStmt::Dtype { name, span } => {
+                line(out, 1, &format!("dtype {}", name.name), *span)
+            }
+            KernelStmt::Setting {
+                key, value, span, ..
+            } => line(out, 1, &format!("{} {}", key.keyword(), expr(value)), *span),
+            KernelStmt::Score { expr: e, span } => {
+                line(out, 1, &format!("score: {}", expr(e)), *span)
+            }
+            KernelStmt::Input {
+                name,
+                dtype,
+                dims,
+                span,
+            } => line(
+                out,
+                1,
+                &format!("input {}: {}[{}]", name.name, dtype.name, list(dims)),
+                *span,
+            ),
+            KernelStmt::Override(b) => line(
+                out,
+                1,
+                &format!("override {} = {}", b.name.name, value(&b.value)),
+                b.span,
+            ),
+        }
+    }
+}
+
+fn select_stmt(out: &mut String, st: &SelectStmt) {
+    match st {
+        SelectStmt::Param(d) => param_decl(out, d, 1),
+        SelectStmt::Source { value, span } => {
+            line(out, 1, &format!("source {}", expr(value)), *span)
+        }
+        SelectStmt::Reduce {
+            axis, value, span, ..
+        } => {
+            let axis = match axis {
+                ReduceAxis::Rows => "rows",
+                ReduceAxis::Heads => "heads",
+            };
+            line(out, 1, &format!("reduce {axis}: {}", expr(value)), *span)
+        }
+        SelectStmt::Pool { value, span } => line(out, 1, &format!("pool {}", expr(value)), *span),
+        SelectStmt::Granularity { value, span } => {
+            line(out, 1, &format!("granularity {}", expr(value)), *span)
+        }
+        SelectStmt::Keep { items, span } => {
+            let items: Vec<String> = items
+                .iter()
+                .map(|(k, _, e)| {
+                    let k = match k {
+                        KeepKind::Sinks => "sinks",
+                        KeepKind::Recent => "recent",
+                    };
+                    format!("{k} {}", expr(e))
+                })
+                .collect();
+            line(out, 1, &format!("keep {}", items.join(", ")), *span)
+        }
+        SelectStmt::Budget {
+            value, unit, span, ..
+        } => {
+            let unit = match unit {
+                BudgetUnit::Tokens => "tokens",
+                BudgetUnit::Ratio => "ratio",
+            };
+            line(out, 1, &format!("budget {} {unit}", expr(value)), *span)
+        }
+    }
 }
 
 fn line(out: &mut String, indent: usize, text: &str, span: Span) {

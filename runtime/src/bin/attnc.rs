@@ -59,8 +59,9 @@ enum Command {
         #[arg(long = "set", value_name = "NAME=VALUE")]
         sets: Vec<String>,
         /// The stage to print: ast, spec, schedule, ir, dot (the IR as Graphviz), clif (the
-        /// CPU code generator's Cranelift IR), llvm or ptx (the CUDA code generator's).
-        #[arg(long, default_value = "ir", value_parser = ["ast", "spec", "schedule", "ir", "dot", "clif", "llvm", "ptx"])]
+        /// CPU code generator's Cranelift IR), llvm or ptx (the CUDA code generator's); for
+        /// selection kernels spec and plan (the steps with their sizes and bytes).
+        #[arg(long, default_value = "ir", value_parser = ["ast", "spec", "schedule", "ir", "dot", "clif", "llvm", "ptx", "plan"])]
         emit: String,
         /// The GPU architecture for llvm and ptx.
         #[arg(long, default_value = "sm_90", value_parser = ["sm_80", "sm_90"])]
@@ -362,7 +363,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             let diags = driver::check(&src, &sets);
             report(&src, &diags, color)?;
             let kernels = driver::frontend(&src)
-                .map(|(f, _)| f.program.kernels.len())
+                .map(|(f, _)| driver::kernel_names(&f).len())
                 .unwrap_or(0);
             eprintln!(
                 "ok: {} ({kernels} kernel{})",

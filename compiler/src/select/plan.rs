@@ -1,0 +1,252 @@
+//! The steps of a selection kernel in execution order, each with the tensor it produces and
+//! the bytes it moves at a full cache (`len = CONTEXT`). `--emit plan` prints it and
+//! `attnc explain` summarises it: it is where the cost of a selection policy shows.
+
+use std::fmt::Write;
+
+use super::spec::{
+    reduce_name, source_name, Budget, HeadReduce, KernelKind, Pool, SelectSpec, Source,
+};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// Short name: `score`, `reduce`, `pool`, `pages`, `topk`, `attend`, `combine`, `update`.
+    pub name: &'static str,
+    /// What it computes, in words with shapes.
+    pub what: String,
+    /// Bytes read from and written to memory (cache, metadata, scores, indices).
+    pub read: u64,
+    pub written: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SelectPlan {
+    pub steps: Vec<Step>,
+    /// Bytes a dense decode step reads (all of K and V), the yardstick.
+    pub dense_bytes: u64,
+    /// Tokens the attention reads per sequence and selection head at most.
+    pub attended_tokens: u64,
+}
+
+impl SelectPlan {
+    pub fn total_bytes(&self) -> u64 {
+        self.steps.iter().map(|s| s.read + s.written).sum()
+    }
+}
+
+pub fn plan(s: &SelectSpec) -> SelectPlan {
+    let b = s.batch as u64;
+    let hq = s.q_heads as u64;
+    let hkv = s.kv_heads as u64;
+    let hsel = s.sel_heads() as u64;
+    let d = s.head_dim as u64;
+    let c = s.context as u64;
+    let e = s.dtype.bytes() as u64;
+    let units = s.units() as u64;
+    let cap = s.capacity() as u64;
+    let rows = s.q_rows() as u64;
+    let f32b = 4u64;
+    let q_bytes = b * hq * rows * d * e;
+    let mut steps = vec![];
+    let per_query_heads = matches!(
+        s.source,
+        Source::Exact | Source::Window { .. } | Source::PageBound
+    );
+    match s.source {
+        Source::None => {}
+        Source::Exact => steps.push(Step {
+            name: "score",
+            what: format!(
+                "softmax(scale * q . k) of the current query over all cached tokens: [{b}, {hq}, {c}] f32"
+            ),
+            read: q_bytes + b * hkv * c * d * e,
+            written: b * hq * c * f32b,
+        }),
+        Source::Window { rows: w } => steps.push(Step {
+            name: "score",
+            what: format!(
+                "causal softmax of the last {w} queries over the prefix, {} over rows, never a {w} x {c} matrix in memory: [{b}, {hq}, {c}] f32",
+                reduce_name(s.rows)
+            ),
+            read: q_bytes + b * hkv * c * d * e,
+            written: b * hq * c * f32b,
+        }),
+        Source::PageBound => steps.push(Step {
+            name: "score",
+            what: format!(
+                "page bound sum_d max(q_d * kmax_d, q_d * kmin_d) over {units} pages of {}: [{b}, {hq}, {units}] f32",
+                s.page
+            ),
+            read: q_bytes + 2 * b * hkv * units * d * e,
+            written: b * hq * units * f32b,
+        }),
+        Source::Accumulated => steps.push(Step {
+            name: "score",
+            what: format!("accumulated attention (H2O state): [{b}, {hsel}, {c}] f32"),
+            read: b * hsel * c * f32b,
+            written: 0,
+        }),
+        Source::External => steps.push(Step {
+            name: "score",
+            what: format!("external scores: [{b}, {hsel}, {c}] f32"),
+            read: b * hsel * c * f32b,
+            written: 0,
+        }),
+    }
+    let scored = if s.source == Source::PageBound {
+        units
+    } else {
+        c
+    };
+    if per_query_heads {
+        let (scope, op) = match s.heads {
+            HeadReduce::PerKvGroup(r) => {
+                (format!("the {} query heads of each KV head", s.group()), r)
+            }
+            HeadReduce::Shared(r) => (format!("all {hq} heads"), r),
+        };
+        steps.push(Step {
+            name: "reduce",
+            what: format!(
+                "{} over {scope}: [{b}, {hsel}, {scored}] f32",
+                reduce_name(op)
+            ),
+            read: b * hq * scored * f32b,
+            written: b * hsel * scored * f32b,
+        });
+    }
+    match s.pool {
+        Pool::None => {}
+        Pool::Avg { size } | Pool::Max { size } => {
+            let kind = if matches!(s.pool, Pool::Avg { .. }) {
+                "avg"
+            } else {
+                "max"
+            };
+            steps.push(Step {
+                name: "pool",
+                what: format!("{kind} pool of {size}, same padding: [{b}, {hsel}, {c}] f32"),
+                read: b * hsel * c * f32b,
+                written: b * hsel * c * f32b,
+            });
+        }
+    }
+    if s.page > 1 && s.source != Source::PageBound && s.source != Source::None {
+        steps.push(Step {
+            name: "pages",
+            what: format!(
+                "sum of token scores per page of {}: [{b}, {hsel}, {units}] f32",
+                s.page
+            ),
+            read: b * hsel * c * f32b,
+            written: b * hsel * units * f32b,
+        });
+    }
+    let unit = if s.page == 1 { "tokens" } else { "pages" };
+    let budget = match s.budget {
+        Budget::Tokens(n) => format!("{n} tokens"),
+        Budget::Ratio(f) => format!("{f} of each sequence"),
+    };
+    steps.push(Step {
+        name: "topk",
+        what: format!(
+            "keep sinks {}, recent {}{}, then the best of the rest up to {budget} (ties to the lower index), ascending, padded with -1: [{b}, {hsel}, {cap}] i32 {unit}",
+            s.sinks,
+            s.recent,
+            if s.page > 1 { ", the partial last page" } else { "" },
+        ),
+        read: if s.source == Source::None { 0 } else { b * hsel * units * f32b },
+        written: b * hsel * cap * 4,
+    });
+    let attended = (cap * s.page as u64).min(c);
+    if s.kind == KernelKind::Decode {
+        let chunks = cap.div_ceil(s.split as u64);
+        steps.push(Step {
+            name: "attend",
+            what: format!(
+                "split-K decode over the list, {} {unit} a chunk ({chunks} chunks), the {} query heads of a KV head together: partials [{b}, {hq}, {chunks}, {}] f32",
+                s.split,
+                s.group(),
+                d + 2
+            ),
+            read: b * hsel * cap * 4 + b * hkv * attended * d * e * 2 + b * hq * d * e,
+            written: b * hq * chunks * (d + 2) * f32b,
+        });
+        steps.push(Step {
+            name: "combine",
+            what: format!(
+                "rescale and sum the chunks: o [{b}, {hq}, {d}] {}",
+                s.dtype.name()
+            ),
+            read: b * hq * chunks * (d + 2) * f32b,
+            written: b * hq * d * e,
+        });
+        if s.source == Source::Accumulated {
+            steps.push(Step {
+                name: "update",
+                what: format!(
+                    "add the step's attention probabilities ({} over a KV head's query heads) to the state at the selected tokens",
+                    reduce_name(s.heads.op())
+                ),
+                read: b * hsel * attended * f32b,
+                written: b * hsel * attended * f32b,
+            });
+        }
+    }
+    SelectPlan {
+        steps,
+        dense_bytes: b * hkv * c * d * e * 2,
+        attended_tokens: attended,
+    }
+}
+
+/// `--emit plan`.
+pub fn print(s: &SelectSpec, p: &SelectPlan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "plan {} (source {}, {} list(s) per sequence, capacity {})",
+        s.kernel,
+        source_name(s.source),
+        s.sel_heads(),
+        s.capacity()
+    );
+    for (i, st) in p.steps.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  {i}. {:<8} {}\n     reads {}, writes {}",
+            st.name,
+            st.what,
+            bytes(st.read),
+            bytes(st.written)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  total {} per step at a full cache; dense decode reads {} ({:.1}x)",
+        bytes(p.total_bytes()),
+        bytes(p.dense_bytes),
+        p.dense_bytes as f64 / p.total_bytes().max(1) as f64
+    );
+    out
+}
+
+/// Bytes in binary units with three significant digits.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else if v >= 100.0 {
+        format!("{v:.0} {}", UNITS[u])
+    } else if v >= 10.0 {
+        format!("{v:.1} {}", UNITS[u])
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}

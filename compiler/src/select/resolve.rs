@@ -1,0 +1,832 @@
+//! Checking `select` declarations and the kernels over them, and instantiating one kernel
+//! into a [`SelectSpec`]. Each clause is read from its expression (`exact`,
+//! `page_bound(page = PAGE)`, `per_kv_group(sum)`), its numbers evaluated with the kernel's
+//! parameters, and every impossible setting reported where it was written.
+
+use super::params::{Num, Params};
+use super::spec::{Budget, HeadReduce, KernelKind, Pool, Reduce, SelectSpec, Source};
+use crate::diagnostic::{closest, has_errors, Diagnostic, Span};
+use crate::sema::instantiate::{Binding, MAX_BATCH, MAX_HEADS, MAX_HEAD_DIM};
+use crate::sema::program::DType;
+use crate::syntax::ast::{
+    self, BudgetUnit, ExprKind, KeepKind, KernelStmt, ReduceAxis, SelectKernelKind, SelectStmt,
+    Setting,
+};
+
+/// Largest cache capacity, in tokens (index lists are `i32`).
+pub const MAX_CONTEXT: i64 = 1 << 26;
+/// Largest page size.
+pub const MAX_PAGE: i64 = 1 << 16;
+/// Largest pooling kernel.
+pub const MAX_POOL: i64 = 255;
+/// Tokens per split-K chunk of the decode attention.
+pub const SPLIT_TOKENS: u32 = 512;
+
+const SOURCES: [&str; 6] = [
+    "none",
+    "exact",
+    "window",
+    "accumulated",
+    "page_bound",
+    "external",
+];
+
+pub fn selects(file: &ast::File) -> impl Iterator<Item = &ast::SelectDecl> {
+    file.items.iter().filter_map(|i| match i {
+        ast::Item::Select(s) => Some(s),
+        _ => None,
+    })
+}
+
+pub fn kernels(file: &ast::File) -> impl Iterator<Item = &ast::SelectKernelDecl> {
+    file.items.iter().filter_map(|i| match i {
+        ast::Item::SelectKernel(k) => Some(k),
+        _ => None,
+    })
+}
+
+pub fn find_kernel<'a>(file: &'a ast::File, name: &str) -> Option<&'a ast::SelectKernelDecl> {
+    kernels(file).find(|k| k.name.name == name)
+}
+
+/// Names: selections and selection kernels declared once, no selection kernel named as an
+/// attention kernel, every `decode(S)` / `select(S)` naming a selection.
+pub fn check_names(file: &ast::File) -> Vec<Diagnostic> {
+    let mut diags = vec![];
+    let mut seen: Vec<&str> = vec![];
+    for s in selects(file) {
+        if seen.contains(&s.name.name.as_str()) {
+            diags.push(twice("select", &s.name));
+        }
+        seen.push(&s.name.name);
+    }
+    let mut names: Vec<&str> = file
+        .items
+        .iter()
+        .filter_map(|i| match i {
+            ast::Item::Kernel(k) => Some(k.name.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    for k in kernels(file) {
+        if names.contains(&k.name.name.as_str()) {
+            diags.push(twice("kernel", &k.name));
+        }
+        names.push(&k.name.name);
+        if !seen.contains(&k.select.name.as_str()) {
+            let mut d = Diagnostic::error("E0102", format!("unknown select `{}`", k.select.name))
+                .with_label(k.select.span, "no select declaration has this name");
+            let is_pattern = file
+                .items
+                .iter()
+                .any(|i| matches!(i, ast::Item::Pattern(p) if p.name.name == k.select.name));
+            if is_pattern {
+                d = d.with_hint(format!(
+                    "`{}` is a pattern: use `kernel {} = attention({})`",
+                    k.select.name, k.name.name, k.select.name
+                ));
+            } else if let Some(c) = closest(&k.select.name, seen.iter().copied()) {
+                d = d.with_hint(format!("did you mean `{c}`?"));
+            } else {
+                d = d.with_hint(format!(
+                    "declare it: `select {} {{ source exact; budget 4096 tokens; }}`",
+                    k.select.name
+                ));
+            }
+            diags.push(d);
+        }
+    }
+    diags
+}
+
+fn twice(what: &str, name: &ast::Ident) -> Diagnostic {
+    Diagnostic::error("E0101", format!("{what} `{}` is declared twice", name.name))
+        .with_label(name.span, "second declaration")
+        .with_hint(format!("rename one of the {what}s"))
+}
+
+/// The parameter names a selection kernel sees (for `--set` checks).
+pub fn visible_params(file: &ast::File, kernel: &ast::SelectKernelDecl) -> Vec<String> {
+    match selects(file).find(|s| s.name.name == kernel.select.name) {
+        Some(sel) => Params::new(file, sel, kernel, &mut vec![]).names(),
+        None => vec![],
+    }
+}
+
+/// Checks and instantiates one selection kernel with `sets` applied.
+pub fn instantiate(
+    file: &ast::File,
+    kernel: &ast::SelectKernelDecl,
+    sets: &[Binding],
+) -> Result<(SelectSpec, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let mut diags = vec![];
+    let Some(sel) = selects(file).find(|s| s.name.name == kernel.select.name) else {
+        return Err(check_names(file));
+    };
+    let mut params = Params::new(file, sel, kernel, &mut diags);
+    params.apply(kernel, sets, &mut diags);
+    let spec = Inst {
+        params,
+        diags: &mut diags,
+    }
+    .run(sel, kernel);
+    match spec {
+        Some(s) if !has_errors(&diags) => Ok((s, diags)),
+        _ => Err(diags),
+    }
+}
+
+/// The clauses of one `select`, each at most once.
+#[derive(Default)]
+struct Clauses<'a> {
+    source: Option<(&'a ast::Expr, Span)>,
+    rows: Option<(&'a ast::Expr, Span)>,
+    heads: Option<(&'a ast::Expr, Span)>,
+    pool: Option<(&'a ast::Expr, Span)>,
+    granularity: Option<(&'a ast::Expr, Span)>,
+    keep: Vec<(KeepKind, Span, &'a ast::Expr)>,
+    keep_span: Option<Span>,
+    budget: Option<(&'a ast::Expr, BudgetUnit, Span)>,
+}
+
+struct Inst<'a, 'd> {
+    params: Params<'a>,
+    diags: &'d mut Vec<Diagnostic>,
+}
+
+impl<'a> Inst<'a, '_> {
+    fn err(&mut self, code: &'static str, msg: impl Into<String>, span: Span, label: &str) {
+        self.diags
+            .push(Diagnostic::error(code, msg).with_label(span, label));
+    }
+
+    fn err_hint(
+        &mut self,
+        code: &'static str,
+        msg: impl Into<String>,
+        span: Span,
+        label: &str,
+        hint: impl Into<String>,
+    ) {
+        self.diags.push(
+            Diagnostic::error(code, msg)
+                .with_label(span, label)
+                .with_hint(hint),
+        );
+    }
+
+    fn clauses(&mut self, sel: &'a ast::SelectDecl) -> Clauses<'a> {
+        let mut c = Clauses::default();
+        for s in &sel.stmts {
+            let (slot, e, span, what) = match s {
+                SelectStmt::Param(_) => continue,
+                SelectStmt::Source { value, span } => (&mut c.source, value, *span, "source"),
+                SelectStmt::Reduce {
+                    axis: ReduceAxis::Rows,
+                    value,
+                    span,
+                    ..
+                } => (&mut c.rows, value, *span, "reduce rows"),
+                SelectStmt::Reduce { value, span, .. } => {
+                    (&mut c.heads, value, *span, "reduce heads")
+                }
+                SelectStmt::Pool { value, span } => (&mut c.pool, value, *span, "pool"),
+                SelectStmt::Granularity { value, span } => {
+                    (&mut c.granularity, value, *span, "granularity")
+                }
+                SelectStmt::Keep { items, span } => {
+                    for it in items {
+                        if c.keep.iter().any(|k| k.0 == it.0) {
+                            self.err("E0109", "`keep` names this twice", it.1, "second time");
+                        } else {
+                            c.keep.push((it.0, it.1, &it.2));
+                        }
+                    }
+                    c.keep_span = Some(c.keep_span.map_or(*span, |s| s.to(*span)));
+                    continue;
+                }
+                SelectStmt::Budget {
+                    value, unit, span, ..
+                } => {
+                    if c.budget.is_some() {
+                        self.err("E0109", "`budget` appears twice", *span, "second `budget`");
+                    } else {
+                        c.budget = Some((value, *unit, *span));
+                    }
+                    continue;
+                }
+            };
+            if slot.is_some() {
+                self.diags.push(
+                    Diagnostic::error("E0109", format!("`{what}` appears twice"))
+                        .with_label(span, format!("second `{what}`")),
+                );
+            } else {
+                *slot = Some((e, span));
+            }
+        }
+        c
+    }
+
+    /// An integer parameter expression in `lo..=hi`.
+    fn int(
+        &mut self,
+        e: &ast::Expr,
+        what: &str,
+        lo: i64,
+        hi: i64,
+        code: &'static str,
+    ) -> Option<u32> {
+        match self.params.eval(e, self.diags)? {
+            Num::Int(v) if (lo..=hi).contains(&v) => Some(v as u32),
+            Num::Int(v) => {
+                self.err_hint(
+                    code,
+                    format!("{what} is {v}, outside {lo}..={hi}"),
+                    e.span,
+                    &format!("= {v}"),
+                    format!("use a {what} from {lo} to {hi}"),
+                );
+                None
+            }
+            Num::Float(f) => {
+                self.err(
+                    "E0201",
+                    format!("{what} must be an integer, not {}", Num::Float(f).text()),
+                    e.span,
+                    "a float",
+                );
+                None
+            }
+        }
+    }
+
+    fn setting(&mut self, name: &str, lo: i64, hi: i64, span: Span) -> Option<u32> {
+        match self.params.get(name, self.diags)? {
+            Num::Int(v) if (lo..=hi).contains(&v) => Some(v as u32),
+            v => {
+                self.err_hint(
+                    "E0304",
+                    format!("`{name}` is {}, outside {lo}..={hi}", v.text()),
+                    span,
+                    "in this kernel",
+                    format!("use an integer from {lo} to {hi}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn run(mut self, sel: &'a ast::SelectDecl, k: &'a ast::SelectKernelDecl) -> Option<SelectSpec> {
+        let c = self.clauses(sel);
+        let kind = match k.kind {
+            SelectKernelKind::Decode => KernelKind::Decode,
+            SelectKernelKind::Select => KernelKind::Select,
+        };
+        let (dtype, scale_expr) = self.kernel_body(k);
+
+        let span = k.name.span;
+        let q_heads = self.setting("HEADS", 1, MAX_HEADS as i64, span);
+        let kv_heads = self.setting("KV_HEADS", 1, MAX_HEADS as i64, span);
+        let head_dim = self.setting("HEAD_DIM", 1, MAX_HEAD_DIM as i64, span);
+        let batch = self.setting("BATCH", 1, MAX_BATCH as i64, span);
+        let context = self.setting("CONTEXT", 1, MAX_CONTEXT, span);
+        if let (Some(h), Some(kv)) = (q_heads, kv_heads) {
+            if h % kv != 0 {
+                self.err_hint(
+                    "E0305",
+                    format!("{h} query heads are not a multiple of {kv} KV heads"),
+                    span,
+                    "in this kernel",
+                    "make `heads` a multiple of `kv_heads`",
+                );
+            }
+        }
+        let scale = match scale_expr {
+            Some(e) => match self.params.eval(e, self.diags) {
+                Some(v) if v.as_f64().is_finite() && v.as_f64() > 0.0 => Some(v.as_f64()),
+                Some(v) => {
+                    self.err(
+                        "E0307",
+                        format!("the scale {} is not a positive finite number", v.text()),
+                        e.span,
+                        "here",
+                    );
+                    None
+                }
+                None => None,
+            },
+            None => head_dim.map(|d| 1.0 / (d as f64).sqrt()),
+        };
+        let context_i = context.map_or(MAX_CONTEXT, i64::from);
+
+        let Some((src_expr, src_span)) = c.source else {
+            self.err_hint(
+                "E0803",
+                format!("select `{}` has no `source`", sel.name.name),
+                sel.name.span,
+                "needs a score source",
+                "add `source exact;` (or none, window(W), accumulated, page_bound(page = P), external)",
+            );
+            return None;
+        };
+        let (source, bound_page) = self.source(src_expr, context_i)?;
+        let mut page = bound_page.unwrap_or(1);
+        if let Some((g, gspan)) = c.granularity {
+            if let Some(p) = self.granularity(g) {
+                if bound_page.is_some_and(|b| b != p) {
+                    self.err(
+                        "E0804",
+                        format!("granularity page({p}) contradicts `page_bound(page = {page})`"),
+                        gspan,
+                        "a different page size",
+                    );
+                }
+                page = p;
+            }
+        }
+        if bound_page.is_some() && page == 1 && c.granularity.is_some() {
+            self.err(
+                "E0804",
+                "`page_bound` scores pages: its granularity cannot be `token`",
+                src_span,
+                "scores pages",
+            );
+        }
+        let rows = match c.rows {
+            Some((e, span)) => {
+                if !matches!(source, Source::Window { .. }) {
+                    self.err_hint(
+                        "E0804",
+                        "`reduce rows` needs a `window` source",
+                        span,
+                        "only a window has several query rows",
+                        "remove it, or use `source window(W);`",
+                    );
+                }
+                self.reduce_op(e)?
+            }
+            None => Reduce::Sum,
+        };
+        let heads = match c.heads {
+            Some((e, _)) => self.head_reduce(e)?,
+            None => HeadReduce::PerKvGroup(Reduce::Sum),
+        };
+        let pool = match c.pool {
+            Some((e, span)) => {
+                if page > 1 {
+                    self.err(
+                        "E0804",
+                        "`pool` works on token scores, not on pages",
+                        span,
+                        "with page granularity",
+                    );
+                }
+                self.pool(e)?
+            }
+            None => Pool::None,
+        };
+        match (source, kind) {
+            (Source::Window { .. }, KernelKind::Decode) => self.err_hint(
+                "E0804",
+                "a `window` source scores the prompt's last queries: it belongs to a `select` kernel",
+                k.span,
+                "a decode kernel has one query row",
+                format!("write `kernel {} = select({})`", k.name.name, sel.name.name),
+            ),
+            (Source::Accumulated, KernelKind::Select) => self.err_hint(
+                "E0804",
+                "an `accumulated` source is updated by decode steps: it needs a `decode` kernel",
+                k.span,
+                "a select kernel never attends",
+                format!("write `kernel {} = decode({})`", k.name.name, sel.name.name),
+            ),
+            _ => {}
+        }
+
+        let mut sinks = 0;
+        let mut recent = 0;
+        for (kk, _, e) in c.keep.clone() {
+            let what = match kk {
+                KeepKind::Sinks => "sinks",
+                KeepKind::Recent => "recent",
+            };
+            let v = self.int(e, &format!("`keep {what}`"), 0, context_i, "E0802")?;
+            match kk {
+                KeepKind::Sinks => sinks = v,
+                KeepKind::Recent => recent = v,
+            }
+        }
+        if let Source::Window { rows: w } = source {
+            if recent < w {
+                self.err_hint(
+                    "E0807",
+                    format!("the observation window of {w} queries is always kept, but `recent` is {recent}"),
+                    c.keep_span.unwrap_or(src_span),
+                    "too few recent tokens",
+                    format!("keep recent {w} (or more)"),
+                );
+            }
+        }
+
+        let Some((b_expr, unit, b_span)) = c.budget else {
+            self.err_hint(
+                "E0803",
+                format!("select `{}` has no `budget`", sel.name.name),
+                sel.name.span,
+                "needs a budget",
+                "add `budget 4096 tokens;` or `budget 0.1 ratio;`",
+            );
+            return None;
+        };
+        let budget = match unit {
+            BudgetUnit::Tokens => {
+                let n = self.int(b_expr, "the budget", 1, i32::MAX as i64, "E0808")?;
+                if n % page != 0 {
+                    self.err_hint(
+                        "E0808",
+                        format!(
+                            "a budget of {n} tokens is not a whole number of {page}-token pages"
+                        ),
+                        b_expr.span,
+                        "not a multiple of the page size",
+                        format!("use {} or {}", n / page * page, (n / page + 1) * page),
+                    );
+                }
+                Budget::Tokens(n)
+            }
+            BudgetUnit::Ratio => {
+                let f = self.params.eval(b_expr, self.diags)?.as_f64();
+                if !(f > 0.0 && f <= 1.0) {
+                    self.err_hint(
+                        "E0808",
+                        format!("a budget ratio of {f} is outside (0, 1]"),
+                        b_expr.span,
+                        "not a fraction",
+                        "use a fraction such as 0.1",
+                    );
+                    return None;
+                }
+                Budget::Ratio(f)
+            }
+        };
+
+        let spec = SelectSpec {
+            kernel: k.name.name.clone(),
+            select: sel.name.name.clone(),
+            kind,
+            source,
+            rows,
+            heads,
+            pool,
+            page,
+            budget,
+            sinks,
+            recent,
+            context: context?,
+            batch: batch?,
+            q_heads: q_heads?,
+            kv_heads: kv_heads?,
+            head_dim: head_dim?,
+            dtype,
+            scale: scale?,
+            split: (SPLIT_TOKENS / page).max(1),
+            params: self.params.listing(),
+        };
+        self.check_budget(&spec, b_span);
+        Some(spec)
+    }
+
+    /// Settings other than numbers: dtype, scale; statements a selection kernel cannot have.
+    fn kernel_body(&mut self, k: &'a ast::SelectKernelDecl) -> (DType, Option<&'a ast::Expr>) {
+        let mut dtype: Option<(DType, Span)> = None;
+        let mut scale = None;
+        let mut seen: Vec<Setting> = vec![];
+        for s in &k.stmts {
+            match s {
+                KernelStmt::Dtype { name, span } => {
+                    if dtype.is_some() {
+                        self.err("E0109", "`dtype` appears twice", *span, "second `dtype`");
+                    }
+                    match DType::from_name(&name.name) {
+                        Some(d) => dtype = Some((d, *span)),
+                        None => self.err_hint(
+                            "E0112",
+                            format!("unknown dtype `{}`", name.name),
+                            name.span,
+                            "not a dtype",
+                            "use `bf16`, `f16` or `f32`",
+                        ),
+                    }
+                }
+                KernelStmt::Setting {
+                    key,
+                    key_span,
+                    value,
+                    ..
+                } => {
+                    if seen.contains(key) {
+                        self.err(
+                            "E0109",
+                            format!("`{}` appears twice", key.keyword()),
+                            *key_span,
+                            "second time",
+                        );
+                    }
+                    seen.push(*key);
+                    match key {
+                        Setting::Scale => scale = Some(value),
+                        Setting::ValueDim => self.err_hint(
+                            "E0811",
+                            "a selection kernel has no `value_dim`: values have the head dim",
+                            *key_span,
+                            "not a setting here",
+                            "remove it",
+                        ),
+                        _ => {}
+                    }
+                }
+                KernelStmt::Score { span, .. } => self.err_hint(
+                    "E0811",
+                    "a selection kernel has no score modifier",
+                    *span,
+                    "only attention kernels take `score:`",
+                    "remove it, or score tokens with `source external;` and an input",
+                ),
+                KernelStmt::Input { span, .. } => self.err_hint(
+                    "E0811",
+                    "a selection kernel declares no inputs",
+                    *span,
+                    "only attention kernels take `input`",
+                    "use `source external;` for a score tensor",
+                ),
+                KernelStmt::Param(_) | KernelStmt::Override(_) => {}
+            }
+        }
+        (dtype.map_or(DType::Bf16, |d| d.0), scale)
+    }
+
+    /// `none`, `exact`, `window(W)`, `accumulated`, `page_bound(page = P)`, `external`.
+    /// Returns the source and, for `page_bound`, its page size.
+    fn source(&mut self, e: &'a ast::Expr, context: i64) -> Option<(Source, Option<u32>)> {
+        let (name, args) = call_parts(e);
+        let arity = match name {
+            "window" | "page_bound" => 1,
+            _ => 0,
+        };
+        if SOURCES.contains(&name) && args.len() != arity {
+            let usage = match name {
+                "window" => "window(W)",
+                "page_bound" => "page_bound(page = P)",
+                n => n,
+            };
+            self.err_hint(
+                "E0206",
+                format!("`{name}` takes {arity} argument(s)"),
+                e.span,
+                "wrong arguments",
+                format!("write `{usage}`"),
+            );
+            return None;
+        }
+        let src = match name {
+            "none" => Source::None,
+            "exact" => Source::Exact,
+            "accumulated" => Source::Accumulated,
+            "external" => Source::External,
+            "window" => {
+                let a = &args[0];
+                if let Some(n) = &a.name {
+                    self.err(
+                        "E0206",
+                        format!("`window` has no argument `{}`", n.name),
+                        n.span,
+                        "write the row count alone",
+                    );
+                    return None;
+                }
+                let w = self.int(&a.value, "the observation window", 1, context, "E0802")?;
+                Source::Window { rows: w }
+            }
+            "page_bound" => {
+                let a = &args[0];
+                if let Some(n) = a.name.as_ref().filter(|n| n.name != "page") {
+                    self.err(
+                        "E0206",
+                        format!("`page_bound` has no argument `{}`", n.name),
+                        n.span,
+                        "only `page`",
+                    );
+                    return None;
+                }
+                let p = self.page_size(&a.value)?;
+                return Some((Source::PageBound, Some(p)));
+            }
+            other => {
+                let mut d = Diagnostic::error(
+                    "E0801",
+                    format!("unknown score source `{}`", shown(e, other)),
+                )
+                .with_label(e.span, "not a source")
+                .with_note(format!("sources: {}", SOURCES.join(", ")));
+                if let Some(c) = closest(other, SOURCES) {
+                    d = d.with_hint(format!("did you mean `{c}`?"));
+                }
+                self.diags.push(d);
+                return None;
+            }
+        };
+        Some((src, None))
+    }
+
+    fn page_size(&mut self, e: &ast::Expr) -> Option<u32> {
+        let p = self.int(e, "the page size", 1, MAX_PAGE, "E0805")?;
+        if !p.is_power_of_two() {
+            self.err_hint(
+                "E0805",
+                format!("the page size {p} is not a power of two"),
+                e.span,
+                "not a power of two",
+                format!(
+                    "use {} or {}",
+                    p.next_power_of_two() / 2,
+                    p.next_power_of_two()
+                ),
+            );
+            return None;
+        }
+        Some(p)
+    }
+
+    fn granularity(&mut self, e: &'a ast::Expr) -> Option<u32> {
+        match call_parts(e) {
+            ("token", []) => Some(1),
+            ("page", [a]) if a.name.is_none() => self.page_size(&a.value),
+            (other, _) => {
+                self.err_hint(
+                    "E0801",
+                    format!("unknown granularity `{}`", shown(e, other)),
+                    e.span,
+                    "not a granularity",
+                    "use `token` or `page(P)`",
+                );
+                None
+            }
+        }
+    }
+
+    fn reduce_op(&mut self, e: &ast::Expr) -> Option<Reduce> {
+        match call_parts(e) {
+            ("sum", []) => Some(Reduce::Sum),
+            ("mean", []) => Some(Reduce::Mean),
+            ("max", []) => Some(Reduce::Max),
+            (other, _) => {
+                self.err_hint(
+                    "E0801",
+                    format!("unknown reduction `{}`", shown(e, other)),
+                    e.span,
+                    "not a reduction",
+                    "use `sum`, `mean` or `max`",
+                );
+                None
+            }
+        }
+    }
+
+    fn head_reduce(&mut self, e: &ast::Expr) -> Option<HeadReduce> {
+        let (name, args) = call_parts(e);
+        let op = match args {
+            [] => Reduce::Sum,
+            [a] if a.name.is_none() => self.reduce_op(&a.value)?,
+            _ => {
+                self.err(
+                    "E0206",
+                    format!("`{name}` takes one reduction"),
+                    e.span,
+                    "wrong arguments",
+                );
+                return None;
+            }
+        };
+        match name {
+            "per_kv_group" => Some(HeadReduce::PerKvGroup(op)),
+            "shared" => Some(HeadReduce::Shared(op)),
+            other => {
+                self.err_hint(
+                    "E0801",
+                    format!("unknown head reduction `{}`", shown(e, other)),
+                    e.span,
+                    "not a head reduction",
+                    "use `per_kv_group(sum|mean|max)` (one list per KV head) or `shared(sum|mean|max)` (one list for all heads)",
+                );
+                None
+            }
+        }
+    }
+
+    fn pool(&mut self, e: &ast::Expr) -> Option<Pool> {
+        let (name, args) = call_parts(e);
+        let size = match args {
+            [a] if a.name.is_none() => &a.value,
+            _ => {
+                self.err_hint(
+                    "E0801",
+                    format!("unknown pooling `{}`", ast_text(e)),
+                    e.span,
+                    "not a pooling",
+                    "use `avg(K)` or `max(K)` with an odd K",
+                );
+                return None;
+            }
+        };
+        let k = self.int(size, "the pooling size", 1, MAX_POOL, "E0806")?;
+        if k % 2 == 0 {
+            self.err_hint(
+                "E0806",
+                format!("the pooling size {k} is even: same padding needs an odd size"),
+                size.span,
+                "even",
+                format!("use {} or {}", k - 1, k + 1),
+            );
+            return None;
+        }
+        match name {
+            "avg" => Some(Pool::Avg { size: k }),
+            "max" => Some(Pool::Max { size: k }),
+            other => {
+                self.err_hint(
+                    "E0801",
+                    format!("unknown pooling `{}`", shown(e, other)),
+                    e.span,
+                    "not a pooling",
+                    "use `avg(K)` or `max(K)`",
+                );
+                None
+            }
+        }
+    }
+
+    /// The budget must hold the forced units of every length up to `CONTEXT`.
+    fn check_budget(&mut self, s: &SelectSpec, span: Span) {
+        let forced = s.max_forced();
+        let unit = if s.page == 1 {
+            "tokens".to_string()
+        } else {
+            format!("pages of {}", s.page)
+        };
+        if let Budget::Tokens(n) = s.budget {
+            let cap = n / s.page;
+            if cap < forced {
+                self.diags.push(
+                    Diagnostic::error(
+                        "E0809",
+                        if s.page == 1 {
+                            format!("a budget of {n} tokens is below the {forced} tokens that are always kept")
+                        } else {
+                            format!("a budget of {n} tokens ({cap} {unit}) is below the {forced} {unit} that are always kept")
+                        },
+                    )
+                    .with_label(span, "too small")
+                    .with_note(format!(
+                        "sinks {} and recent {} tokens{} need up to {forced} {unit}",
+                        s.sinks,
+                        s.recent,
+                        if s.page > 1 { ", plus the partial last page," } else { "" }
+                    ))
+                    .with_hint(format!("raise the budget to at least {} tokens, or keep fewer tokens", forced * s.page)),
+                );
+            } else if s.source == Source::None && cap > forced && cap < s.units() {
+                self.diags.push(
+                    Diagnostic::warning(
+                        "W0801",
+                        format!("source `none` has no scores: the {} {unit} beyond the kept ones go to the earliest tokens", cap - forced),
+                    )
+                    .with_label(span, "more than the kept tokens")
+                    .with_hint(format!("use budget {} tokens (sinks + recent), or a score source", forced * s.page)),
+                );
+            }
+        }
+    }
+}
+
+/// A clause value's name and arguments: `exact` -> ("exact", []), `f(a, b)` -> ("f", [a, b]).
+fn call_parts(e: &ast::Expr) -> (&str, &[ast::Arg]) {
+    match &e.kind {
+        ExprKind::Name(n) => (n.as_str(), &[]),
+        ExprKind::Call { func, args } => (func.name.as_str(), args.as_slice()),
+        _ => ("", &[]),
+    }
+}
+
+/// A clause value as written, for messages: its name, or the whole expression.
+fn shown(e: &ast::Expr, name: &str) -> String {
+    if name.is_empty() {
+        ast_text(e)
+    } else {
+        name.to_string()
+    }
+}
+
+fn ast_text(e: &ast::Expr) -> String {
+    crate::syntax::print::expr(e)
+}

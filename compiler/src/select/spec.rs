@@ -1,0 +1,266 @@
+//! The checked, instantiated selection kernel: every clause of its `select` declaration and
+//! every setting bound to a value. The runtime executes it; `--emit spec` prints it. The
+//! meaning of each field is the contract in `docs/kv-selection.md`.
+
+use std::fmt::Write;
+
+use crate::sema::program::DType;
+use crate::sema::spec::Origin;
+
+/// What a kernel does with its selection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelKind {
+    /// Select, then attend over the selection: one decode step.
+    Decode,
+    /// Select only (SnapKV after prefill): writes the index list.
+    Select,
+}
+
+/// Where token scores come from (rule 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// No score: the keep rules (and ties) decide.
+    None,
+    /// The current query's attention probabilities.
+    Exact,
+    /// SnapKV: the softmax attention of the last `rows` queries.
+    Window { rows: u32 },
+    /// H2O: an accumulated state, updated after each decode step's attention.
+    Accumulated,
+    /// Quest: the per-page upper bound from per-channel key minima and maxima.
+    PageBound,
+    /// An input score tensor `[B, Hsel, C]`.
+    External,
+}
+
+/// A reduction over query rows or heads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reduce {
+    Sum,
+    Mean,
+    Max,
+}
+
+/// Which heads share an index list (rule 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadReduce {
+    /// One list per KV head, reducing the scores of its query heads.
+    PerKvGroup(Reduce),
+    /// One list for all heads.
+    Shared(Reduce),
+}
+
+impl HeadReduce {
+    pub fn op(self) -> Reduce {
+        match self {
+            HeadReduce::PerKvGroup(r) | HeadReduce::Shared(r) => r,
+        }
+    }
+}
+
+/// Pooling along the sequence (rule 4); `size` is odd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pool {
+    None,
+    Avg { size: u32 },
+    Max { size: u32 },
+}
+
+/// The budget (rule 6).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    /// A fixed number of tokens (a multiple of the page size).
+    Tokens(u32),
+    /// A fraction of each sequence's units, in (0, 1].
+    Ratio(f64),
+}
+
+#[derive(Clone, Debug)]
+pub struct SelectSpec {
+    pub kernel: String,
+    pub select: String,
+    pub kind: KernelKind,
+    pub source: Source,
+    /// Over the rows of a `window` source.
+    pub rows: Reduce,
+    pub heads: HeadReduce,
+    pub pool: Pool,
+    /// Tokens per unit: 1 for token granularity.
+    pub page: u32,
+    pub budget: Budget,
+    pub sinks: u32,
+    pub recent: u32,
+    /// Cache capacity in tokens (`CONTEXT`).
+    pub context: u32,
+    pub batch: u32,
+    pub q_heads: u32,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    pub dtype: DType,
+    pub scale: f64,
+    /// Units per split-K chunk of the attention (rule 8).
+    pub split: u32,
+    /// Every parameter with its value and where the value came from, for `--emit spec`.
+    pub params: Vec<(String, String, Origin)>,
+}
+
+impl SelectSpec {
+    /// Query heads per KV head.
+    pub fn group(&self) -> u32 {
+        self.q_heads / self.kv_heads
+    }
+
+    /// Selection heads: one index list per KV head, or one shared.
+    pub fn sel_heads(&self) -> u32 {
+        match self.heads {
+            HeadReduce::PerKvGroup(_) => self.kv_heads,
+            HeadReduce::Shared(_) => 1,
+        }
+    }
+
+    /// Units (tokens or pages) in a full cache.
+    pub fn units(&self) -> u32 {
+        self.context.div_ceil(self.page)
+    }
+
+    /// Entries per index list (`K` of rule 6).
+    pub fn capacity(&self) -> u32 {
+        match self.budget {
+            Budget::Tokens(n) => n / self.page,
+            Budget::Ratio(f) => ((f * self.context as f64 / self.page as f64).ceil() as u32)
+                .max(self.max_forced())
+                .max(1),
+        }
+    }
+
+    /// Query rows per head: the observation window for `window`, else 1.
+    pub fn q_rows(&self) -> u32 {
+        match self.source {
+            Source::Window { rows } => rows,
+            _ => 1,
+        }
+    }
+
+    /// Forced units of a sequence of `len` tokens (rule 6): sinks, recent, partial page.
+    pub fn forced_units(&self, len: u32) -> Vec<u32> {
+        let p = self.page;
+        let n = len.div_ceil(p);
+        let mut keep = vec![false; n as usize];
+        for t in 0..self.sinks.min(len) {
+            keep[(t / p) as usize] = true;
+        }
+        for t in len.saturating_sub(self.recent)..len {
+            keep[(t / p) as usize] = true;
+        }
+        if len % p != 0 {
+            keep[(n - 1) as usize] = true;
+        }
+        (0..n).filter(|&u| keep[u as usize]).collect()
+    }
+
+    /// The most forced units any length up to `CONTEXT` has.
+    pub fn max_forced(&self) -> u32 {
+        let p = self.page;
+        // Sinks cover ceil(S / P) pages; recent tokens span at most ceil(R / P) + 1 pages;
+        // a partial last page is one more unless the recent tokens already reach it.
+        let sinks = self.sinks.div_ceil(p);
+        let recent = if self.recent == 0 {
+            0
+        } else {
+            self.recent.div_ceil(p) + u32::from(p > 1)
+        };
+        let partial = u32::from(p > 1 && self.recent == 0);
+        (sinks + recent + partial).min(self.units())
+    }
+
+    /// `--emit spec`: one line per fact, stable for snapshots.
+    pub fn print(&self) -> String {
+        let mut s = String::new();
+        let kind = match self.kind {
+            KernelKind::Decode => "decode",
+            KernelKind::Select => "select",
+        };
+        let _ = writeln!(s, "kernel {} = {kind}({})", self.kernel, self.select);
+        for (name, value, origin) in &self.params {
+            let from = match origin {
+                Origin::Default => "",
+                Origin::Kernel => "  (kernel)",
+                Origin::CommandLine => "  (--set)",
+            };
+            let _ = writeln!(s, "  param {name} = {value}{from}");
+        }
+        let _ = writeln!(s, "  source {}", source_name(self.source));
+        if let Source::Window { .. } = self.source {
+            let _ = writeln!(s, "  reduce rows: {}", reduce_name(self.rows));
+        }
+        let (scope, op) = match self.heads {
+            HeadReduce::PerKvGroup(r) => ("per_kv_group", r),
+            HeadReduce::Shared(r) => ("shared", r),
+        };
+        let _ = writeln!(s, "  reduce heads: {scope}({})", reduce_name(op));
+        match self.pool {
+            Pool::None => {}
+            Pool::Avg { size } => {
+                let _ = writeln!(s, "  pool avg({size})");
+            }
+            Pool::Max { size } => {
+                let _ = writeln!(s, "  pool max({size})");
+            }
+        }
+        if self.page == 1 {
+            let _ = writeln!(s, "  granularity token");
+        } else {
+            let _ = writeln!(s, "  granularity page({})", self.page);
+        }
+        let _ = writeln!(s, "  keep sinks {}, recent {}", self.sinks, self.recent);
+        match self.budget {
+            Budget::Tokens(n) => {
+                let _ = writeln!(s, "  budget {n} tokens");
+            }
+            Budget::Ratio(f) => {
+                let _ = writeln!(s, "  budget {f} ratio");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "  capacity {} {} per list, {} list(s) per sequence",
+            self.capacity(),
+            if self.page == 1 { "tokens" } else { "pages" },
+            self.sel_heads()
+        );
+        let _ = writeln!(
+            s,
+            "  shapes batch {}, heads {}/{} (q/kv), head_dim {}, context {}, dtype {}, scale {}",
+            self.batch,
+            self.q_heads,
+            self.kv_heads,
+            self.head_dim,
+            self.context,
+            self.dtype.name(),
+            crate::sema::expr::format_float(self.scale)
+        );
+        if self.kind == KernelKind::Decode {
+            let _ = writeln!(s, "  attend split {} units", self.split);
+        }
+        s
+    }
+}
+
+pub fn source_name(s: Source) -> String {
+    match s {
+        Source::None => "none".into(),
+        Source::Exact => "exact".into(),
+        Source::Window { rows } => format!("window({rows})"),
+        Source::Accumulated => "accumulated".into(),
+        Source::PageBound => "page_bound".into(),
+        Source::External => "external".into(),
+    }
+}
+
+pub fn reduce_name(r: Reduce) -> &'static str {
+    match r {
+        Reduce::Sum => "sum",
+        Reduce::Mean => "mean",
+        Reduce::Max => "max",
+    }
+}
