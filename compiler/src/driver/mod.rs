@@ -410,20 +410,21 @@ pub fn emit_for(
             KernelRef::Selection(name) => {
                 let (s, w) = select_spec(&fe, &name, sets)?;
                 warns.extend(w);
-                let text =
-                    match stage {
-                        Stage::Spec => s.print(),
-                        Stage::Plan => select::plan::print(&s, &select::plan::plan(&s)),
-                        // Without --kernel, the other stages cover the attention kernels.
-                        _ if kernel.is_none() => continue,
-                        _ => return Err(vec![Diagnostic::error(
+                let text = match stage {
+                    Stage::Spec => s.print(),
+                    Stage::Plan => select::plan::print(&s, &select::plan::plan(&s)),
+                    // Without --kernel, the other stages cover the attention kernels.
+                    _ if kernel.is_none() => continue,
+                    _ => {
+                        return Err(vec![Diagnostic::error(
                             "E0810",
                             format!(
                                 "`{name}` is a selection kernel: it has the stages spec and plan"
                             ),
                         )
-                        .with_hint("use --emit spec or --emit plan")]),
-                    };
+                        .with_hint("use --emit spec or --emit plan")])
+                    }
+                };
                 if !out.is_empty() {
                     out.push('\n');
                 }

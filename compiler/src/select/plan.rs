@@ -231,6 +231,40 @@ pub fn print(s: &SelectSpec, p: &SelectPlan) -> String {
     out
 }
 
+/// `attnc explain` for a selection kernel: what it keeps, what it reads, against dense.
+pub fn explain(s: &SelectSpec) -> String {
+    let p = plan(s);
+    let mut out = String::new();
+    let unit = if s.page == 1 {
+        "tokens".to_string()
+    } else {
+        format!("pages of {} tokens", s.page)
+    };
+    let _ = writeln!(
+        out,
+        "{}: {} over `{}`, {} list(s) of {} {unit} per sequence",
+        s.kernel,
+        match s.kind {
+            KernelKind::Decode => "decode step",
+            KernelKind::Select => "selection",
+        },
+        s.select,
+        s.sel_heads(),
+        s.capacity()
+    );
+    let _ = writeln!(
+        out,
+        "  reads at most {} of {} cached tokens per sequence ({:.2}%), always {} sinks and {} recent",
+        p.attended_tokens,
+        s.context,
+        100.0 * p.attended_tokens as f64 / s.context as f64,
+        s.sinks,
+        s.recent
+    );
+    out.push_str(&print(s, &p));
+    out
+}
+
 /// Bytes in binary units with three significant digits.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use attnc::diagnostic::{has_errors, Diagnostic};
 use attnc::driver::{self, explain, Source, Stage};
+use attnc::select::SelectSpec;
 use attnc::sema::instantiate::Binding;
 use attnc_runtime::cuda::{CudaKernel, Gpu};
 use attnc_runtime::files::{run_npy, run_npy_cuda, NpyArgs};
@@ -210,6 +211,27 @@ fn out(text: &str) {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
+/// When the kernel is a selection kernel: its source and instantiated spec (warnings
+/// printed). `None` for attention kernels.
+fn selection(a: &KernelArgs, color: bool) -> Result<Option<(Source, SelectSpec)>, u8> {
+    let sets = bindings(&a.sets)?;
+    let src = load(&a.file)?;
+    let (fe, warnings) = match driver::frontend(&src) {
+        Ok(x) => x,
+        Err(d) => return Err(report(&src, &d, color).err().unwrap_or(EXIT_DIAGNOSTICS)),
+    };
+    let name = match driver::find_any(&fe, a.kernel.as_deref()) {
+        Ok(driver::KernelRef::Selection(name)) => name,
+        Ok(driver::KernelRef::Attention(_)) => return Ok(None),
+        Err(d) => return Err(report(&src, &[d], color).err().unwrap_or(EXIT_DIAGNOSTICS)),
+    };
+    report(&src, &warnings, color)?;
+    let (spec, w) = driver::select_spec(&fe, &name, &sets)
+        .map_err(|d| report(&src, &d, color).err().unwrap_or(EXIT_DIAGNOSTICS))?;
+    report(&src, &w, color)?;
+    Ok(Some((src, spec)))
+}
+
 /// Source, kernel and bindings -> the compiled kernel (warnings printed).
 fn compile(a: &KernelArgs, color: bool) -> Result<(Source, driver::Compiled), u8> {
     let sets = bindings(&a.sets)?;
@@ -402,6 +424,16 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             }
         }
         Command::Explain { k, png, tile } => {
+            if let Some((_, spec)) = selection(&k, color)? {
+                if png.is_some() || tile.is_some() {
+                    return Err(usage(format!(
+                        "`{}` is a selection kernel: it has no tile mask (--png, --tile)",
+                        spec.kernel
+                    )));
+                }
+                out(&attnc::select::plan::explain(&spec));
+                return Ok(());
+            }
             let (src, c) = compile(&k, color)?;
             out(&explain::report(&c.spec, &c.schedule, &src.name, tile));
             if let Some(p) = png {
