@@ -12,12 +12,21 @@ attnc=target/release/attnc
 mkdir -p out
 
 echo "== checking and compiling the shipped kernels" >&2
-for f in kernels/*.attn dsl-examples/*.attn; do
+for f in kernels/*.attn; do
   "$attnc" check "$f"
   name=$(basename "$f" .attn)
-  "$attnc" compile "$f" --emit schedule -o "out/$name.schedule.txt"
-  "$attnc" compile "$f" --emit ir -o "out/$name.ir.txt"
-  echo "   $f -> out/$name.schedule.txt, out/$name.ir.txt" >&2
+  "$attnc" compile "$f" --emit spec -o "out/$name.spec.txt"
+  written="out/$name.spec.txt"
+  if grep -q "= *attention(" "$f"; then
+    "$attnc" compile "$f" --emit schedule -o "out/$name.schedule.txt"
+    "$attnc" compile "$f" --emit ir -o "out/$name.ir.txt"
+    written="$written, out/$name.schedule.txt, out/$name.ir.txt"
+  fi
+  if grep -q "^select " "$f"; then
+    "$attnc" compile "$f" --emit plan -o "out/$name.plan.txt"
+    written="$written, out/$name.plan.txt"
+  fi
+  echo "   $f -> $written" >&2
 done
 
 echo "== explaining GRAT-B on a 128x128 canvas (Flux 2048^2, no text)" >&2
@@ -29,3 +38,7 @@ target/release/grat_b_cpu
 
 echo "== timing grat_b_2d (Flux 1024^2 with text, 24 heads) on the CPU" >&2
 "$attnc" bench kernels/grat.attn --kernel grat_b_2d --runs 3
+
+echo "== Quest decode on the CPU: 8 sequences of 16384 cached tokens, a 4096-token budget" >&2
+"$attnc" explain kernels/quest.attn --set CONTEXT=16384
+"$attnc" bench kernels/quest.attn --set CONTEXT=16384 --runs 3

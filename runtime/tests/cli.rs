@@ -278,3 +278,136 @@ fn emit_clif_prints_cranelift_ir() {
     );
     assert!(out.contains("f32x4"), "the kernel uses 4-wide vectors");
 }
+
+#[test]
+fn check_and_explain_the_selection_kernels() {
+    for f in ["streaming", "h2o", "snapkv", "quest"] {
+        let (code, _, err) = run(attnc()
+            .args(["check"])
+            .arg(repo(&format!("kernels/{f}.attn"))));
+        assert_eq!(code, 0, "{f}: {err}");
+    }
+    let (code, out, err) = run(attnc().arg("explain").arg(repo("kernels/quest.attn")));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("reads at most 4096 of 131072 cached tokens per sequence (3.12%)"),
+        "{out}"
+    );
+    assert!(out.contains("dense decode reads 4.00 GiB"), "{out}");
+    let (code, _, err) = run(attnc()
+        .arg("explain")
+        .arg(repo("kernels/quest.attn"))
+        .args(["--png", "x.png"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no tile mask"), "{err}");
+}
+
+const QUEST_SMALL: [&str; 12] = [
+    "--set",
+    "CONTEXT=300",
+    "--set",
+    "BATCH=2",
+    "--set",
+    "HEADS=4",
+    "--set",
+    "KV_HEADS=2",
+    "--set",
+    "HEAD_DIM=16",
+    "--set",
+    "BUDGET=112",
+];
+
+#[test]
+fn run_a_decode_kernel_writes_output_and_indices() {
+    let (b, hq, hkv, d, n) = (2usize, 4usize, 2usize, 16usize, 250usize);
+    let q = write_npy("dq.npy", &[b, hq, 1, d], random(b * hq * d, 4));
+    let k = write_npy("dk.npy", &[b, hkv, n, d], random(b * hkv * n * d, 5));
+    let v = write_npy("dv.npy", &[b, hkv, n, d], random(b * hkv * n * d, 6));
+    let lens = tmp("lens.npy");
+    attnc_runtime::npy::write_i32(&lens, &[2], &[250, 37]).expect("lens written");
+    let (out, idx) = (tmp("do.npy"), tmp("didx.npy"));
+    let (code, _, err) = run(attnc()
+        .arg("run")
+        .arg(repo("kernels/quest.attn"))
+        .args(QUEST_SMALL)
+        .arg("--q")
+        .arg(&q)
+        .arg("--k")
+        .arg(&k)
+        .arg("--v")
+        .arg(&v)
+        .arg("--input")
+        .arg(format!("lens={}", lens.display()))
+        .arg("-o")
+        .arg(&out)
+        .arg("--indices")
+        .arg(&idx));
+    assert_eq!(code, 0, "{err}");
+    let o = attnc_runtime::npy::read(&out).expect("output");
+    assert_eq!(o.shape, vec![b, hq, 1, d]);
+    assert!(o.data.iter().all(|x| x.is_finite()));
+    let (shape, ids) = attnc_runtime::npy::read_ints(&idx).expect("indices");
+    // 112 tokens = 7 pages of 16 per list, one list per KV head.
+    assert_eq!(shape, vec![b, hkv, 7]);
+    // Sequence 0 (250 tokens, 16 pages): the sink page 0, the pages of the recent 64
+    // tokens (11..=15, the last one partial) and the best other page; ascending.
+    for s in 0..hkv {
+        let row = &ids[s * 7..][..7];
+        assert_eq!(row[0], 0, "{row:?}");
+        assert!((1..=10).contains(&row[1]), "{row:?}");
+        assert_eq!(&row[2..], &[11, 12, 13, 14, 15], "{row:?}");
+    }
+    // Sequence 1 (37 tokens = 3 pages) fits the budget: every page, then -1.
+    for s in 0..hkv {
+        assert_eq!(&ids[(hkv + s) * 7..][..7], &[0, 1, 2, -1, -1, -1, -1]);
+    }
+}
+
+#[test]
+fn run_a_selection_kernel_rejects_a_wrong_cache_shape() {
+    let q = write_npy("sq.npy", &[2, 4, 1, 16], random(128, 7));
+    let k = write_npy("sk.npy", &[2, 4, 50, 16], random(6400, 8));
+    let (code, _, err) = run(attnc()
+        .arg("run")
+        .arg(repo("kernels/quest.attn"))
+        .args(QUEST_SMALL)
+        .arg("--q")
+        .arg(&q)
+        .arg("--k")
+        .arg(&k)
+        .arg("--v")
+        .arg(&k)
+        .arg("-o")
+        .arg(tmp("so.npy")));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("expects [2, 2, tokens, 16]"), "{err}");
+}
+
+#[test]
+fn bench_a_decode_kernel_reports_latency_and_fidelity() {
+    let (code, out, err) = run(attnc()
+        .arg("bench")
+        .arg(repo("kernels/quest.attn"))
+        .args(QUEST_SMALL)
+        .args(["--runs", "2", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    for key in [
+        "select_ms",
+        "attend_ms",
+        "dense_ms",
+        "recall",
+        "mass",
+        "cosine",
+    ] {
+        assert!(j[key].as_f64().is_some(), "{key} missing: {out}");
+    }
+    let recall = j["recall"].as_f64().unwrap();
+    let cosine = j["cosine"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&recall), "{out}");
+    assert!(cosine > 0.5 && cosine <= 1.0 + 1e-9, "{out}");
+    // The full-size default would need gigabytes of host memory: a clear error instead.
+    let (code, _, err) = run(attnc().arg("bench").arg(repo("kernels/quest.attn")));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--set CONTEXT="), "{err}");
+}

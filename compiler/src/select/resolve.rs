@@ -411,7 +411,9 @@ impl<'a> Inst<'a, '_> {
                 KeepKind::Sinks => "sinks",
                 KeepKind::Recent => "recent",
             };
-            let v = self.int(e, &format!("`keep {what}`"), 0, context_i, "E0802")?;
+            // Above CONTEXT keeps everything, which is harmless (and what a budget of the
+            // whole cache does): only negative counts are wrong.
+            let v = self.int(e, &format!("`keep {what}`"), 0, MAX_CONTEXT, "E0802")?;
             match kk {
                 KeepKind::Sinks => sinks = v,
                 KeepKind::Recent => recent = v,

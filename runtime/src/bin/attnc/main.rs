@@ -15,6 +15,8 @@ use attnc_runtime::files::{run_npy, run_npy_cuda, NpyArgs};
 use attnc_runtime::{CpuKernel, Error, Tensor};
 use clap::{Parser, Subcommand};
 
+mod selection;
+
 #[derive(Parser)]
 #[command(
     name = "attnc",
@@ -87,7 +89,10 @@ enum Command {
         tile: Option<u32>,
     },
     /// Runs a kernel on .npy tensors [batch, heads, tokens, dim] (float32 or float16) in the
-    /// layout's token order, and writes the float32 output.
+    /// layout's token order, and writes the float32 output. Selection kernels take the
+    /// cache as --k/--v [batch, kv_heads, tokens, dim], the inputs lens [batch], scores or
+    /// acc [batch, lists, tokens], and write the output (decode) or the int32 index lists
+    /// (select).
     Run {
         #[command(flatten)]
         k: KernelArgs,
@@ -96,12 +101,16 @@ enum Command {
         #[arg(long)]
         k_file: Option<PathBuf>,
         #[arg(long)]
-        v: PathBuf,
-        /// A score-modifier input: NAME=FILE.npy.
+        v: Option<PathBuf>,
+        /// A score-modifier input, or for selection kernels lens, scores or acc:
+        /// NAME=FILE.npy.
         #[arg(long = "input", value_name = "NAME=FILE")]
         inputs: Vec<String>,
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
+        /// Decode kernels: also write the selected index lists (int32) here.
+        #[arg(long)]
+        indices: Option<PathBuf>,
         #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
         backend: String,
     },
@@ -220,6 +229,15 @@ fn selection(a: &KernelArgs, color: bool) -> Result<Option<(Source, SelectSpec)>
         Ok(x) => x,
         Err(d) => return Err(report(&src, &d, color).err().unwrap_or(EXIT_DIAGNOSTICS)),
     };
+    let names = driver::kernel_names(&fe);
+    if a.kernel.is_none() && names.len() > 1 {
+        return Err(usage(format!(
+            "{} has {} kernels; pick one with --kernel ({})",
+            src.name,
+            names.len(),
+            names.join(", ")
+        )));
+    }
     let name = match driver::find_any(&fe, a.kernel.as_deref()) {
         Ok(driver::KernelRef::Selection(name)) => name,
         Ok(driver::KernelRef::Attention(_)) => return Ok(None),
@@ -449,6 +467,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             v,
             inputs,
             output,
+            indices,
             backend,
         } => {
             let Some(k_path) = k_file else {
@@ -461,6 +480,30 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                     .ok_or_else(|| usage(format!("--input `{i}` is not NAME=FILE")))?;
                 named.push((n.to_string(), PathBuf::from(p)));
             }
+            if let Some((_, spec)) = selection(&k, color)? {
+                if backend == "cuda" {
+                    return Err(usage(format!(
+                        "`{}` is a selection kernel: these run on the CPU so far (--backend cpu)",
+                        spec.kernel
+                    )));
+                }
+                let files = selection::RunFiles {
+                    q,
+                    k: k_path,
+                    v,
+                    inputs: named,
+                    output,
+                    indices,
+                };
+                eprintln!("{}", selection::run(spec, &files).map_err(runtime_error)?);
+                return Ok(());
+            }
+            if indices.is_some() {
+                return Err(usage("--indices is for decode kernels"));
+            }
+            let Some(v) = v else {
+                return Err(usage("missing --v FILE.npy"));
+            };
             let (_, c) = compile(&k, color)?;
             let args = NpyArgs {
                 q,
@@ -506,6 +549,16 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             tune,
             json,
         } => {
+            if let Some((_, spec)) = selection(&k, color)? {
+                if backend == "cuda" || tune {
+                    return Err(usage(format!(
+                        "`{}` is a selection kernel: these run on the CPU so far (--backend cpu, no --tune)",
+                        spec.kernel
+                    )));
+                }
+                out(&selection::bench(spec, runs, json).map_err(runtime_error)?);
+                return Ok(());
+            }
             let (src, c) = compile(&k, color)?;
             let flops = explain::figures(&c.spec, &c.schedule).flops;
             if backend == "cuda" {

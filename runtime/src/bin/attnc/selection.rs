@@ -1,0 +1,358 @@
+//! `attnc run` and `attnc bench` for selection kernels (`decode(...)`, `select(...)`).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use attnc::select::spec::{Budget, KernelKind, Pool, SelectSpec, Source};
+use attnc_runtime::decode::{DecodeKernel, Indices};
+use attnc_runtime::{fidelity, npy, Error, Tensor};
+
+/// The files of `attnc run` on a selection kernel.
+pub struct RunFiles {
+    pub q: PathBuf,
+    pub k: PathBuf,
+    pub v: Option<PathBuf>,
+    /// `lens`, `scores` (external source), `acc` (accumulated source).
+    pub inputs: Vec<(String, PathBuf)>,
+    pub output: PathBuf,
+    pub indices: Option<PathBuf>,
+}
+
+fn input<'a>(files: &'a RunFiles, name: &str) -> Option<&'a Path> {
+    files
+        .inputs
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, p)| p.as_path())
+}
+
+/// Reads `[B, Hkv, n, D]` and pads the token axis to the cache capacity.
+fn read_cache(path: &Path, spec: &SelectSpec, what: &str) -> Result<(Tensor, usize), Error> {
+    let t = npy::read(path)?;
+    let (b, hkv, c, d) = (
+        spec.batch as usize,
+        spec.kv_heads as usize,
+        spec.context as usize,
+        spec.head_dim as usize,
+    );
+    if t.shape.len() != 4 || t.shape[0] != b || t.shape[1] != hkv || t.shape[3] != d {
+        return Err(Error::Shape(format!(
+            "{what} `{}` has shape {:?}; `{}` expects [{b}, {hkv}, tokens, {d}] (batch, KV heads, tokens up to CONTEXT = {c}, head dim)",
+            path.display(),
+            t.shape,
+            spec.kernel
+        )));
+    }
+    let n = t.shape[2];
+    if n == 0 || n > c {
+        return Err(Error::Shape(format!(
+            "{what} `{}` holds {n} tokens; `{}` caches 1 to {c} (--set CONTEXT=... to change)",
+            path.display(),
+            spec.kernel
+        )));
+    }
+    let mut data = vec![0f32; b * hkv * c * d];
+    for bh in 0..b * hkv {
+        data[bh * c * d..][..n * d].copy_from_slice(&t.data[bh * n * d..][..n * d]);
+    }
+    Ok((
+        Tensor {
+            shape: vec![b, hkv, c, d],
+            data,
+        },
+        n,
+    ))
+}
+
+/// A state-shaped input `[B, Hsel, tokens]`, padded to `[B, Hsel, CONTEXT]`.
+fn read_per_token(path: &Path, spec: &SelectSpec, what: &str) -> Result<Vec<f32>, Error> {
+    let t = npy::read(path)?;
+    let (b, hs, c) = (
+        spec.batch as usize,
+        spec.sel_heads() as usize,
+        spec.context as usize,
+    );
+    if t.shape.len() != 3 || t.shape[0] != b || t.shape[1] != hs || t.shape[2] > c {
+        return Err(Error::Shape(format!(
+            "{what} `{}` has shape {:?}; `{}` expects [{b}, {hs}, tokens <= {c}]",
+            path.display(),
+            t.shape,
+            spec.kernel
+        )));
+    }
+    let n = t.shape[2];
+    let mut out = vec![0f32; b * hs * c];
+    for r in 0..b * hs {
+        out[r * c..][..n].copy_from_slice(&t.data[r * n..][..n]);
+    }
+    Ok(out)
+}
+
+pub fn run(spec: SelectSpec, files: &RunFiles) -> Result<String, Error> {
+    for (n, _) in &files.inputs {
+        if !["lens", "scores", "acc"].contains(&n.as_str()) {
+            return Err(Error::Shape(format!(
+                "selection kernels take the inputs lens, scores (external source) and acc (accumulated source), not `{n}`"
+            )));
+        }
+    }
+    let (k, n) = read_cache(&files.k, &spec, "--k")?;
+    let v = match &files.v {
+        Some(p) => read_cache(p, &spec, "--v")?.0,
+        None if spec.kind == KernelKind::Select => Tensor::zeros(k.shape.clone()),
+        None => return Err(Error::Shape("missing --v FILE.npy".into())),
+    };
+    let lens: Vec<u32> = match input(files, "lens") {
+        Some(p) => {
+            let (shape, data) = npy::read_ints(p)?;
+            if shape != [spec.batch as usize] {
+                return Err(Error::Shape(format!(
+                    "lens `{}` has shape {shape:?}; expected [{}]",
+                    p.display(),
+                    spec.batch
+                )));
+            }
+            let mut out = vec![];
+            for l in data {
+                if l < 1 || l as usize > n {
+                    return Err(Error::Input(format!(
+                        "a length of {l} is outside 1..={n} (the tokens in --k)"
+                    )));
+                }
+                out.push(l as u32);
+            }
+            out
+        }
+        None => vec![n as u32; spec.batch as usize],
+    };
+    let kernel = DecodeKernel::new(spec.clone());
+    let mut st = kernel.new_state();
+    kernel.fill(&mut st, &k.data, &v.data, &lens)?;
+    if let Some(p) = input(files, "acc") {
+        if spec.source != Source::Accumulated {
+            return Err(Error::Shape(format!(
+                "`{}` has no accumulated state (source {})",
+                spec.kernel,
+                attnc::select::spec::source_name(spec.source)
+            )));
+        }
+        st.acc = read_per_token(p, &spec, "acc")?;
+    }
+    let scores = match input(files, "scores") {
+        Some(p) => Some(read_per_token(p, &spec, "scores")?),
+        None => None,
+    };
+    let q = npy::read(&files.q)?;
+    let t = Instant::now();
+    let idx = kernel.select(&st, &q.data, scores.as_deref())?;
+    let mut msg;
+    if spec.kind == KernelKind::Decode {
+        let o = kernel.attend(&mut st, &q.data, &idx)?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let shape = vec![
+            spec.batch as usize,
+            spec.q_heads as usize,
+            1,
+            spec.head_dim as usize,
+        ];
+        npy::write(&files.output, &Tensor { shape, data: o })?;
+        msg = format!(
+            "{}: output written to {} ({ms:.1} ms on the CPU)",
+            spec.kernel,
+            files.output.display()
+        );
+        if let Some(p) = &files.indices {
+            npy::write_i32(p, &idx.shape, &idx.data)?;
+            msg.push_str(&format!(", indices {:?} to {}", idx.shape, p.display()));
+        }
+    } else {
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        npy::write_i32(&files.output, &idx.shape, &idx.data)?;
+        msg = format!(
+            "{}: indices {:?} written to {} ({ms:.1} ms on the CPU)",
+            spec.kernel,
+            idx.shape,
+            files.output.display()
+        );
+    }
+    Ok(msg)
+}
+
+/// Host memory the CPU benchmark needs, in bytes (cache, values, scores).
+fn bench_bytes(s: &SelectSpec) -> u64 {
+    let cache = s.batch as u64 * s.kv_heads as u64 * s.context as u64 * s.head_dim as u64 * 4;
+    let scores = s.batch as u64 * s.q_heads as u64 * s.context as u64 * 4 * s.q_rows() as u64;
+    3 * cache + 2 * scores
+}
+
+/// At most this much host memory for `attnc bench` on the CPU.
+const BENCH_LIMIT: u64 = 6 << 30;
+
+/// The same kernel reading every token: the yardstick.
+fn dense_of(s: &SelectSpec) -> SelectSpec {
+    let mut d = s.clone();
+    d.kind = KernelKind::Decode;
+    d.source = Source::None;
+    d.pool = Pool::None;
+    d.page = 1;
+    d.sinks = 0;
+    d.recent = 0;
+    d.budget = Budget::Tokens(s.context);
+    d.split = attnc::select::resolve::SPLIT_TOKENS;
+    d
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `attnc bench` on the CPU: latency of select, attend and the dense yardstick, and the
+/// fidelity of the selection on a synthetic cache with planted heavy hitters.
+pub fn bench(spec: SelectSpec, runs: usize, json: bool) -> Result<String, Error> {
+    let need = bench_bytes(&spec);
+    if need > BENCH_LIMIT {
+        let fit = (spec.context as u64 * BENCH_LIMIT / need).max(1);
+        return Err(Error::Input(format!(
+            "benchmarking `{}` on the CPU needs about {} GiB of memory (batch {}, {} KV heads, context {}); try --set CONTEXT={} or a smaller BATCH",
+            spec.kernel,
+            need >> 30,
+            spec.batch,
+            spec.kv_heads,
+            spec.context,
+            fit.next_power_of_two() / 2
+        )));
+    }
+    let rows = spec.q_rows() as usize;
+    let heavy = (spec.capacity() as usize * spec.page as usize / 8).max(1);
+    let syn = fidelity::synthetic(&spec, rows, heavy, 7);
+    let lens = vec![spec.context; spec.batch as usize];
+    let kernel = DecodeKernel::new(spec.clone());
+    let mut st = kernel.new_state();
+    kernel.fill(&mut st, &syn.k.data, &syn.v.data, &lens)?;
+    let (b, hq, d) = (
+        spec.batch as usize,
+        spec.q_heads as usize,
+        spec.head_dim as usize,
+    );
+    // The decode query: the last row of each head.
+    let q1: Vec<f32> = (0..b * hq)
+        .flat_map(|bh| syn.q.data[(bh * rows + rows - 1) * d..][..d].to_vec())
+        .map(|x| attnc_runtime::decode::cache::round(spec.dtype, x))
+        .collect();
+    let scores = (spec.source == Source::External).then(|| {
+        // External scores: random (they measure the pipeline's cost, not a policy).
+        Tensor::random(&[b, spec.sel_heads() as usize, spec.context as usize], 11).data
+    });
+    if spec.source == Source::Accumulated {
+        // History: the accumulated attention of four earlier queries near this one.
+        for i in 0..4 {
+            let noise = Tensor::random(&[b * hq * d], 100 + i);
+            let qi: Vec<f32> = q1
+                .iter()
+                .zip(&noise.data)
+                .map(|(a, n)| a + 0.5 * n)
+                .collect();
+            let sums = fidelity::attention_sums(&spec, &st, &qi);
+            for (a, x) in st.acc.iter_mut().zip(sums) {
+                *a += x;
+            }
+        }
+    }
+    let mut t_select = vec![];
+    let mut t_attend = vec![];
+    let mut idx: Option<Indices> = None;
+    let mut o = vec![];
+    for i in 0..runs.max(1) + 1 {
+        let t = Instant::now();
+        let sel = kernel.select(&st, &syn.q.data, scores.as_deref())?;
+        let ts = t.elapsed().as_secs_f64() * 1e3;
+        let mut ta = 0.0;
+        if spec.kind == KernelKind::Decode {
+            // Attend without touching the accumulated state of the run being measured.
+            let mut scratch_acc = None;
+            if spec.source == Source::Accumulated {
+                scratch_acc = Some(st.acc.clone());
+            }
+            let t = Instant::now();
+            o = kernel.attend(&mut st, &q1, &sel)?;
+            ta = t.elapsed().as_secs_f64() * 1e3;
+            if let Some(a) = scratch_acc {
+                st.acc = a;
+            }
+        }
+        if i > 0 {
+            t_select.push(ts);
+            t_attend.push(ta);
+        }
+        idx = Some(sel);
+    }
+    let idx = idx.expect("at least one run");
+    let dense = DecodeKernel::new(dense_of(&spec));
+    let mut dst = dense.new_state();
+    dense.fill(&mut dst, &syn.k.data, &syn.v.data, &lens)?;
+    let mut t_dense = vec![];
+    for i in 0..runs.max(1) + 1 {
+        let t = Instant::now();
+        let sel = dense.select(&dst, &q1, None)?;
+        dense.attend(&mut dst, &q1, &sel)?;
+        if i > 0 {
+            t_dense.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let f = fidelity::measure(
+        &spec,
+        &st,
+        &q1,
+        &idx,
+        (spec.kind == KernelKind::Decode).then_some(o.as_slice()),
+    );
+    let (ms, ma, md) = (median(t_select), median(t_attend), median(t_dense));
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    if json {
+        return Ok(format!(
+            "{{\"kernel\":\"{}\",\"backend\":\"cpu\",\"threads\":{threads},\"batch\":{},\"context\":{},\"capacity\":{},\"page\":{},\"select_ms\":{ms:.4},\"attend_ms\":{ma:.4},\"step_ms\":{:.4},\"dense_ms\":{md:.4},\"recall\":{:.4},\"mass\":{:.4},\"cosine\":{:.5},\"min_cosine\":{:.5},\"runs\":{}}}\n",
+            spec.kernel, spec.batch, spec.context, spec.capacity(), spec.page, ms + ma,
+            f.recall, f.mass, f.cosine, f.min_cosine, runs.max(1)
+        ));
+    }
+    let mut s = format!(
+        "{} on the CPU ({threads} threads), batch {}, context {}, {} list(s) of {} {}:\n",
+        spec.kernel,
+        spec.batch,
+        spec.context,
+        spec.sel_heads(),
+        spec.capacity(),
+        if spec.page == 1 {
+            "tokens".to_string()
+        } else {
+            format!("pages of {}", spec.page)
+        }
+    );
+    if spec.kind == KernelKind::Decode {
+        s.push_str(&format!(
+            "  select {ms:.3} ms, attend {ma:.3} ms, step {:.3} ms; dense decode {md:.3} ms ({:.2}x), medians of {} runs\n",
+            ms + ma,
+            md / (ms + ma).max(1e-9),
+            runs.max(1)
+        ));
+    } else {
+        s.push_str(&format!(
+            "  select {ms:.3} ms (a dense decode step takes {md:.3} ms), medians of {} runs\n",
+            runs.max(1)
+        ));
+    }
+    s.push_str(&format!(
+        "  fidelity vs dense decode on a synthetic cache ({heavy} planted heavy hitters per KV head): recall {:.3} of the exact top-k, attention mass {:.3}, output cosine {:.4} (min {:.4})\n",
+        f.recall, f.mass, f.cosine, f.min_cosine
+    ));
+    if spec.kind == KernelKind::Decode {
+        s.push_str(&format!(
+            "  the kernel's output vs exact attention over the same selection: max relative error {:.2e}\n",
+            f.max_rel_err
+        ));
+    }
+    Ok(s)
+}

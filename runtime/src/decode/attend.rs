@@ -1,0 +1,152 @@
+//! Rule 8: sparse decode attention over an index list, split-K as in flash-decoding. The
+//! list is cut into chunks of `split` units; each chunk yields, per query head, a running
+//! maximum, a sum of exponentials and a weighted sum of values; a combine step rescales
+//! and adds the chunks. The query heads of a KV head share one pass over its keys.
+
+use attnc::select::spec::{HeadReduce, SelectSpec};
+use rayon::prelude::*;
+
+use super::cache::DecodeState;
+use super::score::dot;
+
+/// One chunk's partial result for one query head.
+#[derive(Clone, Debug)]
+struct Partial {
+    max: f32,
+    sum: f32,
+    acc: Vec<f32>,
+}
+
+/// Per (sequence, query head): the attended tokens with their attention probabilities.
+pub type Probs = Vec<Vec<(u32, f32)>>;
+
+/// The output `[B, Hq, D]` and, when asked for, the probabilities of the attended tokens
+/// per (sequence, query head) (for H2O's update).
+pub struct Attended {
+    pub out: Vec<f32>,
+    pub probs: Probs,
+}
+
+/// The tokens of a list row, in list order.
+pub fn row_tokens(s: &SelectSpec, row: &[i32], len: u32) -> Vec<u32> {
+    let p = s.page;
+    let mut out = vec![];
+    for &u in row.iter().filter(|u| **u >= 0) {
+        let lo = u as u32 * p;
+        out.extend(lo..((u as u32 + 1) * p).min(len));
+    }
+    out
+}
+
+pub fn attend(
+    s: &SelectSpec,
+    st: &DecodeState,
+    q: &[f32],
+    idx: &[i32],
+    want_probs: bool,
+) -> Attended {
+    let b_n = s.batch as usize;
+    let hq = s.q_heads as usize;
+    let hkv = s.kv_heads as usize;
+    let g = s.group() as usize;
+    let d = s.head_dim as usize;
+    let c = s.context as usize;
+    let hs = s.sel_heads() as usize;
+    let cap = s.capacity() as usize;
+    let scale = s.scale as f32;
+    let split = s.split.max(1) as usize;
+    // One task per (sequence, KV head): its G heads' outputs and probabilities.
+    let per: Vec<(Vec<f32>, Probs)> = (0..b_n * hkv)
+        .into_par_iter()
+        .map(|bk| {
+            let (b, kvh) = (bk / hkv, bk % hkv);
+            let sel = match s.heads {
+                HeadReduce::PerKvGroup(_) => kvh,
+                HeadReduce::Shared(_) => 0,
+            };
+            let row = &idx[(b * hs + sel) * cap..][..cap];
+            let len = st.lens[b];
+            let base = (b * hkv + kvh) * c * d;
+            let qs: Vec<&[f32]> = (0..g)
+                .map(|i| &q[(b * hq + kvh * g + i) * d..][..d])
+                .collect();
+            let mut logits: Vec<Vec<(u32, f32)>> = vec![vec![]; g];
+            // Split-K: each chunk of units, then the combine.
+            let partials: Vec<Vec<Partial>> = row
+                .chunks(split)
+                .map(|chunk| {
+                    let toks = row_tokens(s, chunk, len);
+                    (0..g)
+                        .map(|i| {
+                            let mut p = Partial {
+                                max: f32::NEG_INFINITY,
+                                sum: 0.0,
+                                acc: vec![0.0; d],
+                            };
+                            for &j in &toks {
+                                let kv = &st.k[base + j as usize * d..][..d];
+                                let l = scale * dot(qs[i], kv);
+                                if want_probs {
+                                    logits[i].push((j, l));
+                                }
+                                let m = p.max.max(l);
+                                let r = (p.max - m).exp();
+                                let e = (l - m).exp();
+                                p.sum = p.sum * r + e;
+                                let vv = &st.v[base + j as usize * d..][..d];
+                                for t in 0..d {
+                                    p.acc[t] = p.acc[t] * r + e * vv[t];
+                                }
+                                p.max = m;
+                            }
+                            p
+                        })
+                        .collect()
+                })
+                .collect();
+            let mut out = vec![0f32; g * d];
+            let mut probs = vec![vec![]; g];
+            for i in 0..g {
+                let m = partials
+                    .iter()
+                    .map(|c| c[i].max)
+                    .fold(f32::NEG_INFINITY, f32::max);
+                if m == f32::NEG_INFINITY {
+                    continue; // nothing selected: zeros
+                }
+                let mut sum = 0f32;
+                let o = &mut out[i * d..][..d];
+                for c in &partials {
+                    let p = &c[i];
+                    if p.sum == 0.0 {
+                        continue;
+                    }
+                    let r = (p.max - m).exp();
+                    sum += p.sum * r;
+                    for t in 0..d {
+                        o[t] += p.acc[t] * r;
+                    }
+                }
+                o.iter_mut().for_each(|x| *x /= sum);
+                if want_probs {
+                    let lse = m + sum.ln();
+                    probs[i] = logits[i]
+                        .iter()
+                        .map(|&(j, l)| (j, (l - lse).exp()))
+                        .collect();
+                }
+            }
+            (out, probs)
+        })
+        .collect();
+    let mut out = vec![0f32; b_n * hq * d];
+    let mut probs = vec![vec![]; b_n * hq];
+    for (bk, (o, p)) in per.into_iter().enumerate() {
+        let (b, kvh) = (bk / hkv, bk % hkv);
+        out[(b * hq + kvh * g) * d..][..g * d].copy_from_slice(&o);
+        for (i, pi) in p.into_iter().enumerate() {
+            probs[b * hq + kvh * g + i] = pi;
+        }
+    }
+    Attended { out, probs }
+}

@@ -1,0 +1,249 @@
+//! KV selection and sparse decode attention on the CPU, from a [`SelectSpec`]: the
+//! executor of the contract in `docs/kv-selection.md`. A decode step is `select` (score,
+//! reduce, pool, keep, top-k, emit) then `attend` (split-K over the index list); `append`
+//! grows the cache and its page metadata. Every call checks its shapes and values.
+
+// Numeric loops index several arrays by one position at once (keys, values, metadata):
+// index loops read better there than zipped iterators.
+#![allow(clippy::needless_range_loop)]
+
+pub mod attend;
+pub mod cache;
+pub mod reference;
+pub mod score;
+pub mod topk;
+
+use attnc::select::spec::{KernelKind, Reduce, SelectSpec, Source};
+
+pub use cache::DecodeState;
+
+use crate::Error;
+
+/// Index lists `[B, Hsel, K]`: ascending unit indices, padded with -1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Indices {
+    pub shape: [usize; 3],
+    pub data: Vec<i32>,
+}
+
+/// A selection kernel ready to run on the CPU.
+#[derive(Clone, Debug)]
+pub struct DecodeKernel {
+    spec: SelectSpec,
+}
+
+impl DecodeKernel {
+    pub fn new(spec: SelectSpec) -> DecodeKernel {
+        DecodeKernel { spec }
+    }
+
+    pub fn spec(&self) -> &SelectSpec {
+        &self.spec
+    }
+
+    /// An empty cache (every length 0).
+    pub fn new_state(&self) -> DecodeState {
+        cache::new_state(&self.spec)
+    }
+
+    /// Loads a whole cache: `k`, `v` `[B, Hkv, CONTEXT, D]` (entries past `lens[b]` are
+    /// ignored), `lens` `[B]` in `1..=CONTEXT`. Resets the accumulated state.
+    pub fn fill(
+        &self,
+        st: &mut DecodeState,
+        k: &[f32],
+        v: &[f32],
+        lens: &[u32],
+    ) -> Result<(), Error> {
+        cache::fill(&self.spec, st, k, v, lens)
+    }
+
+    /// Appends one token to every sequence: `k_new`, `v_new` `[B, Hkv, D]`.
+    pub fn append(&self, st: &mut DecodeState, k_new: &[f32], v_new: &[f32]) -> Result<(), Error> {
+        cache::append(&self.spec, st, k_new, v_new)
+    }
+
+    fn check_state(&self, st: &DecodeState) -> Result<(), Error> {
+        let s = &self.spec;
+        let fresh = cache::new_state(s);
+        if st.k.len() != fresh.k.len()
+            || st.lens.len() != fresh.lens.len()
+            || st.kmax.len() != fresh.kmax.len()
+            || st.acc.len() != fresh.acc.len()
+        {
+            return Err(Error::Shape(format!(
+                "the state does not belong to `{}` (make it with new_state)",
+                s.kernel
+            )));
+        }
+        if let Some(b) = st.lens.iter().position(|l| *l == 0) {
+            return Err(Error::Input(format!("sequence {b} has an empty cache")));
+        }
+        Ok(())
+    }
+
+    /// The queries rounded to the dtype, after checking `[B, Hq, rows, D]`.
+    fn queries(&self, q: &[f32], rows: usize) -> Result<Vec<f32>, Error> {
+        let s = &self.spec;
+        let (b, hq, d) = (s.batch as usize, s.q_heads as usize, s.head_dim as usize);
+        cache::check_values(
+            "q",
+            q,
+            b * hq * rows * d,
+            &format!("[{b}, {hq}, {rows}, {d}]: batch, query heads, query rows, head dim"),
+        )?;
+        Ok(q.iter().map(|x| cache::round(s.dtype, *x)).collect())
+    }
+
+    /// Rules 1 to 7: the index lists for the query `q` `[B, Hq, rows, D]` (`rows` is the
+    /// observation window for `window`, else 1). `external` `[B, Hsel, CONTEXT]` is
+    /// required by, and only by, `source external`.
+    pub fn select(
+        &self,
+        st: &DecodeState,
+        q: &[f32],
+        external: Option<&[f32]>,
+    ) -> Result<Indices, Error> {
+        let s = &self.spec;
+        self.check_state(st)?;
+        let rows = s.q_rows() as usize;
+        if let Some(b) = st.lens.iter().position(|l| (*l as usize) < rows) {
+            return Err(Error::Input(format!(
+                "sequence {b} holds {} tokens, fewer than the observation window of {rows}",
+                st.lens[b]
+            )));
+        }
+        let q = self.queries(q, rows)?;
+        let hs = s.sel_heads() as usize;
+        let c = s.context as usize;
+        match (s.source, external) {
+            (Source::External, None) => {
+                return Err(Error::Shape(format!(
+                    "`{}` scores tokens with an external tensor: pass scores [{}, {hs}, {c}]",
+                    s.kernel, s.batch
+                )))
+            }
+            (Source::External, Some(e)) => {
+                if e.len() != s.batch as usize * hs * c {
+                    return Err(Error::Shape(format!(
+                        "scores have {} values; expected [{}, {hs}, {c}] = {}",
+                        e.len(),
+                        s.batch,
+                        s.batch as usize * hs * c
+                    )));
+                }
+            }
+            (_, Some(_)) => {
+                return Err(Error::Shape(format!(
+                    "`{}` computes its own scores: pass no external scores",
+                    s.kernel
+                )))
+            }
+            (_, None) => {}
+        }
+        let scores = score::unit_scores(s, st, &q, external);
+        let units = s.units() as usize;
+        let cap = s.capacity() as usize;
+        let mut data = vec![-1i32; s.batch as usize * hs * cap];
+        for (r, out) in data.chunks_mut(cap).enumerate() {
+            let b = r / hs;
+            topk::select_row(s, st.lens[b], &scores[r * units..][..units], out);
+        }
+        Ok(Indices {
+            shape: [s.batch as usize, hs, cap],
+            data,
+        })
+    }
+
+    /// Rule 8: attention of `q` `[B, Hq, 1, D]` over the lists in `idx`; the output is
+    /// `[B, Hq, D]`. For `source accumulated`, adds the step's probabilities to the state.
+    pub fn attend(
+        &self,
+        st: &mut DecodeState,
+        q: &[f32],
+        idx: &Indices,
+    ) -> Result<Vec<f32>, Error> {
+        let s = &self.spec;
+        if s.kind == KernelKind::Select {
+            return Err(Error::Shape(format!(
+                "`{}` is a select kernel: it selects and never attends",
+                s.kernel
+            )));
+        }
+        self.check_state(st)?;
+        let want = [
+            s.batch as usize,
+            s.sel_heads() as usize,
+            s.capacity() as usize,
+        ];
+        if idx.shape != want || idx.data.len() != want.iter().product::<usize>() {
+            return Err(Error::Shape(format!(
+                "index lists of shape {:?}; `{}` expects {want:?}",
+                idx.shape, s.kernel
+            )));
+        }
+        let units = st
+            .lens
+            .iter()
+            .map(|l| l.div_ceil(s.page) as i32)
+            .collect::<Vec<_>>();
+        for (r, row) in idx.data.chunks(want[2]).enumerate() {
+            if let Some(u) = row.iter().find(|u| **u < -1 || **u >= units[r / want[1]]) {
+                return Err(Error::Input(format!(
+                    "index {u} in list {r} is outside the cached units 0..{}",
+                    units[r / want[1]]
+                )));
+            }
+        }
+        let q = self.queries(q, 1)?;
+        let accumulate = s.source == Source::Accumulated;
+        let a = attend::attend(s, st, &q, &idx.data, accumulate);
+        if accumulate {
+            self.accumulate(st, &a.probs);
+        }
+        Ok(a.out)
+    }
+
+    /// H2O: the step's probabilities, reduced over each list's heads, added to the state.
+    fn accumulate(&self, st: &mut DecodeState, probs: &[Vec<(u32, f32)>]) {
+        let s = &self.spec;
+        let (hq, hs, c) = (
+            s.q_heads as usize,
+            s.sel_heads() as usize,
+            s.context as usize,
+        );
+        let op = s.heads.op();
+        for b in 0..s.batch as usize {
+            for sel in 0..hs {
+                let heads = score::list_heads(s, sel);
+                let n = heads.len() as f32;
+                let mut add: Vec<(u32, f32)> = vec![];
+                for (i, h) in heads.enumerate() {
+                    for (t, &(j, p)) in probs[b * hq + h].iter().enumerate() {
+                        if i == 0 {
+                            add.push((j, p));
+                        } else {
+                            score::fold(op, &mut add[t].1, p, false);
+                        }
+                    }
+                }
+                for (j, x) in add {
+                    let x = if op == Reduce::Mean { x / n } else { x };
+                    st.acc[(b * hs + sel) * c + j as usize] += x;
+                }
+            }
+        }
+    }
+
+    /// One decode step: select, then attend.
+    pub fn step(
+        &self,
+        st: &mut DecodeState,
+        q: &[f32],
+        external: Option<&[f32]>,
+    ) -> Result<(Indices, Vec<f32>), Error> {
+        let idx = self.select(st, q, external)?;
+        let o = self.attend(st, q, &idx)?;
+        Ok((idx, o))
+    }
+}

@@ -1,0 +1,322 @@
+//! The brute-force reference for selection and sparse decode, written apart from the
+//! executor on purpose: scores in `f64`, the keep rules from first principles, selection
+//! by sorting every unit, attention by a plain two-pass softmax. Tests hold the executor
+//! to it (indices exactly, outputs to `f32` rounding).
+
+use std::cmp::Ordering;
+
+use attnc::select::spec::{Budget, HeadReduce, Pool, Reduce, SelectSpec, Source};
+
+use super::{DecodeState, Indices};
+use crate::Error;
+
+fn reduce(op: Reduce, xs: &[f64]) -> f64 {
+    match op {
+        Reduce::Sum => xs.iter().sum(),
+        Reduce::Mean => xs.iter().sum::<f64>() / xs.len() as f64,
+        Reduce::Max => xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+    }
+}
+
+fn heads_of(s: &SelectSpec, sel: usize) -> Vec<usize> {
+    let g = s.group() as usize;
+    match s.heads {
+        HeadReduce::PerKvGroup(_) => (sel * g..(sel + 1) * g).collect(),
+        HeadReduce::Shared(_) => (0..s.q_heads as usize).collect(),
+    }
+}
+
+fn key(s: &SelectSpec, st: &DecodeState, b: usize, kvh: usize, j: usize) -> Vec<f64> {
+    let (hkv, c, d) = (s.kv_heads as usize, s.context as usize, s.head_dim as usize);
+    st.k[((b * hkv + kvh) * c + j) * d..][..d]
+        .iter()
+        .map(|x| *x as f64)
+        .collect()
+}
+
+fn query(s: &SelectSpec, q: &[f32], b: usize, h: usize, row: usize) -> Vec<f64> {
+    let (hq, d, rows) = (s.q_heads as usize, s.head_dim as usize, s.q_rows() as usize);
+    q[((b * hq + h) * rows + row) * d..][..d]
+        .iter()
+        .map(|x| s.dtype_round(*x) as f64)
+        .collect()
+}
+
+trait Round {
+    fn dtype_round(&self, x: f32) -> f32;
+}
+
+impl Round for SelectSpec {
+    fn dtype_round(&self, x: f32) -> f32 {
+        super::cache::round(self.dtype, x)
+    }
+}
+
+fn softmax(l: &[f64]) -> Vec<f64> {
+    let m = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let z: f64 = l.iter().map(|x| (x - m).exp()).sum();
+    l.iter().map(|x| (x - m).exp() / z).collect()
+}
+
+/// Token scores of list `(b, sel)` for `j < len` (`None` where not scored).
+fn token_scores(
+    s: &SelectSpec,
+    st: &DecodeState,
+    q: &[f32],
+    ext: Option<&[f32]>,
+    b: usize,
+    sel: usize,
+) -> Vec<Option<f64>> {
+    let len = st.lens[b] as usize;
+    let c = s.context as usize;
+    let hs = s.sel_heads() as usize;
+    let g = s.group() as usize;
+    let dotp = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    match s.source {
+        Source::None => vec![Some(0.0); len],
+        Source::Accumulated => (0..len)
+            .map(|j| Some(st.acc[(b * hs + sel) * c + j] as f64))
+            .collect(),
+        Source::External => (0..len)
+            .map(|j| Some(ext.map_or(0.0, |e| e[(b * hs + sel) * c + j] as f64)))
+            .collect(),
+        Source::Exact | Source::Window { .. } => {
+            let rows = s.q_rows() as usize;
+            let scored = if matches!(s.source, Source::Window { .. }) {
+                len - rows
+            } else {
+                len
+            };
+            let per_head: Vec<Vec<f64>> = heads_of(s, sel)
+                .into_iter()
+                .map(|h| {
+                    let rows_p: Vec<Vec<f64>> = (0..rows)
+                        .map(|i| {
+                            let qv = query(s, q, b, h, i);
+                            let seen = len - rows + i + 1;
+                            let l: Vec<f64> = (0..seen)
+                                .map(|j| s.scale * dotp(&qv, &key(s, st, b, h / g, j)))
+                                .collect();
+                            softmax(&l)
+                        })
+                        .collect();
+                    (0..scored)
+                        .map(|j| reduce(s.rows, &rows_p.iter().map(|r| r[j]).collect::<Vec<_>>()))
+                        .collect()
+                })
+                .collect();
+            (0..len)
+                .map(|j| {
+                    (j < scored).then(|| {
+                        reduce(
+                            s.heads.op(),
+                            &per_head.iter().map(|p| p[j]).collect::<Vec<_>>(),
+                        )
+                    })
+                })
+                .collect()
+        }
+        Source::PageBound => unreachable!("page scores are computed per page"),
+    }
+}
+
+/// Unit scores of list `(b, sel)` (`None` where not scored).
+fn unit_scores(
+    s: &SelectSpec,
+    st: &DecodeState,
+    q: &[f32],
+    ext: Option<&[f32]>,
+    b: usize,
+    sel: usize,
+) -> Vec<Option<f64>> {
+    let len = st.lens[b] as usize;
+    let p = s.page as usize;
+    let n = len.div_ceil(p);
+    if s.source == Source::PageBound {
+        let g = s.group() as usize;
+        return (0..n)
+            .map(|pg| {
+                if (pg + 1) * p > len {
+                    return None;
+                }
+                let per: Vec<f64> = heads_of(s, sel)
+                    .into_iter()
+                    .map(|h| {
+                        let qv = query(s, q, b, h, 0);
+                        (0..qv.len())
+                            .map(|t| {
+                                let col: Vec<f64> = (pg * p..(pg + 1) * p)
+                                    .map(|j| key(s, st, b, h / g, j)[t])
+                                    .collect();
+                                let hi = col.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                                let lo = col.iter().cloned().fold(f64::INFINITY, f64::min);
+                                (qv[t] * hi).max(qv[t] * lo)
+                            })
+                            .sum()
+                    })
+                    .collect();
+                Some(reduce(s.heads.op(), &per))
+            })
+            .collect();
+    }
+    let tok = token_scores(s, st, q, ext, b, sel);
+    let m = tok.iter().take_while(|x| x.is_some()).count();
+    let pooled: Vec<Option<f64>> = (0..len)
+        .map(|j| {
+            if j >= m {
+                return None;
+            }
+            let (size, avg) = match s.pool {
+                Pool::None => return tok[j],
+                Pool::Avg { size } => (size as i64, true),
+                Pool::Max { size } => (size as i64, false),
+            };
+            let r = size / 2;
+            let vals: Vec<f64> = (j as i64 - r..=j as i64 + r)
+                .filter(|t| *t >= 0 && (*t as usize) < m)
+                .map(|t| tok[t as usize].unwrap_or(0.0))
+                .collect();
+            Some(if avg {
+                vals.iter().sum::<f64>() / size as f64
+            } else {
+                vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
+            })
+        })
+        .collect();
+    if p == 1 {
+        return pooled;
+    }
+    (0..n)
+        .map(|pg| {
+            if (pg + 1) * p > len || pg * p >= m {
+                return None;
+            }
+            Some(
+                (pg * p..((pg + 1) * p).min(m))
+                    .map(|j| pooled[j].unwrap_or(0.0))
+                    .sum(),
+            )
+        })
+        .collect()
+}
+
+/// Selection by sorting every unit.
+pub fn reference_select(
+    s: &SelectSpec,
+    st: &DecodeState,
+    q: &[f32],
+    external: Option<&[f32]>,
+) -> Result<Indices, Error> {
+    let (bn, hs, cap) = (
+        s.batch as usize,
+        s.sel_heads() as usize,
+        s.capacity() as usize,
+    );
+    let mut data = vec![-1i32; bn * hs * cap];
+    for b in 0..bn {
+        let len = st.lens[b] as usize;
+        let p = s.page as usize;
+        let n = len.div_ceil(p);
+        // Forced: a unit holding a sink or recent token, or the partial last page.
+        let forced: Vec<bool> = (0..n)
+            .map(|u| {
+                let (lo, hi) = (u * p, ((u + 1) * p).min(len));
+                (lo..hi).any(|t| t < s.sinks as usize || t + s.recent as usize >= len)
+                    || hi - lo < p
+            })
+            .collect();
+        let nf = forced.iter().filter(|f| **f).count();
+        let k = match s.budget {
+            Budget::Tokens(t) => (t as usize / p).min(cap),
+            Budget::Ratio(f) => (((f * n as f64).floor() as usize).max(nf)).min(cap),
+        };
+        for sel in 0..hs {
+            let row = &mut data[(b * hs + sel) * cap..][..cap];
+            if n <= k {
+                for u in 0..n {
+                    row[u] = u as i32;
+                }
+                continue;
+            }
+            let scores = unit_scores(s, st, q, external, b, sel);
+            let mut order: Vec<usize> = (0..n).filter(|u| !forced[*u]).collect();
+            order.sort_by(|&x, &y| {
+                let (a, c) = (
+                    scores[x].unwrap_or(f64::NEG_INFINITY),
+                    scores[y].unwrap_or(f64::NEG_INFINITY),
+                );
+                match (a.is_nan(), c.is_nan()) {
+                    (true, false) => Ordering::Greater,
+                    (false, true) => Ordering::Less,
+                    _ => c.partial_cmp(&a).unwrap_or(Ordering::Equal).then(x.cmp(&y)),
+                }
+            });
+            let mut chosen: Vec<usize> = (0..n).filter(|u| forced[*u]).collect();
+            chosen.extend(order.into_iter().take(k.saturating_sub(nf)));
+            chosen.sort();
+            for (o, u) in row.iter_mut().zip(chosen) {
+                *o = u as i32;
+            }
+        }
+    }
+    Ok(Indices {
+        shape: [bn, hs, cap],
+        data,
+    })
+}
+
+/// Attention over the selection in `f64` with a two-pass softmax: `[B, Hq, D]`.
+pub fn reference_attend(
+    s: &SelectSpec,
+    st: &DecodeState,
+    q: &[f32],
+    idx: &Indices,
+) -> Result<Vec<f64>, Error> {
+    let (bn, hq, hkv, d, c) = (
+        s.batch as usize,
+        s.q_heads as usize,
+        s.kv_heads as usize,
+        s.head_dim as usize,
+        s.context as usize,
+    );
+    let g = s.group() as usize;
+    let (hs, cap) = (idx.shape[1], idx.shape[2]);
+    let mut out = vec![0f64; bn * hq * d];
+    for b in 0..bn {
+        let len = st.lens[b] as usize;
+        for h in 0..hq {
+            let sel = if hs == 1 { 0 } else { h / g };
+            let kvh = h / g;
+            let toks: Vec<usize> = idx.data[(b * hs + sel) * cap..][..cap]
+                .iter()
+                .filter(|u| **u >= 0)
+                .flat_map(|u| {
+                    (*u as usize * s.page as usize..((*u as usize + 1) * s.page as usize).min(len))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            if toks.is_empty() {
+                continue;
+            }
+            let qv = query(s, q, b, h, 0);
+            let l: Vec<f64> = toks
+                .iter()
+                .map(|&j| {
+                    s.scale
+                        * qv.iter()
+                            .zip(key(s, st, b, kvh, j))
+                            .map(|(x, y)| x * y)
+                            .sum::<f64>()
+                })
+                .collect();
+            let p = softmax(&l);
+            for (pj, &j) in p.iter().zip(&toks) {
+                let vv = &st.v[((b * hkv + kvh) * c + j) * d..][..d];
+                for t in 0..d {
+                    out[(b * hq + h) * d + t] += pj * vv[t] as f64;
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,218 @@
+//! Rules 1 to 5 of `docs/kv-selection.md`: a score for every unit (token or page) of every
+//! index list. Nothing of size `C x C` exists: the largest buffer is one row of `C` logits
+//! per query head, per worker.
+
+use attnc::select::spec::{HeadReduce, Pool, Reduce, SelectSpec, Source};
+use rayon::prelude::*;
+
+use super::cache::DecodeState;
+
+/// Unit scores `[B, Hsel, units]`; units past a sequence's end and units that are not
+/// scored (the partial last page, a window's own tokens) hold `-inf`.
+pub fn unit_scores(s: &SelectSpec, st: &DecodeState, q: &[f32], ext: Option<&[f32]>) -> Vec<f32> {
+    let b_n = s.batch as usize;
+    let hs = s.sel_heads() as usize;
+    let units = s.units() as usize;
+    let mut out = vec![f32::NEG_INFINITY; b_n * hs * units];
+    out.par_chunks_mut(units)
+        .enumerate()
+        .for_each(|(row, dst)| {
+            let (b, sel) = (row / hs, row % hs);
+            row_scores(s, st, q, ext, b, sel, dst);
+        });
+    out
+}
+
+/// The query heads whose scores make list `sel`.
+pub fn list_heads(s: &SelectSpec, sel: usize) -> std::ops::Range<usize> {
+    match s.heads {
+        HeadReduce::PerKvGroup(_) => {
+            let g = s.group() as usize;
+            sel * g..(sel + 1) * g
+        }
+        HeadReduce::Shared(_) => 0..s.q_heads as usize,
+    }
+}
+
+/// Folds `x` into `acc` (the `n`-th value) with `op`; `mean` divides at the end.
+pub fn fold(op: Reduce, acc: &mut f32, x: f32, first: bool) {
+    if first {
+        *acc = x;
+        return;
+    }
+    match op {
+        Reduce::Sum | Reduce::Mean => *acc += x,
+        Reduce::Max => *acc = acc.max(x),
+    }
+}
+
+fn row_scores(
+    s: &SelectSpec,
+    st: &DecodeState,
+    q: &[f32],
+    ext: Option<&[f32]>,
+    b: usize,
+    sel: usize,
+    dst: &mut [f32],
+) {
+    let len = st.lens[b] as usize;
+    let c = s.context as usize;
+    let p = s.page as usize;
+    let hs = s.sel_heads() as usize;
+    // Token scores over the scored range [0, m), or page scores directly.
+    let mut tok = vec![0f32; len];
+    let m;
+    match s.source {
+        Source::None => m = len,
+        Source::Accumulated | Source::External => {
+            let src = if s.source == Source::Accumulated {
+                &st.acc[..]
+            } else {
+                ext.unwrap_or(&[])
+            };
+            m = len;
+            tok.copy_from_slice(&src[(b * hs + sel) * c..][..len]);
+        }
+        Source::Exact | Source::Window { .. } => {
+            // A window's own tokens are kept, not scored.
+            m = match s.source {
+                Source::Window { rows } => len - rows as usize,
+                _ => len,
+            };
+            let heads = list_heads(s, sel);
+            let nh = heads.len();
+            for (i, h) in heads.enumerate() {
+                let hs_score = head_token_scores(s, st, q, b, h, len, m);
+                for j in 0..m {
+                    fold(s.heads.op(), &mut tok[j], hs_score[j], i == 0);
+                }
+            }
+            if s.heads.op() == Reduce::Mean {
+                tok[..m].iter_mut().for_each(|x| *x /= nh as f32);
+            }
+            tok.truncate(m);
+        }
+        Source::PageBound => {
+            let d = s.head_dim as usize;
+            let hkv = s.kv_heads as usize;
+            let g = s.group() as usize;
+            let rows = s.q_rows() as usize;
+            let full = len / p;
+            let heads = list_heads(s, sel);
+            let nh = heads.len();
+            for (i, h) in heads.enumerate() {
+                let kvh = h / g;
+                let qv = &q[(b * s.q_heads as usize + h) * rows * d..][..d];
+                for pg in 0..full {
+                    let meta = ((b * hkv + kvh) * s.units() as usize + pg) * d;
+                    let (hi, lo) = (&st.kmax[meta..][..d], &st.kmin[meta..][..d]);
+                    let mut u = 0f32;
+                    for t in 0..d {
+                        u += (qv[t] * hi[t]).max(qv[t] * lo[t]);
+                    }
+                    fold(s.heads.op(), &mut dst[pg], u, i == 0);
+                }
+            }
+            if s.heads.op() == Reduce::Mean {
+                dst[..full].iter_mut().for_each(|x| *x /= nh as f32);
+            }
+            return;
+        }
+    }
+    let m = m.min(tok.len());
+    let tok = pool(s.pool, &tok[..m]);
+    if p == 1 {
+        dst[..m].copy_from_slice(&tok);
+    } else {
+        // Page score: the sum over its tokens; the partial last page is not scored.
+        for pg in 0..len / p {
+            let lo = pg * p;
+            if lo >= m {
+                break;
+            }
+            dst[pg] = tok[lo..((pg + 1) * p).min(m)].iter().sum();
+        }
+    }
+}
+
+/// Scores of one query head over the tokens `[0, m)`: the attention probability of the
+/// decode query, or for a window the row-reduced causal attention of its queries.
+fn head_token_scores(
+    s: &SelectSpec,
+    st: &DecodeState,
+    q: &[f32],
+    b: usize,
+    h: usize,
+    len: usize,
+    m: usize,
+) -> Vec<f32> {
+    let d = s.head_dim as usize;
+    let c = s.context as usize;
+    let hkv = s.kv_heads as usize;
+    let kvh = h / s.group() as usize;
+    let rows = s.q_rows() as usize;
+    let keys = &st.k[(b * hkv + kvh) * c * d..][..len * d];
+    let scale = s.scale as f32;
+    let mut out = vec![0f32; m];
+    let mut logits = vec![0f32; len];
+    for i in 0..rows {
+        let qv = &q[((b * s.q_heads as usize + h) * rows + i) * d..][..d];
+        // Row i sits at position len - rows + i and sees the keys up to it.
+        let seen = len - rows + i + 1;
+        let mut mx = f32::NEG_INFINITY;
+        for (j, l) in logits[..seen].iter_mut().enumerate() {
+            let kv = &keys[j * d..][..d];
+            *l = scale * dot(qv, kv);
+            mx = mx.max(*l);
+        }
+        let mut z = 0f32;
+        for l in &mut logits[..seen] {
+            *l = (*l - mx).exp();
+            z += *l;
+        }
+        for j in 0..m {
+            let p = logits[j] / z;
+            fold(s.rows, &mut out[j], p, i == 0);
+        }
+    }
+    if rows > 1 && s.rows == Reduce::Mean {
+        out.iter_mut().for_each(|x| *x /= rows as f32);
+    }
+    out
+}
+
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for t in 0..8 {
+            acc[t] += x[t] * y[t];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        sum += x * y;
+    }
+    sum
+}
+
+/// Rule 4: same-padded pooling over the scored range.
+fn pool(pool: Pool, s: &[f32]) -> Vec<f32> {
+    let (size, avg) = match pool {
+        Pool::None => return s.to_vec(),
+        Pool::Avg { size } => (size as usize, true),
+        Pool::Max { size } => (size as usize, false),
+    };
+    let r = size / 2;
+    (0..s.len())
+        .map(|j| {
+            let window = &s[j.saturating_sub(r)..(j + r + 1).min(s.len())];
+            if avg {
+                window.iter().sum::<f32>() / size as f32
+            } else {
+                window.iter().cloned().fold(f32::NEG_INFINITY, f32::max)
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,419 @@
+//! The CPU selection executor against the brute-force reference (`decode::reference`):
+//! index lists exactly equal, outputs to f32 rounding, on random caches with planted heavy
+//! hitters, every score source, head reductions, budgets at and above the context, short
+//! and ragged sequences, ties and NaN scores, and the cache operations.
+
+// Index loops over sequences, heads and tokens read better than zipped iterators here.
+#![allow(clippy::needless_range_loop)]
+
+use attnc::select::spec::{Budget, HeadReduce, KernelKind, Pool, Reduce, SelectSpec, Source};
+use attnc::sema::program::DType;
+use attnc::sema::spec::Origin;
+use attnc_runtime::decode::reference::{reference_attend, reference_select};
+use attnc_runtime::decode::{DecodeKernel, DecodeState, Indices};
+use attnc_runtime::{fidelity, Tensor};
+
+fn spec(source: Source) -> SelectSpec {
+    SelectSpec {
+        kernel: "test".into(),
+        select: "test".into(),
+        kind: match source {
+            Source::Window { .. } => KernelKind::Select,
+            _ => KernelKind::Decode,
+        },
+        source,
+        rows: Reduce::Sum,
+        heads: HeadReduce::PerKvGroup(Reduce::Sum),
+        pool: Pool::None,
+        page: if source == Source::PageBound { 16 } else { 1 },
+        budget: Budget::Tokens(128),
+        sinks: 4,
+        recent: 16,
+        context: 500,
+        batch: 3,
+        q_heads: 8,
+        kv_heads: 2,
+        head_dim: 32,
+        dtype: DType::Bf16,
+        scale: 1.0 / 32f64.sqrt(),
+        split: 24,
+        params: vec![("X".into(), "1".into(), Origin::Default)],
+    }
+}
+
+/// A cache with planted heavy hitters; sequence lengths `lens`.
+fn setup(s: &SelectSpec, lens: &[u32], seed: u64) -> (DecodeKernel, DecodeState, Vec<f32>) {
+    let rows = s.q_rows() as usize;
+    let syn = fidelity::synthetic(s, rows, 40, seed);
+    let kernel = DecodeKernel::new(s.clone());
+    let mut st = kernel.new_state();
+    kernel
+        .fill(&mut st, &syn.k.data, &syn.v.data, lens)
+        .expect("fill");
+    (kernel, st, syn.q.data)
+}
+
+fn external(s: &SelectSpec, seed: u64) -> Vec<f32> {
+    Tensor::random(
+        &[s.batch as usize, s.sel_heads() as usize, s.context as usize],
+        seed,
+    )
+    .data
+}
+
+/// Selects with the executor and the reference and requires equal lists.
+fn same_selection(
+    s: &SelectSpec,
+    lens: &[u32],
+    seed: u64,
+) -> (DecodeKernel, DecodeState, Vec<f32>, Indices) {
+    let (kernel, st, q) = setup(s, lens, seed);
+    let ext = (s.source == Source::External).then(|| external(s, seed + 9));
+    let got = kernel.select(&st, &q, ext.as_deref()).expect("select");
+    let want = reference_select(s, &st, &q, ext.as_deref()).expect("reference");
+    assert_eq!(
+        got, want,
+        "{:?} {:?} {:?} lens {lens:?}",
+        s.source, s.heads, s.budget
+    );
+    (kernel, st, q, got)
+}
+
+const LENS: [u32; 3] = [500, 273, 61];
+
+#[test]
+fn every_source_and_head_reduction_selects_as_the_reference() {
+    let sources = [
+        Source::Exact,
+        Source::PageBound,
+        Source::External,
+        Source::Window { rows: 8 },
+    ];
+    for source in sources {
+        for heads in [
+            HeadReduce::PerKvGroup(Reduce::Sum),
+            HeadReduce::PerKvGroup(Reduce::Mean),
+            HeadReduce::PerKvGroup(Reduce::Max),
+            HeadReduce::Shared(Reduce::Sum),
+            HeadReduce::Shared(Reduce::Max),
+        ] {
+            let mut s = spec(source);
+            s.heads = heads;
+            if let Source::Window { rows } = source {
+                s.recent = rows;
+            }
+            let (_, _, _, idx) = same_selection(&s, &LENS, 1);
+            assert_eq!(
+                idx.shape,
+                [3, s.sel_heads() as usize, s.capacity() as usize]
+            );
+        }
+    }
+}
+
+#[test]
+fn window_row_reductions_and_pooling_select_as_the_reference() {
+    for rows in [Reduce::Sum, Reduce::Mean, Reduce::Max] {
+        for pool in [Pool::None, Pool::Avg { size: 5 }, Pool::Max { size: 7 }] {
+            let mut s = spec(Source::Window { rows: 6 });
+            s.rows = rows;
+            s.pool = pool;
+            s.recent = 6;
+            s.sinks = 0;
+            same_selection(&s, &LENS, 2);
+        }
+    }
+    // Pooling on a decode source too, and page granularity of token scores.
+    let mut s = spec(Source::Exact);
+    s.pool = Pool::Avg { size: 3 };
+    same_selection(&s, &LENS, 3);
+    let mut s = spec(Source::Exact);
+    s.page = 8;
+    s.budget = Budget::Tokens(96);
+    same_selection(&s, &LENS, 4);
+}
+
+#[test]
+fn planted_heavy_hitters_are_found() {
+    // With exact scores and a budget far above the 40 planted tokens, the selection holds
+    // almost all the attention mass.
+    // No forced tokens: the selection is the exact top-k itself.
+    let mut s = spec(Source::Exact);
+    s.sinks = 0;
+    s.recent = 0;
+    let (kernel, mut st, q, idx) = same_selection(&s, &LENS, 5);
+    // The measure sees the queries the kernel saw: rounded to bf16.
+    let q1: Vec<f32> = q
+        .iter()
+        .map(|x| half::bf16::from_f32(*x).to_f32())
+        .collect();
+    let o = kernel.attend(&mut st, &q1, &idx).expect("attend");
+    let f = fidelity::measure(&s, &st, &q1, &idx, Some(&o));
+    assert!(f.mass > 0.8, "{f:?}");
+    assert!(f.recall > 0.999, "exact scores are the top-k itself: {f:?}");
+    assert!(f.cosine > 0.99, "{f:?}");
+    assert!(f.max_rel_err < 2e-5, "{f:?}");
+}
+
+#[test]
+fn budget_at_or_above_the_context_keeps_everything() {
+    for source in [Source::None, Source::Exact, Source::PageBound] {
+        let mut s = spec(source);
+        s.budget = Budget::Tokens(512);
+        let (_, _, _, idx) = same_selection(&s, &LENS, 6);
+        for b in 0..3 {
+            let n = LENS[b].div_ceil(s.page) as usize;
+            let row = &idx.data[b * idx.shape[1] * idx.shape[2]..][..idx.shape[2]];
+            let want: Vec<i32> = (0..idx.shape[2] as i32)
+                .map(|u| if (u as usize) < n { u } else { -1 })
+                .collect();
+            assert_eq!(row, &want[..], "{source:?} sequence {b}");
+        }
+    }
+}
+
+#[test]
+fn none_source_keeps_the_sinks_and_the_recent_window() {
+    let mut s = spec(Source::None);
+    s.budget = Budget::Tokens(20);
+    let (_, _, _, idx) = same_selection(&s, &LENS, 7);
+    let row = &idx.data[..20];
+    let want: Vec<i32> = (0..4).chain(484..500).collect();
+    assert_eq!(row, &want[..]);
+}
+
+#[test]
+fn short_contexts_ragged_batches_and_ratios() {
+    // A context shorter than one page; sequences of 1, 15 and 17 tokens.
+    let mut s = spec(Source::PageBound);
+    s.sinks = 1;
+    s.recent = 1;
+    s.budget = Budget::Tokens(32);
+    same_selection(&s, &[15, 1, 17], 8);
+    // Sinks and recent overlapping at small lengths.
+    let s = spec(Source::Exact);
+    same_selection(&s, &[10, 20, 130], 9);
+    // Ratio budgets: capacity from CONTEXT, each sequence keeps floor(F * n) or the forced.
+    for f in [0.05, 0.3, 1.0] {
+        let mut s = spec(Source::Exact);
+        s.budget = Budget::Ratio(f);
+        let (_, _, _, idx) = same_selection(&s, &LENS, 10);
+        for b in 0..3 {
+            let row = &idx.data[b * idx.shape[1] * idx.shape[2]..][..idx.shape[2]];
+            let kept = row.iter().filter(|u| **u >= 0).count();
+            let want = ((f * LENS[b] as f64).floor() as usize).max(20.min(LENS[b] as usize));
+            assert_eq!(kept, want.min(LENS[b] as usize), "ratio {f}, sequence {b}");
+        }
+    }
+}
+
+#[test]
+fn ties_go_to_the_lower_index_and_nan_ranks_last() {
+    let mut s = spec(Source::External);
+    s.sinks = 0;
+    s.recent = 0;
+    s.budget = Budget::Tokens(10);
+    let (kernel, st, q) = setup(&s, &LENS, 11);
+    let c = s.context as usize;
+    let mut ext = vec![1.0f32; 3 * 2 * c];
+    // Sequence 0, list 0: token 300 best, then ten tokens tied, NaN at 0..5.
+    ext[300] = 5.0;
+    for j in 0..5 {
+        ext[j] = f32::NAN;
+    }
+    for j in 400..410 {
+        ext[j] = 2.0;
+    }
+    let got = kernel.select(&st, &q, Some(&ext)).expect("select");
+    let want = reference_select(&s, &st, &q, Some(&ext)).expect("reference");
+    assert_eq!(got, want);
+    assert_eq!(
+        &got.data[..10],
+        &[300, 400, 401, 402, 403, 404, 405, 406, 407, 408]
+    );
+    // All equal: the first ten tokens past the NaNs.
+    assert_eq!(&got.data[10..20], &(0..10).collect::<Vec<i32>>()[..]);
+    // Only NaN left to choose from: NaN units by index.
+    let nan = vec![f32::NAN; 3 * 2 * c];
+    let got = kernel.select(&st, &q, Some(&nan)).expect("select");
+    assert_eq!(&got.data[..10], &(0..10).collect::<Vec<i32>>()[..]);
+}
+
+#[test]
+fn attention_matches_the_reference_across_split_boundaries() {
+    for (budget, split) in [(128, 24), (96, 32), (24, 24), (25, 1000)] {
+        let mut s = spec(Source::Exact);
+        s.budget = Budget::Tokens(budget);
+        s.split = split;
+        s.recent = 4;
+        let (kernel, mut st, q, idx) = same_selection(&s, &LENS, 12);
+        let o = kernel.attend(&mut st, &q, &idx).expect("attend");
+        let r = reference_attend(&s, &st, &q, &idx).expect("reference");
+        let max = r.iter().fold(0f64, |m, x| m.max(x.abs()));
+        let err = o
+            .iter()
+            .zip(&r)
+            .fold(0f64, |m, (a, b)| m.max((*a as f64 - b).abs()));
+        assert!(
+            err / max < 2e-5,
+            "budget {budget} split {split}: {}",
+            err / max
+        );
+    }
+    // A single selected token: the output is its value.
+    let mut s = spec(Source::Exact);
+    s.sinks = 1;
+    s.recent = 0;
+    s.budget = Budget::Tokens(1);
+    let (kernel, mut st, q, idx) = same_selection(&s, &LENS, 13);
+    let o = kernel.attend(&mut st, &q, &idx).expect("attend");
+    let d = s.head_dim as usize;
+    assert_eq!(&o[..d], &st.v[..d]);
+}
+
+#[test]
+fn h2o_accumulates_the_step_probabilities_on_the_selection() {
+    let mut s = spec(Source::Accumulated);
+    s.heads = HeadReduce::PerKvGroup(Reduce::Sum);
+    let (kernel, mut st, q) = setup(&s, &LENS, 14);
+    for step in 0..3 {
+        let before = st.acc.clone();
+        let idx = kernel.select(&st, &q, None).expect("select");
+        assert_eq!(
+            idx,
+            reference_select(&s, &st, &q, None).unwrap(),
+            "step {step}"
+        );
+        kernel.attend(&mut st, &q, &idx).expect("attend");
+        // The reference probabilities over the same selection, summed over each group.
+        let c = s.context as usize;
+        let d = s.head_dim as usize;
+        let g = s.group() as usize;
+        for b in 0..3 {
+            for kvh in 0..2 {
+                let row = &idx.data[(b * 2 + kvh) * idx.shape[2]..][..idx.shape[2]];
+                let mut want = vec![0f64; c];
+                for h in kvh * g..(kvh + 1) * g {
+                    let qv: Vec<f64> = q[(b * 8 + h) * d..][..d]
+                        .iter()
+                        .map(|x| half::bf16::from_f32(*x).to_f32() as f64)
+                        .collect();
+                    let l: Vec<(usize, f64)> = row
+                        .iter()
+                        .filter(|u| **u >= 0)
+                        .map(|&j| {
+                            let k = &st.k[((b * 2 + kvh) * c + j as usize) * d..][..d];
+                            let dot: f64 = qv.iter().zip(k).map(|(a, b)| a * *b as f64).sum();
+                            (j as usize, dot * s.scale)
+                        })
+                        .collect();
+                    let m = l.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = l.iter().map(|x| (x.1 - m).exp()).sum();
+                    for (j, x) in l {
+                        want[j] += (x - m).exp() / z;
+                    }
+                }
+                for j in 0..c {
+                    let got =
+                        st.acc[(b * 2 + kvh) * c + j] as f64 - before[(b * 2 + kvh) * c + j] as f64;
+                    assert!(
+                        (got - want[j]).abs() < 1e-5,
+                        "step {step} b {b} kvh {kvh} token {j}: {got} vs {}",
+                        want[j]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn append_builds_the_same_cache_as_fill() {
+    let s = spec(Source::PageBound);
+    let (kernel, filled, _) = setup(&s, &[40, 33, 1], 15);
+    let mut st = kernel.new_state();
+    // Start from one token each, then append the rest of the longest sequence's tokens;
+    // shorter ones stop when they reach their length (compared per sequence below).
+    let (c, d) = (s.context as usize, s.head_dim as usize);
+    let one: Vec<u32> = vec![1; 3];
+    kernel
+        .fill(&mut st, &filled.k, &filled.v, &one)
+        .expect("fill");
+    for j in 1..40 {
+        let mut kn = vec![0f32; 3 * 2 * d];
+        let mut vn = vec![0f32; 3 * 2 * d];
+        for b in 0..3 {
+            for kvh in 0..2 {
+                let src = ((b * 2 + kvh) * c + j) * d;
+                kn[(b * 2 + kvh) * d..][..d].copy_from_slice(&filled.k[src..][..d]);
+                vn[(b * 2 + kvh) * d..][..d].copy_from_slice(&filled.v[src..][..d]);
+            }
+        }
+        kernel.append(&mut st, &kn, &vn).expect("append");
+    }
+    // Sequence 0 has 40 tokens both ways: same keys, values and page metadata.
+    let mut want = kernel.new_state();
+    kernel
+        .fill(&mut want, &filled.k, &filled.v, &[40, 40, 40])
+        .expect("fill");
+    assert_eq!(st.lens, vec![40, 40, 40]);
+    assert_eq!(st.kmax, want.kmax);
+    assert_eq!(st.kmin, want.kmin);
+    assert_eq!(st.k[..40 * d], want.k[..40 * d]);
+    // A full cache refuses another token.
+    let mut full = kernel.new_state();
+    kernel
+        .fill(&mut full, &filled.k, &filled.v, &[500, 10, 10])
+        .expect("fill");
+    let err = kernel
+        .append(&mut full, &vec![0.0; 3 * 2 * d], &vec![0.0; 3 * 2 * d])
+        .unwrap_err();
+    assert!(err.to_string().contains("the cache is full"), "{err}");
+}
+
+#[test]
+fn wrong_shapes_and_values_are_errors_not_panics() {
+    let s = spec(Source::Exact);
+    let (kernel, mut st, q) = setup(&s, &LENS, 16);
+    let e = kernel.select(&st, &q[1..], None).unwrap_err();
+    assert!(e.to_string().contains("expected"), "{e}");
+    let e = kernel.select(&st, &q, Some(&[0.0; 4])).unwrap_err();
+    assert!(e.to_string().contains("pass no external scores"), "{e}");
+    let mut bad = q.clone();
+    bad[3] = f32::NAN;
+    let e = kernel.select(&st, &bad, None).unwrap_err();
+    assert!(e.to_string().contains("NaN"), "{e}");
+    let ext = spec(Source::External);
+    let (k2, st2, q2) = setup(&ext, &LENS, 17);
+    let e = k2.select(&st2, &q2, None).unwrap_err();
+    assert!(e.to_string().contains("external"), "{e}");
+    // Lengths out of range, indices out of range, a select kernel asked to attend.
+    let e = kernel
+        .fill(&mut st.clone(), &st.k.clone(), &st.v.clone(), &[0, 1, 1])
+        .unwrap_err();
+    assert!(e.to_string().contains("outside 1..=500"), "{e}");
+    let mut idx = kernel.select(&st, &q, None).unwrap();
+    idx.data[0] = 499; // sequence 0 has 500 tokens: fine
+    idx.data[idx.shape[1] * idx.shape[2]] = 300; // sequence 1 has 273
+    let e = kernel.attend(&mut st, &q, &idx).unwrap_err();
+    assert!(e.to_string().contains("outside the cached units"), "{e}");
+    let w = spec(Source::Window { rows: 8 });
+    let (kw, mut sw, qw) = setup(&w, &LENS, 18);
+    let idx = kw.select(&sw, &qw, None).unwrap();
+    let e = kw
+        .attend(&mut sw, &qw[..s.batch as usize * 8 * 32], &idx)
+        .unwrap_err();
+    assert!(e.to_string().contains("never attends"), "{e}");
+    let e = kw
+        .select(
+            &{
+                let mut t = sw.clone();
+                t.lens[2] = 5;
+                t
+            },
+            &qw,
+            None,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("observation window"), "{e}");
+}
