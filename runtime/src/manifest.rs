@@ -3,7 +3,7 @@
 
 use attnc::driver::Compiled;
 
-use crate::{Error, TensorRef};
+use crate::{Error, Tensor, TensorRef};
 
 pub const DIMS_Q: [&str; 4] = [
     "batch (BATCH)",
@@ -43,6 +43,20 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Random `q`, `k`, `v` (seeds 1, 2, 3) and zeroed inputs of this manifest's shapes:
+    /// what the benchmarks and the autotuner time.
+    pub fn random_args(&self) -> (Tensor, Tensor, Tensor, Vec<Tensor>) {
+        (
+            Tensor::random(&self.q_shape(), 1),
+            Tensor::random(&self.k_shape(), 2),
+            Tensor::random(&self.v_shape(), 3),
+            self.inputs
+                .iter()
+                .map(|(_, d)| Tensor::zeros(d.clone()))
+                .collect(),
+        )
+    }
+
     pub fn from_compiled(c: &Compiled) -> Manifest {
         let s = &c.spec;
         Manifest {

@@ -59,16 +59,7 @@ pub fn tune(
         }
     }
     let m = crate::Manifest::from_compiled(c);
-    let (q, k, v) = (
-        Tensor::random(&m.q_shape(), 1),
-        Tensor::random(&m.k_shape(), 2),
-        Tensor::random(&m.v_shape(), 3),
-    );
-    let ins: Vec<Tensor> = m
-        .inputs
-        .iter()
-        .map(|(_, d)| Tensor::zeros(d.clone()))
-        .collect();
+    let (q, k, v, ins) = m.random_args();
     let views: Vec<_> = ins.iter().map(Tensor::view).collect();
     let mut best: Option<(f64, GpuArtefact)> = None;
     let mut trials = vec![];

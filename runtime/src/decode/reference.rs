@@ -38,18 +38,8 @@ fn query(s: &SelectSpec, q: &[f32], b: usize, h: usize, row: usize) -> Vec<f64> 
     let (hq, d, rows) = (s.q_heads as usize, s.head_dim as usize, s.q_rows() as usize);
     q[((b * hq + h) * rows + row) * d..][..d]
         .iter()
-        .map(|x| s.dtype_round(*x) as f64)
+        .map(|x| super::cache::round(s.dtype, *x) as f64)
         .collect()
-}
-
-trait Round {
-    fn dtype_round(&self, x: f32) -> f32;
-}
-
-impl Round for SelectSpec {
-    fn dtype_round(&self, x: f32) -> f32 {
-        super::cache::round(self.dtype, x)
-    }
 }
 
 fn softmax(l: &[f64]) -> Vec<f64> {

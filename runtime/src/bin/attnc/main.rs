@@ -350,16 +350,7 @@ fn bench_cuda(
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
     let kernel = CudaKernel::load(&gpu, art).map_err(runtime_error)?;
     let m = kernel.manifest().clone();
-    let (q, k, v) = (
-        Tensor::random(&m.q_shape(), 1),
-        Tensor::random(&m.k_shape(), 2),
-        Tensor::random(&m.v_shape(), 3),
-    );
-    let ins: Vec<Tensor> = m
-        .inputs
-        .iter()
-        .map(|(_, d)| Tensor::zeros(d.clone()))
-        .collect();
+    let (q, k, v, ins) = m.random_args();
     let views: Vec<_> = ins.iter().map(Tensor::view).collect();
     let mut args = kernel
         .upload(q.view(), k.view(), v.view(), &views)
@@ -575,16 +566,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             }
             let kernel = CpuKernel::new(c, false).map_err(runtime_error)?;
             let m = kernel.manifest().clone();
-            let (q, kk, v) = (
-                Tensor::random(&m.q_shape(), 1),
-                Tensor::random(&m.k_shape(), 2),
-                Tensor::random(&m.v_shape(), 3),
-            );
-            let ins: Vec<Tensor> = m
-                .inputs
-                .iter()
-                .map(|(_, d)| Tensor::zeros(d.clone()))
-                .collect();
+            let (q, kk, v, ins) = m.random_args();
             let views: Vec<_> = ins.iter().map(Tensor::view).collect();
             let mut o = vec![0f32; m.o_shape().iter().product()];
             let mut times = vec![];
