@@ -106,10 +106,7 @@ fn row_scores(
                 for pg in 0..full {
                     let meta = ((b * hkv + kvh) * s.units() as usize + pg) * d;
                     let (hi, lo) = (&st.kmax[meta..][..d], &st.kmin[meta..][..d]);
-                    let mut u = 0f32;
-                    for t in 0..d {
-                        u += (qv[t] * hi[t]).max(qv[t] * lo[t]);
-                    }
+                    let u = lane_tree_sum(d, |t| (qv[t] * hi[t]).max(qv[t] * lo[t]));
                     fold(s.heads.op(), &mut dst[pg], u, i == 0);
                 }
             }
@@ -179,6 +176,28 @@ fn head_token_scores(
         out.iter_mut().for_each(|x| *x /= rows as f32);
     }
     out
+}
+
+/// The sum of `f(0..d)` in the GPU kernels' order: 32 lane sums (lane `l` adds channels
+/// `l, l + 32, ...` in turn), then a butterfly over the lanes (offsets 16, 8, 4, 2, 1).
+/// Scores that decide a selection are summed this way on every backend, so that the
+/// backends agree bit for bit and select the same units (docs/kv-selection.md, rule 1).
+pub fn lane_tree_sum(d: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut v = [0f32; 32];
+    for (l, x) in v.iter_mut().enumerate() {
+        let mut t = l;
+        while t < d {
+            *x += f(t);
+            t += 32;
+        }
+    }
+    for off in [16, 8, 4, 2, 1] {
+        let old = v;
+        for (l, x) in v.iter_mut().enumerate() {
+            *x = old[l] + old[l ^ off];
+        }
+    }
+    v[0]
 }
 
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
