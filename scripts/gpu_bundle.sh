@@ -10,7 +10,7 @@ cargo build --release -q -p attnc-runtime --bin attnc
 rm -rf .gpu && mkdir -p .gpu/bin
 cp target/release/attnc .gpu/bin/attnc && strip .gpu/bin/attnc
 cp -r kernels .gpu/kernels
-cp tests/numpy/independent_reference.py bench/gpu/side_by_side.py .gpu/
+cp tests/numpy/independent_reference.py bench/gpu/side_by_side.py bench/gpu/decode_peers.py .gpu/
 [ -f ../shared/peers/peer_bench.py ] && cp ../shared/peers/peer_bench.py .gpu/
 cp scripts/gpu_run.sh .gpu/run.sh
 chmod +x .gpu/run.sh

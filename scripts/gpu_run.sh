@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the bundle folder (see scripts/gpu_bundle.sh). Writes logs to
 # $RESULTS_DIR (default ./results) and prints a summary table last.
-# Usage: run.sh [all|check|speed]: check = correctness (suite, NumPy, ptxas/SASS, sanitizer);
-# speed = the side-by-side table against the peers (bench/gpu/side_by_side.py).
+# Usage: run.sh [all|check|speed|decode]: check = correctness (suite, NumPy, ptxas/SASS, sanitizer);
+# speed = the side-by-side table against the peers (bench/gpu/side_by_side.py); decode = the
+# decode kernels against the CPU executor, timed, beside the decode peers (bench/gpu/decode_peers.py).
 set -u
 cd "$(dirname "$0")"
 OUT="${RESULTS_DIR:-results}"
@@ -17,6 +18,42 @@ if [ "$MODE" = "speed" ]; then
   log "side by side with the peers"
   PYTHONUNBUFFERED=1 python3 side_by_side.py --attnc $A --kernels kernels 2>&1 | tee "$OUT/side_by_side.txt"
   exit "${PIPESTATUS[0]}"
+fi
+
+if [ "$MODE" = "decode" ]; then
+  log "GPU"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+  log "ptxas (registers, spills) of the decode kernels"
+  mkdir -p ptx
+  : > "$OUT/decode_sass.txt"
+  for c in "quest.attn quest_decode" "streaming.attn streaming_decode" "dense.attn dense_decode"; do
+    set -- $c
+    $A compile kernels/$1 --kernel $2 --emit ptx > "ptx/$2.ptx" && ptxas -arch=sm_90 -v "ptx/$2.ptx" -o "ptx/$2.cubin" 2>&1 | grep -E "entry|registers|spill" | tr '\n' ' ' | sed "s/^/$2: /" >> "$OUT/decode_sass.txt"
+    echo >> "$OUT/decode_sass.txt"
+  done
+  cat "$OUT/decode_sass.txt"
+  log "compute-sanitizer memcheck, small decode cases"
+  : > "$OUT/decode_sanitizer.txt"
+  for c in "quest.attn quest_decode" "streaming.attn streaming_decode"; do
+    set -- $c
+    timeout 200 compute-sanitizer --tool memcheck --error-exitcode 3 $A bench kernels/$1 --kernel $2 --set CONTEXT=16384 --set BUDGET=1024 --set BATCH=2 --backend cuda --runs 2 >> "$OUT/decode_sanitizer.txt" 2>&1
+    echo "$2 sanitizer exit $?" | tee -a "$OUT/decode_sanitizer.txt"
+  done
+  log "decode step: attnc against the CPU executor, timed, with fidelity"
+  : > "$OUT/decode.txt"
+  for c in "quest.attn quest_decode" "streaming.attn streaming_decode" "dense.attn dense_decode --set CONTEXT=32768"; do
+    set -- $c
+    file=$1; k=$2; shift 2
+    $A bench kernels/$file --kernel $k "$@" --backend cuda --runs 50 2>&1 | tee -a "$OUT/decode.txt"
+  done
+  log "decode peers (cuDNN, FlashAttention, the PyTorch pipeline)"
+  RESULTS_DIR="$OUT" PYTHONUNBUFFERED=1 python3 decode_peers.py 2>&1 | tee "$OUT/decode_peers.txt"
+  echo
+  echo "== summary"
+  grep -E "sanitizer exit" "$OUT/decode_sanitizer.txt"
+  grep -E "^[a-z_]+ on |step |differ|fidelity" "$OUT/decode.txt"
+  grep -E "^\{" "$OUT/decode_peers.txt"
+  exit 0
 fi
 
 log "GPU"

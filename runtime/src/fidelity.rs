@@ -7,6 +7,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use attnc::select::spec::{HeadReduce, SelectSpec};
+use rayon::prelude::*;
 
 use crate::decode::{DecodeState, Indices};
 use crate::Tensor;
@@ -44,10 +45,11 @@ pub fn measure(
     let c = spec.context as usize;
     let cap = idx.shape[2];
     let page = spec.page as usize;
-    let (mut recall, mut mass, mut cosine, mut min_cos, mut max_err) =
-        (0.0, 0.0, 0.0, 1.0f64, 0.0f64);
-    let mut lists = 0usize;
-    for b in 0..b_n {
+    // One task per sequence: (recall, mass, cosine, min cosine, max error, lists).
+    let per_seq = |b: usize| {
+        let (mut recall, mut mass, mut cosine, mut min_cos, mut max_err) =
+            (0.0, 0.0, 0.0, 1.0f64, 0.0f64);
+        let mut lists = 0usize;
         let len = st.lens[b] as usize;
         let probs = dense_probs(spec, st, q, b);
         for s in 0..idx.shape[1] {
@@ -112,7 +114,22 @@ pub fn measure(
                 }
             }
         }
-    }
+        (recall, mass, cosine, min_cos, max_err, lists)
+    };
+    let (recall, mass, cosine, min_cos, max_err, lists) =
+        (0..b_n).into_par_iter().map(per_seq).reduce(
+            || (0.0, 0.0, 0.0, 1.0f64, 0.0f64, 0usize),
+            |a, b| {
+                (
+                    a.0 + b.0,
+                    a.1 + b.1,
+                    a.2 + b.2,
+                    a.3.min(b.3),
+                    a.4.max(b.4),
+                    a.5 + b.5,
+                )
+            },
+        );
     let per_head = (b_n * hq) as f64;
     Fidelity {
         recall: recall / lists.max(1) as f64,
@@ -133,6 +150,7 @@ fn dense_probs(spec: &SelectSpec, st: &DecodeState, q: &[f32], b: usize) -> Vec<
     let c = spec.context as usize;
     let len = st.lens[b] as usize;
     (0..hq)
+        .into_par_iter()
         .map(|h| {
             let kvh = h / g;
             let qv = &q[(b * hq + h) * d..][..d];

@@ -413,13 +413,25 @@ pub fn emit_for(
                 let text = match stage {
                     Stage::Spec => s.print(),
                     Stage::Plan => select::plan::print(&s, &select::plan::plan(&s)),
+                    Stage::Llvm | Stage::Ptx => {
+                        match crate::codegen::nvptx::decode::compile(&s, arch) {
+                            Ok(m) if stage == Stage::Llvm => m.llvm,
+                            Ok(m) => m.ptx,
+                            // Without --kernel, the GPU stages cover what runs on the GPU.
+                            Err(_) if kernel.is_none() => continue,
+                            Err(e) => {
+                                return Err(vec![Diagnostic::error("E0811", e)
+                                    .with_hint("run it with --backend cpu")])
+                            }
+                        }
+                    }
                     // Without --kernel, the other stages cover the attention kernels.
                     _ if kernel.is_none() => continue,
                     _ => {
                         return Err(vec![Diagnostic::error(
                             "E0810",
                             format!(
-                                "`{name}` is a selection kernel: it has the stages spec and plan"
+                                "`{name}` is a selection kernel: it has the stages spec, plan, llvm and ptx"
                             ),
                         )
                         .with_hint("use --emit spec or --emit plan")])

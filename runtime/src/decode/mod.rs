@@ -9,6 +9,7 @@
 
 pub mod attend;
 pub mod cache;
+pub mod gpu;
 pub mod reference;
 pub mod score;
 pub mod topk;

@@ -363,3 +363,176 @@ impl<'c> Gen<'c> {
         self.call(f, &[x.into()]).into_float_value()
     }
 }
+
+// ---- memory and warp-level helpers for the decode kernels ------------------------------
+
+impl<'c> Gen<'c> {
+    /// `&base[index]` with elements of type `ty` (index i32 or i64, sign-extended).
+    pub fn gep(
+        &self,
+        ty: BasicTypeEnum<'c>,
+        base: PointerValue<'c>,
+        index: IntValue<'c>,
+    ) -> PointerValue<'c> {
+        let i = self.sext64(index);
+        // SAFETY (LLVM): an in-bounds address is the caller's contract; the decode kernels
+        // guard every index against the buffer's extent before they form it.
+        unsafe { ok(self.b.build_gep(ty, base, &[i], "")) }
+    }
+
+    /// `base[index]` for an i32 buffer.
+    pub fn ld_i32(&self, base: PointerValue<'c>, index: IntValue<'c>) -> IntValue<'c> {
+        let p = self.gep(self.i32t.into(), base, index);
+        ok(self.b.build_load(self.i32t, p, "")).into_int_value()
+    }
+
+    /// `base[index]` for an f32 buffer.
+    pub fn ld_f32(&self, base: PointerValue<'c>, index: IntValue<'c>) -> FloatValue<'c> {
+        let p = self.gep(self.f32t.into(), base, index);
+        ok(self.b.build_load(self.f32t, p, "")).into_float_value()
+    }
+
+    pub fn st_i32(&self, base: PointerValue<'c>, index: IntValue<'c>, v: IntValue<'c>) {
+        let p = self.gep(self.i32t.into(), base, index);
+        ok(self.b.build_store(p, v));
+    }
+
+    pub fn st_f32(&self, base: PointerValue<'c>, index: IntValue<'c>, v: FloatValue<'c>) {
+        let p = self.gep(self.f32t.into(), base, index);
+        ok(self.b.build_store(p, v));
+    }
+
+    /// `n` consecutive 16-bit elements from `base[index..]` (aligned to `2n` bytes when `n`
+    /// is a power of two), widened to f32: bf16 when `bf16`, else f16.
+    pub fn ld_half_vec(
+        &self,
+        base: PointerValue<'c>,
+        index: IntValue<'c>,
+        n: u32,
+        bf16: bool,
+    ) -> Vec<FloatValue<'c>> {
+        let i16t = self.cx.i16_type();
+        let p = self.gep(i16t.into(), base, index);
+        let vt = i16t.vec_type(n);
+        let load = ok(self.b.build_load(vt, p, ""));
+        let align = if n.is_power_of_two() { 2 * n } else { 2 };
+        if let Some(inst) = load.as_instruction_value() {
+            let _ = inst.set_alignment(align);
+        }
+        let vec = load.into_vector_value();
+        (0..n)
+            .map(|e| {
+                let x =
+                    ok(self.b.build_extract_element(vec, self.i32(e as i64), "")).into_int_value();
+                self.half_to_f32(x, bf16)
+            })
+            .collect()
+    }
+
+    /// A 16-bit value (bf16 or f16 bits) as f32, exactly.
+    pub fn half_to_f32(&self, bits: IntValue<'c>, bf16: bool) -> FloatValue<'c> {
+        if bf16 {
+            let w = ok(self.b.build_int_z_extend(bits, self.i32t, ""));
+            let w = ok(self.b.build_left_shift(w, self.i32(16), ""));
+            ok(self.b.build_bit_cast(w, self.f32t, "")).into_float_value()
+        } else {
+            let h = ok(self.b.build_bit_cast(bits, self.cx.f16_type(), "")).into_float_value();
+            ok(self.b.build_float_ext(h, self.f32t, ""))
+        }
+    }
+
+    pub fn f32_bits(&self, x: FloatValue<'c>) -> IntValue<'c> {
+        ok(self.b.build_bit_cast(x, self.i32t, "")).into_int_value()
+    }
+
+    /// A zero-initialised-at-launch (undefined) shared array of `n` elements of `ty`.
+    pub fn shared_array(&self, name: &str, ty: BasicTypeEnum<'c>, n: u32) -> PointerValue<'c> {
+        let at = ty.array_type(n);
+        let g = self
+            .m
+            .add_global(at, Some(inkwell::AddressSpace::from(3u16)), name);
+        g.set_linkage(inkwell::module::Linkage::Internal);
+        g.set_initializer(&at.get_undef());
+        g.set_alignment(16);
+        g.as_pointer_value()
+    }
+
+    /// `atomicAdd(p, v)` on a u32 (result unused).
+    pub fn atomic_add_i32(&self, p: PointerValue<'c>, v: IntValue<'c>) {
+        ok(self.b.build_atomicrmw(
+            inkwell::AtomicRMWBinOp::Add,
+            p,
+            v,
+            inkwell::AtomicOrdering::Monotonic,
+        ));
+    }
+
+    /// `__ballot_sync(0xffffffff, pred)`.
+    pub fn ballot(&self, pred: IntValue<'c>) -> IntValue<'c> {
+        let f = self.intrinsic(
+            "llvm.nvvm.vote.ballot.sync",
+            self.i32t.into(),
+            &[self.i32t.into(), self.cx.bool_type().into()],
+        );
+        self.call(f, &[self.i32(-1).into(), pred.into()])
+            .into_int_value()
+    }
+
+    pub fn popc(&self, x: IntValue<'c>) -> IntValue<'c> {
+        let f = self.intrinsic("llvm.ctpop.i32", self.i32t.into(), &[self.i32t.into()]);
+        self.call(f, &[x.into()]).into_int_value()
+    }
+
+    /// IEEE maxNum: a NaN operand yields the other (Rust's `f32::max`).
+    pub fn maxnum(&self, a: FloatValue<'c>, b: FloatValue<'c>) -> FloatValue<'c> {
+        let f = self.intrinsic(
+            "llvm.maxnum.f32",
+            self.f32t.into(),
+            &[self.f32t.into(), self.f32t.into()],
+        );
+        self.call(f, &[a.into(), b.into()]).into_float_value()
+    }
+
+    /// `if cond { then } else { other }`
+    pub fn if_else(
+        &self,
+        cond: IntValue<'c>,
+        then: &mut dyn FnMut(&Gen<'c>),
+        other: &mut dyn FnMut(&Gen<'c>),
+    ) {
+        let t = self.block("then");
+        let e = self.block("else");
+        let done = self.block("endif");
+        ok(self.b.build_conditional_branch(cond, t, e));
+        self.b.position_at_end(t);
+        then(self);
+        ok(self.b.build_unconditional_branch(done));
+        self.b.position_at_end(e);
+        other(self);
+        ok(self.b.build_unconditional_branch(done));
+        self.b.position_at_end(done);
+    }
+
+    /// `for i in (lo..hi).step_by(step)` (i32, `step` > 0).
+    pub fn for_step(
+        &self,
+        lo: IntValue<'c>,
+        hi: IntValue<'c>,
+        step: i64,
+        body: &mut dyn FnMut(&Gen<'c>, IntValue<'c>),
+    ) {
+        let i = self.var(lo.get_type().as_basic_type_enum(), lo.into());
+        self.while_loop(
+            &mut |g| {
+                let x = g.geti(i);
+                g.lt(x, hi)
+            },
+            &mut |g| {
+                let x = g.geti(i);
+                body(g, x);
+                let n = g.addi(x, step);
+                g.set(i, n);
+            },
+        );
+    }
+}

@@ -10,15 +10,16 @@
 
 pub mod asm;
 pub mod attention;
+pub mod decode;
 pub mod expr;
 pub mod gen;
 pub mod tokens;
 
 use inkwell::context::Context;
-use inkwell::module::Linkage;
+use inkwell::module::{Linkage, Module};
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::{
-    CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetTriple,
+    CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple,
 };
 use inkwell::{AddressSpace, OptimizationLevel};
 
@@ -69,6 +70,52 @@ pub fn entry_name(kernel: &str) -> String {
     format!("attnc_{kernel}")
 }
 
+/// The NVPTX target machine for `arch` (PTX ISA 8.0).
+pub(crate) fn target_machine(arch: Arch) -> Result<TargetMachine, String> {
+    Target::initialize_nvptx(&InitializationConfig::default());
+    let triple = TargetTriple::create("nvptx64-nvidia-cuda");
+    let target =
+        Target::from_triple(&triple).map_err(|e| format!("LLVM has no NVPTX target: {e}"))?;
+    target
+        .create_target_machine(
+            &triple,
+            arch.name(),
+            "+ptx80",
+            OptimizationLevel::Aggressive,
+            RelocMode::Default,
+            CodeModel::Default,
+        )
+        .ok_or_else(|| "cannot create the NVPTX target machine".to_string())
+}
+
+/// An empty module for `tm`.
+pub(crate) fn new_module<'c>(cx: &'c Context, tm: &TargetMachine, name: &str) -> Module<'c> {
+    let m = cx.create_module(name);
+    m.set_triple(&TargetTriple::create("nvptx64-nvidia-cuda"));
+    m.set_data_layout(&tm.get_target_data().get_data_layout());
+    m
+}
+
+/// Verifies, optimises (O3) and emits: the optimised LLVM IR and the PTX.
+pub(crate) fn finish(
+    m: &Module,
+    tm: &TargetMachine,
+    name: &str,
+) -> Result<(String, String), String> {
+    m.verify()
+        .map_err(|e| format!("invalid LLVM IR for `{name}`: {}", e.to_string()))?;
+    m.run_passes("default<O3>", tm, PassBuilderOptions::create())
+        .map_err(|e| format!("LLVM passes: {e}"))?;
+    let llvm = m.print_to_string().to_string();
+    let buf = tm
+        .write_to_memory_buffer(m, FileType::Assembly)
+        .map_err(|e| format!("PTX emission: {e}"))?;
+    let ptx = String::from_utf8_lossy(buf.as_slice())
+        .trim_end_matches('\0')
+        .to_string();
+    Ok((llvm, ptx))
+}
+
 /// Compiles the kernel for `arch` with the default block shape.
 pub fn compile(
     k: &Kernel,
@@ -88,24 +135,9 @@ pub fn compile_tuned(
     tuning: attention::Tuning,
 ) -> Result<PtxModule, String> {
     let cfg = attention::config_for(k, tuning)?;
-    Target::initialize_nvptx(&InitializationConfig::default());
-    let triple = TargetTriple::create("nvptx64-nvidia-cuda");
-    let target =
-        Target::from_triple(&triple).map_err(|e| format!("LLVM has no NVPTX target: {e}"))?;
-    let tm = target
-        .create_target_machine(
-            &triple,
-            arch.name(),
-            "+ptx80",
-            OptimizationLevel::Aggressive,
-            RelocMode::Default,
-            CodeModel::Default,
-        )
-        .ok_or_else(|| "cannot create the NVPTX target machine".to_string())?;
+    let tm = target_machine(arch)?;
     let cx = Context::create();
-    let m = cx.create_module(&k.info.name);
-    m.set_triple(&triple);
-    m.set_data_layout(&tm.get_target_data().get_data_layout());
+    let m = new_module(&cx, &tm, &k.info.name);
     let gptr = cx.ptr_type(AddressSpace::from(1u16));
     let mut params: Vec<inkwell::types::BasicMetadataTypeEnum> = vec![gptr.into(); 7];
     params.extend(
@@ -167,17 +199,7 @@ pub fn compile_tuned(
     let mut att = Attention::new(&g, k, geo, &cfg, inputs, params, smem.as_pointer_value());
     att.emit()?;
     g.b.build_return(None).map_err(|e| format!("LLVM: {e}"))?;
-    g.m.verify()
-        .map_err(|e| format!("invalid LLVM IR for `{}`: {}", k.info.name, e.to_string()))?;
-    g.m.run_passes("default<O3>", &tm, PassBuilderOptions::create())
-        .map_err(|e| format!("LLVM passes: {e}"))?;
-    let llvm = g.m.print_to_string().to_string();
-    let buf = tm
-        .write_to_memory_buffer(&g.m, FileType::Assembly)
-        .map_err(|e| format!("PTX emission: {e}"))?;
-    let ptx = String::from_utf8_lossy(buf.as_slice())
-        .trim_end_matches('\0')
-        .to_string();
+    let (llvm, ptx) = finish(&g.m, &tm, &k.info.name)?;
     Ok(PtxModule {
         entry,
         arch,

@@ -541,11 +541,16 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             json,
         } => {
             if let Some((_, spec)) = selection(&k, color)? {
-                if backend == "cuda" || tune {
+                if tune {
                     return Err(usage(format!(
-                        "`{}` is a selection kernel: these run on the CPU so far (--backend cpu, no --tune)",
+                        "`{}` is a selection kernel: it has no block shapes to tune (drop --tune)",
                         spec.kernel
                     )));
+                }
+                if backend == "cuda" {
+                    let gpu = open_gpu()?;
+                    out(&selection::bench_cuda(&gpu, spec, runs, json).map_err(runtime_error)?);
+                    return Ok(());
                 }
                 out(&selection::bench(spec, runs, json).map_err(runtime_error)?);
                 return Ok(());

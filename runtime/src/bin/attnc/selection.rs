@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use attnc::select::spec::{Budget, KernelKind, Pool, SelectSpec, Source};
+use attnc_runtime::cuda::Gpu;
+use attnc_runtime::decode::gpu::GpuDecode;
 use attnc_runtime::decode::{DecodeKernel, Indices};
 use attnc_runtime::{fidelity, npy, Error, Tensor};
 
@@ -211,8 +213,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// fidelity of the selection on a synthetic cache with planted heavy hitters.
 pub fn bench(spec: SelectSpec, runs: usize, json: bool) -> Result<String, Error> {
     let need = bench_bytes(&spec);
-    if need > BENCH_LIMIT {
-        let fit = (spec.context as u64 * BENCH_LIMIT / need).max(1);
+    let limit = host_limit();
+    if need > limit {
+        let fit = (spec.context as u64 * limit / need).max(1);
         return Err(Error::Input(format!(
             "benchmarking `{}` on the CPU needs about {} GiB of memory (batch {}, {} KV heads, context {}); try --set CONTEXT={} or a smaller BATCH",
             spec.kernel,
@@ -353,6 +356,189 @@ pub fn bench(spec: SelectSpec, runs: usize, json: bool) -> Result<String, Error>
             "  the kernel's output vs exact attention over the same selection: max relative error {:.2e}\n",
             f.max_rel_err
         ));
+    }
+    Ok(s)
+}
+
+/// Host memory this machine can give a benchmark: 3/4 of what it has available (Linux), or
+/// [`BENCH_LIMIT`] where that is unknown.
+fn host_limit() -> u64 {
+    let avail = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+    });
+    match avail {
+        Some(kb) => (kb * 1024 / 4 * 3).max(BENCH_LIMIT),
+        None => BENCH_LIMIT,
+    }
+}
+
+/// Largest relative error of `got` against `want`, per `[.., D]` row scaled by the row's
+/// largest magnitude.
+fn max_rel_err(got: &[f32], want: &[f32], d: usize) -> f64 {
+    got.chunks(d)
+        .zip(want.chunks(d))
+        .map(|(g, w)| {
+            let norm = w.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-30) as f64;
+            g.iter()
+                .zip(w)
+                .map(|(a, b)| (*a as f64 - *b as f64).abs() / norm)
+                .fold(
+                    0f64,
+                    |a, x| if x.is_nan() { f64::INFINITY } else { a.max(x) },
+                )
+        })
+        .fold(0f64, f64::max)
+}
+
+/// Lists whose indices differ between two selections.
+fn differing_lists(a: &Indices, b: &Indices) -> usize {
+    let k = a.shape[2].max(1);
+    a.data
+        .chunks(k)
+        .zip(b.data.chunks(k))
+        .filter(|(x, y)| x != y)
+        .count()
+}
+
+/// `attnc bench --backend cuda` for a decode kernel: the GPU step checked against the CPU
+/// executor (identical index lists, outputs to bf16 tolerance) on ragged and full caches,
+/// then timed with CUDA events beside dense decode through the same pipeline, with the
+/// fidelity of the selection.
+pub fn bench_cuda(gpu: &Gpu, spec: SelectSpec, runs: usize, json: bool) -> Result<String, Error> {
+    let need = bench_bytes(&spec) / 3 * 4;
+    let limit = host_limit();
+    if need > limit {
+        return Err(Error::Input(format!(
+            "benchmarking `{}` needs about {} GiB of host memory to build and check the cache; this machine offers {} GiB",
+            spec.kernel,
+            need >> 30,
+            limit >> 30
+        )));
+    }
+    let gk = GpuDecode::load(gpu, spec.clone())?;
+    let dense_spec = dense_of(&spec);
+    let gd = GpuDecode::load(gpu, dense_spec.clone())?;
+    let (b, hq, d, c) = (
+        spec.batch as usize,
+        spec.q_heads as usize,
+        spec.head_dim as usize,
+        spec.context,
+    );
+    let heavy = (spec.capacity() as usize * spec.page as usize / 8).max(1);
+    eprintln!(
+        "{}: building a synthetic cache of {} tokens x {b} sequences ...",
+        spec.kernel, c
+    );
+    let syn = fidelity::synthetic(&spec, 1, heavy, 7);
+    let q1: Vec<f32> = syn
+        .q
+        .data
+        .iter()
+        .map(|x| attnc_runtime::decode::cache::round(spec.dtype, *x))
+        .collect();
+    let kernel = DecodeKernel::new(spec.clone());
+    let mut st = kernel.new_state();
+    // Correctness on ragged lengths (partial pages, shorter sequences), then on full ones.
+    let ragged: Vec<u32> = (0..b as u32)
+        .map(|i| (c - i * (c / 16) - 3 * i).max(1))
+        .collect();
+    let mut checks = vec![];
+    for (what, lens) in [("ragged", ragged), ("full", vec![c; b])] {
+        kernel.fill(&mut st, &syn.k.data, &syn.v.data, &lens)?;
+        let (idx_cpu, o_cpu) = kernel.step(&mut st, &q1, None)?;
+        let mut gs = gk.upload(&st)?;
+        let (idx_gpu, o_gpu) = gk.step(&mut gs, &q1)?;
+        let lists = differing_lists(&idx_cpu, &idx_gpu);
+        let err = max_rel_err(&o_gpu, &o_cpu, d);
+        eprintln!(
+            "  check ({what} lengths): {lists} of {} index lists differ from the CPU's; output max relative error {err:.2e}",
+            idx_cpu.shape[0] * idx_cpu.shape[1]
+        );
+        checks.push((what, lists, err));
+    }
+    drop(syn);
+    // st now holds the full cache: time the step and each kernel.
+    let mut gs = gk.upload(&st)?;
+    let (idx, o) = gk.step(&mut gs, &q1)?;
+    let step = gk.time(&mut gs, 10, runs)?;
+    let each = gk.time_each(&mut gs, 5, runs)?;
+    drop(gs);
+    let dense = DecodeKernel::new(dense_spec);
+    let mut dst = dense.new_state();
+    dense.fill(&mut dst, &st.k, &st.v, &st.lens)?;
+    let mut gds = gd.upload(&dst)?;
+    drop(dst);
+    let dense_ms = gd.time(&mut gds, 10, runs)?;
+    drop(gds);
+    eprintln!("  measuring fidelity against dense decode on the CPU ...");
+    let f = fidelity::measure(&spec, &st, &q1, &idx, Some(&o));
+    let ok = checks.iter().all(|(_, l, e)| *l == 0 && *e < 1e-2);
+    let kv_bytes = |tokens: f64| tokens * 2.0 * (b * spec.kv_heads as usize * d * 2) as f64;
+    let meta = if spec.source == Source::PageBound {
+        2.0 * (b * spec.kv_heads as usize * spec.units() as usize * d * 2) as f64
+    } else {
+        0.0
+    };
+    let read = kv_bytes((spec.capacity() * spec.page).min(c) as f64) + meta;
+    let tbps = read / (step * 1e-3) / 1e12;
+    let dense_tbps = kv_bytes(c as f64) / (dense_ms * 1e-3) / 1e12;
+    let parts: Vec<String> = each
+        .iter()
+        .map(|(r, ms)| format!("{} {ms:.4}", format!("{r:?}").to_lowercase()))
+        .collect();
+    if json {
+        return Ok(format!(
+            "{{\"kernel\":\"{}\",\"backend\":\"cuda\",\"gpu\":\"{}\",\"batch\":{b},\"q_heads\":{hq},\"context\":{c},\"capacity\":{},\"page\":{},\"step_ms\":{step:.4},\"dense_ms\":{dense_ms:.4},\"step_tbps\":{tbps:.3},\"dense_tbps\":{dense_tbps:.3},\"kernels_ms\":\"{}\",\"indices_equal_cpu\":{},\"max_rel_err_vs_cpu\":{:.3e},\"recall\":{:.4},\"mass\":{:.4},\"cosine\":{:.5},\"min_cosine\":{:.5},\"runs\":{}}}\n",
+            spec.kernel,
+            gpu.name(),
+            spec.capacity(),
+            spec.page,
+            parts.join(", "),
+            checks.iter().all(|x| x.1 == 0),
+            checks.iter().map(|x| x.2).fold(0.0, f64::max),
+            f.recall,
+            f.mass,
+            f.cosine,
+            f.min_cosine,
+            runs.max(1)
+        ));
+    }
+    let mut s = format!(
+        "{} on {}, batch {b}, {hq}/{} heads, context {c}, {} list(s) of {} {}:\n",
+        spec.kernel,
+        gpu.name(),
+        spec.kv_heads,
+        spec.sel_heads(),
+        spec.capacity(),
+        if spec.page == 1 {
+            "tokens".to_string()
+        } else {
+            format!("pages of {}", spec.page)
+        }
+    );
+    s.push_str(&format!(
+        "  step {step:.4} ms ({tbps:.2} TB/s of cache and metadata read); dense decode through the same pipeline {dense_ms:.4} ms ({dense_tbps:.2} TB/s); {:.1}x; medians of {} CUDA-event-timed runs\n",
+        dense_ms / step.max(1e-9),
+        runs.max(1)
+    ));
+    s.push_str(&format!("  kernels alone (ms): {}\n", parts.join(", ")));
+    for (what, lists, err) in &checks {
+        s.push_str(&format!(
+            "  vs the CPU executor ({what} lengths): {} index lists differ, output max relative error {err:.2e}\n",
+            lists
+        ));
+    }
+    s.push_str(&format!(
+        "  fidelity vs dense decode on a synthetic cache ({heavy} planted heavy hitters per KV head): recall {:.3} of the exact top-k, attention mass {:.3}, output cosine {:.4} (min {:.4})\n",
+        f.recall, f.mass, f.cosine, f.min_cosine
+    ));
+    if !ok {
+        return Err(Error::Input(format!(
+            "{s}the GPU step disagrees with the CPU executor (see above)"
+        )));
     }
     Ok(s)
 }

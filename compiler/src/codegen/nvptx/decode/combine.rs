@@ -1,0 +1,40 @@
+//! Rule 8's combine: one block per (query head, sequence), one thread per channel. The
+//! chunks' partial results `(max, sum, acc)` (base 2) are rescaled to their common maximum
+//! and added; a list that selected nothing gives zeros.
+
+use inkwell::values::PointerValue;
+use inkwell::FloatPredicate;
+
+use super::attend::anchor;
+use super::Shape;
+use crate::codegen::nvptx::gen::Gen;
+
+pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
+    let (part, out) = (p[0], p[1]);
+    let stride = s.d as i64 + 2;
+    let t = g.sreg("tid.x");
+    let h = g.sreg("ctaid.x");
+    let b = g.sreg("ctaid.y");
+    let row = g.add(g.muli(b, s.hq as i64), h);
+    let base = g.muli(g.muli(row, s.chunks as i64), stride);
+    let n = g.i32(s.chunks as i64);
+    let mx = g.var(g.f32t.into(), g.f32(f64::NEG_INFINITY).into());
+    g.for_range(g.i32(0), n, &mut |g, c| {
+        let m = g.ld_f32(part, g.add(base, g.muli(c, stride)));
+        g.set(mx, g.fmax(g.getf(mx), m));
+    });
+    let mu = anchor(g, g.getf(mx));
+    let l = g.var(g.f32t.into(), g.f32(0.0).into());
+    let acc = g.var(g.f32t.into(), g.f32(0.0).into());
+    g.for_range(g.i32(0), n, &mut |g, c| {
+        let at = g.add(base, g.muli(c, stride));
+        let w = g.ex2(g.fsub(g.ld_f32(part, at), mu));
+        let lc = g.ld_f32(part, g.addi(at, 1));
+        g.set(l, g.fadd(g.getf(l), g.fmul(lc, w)));
+        let a = g.ld_f32(part, g.add(g.addi(at, 2), t));
+        g.set(acc, g.fadd(g.getf(acc), g.fmul(a, w)));
+    });
+    let some = g.fcmp(FloatPredicate::OGT, g.getf(l), g.f32(0.0));
+    let o = g.self_f(some, g.fdiv(g.getf(acc), g.getf(l)), g.f32(0.0));
+    g.st_f32(out, g.add(g.muli(row, s.d as i64), t), o);
+}

@@ -1,0 +1,237 @@
+//! A decode step on an NVIDIA GPU: the kernels of `attnc::codegen::nvptx::decode` loaded
+//! through the CUDA driver, with the cache, the query and every intermediate in device
+//! buffers of fixed size (one set per kernel instance, so that the launch sequence can be
+//! captured in a CUDA graph). The host supplies the cache as a [`DecodeState`] (keys,
+//! values and page metadata, rounded to the dtype) and the queries; the step launches
+//! score (Quest only), top-k, attend and combine on one stream.
+
+use std::sync::Arc;
+
+use attnc::codegen::nvptx::decode::{self as codegen, DecodeModule, Role};
+use attnc::select::spec::{SelectSpec, Source};
+use cudarc::driver::{
+    CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::cache::DecodeState;
+use super::{DecodeKernel, Indices};
+use crate::cuda::{to_half, Gpu};
+use crate::Error;
+
+fn cuda(e: impl std::fmt::Display) -> Error {
+    Error::Cuda(e.to_string())
+}
+
+/// A decode kernel loaded on a GPU.
+pub struct GpuDecode {
+    kernel: DecodeKernel,
+    pub module: DecodeModule,
+    stream: Arc<CudaStream>,
+    _module: Arc<CudaModule>,
+    funcs: Vec<(Role, CudaFunction)>,
+}
+
+/// The device buffers of one kernel instance.
+pub struct GpuState {
+    k: CudaSlice<u16>,
+    v: CudaSlice<u16>,
+    kmax: CudaSlice<u16>,
+    kmin: CudaSlice<u16>,
+    lens: CudaSlice<u32>,
+    q: CudaSlice<f32>,
+    scores: CudaSlice<f32>,
+    idx: CudaSlice<i32>,
+    part: CudaSlice<f32>,
+    out: CudaSlice<f32>,
+}
+
+impl GpuDecode {
+    /// Compiles `spec` for the GPU and loads it; says so when the kernel runs on the CPU only.
+    pub fn load(gpu: &Gpu, spec: SelectSpec) -> Result<GpuDecode, Error> {
+        let module = codegen::compile(&spec, gpu.arch()).map_err(Error::Input)?;
+        let m = gpu
+            .ctx
+            .load_module(Ptx::from_src(module.ptx.clone()))
+            .map_err(|e| Error::Cuda(format!("loading the PTX of `{}`: {e}", spec.kernel)))?;
+        let funcs = module
+            .entries
+            .iter()
+            .map(|e| Ok((e.role, m.load_function(&e.name).map_err(cuda)?)))
+            .collect::<Result<_, Error>>()?;
+        Ok(GpuDecode {
+            kernel: DecodeKernel::new(spec),
+            module,
+            stream: gpu.stream.clone(),
+            _module: m,
+            funcs,
+        })
+    }
+
+    pub fn spec(&self) -> &SelectSpec {
+        self.kernel.spec()
+    }
+
+    /// Uploads a cache built on the host (checked as the CPU executor checks it).
+    pub fn upload(&self, st: &DecodeState) -> Result<GpuState, Error> {
+        self.kernel.check_state(st)?;
+        let s = self.spec();
+        if let Some(b) = st.lens.iter().position(|l| *l > s.context) {
+            return Err(Error::Input(format!(
+                "sequence {b} holds {} tokens, more than CONTEXT = {}",
+                st.lens[b], s.context
+            )));
+        }
+        let dt = s.dtype.name();
+        let up16 = |x: &[f32]| -> Result<CudaSlice<u16>, Error> {
+            if x.is_empty() {
+                return self.stream.alloc_zeros::<u16>(1).map_err(cuda);
+            }
+            self.stream.clone_htod(&to_half(dt, x)).map_err(cuda)
+        };
+        let (b, hq, d) = (s.batch as usize, s.q_heads as usize, s.head_dim as usize);
+        let lists = b * s.sel_heads() as usize;
+        let scores = if s.source == Source::PageBound {
+            lists * s.units() as usize
+        } else {
+            1
+        };
+        Ok(GpuState {
+            k: up16(&st.k)?,
+            v: up16(&st.v)?,
+            kmax: up16(&st.kmax)?,
+            kmin: up16(&st.kmin)?,
+            lens: self.stream.clone_htod(&st.lens).map_err(cuda)?,
+            q: self.stream.alloc_zeros::<f32>(b * hq * d).map_err(cuda)?,
+            scores: self.stream.alloc_zeros::<f32>(scores).map_err(cuda)?,
+            idx: self
+                .stream
+                .alloc_zeros::<i32>(lists * s.capacity() as usize)
+                .map_err(cuda)?,
+            part: self
+                .stream
+                .alloc_zeros::<f32>(b * hq * self.module.chunks as usize * (d + 2))
+                .map_err(cuda)?,
+            out: self.stream.alloc_zeros::<f32>(b * hq * d).map_err(cuda)?,
+        })
+    }
+
+    /// Sets the decode query `[B, Hq, 1, D]` (rounded to the dtype, as on the CPU).
+    pub fn set_query(&self, gs: &mut GpuState, q: &[f32]) -> Result<(), Error> {
+        let q = self.kernel.queries(q, 1)?;
+        self.stream.memcpy_htod(&q, &mut gs.q).map_err(cuda)
+    }
+
+    /// Launches one decode step (asynchronously, on the kernel's stream).
+    pub fn launch(&self, gs: &mut GpuState) -> Result<(), Error> {
+        self.launch_only(gs, None)
+    }
+
+    /// Launches the step's kernels, or only the one of `only`.
+    fn launch_only(&self, gs: &mut GpuState, only: Option<Role>) -> Result<(), Error> {
+        for ((role, f), e) in self.funcs.iter().zip(&self.module.entries) {
+            if only.is_some_and(|r| r != *role) {
+                continue;
+            }
+            let cfg = LaunchConfig {
+                grid_dim: (e.grid[0], e.grid[1], e.grid[2]),
+                block_dim: (e.block, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut l = self.stream.launch_builder(f);
+            match role {
+                Role::Score => l
+                    .arg(&gs.q)
+                    .arg(&gs.kmax)
+                    .arg(&gs.kmin)
+                    .arg(&gs.lens)
+                    .arg(&mut gs.scores),
+                Role::TopK => l.arg(&gs.scores).arg(&gs.lens).arg(&mut gs.idx),
+                Role::Attend => l
+                    .arg(&gs.q)
+                    .arg(&gs.k)
+                    .arg(&gs.v)
+                    .arg(&gs.idx)
+                    .arg(&gs.lens)
+                    .arg(&mut gs.part),
+                Role::Combine => l.arg(&gs.part).arg(&mut gs.out),
+            };
+            // SAFETY: the arguments follow the entry's signature in
+            // `attnc::codegen::nvptx::decode` (the table in its module docs), and every
+            // buffer was allocated by `upload` with the sizes that table gives for this
+            // spec; lengths were checked to lie in 1..=CONTEXT, so every index the kernels
+            // form stays inside its buffer. The grid and block are the entry's own.
+            unsafe { l.launch(cfg) }.map_err(cuda)?;
+        }
+        Ok(())
+    }
+
+    /// The index lists of the last step.
+    pub fn indices(&self, gs: &GpuState) -> Result<Indices, Error> {
+        let s = self.spec();
+        let data = self.stream.clone_dtoh(&gs.idx).map_err(cuda)?;
+        Ok(Indices {
+            shape: [
+                s.batch as usize,
+                s.sel_heads() as usize,
+                s.capacity() as usize,
+            ],
+            data,
+        })
+    }
+
+    /// The output `[B, Hq, D]` of the last step.
+    pub fn output(&self, gs: &GpuState) -> Result<Vec<f32>, Error> {
+        self.stream.clone_dtoh(&gs.out).map_err(cuda)
+    }
+
+    /// One step: query in, index lists and output back.
+    pub fn step(&self, gs: &mut GpuState, q: &[f32]) -> Result<(Indices, Vec<f32>), Error> {
+        self.set_query(gs, q)?;
+        self.launch(gs)?;
+        self.stream.synchronize().map_err(cuda)?;
+        Ok((self.indices(gs)?, self.output(gs)?))
+    }
+
+    /// Median milliseconds of `runs` CUDA-event-timed steps after `warmup`.
+    pub fn time(&self, gs: &mut GpuState, warmup: usize, runs: usize) -> Result<f64, Error> {
+        self.time_only(gs, None, warmup, runs)
+    }
+
+    /// Median milliseconds of each kernel of the step alone, in launch order.
+    pub fn time_each(
+        &self,
+        gs: &mut GpuState,
+        warmup: usize,
+        runs: usize,
+    ) -> Result<Vec<(Role, f64)>, Error> {
+        let roles: Vec<Role> = self.module.entries.iter().map(|e| e.role).collect();
+        roles
+            .into_iter()
+            .map(|r| Ok((r, self.time_only(gs, Some(r), warmup, runs)?)))
+            .collect()
+    }
+
+    fn time_only(
+        &self,
+        gs: &mut GpuState,
+        only: Option<Role>,
+        warmup: usize,
+        runs: usize,
+    ) -> Result<f64, Error> {
+        for _ in 0..warmup {
+            self.launch_only(gs, only)?;
+        }
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut times = vec![];
+        for _ in 0..runs.max(1) {
+            let start = self.stream.record_event(flags).map_err(cuda)?;
+            self.launch_only(gs, only)?;
+            let end = self.stream.record_event(flags).map_err(cuda)?;
+            end.synchronize().map_err(cuda)?;
+            times.push(f64::from(start.elapsed_ms(&end).map_err(cuda)?));
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    }
+}
