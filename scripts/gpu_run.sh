@@ -41,7 +41,7 @@ if [ "$MODE" = "decode" ]; then
   done
   log "decode step: attnc against the CPU executor, timed, with fidelity"
   : > "$OUT/decode.txt"
-  for c in "quest.attn quest_decode" "streaming.attn streaming_decode" "dense.attn dense_decode --set CONTEXT=32768"; do
+  for c in "quest.attn quest_decode --tune" "streaming.attn streaming_decode --tune" "dense.attn dense_decode --set CONTEXT=32768"; do
     set -- $c
     file=$1; k=$2; shift 2
     $A bench kernels/$file --kernel $k "$@" --backend cuda --runs 50 2>&1 | tee -a "$OUT/decode.txt"
@@ -51,7 +51,7 @@ if [ "$MODE" = "decode" ]; then
   echo
   echo "== summary"
   grep -E "sanitizer exit" "$OUT/decode_sanitizer.txt"
-  grep -E "^[a-z_]+ on |step |differ|fidelity" "$OUT/decode.txt"
+  grep -E "^[a-z_]+ on |step |kernels alone|tuned:|differ|fidelity" "$OUT/decode.txt"
   grep -E "^\{" "$OUT/decode_peers.txt"
   exit 0
 fi

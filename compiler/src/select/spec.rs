@@ -246,6 +246,13 @@ impl SelectSpec {
     }
 }
 
+/// Lanes that share one page's page-bound sum (rule 1's summation order): `D / 8` (8
+/// adjacent channels, 16 bytes of bf16, a lane), rounded down to a power of two, 1 to 32.
+pub fn score_lanes(head_dim: u32) -> u32 {
+    let l = (head_dim / 8).clamp(1, 32);
+    1 << (31 - l.leading_zeros())
+}
+
 pub fn source_name(s: Source) -> String {
     match s {
         Source::None => "none".into(),

@@ -7,12 +7,13 @@
 
 use std::sync::Arc;
 
-use attnc::codegen::nvptx::decode::{self as codegen, DecodeModule, Role};
+use attnc::codegen::nvptx::decode::{self as codegen, DecodeModule, Role, Tuning};
 use attnc::select::spec::{SelectSpec, Source};
 use cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
+use rayon::prelude::*;
 
 use super::cache::DecodeState;
 use super::{DecodeKernel, Indices};
@@ -49,7 +50,12 @@ pub struct GpuState {
 impl GpuDecode {
     /// Compiles `spec` for the GPU and loads it; says so when the kernel runs on the CPU only.
     pub fn load(gpu: &Gpu, spec: SelectSpec) -> Result<GpuDecode, Error> {
-        let module = codegen::compile(&spec, gpu.arch()).map_err(Error::Input)?;
+        GpuDecode::load_tuned(gpu, spec, Tuning::default())
+    }
+
+    /// As [`GpuDecode::load`], with a given tuning.
+    pub fn load_tuned(gpu: &Gpu, spec: SelectSpec, tuning: Tuning) -> Result<GpuDecode, Error> {
+        let module = codegen::compile_tuned(&spec, gpu.arch(), tuning).map_err(Error::Input)?;
         let m = gpu
             .ctx
             .load_module(Ptx::from_src(module.ptx.clone()))
@@ -87,7 +93,12 @@ impl GpuDecode {
             if x.is_empty() {
                 return self.stream.alloc_zeros::<u16>(1).map_err(cuda);
             }
-            self.stream.clone_htod(&to_half(dt, x)).map_err(cuda)
+            // Converted in parallel: a long cache holds billions of values.
+            let bits: Vec<u16> = x
+                .par_chunks(1 << 20)
+                .flat_map_iter(|c| to_half(dt, c))
+                .collect();
+            self.stream.clone_htod(&bits).map_err(cuda)
         };
         let (b, hq, d) = (s.batch as usize, s.q_heads as usize, s.head_dim as usize);
         let lists = b * s.sel_heads() as usize;
@@ -108,12 +119,24 @@ impl GpuDecode {
                 .stream
                 .alloc_zeros::<i32>(lists * s.capacity() as usize)
                 .map_err(cuda)?,
-            part: self
-                .stream
-                .alloc_zeros::<f32>(b * hq * self.module.chunks as usize * (d + 2))
-                .map_err(cuda)?,
+            part: self.stream.alloc_zeros::<f32>(self.part_len()).map_err(cuda)?,
             out: self.stream.alloc_zeros::<f32>(b * hq * d).map_err(cuda)?,
         })
+    }
+
+    /// Elements of the split-K partial results.
+    fn part_len(&self) -> usize {
+        let s = self.spec();
+        s.batch as usize * s.q_heads as usize * self.module.chunks as usize * (s.head_dim as usize + 2)
+    }
+
+    /// Takes over a state uploaded for another tuning of the same kernel (the partial
+    /// results buffer follows the chunking).
+    pub fn adopt(&self, gs: &mut GpuState) -> Result<(), Error> {
+        if gs.part.len() != self.part_len() {
+            gs.part = self.stream.alloc_zeros::<f32>(self.part_len()).map_err(cuda)?;
+        }
+        Ok(())
     }
 
     /// Sets the decode query `[B, Hq, 1, D]` (rounded to the dtype, as on the CPU).
@@ -129,6 +152,12 @@ impl GpuDecode {
 
     /// Launches the step's kernels, or only the one of `only`.
     fn launch_only(&self, gs: &mut GpuState, only: Option<Role>) -> Result<(), Error> {
+        if gs.part.len() != self.part_len() {
+            return Err(Error::Shape(format!(
+                "the state was made for another tuning of `{}` (call adopt first)",
+                self.spec().kernel
+            )));
+        }
         for ((role, f), e) in self.funcs.iter().zip(&self.module.entries) {
             if only.is_some_and(|r| r != *role) {
                 continue;

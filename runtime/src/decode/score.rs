@@ -2,7 +2,7 @@
 //! index list. Nothing of size `C x C` exists: the largest buffer is one row of `C` logits
 //! per query head, per worker.
 
-use attnc::select::spec::{HeadReduce, Pool, Reduce, SelectSpec, Source};
+use attnc::select::spec::{score_lanes, HeadReduce, Pool, Reduce, SelectSpec, Source};
 use rayon::prelude::*;
 
 use super::cache::DecodeState;
@@ -93,26 +93,15 @@ fn row_scores(
             tok.truncate(m);
         }
         Source::PageBound => {
-            let d = s.head_dim as usize;
-            let hkv = s.kv_heads as usize;
-            let g = s.group() as usize;
-            let rows = s.q_rows() as usize;
-            let full = len / p;
-            let heads = list_heads(s, sel);
-            let nh = heads.len();
-            for (i, h) in heads.enumerate() {
-                let kvh = h / g;
-                let qv = &q[(b * s.q_heads as usize + h) * rows * d..][..d];
-                for pg in 0..full {
-                    let meta = ((b * hkv + kvh) * s.units() as usize + pg) * d;
-                    let (hi, lo) = (&st.kmax[meta..][..d], &st.kmin[meta..][..d]);
-                    let u = lane_tree_sum(d, |t| (qv[t] * hi[t]).max(qv[t] * lo[t]));
-                    fold(s.heads.op(), &mut dst[pg], u, i == 0);
-                }
+            let full = &mut dst[..len / p];
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has FMA (checked just above), the one feature the function
+                // is compiled for.
+                unsafe { page_scores_fma(s, st, q, b, sel, full) };
+                return;
             }
-            if s.heads.op() == Reduce::Mean {
-                dst[..full].iter_mut().for_each(|x| *x /= nh as f32);
-            }
+            page_scores(s, st, q, b, sel, full);
             return;
         }
     }
@@ -130,6 +119,69 @@ fn row_scores(
             dst[pg] = tok[lo..((pg + 1) * p).min(m)].iter().sum();
         }
     }
+}
+
+/// Rule 1 for `page_bound`: the bound of every full page of list `(b, sel)` into `dst`.
+#[inline(always)]
+fn page_scores(
+    s: &SelectSpec,
+    st: &DecodeState,
+    q: &[f32],
+    b: usize,
+    sel: usize,
+    dst: &mut [f32],
+) {
+    let d = s.head_dim as usize;
+    let hkv = s.kv_heads as usize;
+    let g = s.group() as usize;
+    let rows = s.q_rows() as usize;
+    let units = s.units() as usize;
+    let heads: Vec<usize> = list_heads(s, sel).collect();
+    let nh = heads.len();
+    let qs: Vec<&[f32]> = heads
+        .iter()
+        .map(|&h| &q[(b * s.q_heads as usize + h) * rows * d..][..d])
+        .collect();
+    // Per head of the list: where its KV head's page metadata starts.
+    let bases: Vec<usize> = heads
+        .iter()
+        .map(|&h| (b * hkv + h / g) * units * d)
+        .collect();
+    for (pg, out) in dst.iter_mut().enumerate() {
+        // max(q * kmax, q * kmin) is q times kmax or kmin by the sign of q (kmax >= kmin),
+        // fused into the lane's running sum.
+        let term = |i: usize, t: usize| {
+            let x = qs[i][t];
+            let at = bases[i] + pg * d + t;
+            // Both loaded, then chosen: a select, not a branch on the sign.
+            let (hi, lo) = (st.kmax[at], st.kmin[at]);
+            (x, if x >= 0.0 { hi } else { lo })
+        };
+        *out = match s.heads.op() {
+            // Sums fold the heads inside each lane (one butterfly per page).
+            Reduce::Sum => lane_tree_fma(d, nh, term),
+            Reduce::Mean => lane_tree_fma(d, nh, term) / nh as f32,
+            Reduce::Max => (0..nh)
+                .map(|i| lane_tree_fma(d, 1, |_, t| term(i, t)))
+                .reduce(f32::max)
+                .unwrap_or(f32::NEG_INFINITY),
+        };
+    }
+}
+
+/// [`page_scores`] with the FMA instructions (the same correctly rounded results as the
+/// software `mul_add`, many times faster).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn page_scores_fma(
+    s: &SelectSpec,
+    st: &DecodeState,
+    q: &[f32],
+    b: usize,
+    sel: usize,
+    dst: &mut [f32],
+) {
+    page_scores(s, st, q, b, sel, dst)
 }
 
 /// Scores of one query head over the tokens `[0, m)`: the attention probability of the
@@ -178,24 +230,38 @@ fn head_token_scores(
     out
 }
 
-/// The sum of `f(0..d)` in the GPU kernels' order: 32 lane sums (lane `l` adds channels
-/// `l, l + 32, ...` in turn), then a butterfly over the lanes (offsets 16, 8, 4, 2, 1).
+/// The sum of the products `a * b`, `(a, b) = f(i, t)`, over `i < n` (heads, in order) and
+/// channels `t < d`, in the GPU kernels' order: `L = score_lanes(d)` lane sums (lane `l`
+/// fuses, for each `i` in turn, its `ceil(d / L)` adjacent channels from `l * ceil(d / L)`
+/// into its running sum with one rounding each, `x = fma(a, b, x)`; on the GPU that is 8
+/// channels, one 16-byte load), then a butterfly over the lanes (offsets `L/2, ..., 2, 1`).
 /// Scores that decide a selection are summed this way on every backend, so that the
 /// backends agree bit for bit and select the same units (docs/kv-selection.md, rule 1).
-pub fn lane_tree_sum(d: usize, f: impl Fn(usize) -> f32) -> f32 {
+#[inline(always)]
+pub fn lane_tree_fma(d: usize, n: usize, f: impl Fn(usize, usize) -> (f32, f32)) -> f32 {
+    let lanes = score_lanes(d as u32) as usize;
     let mut v = [0f32; 32];
-    for (l, x) in v.iter_mut().enumerate() {
-        let mut t = l;
-        while t < d {
-            *x += f(t);
-            t += 32;
+    let per = d.div_ceil(lanes);
+    // Lane `l` sees (i, c) in lexicographic order; the lanes are independent, so the
+    // innermost loop runs across them (no chain of dependent fmas).
+    for i in 0..n {
+        for c in 0..per {
+            for (l, x) in v.iter_mut().take(lanes).enumerate() {
+                let t = l * per + c;
+                if t < d {
+                    let (a, b) = f(i, t);
+                    *x = a.mul_add(b, *x);
+                }
+            }
         }
     }
-    for off in [16, 8, 4, 2, 1] {
+    let mut off = lanes / 2;
+    while off >= 1 {
         let old = v;
-        for (l, x) in v.iter_mut().enumerate() {
+        for (l, x) in v.iter_mut().take(lanes).enumerate() {
             *x = old[l] + old[l ^ off];
         }
+        off /= 2;
     }
     v[0]
 }

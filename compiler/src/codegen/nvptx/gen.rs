@@ -478,9 +478,51 @@ impl<'c> Gen<'c> {
             .into_int_value()
     }
 
+    /// `__shfl_up_sync(0xffffffff, x, delta)` on i32: lanes below `delta` keep their own.
+    pub fn shfl_up_i32(&self, x: IntValue<'c>, delta: i64) -> IntValue<'c> {
+        let f = self.intrinsic(
+            "llvm.nvvm.shfl.sync.up.i32",
+            self.i32t.into(),
+            &[self.i32t.into(); 4],
+        );
+        let args = [self.i32(-1), x, self.i32(delta), self.i32(0)];
+        let a: Vec<BasicValueEnum> = args.iter().map(|v| (*v).into()).collect();
+        self.call(f, &a).into_int_value()
+    }
+
+    /// `__shfl_sync(0xffffffff, x, lane)` on i32.
+    pub fn shfl_idx_i32(&self, x: IntValue<'c>, lane: IntValue<'c>) -> IntValue<'c> {
+        let f = self.intrinsic(
+            "llvm.nvvm.shfl.sync.idx.i32",
+            self.i32t.into(),
+            &[self.i32t.into(); 4],
+        );
+        let args = [self.i32(-1), x, lane, self.i32(31)];
+        let a: Vec<BasicValueEnum> = args.iter().map(|v| (*v).into()).collect();
+        self.call(f, &a).into_int_value()
+    }
+
+    /// `__match_any_sync(0xffffffff, x)`: the lanes holding the same value.
+    pub fn match_any(&self, x: IntValue<'c>) -> IntValue<'c> {
+        let f = self.intrinsic(
+            "llvm.nvvm.match.any.sync.i32",
+            self.i32t.into(),
+            &[self.i32t.into(), self.i32t.into()],
+        );
+        self.call(f, &[self.i32(-1).into(), x.into()])
+            .into_int_value()
+    }
+
     pub fn popc(&self, x: IntValue<'c>) -> IntValue<'c> {
         let f = self.intrinsic("llvm.ctpop.i32", self.i32t.into(), &[self.i32t.into()]);
         self.call(f, &[x.into()]).into_int_value()
+    }
+
+    /// `a * b + c` rounded once (fma.rn.f32).
+    pub fn fma(&self, a: FloatValue<'c>, b: FloatValue<'c>, c: FloatValue<'c>) -> FloatValue<'c> {
+        let f = self.intrinsic("llvm.fma.f32", self.f32t.into(), &[self.f32t.into(); 3]);
+        self.call(f, &[a.into(), b.into(), c.into()])
+            .into_float_value()
     }
 
     /// IEEE maxNum: a NaN operand yields the other (Rust's `f32::max`).

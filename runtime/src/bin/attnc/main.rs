@@ -541,16 +541,17 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             json,
         } => {
             if let Some((_, spec)) = selection(&k, color)? {
-                if tune {
-                    return Err(usage(format!(
-                        "`{}` is a selection kernel: it has no block shapes to tune (drop --tune)",
-                        spec.kernel
-                    )));
-                }
                 if backend == "cuda" {
                     let gpu = open_gpu()?;
-                    out(&selection::bench_cuda(&gpu, spec, runs, json).map_err(runtime_error)?);
+                    out(&selection::bench_cuda(&gpu, spec, runs, json, tune)
+                        .map_err(runtime_error)?);
                     return Ok(());
+                }
+                if tune {
+                    return Err(usage(format!(
+                        "`{}`: --tune picks GPU launch shapes; it needs --backend cuda",
+                        spec.kernel
+                    )));
                 }
                 out(&selection::bench(spec, runs, json).map_err(runtime_error)?);
                 return Ok(());

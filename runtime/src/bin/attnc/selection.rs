@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use attnc::select::spec::{Budget, KernelKind, Pool, SelectSpec, Source};
 use attnc_runtime::cuda::Gpu;
-use attnc_runtime::decode::gpu::GpuDecode;
+use attnc::codegen::nvptx::decode::Tuning;
+use attnc_runtime::decode::gpu::{GpuDecode, GpuState};
 use attnc_runtime::decode::{DecodeKernel, Indices};
 use attnc_runtime::{fidelity, npy, Error, Tensor};
 
@@ -407,7 +408,13 @@ fn differing_lists(a: &Indices, b: &Indices) -> usize {
 /// executor (identical index lists, outputs to bf16 tolerance) on ragged and full caches,
 /// then timed with CUDA events beside dense decode through the same pipeline, with the
 /// fidelity of the selection.
-pub fn bench_cuda(gpu: &Gpu, spec: SelectSpec, runs: usize, json: bool) -> Result<String, Error> {
+pub fn bench_cuda(
+    gpu: &Gpu,
+    spec: SelectSpec,
+    runs: usize,
+    json: bool,
+    tune: bool,
+) -> Result<String, Error> {
     let need = bench_bytes(&spec) / 3 * 4;
     let limit = host_limit();
     if need > limit {
@@ -463,6 +470,17 @@ pub fn bench_cuda(gpu: &Gpu, spec: SelectSpec, runs: usize, json: bool) -> Resul
     // st now holds the full cache: time the step and each kernel.
     let mut gs = gk.upload(&st)?;
     let (idx, o) = gk.step(&mut gs, &q1)?;
+    let mut tuned = String::new();
+    let gk = if tune {
+        let (t, table) = tune_decode(gpu, &spec, &mut gs, &q1, (&idx, &o), runs)?;
+        eprint!("{table}");
+        tuned = format!("  tuned: {} (of {} candidates)\n", t.label(), Tuning::candidates().len());
+        let best = GpuDecode::load_tuned(gpu, spec.clone(), t)?;
+        best.adopt(&mut gs)?;
+        best
+    } else {
+        gk
+    };
     let step = gk.time(&mut gs, 10, runs)?;
     let each = gk.time_each(&mut gs, 5, runs)?;
     drop(gs);
@@ -525,6 +543,7 @@ pub fn bench_cuda(gpu: &Gpu, spec: SelectSpec, runs: usize, json: bool) -> Resul
         runs.max(1)
     ));
     s.push_str(&format!("  kernels alone (ms): {}\n", parts.join(", ")));
+    s.push_str(&tuned);
     for (what, lists, err) in &checks {
         s.push_str(&format!(
             "  vs the CPU executor ({what} lengths): {} index lists differ, output max relative error {err:.2e}\n",
@@ -541,4 +560,47 @@ pub fn bench_cuda(gpu: &Gpu, spec: SelectSpec, runs: usize, json: bool) -> Resul
         )));
     }
     Ok(s)
+}
+
+/// Times every tuning candidate on the uploaded state `gs`, each checked against the
+/// default's result `base` (identical indices, outputs equal up to rounding); returns the
+/// fastest and a table of all.
+fn tune_decode(
+    gpu: &Gpu,
+    spec: &SelectSpec,
+    gs: &mut GpuState,
+    q: &[f32],
+    base: (&Indices, &[f32]),
+    runs: usize,
+) -> Result<(Tuning, String), Error> {
+    let mut rows = vec![];
+    let mut table = String::from("  tuning candidates (step ms):\n");
+    for t in Tuning::candidates() {
+        let cand = match GpuDecode::load_tuned(gpu, spec.clone(), t) {
+            Ok(c) => c,
+            Err(e) => {
+                table.push_str(&format!("    {:<36} skipped: {e}\n", t.label()));
+                continue;
+            }
+        };
+        cand.adopt(gs)?;
+        let (idx, o) = cand.step(gs, q)?;
+        let err = max_rel_err(&o, base.1, spec.head_dim as usize);
+        if &idx != base.0 || err > 1e-3 {
+            return Err(Error::Input(format!(
+                "tuning {} changes the result ({} lists differ, output error {err:.1e})",
+                t.label(),
+                differing_lists(&idx, base.0)
+            )));
+        }
+        let ms = cand.time(gs, 5, runs)?;
+        table.push_str(&format!("    {:<36} {ms:.4}\n", t.label()));
+        rows.push((ms, t));
+    }
+    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let best = rows
+        .first()
+        .map(|r| r.1)
+        .ok_or_else(|| Error::Input("no tuning candidate compiles".into()))?;
+    Ok((best, table))
 }

@@ -1,7 +1,7 @@
 //! Rule 8 on the GPU: split-K decode attention over an index list (flash-decoding). A block
 //! takes one chunk of `split` units of one list for one KV head and all `G` query heads of
 //! that KV head (GQA: the keys are read once). A token is read by `D / 8` lanes, 16 bytes
-//! each; a warp holds `32 / (D / 8)` tokens and keeps `UNROLL` steps of keys and values in
+//! each; a warp holds `32 / (D / 8)` tokens and keeps `tuning.unroll` steps of keys and values in
 //! flight. Every lane group keeps an online softmax per query head in base 2 (the queries
 //! are pre-scaled by `scale * log2(e)`); the groups merge through shuffles, the warps
 //! through shared memory, and the block writes `(max, sum, acc[D])` per query head.
@@ -13,14 +13,16 @@ use super::{lanes_per_token, Shape};
 use crate::codegen::nvptx::gen::{Gen, Var};
 
 pub const WARPS: u32 = 4;
-/// Token steps per warp whose loads are issued together.
-const UNROLL: u32 = 4;
 /// Channels per lane.
 const VEC: u32 = 8;
 
 /// Shared memory of the cross-warp merge.
 pub fn smem_bytes(s: &Shape) -> u32 {
-    WARPS * s.g * (s.d + 2) * 4
+    merge_floats(s) * 4 + s.split * 4
+}
+
+fn merge_floats(s: &Shape) -> u32 {
+    WARPS * s.g * (s.d + 2)
 }
 
 /// Online-softmax state of one lane for one query head.
@@ -41,7 +43,8 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     let lt = lanes_per_token(s.d);
     let tpw = 32 / lt;
     let d = s.d as i64;
-    let red = g.shared_array("attend_merge", g.f32t.into(), smem_bytes(s) / 4);
+    let red = g.shared_array("attend_merge", g.f32t.into(), merge_floats(s));
+    let units = g.shared_array("attend_units", g.i32t.into(), s.split);
     let tid = g.sreg("tid.x");
     let warp = g.udivi(tid, 32);
     let lane = g.uremi(tid, 32);
@@ -68,6 +71,11 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
         s.c as i64 * d,
     );
     let ch0 = g.muli(lg, VEC as i64);
+    // The chunk's units, staged in shared memory so that no load waits on another.
+    g.for_step(tid, nslots, (WARPS * 32) as i64, &mut |g, t| {
+        g.st_i32(units, t, g.ld_i32(idx, g.add(row, t)));
+    });
+    g.barrier();
     // This lane's channels of the G queries, in base 2.
     let qs: Vec<Vec<FloatValue<'c>>> = (0..s.g)
         .map(|i| {
@@ -91,16 +99,17 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                 .collect(),
         })
         .collect();
+    let unroll = s.tuning.unroll;
     let tokens = s.split * s.p;
-    let step = WARPS * tpw * UNROLL;
+    let step = WARPS * tpw * unroll;
     let iters = tokens.div_ceil(step);
     g.for_range(g.i32(0), g.i32(iters as i64), &mut |g, it| {
         // Issue every load of the step first.
         let mut valid = vec![];
         let mut keys = vec![];
         let mut vals = vec![];
-        for r in 0..UNROLL {
-            let t = g.addi(g.muli(it, UNROLL as i64), r as i64);
+        for r in 0..unroll {
+            let t = g.addi(g.muli(it, unroll as i64), r as i64);
             let ts = g.add(
                 g.muli(g.add(g.muli(t, WARPS as i64), warp), tpw as i64),
                 grp,
@@ -109,7 +118,7 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             let off = g.uremi(ts, s.p as i64);
             let in_list = g.icmp(IntPredicate::ULT, slot, nslots);
             let si = g.seli(in_list, slot, g.i32(0));
-            let u = g.ld_i32(idx, g.add(row, si));
+            let u = g.ld_i32(units, si);
             let tok = g.add(g.muli(u, s.p as i64), off);
             let ok_u = g.icmp(IntPredicate::SGE, u, g.i32(0));
             let ok_t = g.icmp(IntPredicate::SLT, tok, len);
@@ -121,11 +130,11 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             valid.push(ok);
         }
         for (i, h) in heads.iter().enumerate() {
-            let logits: Vec<FloatValue<'c>> = (0..UNROLL as usize)
+            let logits: Vec<FloatValue<'c>> = (0..unroll as usize)
                 .map(|r| {
                     let mut x = g.f32(0.0);
                     for e in 0..VEC as usize {
-                        x = g.fadd(x, g.fmul(qs[i][e], keys[r][e]));
+                        x = g.fma(qs[i][e], keys[r][e], x);
                     }
                     let mut o = lt / 2;
                     while o >= 1 {
@@ -148,7 +157,7 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             for (ch, a) in h.acc.iter().enumerate() {
                 let mut x = g.fmul(g.getf(*a), corr);
                 for (r, e) in es.iter().enumerate() {
-                    x = g.fadd(x, g.fmul(*e, vals[r][ch]));
+                    x = g.fma(*e, vals[r][ch], x);
                 }
                 g.set(*a, x);
             }
@@ -171,9 +180,9 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             let mu = anchor(g, mn);
             let wa = g.ex2(g.fsub(m, mu));
             let wb = g.ex2(g.fsub(m_o, mu));
-            g.set(h.l, g.fadd(g.fmul(g.getf(h.l), wa), g.fmul(l_o, wb)));
+            g.set(h.l, g.fma(l_o, wb, g.fmul(g.getf(h.l), wa)));
             for (a, x) in h.acc.iter().zip(acc_o) {
-                g.set(*a, g.fadd(g.fmul(g.getf(*a), wa), g.fmul(x, wb)));
+                g.set(*a, g.fma(x, wb, g.fmul(g.getf(*a), wa)));
             }
             g.set(h.m, mn);
         }
@@ -212,9 +221,9 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
         let mut acc = g.f32(0.0);
         for (b0, m) in bases.iter().zip(&ms) {
             let w = g.ex2(g.fsub(*m, mu));
-            l = g.fadd(l, g.fmul(g.ld_f32(red, g.addi(*b0, 1)), w));
+            l = g.fma(g.ld_f32(red, g.addi(*b0, 1)), w, l);
             let a = g.ld_f32(red, g.add(g.addi(*b0, 2), t));
-            acc = g.fadd(acc, g.fmul(a, w));
+            acc = g.fma(a, w, acc);
         }
         let h = g.add(g.muli(kvh, s.g as i64), i);
         let prow = g.add(g.muli(g.add(g.muli(b, s.hq as i64), h), s.chunks as i64), c);

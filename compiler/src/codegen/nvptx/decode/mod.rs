@@ -5,12 +5,13 @@
 //!
 //! | entry | grid | block | parameters (global pointers) |
 //! | --- | --- | --- | --- |
-//! | `<k>_score` (page_bound only) | `(ceil(U/4), Hsel, B)` | 128 | `q` f32 `[B,Hq,D]`, `kmax`, `kmin` dtype `[B,Hkv,U,D]`, `lens` u32 `[B]`, `scores` f32 `[B,Hsel,U]` |
+//! | `<k>_score` (page_bound only) | `(ceil(U / pages per block), Hsel, B)` | 128 | `q` f32 `[B,Hq,D]`, `kmax`, `kmin` dtype `[B,Hkv,U,D]`, `lens` u32 `[B]`, `scores` f32 `[B,Hsel,U]` |
 //! | `<k>_topk` | `(Hsel, B)` | 1024 | `scores`, `lens`, `idx` i32 `[B,Hsel,K]` |
 //! | `<k>_attend` | `(chunks, Hkv, B)` | 128 | `q`, `k`, `v` dtype `[B,Hkv,C,D]`, `idx`, `lens`, `part` f32 `[B,Hq,chunks,D+2]` |
 //! | `<k>_combine` | `(Hq, B)` | `D` | `part`, `out` f32 `[B,Hq,D]` |
 //!
-//! `U` = units of the full cache, `K` = the list capacity, `chunks` = `ceil(K / split)`. The
+//! `U` = units of the full cache, `K` = the list capacity, `chunks` = `ceil(K / split)` with
+//! the GPU's own chunk size ([`gpu_split`]). The
 //! queries arrive rounded to the dtype (as the CPU executor rounds them). Scores that decide
 //! the selection are summed in the lane-tree order the CPU executor uses (rule 1), and the
 //! top-k keeps the same units as the CPU's sort order, ties to the lower index.
@@ -20,6 +21,7 @@ mod combine;
 mod score;
 mod topk;
 
+use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::context::Context;
 use inkwell::module::Module;
 use inkwell::types::BasicMetadataTypeEnum;
@@ -28,7 +30,9 @@ use inkwell::AddressSpace;
 
 use super::gen::Gen;
 use super::{finish, new_module, target_machine, Arch};
-use crate::select::spec::{Budget, HeadReduce, KernelKind, Reduce, SelectSpec, Source};
+use crate::select::spec::{
+    score_lanes, Budget, HeadReduce, KernelKind, Reduce, SelectSpec, Source,
+};
 use crate::sema::program::DType;
 
 /// What an entry of a decode module does.
@@ -59,11 +63,60 @@ pub struct DecodeModule {
     pub entries: Vec<DecodeEntry>,
     /// Split-K chunks per index list.
     pub chunks: u32,
+    pub tuning: Tuning,
 }
 
 impl DecodeModule {
     pub fn entry(&self, role: Role) -> Option<&DecodeEntry> {
         self.entries.iter().find(|e| e.role == role)
+    }
+}
+
+/// The launch-shape choices of a decode module; every choice computes the same indices
+/// (the score order does not depend on them) and outputs equal up to rounding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Rows of pages a warp of the score kernel takes (a row: `32 / score_lanes(D)` pages).
+    pub score_rows: u32,
+    /// Token steps of keys and values a warp of the attention keeps in flight.
+    pub unroll: u32,
+    /// Blocks the attention grid aims at (sets the split-K chunk size).
+    pub target_blocks: u32,
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        Tuning {
+            score_rows: 8,
+            unroll: 4,
+            target_blocks: 1024,
+        }
+    }
+}
+
+impl Tuning {
+    /// The candidates `attnc bench --tune` times.
+    pub fn candidates() -> Vec<Tuning> {
+        let mut v = vec![];
+        for score_rows in [2, 4, 8] {
+            for unroll in [2, 4, 8] {
+                for target_blocks in [1024, 2048] {
+                    v.push(Tuning {
+                        score_rows,
+                        unroll,
+                        target_blocks,
+                    });
+                }
+            }
+        }
+        v
+    }
+
+    pub fn label(&self) -> String {
+        format!(
+            "rows={} unroll={} blocks={}",
+            self.score_rows, self.unroll, self.target_blocks
+        )
     }
 }
 
@@ -90,12 +143,13 @@ pub(crate) struct Shape {
     pub per_kv: bool,
     pub op: Reduce,
     pub source: Source,
+    pub tuning: Tuning,
 }
 
 impl Shape {
-    fn of(s: &SelectSpec) -> Shape {
+    fn of(s: &SelectSpec, tuning: Tuning) -> Shape {
         let cap = s.capacity();
-        let split = s.split.max(1);
+        let split = gpu_split(s, tuning.target_blocks);
         Shape {
             b: s.batch,
             hq: s.q_heads,
@@ -116,6 +170,7 @@ impl Shape {
             per_kv: matches!(s.heads, HeadReduce::PerKvGroup(_)),
             op: s.heads.op(),
             source: s.source,
+            tuning,
         }
     }
 
@@ -127,6 +182,22 @@ impl Shape {
             self.hq
         }
     }
+}
+
+/// The fewest tokens a block of the attention takes.
+const MIN_CHUNK_TOKENS: u64 = 128;
+
+/// Units per split-K chunk on the GPU: chunks of at least 128 tokens, enough of them for
+/// about `target` blocks over all (sequence, KV head) pairs (2048 is about five waves of
+/// three blocks per SM on a 132-SM GPU). The CPU's chunking, `spec.split`, suits its
+/// threads; the results differ only in rounding.
+pub(crate) fn gpu_split(s: &SelectSpec, target: u32) -> u32 {
+    let tokens = s.capacity() as u64 * s.page as u64;
+    let pairs = s.batch as u64 * s.kv_heads as u64;
+    let chunk = (tokens * pairs / target.max(1) as u64)
+        .max(MIN_CHUNK_TOKENS)
+        .next_power_of_two();
+    (chunk / s.page as u64).clamp(1, s.capacity().max(1) as u64) as u32
 }
 
 /// Lanes that share one token in the attention kernel (8 channels, 16 bytes, each).
@@ -169,7 +240,7 @@ pub fn gpu_support(s: &SelectSpec) -> Result<(), String> {
     if s.source == Source::PageBound && d % 32 != 0 {
         return why(&format!("page bound over head dim {d} (a multiple of 32)"));
     }
-    let sh = Shape::of(s);
+    let sh = Shape::of(s, Tuning::default());
     if attend::smem_bytes(&sh) > 48 * 1024 {
         return why(&format!(
             "attention over {} query heads per KV head at head dim {d}",
@@ -179,10 +250,27 @@ pub fn gpu_support(s: &SelectSpec) -> Result<(), String> {
     Ok(())
 }
 
-/// Compiles the decode step of `spec` for `arch`.
+/// Compiles the decode step of `spec` for `arch` with the default tuning.
 pub fn compile(spec: &SelectSpec, arch: Arch) -> Result<DecodeModule, String> {
+    compile_tuned(spec, arch, Tuning::default())
+}
+
+/// Compiles the decode step of `spec` for `arch` with `tuning`.
+pub fn compile_tuned(
+    spec: &SelectSpec,
+    arch: Arch,
+    tuning: Tuning,
+) -> Result<DecodeModule, String> {
     gpu_support(spec)?;
-    let sh = Shape::of(spec);
+    let sh = Shape::of(spec, tuning);
+    if attend::smem_bytes(&sh) > 48 * 1024 {
+        return Err(format!(
+            "`{}`: tuning {} needs {} bytes of shared memory (48 KiB at most)",
+            spec.kernel,
+            tuning.label(),
+            attend::smem_bytes(&sh)
+        ));
+    }
     let tm = target_machine(arch)?;
     let cx = Context::create();
     let m = new_module(&cx, &tm, &spec.kernel);
@@ -190,7 +278,12 @@ pub fn compile(spec: &SelectSpec, arch: Arch) -> Result<DecodeModule, String> {
     // (role, parameters, grid, block), in launch order.
     let mut plan = vec![];
     if sh.source == Source::PageBound {
-        let grid = [sh.units.div_ceil(score::WARPS), sh.hsel, sh.b];
+        let grid = [
+            sh.units
+                .div_ceil(score::WARPS * tuning.score_rows * (32 / score_lanes(sh.d))),
+            sh.hsel,
+            sh.b,
+        ];
         plan.push((Role::Score, 5, grid, score::WARPS * 32));
     }
     plan.push((Role::TopK, 3, [sh.hsel, sh.b, 1], topk::THREADS));
@@ -248,6 +341,7 @@ pub fn compile(spec: &SelectSpec, arch: Arch) -> Result<DecodeModule, String> {
         llvm,
         entries,
         chunks: sh.chunks,
+        tuning,
     })
 }
 
@@ -260,12 +354,21 @@ fn role_name(r: Role) -> &'static str {
     }
 }
 
-/// A kernel entry with `n` global-pointer parameters.
+/// A kernel entry with `n` global-pointer parameters. Every entry writes only its last
+/// parameter, and no two parameters overlap: all are `noalias`, the others `readonly`, so
+/// that their loads take the read-only data path (`ld.global.nc`).
 fn add_kernel<'c>(cx: &'c Context, m: &Module<'c>, name: &str, n: usize) -> FunctionValue<'c> {
     let gptr = cx.ptr_type(AddressSpace::from(1u16));
     let params: Vec<BasicMetadataTypeEnum> = vec![gptr.into(); n];
     let f = m.add_function(name, cx.void_type().fn_type(&params, false), None);
     // PTX kernels need calling convention 71 (ptx_kernel) for IR built in memory.
     f.set_call_conventions(71);
+    let attr = |name: &str| cx.create_enum_attribute(Attribute::get_named_enum_kind_id(name), 0);
+    for i in 0..n as u32 {
+        f.add_attribute(AttributeLoc::Param(i), attr("noalias"));
+        if i + 1 < n as u32 {
+            f.add_attribute(AttributeLoc::Param(i), attr("readonly"));
+        }
+    }
     f
 }

@@ -14,6 +14,8 @@ use crate::select::spec::Source;
 
 pub const THREADS: u32 = 1024;
 const WARPS: u32 = THREADS / 32;
+/// The most units whose keys are staged in shared memory (32 KiB).
+const STAGE_MAX: u32 = 8192;
 
 pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     let (scores, lens, out) = (p[0], p[1], p[2]);
@@ -41,7 +43,32 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             });
         },
         &mut |g| {
-            let key = |g: &Gen<'c>, u: IntValue<'c>| unit_key(g, s, scores, row_in, len, n, u);
+            // Up to STAGE_MAX units, the keys are computed once into shared memory (all
+            // loads of a thread issued together); beyond, every pass recomputes them.
+            let staged = (s.units <= STAGE_MAX)
+                .then(|| g.shared_array("topk_keys", g.i32t.into(), s.units));
+            if let Some(sk) = staged {
+                let per = s.units.div_ceil(THREADS);
+                let us: Vec<IntValue<'c>> = (0..per)
+                    .map(|j| g.addi(tid, (j * THREADS) as i64))
+                    .collect();
+                let keys: Vec<IntValue<'c>> = us
+                    .iter()
+                    .map(|u| {
+                        let inside = g.icmp(IntPredicate::ULT, *u, n);
+                        unit_key(g, s, scores, row_in, len, n, g.seli(inside, *u, g.i32(0)))
+                    })
+                    .collect();
+                for (u, k) in us.iter().zip(keys) {
+                    let inside = g.icmp(IntPredicate::ULT, *u, n);
+                    g.if_then(inside, &mut |g| g.st_i32(sk, *u, k));
+                }
+                g.barrier();
+            }
+            let key = |g: &Gen<'c>, u: IntValue<'c>| match staged {
+                Some(sk) => g.ld_i32(sk, u),
+                None => unit_key(g, s, scores, row_in, len, n, u),
+            };
             // Radix select, most significant byte first: `prefix` holds the decided bytes,
             // `rank` the rank (1-based) of the wanted key among the keys with that prefix.
             let prefix = g.var(g.i32t.into(), g.i32(0).into());
@@ -57,39 +84,37 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                 g.if_then(lt256, &mut |g| g.st_i32(hist, tid, g.i32(0)));
                 g.barrier();
                 let pre = g.geti(prefix);
-                g.for_step(tid, n, THREADS as i64, &mut |g, u| {
-                    let k = key(g, u);
+                // Warp-aggregated counting: the lanes with the same digit add once (the
+                // leading byte of similar scores is one value for most units).
+                g.for_step(g.i32(0), n, THREADS as i64, &mut |g, base| {
+                    let u = g.add(base, tid);
+                    let valid = g.icmp(IntPredicate::ULT, u, n);
+                    let k = key(g, g.seli(valid, u, g.i32(0)));
                     let hm = g.i32t.const_int(high_mask, false);
-                    let same = g.icmp(IntPredicate::EQ, g.and(k, hm), pre);
-                    g.if_then(same, &mut |g| {
-                        let digit = shr_byte(g, k, shift);
+                    let same = g.and(valid, g.icmp(IntPredicate::EQ, g.and(k, hm), pre));
+                    let digit = g.seli(same, shr_byte(g, k, shift), g.i32(256));
+                    let peers = g.match_any(digit);
+                    let below = g.sreg("lanemask.lt");
+                    let leader = g.eqi(g.and(peers, below), 0);
+                    g.if_then(g.and(same, leader), &mut |g| {
                         let slot = g.gep(g.i32t.into(), hist, digit);
-                        g.atomic_add_i32(slot, g.i32(1));
+                        g.atomic_add_i32(slot, g.popc(peers));
                     });
                 });
                 g.barrier();
-                let t0 = g.eqi(tid, 0);
-                g.if_then(t0, &mut |g| {
-                    // The bin holding the wanted rank, from the top.
-                    let want = g.geti(rank);
-                    let cum = g.var(g.i32t.into(), g.i32(0).into());
-                    let d = g.var(g.i32t.into(), g.i32(255).into());
-                    g.while_loop(
-                        &mut |g| {
-                            let h = g.ld_i32(hist, g.geti(d));
-                            let reach = g.add(g.geti(cum), h);
-                            let short = g.icmp(IntPredicate::ULT, reach, want);
-                            let more = g.icmp(IntPredicate::SGT, g.geti(d), g.i32(0));
-                            g.and(short, more)
-                        },
-                        &mut |g| {
-                            let h = g.ld_i32(hist, g.geti(d));
-                            g.set(cum, g.add(g.geti(cum), h));
-                            g.set(d, g.addi(g.geti(d), -1));
-                        },
-                    );
-                    g.st_i32(pick, g.i32(0), g.geti(d));
-                    g.st_i32(pick, g.i32(1), g.sub(want, g.geti(cum)));
+                // The bin holding the wanted rank, from the top: thread t holds bin
+                // 255 - t, and a block scan counts the keys in that bin and above.
+                let want = g.geti(rank);
+                let lt256 = g.icmp(IntPredicate::ULT, tid, g.i32(256));
+                let bin = g.sub(g.i32(255), tid);
+                let x = g.seli(lt256, g.ld_i32(hist, g.seli(lt256, bin, g.i32(0))), g.i32(0));
+                let (before, _) = block_scan(g, totals, tid, x);
+                let upto = g.add(before, x);
+                let reach = g.icmp(IntPredicate::UGE, upto, want);
+                let short = g.icmp(IntPredicate::ULT, before, want);
+                g.if_then(g.and(lt256, g.and(reach, short)), &mut |g| {
+                    g.st_i32(pick, g.i32(0), bin);
+                    g.st_i32(pick, g.i32(1), g.sub(want, before));
                 });
                 g.barrier();
                 let digit = g.ld_i32(pick, g.i32(0));
@@ -110,11 +135,11 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                 let k = key(g, safe);
                 let is_eq = g.and(valid, g.icmp(IntPredicate::EQ, k, t));
                 let is_gt = g.and(valid, g.icmp(IntPredicate::UGT, k, t));
-                let (eq_before, eq_total) = block_scan(g, totals, tid, is_eq);
+                let (eq_before, eq_total) = block_scan(g, totals, tid, to_u32(g, is_eq));
                 let eq_rank = g.add(g.geti(eq_seen), eq_before);
                 let within = g.icmp(IntPredicate::ULT, eq_rank, need);
                 let take = g.or(is_gt, g.and(is_eq, within));
-                let (pos, taken) = block_scan(g, totals, tid, take);
+                let (pos, taken) = block_scan(g, totals, tid, to_u32(g, take));
                 g.if_then(take, &mut |g| {
                     let at = g.add(g.geti(written), pos);
                     g.st_i32(out, g.add(row_out, at), u);
@@ -196,30 +221,41 @@ fn float_key<'c>(g: &Gen<'c>, x: inkwell::values::FloatValue<'c>) -> IntValue<'c
     g.seli(nan, g.i32(0), key)
 }
 
-/// Block-wide exclusive scan of a predicate: (this thread's rank among the true ones,
-/// the block's total). Every thread of the block calls it.
+/// Block-wide exclusive scan of `x` (u32): (the sum over earlier threads, the block's
+/// total). Every thread of the block calls it; shuffles within warps, one shared slot per
+/// warp between them.
 fn block_scan<'c>(
     g: &Gen<'c>,
     totals: PointerValue<'c>,
     tid: IntValue<'c>,
-    pred: IntValue<'c>,
+    x: IntValue<'c>,
 ) -> (IntValue<'c>, IntValue<'c>) {
     let warp = g.udivi(tid, 32);
     let lane = g.uremi(tid, 32);
-    let votes = g.ballot(pred);
-    let below = g.sreg("lanemask.lt");
-    let in_warp = g.popc(g.and(votes, below));
-    let lane0 = g.eqi(lane, 0);
-    g.if_then(lane0, &mut |g| g.st_i32(totals, warp, g.popc(votes)));
+    let incl = warp_inclusive(g, lane, x);
+    let last = g.eqi(lane, 31);
+    g.if_then(last, &mut |g| g.st_i32(totals, warp, incl));
     g.barrier();
-    let before = g.var(g.i32t.into(), g.i32(0).into());
-    let total = g.var(g.i32t.into(), g.i32(0).into());
-    g.for_range(g.i32(0), g.i32(WARPS as i64), &mut |g, w| {
-        let c = g.ld_i32(totals, w);
-        let earlier = g.icmp(IntPredicate::ULT, w, warp);
-        g.set(before, g.add(g.geti(before), g.seli(earlier, c, g.i32(0))));
-        g.set(total, g.add(g.geti(total), c));
-    });
+    let t = g.ld_i32(totals, lane);
+    let warps_incl = warp_inclusive(g, lane, t);
+    let total = g.shfl_idx_i32(warps_incl, g.i32(31));
+    let before_warp = g.shfl_idx_i32(g.sub(warps_incl, t), warp);
     g.barrier();
-    (g.add(g.geti(before), in_warp), g.geti(total))
+    (g.add(before_warp, g.sub(incl, x)), total)
+}
+
+/// Inclusive prefix sum over the lanes of a warp.
+fn warp_inclusive<'c>(g: &Gen<'c>, lane: IntValue<'c>, x: IntValue<'c>) -> IntValue<'c> {
+    let mut v = x;
+    for off in [1, 2, 4, 8, 16] {
+        let y = g.shfl_up_i32(v, off);
+        let has = g.icmp(IntPredicate::UGE, lane, g.i32(off));
+        v = g.add(v, g.seli(has, y, g.i32(0)));
+    }
+    v
+}
+
+/// A predicate as 0 or 1.
+fn to_u32<'c>(g: &Gen<'c>, p: IntValue<'c>) -> IntValue<'c> {
+    ok(g.b.build_int_z_extend(p, g.i32t, ""))
 }
