@@ -43,6 +43,10 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             });
         },
         &mut |g| {
+            if s.source == Source::None {
+                without_scores(g, s, tid, len, n, out, row_out);
+                return;
+            }
             // Up to STAGE_MAX units, the keys are computed once into shared memory (all
             // loads of a thread issued together); beyond, every pass recomputes them.
             let staged = (s.units <= STAGE_MAX)
@@ -154,6 +158,39 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             });
         },
     );
+}
+
+/// Without scores every free unit ties, so the list is closed-form: the forced units are
+/// the sink pages `[0, s)` and the recent (and partial last) pages `[r, n)`, and the
+/// lowest-indexed free units `[s, s + need)` fill the rest: `t` for `t < s + need`, then
+/// `r + (t - s - need)`. (Rule 6 keeps at most `K` forced units, so `s < r` here.)
+fn without_scores<'c>(
+    g: &Gen<'c>,
+    s: &Shape,
+    tid: IntValue<'c>,
+    len: IntValue<'c>,
+    n: IntValue<'c>,
+    out: PointerValue<'c>,
+    row_out: IntValue<'c>,
+) {
+    let p = s.p as i64;
+    let sinks = umin(g, g.i32(s.sinks as i64), len);
+    let s_end = g.udivi(g.addi(sinks, p - 1), p);
+    let r_start = if s.recent > 0 {
+        let r = g.i32(s.recent as i64);
+        let long = g.icmp(IntPredicate::UGT, len, r);
+        g.seli(long, g.udivi(g.sub(len, r), p), g.i32(0))
+    } else {
+        let partial = g.icmp(IntPredicate::NE, g.uremi(len, p), g.i32(0));
+        g.seli(partial, g.addi(n, -1), n)
+    };
+    let forced = g.add(s_end, g.sub(n, r_start));
+    let head = g.sub(g.add(s_end, g.i32(s.cap as i64)), forced);
+    g.for_step(tid, g.i32(s.cap as i64), THREADS as i64, &mut |g, t| {
+        let early = g.icmp(IntPredicate::ULT, t, head);
+        let late = g.add(r_start, g.sub(t, head));
+        g.st_i32(out, g.add(row_out, t), g.seli(early, t, late));
+    });
 }
 
 /// `(k >> shift) & 255`
