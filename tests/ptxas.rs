@@ -160,3 +160,83 @@ fn tuning_candidates_assemble() {
         }
     }
 }
+
+/// Every decode kernel the CUDA backend covers (and every tuning candidate of it)
+/// assembles for sm_80 and sm_90 without spills; the entries are the four (or three,
+/// without scores) of the decode module, with the read-only loads and the radix top-k's
+/// warp votes where they belong.
+#[test]
+fn decode_kernels_assemble_without_spills() {
+    use attnc::codegen::nvptx::decode::{self, Tuning};
+    let Ok(ptxas) = std::env::var("ATTNC_PTXAS") else {
+        eprintln!("skipped: ATTNC_PTXAS is not set (./test.sh installs ptxas from the nvidia-cuda-nvcc-cu12 wheel)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("attnc-decode-ptxas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut covered = vec![];
+    for path in kernel_files() {
+        let src = Source::load(&path).expect("kernel file");
+        let (fe, _) = driver::frontend(&src).expect("frontend");
+        for name in driver::kernel_names(&fe) {
+            if fe.program.kernel_by_name(&name).is_some() {
+                continue; // attention kernels: the test above
+            }
+            let (spec, _) = driver::select_spec(&fe, &name, &[]).expect("spec");
+            if decode::gpu_support(&spec).is_err() {
+                continue;
+            }
+            for arch in [Arch::Sm80, Arch::Sm90] {
+                for t in Tuning::candidates() {
+                    let m = decode::compile_tuned(&spec, arch, t)
+                        .unwrap_or_else(|e| panic!("{name} {}: {e}", t.label()));
+                    let has_score = m.entry(decode::Role::Score).is_some();
+                    assert_eq!(m.entries.len(), 3 + usize::from(has_score), "{name}");
+                    assert!(m.ptx.contains("ld.global.nc"), "{name}: read-only loads");
+                    let file = dir.join(format!("{name}_{}.ptx", arch.name()));
+                    std::fs::write(&file, &m.ptx).expect("write ptx");
+                    let out = Command::new(&ptxas)
+                        .arg(format!("-arch={}", arch.name()))
+                        .arg("-v")
+                        .arg(&file)
+                        .arg("-o")
+                        .arg(file.with_extension("cubin"))
+                        .output()
+                        .unwrap_or_else(|e| panic!("cannot run {ptxas}: {e}"));
+                    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+                    assert!(
+                        out.status.success(),
+                        "{name} {}: ptxas failed:\n{log}",
+                        arch.name()
+                    );
+                    assert_eq!(
+                        log.matches("0 bytes spill stores").count(),
+                        m.entries.len(),
+                        "{name} {} {}: spills:\n{log}",
+                        arch.name(),
+                        t.label()
+                    );
+                }
+            }
+            covered.push(name);
+        }
+    }
+    covered.sort();
+    assert_eq!(
+        covered,
+        ["dense_decode", "quest_decode", "streaming_decode"],
+        "the decode kernels the CUDA backend covers"
+    );
+}
+
+#[test]
+fn cpu_only_selection_kernels_say_so() {
+    let src = Source::load(&root().join("kernels/h2o.attn")).expect("h2o.attn");
+    let err = driver::emit_for(&src, Stage::Ptx, Some("h2o_decode"), &[], Arch::Sm90).unwrap_err();
+    let text = src.render(&err, false);
+    assert!(
+        text.contains("error[E0811]: `h2o_decode` runs on the CPU only so far: the CUDA backend has no `accumulated` scoring yet"),
+        "{text}"
+    );
+    assert!(text.contains("run it with --backend cpu"), "{text}");
+}

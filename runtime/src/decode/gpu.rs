@@ -119,7 +119,10 @@ impl GpuDecode {
                 .stream
                 .alloc_zeros::<i32>(lists * s.capacity() as usize)
                 .map_err(cuda)?,
-            part: self.stream.alloc_zeros::<f32>(self.part_len()).map_err(cuda)?,
+            part: self
+                .stream
+                .alloc_zeros::<f32>(self.part_len())
+                .map_err(cuda)?,
             out: self.stream.alloc_zeros::<f32>(b * hq * d).map_err(cuda)?,
         })
     }
@@ -127,14 +130,20 @@ impl GpuDecode {
     /// Elements of the split-K partial results.
     fn part_len(&self) -> usize {
         let s = self.spec();
-        s.batch as usize * s.q_heads as usize * self.module.chunks as usize * (s.head_dim as usize + 2)
+        s.batch as usize
+            * s.q_heads as usize
+            * self.module.chunks as usize
+            * (s.head_dim as usize + 2)
     }
 
     /// Takes over a state uploaded for another tuning of the same kernel (the partial
     /// results buffer follows the chunking).
     pub fn adopt(&self, gs: &mut GpuState) -> Result<(), Error> {
         if gs.part.len() != self.part_len() {
-            gs.part = self.stream.alloc_zeros::<f32>(self.part_len()).map_err(cuda)?;
+            gs.part = self
+                .stream
+                .alloc_zeros::<f32>(self.part_len())
+                .map_err(cuda)?;
         }
         Ok(())
     }

@@ -123,14 +123,7 @@ fn row_scores(
 
 /// Rule 1 for `page_bound`: the bound of every full page of list `(b, sel)` into `dst`.
 #[inline(always)]
-fn page_scores(
-    s: &SelectSpec,
-    st: &DecodeState,
-    q: &[f32],
-    b: usize,
-    sel: usize,
-    dst: &mut [f32],
-) {
+fn page_scores(s: &SelectSpec, st: &DecodeState, q: &[f32], b: usize, sel: usize, dst: &mut [f32]) {
     let d = s.head_dim as usize;
     let hkv = s.kv_heads as usize;
     let g = s.group() as usize;

@@ -472,12 +472,12 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                 named.push((n.to_string(), PathBuf::from(p)));
             }
             if let Some((_, spec)) = selection(&k, color)? {
-                if backend == "cuda" {
-                    return Err(usage(format!(
-                        "`{}` is a selection kernel: these run on the CPU so far (--backend cpu)",
-                        spec.kernel
-                    )));
-                }
+                let gpu = if backend == "cuda" {
+                    attnc::codegen::nvptx::decode::gpu_support(&spec).map_err(usage)?;
+                    Some(open_gpu()?)
+                } else {
+                    None
+                };
                 let files = selection::RunFiles {
                     q,
                     k: k_path,
@@ -486,7 +486,10 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                     output,
                     indices,
                 };
-                eprintln!("{}", selection::run(spec, &files).map_err(runtime_error)?);
+                eprintln!(
+                    "{}",
+                    selection::run(spec, &files, gpu.as_ref()).map_err(runtime_error)?
+                );
                 return Ok(());
             }
             if indices.is_some() {

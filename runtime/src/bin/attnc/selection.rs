@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use attnc::codegen::nvptx::decode::Tuning;
 use attnc::select::spec::{Budget, KernelKind, Pool, SelectSpec, Source};
 use attnc_runtime::cuda::Gpu;
-use attnc::codegen::nvptx::decode::Tuning;
 use attnc_runtime::decode::gpu::{GpuDecode, GpuState};
 use attnc_runtime::decode::{DecodeKernel, Indices};
 use attnc_runtime::{fidelity, npy, Error, Tensor};
@@ -91,7 +91,9 @@ fn read_per_token(path: &Path, spec: &SelectSpec, what: &str) -> Result<Vec<f32>
     Ok(out)
 }
 
-pub fn run(spec: SelectSpec, files: &RunFiles) -> Result<String, Error> {
+/// `attnc run` on a selection kernel: on the CPU, or on `gpu` (decode kernels the CUDA
+/// backend covers).
+pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<String, Error> {
     for (n, _) in &files.inputs {
         if !["lens", "scores", "acc"].contains(&n.as_str()) {
             return Err(Error::Shape(format!(
@@ -147,11 +149,37 @@ pub fn run(spec: SelectSpec, files: &RunFiles) -> Result<String, Error> {
     };
     let q = npy::read(&files.q)?;
     let t = Instant::now();
-    let idx = kernel.select(&st, &q.data, scores.as_deref())?;
+    let (idx, gpu_out, place) = match gpu {
+        Some(gpu) => {
+            let gk = GpuDecode::load(gpu, spec.clone())?;
+            let mut gs = gk.upload(&st)?;
+            let t = Instant::now();
+            let (idx, o) = gk.step(&mut gs, &q.data)?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            (
+                idx,
+                Some(o),
+                format!("{ms:.2} ms on {}, transfers included", gpu.name()),
+            )
+        }
+        None => (
+            kernel.select(&st, &q.data, scores.as_deref())?,
+            None,
+            String::new(),
+        ),
+    };
     let mut msg;
     if spec.kind == KernelKind::Decode {
-        let o = kernel.attend(&mut st, &q.data, &idx)?;
+        let o = match gpu_out {
+            Some(o) => o,
+            None => kernel.attend(&mut st, &q.data, &idx)?,
+        };
         let ms = t.elapsed().as_secs_f64() * 1e3;
+        let place = if place.is_empty() {
+            format!("{ms:.1} ms on the CPU")
+        } else {
+            place
+        };
         let shape = vec![
             spec.batch as usize,
             spec.q_heads as usize,
@@ -160,7 +188,7 @@ pub fn run(spec: SelectSpec, files: &RunFiles) -> Result<String, Error> {
         ];
         npy::write(&files.output, &Tensor { shape, data: o })?;
         msg = format!(
-            "{}: output written to {} ({ms:.1} ms on the CPU)",
+            "{}: output written to {} ({place})",
             spec.kernel,
             files.output.display()
         );
@@ -474,7 +502,11 @@ pub fn bench_cuda(
     let gk = if tune {
         let (t, table) = tune_decode(gpu, &spec, &mut gs, &q1, (&idx, &o), runs)?;
         eprint!("{table}");
-        tuned = format!("  tuned: {} (of {} candidates)\n", t.label(), Tuning::candidates().len());
+        tuned = format!(
+            "  tuned: {} (of {} candidates)\n",
+            t.label(),
+            Tuning::candidates().len()
+        );
         let best = GpuDecode::load_tuned(gpu, spec.clone(), t)?;
         best.adopt(&mut gs)?;
         best

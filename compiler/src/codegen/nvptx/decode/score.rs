@@ -53,18 +53,22 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
         })
         .collect();
     // The lane's channels of the pages' metadata for KV head `kvh`: [B, Hkv, U, D].
-    let meta = |g: &Gen<'c>, kvh: IntValue<'c>| -> Vec<(Vec<FloatValue<'c>>, Vec<FloatValue<'c>>)> {
-        let row = g.add(g.muli(b, s.hkv as i64), kvh);
-        safe.iter()
-            .map(|pg| {
-                let at = g.add(g.muli(g.add(g.muli(row, s.units as i64), *pg), s.d as i64), ch);
-                (
-                    g.ld_half_vec(kmax, at, per_lane, s.bf16),
-                    g.ld_half_vec(kmin, at, per_lane, s.bf16),
-                )
-            })
-            .collect()
-    };
+    let meta =
+        |g: &Gen<'c>, kvh: IntValue<'c>| -> Vec<(Vec<FloatValue<'c>>, Vec<FloatValue<'c>>)> {
+            let row = g.add(g.muli(b, s.hkv as i64), kvh);
+            safe.iter()
+                .map(|pg| {
+                    let at = g.add(
+                        g.muli(g.add(g.muli(row, s.units as i64), *pg), s.d as i64),
+                        ch,
+                    );
+                    (
+                        g.ld_half_vec(kmax, at, per_lane, s.bf16),
+                        g.ld_half_vec(kmin, at, per_lane, s.bf16),
+                    )
+                })
+                .collect()
+        };
     let nh = s.heads_per_list();
     let summed = s.op != Reduce::Max;
     let h0 = if s.per_kv {

@@ -49,8 +49,8 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             }
             // Up to STAGE_MAX units, the keys are computed once into shared memory (all
             // loads of a thread issued together); beyond, every pass recomputes them.
-            let staged = (s.units <= STAGE_MAX)
-                .then(|| g.shared_array("topk_keys", g.i32t.into(), s.units));
+            let staged =
+                (s.units <= STAGE_MAX).then(|| g.shared_array("topk_keys", g.i32t.into(), s.units));
             if let Some(sk) = staged {
                 let per = s.units.div_ceil(THREADS);
                 let us: Vec<IntValue<'c>> = (0..per)
@@ -111,7 +111,11 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                 let want = g.geti(rank);
                 let lt256 = g.icmp(IntPredicate::ULT, tid, g.i32(256));
                 let bin = g.sub(g.i32(255), tid);
-                let x = g.seli(lt256, g.ld_i32(hist, g.seli(lt256, bin, g.i32(0))), g.i32(0));
+                let x = g.seli(
+                    lt256,
+                    g.ld_i32(hist, g.seli(lt256, bin, g.i32(0))),
+                    g.i32(0),
+                );
                 let (before, _) = block_scan(g, totals, tid, x);
                 let upto = g.add(before, x);
                 let reach = g.icmp(IntPredicate::UGE, upto, want);
