@@ -411,3 +411,53 @@ fn bench_a_decode_kernel_reports_latency_and_fidelity() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--set CONTEXT="), "{err}");
 }
+
+#[test]
+fn gpu_decode_requests_without_a_gpu_or_coverage_are_clear_errors() {
+    // A kernel the CUDA backend does not cover: E0811 from the compiler, exit 1.
+    let (code, _, err) = run(attnc().arg("compile").arg(repo("kernels/h2o.attn")).args([
+        "--kernel",
+        "h2o_decode",
+        "--emit",
+        "ptx",
+    ]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error[E0811]: `h2o_decode` runs on the CPU only so far"),
+        "{err}"
+    );
+    // A covered one compiles to PTX with its four entries.
+    let (code, out, err) = run(attnc()
+        .arg("compile")
+        .arg(repo("kernels/quest.attn"))
+        .args(["--kernel", "quest_decode", "--emit", "ptx"]));
+    assert_eq!(code, 0, "{err}");
+    for e in ["score", "topk", "attend", "combine"] {
+        assert!(
+            out.contains(&format!(".entry attnc_quest_decode_{e}")),
+            "{e}"
+        );
+    }
+    // --tune needs the GPU; --backend cuda needs a driver or says it is missing.
+    let (code, _, err) = run(attnc()
+        .arg("bench")
+        .arg(repo("kernels/quest.attn"))
+        .args(QUEST_SMALL)
+        .arg("--tune"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--tune picks GPU launch shapes; it needs --backend cuda"),
+        "{err}"
+    );
+    let (code, _, err) = run(attnc().arg("bench").arg(repo("kernels/h2o.attn")).args([
+        "--backend",
+        "cuda",
+        "--set",
+        "CONTEXT=1024",
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("`h2o_decode` runs on the CPU only so far"),
+        "{err}"
+    );
+}

@@ -545,6 +545,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
         } => {
             if let Some((_, spec)) = selection(&k, color)? {
                 if backend == "cuda" {
+                    attnc::codegen::nvptx::decode::gpu_support(&spec).map_err(usage)?;
                     let gpu = open_gpu()?;
                     out(&selection::bench_cuda(&gpu, spec, runs, json, tune)
                         .map_err(runtime_error)?);
