@@ -10,6 +10,28 @@ use attnc::driver::{self, Source, Stage};
 use attnc::sema::instantiate::Binding;
 use attnc_tests::{kernel_files, root};
 
+/// Writes `ptx` to `file`, assembles it with ptxas for `arch` (a cubin beside it) and
+/// returns ptxas's verbose log; panics with the log when ptxas fails.
+fn assemble(ptxas: &str, arch: Arch, file: &std::path::Path, ptx: &str) -> String {
+    std::fs::write(file, ptx).expect("write ptx");
+    let out = Command::new(ptxas)
+        .arg(format!("-arch={}", arch.name()))
+        .arg("-v")
+        .arg(file)
+        .arg("-o")
+        .arg(file.with_extension("cubin"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {ptxas}: {e}"));
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{} {}: ptxas failed:\n{log}",
+        file.display(),
+        arch.name()
+    );
+    log
+}
+
 #[test]
 fn every_shipped_kernel_assembles_without_spills() {
     let Ok(ptxas) = std::env::var("ATTNC_PTXAS") else {
@@ -33,22 +55,7 @@ fn every_shipped_kernel_assembles_without_spills() {
                 );
                 assert!(ptx.contains(".version 8.0"), "{}: PTX version", k.name);
                 let file = dir.join(format!("{}_{}.ptx", k.name, arch.name()));
-                std::fs::write(&file, &ptx).expect("write ptx");
-                let out = Command::new(&ptxas)
-                    .arg(format!("-arch={}", arch.name()))
-                    .arg("-v")
-                    .arg(&file)
-                    .arg("-o")
-                    .arg(file.with_extension("cubin"))
-                    .output()
-                    .unwrap_or_else(|e| panic!("cannot run {ptxas}: {e}"));
-                let log = String::from_utf8_lossy(&out.stderr).into_owned();
-                assert!(
-                    out.status.success(),
-                    "{} {}: ptxas failed:\n{log}",
-                    k.name,
-                    arch.name()
-                );
+                let log = assemble(&ptxas, arch, &file, &ptx);
                 assert!(
                     log.contains("0 bytes spill stores"),
                     "{} {}: spills:\n{log}",
@@ -138,16 +145,7 @@ fn tuning_candidates_assemble() {
             )
             .expect("ptx");
             let file = dir.join(format!("{kernel}_{}x{}.ptx", t.bm, t.bn));
-            std::fs::write(&file, &m.ptx).expect("write");
-            let out = Command::new(&ptxas)
-                .args(["-arch=sm_90", "-v"])
-                .arg(&file)
-                .arg("-o")
-                .arg(file.with_extension("cubin"))
-                .output()
-                .expect("ptxas");
-            let log = String::from_utf8_lossy(&out.stderr).into_owned();
-            assert!(out.status.success(), "{kernel} {t:?}:\n{log}");
+            let log = assemble(&ptxas, Arch::Sm90, &file, &m.ptx);
             eprintln!(
                 "{kernel} {}x{}: {}",
                 t.bm,
@@ -194,21 +192,7 @@ fn decode_kernels_assemble_without_spills() {
                     assert_eq!(m.entries.len(), 3 + usize::from(has_score), "{name}");
                     assert!(m.ptx.contains("ld.global.nc"), "{name}: read-only loads");
                     let file = dir.join(format!("{name}_{}.ptx", arch.name()));
-                    std::fs::write(&file, &m.ptx).expect("write ptx");
-                    let out = Command::new(&ptxas)
-                        .arg(format!("-arch={}", arch.name()))
-                        .arg("-v")
-                        .arg(&file)
-                        .arg("-o")
-                        .arg(file.with_extension("cubin"))
-                        .output()
-                        .unwrap_or_else(|e| panic!("cannot run {ptxas}: {e}"));
-                    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-                    assert!(
-                        out.status.success(),
-                        "{name} {}: ptxas failed:\n{log}",
-                        arch.name()
-                    );
+                    let log = assemble(&ptxas, arch, &file, &m.ptx);
                     assert_eq!(
                         log.matches("0 bytes spill stores").count(),
                         m.entries.len(),

@@ -252,19 +252,7 @@ impl<'c> Gen<'c> {
         hi: IntValue<'c>,
         body: &mut dyn FnMut(&Gen<'c>, IntValue<'c>),
     ) {
-        let i = self.var(lo.get_type().as_basic_type_enum(), lo.into());
-        self.while_loop(
-            &mut |g| {
-                let x = g.geti(i);
-                g.lt(x, hi)
-            },
-            &mut |g| {
-                let x = g.geti(i);
-                body(g, x);
-                let n = g.addi(x, 1);
-                g.set(i, n);
-            },
-        );
+        self.for_step(lo, hi, 1, body)
     }
 
     // ---- intrinsics --------------------------------------------------------------------

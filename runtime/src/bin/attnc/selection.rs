@@ -233,6 +233,16 @@ fn dense_of(s: &SelectSpec) -> SelectSpec {
     d
 }
 
+/// "8 list(s) of 256 pages of 16": the index lists of a step.
+fn lists(spec: &SelectSpec) -> String {
+    let unit = if spec.page == 1 {
+        "tokens".to_string()
+    } else {
+        format!("pages of {}", spec.page)
+    };
+    format!("{} list(s) of {} {unit}", spec.sel_heads(), spec.capacity())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -352,17 +362,11 @@ pub fn bench(spec: SelectSpec, runs: usize, json: bool) -> Result<String, Error>
         ));
     }
     let mut s = format!(
-        "{} on the CPU ({threads} threads), batch {}, context {}, {} list(s) of {} {}:\n",
+        "{} on the CPU ({threads} threads), batch {}, context {}, {}:\n",
         spec.kernel,
         spec.batch,
         spec.context,
-        spec.sel_heads(),
-        spec.capacity(),
-        if spec.page == 1 {
-            "tokens".to_string()
-        } else {
-            format!("pages of {}", spec.page)
-        }
+        lists(&spec)
     );
     if spec.kind == KernelKind::Decode {
         s.push_str(&format!(
@@ -558,17 +562,11 @@ pub fn bench_cuda(
         ));
     }
     let mut s = format!(
-        "{} on {}, batch {b}, {hq}/{} heads, context {c}, {} list(s) of {} {}:\n",
+        "{} on {}, batch {b}, {hq}/{} heads, context {c}, {}:\n",
         spec.kernel,
         gpu.name(),
         spec.kv_heads,
-        spec.sel_heads(),
-        spec.capacity(),
-        if spec.page == 1 {
-            "tokens".to_string()
-        } else {
-            format!("pages of {}", spec.page)
-        }
+        lists(&spec)
     );
     s.push_str(&format!(
         "  step {step:.4} ms ({tbps:.2} TB/s of cache and metadata read); dense decode through the same pipeline {dense_ms:.4} ms ({dense_tbps:.2} TB/s); {:.1}x; medians of {} CUDA-event-timed runs\n",
