@@ -48,9 +48,11 @@ pub struct GpuState {
 }
 
 impl GpuDecode {
-    /// Compiles `spec` for the GPU and loads it; says so when the kernel runs on the CPU only.
+    /// Compiles `spec` for the GPU and loads it, with the launch shapes `--tune` recorded
+    /// for this GPU if any (else the defaults); says so when the kernel runs on the CPU only.
     pub fn load(gpu: &Gpu, spec: SelectSpec) -> Result<GpuDecode, Error> {
-        GpuDecode::load_tuned(gpu, spec, Tuning::default())
+        let t = super::tuned::load(&spec, gpu.arch(), &gpu.name()).unwrap_or_default();
+        GpuDecode::load_tuned(gpu, spec, t)
     }
 
     /// As [`GpuDecode::load`], with a given tuning.

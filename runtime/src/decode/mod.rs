@@ -13,6 +13,7 @@ pub mod gpu;
 pub mod reference;
 pub mod score;
 pub mod topk;
+pub mod tuned;
 
 use attnc::select::spec::{KernelKind, Reduce, SelectSpec, Source};
 

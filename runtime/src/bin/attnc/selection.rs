@@ -628,10 +628,13 @@ fn tune_decode(
         table.push_str(&format!("    {:<36} {ms:.4}\n", t.label()));
         rows.push((ms, t));
     }
+    let trials: Vec<(Tuning, f64)> = rows.iter().map(|(ms, t)| (*t, *ms)).collect();
     rows.sort_by(|a, b| a.0.total_cmp(&b.0));
     let best = rows
         .first()
         .map(|r| r.1)
         .ok_or_else(|| Error::Input("no tuning candidate compiles".into()))?;
+    // Later loads of this kernel on this GPU (run, bench) start from the choice.
+    attnc_runtime::decode::tuned::save(spec, gpu.arch(), &gpu.name(), best, &trials);
     Ok((best, table))
 }
