@@ -35,6 +35,10 @@ pub struct GpuDecode {
 
 /// The device buffers of one kernel instance.
 pub struct GpuState {
+    /// The lengths as the host last set them (append checks them before it launches).
+    lens_host: Vec<u32>,
+    k_new: CudaSlice<u16>,
+    v_new: CudaSlice<u16>,
     k: CudaSlice<u16>,
     v: CudaSlice<u16>,
     kmax: CudaSlice<u16>,
@@ -109,7 +113,11 @@ impl GpuDecode {
         } else {
             1
         };
+        let hkv = s.kv_heads as usize;
         Ok(GpuState {
+            lens_host: st.lens.clone(),
+            k_new: self.stream.alloc_zeros::<u16>(b * hkv * d).map_err(cuda)?,
+            v_new: self.stream.alloc_zeros::<u16>(b * hkv * d).map_err(cuda)?,
             k: up16(&st.k)?,
             v: up16(&st.v)?,
             kmax: up16(&st.kmax)?,
@@ -170,7 +178,12 @@ impl GpuDecode {
             )));
         }
         for ((role, f), e) in self.funcs.iter().zip(&self.module.entries) {
-            if only.is_some_and(|r| r != *role) {
+            // Append is not part of the step: it runs when asked for by name.
+            let wanted = match only {
+                Some(r) => r == *role,
+                None => *role != Role::Append,
+            };
+            if !wanted {
                 continue;
             }
             let cfg = LaunchConfig {
@@ -195,14 +208,53 @@ impl GpuDecode {
                     .arg(&gs.lens)
                     .arg(&mut gs.part),
                 Role::Combine => l.arg(&gs.part).arg(&mut gs.out),
+                Role::Append => l
+                    .arg(&gs.k_new)
+                    .arg(&gs.v_new)
+                    .arg(&mut gs.k)
+                    .arg(&mut gs.v)
+                    .arg(&mut gs.kmax)
+                    .arg(&mut gs.kmin)
+                    .arg(&mut gs.lens),
             };
             // SAFETY: the arguments follow the entry's signature in
             // `attnc::codegen::nvptx::decode` (the table in its module docs), and every
             // buffer was allocated by `upload` with the sizes that table gives for this
-            // spec; lengths were checked to lie in 1..=CONTEXT, so every index the kernels
-            // form stays inside its buffer. The grid and block are the entry's own.
+            // spec; lengths were checked to lie in 1..=CONTEXT (and below CONTEXT before an
+            // append, on the host's mirror of them), so every index the kernels form stays
+            // inside its buffer. The grid and block are the entry's own.
             unsafe { l.launch(cfg) }.map_err(cuda)?;
         }
+        Ok(())
+    }
+
+    /// Appends one token to every sequence on the device: `k_new`, `v_new` `[B, Hkv, D]`
+    /// (rounded to the dtype, as the CPU executor's append rounds them), page metadata
+    /// included. A full sequence is an error, as on the CPU.
+    pub fn append(&self, gs: &mut GpuState, k_new: &[f32], v_new: &[f32]) -> Result<(), Error> {
+        let s = self.spec();
+        let n = s.batch as usize * s.kv_heads as usize * s.head_dim as usize;
+        let shape = format!(
+            "[{}, {}, {}]: batch, KV heads, head dim",
+            s.batch, s.kv_heads, s.head_dim
+        );
+        super::cache::check_values("k_new", k_new, n, &shape)?;
+        super::cache::check_values("v_new", v_new, n, &shape)?;
+        if let Some(b) = gs.lens_host.iter().position(|l| *l >= s.context) {
+            return Err(Error::Input(format!(
+                "sequence {b} already holds CONTEXT = {} tokens: the cache is full",
+                s.context
+            )));
+        }
+        let dt = s.dtype.name();
+        self.stream
+            .memcpy_htod(&to_half(dt, k_new), &mut gs.k_new)
+            .map_err(cuda)?;
+        self.stream
+            .memcpy_htod(&to_half(dt, v_new), &mut gs.v_new)
+            .map_err(cuda)?;
+        self.launch_only(gs, Some(Role::Append))?;
+        gs.lens_host.iter_mut().for_each(|l| *l += 1);
         Ok(())
     }
 
@@ -245,7 +297,13 @@ impl GpuDecode {
         warmup: usize,
         runs: usize,
     ) -> Result<Vec<(Role, f64)>, Error> {
-        let roles: Vec<Role> = self.module.entries.iter().map(|e| e.role).collect();
+        let roles: Vec<Role> = self
+            .module
+            .entries
+            .iter()
+            .map(|e| e.role)
+            .filter(|r| *r != Role::Append)
+            .collect();
         roles
             .into_iter()
             .map(|r| Ok((r, self.time_only(gs, Some(r), warmup, runs)?)))

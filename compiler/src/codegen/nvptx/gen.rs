@@ -380,6 +380,18 @@ impl<'c> Gen<'c> {
         ok(self.b.build_load(self.f32t, p, "")).into_float_value()
     }
 
+    /// `base[index]` for a 16-bit buffer (bf16 or f16 bits).
+    pub fn ld_i16(&self, base: PointerValue<'c>, index: IntValue<'c>) -> IntValue<'c> {
+        let t = self.cx.i16_type();
+        let p = self.gep(t.into(), base, index);
+        ok(self.b.build_load(t, p, "")).into_int_value()
+    }
+
+    pub fn st_i16(&self, base: PointerValue<'c>, index: IntValue<'c>, v: IntValue<'c>) {
+        let p = self.gep(self.cx.i16_type().into(), base, index);
+        ok(self.b.build_store(p, v));
+    }
+
     pub fn st_i32(&self, base: PointerValue<'c>, index: IntValue<'c>, v: IntValue<'c>) {
         let p = self.gep(self.i32t.into(), base, index);
         ok(self.b.build_store(p, v));

@@ -485,16 +485,34 @@ pub fn bench_cuda(
     let ragged: Vec<u32> = (0..b as u32)
         .map(|i| (c - i * (c / 16) - 3 * i).max(1))
         .collect();
+    // Before an append: one token short of the ragged lengths, the last sequence ending on
+    // a page boundary (its appended token starts a page).
+    let mut before_append: Vec<u32> = ragged.iter().map(|l| (l - 1).max(1)).collect();
+    if let Some(l) = before_append.last_mut() {
+        *l = (*l / spec.page * spec.page).max(1);
+    }
     let mut checks = vec![];
-    for (what, lens) in [("ragged", ragged), ("full", vec![c; b])] {
+    let cases = [
+        ("ragged lengths", ragged, false),
+        ("after an append on each side", before_append, true),
+        ("full lengths", vec![c; b], false),
+    ];
+    for (what, lens, append) in cases {
         kernel.fill(&mut st, &syn.k.data, &syn.v.data, &lens)?;
-        let (idx_cpu, o_cpu) = kernel.step(&mut st, &q1, None)?;
         let mut gs = gk.upload(&st)?;
+        if append {
+            let n = b * spec.kv_heads as usize * d;
+            let kn = Tensor::random(&[n], 21).data;
+            let vn = Tensor::random(&[n], 22).data;
+            kernel.append(&mut st, &kn, &vn)?;
+            gk.append(&mut gs, &kn, &vn)?;
+        }
+        let (idx_cpu, o_cpu) = kernel.step(&mut st, &q1, None)?;
         let (idx_gpu, o_gpu) = gk.step(&mut gs, &q1)?;
         let lists = differing_lists(&idx_cpu, &idx_gpu);
         let err = max_rel_err(&o_gpu, &o_cpu, d);
         eprintln!(
-            "  check ({what} lengths): {lists} of {} index lists differ from the CPU's; output max relative error {err:.2e}",
+            "  check ({what}): {lists} of {} index lists differ from the CPU's; output max relative error {err:.2e}",
             idx_cpu.shape[0] * idx_cpu.shape[1]
         );
         checks.push((what, lists, err));
@@ -577,7 +595,7 @@ pub fn bench_cuda(
     s.push_str(&tuned);
     for (what, lists, err) in &checks {
         s.push_str(&format!(
-            "  vs the CPU executor ({what} lengths): {} index lists differ, output max relative error {err:.2e}\n",
+            "  vs the CPU executor ({what}): {} index lists differ, output max relative error {err:.2e}\n",
             lists
         ));
     }

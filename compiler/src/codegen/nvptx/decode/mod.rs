@@ -9,6 +9,7 @@
 //! | `<k>_topk` | `(Hsel, B)` | 1024 | `scores`, `lens`, `idx` i32 `[B,Hsel,K]` |
 //! | `<k>_attend` | `(chunks, Hkv, B)` | 128 | `q`, `k`, `v` dtype `[B,Hkv,C,D]`, `idx`, `lens`, `part` f32 `[B,Hq,chunks,D+2]` |
 //! | `<k>_combine` | `(Hq, B)` | `D` | `part`, `out` f32 `[B,Hq,D]` |
+//! | `<k>_append` (not in the step) | `(B)` | 256 | `k_new`, `v_new` dtype `[B,Hkv,D]`, `k`, `v`, `kmax`, `kmin`, `lens` (the last five written) |
 //!
 //! `U` = units of the full cache, `K` = the list capacity, `chunks` = `ceil(K / split)` with
 //! the GPU's own chunk size ([`gpu_split`]). The
@@ -16,6 +17,7 @@
 //! the selection are summed in the lane-tree order the CPU executor uses (rule 1), and the
 //! top-k keeps the same units as the CPU's sort order, ties to the lower index.
 
+mod append;
 mod attend;
 mod combine;
 mod score;
@@ -42,6 +44,8 @@ pub enum Role {
     TopK,
     Attend,
     Combine,
+    /// Not part of the step: appends one token per sequence.
+    Append,
 }
 
 /// One entry with its launch shape.
@@ -294,6 +298,7 @@ pub fn compile_tuned(
         attend::WARPS * 32,
     ));
     plan.push((Role::Combine, 2, [sh.hq, sh.b, 1], sh.d));
+    plan.push((Role::Append, 7, [sh.b, 1, 1], append::THREADS));
     let entries: Vec<DecodeEntry> = plan
         .iter()
         .map(|&(role, _, grid, block)| DecodeEntry {
@@ -306,7 +311,7 @@ pub fn compile_tuned(
     let fns: Vec<FunctionValue> = plan
         .iter()
         .zip(&entries)
-        .map(|(&(_, n, _, _), e)| add_kernel(&cx, &m, &e.name, n))
+        .map(|(&(role, n, _, _), e)| add_kernel(&cx, &m, &e.name, n, writes(role, n)))
         .collect();
     let mut g = Gen {
         cx: &cx,
@@ -331,6 +336,7 @@ pub fn compile_tuned(
             Role::TopK => topk::emit(&g, &sh, &ps),
             Role::Attend => attend::emit(&g, &sh, &ps),
             Role::Combine => combine::emit(&g, &sh, &ps),
+            Role::Append => append::emit(&g, &sh, &ps),
         }
         super::gen::ok(g.b.build_return(None));
     }
@@ -351,23 +357,39 @@ fn role_name(r: Role) -> &'static str {
         Role::TopK => "topk",
         Role::Attend => "attend",
         Role::Combine => "combine",
+        Role::Append => "append",
     }
 }
 
-/// A kernel entry with `n` global-pointer parameters. Every entry writes only its last
-/// parameter, and no two parameters overlap: all are `noalias`, the others `readonly`, so
-/// that their loads take the read-only data path (`ld.global.nc`).
-fn add_kernel<'c>(cx: &'c Context, m: &Module<'c>, name: &str, n: usize) -> FunctionValue<'c> {
+/// The parameters an entry writes: the last one (its output), or for append the cache,
+/// the page metadata and the lengths.
+fn writes(role: Role, n: usize) -> std::ops::Range<usize> {
+    match role {
+        Role::Append => 2..n,
+        _ => n - 1..n,
+    }
+}
+
+/// A kernel entry with `n` global-pointer parameters, of which it writes `writes`. No two
+/// parameters overlap: all are `noalias`, and those it only reads are `readonly`, so that
+/// their loads take the read-only data path (`ld.global.nc`).
+fn add_kernel<'c>(
+    cx: &'c Context,
+    m: &Module<'c>,
+    name: &str,
+    n: usize,
+    writes: std::ops::Range<usize>,
+) -> FunctionValue<'c> {
     let gptr = cx.ptr_type(AddressSpace::from(1u16));
     let params: Vec<BasicMetadataTypeEnum> = vec![gptr.into(); n];
     let f = m.add_function(name, cx.void_type().fn_type(&params, false), None);
     // PTX kernels need calling convention 71 (ptx_kernel) for IR built in memory.
     f.set_call_conventions(71);
     let attr = |name: &str| cx.create_enum_attribute(Attribute::get_named_enum_kind_id(name), 0);
-    for i in 0..n as u32 {
-        f.add_attribute(AttributeLoc::Param(i), attr("noalias"));
-        if i + 1 < n as u32 {
-            f.add_attribute(AttributeLoc::Param(i), attr("readonly"));
+    for i in 0..n {
+        f.add_attribute(AttributeLoc::Param(i as u32), attr("noalias"));
+        if !writes.contains(&i) {
+            f.add_attribute(AttributeLoc::Param(i as u32), attr("readonly"));
         }
     }
     f
