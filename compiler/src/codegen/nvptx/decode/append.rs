@@ -31,10 +31,7 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
         g.st_i16(v, dst, vb);
         if s.p > 1 {
             let page = g.udivi(pos, s.p as i64);
-            let m = g.add(
-                g.muli(g.add(g.muli(row, s.units as i64), page), d),
-                t,
-            );
+            let m = g.add(g.muli(g.add(g.muli(row, s.units as i64), page), d), t);
             let fresh = g.icmp(IntPredicate::EQ, g.uremi(pos, s.p as i64), g.i32(0));
             g.if_else(
                 fresh,
