@@ -294,6 +294,15 @@ fn check_and_explain_the_selection_kernels() {
         "{out}"
     );
     assert!(out.contains("dense decode reads 4.00 GiB"), "{out}");
+    assert!(out.contains("  GPU: the CUDA backend runs it"), "{out}");
+    let (code, out, err) = run(attnc().arg("explain").arg(repo("kernels/h2o.attn")));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "  GPU: runs on the CPU only so far: the CUDA backend has no `accumulated` scoring yet"
+        ),
+        "{out}"
+    );
     let (code, _, err) = run(attnc()
         .arg("explain")
         .arg(repo("kernels/quest.attn"))

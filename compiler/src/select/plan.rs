@@ -262,6 +262,13 @@ pub fn explain(s: &SelectSpec) -> String {
         s.recent
     );
     out.push_str(&print(s, &p));
+    let _ = match crate::codegen::nvptx::decode::gpu_support(s) {
+        Ok(()) => writeln!(
+            out,
+            "  GPU: the CUDA backend runs it (attnc bench --backend cuda; docs/kv-selection.md, \"GPU coverage\")"
+        ),
+        Err(why) => writeln!(out, "  GPU: {}", why.trim_start_matches(&format!("`{}` ", s.kernel))),
+    };
     out
 }
 
