@@ -281,7 +281,7 @@ fn emit_clif_prints_cranelift_ir() {
 
 #[test]
 fn check_and_explain_the_selection_kernels() {
-    for f in ["streaming", "h2o", "snapkv", "quest"] {
+    for f in ["streaming", "h2o", "snapkv", "quest", "exact"] {
         let (code, _, err) = run(attnc()
             .args(["check"])
             .arg(repo(&format!("kernels/{f}.attn"))));
