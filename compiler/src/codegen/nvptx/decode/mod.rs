@@ -1,5 +1,7 @@
 //! The CUDA code generator for decode-step kernels (`kernel K = decode(S)`): one PTX module
-//! with four entries that together run rules 1 to 8 of `docs/kv-selection.md` on the GPU.
+//! whose entries score, top-k, attend and combine run rules 1 to 8 of
+//! `docs/kv-selection.md` on the GPU (one decode step), and whose append entry adds a
+//! token to the cache.
 //! Every shape is a constant of the instantiated [`SelectSpec`], so that launches keep fixed
 //! shapes (CUDA graphs stay valid) and the kernels index without runtime shape arithmetic.
 //!
@@ -12,10 +14,10 @@
 //! | `<k>_append` (not in the step) | `(B)` | 256 | `k_new`, `v_new` dtype `[B,Hkv,D]`, `k`, `v`, `kmax`, `kmin`, `lens` (the last five written) |
 //!
 //! `U` = units of the full cache, `K` = the list capacity, `chunks` = `ceil(K / split)` with
-//! the GPU's own chunk size ([`gpu_split`]). The
-//! queries arrive rounded to the dtype (as the CPU executor rounds them). Scores that decide
-//! the selection are summed in the lane-tree order the CPU executor uses (rule 1), and the
-//! top-k keeps the same units as the CPU's sort order, ties to the lower index.
+//! the GPU's own chunk size (`gpu_split`). The queries arrive rounded to the dtype (as the
+//! CPU executor rounds them). Scores that decide the selection are summed in the lane-tree
+//! order the CPU executor uses (rule 1), and the top-k keeps the same units as the CPU's
+//! sort order, ties to the lower index.
 
 mod append;
 mod attend;
