@@ -169,6 +169,29 @@ impl GpuDecode {
         self.launch_only(gs, None)
     }
 
+    /// The selection alone (rules 1 to 7): the index lists for the decode query `q`.
+    pub fn select(&self, gs: &mut GpuState, q: &[f32]) -> Result<Indices, Error> {
+        self.set_query(gs, q)?;
+        self.launch_only(gs, Some(Role::Score))?;
+        self.launch_only(gs, Some(Role::TopK))?;
+        self.stream.synchronize().map_err(cuda)?;
+        self.indices(gs)
+    }
+
+    /// The attention alone (rule 8) of `q` over given index lists (checked as the CPU
+    /// executor checks them): the output `[B, Hq, D]`.
+    pub fn attend(&self, gs: &mut GpuState, q: &[f32], idx: &Indices) -> Result<Vec<f32>, Error> {
+        self.kernel.check_indices(&gs.lens_host, idx)?;
+        self.set_query(gs, q)?;
+        self.stream
+            .memcpy_htod(&idx.data, &mut gs.idx)
+            .map_err(cuda)?;
+        self.launch_only(gs, Some(Role::Attend))?;
+        self.launch_only(gs, Some(Role::Combine))?;
+        self.stream.synchronize().map_err(cuda)?;
+        self.output(gs)
+    }
+
     /// Launches the step's kernels, or only the one of `only`.
     fn launch_only(&self, gs: &mut GpuState, only: Option<Role>) -> Result<(), Error> {
         if gs.part.len() != self.part_len() {

@@ -173,6 +173,20 @@ impl DecodeKernel {
             )));
         }
         self.check_state(st)?;
+        self.check_indices(&st.lens, idx)?;
+        let q = self.queries(q, 1)?;
+        let accumulate = s.source == Source::Accumulated;
+        let a = attend::attend(s, st, &q, &idx.data, accumulate);
+        if accumulate {
+            self.accumulate(st, &a.probs);
+        }
+        Ok(a.out)
+    }
+
+    /// Index lists fit for attention over sequences of `lens` tokens: shape
+    /// `[B, Hsel, K]`, every entry -1 or a cached unit.
+    pub(crate) fn check_indices(&self, lens: &[u32], idx: &Indices) -> Result<(), Error> {
+        let s = &self.spec;
         let want = [
             s.batch as usize,
             s.sel_heads() as usize,
@@ -184,8 +198,7 @@ impl DecodeKernel {
                 idx.shape, s.kernel
             )));
         }
-        let units = st
-            .lens
+        let units = lens
             .iter()
             .map(|l| l.div_ceil(s.page) as i32)
             .collect::<Vec<_>>();
@@ -197,13 +210,7 @@ impl DecodeKernel {
                 )));
             }
         }
-        let q = self.queries(q, 1)?;
-        let accumulate = s.source == Source::Accumulated;
-        let a = attend::attend(s, st, &q, &idx.data, accumulate);
-        if accumulate {
-            self.accumulate(st, &a.probs);
-        }
-        Ok(a.out)
+        Ok(())
     }
 
     /// H2O: the step's probabilities, reduced over each list's heads, added to the state.

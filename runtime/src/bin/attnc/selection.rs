@@ -516,6 +516,18 @@ pub fn bench_cuda(
             idx_cpu.shape[0] * idx_cpu.shape[1]
         );
         checks.push((what, lists, err));
+        if !append && lens != vec![c; b] {
+            // The same step through the separate calls: select, then attend over the
+            // CPU's lists.
+            let sel = gk.select(&mut gs, &q1)?;
+            let att = gk.attend(&mut gs, &q1, &idx_cpu)?;
+            let lists = differing_lists(&idx_cpu, &sel);
+            let err = max_rel_err(&att, &o_cpu, d);
+            eprintln!(
+                "  check (select and attend apart): {lists} index lists differ; output max relative error {err:.2e}"
+            );
+            checks.push(("select and attend apart", lists, err));
+        }
     }
     drop(syn);
     // st now holds the full cache: time the step and each kernel.
