@@ -172,6 +172,9 @@ fn page_scores(s: &SelectSpec, st: &DecodeState, q: &[f32], b: usize, sel: usize
 
 /// [`page_scores`] with the FMA instructions (the same correctly rounded results as the
 /// software `mul_add`, many times faster).
+///
+/// # Safety
+/// Only on a CPU with FMA (`is_x86_feature_detected!("fma")`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "fma")]
 unsafe fn page_scores_fma(
