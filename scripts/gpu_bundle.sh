@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the GPU bundle in .gpu/ (git-ignored): the stripped release `attnc`, the shipped
-# kernels, the independent NumPy reference and a run.sh that runs the whole GPU suite on
-# the GPU machine (no Rust there) and prints a table last. Then, on the GPU machine:
-#   RESULTS_DIR=$OUT .gpu/run.sh
+# kernels, the independent NumPy reference, the peer scripts, a run.sh that runs the whole
+# GPU suite on the GPU machine (no Rust there) and prints a table last, and ncu_decode.sh
+# (Nsight Compute on the decode kernels). Then, on the GPU machine:
+#   RESULTS_DIR=$OUT .gpu/run.sh [all|check|speed|decode]
 source "$(dirname "$0")/common.sh"
 cd "$(repo_root)"
 need_cargo
@@ -13,5 +14,6 @@ cp -r kernels .gpu/kernels
 cp tests/numpy/independent_reference.py bench/gpu/side_by_side.py bench/gpu/decode_peers.py .gpu/
 [ -f ../shared/peers/peer_bench.py ] && cp ../shared/peers/peer_bench.py .gpu/
 cp scripts/gpu_run.sh .gpu/run.sh
-chmod +x .gpu/run.sh
+cp scripts/gpu_ncu_decode.sh .gpu/ncu_decode.sh
+chmod +x .gpu/run.sh .gpu/ncu_decode.sh
 du -sh .gpu >&2
