@@ -150,6 +150,12 @@ pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<Stri
     let q = npy::read(&files.q)?;
     let t = Instant::now();
     let (idx, gpu_out, place) = match gpu {
+        Some(_) if scores.is_some() => {
+            return Err(Error::Shape(format!(
+                "`{}` computes its own scores: pass no external scores",
+                spec.kernel
+            )))
+        }
         Some(gpu) => {
             let gk = GpuDecode::load(gpu, spec.clone())?;
             let mut gs = gk.upload(&st)?;
