@@ -76,6 +76,26 @@ pub fn attend(
                 .chunks(split)
                 .map(|chunk| {
                     let toks = row_tokens(s, chunk, len);
+                    // Scattered tokens (runs shorter than 16 on average) are gathered once
+                    // into contiguous rows, else every head would fetch them again from
+                    // memory; runs of pages or a window are read in place.
+                    let runs = 1 + toks.windows(2).filter(|w| w[1] != w[0] + 1).count();
+                    let gather = runs * 16 > toks.len();
+                    let (mut kbuf, mut vbuf) = (vec![], vec![]);
+                    if gather {
+                        for &j in &toks {
+                            kbuf.extend_from_slice(&st.k[base + j as usize * d..][..d]);
+                            vbuf.extend_from_slice(&st.v[base + j as usize * d..][..d]);
+                        }
+                    }
+                    let rows = |n: usize, j: u32| -> (&[f32], &[f32]) {
+                        if gather {
+                            (&kbuf[n * d..][..d], &vbuf[n * d..][..d])
+                        } else {
+                            let at = base + j as usize * d;
+                            (&st.k[at..][..d], &st.v[at..][..d])
+                        }
+                    };
                     (0..g)
                         .map(|i| {
                             let mut p = Partial {
@@ -83,8 +103,8 @@ pub fn attend(
                                 sum: 0.0,
                                 acc: vec![0.0; d],
                             };
-                            for &j in &toks {
-                                let kv = &st.k[base + j as usize * d..][..d];
+                            for (n, &j) in toks.iter().enumerate() {
+                                let (kv, vv) = rows(n, j);
                                 let l = scale * dot(qs[i], kv);
                                 if want_probs {
                                     logits[i].push((j, l));
@@ -93,7 +113,6 @@ pub fn attend(
                                 let r = (p.max - m).exp();
                                 let e = (l - m).exp();
                                 p.sum = p.sum * r + e;
-                                let vv = &st.v[base + j as usize * d..][..d];
                                 for t in 0..d {
                                     p.acc[t] = p.acc[t] * r + e * vv[t];
                                 }
