@@ -134,20 +134,23 @@ pub fn cache_dir() -> Option<PathBuf> {
 
 /// The cache key of a compilation.
 pub fn cache_key(src: &Source, kernel: &str, sets: &[Binding], arch: Arch) -> String {
+    let sets: Vec<String> = sets
+        .iter()
+        .map(|b| format!("{}={}", b.name, b.value))
+        .collect();
+    let mut parts = vec![src.text.as_str(), kernel, arch.name(), VERSION];
+    parts.extend(sets.iter().map(String::as_str));
+    hash_key(&parts)
+}
+
+/// The compiler version, part of every cache key.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A cache key: the hash of `parts`, each ended by a NUL byte (32 hex digits).
+pub fn hash_key(parts: &[&str]) -> String {
     let mut h = blake3::Hasher::new();
-    for part in [
-        src.text.as_str(),
-        kernel,
-        arch.name(),
-        env!("CARGO_PKG_VERSION"),
-    ] {
+    for part in parts {
         h.update(part.as_bytes());
-        h.update(&[0]);
-    }
-    for b in sets {
-        h.update(b.name.as_bytes());
-        h.update(b"=");
-        h.update(b.value.as_bytes());
         h.update(&[0]);
     }
     h.finalize().to_hex()[..32].to_string()

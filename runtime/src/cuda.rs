@@ -14,7 +14,8 @@ use cudarc::nvrtc::Ptx;
 use crate::artefact::GpuArtefact;
 use crate::{Error, Manifest, TensorRef};
 
-fn cuda(e: impl std::fmt::Display) -> Error {
+/// A driver error as `Error::Cuda`.
+pub(crate) fn cuda(e: impl std::fmt::Display) -> Error {
     Error::Cuda(e.to_string())
 }
 
@@ -256,19 +257,30 @@ impl CudaKernel {
 
     /// Median milliseconds of `runs` timed launches after `warmup`, with CUDA events.
     pub fn time(&self, a: &mut DeviceArgs, warmup: usize, runs: usize) -> Result<f64, Error> {
-        for _ in 0..warmup {
-            self.launch(a)?;
-        }
-        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let mut times = vec![];
-        for _ in 0..runs.max(1) {
-            let start = self.stream.record_event(flags).map_err(cuda)?;
-            self.launch(a)?;
-            let end = self.stream.record_event(flags).map_err(cuda)?;
-            end.synchronize().map_err(cuda)?;
-            times.push(f64::from(start.elapsed_ms(&end).map_err(cuda)?));
-        }
-        times.sort_by(f64::total_cmp);
-        Ok(times[times.len() / 2])
+        median_event_ms(&self.stream, warmup, runs, &mut || self.launch(a))
     }
+}
+
+/// Median milliseconds of `runs` launches on `stream`, each between two CUDA events, after
+/// `warmup` untimed ones.
+pub(crate) fn median_event_ms(
+    stream: &CudaStream,
+    warmup: usize,
+    runs: usize,
+    launch: &mut dyn FnMut() -> Result<(), Error>,
+) -> Result<f64, Error> {
+    for _ in 0..warmup {
+        launch()?;
+    }
+    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let mut times = vec![];
+    for _ in 0..runs.max(1) {
+        let start = stream.record_event(flags).map_err(cuda)?;
+        launch()?;
+        let end = stream.record_event(flags).map_err(cuda)?;
+        end.synchronize().map_err(cuda)?;
+        times.push(f64::from(start.elapsed_ms(&end).map_err(cuda)?));
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }

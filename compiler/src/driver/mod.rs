@@ -434,7 +434,7 @@ pub fn emit_for(
                                 "`{name}` is a selection kernel: it has the stages spec, plan, llvm and ptx"
                             ),
                         )
-                        .with_hint("use --emit spec or --emit plan")])
+                        .with_hint("use --emit spec, plan, llvm or ptx")])
                     }
                 };
                 if !out.is_empty() {

@@ -17,12 +17,12 @@ use rayon::prelude::*;
 
 use super::cache::DecodeState;
 use super::{DecodeKernel, Indices};
-use crate::cuda::{to_half, Gpu};
+use crate::cuda::{cuda, median_event_ms, to_half, Gpu};
 use crate::Error;
 
-fn cuda(e: impl std::fmt::Display) -> Error {
-    Error::Cuda(e.to_string())
-}
+/// The kernels of one decode step, in launch order (a module without scores has no
+/// `Score` entry; append is not part of the step).
+const STEP: [Role; 4] = [Role::Score, Role::TopK, Role::Attend, Role::Combine];
 
 /// A decode kernel loaded on a GPU.
 pub struct GpuDecode {
@@ -166,14 +166,13 @@ impl GpuDecode {
 
     /// Launches one decode step (asynchronously, on the kernel's stream).
     pub fn launch(&self, gs: &mut GpuState) -> Result<(), Error> {
-        self.launch_only(gs, None)
+        self.launch_roles(gs, &STEP)
     }
 
     /// The selection alone (rules 1 to 7): the index lists for the decode query `q`.
     pub fn select(&self, gs: &mut GpuState, q: &[f32]) -> Result<Indices, Error> {
         self.set_query(gs, q)?;
-        self.launch_only(gs, Some(Role::Score))?;
-        self.launch_only(gs, Some(Role::TopK))?;
+        self.launch_roles(gs, &[Role::Score, Role::TopK])?;
         self.stream.synchronize().map_err(cuda)?;
         self.indices(gs)
     }
@@ -186,14 +185,13 @@ impl GpuDecode {
         self.stream
             .memcpy_htod(&idx.data, &mut gs.idx)
             .map_err(cuda)?;
-        self.launch_only(gs, Some(Role::Attend))?;
-        self.launch_only(gs, Some(Role::Combine))?;
+        self.launch_roles(gs, &[Role::Attend, Role::Combine])?;
         self.stream.synchronize().map_err(cuda)?;
         self.output(gs)
     }
 
-    /// Launches the step's kernels, or only the one of `only`.
-    fn launch_only(&self, gs: &mut GpuState, only: Option<Role>) -> Result<(), Error> {
+    /// Launches the module's entries whose role is in `roles`, in launch order.
+    fn launch_roles(&self, gs: &mut GpuState, roles: &[Role]) -> Result<(), Error> {
         if gs.part.len() != self.part_len() {
             return Err(Error::Shape(format!(
                 "the state was made for another tuning of `{}` (call adopt first)",
@@ -201,12 +199,7 @@ impl GpuDecode {
             )));
         }
         for ((role, f), e) in self.funcs.iter().zip(&self.module.entries) {
-            // Append is not part of the step: it runs when asked for by name.
-            let wanted = match only {
-                Some(r) => r == *role,
-                None => *role != Role::Append,
-            };
-            if !wanted {
+            if !roles.contains(role) {
                 continue;
             }
             let cfg = LaunchConfig {
@@ -276,7 +269,7 @@ impl GpuDecode {
         self.stream
             .memcpy_htod(&to_half(dt, v_new), &mut gs.v_new)
             .map_err(cuda)?;
-        self.launch_only(gs, Some(Role::Append))?;
+        self.launch_roles(gs, &[Role::Append])?;
         gs.lens_host.iter_mut().for_each(|l| *l += 1);
         Ok(())
     }
@@ -310,7 +303,9 @@ impl GpuDecode {
 
     /// Median milliseconds of `runs` CUDA-event-timed steps after `warmup`.
     pub fn time(&self, gs: &mut GpuState, warmup: usize, runs: usize) -> Result<f64, Error> {
-        self.time_only(gs, None, warmup, runs)
+        median_event_ms(&self.stream, warmup, runs, &mut || {
+            self.launch_roles(gs, &STEP)
+        })
     }
 
     /// Median milliseconds of each kernel of the step alone, in launch order.
@@ -320,39 +315,14 @@ impl GpuDecode {
         warmup: usize,
         runs: usize,
     ) -> Result<Vec<(Role, f64)>, Error> {
-        let roles: Vec<Role> = self
-            .module
-            .entries
-            .iter()
-            .map(|e| e.role)
-            .filter(|r| *r != Role::Append)
-            .collect();
-        roles
-            .into_iter()
-            .map(|r| Ok((r, self.time_only(gs, Some(r), warmup, runs)?)))
+        STEP.into_iter()
+            .filter(|r| self.module.entry(*r).is_some())
+            .map(|r| {
+                let ms = median_event_ms(&self.stream, warmup, runs, &mut || {
+                    self.launch_roles(gs, &[r])
+                })?;
+                Ok((r, ms))
+            })
             .collect()
-    }
-
-    fn time_only(
-        &self,
-        gs: &mut GpuState,
-        only: Option<Role>,
-        warmup: usize,
-        runs: usize,
-    ) -> Result<f64, Error> {
-        for _ in 0..warmup {
-            self.launch_only(gs, only)?;
-        }
-        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let mut times = vec![];
-        for _ in 0..runs.max(1) {
-            let start = self.stream.record_event(flags).map_err(cuda)?;
-            self.launch_only(gs, only)?;
-            let end = self.stream.record_event(flags).map_err(cuda)?;
-            end.synchronize().map_err(cuda)?;
-            times.push(f64::from(start.elapsed_ms(&end).map_err(cuda)?));
-        }
-        times.sort_by(f64::total_cmp);
-        Ok(times[times.len() / 2])
     }
 }

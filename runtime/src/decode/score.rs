@@ -140,19 +140,18 @@ fn page_scores(s: &SelectSpec, st: &DecodeState, q: &[f32], b: usize, sel: usize
         .iter()
         .map(|&h| (b * hkv + h / g) * units * d)
         .collect();
-    // Per head, this page's metadata rows (reused across pages: no allocation per page).
-    let mut rows: Vec<(&[f32], &[f32], &[f32])> = Vec::with_capacity(nh);
+    // Per head, its query and this page's metadata rows (one buffer for all pages).
+    let mut heads_page: Vec<(&[f32], &[f32], &[f32])> = Vec::with_capacity(nh);
     for (pg, out) in dst.iter_mut().enumerate() {
-        rows.clear();
-        rows.extend(qs.iter().zip(&bases).map(|(qv, base)| {
+        heads_page.clear();
+        heads_page.extend(qs.iter().zip(&bases).map(|(qv, base)| {
             let at = base + pg * d;
             (*qv, &st.kmax[at..at + d], &st.kmin[at..at + d])
         }));
-        let rows = &rows;
         // max(q * kmax, q * kmin) is q times kmax or kmin by the sign of q (kmax >= kmin),
         // fused into the lane's running sum.
         let term = |i: usize, t: usize| {
-            let (qv, hi, lo) = rows[i];
+            let (qv, hi, lo) = heads_page[i];
             let x = qv[t];
             // Both loaded, then chosen: a select, not a branch on the sign.
             let (h, l) = (hi[t], lo[t]);

@@ -25,17 +25,8 @@ struct Choice {
 /// The file of `spec` compiled for `arch`: the spec's printed form (every clause and
 /// setting) names it.
 fn path(spec: &SelectSpec, arch: Arch) -> Option<PathBuf> {
-    let mut h = blake3::Hasher::new();
-    for part in [
-        spec.print().as_str(),
-        arch.name(),
-        env!("CARGO_PKG_VERSION"),
-    ] {
-        h.update(part.as_bytes());
-        h.update(&[0]);
-    }
-    let key = h.finalize().to_hex();
-    artefact::cache_dir().map(|d| d.join(format!("tune-decode-{}.json", &key[..32])))
+    let key = artefact::hash_key(&[spec.print().as_str(), arch.name(), artefact::VERSION]);
+    artefact::cache_dir().map(|d| d.join(format!("tune-decode-{key}.json")))
 }
 
 /// The recorded choice for `spec` on the GPU named `gpu`, if any.

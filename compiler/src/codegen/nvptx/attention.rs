@@ -299,14 +299,6 @@ impl<'a, 'c> Attention<'a, 'c> {
         ok(self.g.b.build_load(self.g.i32t, self.sptr(off), "")).into_int_value()
     }
 
-    fn ld_global_u32(&self, base: PointerValue<'c>, index: IntValue<'c>) -> IntValue<'c> {
-        let g = self.g;
-        let i = g.sext64(index);
-        // SAFETY: indices come from the schedule tables the runtime uploads with the kernel.
-        let p = unsafe { ok(g.b.build_gep(g.i32t, base, &[i], "")) };
-        ok(g.b.build_load(g.i32t, p, "")).into_int_value()
-    }
-
     /// Byte offset inside a `[rows][dim]` 16-bit buffer of (row, 16-byte chunk). Rows of a
     /// multiple of 8 chunks are XOR-swizzled (chunk ^ row % 8) so that the 8 rows an
     /// ldmatrix phase reads fall in different banks; other widths are stored plainly.
@@ -343,7 +335,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         let sub = g.uremi(bx, i64::from(cfg.blocks_per_tile));
         self.row0 = g.muli(sub, i64::from(cfg.bm));
         self.qtile = Some(tokens::tile(g, self.geo, self.qt));
-        self.variant = self.ld_global_u32(self.params.head_variant, self.head);
+        self.variant = g.ld_i32(self.params.head_variant, self.head);
 
         self.load_q();
         // Walk the IR: region 0 until the loop, the loop body per chunk, then the rest.
@@ -463,9 +455,9 @@ impl<'a, 'c> Attention<'a, 'c> {
     fn cursor_load_run(&self, c: &Cursor<'c>, r: IntValue<'c>) {
         let g = self.g;
         let base = g.muli(r, 3);
-        let start = self.ld_global_u32(self.params.runs, base);
-        let len = self.ld_global_u32(self.params.runs, g.addi(base, 1));
-        let class = self.ld_global_u32(self.params.runs, g.addi(base, 2));
+        let start = g.ld_i32(self.params.runs, base);
+        let len = g.ld_i32(self.params.runs, g.addi(base, 1));
+        let class = g.ld_i32(self.params.runs, g.addi(base, 2));
         g.set(c.kt, start);
         g.set(c.kend, g.add(start, len));
         g.set(c.class, class);
@@ -593,8 +585,8 @@ impl<'a, 'c> Attention<'a, 'c> {
         let g = self.g;
         let total_tiles = i64::from(self.geo.total_tiles);
         let row_at = g.add(g.muli(self.variant, total_tiles + 1), self.qt);
-        let start = self.ld_global_u32(self.params.rows, row_at);
-        let end = self.ld_global_u32(self.params.rows, g.addi(row_at, 1));
+        let start = g.ld_i32(self.params.rows, row_at);
+        let end = g.ld_i32(self.params.rows, g.addi(row_at, 1));
         let cur = self.new_cursor();
         let next = self.new_cursor();
         g.set(cur.r, start);
@@ -1094,9 +1086,8 @@ impl<'c> Scope<'c> for PairScope<'_, '_, 'c> {
             off = g.add(g.muli(off, *d as i64), *x);
         }
         let off = g.seli(inside, off, g.i64(0));
-        // SAFETY: `off` is inside the input (each index checked against its dimension).
-        let p = unsafe { ok(g.b.build_gep(g.f32t, *ptr, &[off], "")) };
-        let x = ok(g.b.build_load(g.f32t, p, "")).into_float_value();
+        // `off` is inside the input: each index was checked against its dimension.
+        let x = g.ld_f32(*ptr, off);
         g.self_f(inside, x, g.f32(0.0))
     }
 }

@@ -363,8 +363,9 @@ impl<'c> Gen<'c> {
         index: IntValue<'c>,
     ) -> PointerValue<'c> {
         let i = self.sext64(index);
-        // SAFETY (LLVM): an in-bounds address is the caller's contract; the decode kernels
-        // guard every index against the buffer's extent before they form it.
+        // SAFETY (LLVM): an in-bounds address is the caller's contract: indices come from
+        // the schedule tables uploaded with the kernel, or are clamped to the buffer's
+        // extent before they are formed (inputs, the decode kernels).
         unsafe { ok(self.b.build_gep(ty, base, &[i], "")) }
     }
 
@@ -445,7 +446,7 @@ impl<'c> Gen<'c> {
         ok(self.b.build_bit_cast(x, self.i32t, "")).into_int_value()
     }
 
-    /// A zero-initialised-at-launch (undefined) shared array of `n` elements of `ty`.
+    /// A shared-memory array of `n` elements of `ty`, uninitialised at launch.
     pub fn shared_array(&self, name: &str, ty: BasicTypeEnum<'c>, n: u32) -> PointerValue<'c> {
         let at = ty.array_type(n);
         let g = self
@@ -467,15 +468,15 @@ impl<'c> Gen<'c> {
         ));
     }
 
-    /// `__ballot_sync(0xffffffff, pred)`.
-    pub fn ballot(&self, pred: IntValue<'c>) -> IntValue<'c> {
-        let f = self.intrinsic(
-            "llvm.nvvm.vote.ballot.sync",
-            self.i32t.into(),
-            &[self.i32t.into(), self.cx.bool_type().into()],
-        );
-        self.call(f, &[self.i32(-1).into(), pred.into()])
-            .into_int_value()
+    /// The sum of `v` over aligned groups of `lanes` lanes (a power of two), by a butterfly
+    /// with offsets `lanes/2, ..., 2, 1`; every lane gets its group's sum.
+    pub fn lane_sum(&self, mut v: FloatValue<'c>, lanes: u32) -> FloatValue<'c> {
+        let mut off = lanes / 2;
+        while off >= 1 {
+            v = self.fadd(v, self.shfl_xor(v, off as i64));
+            off /= 2;
+        }
+        v
     }
 
     /// `__shfl_up_sync(0xffffffff, x, delta)` on i32: lanes below `delta` keep their own.

@@ -149,7 +149,8 @@ pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<Stri
     };
     let q = npy::read(&files.q)?;
     let t = Instant::now();
-    let (idx, gpu_out, place) = match gpu {
+    // On the GPU: the index lists, the output and where and how fast it ran.
+    let (idx, gpu_out) = match gpu {
         Some(_) if scores.is_some() => {
             return Err(Error::Shape(format!(
                 "`{}` computes its own scores: pass no external scores",
@@ -162,29 +163,20 @@ pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<Stri
             let t = Instant::now();
             let (idx, o) = gk.step(&mut gs, &q.data)?;
             let ms = t.elapsed().as_secs_f64() * 1e3;
-            (
-                idx,
-                Some(o),
-                format!("{ms:.2} ms on {}, transfers included", gpu.name()),
-            )
+            let place = format!("{ms:.2} ms on {}, transfers included", gpu.name());
+            (idx, Some((o, place)))
         }
-        None => (
-            kernel.select(&st, &q.data, scores.as_deref())?,
-            None,
-            String::new(),
-        ),
+        None => (kernel.select(&st, &q.data, scores.as_deref())?, None),
     };
     let mut msg;
     if spec.kind == KernelKind::Decode {
-        let o = match gpu_out {
-            Some(o) => o,
-            None => kernel.attend(&mut st, &q.data, &idx)?,
-        };
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        let place = if place.is_empty() {
-            format!("{ms:.1} ms on the CPU")
-        } else {
-            place
+        let (o, place) = match gpu_out {
+            Some(done) => done,
+            None => {
+                let o = kernel.attend(&mut st, &q.data, &idx)?;
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                (o, format!("{ms:.1} ms on the CPU"))
+            }
         };
         let shape = vec![
             spec.batch as usize,
@@ -215,11 +207,15 @@ pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<Stri
     Ok(msg)
 }
 
+/// Bytes of one f32 copy of K (or V) at a full cache.
+fn cache_bytes(s: &SelectSpec) -> u64 {
+    s.batch as u64 * s.kv_heads as u64 * s.context as u64 * s.head_dim as u64 * 4
+}
+
 /// Host memory the CPU benchmark needs, in bytes (cache, values, scores).
 fn bench_bytes(s: &SelectSpec) -> u64 {
-    let cache = s.batch as u64 * s.kv_heads as u64 * s.context as u64 * s.head_dim as u64 * 4;
     let scores = s.batch as u64 * s.q_heads as u64 * s.context as u64 * 4 * s.q_rows() as u64;
-    3 * cache + 2 * scores
+    3 * cache_bytes(s) + 2 * scores
 }
 
 /// At most this much host memory for `attnc bench` on the CPU.
@@ -259,9 +255,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn bench(spec: SelectSpec, runs: usize, json: bool) -> Result<String, Error> {
     // A fixed limit, not the machine's memory: at full size the CPU bench takes minutes.
     let need = bench_bytes(&spec);
-    let limit = BENCH_LIMIT;
-    if need > limit {
-        let fit = (spec.context as u64 * limit / need).max(1);
+    if need > BENCH_LIMIT {
+        let fit = (spec.context as u64 * BENCH_LIMIT / need).max(1);
         return Err(Error::Input(format!(
             "benchmarking `{}` on the CPU needs about {} GiB of memory (batch {}, {} KV heads, context {}); try --set CONTEXT={} or a smaller BATCH",
             spec.kernel,
@@ -400,8 +395,8 @@ pub fn bench(spec: SelectSpec, runs: usize, json: bool) -> Result<String, Error>
     Ok(s)
 }
 
-/// Host memory this machine can give a benchmark: 3/4 of what it has available (Linux), or
-/// [`BENCH_LIMIT`] where that is unknown.
+/// Host memory this machine can give a benchmark: 3/4 of what it has available (Linux), and
+/// never less than [`BENCH_LIMIT`] (also the answer where that is unknown).
 fn host_limit() -> u64 {
     let avail = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
         m.lines()
@@ -415,21 +410,12 @@ fn host_limit() -> u64 {
     }
 }
 
-/// Largest relative error of `got` against `want`, per `[.., D]` row scaled by the row's
-/// largest magnitude.
+/// Largest relative error of `got` against `want` over rows of `d` values, each row scaled
+/// by its own largest magnitude (the suite's max-norm error, row by row).
 fn max_rel_err(got: &[f32], want: &[f32], d: usize) -> f64 {
     got.chunks(d)
         .zip(want.chunks(d))
-        .map(|(g, w)| {
-            let norm = w.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-30) as f64;
-            g.iter()
-                .zip(w)
-                .map(|(a, b)| (*a as f64 - *b as f64).abs() / norm)
-                .fold(
-                    0f64,
-                    |a, x| if x.is_nan() { f64::INFINITY } else { a.max(x) },
-                )
-        })
+        .map(|(g, w)| attnc_runtime::suite::max_rel(g, w).0)
         .fold(0f64, f64::max)
 }
 
@@ -443,10 +429,11 @@ fn differing_lists(a: &Indices, b: &Indices) -> usize {
         .count()
 }
 
-/// `attnc bench --backend cuda` for a decode kernel: the GPU step checked against the CPU
-/// executor (identical index lists, outputs to bf16 tolerance) on ragged and full caches,
-/// then timed with CUDA events beside dense decode through the same pipeline, with the
-/// fidelity of the selection.
+/// `attnc bench --backend cuda` for a decode kernel: the GPU checked against the CPU
+/// executor (identical index lists, outputs to bf16 tolerance) on ragged lengths (also
+/// through the separate select and attend calls), after an append on each side and on full
+/// lengths; then the step timed with CUDA events beside dense decode through the same
+/// kernels, with the fidelity of the selection.
 pub fn bench_cuda(
     gpu: &Gpu,
     spec: SelectSpec,
@@ -454,7 +441,8 @@ pub fn bench_cuda(
     json: bool,
     tune: bool,
 ) -> Result<String, Error> {
-    let need = bench_bytes(&spec) / 3 * 4;
+    // The synthetic cache and the CPU state hold two f32 copies of K and V each.
+    let need = 4 * cache_bytes(&spec);
     let limit = host_limit();
     if need > limit {
         return Err(Error::Input(format!(
@@ -498,12 +486,13 @@ pub fn bench_cuda(
         *l = (*l / spec.page * spec.page).max(1);
     }
     let mut checks = vec![];
+    // (what, lengths, append first, also check select and attend apart)
     let cases = [
-        ("ragged lengths", ragged, false),
-        ("after an append on each side", before_append, true),
-        ("full lengths", vec![c; b], false),
+        ("ragged lengths", ragged, false, true),
+        ("after an append on each side", before_append, true, false),
+        ("full lengths", vec![c; b], false, false),
     ];
-    for (what, lens, append) in cases {
+    for (what, lens, append, apart) in cases {
         kernel.fill(&mut st, &syn.k.data, &syn.v.data, &lens)?;
         let mut gs = gk.upload(&st)?;
         if append {
@@ -522,7 +511,7 @@ pub fn bench_cuda(
             idx_cpu.shape[0] * idx_cpu.shape[1]
         );
         checks.push((what, lists, err));
-        if !append && lens != vec![c; b] {
+        if apart {
             // The same step through the separate calls: select, then attend over the
             // CPU's lists.
             let sel = gk.select(&mut gs, &q1)?;
@@ -640,7 +629,7 @@ fn tune_decode(
     base: (&Indices, &[f32]),
     runs: usize,
 ) -> Result<(Tuning, String), Error> {
-    let mut rows = vec![];
+    let mut trials: Vec<(Tuning, f64)> = vec![];
     let mut table = String::from("  tuning candidates (step ms):\n");
     for t in Tuning::candidates() {
         let cand = match GpuDecode::load_tuned(gpu, spec.clone(), t) {
@@ -662,13 +651,12 @@ fn tune_decode(
         }
         let ms = cand.time(gs, 5, runs)?;
         table.push_str(&format!("    {:<36} {ms:.4}\n", t.label()));
-        rows.push((ms, t));
+        trials.push((t, ms));
     }
-    let trials: Vec<(Tuning, f64)> = rows.iter().map(|(ms, t)| (*t, *ms)).collect();
-    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let best = rows
-        .first()
-        .map(|r| r.1)
+    let best = trials
+        .iter()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|r| r.0)
         .ok_or_else(|| Error::Input("no tuning candidate compiles".into()))?;
     // Later loads of this kernel on this GPU (run, bench) start from the choice.
     attnc_runtime::decode::tuned::save(spec, gpu.arch(), &gpu.name(), best, &trials);

@@ -136,11 +136,7 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                     for e in 0..VEC as usize {
                         x = g.fma(qs[i][e], keys[r][e], x);
                     }
-                    let mut o = lt / 2;
-                    while o >= 1 {
-                        x = g.fadd(x, g.shfl_xor(x, o as i64));
-                        o /= 2;
-                    }
+                    let x = g.lane_sum(x, lt);
                     g.self_f(valid[r], x, ninf)
                 })
                 .collect();

@@ -2,15 +2,12 @@
 //! chunks' partial results `(max, sum, acc)` (base 2) are rescaled to their common maximum
 //! and added; a list that selected nothing gives zeros.
 
-use inkwell::values::{FloatValue, IntValue, PointerValue};
+use inkwell::values::{IntValue, PointerValue};
 use inkwell::FloatPredicate;
 
 use super::attend::anchor;
 use super::Shape;
 use crate::codegen::nvptx::gen::Gen;
-
-/// Chunk counts up to this are combined with straight-line loads.
-const UNROLL_MAX: u32 = 64;
 
 pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     let (part, out) = (p[0], p[1]);
@@ -23,44 +20,21 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     let acc = g.var(g.f32t.into(), g.f32(0.0).into());
     let base = g.muli(g.muli(row, s.chunks as i64), stride);
     let at = |g: &Gen<'c>, c: IntValue<'c>| g.add(base, g.muli(c, stride));
-    if s.chunks <= UNROLL_MAX {
-        // Few chunks: every load issued before any use.
-        let cs: Vec<IntValue<'c>> = (0..s.chunks).map(|c| at(g, g.i32(c as i64))).collect();
-        let ms: Vec<FloatValue<'c>> = cs.iter().map(|a| g.ld_f32(part, *a)).collect();
-        let ls: Vec<FloatValue<'c>> = cs.iter().map(|a| g.ld_f32(part, g.addi(*a, 1))).collect();
-        let accs: Vec<FloatValue<'c>> = cs
-            .iter()
-            .map(|a| g.ld_f32(part, g.add(g.addi(*a, 2), t)))
-            .collect();
-        let mx = ms
-            .iter()
-            .fold(g.f32(f64::NEG_INFINITY), |a, m| g.fmax(a, *m));
-        let mu = anchor(g, mx);
-        let (mut lsum, mut asum) = (g.f32(0.0), g.f32(0.0));
-        for ((m, lc), a) in ms.iter().zip(&ls).zip(&accs) {
-            let w = g.ex2(g.fsub(*m, mu));
-            lsum = g.fma(*lc, w, lsum);
-            asum = g.fma(*a, w, asum);
-        }
-        g.set(l, lsum);
-        g.set(acc, asum);
-    } else {
-        let n = g.i32(s.chunks as i64);
-        let mx = g.var(g.f32t.into(), g.f32(f64::NEG_INFINITY).into());
-        g.for_range(g.i32(0), n, &mut |g, c| {
-            let m = g.ld_f32(part, at(g, c));
-            g.set(mx, g.fmax(g.getf(mx), m));
-        });
-        let mu = anchor(g, g.getf(mx));
-        g.for_range(g.i32(0), n, &mut |g, c| {
-            let a0 = at(g, c);
-            let w = g.ex2(g.fsub(g.ld_f32(part, a0), mu));
-            let lc = g.ld_f32(part, g.addi(a0, 1));
-            g.set(l, g.fma(lc, w, g.getf(l)));
-            let a = g.ld_f32(part, g.add(g.addi(a0, 2), t));
-            g.set(acc, g.fma(a, w, g.getf(acc)));
-        });
-    }
+    let n = g.i32(s.chunks as i64);
+    let mx = g.var(g.f32t.into(), g.f32(f64::NEG_INFINITY).into());
+    g.for_range(g.i32(0), n, &mut |g, c| {
+        let m = g.ld_f32(part, at(g, c));
+        g.set(mx, g.fmax(g.getf(mx), m));
+    });
+    let mu = anchor(g, g.getf(mx));
+    g.for_range(g.i32(0), n, &mut |g, c| {
+        let a0 = at(g, c);
+        let w = g.ex2(g.fsub(g.ld_f32(part, a0), mu));
+        let lc = g.ld_f32(part, g.addi(a0, 1));
+        g.set(l, g.fma(lc, w, g.getf(l)));
+        let a = g.ld_f32(part, g.add(g.addi(a0, 2), t));
+        g.set(acc, g.fma(a, w, g.getf(acc)));
+    });
     let some = g.fcmp(FloatPredicate::OGT, g.getf(l), g.f32(0.0));
     let o = g.self_f(some, g.fdiv(g.getf(acc), g.getf(l)), g.f32(0.0));
     g.st_f32(out, g.add(g.muli(row, s.d as i64), t), o);

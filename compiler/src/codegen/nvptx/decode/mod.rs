@@ -34,9 +34,7 @@ use inkwell::AddressSpace;
 
 use super::gen::Gen;
 use super::{finish, new_module, target_machine, Arch};
-use crate::select::spec::{
-    score_lanes, Budget, HeadReduce, KernelKind, Reduce, SelectSpec, Source,
-};
+use crate::select::spec::{Budget, HeadReduce, KernelKind, Reduce, SelectSpec, Source};
 use crate::sema::program::DType;
 
 /// What an entry of a decode module does.
@@ -69,7 +67,6 @@ pub struct DecodeModule {
     pub entries: Vec<DecodeEntry>,
     /// Split-K chunks per index list.
     pub chunks: u32,
-    pub tuning: Tuning,
 }
 
 impl DecodeModule {
@@ -180,7 +177,7 @@ impl Shape {
         }
     }
 
-    /// The query heads of list `sel`: `(first, count)` as constants or from `sel`.
+    /// Query heads per index list: the KV group, or every head for a shared list.
     pub fn heads_per_list(&self) -> u32 {
         if self.per_kv {
             self.g
@@ -285,8 +282,7 @@ pub fn compile_tuned(
     let mut plan = vec![];
     if sh.source == Source::PageBound {
         let grid = [
-            sh.units
-                .div_ceil(score::WARPS * tuning.score_rows * (32 / score_lanes(sh.d))),
+            sh.units.div_ceil(score::pages_per_block(&sh)),
             sh.hsel,
             sh.b,
         ];
@@ -349,7 +345,6 @@ pub fn compile_tuned(
         llvm,
         entries,
         chunks: sh.chunks,
-        tuning,
     })
 }
 

@@ -17,6 +17,11 @@ use crate::select::spec::{score_lanes, Reduce};
 /// Warps per block.
 pub const WARPS: u32 = 4;
 
+/// Pages a block scores: `WARPS` warps of `score_rows` rows of `32 / score_lanes(D)`.
+pub fn pages_per_block(s: &Shape) -> u32 {
+    WARPS * s.tuning.score_rows * (32 / score_lanes(s.d))
+}
+
 pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     let (q, kmax, kmin, lens, out) = (p[0], p[1], p[2], p[3], p[4]);
     // `lanes` lanes share a page, 8 channels (16 bytes) each; a warp row holds 32 / lanes
@@ -32,9 +37,9 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     let ll = g.uremi(lane, lanes as i64);
     let ch = g.muli(ll, per_lane as i64);
     let bx = g.sreg("ctaid.x");
-    let first = g.muli(
-        g.add(g.muli(bx, WARPS as i64), warp),
-        (per_row * rows) as i64,
+    let first = g.add(
+        g.muli(bx, pages_per_block(s) as i64),
+        g.muli(warp, (per_row * rows) as i64),
     );
     let sel = g.sreg("ctaid.y");
     let b = g.sreg("ctaid.z");
@@ -107,7 +112,7 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             if summed {
                 g.set(*acc, v);
             } else {
-                let v = butterfly(g, v, lanes);
+                let v = g.lane_sum(v, lanes);
                 let folded = g.maxnum(g.getf(*acc), v);
                 g.set(*acc, g.self_f(first, v, folded));
             }
@@ -115,7 +120,7 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     });
     if summed {
         for acc in &accs {
-            let mut v = butterfly(g, g.getf(*acc), lanes);
+            let mut v = g.lane_sum(g.getf(*acc), lanes);
             if s.op == Reduce::Mean {
                 v = g.fdiv(v, g.f32(nh as f64));
             }
@@ -135,16 +140,4 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             });
         }
     });
-}
-
-/// The sum over groups of `lanes` lanes, offsets `lanes/2, ..., 1` (every lane gets its
-/// group's sum).
-fn butterfly<'c>(g: &Gen<'c>, mut v: FloatValue<'c>, lanes: u32) -> FloatValue<'c> {
-    let mut off = lanes / 2;
-    while off >= 1 {
-        let o = g.shfl_xor(v, off as i64);
-        v = g.fadd(v, o);
-        off /= 2;
-    }
-    v
 }

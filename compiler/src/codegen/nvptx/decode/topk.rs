@@ -1,5 +1,7 @@
 //! Rules 6 and 7 on the GPU: one block per index list. A sequence with no more units than
-//! the capacity keeps them all. Otherwise every unit gets an order-preserving 32-bit key
+//! the capacity keeps them all. Without scores the list is closed-form (the forced prefix
+//! and suffix, the lowest free units between). Otherwise every unit gets an
+//! order-preserving 32-bit key
 //! (forced units the largest key; NaN the smallest; -0 as +0), a four-pass 8-bit radix
 //! select finds the key `T` of the `K`-th best unit and how many units equal to `T` it
 //! takes, and the block writes, in ascending unit order, every unit above `T` and the
@@ -43,8 +45,10 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             });
         },
         &mut |g| {
+            // Rule 6's forced units, once per list: a prefix and a suffix.
+            let forced = forced_bounds(g, s, len, n);
             if s.source == Source::None {
-                without_scores(g, s, tid, len, n, out, row_out);
+                without_scores(g, s, tid, n, forced, out, row_out);
                 return;
             }
             // Up to STAGE_MAX units, the keys are computed once into shared memory (all
@@ -60,7 +64,7 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                     .iter()
                     .map(|u| {
                         let inside = g.icmp(IntPredicate::ULT, *u, n);
-                        unit_key(g, s, scores, row_in, len, n, g.seli(inside, *u, g.i32(0)))
+                        unit_key(g, scores, row_in, forced, g.seli(inside, *u, g.i32(0)))
                     })
                     .collect();
                 for (u, k) in us.iter().zip(keys) {
@@ -71,7 +75,7 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             }
             let key = |g: &Gen<'c>, u: IntValue<'c>| match staged {
                 Some(sk) => g.ld_i32(sk, u),
-                None => unit_key(g, s, scores, row_in, len, n, u),
+                None => unit_key(g, scores, row_in, forced, u),
             };
             // Radix select, most significant byte first: `prefix` holds the decided bytes,
             // `rank` the rank (1-based) of the wanted key among the keys with that prefix.
@@ -164,19 +168,15 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     );
 }
 
-/// Without scores every free unit ties, so the list is closed-form: the forced units are
-/// the sink pages `[0, s)` and the recent (and partial last) pages `[r, n)`, and the
-/// lowest-indexed free units `[s, s + need)` fill the rest: `t` for `t < s + need`, then
-/// `r + (t - s - need)`. (Rule 6 keeps at most `K` forced units, so `s < r` here.)
-fn without_scores<'c>(
+/// Rule 6's forced units of a sequence of `len` tokens (`n` units) as `(s, r)`: the sink
+/// pages `[0, s)` and the recent pages (with the partial last page) `[r, n)`.
+/// `runtime/tests/gpu_topk_forms.rs` checks this form against `SelectSpec::forced_units`.
+fn forced_bounds<'c>(
     g: &Gen<'c>,
     s: &Shape,
-    tid: IntValue<'c>,
     len: IntValue<'c>,
     n: IntValue<'c>,
-    out: PointerValue<'c>,
-    row_out: IntValue<'c>,
-) {
+) -> (IntValue<'c>, IntValue<'c>) {
     let p = s.p as i64;
     let sinks = umin(g, g.i32(s.sinks as i64), len);
     let s_end = g.udivi(g.addi(sinks, p - 1), p);
@@ -188,6 +188,22 @@ fn without_scores<'c>(
         let partial = g.icmp(IntPredicate::NE, g.uremi(len, p), g.i32(0));
         g.seli(partial, g.addi(n, -1), n)
     };
+    (s_end, r_start)
+}
+
+/// Without scores every free unit ties, so the list is closed-form: with the forced units
+/// `[0, s)` and `[r, n)`, the lowest-indexed free units `[s, s + need)` fill the rest: `t`
+/// for `t < s + need`, then `r + (t - s - need)`. (Rule 6 keeps at most `K` forced units,
+/// so `s < r` here.)
+fn without_scores<'c>(
+    g: &Gen<'c>,
+    s: &Shape,
+    tid: IntValue<'c>,
+    n: IntValue<'c>,
+    (s_end, r_start): (IntValue<'c>, IntValue<'c>),
+    out: PointerValue<'c>,
+    row_out: IntValue<'c>,
+) {
     let forced = g.add(s_end, g.sub(n, r_start));
     let head = g.sub(g.add(s_end, g.i32(s.cap as i64)), forced);
     g.for_step(tid, g.i32(s.cap as i64), THREADS as i64, &mut |g, t| {
@@ -203,47 +219,21 @@ fn shr_byte<'c>(g: &Gen<'c>, k: IntValue<'c>, shift: u32) -> IntValue<'c> {
     g.and(x, g.i32(255))
 }
 
-/// The order key of unit `u` of a sequence of `len` tokens (`n` units).
+/// The order key of unit `u`: the largest for a forced unit (`(s, r)` from
+/// [`forced_bounds`]), else its score's order-preserving bits.
 fn unit_key<'c>(
     g: &Gen<'c>,
-    s: &Shape,
     scores: PointerValue<'c>,
     row_in: IntValue<'c>,
-    len: IntValue<'c>,
-    n: IntValue<'c>,
+    (s_end, r_start): (IntValue<'c>, IntValue<'c>),
     u: IntValue<'c>,
 ) -> IntValue<'c> {
-    let p = s.p as i64;
-    // Rule 6: sinks, the recent window, the partial last page.
-    let start = g.muli(u, p);
-    let sinks = g.icmp(
-        IntPredicate::ULT,
-        start,
-        umin(g, g.i32(s.sinks as i64), len),
+    let forced = g.or(
+        g.icmp(IntPredicate::ULT, u, s_end),
+        g.icmp(IntPredicate::UGE, u, r_start),
     );
-    let recent_from = {
-        let r = g.i32(s.recent as i64);
-        let below = g.icmp(IntPredicate::ULT, len, r);
-        g.seli(below, g.i32(0), g.sub(len, r))
-    };
-    let end = g.addi(start, p);
-    let recent = g.and(
-        g.cx.bool_type().const_int(u64::from(s.recent > 0), false),
-        g.icmp(IntPredicate::UGT, end, recent_from),
-    );
-    let partial = g.and(
-        g.icmp(IntPredicate::NE, g.uremi(len, p), g.i32(0)),
-        g.icmp(IntPredicate::EQ, u, g.addi(n, -1)),
-    );
-    let forced = g.or(g.or(sinks, recent), partial);
-    let score_key = match s.source {
-        Source::None => g.i32(0x8000_0000u32 as i64),
-        _ => {
-            let x = g.ld_f32(scores, g.add(row_in, u));
-            float_key(g, x)
-        }
-    };
-    g.seli(forced, g.i32(-1), score_key)
+    let x = g.ld_f32(scores, g.add(row_in, u));
+    g.seli(forced, g.i32(-1), float_key(g, x))
 }
 
 fn umin<'c>(g: &Gen<'c>, a: IntValue<'c>, b: IntValue<'c>) -> IntValue<'c> {
