@@ -26,28 +26,29 @@ if [ "$MODE" = "decode" ]; then
   log "ptxas (registers, spills) of the decode kernels"
   mkdir -p ptx
   : > "$OUT/decode_sass.txt"
-  for c in "quest.attn quest_decode" "streaming.attn streaming_decode" "dense.attn dense_decode"; do
+  for c in "quest.attn quest_decode" "streaming.attn streaming_decode" "exact.attn exact_decode" "dense.attn dense_decode"; do
     set -- $c
     $A compile kernels/$1 --kernel $2 --emit ptx > "ptx/$2.ptx" && ptxas -arch=sm_90 -v "ptx/$2.ptx" -o "ptx/$2.cubin" 2>&1 | grep -E "entry|registers|spill" | tr '\n' ' ' | sed "s/^/$2: /" >> "$OUT/decode_sass.txt"
     echo >> "$OUT/decode_sass.txt"
   done
   cat "$OUT/decode_sass.txt"
-  log "compute-sanitizer memcheck, small decode cases"
-  : > "$OUT/decode_sanitizer.txt"
-  for c in "quest.attn quest_decode" "streaming.attn streaming_decode"; do
-    set -- $c
-    timeout 200 compute-sanitizer --tool memcheck --error-exitcode 3 $A bench kernels/$1 --kernel $2 --set CONTEXT=16384 --set BUDGET=1024 --set BATCH=2 --backend cuda --runs 2 >> "$OUT/decode_sanitizer.txt" 2>&1
-    echo "$2 sanitizer exit $?" | tee -a "$OUT/decode_sanitizer.txt"
-  done
   log "decode step: attnc against the CPU executor, timed, with fidelity"
   : > "$OUT/decode.txt"
-  for c in "quest.attn quest_decode --tune" "streaming.attn streaming_decode --tune" "dense.attn dense_decode --set CONTEXT=32768"; do
+  for c in "exact.attn exact_decode" "quest.attn quest_decode --tune" "streaming.attn streaming_decode" "dense.attn dense_decode --set CONTEXT=32768"; do
     set -- $c
     file=$1; k=$2; shift 2
     $A bench kernels/$file --kernel $k "$@" --backend cuda --runs 50 2>&1 | tee -a "$OUT/decode.txt"
   done
   log "decode peers (cuDNN, FlashAttention, the PyTorch pipeline)"
   RESULTS_DIR="$OUT" PYTHONUNBUFFERED=1 python3 decode_peers.py 2>&1 | tee "$OUT/decode_peers.txt"
+  # Last: the slowest part, and the figures above come back even if the call runs out.
+  log "compute-sanitizer memcheck, small decode cases"
+  : > "$OUT/decode_sanitizer.txt"
+  for c in "quest.attn quest_decode" "streaming.attn streaming_decode" "exact.attn exact_decode"; do
+    set -- $c
+    timeout 100 compute-sanitizer --tool memcheck --error-exitcode 3 $A bench kernels/$1 --kernel $2 --set CONTEXT=16384 --set BUDGET=1024 --set BATCH=2 --backend cuda --runs 2 >> "$OUT/decode_sanitizer.txt" 2>&1
+    echo "$2 sanitizer exit $?" | tee -a "$OUT/decode_sanitizer.txt"
+  done
   echo
   echo "== summary"
   grep -E "sanitizer exit" "$OUT/decode_sanitizer.txt"

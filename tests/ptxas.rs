@@ -187,9 +187,16 @@ fn decode_kernels_assemble_without_spills() {
                 for t in Tuning::candidates() {
                     let m = decode::compile_tuned(&spec, arch, t)
                         .unwrap_or_else(|e| panic!("{name} {}: {e}", t.label()));
-                    let has_score = m.entry(decode::Role::Score).is_some();
-                    // topk, attend, combine and append, and score for page bounds.
-                    assert_eq!(m.entries.len(), 4 + usize::from(has_score), "{name}");
+                    let has = |r| usize::from(m.entry(r).is_some());
+                    // topk, attend, combine and append; score for page bounds and exact
+                    // scores; logits for exact scores.
+                    let (score, logits) = (has(decode::Role::Score), has(decode::Role::Logits));
+                    assert_eq!(m.entries.len(), 4 + score + logits, "{name}");
+                    assert_eq!(
+                        logits,
+                        usize::from(spec.source == attnc::select::spec::Source::Exact),
+                        "{name}"
+                    );
                     assert!(m.ptx.contains("ld.global.nc"), "{name}: read-only loads");
                     let file = dir.join(format!("{name}_{}.ptx", arch.name()));
                     let log = assemble(&ptxas, arch, &file, &m.ptx);
@@ -208,7 +215,12 @@ fn decode_kernels_assemble_without_spills() {
     covered.sort();
     assert_eq!(
         covered,
-        ["dense_decode", "quest_decode", "streaming_decode"],
+        [
+            "dense_decode",
+            "exact_decode",
+            "quest_decode",
+            "streaming_decode"
+        ],
         "the decode kernels the CUDA backend covers"
     );
 }

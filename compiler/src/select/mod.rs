@@ -7,6 +7,7 @@
 pub mod params;
 pub mod plan;
 pub mod resolve;
+pub mod softmax;
 pub mod spec;
 
 pub use spec::SelectSpec;

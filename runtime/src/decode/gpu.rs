@@ -3,7 +3,7 @@
 //! buffers of fixed size (one set per kernel instance, so that the launch sequence can be
 //! captured in a CUDA graph). The host supplies the cache as a [`DecodeState`] (keys,
 //! values and page metadata, rounded to the dtype) and the queries; the step launches
-//! score (Quest only), top-k, attend and combine on one stream.
+//! logits (`exact` only), score (`exact` and Quest), top-k, attend and combine on one stream.
 
 use std::sync::Arc;
 
@@ -21,8 +21,16 @@ use crate::cuda::{cuda, median_event_ms, to_half, Gpu};
 use crate::Error;
 
 /// The kernels of one decode step, in launch order (a module without scores has no
-/// `Score` entry; append is not part of the step).
-const STEP: [Role; 4] = [Role::Score, Role::TopK, Role::Attend, Role::Combine];
+/// `Score` entry, and only `exact` has `Logits`; append is not part of the step).
+const STEP: [Role; 5] = [
+    Role::Logits,
+    Role::Score,
+    Role::TopK,
+    Role::Attend,
+    Role::Combine,
+];
+/// The selection alone.
+const SELECT: [Role; 3] = [Role::Logits, Role::Score, Role::TopK];
 
 /// A decode kernel loaded on a GPU.
 pub struct GpuDecode {
@@ -45,6 +53,9 @@ pub struct GpuState {
     kmin: CudaSlice<u16>,
     lens: CudaSlice<u32>,
     q: CudaSlice<f32>,
+    /// `exact` only: base-2 logits `[B, Hq, C]` and chunk stats `[B, Hq, chunks, 2]`.
+    logits: CudaSlice<f32>,
+    stats: CudaSlice<f32>,
     scores: CudaSlice<f32>,
     idx: CudaSlice<i32>,
     part: CudaSlice<f32>,
@@ -108,10 +119,21 @@ impl GpuDecode {
         };
         let (b, hq, d) = (s.batch as usize, s.q_heads as usize, s.head_dim as usize);
         let lists = b * s.sel_heads() as usize;
-        let scores = if s.source == Source::PageBound {
+        let scores = if matches!(s.source, Source::PageBound | Source::Exact) {
             lists * s.units() as usize
         } else {
             1
+        };
+        let exact = s.source == Source::Exact;
+        let (logits, stats) = if exact {
+            let rows = b * hq;
+            let c = s.context as usize;
+            (
+                rows * c,
+                rows * c.div_ceil(attnc::select::softmax::CHUNK) * 2,
+            )
+        } else {
+            (1, 1)
         };
         let hkv = s.kv_heads as usize;
         Ok(GpuState {
@@ -124,6 +146,8 @@ impl GpuDecode {
             kmin: up16(&st.kmin)?,
             lens: self.stream.clone_htod(&st.lens).map_err(cuda)?,
             q: self.stream.alloc_zeros::<f32>(b * hq * d).map_err(cuda)?,
+            logits: self.stream.alloc_zeros::<f32>(logits).map_err(cuda)?,
+            stats: self.stream.alloc_zeros::<f32>(stats).map_err(cuda)?,
             scores: self.stream.alloc_zeros::<f32>(scores).map_err(cuda)?,
             idx: self
                 .stream
@@ -172,7 +196,7 @@ impl GpuDecode {
     /// The selection alone (rules 1 to 7): the index lists for the decode query `q`.
     pub fn select(&self, gs: &mut GpuState, q: &[f32]) -> Result<Indices, Error> {
         self.set_query(gs, q)?;
-        self.launch_roles(gs, &[Role::Score, Role::TopK])?;
+        self.launch_roles(gs, &SELECT)?;
         self.stream.synchronize().map_err(cuda)?;
         self.indices(gs)
     }
@@ -209,6 +233,17 @@ impl GpuDecode {
             };
             let mut l = self.stream.launch_builder(f);
             match role {
+                Role::Logits => l
+                    .arg(&gs.q)
+                    .arg(&gs.k)
+                    .arg(&gs.lens)
+                    .arg(&mut gs.logits)
+                    .arg(&mut gs.stats),
+                Role::Score if self.spec().source == Source::Exact => l
+                    .arg(&gs.logits)
+                    .arg(&gs.stats)
+                    .arg(&gs.lens)
+                    .arg(&mut gs.scores),
                 Role::Score => l
                     .arg(&gs.q)
                     .arg(&gs.kmax)

@@ -2,6 +2,7 @@
 //! index list. Nothing of size `C x C` exists: the largest buffer is one row of `C` logits
 //! per query head, per worker.
 
+use attnc::select::softmax;
 use attnc::select::spec::{score_lanes, HeadReduce, Pool, Reduce, SelectSpec, Source};
 use rayon::prelude::*;
 
@@ -14,13 +15,42 @@ pub fn unit_scores(s: &SelectSpec, st: &DecodeState, q: &[f32], ext: Option<&[f3
     let hs = s.sel_heads() as usize;
     let units = s.units() as usize;
     let mut out = vec![f32::NEG_INFINITY; b_n * hs * units];
+    #[cfg(target_arch = "x86_64")]
+    let fma = std::arch::is_x86_feature_detected!("fma");
     out.par_chunks_mut(units)
         .enumerate()
         .for_each(|(row, dst)| {
             let (b, sel) = (row / hs, row % hs);
+            #[cfg(target_arch = "x86_64")]
+            if fma {
+                // SAFETY: the CPU has FMA (checked above), the one feature the function is
+                // compiled for.
+                unsafe { row_scores_fma(s, st, q, ext, b, sel, dst) };
+                return;
+            }
             row_scores(s, st, q, ext, b, sel, dst);
         });
     out
+}
+
+/// [`row_scores`] with the FMA instructions: the contract's `fma`s (rules 1 and the
+/// softmax of `attnc::select::softmax`) are correctly rounded either way, many times
+/// faster in hardware.
+///
+/// # Safety
+/// Only on a CPU with FMA (`is_x86_feature_detected!("fma")`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn row_scores_fma(
+    s: &SelectSpec,
+    st: &DecodeState,
+    q: &[f32],
+    ext: Option<&[f32]>,
+    b: usize,
+    sel: usize,
+    dst: &mut [f32],
+) {
+    row_scores(s, st, q, ext, b, sel, dst)
 }
 
 /// The query heads whose scores make list `sel`.
@@ -46,6 +76,7 @@ pub fn fold(op: Reduce, acc: &mut f32, x: f32, first: bool) {
     }
 }
 
+#[inline(always)]
 fn row_scores(
     s: &SelectSpec,
     st: &DecodeState,
@@ -93,15 +124,7 @@ fn row_scores(
             tok.truncate(m);
         }
         Source::PageBound => {
-            let full = &mut dst[..len / p];
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU has FMA (checked just above), the one feature the function
-                // is compiled for.
-                unsafe { page_scores_fma(s, st, q, b, sel, full) };
-                return;
-            }
-            page_scores(s, st, q, b, sel, full);
+            page_scores(s, st, q, b, sel, &mut dst[..len / p]);
             return;
         }
     }
@@ -119,6 +142,11 @@ fn row_scores(
             dst[pg] = tok[lo..((pg + 1) * p).min(m)].iter().sum();
         }
     }
+}
+
+/// The factor of a base-2 logit (rule 1, `exact`): `scale * log2(e)` rounded to `f32`.
+pub fn logit_scale(s: &SelectSpec) -> f32 {
+    (s.scale * std::f64::consts::LOG2_E) as f32
 }
 
 /// Rule 1 for `page_bound`: the bound of every full page of list `(b, sel)` into `dst`.
@@ -169,26 +197,10 @@ fn page_scores(s: &SelectSpec, st: &DecodeState, q: &[f32], b: usize, sel: usize
     }
 }
 
-/// [`page_scores`] with the FMA instructions (the same correctly rounded results as the
-/// software `mul_add`, many times faster).
-///
-/// # Safety
-/// Only on a CPU with FMA (`is_x86_feature_detected!("fma")`).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "fma")]
-unsafe fn page_scores_fma(
-    s: &SelectSpec,
-    st: &DecodeState,
-    q: &[f32],
-    b: usize,
-    sel: usize,
-    dst: &mut [f32],
-) {
-    page_scores(s, st, q, b, sel, dst)
-}
-
 /// Scores of one query head over the tokens `[0, m)`: the attention probability of the
-/// decode query, or for a window the row-reduced causal attention of its queries.
+/// decode query, or for a window the row-reduced causal attention of its queries; logits
+/// and softmax in the order of rule 1 (`attnc::select::softmax`), as on the GPU.
+#[inline(always)]
 fn head_token_scores(
     s: &SelectSpec,
     st: &DecodeState,
@@ -204,27 +216,20 @@ fn head_token_scores(
     let kvh = h / s.group() as usize;
     let rows = s.q_rows() as usize;
     let keys = &st.k[(b * hkv + kvh) * c * d..][..len * d];
-    let scale = s.scale as f32;
+    let scale = logit_scale(s);
     let mut out = vec![0f32; m];
     let mut logits = vec![0f32; len];
     for i in 0..rows {
         let qv = &q[((b * s.q_heads as usize + h) * rows + i) * d..][..d];
         // Row i sits at position len - rows + i and sees the keys up to it.
         let seen = len - rows + i + 1;
-        let mut mx = f32::NEG_INFINITY;
         for (j, l) in logits[..seen].iter_mut().enumerate() {
             let kv = &keys[j * d..][..d];
-            *l = scale * dot(qv, kv);
-            mx = mx.max(*l);
+            *l = lane_tree_fma(d, 1, |_, t| (qv[t], kv[t])) * scale;
         }
-        let mut z = 0f32;
-        for l in &mut logits[..seen] {
-            *l = (*l - mx).exp();
-            z += *l;
-        }
+        softmax::softmax_in_place(&mut logits[..seen]);
         for j in 0..m {
-            let p = logits[j] / z;
-            fold(s.rows, &mut out[j], p, i == 0);
+            fold(s.rows, &mut out[j], logits[j], i == 0);
         }
     }
     if rows > 1 && s.rows == Reduce::Mean {

@@ -414,6 +414,25 @@ impl<'c> Gen<'c> {
     ) -> Vec<FloatValue<'c>> {
         let i16t = self.cx.i16_type();
         let p = self.gep(i16t.into(), base, index);
+        if bf16 && n % 2 == 0 && n.is_power_of_two() {
+            // bf16 pairs as 32-bit words: the low value is `w << 16`, the high one
+            // `w & 0xffff0000`, one instruction each (no 16-bit moves).
+            let vt = self.i32t.vec_type(n / 2);
+            let load = ok(self.b.build_load(vt, p, ""));
+            if let Some(inst) = load.as_instruction_value() {
+                let _ = inst.set_alignment(2 * n);
+            }
+            let vec = load.into_vector_value();
+            return (0..n / 2)
+                .flat_map(|e| {
+                    let w = ok(self.b.build_extract_element(vec, self.i32(e as i64), ""))
+                        .into_int_value();
+                    let lo = ok(self.b.build_left_shift(w, self.i32(16), ""));
+                    let hi = self.and(w, self.i32(0xffff_0000u32 as i64));
+                    [self.f32_from_bits(lo), self.f32_from_bits(hi)]
+                })
+                .collect();
+        }
         let vt = i16t.vec_type(n);
         let load = ok(self.b.build_load(vt, p, ""));
         let align = if n.is_power_of_two() { 2 * n } else { 2 };
@@ -524,6 +543,17 @@ impl<'c> Gen<'c> {
         let f = self.intrinsic("llvm.fma.f32", self.f32t.into(), &[self.f32t.into(); 3]);
         self.call(f, &[a.into(), b.into(), c.into()])
             .into_float_value()
+    }
+
+    /// `floor(x)` (cvt.rmi.f32.f32, exact).
+    pub fn floor(&self, x: FloatValue<'c>) -> FloatValue<'c> {
+        let f = self.intrinsic("llvm.floor.f32", self.f32t.into(), &[self.f32t.into()]);
+        self.call(f, &[x.into()]).into_float_value()
+    }
+
+    /// The f32 whose bits are `x`.
+    pub fn f32_from_bits(&self, x: IntValue<'c>) -> FloatValue<'c> {
+        ok(self.b.build_bit_cast(x, self.f32t, "")).into_float_value()
     }
 
     /// IEEE maxNum: a NaN operand yields the other (Rust's `f32::max`).

@@ -557,10 +557,13 @@ pub fn bench_cuda(
     let f = fidelity::measure(&spec, &st, &q1, &idx, Some(&o));
     let ok = checks.iter().all(|(_, l, e)| *l == 0 && *e < 1e-2);
     let kv_bytes = |tokens: f64| tokens * 2.0 * (b * spec.kv_heads as usize * d * 2) as f64;
-    let meta = if spec.source == Source::PageBound {
-        2.0 * (b * spec.kv_heads as usize * spec.units() as usize * d * 2) as f64
-    } else {
-        0.0
+    let meta = match spec.source {
+        Source::PageBound => {
+            2.0 * (b * spec.kv_heads as usize * spec.units() as usize * d * 2) as f64
+        }
+        // Exact scores read every cached key.
+        Source::Exact => (b * spec.kv_heads as usize * c as usize * d * 2) as f64,
+        _ => 0.0,
     };
     let read = kv_bytes((spec.capacity() * spec.page).min(c) as f64) + meta;
     let tbps = read / (step * 1e-3) / 1e12;

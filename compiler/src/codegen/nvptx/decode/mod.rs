@@ -7,7 +7,9 @@
 //!
 //! | entry | grid | block | parameters (global pointers) |
 //! | --- | --- | --- | --- |
-//! | `<k>_score` (page_bound only) | `(ceil(U / pages per block), Hsel, B)` | 128 | `q` f32 `[B,Hq,D]`, `kmax`, `kmin` dtype `[B,Hkv,U,D]`, `lens` u32 `[B]`, `scores` f32 `[B,Hsel,U]` |
+//! | `<k>_logits` (exact only) | `(ceil(C / 1024), Hkv, B)` | 256 | `q`, `k` dtype `[B,Hkv,C,D]`, `lens`, `logits` f32 `[B,Hq,C]`, `stats` f32 `[B,Hq,ceil(C / 1024),2]` |
+//! | `<k>_score` (exact) | `(ceil(C / 1024), Hkv, B)` | 256 | `logits`, `stats`, `lens`, `scores` |
+//! | `<k>_score` (page_bound) | `(ceil(U / pages per block), Hsel, B)` | 128 | `q` f32 `[B,Hq,D]`, `kmax`, `kmin` dtype `[B,Hkv,U,D]`, `lens` u32 `[B]`, `scores` f32 `[B,Hsel,U]` |
 //! | `<k>_topk` | `(Hsel, B)` | 1024 | `scores`, `lens`, `idx` i32 `[B,Hsel,K]` |
 //! | `<k>_attend` | `(chunks, Hkv, B)` | 128 | `q`, `k`, `v` dtype `[B,Hkv,C,D]`, `idx`, `lens`, `part` f32 `[B,Hq,chunks,D+2]` |
 //! | `<k>_combine` | `(Hq, B)` | `D` | `part`, `out` f32 `[B,Hq,D]` |
@@ -22,6 +24,7 @@
 mod append;
 mod attend;
 mod combine;
+mod exact;
 mod score;
 mod topk;
 
@@ -34,12 +37,14 @@ use inkwell::AddressSpace;
 
 use super::gen::Gen;
 use super::{finish, new_module, target_machine, Arch};
-use crate::select::spec::{Budget, HeadReduce, KernelKind, Reduce, SelectSpec, Source};
+use crate::select::spec::{Budget, HeadReduce, KernelKind, Pool, Reduce, SelectSpec, Source};
 use crate::sema::program::DType;
 
 /// What an entry of a decode module does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
+    /// `exact` only: base-2 logits and per-chunk softmax stats.
+    Logits,
     Score,
     TopK,
     Attend,
@@ -221,6 +226,20 @@ pub fn gpu_support(s: &SelectSpec) -> Result<(), String> {
     }
     match s.source {
         Source::None | Source::PageBound => {}
+        Source::Exact => {
+            if !matches!(s.heads, HeadReduce::PerKvGroup(_)) {
+                return why("`exact` scoring with scores shared across KV heads");
+            }
+            if s.pool != Pool::None || s.page != 1 {
+                return why("`exact` scoring with pooling or pages");
+            }
+            if s.group() > 8 {
+                return why(&format!(
+                    "`exact` scoring of {} query heads per KV head (8 at most)",
+                    s.group()
+                ));
+            }
+        }
         other => {
             return why(&format!(
                 "`{}` scoring",
@@ -280,6 +299,11 @@ pub fn compile_tuned(
     let name = |role: &str| format!("{}_{role}", super::entry_name(&spec.kernel));
     // (role, parameters, grid, block), in launch order.
     let mut plan = vec![];
+    if sh.source == Source::Exact {
+        let grid = [exact::chunks(&sh), sh.hkv, sh.b];
+        plan.push((Role::Logits, 5, grid, exact::WARPS * 32));
+        plan.push((Role::Score, 4, grid, exact::WARPS * 32));
+    }
     if sh.source == Source::PageBound {
         let grid = [
             sh.units.div_ceil(score::pages_per_block(&sh)),
@@ -330,6 +354,8 @@ pub fn compile_tuned(
         g.b.position_at_end(g.entry);
         let ps: Vec<PointerValue> = f.get_param_iter().map(|p| p.into_pointer_value()).collect();
         match role {
+            Role::Logits => exact::emit_logits(&g, &sh, &ps),
+            Role::Score if sh.source == Source::Exact => exact::emit_score(&g, &sh, &ps),
             Role::Score => score::emit(&g, &sh, &ps),
             Role::TopK => topk::emit(&g, &sh, &ps),
             Role::Attend => attend::emit(&g, &sh, &ps),
@@ -350,6 +376,7 @@ pub fn compile_tuned(
 
 fn role_name(r: Role) -> &'static str {
     match r {
+        Role::Logits => "logits",
         Role::Score => "score",
         Role::TopK => "topk",
         Role::Attend => "attend",
@@ -363,6 +390,7 @@ fn role_name(r: Role) -> &'static str {
 fn writes(role: Role, n: usize) -> std::ops::Range<usize> {
     match role {
         Role::Append => 2..n,
+        Role::Logits => n - 2..n,
         _ => n - 1..n,
     }
 }

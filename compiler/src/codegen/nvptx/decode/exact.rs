@@ -1,0 +1,287 @@
+//! Rule 1 for `exact` on the GPU, in the order of `select::softmax` (bit for bit the CPU
+//! executor's): two entries before the top-k.
+//!
+//! - **logits**, one block per chunk of `softmax::CHUNK` tokens of a (sequence, KV head):
+//!   `score_lanes(D)` lanes share a token (8 adjacent channels, one 16-byte load each) and
+//!   hold the `G` query heads' running `fma` sums; a reduce-scatter butterfly (the same
+//!   pairs as the plain butterfly, so the same bits) leaves each lane one head's dot. The
+//!   base-2 logits go to shared memory, then to `logits` `[B, Hq, C]`, and one warp per
+//!   head writes the chunk's `(m_c, z_c)` to `stats` `[B, Hq, chunks, 2]`.
+//! - **score**, one block per chunk of a list: every block folds the row stats of its
+//!   list's heads (`m`, `z`: 32 lane sums over the chunks, a butterfly), then turns each
+//!   token's logits into probabilities `exp2c(l - m) / z` and reduces them over the heads.
+
+use inkwell::values::{FloatValue, IntValue, PointerValue};
+use inkwell::IntPredicate;
+
+use super::Shape;
+use crate::codegen::nvptx::gen::{ok, Gen};
+use crate::select::softmax::{CHUNK, EXP2_COEFFS, EXP2_MIN, LANES};
+use crate::select::spec::{score_lanes, Reduce};
+
+/// Warps per block of both entries.
+pub const WARPS: u32 = 8;
+/// Token rows (of `32 / score_lanes(D)` tokens) a warp of the logits entry loads together.
+const UNROLL: u32 = 8;
+const CH: u32 = CHUNK as u32;
+
+/// Chunks of the normaliser per row.
+pub fn chunks(s: &Shape) -> u32 {
+    s.c.div_ceil(CH)
+}
+
+/// `logits(q, k, lens, logits, stats)`
+pub fn emit_logits<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
+    let (q, k, lens, logits, stats) = (p[0], p[1], p[2], p[3], p[4]);
+    let lanes = score_lanes(s.d);
+    let per_lane = s.d / lanes;
+    let per_row = 32 / lanes;
+    let tid = g.sreg("tid.x");
+    let warp = g.udivi(tid, 32);
+    let lane = g.uremi(tid, 32);
+    let sub = g.udivi(lane, lanes as i64);
+    let ll = g.uremi(lane, lanes as i64);
+    let ch = g.muli(ll, per_lane as i64);
+    let c = g.sreg("ctaid.x");
+    let kvh = g.sreg("ctaid.y");
+    let b = g.sreg("ctaid.z");
+    let len = g.ld_i32(lens, b);
+    let start = g.muli(c, CH as i64);
+    let sh = g.shared_array("exact_logits", g.f32t.into(), s.g * CH);
+    let nch = chunks(s);
+    let live = g.icmp(IntPredicate::ULT, start, len);
+    g.if_then(live, &mut |g| {
+        let h0 = g.add(g.muli(b, s.hq as i64), g.muli(kvh, s.g as i64));
+        let qv: Vec<Vec<FloatValue<'c>>> = (0..s.g)
+            .map(|h| {
+                let at = g.add(g.muli(g.addi(h0, h as i64), s.d as i64), ch);
+                (0..per_lane)
+                    .map(|e| g.ld_f32(q, g.addi(at, e as i64)))
+                    .collect()
+            })
+            .collect();
+        let kbase = g.muli(g.add(g.muli(b, s.hkv as i64), kvh), s.c as i64);
+        let scale = g.f32(s.scale_log2);
+        let rows = CH / (WARPS * per_row);
+        let unroll = UNROLL.min(rows);
+        g.for_range(g.i32(0), g.i32((rows / unroll) as i64), &mut |g, it| {
+            // Local token of row r: ((it * unroll + r) * WARPS + warp) * per_row + sub.
+            let locals: Vec<IntValue<'c>> = (0..unroll)
+                .map(|r| {
+                    let row = g.add(
+                        g.muli(g.addi(g.muli(it, unroll as i64), r as i64), WARPS as i64),
+                        warp,
+                    );
+                    g.add(g.muli(row, per_row as i64), sub)
+                })
+                .collect();
+            let keys: Vec<Vec<FloatValue<'c>>> = locals
+                .iter()
+                .map(|t| {
+                    let j = g.add(start, *t);
+                    let safe = g.seli(g.icmp(IntPredicate::ULT, j, len), j, start);
+                    let at = g.add(g.muli(g.add(kbase, safe), s.d as i64), ch);
+                    g.ld_half_vec(k, at, per_lane, s.bf16)
+                })
+                .collect();
+            for (t, kv) in locals.iter().zip(&keys) {
+                let dots: Vec<FloatValue<'c>> = qv
+                    .iter()
+                    .map(|qh| {
+                        qh.iter()
+                            .zip(kv)
+                            .fold(g.f32(0.0), |acc, (a, x)| g.fma(*a, *x, acc))
+                    })
+                    .collect();
+                let (vals, first_head, writer) = reduce_scatter(g, ll, lanes, dots);
+                let valid = g.icmp(IntPredicate::ULT, g.add(start, *t), len);
+                g.if_then(writer, &mut |g| {
+                    for (i, v) in vals.iter().enumerate() {
+                        let l = g.self_f(valid, g.fmul(*v, scale), g.f32(f64::NEG_INFINITY));
+                        let h = g.addi(first_head, i as i64);
+                        g.st_f32(sh, g.add(g.muli(h, CH as i64), *t), l);
+                    }
+                });
+            }
+        });
+        g.barrier();
+        // The chunk's logits, coalesced, then its stats (a warp per head).
+        let row0 = g.muli(h0, s.c as i64);
+        g.for_step(
+            tid,
+            g.i32((s.g * CH) as i64),
+            (WARPS * 32) as i64,
+            &mut |g, i| {
+                let h = g.udivi(i, CH as i64);
+                let t = g.uremi(i, CH as i64);
+                let j = g.add(start, t);
+                g.if_then(g.icmp(IntPredicate::ULT, j, len), &mut |g| {
+                    let at = g.add(g.add(row0, g.muli(h, s.c as i64)), j);
+                    g.st_f32(logits, at, g.ld_f32(sh, i));
+                });
+            },
+        );
+        g.for_step(warp, g.i32(s.g as i64), WARPS as i64, &mut |g, h| {
+            let base = g.muli(h, CH as i64);
+            let xs: Vec<FloatValue<'c>> = (0..CH / LANES as u32)
+                .map(|i| g.ld_f32(sh, g.add(base, g.addi(lane, (i * LANES as u32) as i64))))
+                .collect();
+            let m = warp_max(
+                g,
+                xs.iter()
+                    .fold(g.f32(f64::NEG_INFINITY), |a, x| g.maxnum(a, *x)),
+            );
+            let z = xs
+                .iter()
+                .fold(g.f32(0.0), |a, x| g.fadd(a, exp2c(g, g.fsub(*x, m))));
+            let z = g.lane_sum(z, LANES as u32);
+            g.if_then(g.eqi(lane, 0), &mut |g| {
+                let at = g.muli(g.add(g.muli(g.add(h0, h), nch as i64), c), 2);
+                g.st_f32(stats, at, m);
+                g.st_f32(stats, g.addi(at, 1), z);
+            });
+        });
+    });
+}
+
+/// `score(logits, stats, lens, scores)` for lists of one KV group.
+pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
+    let (logits, stats, lens, scores) = (p[0], p[1], p[2], p[3]);
+    let tid = g.sreg("tid.x");
+    let warp = g.udivi(tid, 32);
+    let lane = g.uremi(tid, 32);
+    let c = g.sreg("ctaid.x");
+    let sel = g.sreg("ctaid.y");
+    let b = g.sreg("ctaid.z");
+    let len = g.ld_i32(lens, b);
+    let start = g.muli(c, CH as i64);
+    let nch = chunks(s);
+    let mz = g.shared_array("exact_mz", g.f32t.into(), 2 * s.g);
+    let live = g.icmp(IntPredicate::ULT, start, len);
+    g.if_then(live, &mut |g| {
+        let h0 = g.add(g.muli(b, s.hq as i64), g.muli(sel, s.g as i64));
+        let used = g.udivi(g.addi(len, CH as i64 - 1), CH as i64);
+        // Row stats of head h: lane t takes the chunks t, t + 32, ... in order.
+        g.for_step(warp, g.i32(s.g as i64), WARPS as i64, &mut |g, h| {
+            let row = g.muli(g.add(h0, h), nch as i64);
+            let per: Vec<(IntValue<'c>, FloatValue<'c>, FloatValue<'c>)> = (0..nch
+                .div_ceil(LANES as u32))
+                .map(|i| {
+                    let cc = g.addi(lane, (i * LANES as u32) as i64);
+                    let valid = g.icmp(IntPredicate::ULT, cc, used);
+                    let at = g.muli(g.add(row, g.seli(valid, cc, g.i32(0))), 2);
+                    let mc = g.self_f(valid, g.ld_f32(stats, at), g.f32(f64::NEG_INFINITY));
+                    (valid, mc, g.ld_f32(stats, g.addi(at, 1)))
+                })
+                .collect();
+            let m = warp_max(
+                g,
+                per.iter()
+                    .fold(g.f32(f64::NEG_INFINITY), |a, x| g.maxnum(a, x.1)),
+            );
+            let z = per.iter().fold(g.f32(0.0), |a, (valid, mc, zc)| {
+                let next = g.fma(*zc, exp2c(g, g.fsub(*mc, m)), a);
+                g.self_f(*valid, next, a)
+            });
+            let z = g.lane_sum(z, LANES as u32);
+            g.if_then(g.eqi(lane, 0), &mut |g| {
+                g.st_f32(mz, g.muli(h, 2), m);
+                g.st_f32(mz, g.addi(g.muli(h, 2), 1), z);
+            });
+        });
+        g.barrier();
+        let ms: Vec<(FloatValue<'c>, FloatValue<'c>)> = (0..s.g)
+            .map(|h| {
+                (
+                    g.ld_f32(mz, g.i32(2 * h as i64)),
+                    g.ld_f32(mz, g.i32(2 * h as i64 + 1)),
+                )
+            })
+            .collect();
+        let out_row = g.muli(g.add(g.muli(b, s.hsel as i64), sel), s.units as i64);
+        g.for_step(tid, g.i32(CH as i64), (WARPS * 32) as i64, &mut |g, t| {
+            let j = g.add(start, t);
+            g.if_then(g.icmp(IntPredicate::ULT, j, len), &mut |g| {
+                let mut acc = g.f32(0.0);
+                for (h, (m, z)) in ms.iter().enumerate() {
+                    let at = g.add(g.muli(g.addi(h0, h as i64), s.c as i64), j);
+                    let e = exp2c(g, g.fsub(g.ld_f32(logits, at), *m));
+                    let p = g.fdiv(e, *z);
+                    acc = match (h, s.op) {
+                        (0, _) => p,
+                        (_, Reduce::Max) => g.maxnum(acc, p),
+                        _ => g.fadd(acc, p),
+                    };
+                }
+                if s.op == Reduce::Mean {
+                    acc = g.fdiv(acc, g.f32(s.g as f64));
+                }
+                g.st_f32(scores, g.add(out_row, j), acc);
+            });
+        });
+    });
+}
+
+/// The heads' lane sums `dots` (one per head) summed over aligned groups of `lanes` lanes
+/// with the butterfly's pairs (offsets `lanes/2, ..., 1`), halving the heads a lane keeps
+/// while their number is even: a lane ends with `vals` for the heads from `first_head`,
+/// equal in every lane of the group that keeps them; `writer` marks one lane per group.
+fn reduce_scatter<'c>(
+    g: &Gen<'c>,
+    ll: IntValue<'c>,
+    lanes: u32,
+    mut vals: Vec<FloatValue<'c>>,
+) -> (Vec<FloatValue<'c>>, IntValue<'c>, IntValue<'c>) {
+    let mut first = g.i32(0);
+    let mut shared_bits = 0i64;
+    let mut off = lanes / 2;
+    while off >= 1 {
+        let n = vals.len();
+        if n >= 2 && n % 2 == 0 {
+            let upper = g.icmp(IntPredicate::NE, g.and(ll, g.i32(off as i64)), g.i32(0));
+            let half = n / 2;
+            vals = (0..half)
+                .map(|i| {
+                    let mine = g.self_f(upper, vals[half + i], vals[i]);
+                    let theirs = g.self_f(upper, vals[i], vals[half + i]);
+                    g.fadd(mine, g.shfl_xor(theirs, off as i64))
+                })
+                .collect();
+            first = g.add(first, g.seli(upper, g.i32(half as i64), g.i32(0)));
+        } else {
+            vals = vals
+                .iter()
+                .map(|v| g.fadd(*v, g.shfl_xor(*v, off as i64)))
+                .collect();
+            shared_bits |= off as i64;
+        }
+        off /= 2;
+    }
+    let writer = g.eqi(g.and(ll, g.i32(shared_bits)), 0);
+    (vals, first, writer)
+}
+
+/// The maximum over the warp (maxNum: NaN ignored), in every lane.
+fn warp_max<'c>(g: &Gen<'c>, mut v: FloatValue<'c>) -> FloatValue<'c> {
+    for off in [16, 8, 4, 2, 1] {
+        v = g.maxnum(v, g.shfl_xor(v, off));
+    }
+    v
+}
+
+/// `select::softmax::exp2c`: the same IEEE operations.
+fn exp2c<'c>(g: &Gen<'c>, x: FloatValue<'c>) -> FloatValue<'c> {
+    let inside = g.fcmp(inkwell::FloatPredicate::OGE, x, g.f32(EXP2_MIN as f64));
+    let n = g.floor(x);
+    let f = g.fsub(x, n);
+    let mut p = g.f32(EXP2_COEFFS[6] as f64);
+    for c in EXP2_COEFFS[..6].iter().rev() {
+        p = g.fma(p, f, g.f32(*c as f64));
+    }
+    // For NaN or x < -126 the integer is garbage but clamped, and the result is dropped.
+    let ni = ok(g.b.build_float_to_signed_int(n, g.i32t, ""));
+    let e = g.smax(g.smin(g.addi(ni, 127), g.i32(254)), g.i32(1));
+    let bits = ok(g.b.build_left_shift(e, g.i32(23), ""));
+    let scale = g.f32_from_bits(bits);
+    g.self_f(inside, g.fmul(p, scale), g.f32(0.0))
+}
