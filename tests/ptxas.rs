@@ -191,7 +191,16 @@ fn decode_kernels_assemble_without_spills() {
                     // topk, attend, combine and append; score for page bounds and exact
                     // scores; logits for exact scores.
                     let (score, logits) = (has(decode::Role::Score), has(decode::Role::Logits));
-                    assert_eq!(m.entries.len(), 4 + score + logits, "{name}");
+                    // The top-k: one entry, or five for scored lists of more than 8192 units.
+                    let topk = m
+                        .entries
+                        .iter()
+                        .filter(|e| e.role == decode::Role::TopK)
+                        .count();
+                    let wide =
+                        spec.source != attnc::select::spec::Source::None && spec.units() > 8192;
+                    assert_eq!(topk, if wide { 5 } else { 1 }, "{name}");
+                    assert_eq!(m.entries.len(), 3 + topk + score + logits, "{name}");
                     assert_eq!(
                         logits,
                         usize::from(spec.source == attnc::select::spec::Source::Exact),

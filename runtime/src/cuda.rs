@@ -33,7 +33,12 @@ impl Gpu {
             return Ok(None);
         }
         let ctx = CudaContext::new(0).map_err(cuda)?;
-        let stream = ctx.default_stream();
+        // SAFETY: the runtime runs everything on the one stream below, so no buffer is
+        // ever used by two streams and cudarc's cross-stream events are not needed.
+        unsafe { ctx.disable_event_tracking() };
+        // A stream of its own (not the legacy default stream): it can be captured into a
+        // CUDA graph (decode steps, `GpuDecode::step_graphed`).
+        let stream = ctx.new_stream().map_err(cuda)?;
         Ok(Some(Gpu { ctx, stream }))
     }
 

@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use attnc::codegen::nvptx::decode::{self as codegen, DecodeModule, Role, Tuning};
 use attnc::select::spec::{SelectSpec, Source};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use rayon::prelude::*;
@@ -43,6 +44,9 @@ pub struct GpuDecode {
 
 /// The device buffers of one kernel instance.
 pub struct GpuState {
+    /// The step captured as a CUDA graph over these buffers, with the module that captured
+    /// it (`step_graphed`); first, so that it is destroyed before the buffers.
+    graph: Option<(usize, CudaGraph)>,
     /// The lengths as the host last set them (append checks them before it launches).
     lens_host: Vec<u32>,
     k_new: CudaSlice<u16>,
@@ -57,6 +61,8 @@ pub struct GpuState {
     logits: CudaSlice<f32>,
     stats: CudaSlice<f32>,
     scores: CudaSlice<f32>,
+    /// The multi-block top-k's histograms and counters (it leaves them cleared).
+    work: CudaSlice<u32>,
     idx: CudaSlice<i32>,
     part: CudaSlice<f32>,
     out: CudaSlice<f32>,
@@ -137,6 +143,7 @@ impl GpuDecode {
         };
         let hkv = s.kv_heads as usize;
         Ok(GpuState {
+            graph: None,
             lens_host: st.lens.clone(),
             k_new: self.stream.alloc_zeros::<u16>(b * hkv * d).map_err(cuda)?,
             v_new: self.stream.alloc_zeros::<u16>(b * hkv * d).map_err(cuda)?,
@@ -149,6 +156,10 @@ impl GpuDecode {
             logits: self.stream.alloc_zeros::<f32>(logits).map_err(cuda)?,
             stats: self.stream.alloc_zeros::<f32>(stats).map_err(cuda)?,
             scores: self.stream.alloc_zeros::<f32>(scores).map_err(cuda)?,
+            work: self
+                .stream
+                .alloc_zeros::<u32>(self.module.topk_work.max(1))
+                .map_err(cuda)?,
             idx: self
                 .stream
                 .alloc_zeros::<i32>(lists * s.capacity() as usize)
@@ -173,6 +184,7 @@ impl GpuDecode {
     /// Takes over a state uploaded for another tuning of the same kernel (the partial
     /// results buffer follows the chunking).
     pub fn adopt(&self, gs: &mut GpuState) -> Result<(), Error> {
+        gs.graph = None;
         if gs.part.len() != self.part_len() {
             gs.part = self
                 .stream
@@ -209,7 +221,8 @@ impl GpuDecode {
         self.stream
             .memcpy_htod(&idx.data, &mut gs.idx)
             .map_err(cuda)?;
-        self.launch_roles(gs, &[Role::Attend, Role::Combine])?;
+        // The attention of exact scores reads the logits of `q`: computed first.
+        self.launch_roles(gs, &[Role::Logits, Role::Attend, Role::Combine])?;
         self.stream.synchronize().map_err(cuda)?;
         self.output(gs)
     }
@@ -250,7 +263,20 @@ impl GpuDecode {
                     .arg(&gs.kmin)
                     .arg(&gs.lens)
                     .arg(&mut gs.scores),
-                Role::TopK => l.arg(&gs.scores).arg(&gs.lens).arg(&mut gs.idx),
+                Role::TopK => l
+                    .arg(&gs.scores)
+                    .arg(&gs.lens)
+                    .arg(&mut gs.work)
+                    .arg(&mut gs.idx),
+                // Exact scores leave the step's logits: the attention reads them
+                // instead of the keys (the codegen's table).
+                Role::Attend if self.spec().source == Source::Exact => l
+                    .arg(&gs.q)
+                    .arg(&gs.logits)
+                    .arg(&gs.v)
+                    .arg(&gs.idx)
+                    .arg(&gs.lens)
+                    .arg(&mut gs.part),
                 Role::Attend => l
                     .arg(&gs.q)
                     .arg(&gs.k)
@@ -334,6 +360,45 @@ impl GpuDecode {
         self.launch(gs)?;
         self.stream.synchronize().map_err(cuda)?;
         Ok((self.indices(gs)?, self.output(gs)?))
+    }
+
+    /// One step as [`GpuDecode::step`], launched as a CUDA graph: the step's kernels are
+    /// captured once per state (and module), then replayed with one launch, without the
+    /// gaps between separately launched kernels. Shapes are fixed, so the graph stays
+    /// valid across steps and appends.
+    pub fn step_graphed(&self, gs: &mut GpuState, q: &[f32]) -> Result<(Indices, Vec<f32>), Error> {
+        self.set_query(gs, q)?;
+        self.launch_graph(gs)?;
+        self.stream.synchronize().map_err(cuda)?;
+        Ok((self.indices(gs)?, self.output(gs)?))
+    }
+
+    /// Launches the step's graph, capturing it first when `gs` has none from this module.
+    fn launch_graph(&self, gs: &mut GpuState) -> Result<(), Error> {
+        let id = Arc::as_ptr(&self._module) as usize;
+        if gs.graph.as_ref().map(|g| g.0) != Some(id) {
+            gs.graph = None;
+            let mode = CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+            self.stream.begin_capture(mode).map_err(cuda)?;
+            let launched = self.launch_roles(gs, &STEP);
+            let graph = self
+                .stream
+                .end_capture(CUgraphInstantiate_flags(0))
+                .map_err(cuda)?;
+            launched?;
+            let graph = graph.ok_or_else(|| Error::Cuda("the captured step is empty".into()))?;
+            graph.upload().map_err(cuda)?;
+            gs.graph = Some((id, graph));
+        }
+        match &gs.graph {
+            Some((_, g)) => g.launch().map_err(cuda),
+            None => unreachable!("captured just above"),
+        }
+    }
+
+    /// Median milliseconds of `runs` CUDA-event-timed graph launches of the step.
+    pub fn time_graph(&self, gs: &mut GpuState, warmup: usize, runs: usize) -> Result<f64, Error> {
+        median_event_ms(&self.stream, warmup, runs, &mut || self.launch_graph(gs))
     }
 
     /// Median milliseconds of `runs` CUDA-event-timed steps after `warmup`.

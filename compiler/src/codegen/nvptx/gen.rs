@@ -477,6 +477,30 @@ impl<'c> Gen<'c> {
         g.as_pointer_value()
     }
 
+    /// `atomicAdd(p, v)` on a u32, returning the old value.
+    pub fn atomic_add_old_i32(&self, p: PointerValue<'c>, v: IntValue<'c>) -> IntValue<'c> {
+        ok(self.b.build_atomicrmw(
+            inkwell::AtomicRMWBinOp::Add,
+            p,
+            v,
+            inkwell::AtomicOrdering::Monotonic,
+        ))
+    }
+
+    /// `__threadfence()` (membar.gl): this thread's global writes are seen by the whole GPU
+    /// before its later ones.
+    pub fn fence_gpu(&self) {
+        let f = match self.m.get_function("llvm.nvvm.membar.gl") {
+            Some(f) => f,
+            None => self.m.add_function(
+                "llvm.nvvm.membar.gl",
+                self.cx.void_type().fn_type(&[], false),
+                None,
+            ),
+        };
+        ok(self.b.build_call(f, &[], ""));
+    }
+
     /// `atomicAdd(p, v)` on a u32 (result unused).
     pub fn atomic_add_i32(&self, p: PointerValue<'c>, v: IntValue<'c>) {
         ok(self.b.build_atomicrmw(

@@ -545,6 +545,20 @@ pub fn bench_cuda(
     };
     let step = gk.time(&mut gs, 10, runs)?;
     let each = gk.time_each(&mut gs, 5, runs)?;
+    // The same step as one CUDA graph launch: the same result, timed apart.
+    let (idx_s, o_s) = gk.step(&mut gs, &q1)?;
+    let (idx_g, o_g) = gk.step_graphed(&mut gs, &q1)?;
+    let graph_check = (
+        "CUDA graph vs separate launches",
+        differing_lists(&idx_s, &idx_g),
+        max_rel_err(&o_g, &o_s, d),
+    );
+    eprintln!(
+        "  check ({}): {} index lists differ; output max relative error {:.2e}",
+        graph_check.0, graph_check.1, graph_check.2
+    );
+    checks.push(graph_check);
+    let graph_ms = gk.time_graph(&mut gs, 10, runs)?;
     drop(gs);
     let dense = DecodeKernel::new(dense_spec);
     let mut dst = dense.new_state();
@@ -574,7 +588,7 @@ pub fn bench_cuda(
         .collect();
     if json {
         return Ok(format!(
-            "{{\"kernel\":\"{}\",\"backend\":\"cuda\",\"gpu\":\"{}\",\"batch\":{b},\"q_heads\":{hq},\"context\":{c},\"capacity\":{},\"page\":{},\"step_ms\":{step:.4},\"dense_ms\":{dense_ms:.4},\"step_tbps\":{tbps:.3},\"dense_tbps\":{dense_tbps:.3},\"kernels_ms\":\"{}\",\"indices_equal_cpu\":{},\"max_rel_err_vs_cpu\":{:.3e},\"recall\":{:.4},\"mass\":{:.4},\"cosine\":{:.5},\"min_cosine\":{:.5},\"runs\":{}}}\n",
+            "{{\"kernel\":\"{}\",\"backend\":\"cuda\",\"gpu\":\"{}\",\"batch\":{b},\"q_heads\":{hq},\"context\":{c},\"capacity\":{},\"page\":{},\"step_ms\":{step:.4},\"graph_ms\":{graph_ms:.4},\"dense_ms\":{dense_ms:.4},\"step_tbps\":{tbps:.3},\"dense_tbps\":{dense_tbps:.3},\"kernels_ms\":\"{}\",\"indices_equal_cpu\":{},\"max_rel_err_vs_cpu\":{:.3e},\"recall\":{:.4},\"mass\":{:.4},\"cosine\":{:.5},\"min_cosine\":{:.5},\"runs\":{}}}\n",
             spec.kernel,
             gpu.name(),
             spec.capacity(),
@@ -597,7 +611,7 @@ pub fn bench_cuda(
         lists(&spec)
     );
     s.push_str(&format!(
-        "  step {step:.4} ms ({tbps:.2} TB/s of cache and metadata read); dense decode through the same pipeline {dense_ms:.4} ms ({dense_tbps:.2} TB/s); {:.1}x; medians of {} CUDA-event-timed runs\n",
+        "  step {step:.4} ms ({tbps:.2} TB/s of cache and metadata read), {graph_ms:.4} ms as one CUDA graph; dense decode through the same pipeline {dense_ms:.4} ms ({dense_tbps:.2} TB/s); {:.1}x; medians of {} CUDA-event-timed runs\n",
         dense_ms / step.max(1e-9),
         runs.max(1)
     ));

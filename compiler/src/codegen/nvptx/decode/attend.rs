@@ -5,12 +5,15 @@
 //! flight. Every lane group keeps an online softmax per query head in base 2 (the queries
 //! are pre-scaled by `scale * log2(e)`); the groups merge through shuffles, the warps
 //! through shared memory, and the block writes `(max, sum, acc[D])` per query head.
+//! For `exact` scores the logits exist already (the logits entry wrote them for every
+//! token): the kernel reads them instead of the keys.
 
 use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::{FloatPredicate, IntPredicate};
 
 use super::{lanes_per_token, Shape};
 use crate::codegen::nvptx::gen::{Gen, Var};
+use crate::select::spec::Source;
 
 pub const WARPS: u32 = 4;
 /// Channels per lane.
@@ -40,6 +43,9 @@ pub(crate) fn anchor<'c>(g: &Gen<'c>, m: FloatValue<'c>) -> FloatValue<'c> {
 
 pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     let (q, k, v, idx, lens, part) = (p[0], p[1], p[2], p[3], p[4], p[5]);
+    // `exact` scores computed the logits of every token already: `k` is then the logits
+    // buffer `[B, Hq, C]` (f32, base 2) and only the values are read.
+    let from_logits = s.source == Source::Exact;
     let lt = lanes_per_token(s.d);
     let tpw = 32 / lt;
     let d = s.d as i64;
@@ -125,13 +131,29 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             let ok = g.and(in_list, g.and(ok_u, ok_t));
             let tok = g.seli(ok, tok, g.i32(0));
             let at = g.add(kv_row, g.sext64(g.add(g.muli(tok, d), ch0)));
-            keys.push(g.ld_half_vec(k, at, VEC, s.bf16));
+            if from_logits {
+                // The step's base-2 logits of the G heads (one broadcast load per head).
+                keys.push(
+                    (0..s.g)
+                        .map(|i| {
+                            let h = g.addi(g.muli(kvh, s.g as i64), i as i64);
+                            let row = g.add(g.muli(b, s.hq as i64), h);
+                            g.ld_f32(k, g.add(g.muli(row, s.c as i64), tok))
+                        })
+                        .collect(),
+                );
+            } else {
+                keys.push(g.ld_half_vec(k, at, VEC, s.bf16));
+            }
             vals.push(g.ld_half_vec(v, at, VEC, s.bf16));
             valid.push(ok);
         }
         for (i, h) in heads.iter().enumerate() {
             let logits: Vec<FloatValue<'c>> = (0..unroll as usize)
                 .map(|r| {
+                    if from_logits {
+                        return g.self_f(valid[r], keys[r][i], ninf);
+                    }
                     let mut x = g.f32(0.0);
                     for e in 0..VEC as usize {
                         x = g.fma(qs[i][e], keys[r][e], x);

@@ -7,7 +7,7 @@
 //!   pairs as the plain butterfly, so the same bits) leaves each lane one head's dot. The
 //!   base-2 logits go to shared memory, then to `logits` `[B, Hq, C]`, and one warp per
 //!   head writes the chunk's `(m_c, z_c)` to `stats` `[B, Hq, chunks, 2]`.
-//! - **score**, one block per chunk of a list: every block folds the row stats of its
+//! - **score**, one block per 8 chunks of a list: every block folds the row stats of its
 //!   list's heads (`m`, `z`: 32 lane sums over the chunks, a butterfly), then turns each
 //!   token's logits into probabilities `exp2c(l - m) / z` and reduces them over the heads.
 
@@ -21,9 +21,23 @@ use crate::select::spec::{score_lanes, Reduce};
 
 /// Warps per block of both entries.
 pub const WARPS: u32 = 8;
-/// Token rows (of `32 / score_lanes(D)` tokens) a warp of the logits entry loads together.
+/// Tokens a thread of the score entry loads together (their G logits each).
 const UNROLL: u32 = 8;
+
+/// Token rows (of `32 / score_lanes(D)` tokens) a warp of the logits entry loads together:
+/// twice the attention's unroll (so `--tune` tries 4, 8 and 16).
+fn logits_rows(s: &Shape) -> u32 {
+    2 * s.tuning.unroll
+}
 const CH: u32 = CHUNK as u32;
+
+/// Chunks of the normaliser a block of the score entry takes.
+const SPAN: u32 = 8;
+
+/// Blocks of the score entry per list.
+pub fn score_blocks(s: &Shape) -> u32 {
+    chunks(s).div_ceil(SPAN)
+}
 
 /// Chunks of the normaliser per row.
 pub fn chunks(s: &Shape) -> u32 {
@@ -63,7 +77,7 @@ pub fn emit_logits<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
         let kbase = g.muli(g.add(g.muli(b, s.hkv as i64), kvh), s.c as i64);
         let scale = g.f32(s.scale_log2);
         let rows = CH / (WARPS * per_row);
-        let unroll = UNROLL.min(rows);
+        let unroll = logits_rows(s).min(rows);
         g.for_range(g.i32(0), g.i32((rows / unroll) as i64), &mut |g, it| {
             // Local token of row r: ((it * unroll + r) * WARPS + warp) * per_row + sub.
             let locals: Vec<IntValue<'c>> = (0..unroll)
@@ -144,7 +158,7 @@ pub fn emit_logits<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     });
 }
 
-/// `score(logits, stats, lens, scores)` for lists of one KV group.
+/// `score(logits, stats, lens, scores)` for lists of one KV group, `SPAN` chunks a block.
 pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     let (logits, stats, lens, scores) = (p[0], p[1], p[2], p[3]);
     let tid = g.sreg("tid.x");
@@ -154,7 +168,7 @@ pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     let sel = g.sreg("ctaid.y");
     let b = g.sreg("ctaid.z");
     let len = g.ld_i32(lens, b);
-    let start = g.muli(c, CH as i64);
+    let start = g.muli(c, (SPAN * CH) as i64);
     let nch = chunks(s);
     let mz = g.shared_array("exact_mz", g.f32t.into(), 2 * s.g);
     let live = g.icmp(IntPredicate::ULT, start, len);
@@ -199,14 +213,29 @@ pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             })
             .collect();
         let out_row = g.muli(g.add(g.muli(b, s.hsel as i64), sel), s.units as i64);
-        g.for_step(tid, g.i32(CH as i64), (WARPS * 32) as i64, &mut |g, t| {
-            let j = g.add(start, t);
-            g.if_then(g.icmp(IntPredicate::ULT, j, len), &mut |g| {
+        // SPAN chunks per block, UNROLL tokens per thread in flight (their G logits each).
+        let threads = (WARPS * 32) as i64;
+        let rounds = (SPAN * CH) as i64 / (threads * UNROLL as i64);
+        g.for_range(g.i32(0), g.i32(rounds), &mut |g, it| {
+            let base = g.add(start, g.add(g.muli(it, threads * UNROLL as i64), tid));
+            let toks: Vec<(IntValue<'c>, IntValue<'c>, Vec<FloatValue<'c>>)> = (0..UNROLL)
+                .map(|r| {
+                    let j = g.addi(base, r as i64 * threads);
+                    let valid = g.icmp(IntPredicate::ULT, j, len);
+                    let safe = g.seli(valid, j, start);
+                    let ls = (0..s.g)
+                        .map(|h| {
+                            let at = g.add(g.muli(g.addi(h0, h as i64), s.c as i64), safe);
+                            g.ld_f32(logits, at)
+                        })
+                        .collect();
+                    (j, valid, ls)
+                })
+                .collect();
+            for (j, valid, ls) in toks {
                 let mut acc = g.f32(0.0);
-                for (h, (m, z)) in ms.iter().enumerate() {
-                    let at = g.add(g.muli(g.addi(h0, h as i64), s.c as i64), j);
-                    let e = exp2c(g, g.fsub(g.ld_f32(logits, at), *m));
-                    let p = g.fdiv(e, *z);
+                for (h, (l, (m, z))) in ls.iter().zip(&ms).enumerate() {
+                    let p = g.fdiv(exp2c(g, g.fsub(*l, *m)), *z);
                     acc = match (h, s.op) {
                         (0, _) => p,
                         (_, Reduce::Max) => g.maxnum(acc, p),
@@ -216,8 +245,8 @@ pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                 if s.op == Reduce::Mean {
                     acc = g.fdiv(acc, g.f32(s.g as f64));
                 }
-                g.st_f32(scores, g.add(out_row, j), acc);
-            });
+                g.if_then(valid, &mut |g| g.st_f32(scores, g.add(out_row, j), acc));
+            }
         });
     });
 }

@@ -8,10 +8,11 @@
 //! | entry | grid | block | parameters (global pointers) |
 //! | --- | --- | --- | --- |
 //! | `<k>_logits` (exact only) | `(ceil(C / 1024), Hkv, B)` | 256 | `q`, `k` dtype `[B,Hkv,C,D]`, `lens`, `logits` f32 `[B,Hq,C]`, `stats` f32 `[B,Hq,ceil(C / 1024),2]` |
-//! | `<k>_score` (exact) | `(ceil(C / 1024), Hkv, B)` | 256 | `logits`, `stats`, `lens`, `scores` |
+//! | `<k>_score` (exact) | `(ceil(C / 8192), Hkv, B)` | 256 | `logits`, `stats`, `lens`, `scores` |
 //! | `<k>_score` (page_bound) | `(ceil(U / pages per block), Hsel, B)` | 128 | `q` f32 `[B,Hq,D]`, `kmax`, `kmin` dtype `[B,Hkv,U,D]`, `lens` u32 `[B]`, `scores` f32 `[B,Hsel,U]` |
-//! | `<k>_topk` | `(Hsel, B)` | 1024 | `scores`, `lens`, `idx` i32 `[B,Hsel,K]` |
-//! | `<k>_attend` | `(chunks, Hkv, B)` | 128 | `q`, `k`, `v` dtype `[B,Hkv,C,D]`, `idx`, `lens`, `part` f32 `[B,Hq,chunks,D+2]` |
+//! | `<k>_topk` | `(Hsel, B)` | 1024 | `scores`, `lens`, `work` (unused), `idx` i32 `[B,Hsel,K]` |
+//! | `<k>_topk_pass0..2`, `_count`, `_emit` (scored lists of more than 8192 units) | `(ceil(U / 8192), Hsel, B)` | 1024 | `scores`, `lens`, `work` u32 (`DecodeModule::topk_work` words, zeroed once), `idx` |
+//! | `<k>_attend` | `(chunks, Hkv, B)` | 128 | `q`, `k` (exact: the `logits` instead), `v` dtype `[B,Hkv,C,D]`, `idx`, `lens`, `part` f32 `[B,Hq,chunks,D+2]` |
 //! | `<k>_combine` | `(Hq, B)` | `D` | `part`, `out` f32 `[B,Hq,D]` |
 //! | `<k>_append` (not in the step) | `(B)` | 256 | `k_new`, `v_new` dtype `[B,Hkv,D]`, `k`, `v`, `kmax`, `kmin`, `lens` (the last five written) |
 //!
@@ -27,6 +28,7 @@ mod combine;
 mod exact;
 mod score;
 mod topk;
+mod topk_wide;
 
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::context::Context;
@@ -72,6 +74,8 @@ pub struct DecodeModule {
     pub entries: Vec<DecodeEntry>,
     /// Split-K chunks per index list.
     pub chunks: u32,
+    /// u32 words of the top-k's work buffer (zeroed once at allocation; 0: none needed).
+    pub topk_work: usize,
 }
 
 impl DecodeModule {
@@ -86,7 +90,8 @@ impl DecodeModule {
 pub struct Tuning {
     /// Rows of pages a warp of the score kernel takes (a row: `32 / score_lanes(D)` pages).
     pub score_rows: u32,
-    /// Token steps of keys and values a warp of the attention keeps in flight.
+    /// Token steps of keys and values a warp of the attention keeps in flight (and half
+    /// the token rows a warp of the `exact` logits entry loads together).
     pub unroll: u32,
     /// Blocks the attention grid aims at (sets the split-K chunk size).
     pub target_blocks: u32,
@@ -297,12 +302,14 @@ pub fn compile_tuned(
     let cx = Context::create();
     let m = new_module(&cx, &tm, &spec.kernel);
     let name = |role: &str| format!("{}_{role}", super::entry_name(&spec.kernel));
-    // (role, parameters, grid, block), in launch order.
-    let mut plan = vec![];
+    // (role, body, parameters, grid, block), in launch order.
+    let mut plan: Vec<(Role, Body, usize, [u32; 3], u32)> = vec![];
     if sh.source == Source::Exact {
         let grid = [exact::chunks(&sh), sh.hkv, sh.b];
-        plan.push((Role::Logits, 5, grid, exact::WARPS * 32));
-        plan.push((Role::Score, 4, grid, exact::WARPS * 32));
+        let block = exact::WARPS * 32;
+        plan.push((Role::Logits, Body::Logits, 5, grid, block));
+        let grid = [exact::score_blocks(&sh), sh.hkv, sh.b];
+        plan.push((Role::Score, Body::ExactScore, 4, grid, block));
     }
     if sh.source == Source::PageBound {
         let grid = [
@@ -310,22 +317,34 @@ pub fn compile_tuned(
             sh.hsel,
             sh.b,
         ];
-        plan.push((Role::Score, 5, grid, score::WARPS * 32));
+        plan.push((Role::Score, Body::Score, 5, grid, score::WARPS * 32));
     }
-    plan.push((Role::TopK, 3, [sh.hsel, sh.b, 1], topk::THREADS));
+    let wide = sh.source != Source::None && sh.units > topk::STAGE_MAX;
+    if wide {
+        let grid = [topk_wide::blocks(&sh), sh.hsel, sh.b];
+        for i in 0..topk_wide::entries().len() {
+            plan.push((Role::TopK, Body::TopKWide(i), 4, grid, topk_wide::THREADS));
+        }
+    } else {
+        plan.push((Role::TopK, Body::TopK, 4, [sh.hsel, sh.b, 1], topk::THREADS));
+    }
     plan.push((
         Role::Attend,
+        Body::Attend,
         6,
         [sh.chunks, sh.hkv, sh.b],
         attend::WARPS * 32,
     ));
-    plan.push((Role::Combine, 2, [sh.hq, sh.b, 1], sh.d));
-    plan.push((Role::Append, 7, [sh.b, 1, 1], append::THREADS));
+    plan.push((Role::Combine, Body::Combine, 2, [sh.hq, sh.b, 1], sh.d));
+    plan.push((Role::Append, Body::Append, 7, [sh.b, 1, 1], append::THREADS));
     let entries: Vec<DecodeEntry> = plan
         .iter()
-        .map(|&(role, _, grid, block)| DecodeEntry {
+        .map(|&(role, body, _, grid, block)| DecodeEntry {
             role,
-            name: name(role_name(role)),
+            name: name(&match body {
+                Body::TopKWide(i) => topk_wide::entries()[i].clone(),
+                _ => role_name(role).to_string(),
+            }),
             grid,
             block,
         })
@@ -333,7 +352,7 @@ pub fn compile_tuned(
     let fns: Vec<FunctionValue> = plan
         .iter()
         .zip(&entries)
-        .map(|(&(role, n, _, _), e)| add_kernel(&cx, &m, &e.name, n, writes(role, n)))
+        .map(|(&(role, _, n, _, _), e)| add_kernel(&cx, &m, &e.name, n, writes(role, n)))
         .collect();
     let mut g = Gen {
         cx: &cx,
@@ -346,21 +365,22 @@ pub fn compile_tuned(
         f32t: cx.f32_type(),
         entry: cx.append_basic_block(fns[0], "entry"),
     };
-    for (i, (&(role, _, _, _), f)) in plan.iter().zip(&fns).enumerate() {
+    for (i, (&(_, body, _, _, _), f)) in plan.iter().zip(&fns).enumerate() {
         if i > 0 {
             g.f = *f;
             g.entry = cx.append_basic_block(*f, "entry");
         }
         g.b.position_at_end(g.entry);
         let ps: Vec<PointerValue> = f.get_param_iter().map(|p| p.into_pointer_value()).collect();
-        match role {
-            Role::Logits => exact::emit_logits(&g, &sh, &ps),
-            Role::Score if sh.source == Source::Exact => exact::emit_score(&g, &sh, &ps),
-            Role::Score => score::emit(&g, &sh, &ps),
-            Role::TopK => topk::emit(&g, &sh, &ps),
-            Role::Attend => attend::emit(&g, &sh, &ps),
-            Role::Combine => combine::emit(&g, &sh, &ps),
-            Role::Append => append::emit(&g, &sh, &ps),
+        match body {
+            Body::Logits => exact::emit_logits(&g, &sh, &ps),
+            Body::ExactScore => exact::emit_score(&g, &sh, &ps),
+            Body::Score => score::emit(&g, &sh, &ps),
+            Body::TopK => topk::emit(&g, &sh, &ps),
+            Body::TopKWide(i) => topk_wide::emit(&g, &sh, &ps, i),
+            Body::Attend => attend::emit(&g, &sh, &ps),
+            Body::Combine => combine::emit(&g, &sh, &ps),
+            Body::Append => append::emit(&g, &sh, &ps),
         }
         super::gen::ok(g.b.build_return(None));
     }
@@ -371,7 +391,22 @@ pub fn compile_tuned(
         llvm,
         entries,
         chunks: sh.chunks,
+        topk_work: if wide { topk_wide::work_words(&sh) } else { 0 },
     })
+}
+
+/// What an entry's code is.
+#[derive(Clone, Copy)]
+enum Body {
+    Logits,
+    ExactScore,
+    Score,
+    TopK,
+    /// Entry `i` of the multi-block top-k.
+    TopKWide(usize),
+    Attend,
+    Combine,
+    Append,
 }
 
 fn role_name(r: Role) -> &'static str {
@@ -390,7 +425,7 @@ fn role_name(r: Role) -> &'static str {
 fn writes(role: Role, n: usize) -> std::ops::Range<usize> {
     match role {
         Role::Append => 2..n,
-        Role::Logits => n - 2..n,
+        Role::Logits | Role::TopK => n - 2..n,
         _ => n - 1..n,
     }
 }

@@ -1,4 +1,5 @@
-//! Rules 6 and 7 on the GPU: one block per index list. A sequence with no more units than
+//! Rules 6 and 7 on the GPU: one block per index list (longer scored lists:
+//! `topk_wide.rs`, with the helpers of this file). A sequence with no more units than
 //! the capacity keeps them all. Without scores the list is closed-form (the forced prefix
 //! and suffix, the lowest free units between). Otherwise every unit gets an
 //! order-preserving 32-bit key
@@ -17,10 +18,11 @@ use crate::select::spec::Source;
 pub const THREADS: u32 = 1024;
 const WARPS: u32 = THREADS / 32;
 /// The most units whose keys are staged in shared memory (32 KiB).
-const STAGE_MAX: u32 = 8192;
+pub(super) const STAGE_MAX: u32 = 8192;
 
 pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
-    let (scores, lens, out) = (p[0], p[1], p[2]);
+    // p[2], the work buffer of the multi-block top-k, is not used here.
+    let (scores, lens, out) = (p[0], p[1], p[3]);
     let hist = g.shared_array("topk_hist", g.i32t.into(), 256);
     let pick = g.shared_array("topk_pick", g.i32t.into(), 2);
     let totals = g.shared_array("topk_warps", g.i32t.into(), WARPS);
@@ -100,14 +102,7 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                     let k = key(g, g.seli(valid, u, g.i32(0)));
                     let hm = g.i32t.const_int(high_mask, false);
                     let same = g.and(valid, g.icmp(IntPredicate::EQ, g.and(k, hm), pre));
-                    let digit = g.seli(same, shr_byte(g, k, shift), g.i32(256));
-                    let peers = g.match_any(digit);
-                    let below = g.sreg("lanemask.lt");
-                    let leader = g.eqi(g.and(peers, below), 0);
-                    g.if_then(g.and(same, leader), &mut |g| {
-                        let slot = g.gep(g.i32t.into(), hist, digit);
-                        g.atomic_add_i32(slot, g.popc(peers));
-                    });
+                    count_digit(g, hist, same, shr_byte(g, k, shift), 256);
                 });
                 g.barrier();
                 // The bin holding the wanted rank, from the top: thread t holds bin
@@ -145,19 +140,15 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                 let valid = g.icmp(IntPredicate::ULT, u, n);
                 let safe = g.seli(valid, u, g.i32(0));
                 let k = key(g, safe);
-                let is_eq = g.and(valid, g.icmp(IntPredicate::EQ, k, t));
-                let is_gt = g.and(valid, g.icmp(IntPredicate::UGT, k, t));
-                let (eq_before, eq_total) = block_scan(g, totals, tid, to_u32(g, is_eq));
-                let eq_rank = g.add(g.geti(eq_seen), eq_before);
-                let within = g.icmp(IntPredicate::ULT, eq_rank, need);
-                let take = g.or(is_gt, g.and(is_eq, within));
-                let (pos, taken) = block_scan(g, totals, tid, to_u32(g, take));
-                g.if_then(take, &mut |g| {
-                    let at = g.add(g.geti(written), pos);
-                    g.st_i32(out, g.add(row_out, at), u);
-                });
-                g.set(eq_seen, g.add(g.geti(eq_seen), eq_total));
-                g.set(written, g.add(g.geti(written), taken));
+                let cursor = Cursor {
+                    eq_seen,
+                    written,
+                    t,
+                    need,
+                    out,
+                    row_out,
+                };
+                emit_in_order(g, totals, tid, &cursor, u, valid, k);
             });
             // The scans take exactly `K` units; pad defensively all the same.
             let from = g.add(g.geti(written), tid);
@@ -168,10 +159,70 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     );
 }
 
+/// Where the in-order emission stands: equal-to-`t` units seen and units written so far
+/// (block-uniform variables), the threshold key `t`, how many equal units to take, and
+/// the output row.
+pub(super) struct Cursor<'c> {
+    pub eq_seen: crate::codegen::nvptx::gen::Var<'c>,
+    pub written: crate::codegen::nvptx::gen::Var<'c>,
+    pub t: IntValue<'c>,
+    pub need: IntValue<'c>,
+    pub out: PointerValue<'c>,
+    pub row_out: IntValue<'c>,
+}
+
+/// One round of the emission in unit order (every thread of the block, one unit `u`
+/// each, rounds in ascending unit order): block scans of "equal to `t`" (the first
+/// `need` of them are taken) and of "taken" (the output position); the cursor advances.
+pub(super) fn emit_in_order<'c>(
+    g: &Gen<'c>,
+    totals: PointerValue<'c>,
+    tid: IntValue<'c>,
+    c: &Cursor<'c>,
+    u: IntValue<'c>,
+    valid: IntValue<'c>,
+    k: IntValue<'c>,
+) {
+    let is_eq = g.and(valid, g.icmp(IntPredicate::EQ, k, c.t));
+    let is_gt = g.and(valid, g.icmp(IntPredicate::UGT, k, c.t));
+    let (eq_before, eq_total) = block_scan(g, totals, tid, to_u32(g, is_eq));
+    let eq_rank = g.add(g.geti(c.eq_seen), eq_before);
+    let within = g.icmp(IntPredicate::ULT, eq_rank, c.need);
+    let take = g.or(is_gt, g.and(is_eq, within));
+    let (pos, taken) = block_scan(g, totals, tid, to_u32(g, take));
+    g.if_then(take, &mut |g| {
+        let at = g.add(g.geti(c.written), pos);
+        g.st_i32(c.out, g.add(c.row_out, at), u);
+    });
+    g.set(c.eq_seen, g.add(g.geti(c.eq_seen), eq_total));
+    g.set(c.written, g.add(g.geti(c.written), taken));
+}
+
+/// Adds one to bin `digit` of the shared histogram `hist` for every lane where `same`
+/// holds, once per distinct digit in the warp (the lanes with the same digit add
+/// together: the leading bits of similar scores are one value for most units). `none` is
+/// a digit no lane counts.
+pub(super) fn count_digit<'c>(
+    g: &Gen<'c>,
+    hist: PointerValue<'c>,
+    same: IntValue<'c>,
+    digit: IntValue<'c>,
+    none: i64,
+) {
+    let digit = g.seli(same, digit, g.i32(none));
+    let peers = g.match_any(digit);
+    let below = g.sreg("lanemask.lt");
+    let leader = g.eqi(g.and(peers, below), 0);
+    g.if_then(g.and(same, leader), &mut |g| {
+        let slot = g.gep(g.i32t.into(), hist, digit);
+        g.atomic_add_i32(slot, g.popc(peers));
+    });
+}
+
 /// Rule 6's forced units of a sequence of `len` tokens (`n` units) as `(s, r)`: the sink
 /// pages `[0, s)` and the recent pages (with the partial last page) `[r, n)`.
 /// `runtime/tests/gpu_topk_forms.rs` checks this form against `SelectSpec::forced_units`.
-fn forced_bounds<'c>(
+pub(super) fn forced_bounds<'c>(
     g: &Gen<'c>,
     s: &Shape,
     len: IntValue<'c>,
@@ -214,14 +265,14 @@ fn without_scores<'c>(
 }
 
 /// `(k >> shift) & 255`
-fn shr_byte<'c>(g: &Gen<'c>, k: IntValue<'c>, shift: u32) -> IntValue<'c> {
+pub(super) fn shr_byte<'c>(g: &Gen<'c>, k: IntValue<'c>, shift: u32) -> IntValue<'c> {
     let x = ok(g.b.build_right_shift(k, g.i32(shift as i64), false, ""));
     g.and(x, g.i32(255))
 }
 
 /// The order key of unit `u`: the largest for a forced unit (`(s, r)` from
 /// [`forced_bounds`]), else its score's order-preserving bits.
-fn unit_key<'c>(
+pub(super) fn unit_key<'c>(
     g: &Gen<'c>,
     scores: PointerValue<'c>,
     row_in: IntValue<'c>,
@@ -255,7 +306,7 @@ fn float_key<'c>(g: &Gen<'c>, x: inkwell::values::FloatValue<'c>) -> IntValue<'c
 /// Block-wide exclusive scan of `x` (u32): (the sum over earlier threads, the block's
 /// total). Every thread of the block calls it; shuffles within warps, one shared slot per
 /// warp between them.
-fn block_scan<'c>(
+pub(super) fn block_scan<'c>(
     g: &Gen<'c>,
     totals: PointerValue<'c>,
     tid: IntValue<'c>,
@@ -287,6 +338,6 @@ fn warp_inclusive<'c>(g: &Gen<'c>, lane: IntValue<'c>, x: IntValue<'c>) -> IntVa
 }
 
 /// A predicate as 0 or 1.
-fn to_u32<'c>(g: &Gen<'c>, p: IntValue<'c>) -> IntValue<'c> {
+pub(super) fn to_u32<'c>(g: &Gen<'c>, p: IntValue<'c>) -> IntValue<'c> {
     ok(g.b.build_int_z_extend(p, g.i32t, ""))
 }
