@@ -34,7 +34,7 @@ if [ "$MODE" = "decode" ]; then
   cat "$OUT/decode_sass.txt"
   log "decode step: attnc against the CPU executor, timed, with fidelity"
   : > "$OUT/decode.txt"
-  for c in "exact.attn exact_decode --tune" "quest.attn quest_decode --tune" "streaming.attn streaming_decode" "dense.attn dense_decode --set CONTEXT=32768"; do
+  for c in "exact.attn exact_decode" "quest.attn quest_decode" "streaming.attn streaming_decode" "dense.attn dense_decode --set CONTEXT=32768"; do
     set -- $c
     file=$1; k=$2; shift 2
     $A bench kernels/$file --kernel $k "$@" --backend cuda --runs 50 2>&1 | tee -a "$OUT/decode.txt"

@@ -126,7 +126,7 @@ impl GpuDecode {
         let (b, hq, d) = (s.batch as usize, s.q_heads as usize, s.head_dim as usize);
         let lists = b * s.sel_heads() as usize;
         let scores = if matches!(s.source, Source::PageBound | Source::Exact) {
-            lists * s.units() as usize
+            lists * s.units() as usize + codegen::SCORES_PAD
         } else {
             1
         };
@@ -256,6 +256,7 @@ impl GpuDecode {
                     .arg(&gs.logits)
                     .arg(&gs.stats)
                     .arg(&gs.lens)
+                    .arg(&mut gs.work)
                     .arg(&mut gs.scores),
                 Role::Score => l
                     .arg(&gs.q)

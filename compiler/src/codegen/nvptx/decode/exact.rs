@@ -14,6 +14,7 @@
 use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
 
+use super::topk_wide::{self, Pass0};
 use super::Shape;
 use crate::codegen::nvptx::gen::{ok, Gen};
 use crate::select::softmax::{CHUNK, EXP2_COEFFS, EXP2_MIN, LANES};
@@ -158,9 +159,11 @@ pub fn emit_logits<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     });
 }
 
-/// `score(logits, stats, lens, scores)` for lists of one KV group, `SPAN` chunks a block.
+/// `score(logits, stats, lens, work, scores)` for lists of one KV group, `SPAN` chunks a
+/// block; for long lists it also counts the top-k's first digit (`work`, as
+/// `topk_wide`).
 pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
-    let (logits, stats, lens, scores) = (p[0], p[1], p[2], p[3]);
+    let (logits, stats, lens, work, scores) = (p[0], p[1], p[2], p[3], p[4]);
     let tid = g.sreg("tid.x");
     let warp = g.udivi(tid, 32);
     let lane = g.uremi(tid, 32);
@@ -168,6 +171,11 @@ pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     let sel = g.sreg("ctaid.y");
     let b = g.sreg("ctaid.z");
     let len = g.ld_i32(lens, b);
+    // Long lists: the top-k's first radix pass counts the scores here.
+    let pass0 = topk_wide::fused_first_pass(s).then(|| {
+        let shape = (score_blocks(s), WARPS * 32);
+        Pass0::begin(g, s, lens, work, (c, sel, b), shape)
+    });
     let start = g.muli(c, (SPAN * CH) as i64);
     let nch = chunks(s);
     let mz = g.shared_array("exact_mz", g.f32t.into(), 2 * s.g);
@@ -246,9 +254,15 @@ pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                     acc = g.fdiv(acc, g.f32(s.g as f64));
                 }
                 g.if_then(valid, &mut |g| g.st_f32(scores, g.add(out_row, j), acc));
+                if let Some(p0) = &pass0 {
+                    p0.count(g, j, valid, acc);
+                }
             }
         });
     });
+    if let Some(p0) = &pass0 {
+        p0.finish(g, s);
+    }
 }
 
 /// The heads' lane sums `dots` (one per head) summed over aligned groups of `lanes` lanes

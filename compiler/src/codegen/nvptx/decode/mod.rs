@@ -8,10 +8,10 @@
 //! | entry | grid | block | parameters (global pointers) |
 //! | --- | --- | --- | --- |
 //! | `<k>_logits` (exact only) | `(ceil(C / 1024), Hkv, B)` | 256 | `q`, `k` dtype `[B,Hkv,C,D]`, `lens`, `logits` f32 `[B,Hq,C]`, `stats` f32 `[B,Hq,ceil(C / 1024),2]` |
-//! | `<k>_score` (exact) | `(ceil(C / 8192), Hkv, B)` | 256 | `logits`, `stats`, `lens`, `scores` |
+//! | `<k>_score` (exact) | `(ceil(C / 8192), Hkv, B)` | 256 | `logits`, `stats`, `lens`, `work` (the top-k's first histogram, for lists of more than 8192 units), `scores` |
 //! | `<k>_score` (page_bound) | `(ceil(U / pages per block), Hsel, B)` | 128 | `q` f32 `[B,Hq,D]`, `kmax`, `kmin` dtype `[B,Hkv,U,D]`, `lens` u32 `[B]`, `scores` f32 `[B,Hsel,U]` |
-//! | `<k>_topk` | `(Hsel, B)` | 1024 | `scores`, `lens`, `work` (unused), `idx` i32 `[B,Hsel,K]` |
-//! | `<k>_topk_pass0..2`, `_count`, `_emit` (scored lists of more than 8192 units) | `(ceil(U / 8192), Hsel, B)` | 1024 | `scores`, `lens`, `work` u32 (`DecodeModule::topk_work` words, zeroed once), `idx` |
+//! | `<k>_topk` | `(Hsel, B)` | 1024 | `scores` (`SCORES_PAD` floats longer), `lens`, `work` (unused), `idx` i32 `[B,Hsel,K]` |
+//! | `<k>_topk_pass0..2` (exact: 1..2), `_count`, `_emit` (scored lists of more than 8192 units) | `(ceil(U / 32768), Hsel, B)` | 1024 | `scores`, `lens`, `work` u32 (`DecodeModule::topk_work` words, zeroed once), `idx` |
 //! | `<k>_attend` | `(chunks, Hkv, B)` | 128 | `q`, `k` (exact: the `logits` instead), `v` dtype `[B,Hkv,C,D]`, `idx`, `lens`, `part` f32 `[B,Hq,chunks,D+2]` |
 //! | `<k>_combine` | `(Hq, B)` | `D` | `part`, `out` f32 `[B,Hq,D]` |
 //! | `<k>_append` (not in the step) | `(B)` | 256 | `k_new`, `v_new` dtype `[B,Hkv,D]`, `k`, `v`, `kmax`, `kmin`, `lens` (the last five written) |
@@ -29,6 +29,8 @@ mod exact;
 mod score;
 mod topk;
 mod topk_wide;
+
+pub use topk_wide::SCORES_PAD;
 
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::context::Context;
@@ -309,7 +311,7 @@ pub fn compile_tuned(
         let block = exact::WARPS * 32;
         plan.push((Role::Logits, Body::Logits, 5, grid, block));
         let grid = [exact::score_blocks(&sh), sh.hkv, sh.b];
-        plan.push((Role::Score, Body::ExactScore, 4, grid, block));
+        plan.push((Role::Score, Body::ExactScore, 5, grid, block));
     }
     if sh.source == Source::PageBound {
         let grid = [
@@ -319,10 +321,11 @@ pub fn compile_tuned(
         ];
         plan.push((Role::Score, Body::Score, 5, grid, score::WARPS * 32));
     }
-    let wide = sh.source != Source::None && sh.units > topk::STAGE_MAX;
+    let wide = topk_wide::wide(&sh);
+    let wide_entries = topk_wide::entries(&sh);
     if wide {
         let grid = [topk_wide::blocks(&sh), sh.hsel, sh.b];
-        for i in 0..topk_wide::entries().len() {
+        for i in 0..wide_entries.len() {
             plan.push((Role::TopK, Body::TopKWide(i), 4, grid, topk_wide::THREADS));
         }
     } else {
@@ -342,7 +345,7 @@ pub fn compile_tuned(
         .map(|&(role, body, _, grid, block)| DecodeEntry {
             role,
             name: name(&match body {
-                Body::TopKWide(i) => topk_wide::entries()[i].clone(),
+                Body::TopKWide(i) => wide_entries[i].1.clone(),
                 _ => role_name(role).to_string(),
             }),
             grid,
@@ -352,7 +355,9 @@ pub fn compile_tuned(
     let fns: Vec<FunctionValue> = plan
         .iter()
         .zip(&entries)
-        .map(|(&(role, _, n, _, _), e)| add_kernel(&cx, &m, &e.name, n, writes(role, n)))
+        .map(|(&(_, body, n, _, block), e)| {
+            add_kernel(&cx, &m, &e.name, (n, writes(body, n)), block)
+        })
         .collect();
     let mut g = Gen {
         cx: &cx,
@@ -377,7 +382,7 @@ pub fn compile_tuned(
             Body::ExactScore => exact::emit_score(&g, &sh, &ps),
             Body::Score => score::emit(&g, &sh, &ps),
             Body::TopK => topk::emit(&g, &sh, &ps),
-            Body::TopKWide(i) => topk_wide::emit(&g, &sh, &ps, i),
+            Body::TopKWide(i) => topk_wide::emit(&g, &sh, &ps, wide_entries[i].0),
             Body::Attend => attend::emit(&g, &sh, &ps),
             Body::Combine => combine::emit(&g, &sh, &ps),
             Body::Append => append::emit(&g, &sh, &ps),
@@ -420,25 +425,29 @@ fn role_name(r: Role) -> &'static str {
     }
 }
 
-/// The parameters an entry writes: the last one (its output), or for append the cache,
-/// the page metadata and the lengths.
-fn writes(role: Role, n: usize) -> std::ops::Range<usize> {
-    match role {
-        Role::Append => 2..n,
-        Role::Logits | Role::TopK => n - 2..n,
+/// The parameters an entry writes: the last one (its output); the last two for the
+/// logits (and stats), the top-k (work buffer and lists) and the exact score (the top-k's
+/// first histogram and the scores); for append the cache, the page metadata and the
+/// lengths.
+fn writes(body: Body, n: usize) -> std::ops::Range<usize> {
+    match body {
+        Body::Append => 2..n,
+        Body::Logits | Body::ExactScore | Body::TopK | Body::TopKWide(_) => n - 2..n,
         _ => n - 1..n,
     }
 }
 
-/// A kernel entry with `n` global-pointer parameters, of which it writes `writes`. No two
-/// parameters overlap: all are `noalias`, and those it only reads are `readonly`, so that
-/// their loads take the read-only data path (`ld.global.nc`).
+/// A kernel entry with `n` global-pointer parameters, of which it writes `writes`, for
+/// blocks of `block` threads. No two parameters overlap: all are `noalias`, and those it
+/// only reads are `readonly`, so that their loads take the read-only data path
+/// (`ld.global.nc`). The block size is declared (`.maxntid`), so that ptxas keeps to the
+/// registers a block of that size may have.
 fn add_kernel<'c>(
     cx: &'c Context,
     m: &Module<'c>,
     name: &str,
-    n: usize,
-    writes: std::ops::Range<usize>,
+    (n, writes): (usize, std::ops::Range<usize>),
+    block: u32,
 ) -> FunctionValue<'c> {
     let gptr = cx.ptr_type(AddressSpace::from(1u16));
     let params: Vec<BasicMetadataTypeEnum> = vec![gptr.into(); n];
@@ -452,5 +461,11 @@ fn add_kernel<'c>(
             f.add_attribute(AttributeLoc::Param(i as u32), attr("readonly"));
         }
     }
+    let note = cx.metadata_node(&[
+        f.as_global_value().as_pointer_value().into(),
+        cx.metadata_string("maxntidx").into(),
+        cx.i32_type().const_int(block as u64, false).into(),
+    ]);
+    let _ = m.add_global_metadata("nvvm.annotations", &note);
     f
 }

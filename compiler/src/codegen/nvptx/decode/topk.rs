@@ -279,11 +279,21 @@ pub(super) fn unit_key<'c>(
     (s_end, r_start): (IntValue<'c>, IntValue<'c>),
     u: IntValue<'c>,
 ) -> IntValue<'c> {
+    let x = g.ld_f32(scores, g.add(row_in, u));
+    key_of(g, (s_end, r_start), u, x)
+}
+
+/// [`unit_key`] of unit `u` whose score `x` is at hand.
+pub(super) fn key_of<'c>(
+    g: &Gen<'c>,
+    (s_end, r_start): (IntValue<'c>, IntValue<'c>),
+    u: IntValue<'c>,
+    x: inkwell::values::FloatValue<'c>,
+) -> IntValue<'c> {
     let forced = g.or(
         g.icmp(IntPredicate::ULT, u, s_end),
         g.icmp(IntPredicate::UGE, u, r_start),
     );
-    let x = g.ld_f32(scores, g.add(row_in, u));
     g.seli(forced, g.i32(-1), float_key(g, x))
 }
 
@@ -318,7 +328,13 @@ pub(super) fn block_scan<'c>(
     let last = g.eqi(lane, 31);
     g.if_then(last, &mut |g| g.st_i32(totals, warp, incl));
     g.barrier();
-    let t = g.ld_i32(totals, lane);
+    // Blocks of fewer than 32 warps: the missing warps count 0.
+    let warps = g.udivi(g.sreg("ntid.x"), 32);
+    let t = g.seli(
+        g.icmp(IntPredicate::ULT, lane, warps),
+        g.ld_i32(totals, lane),
+        g.i32(0),
+    );
     let warps_incl = warp_inclusive(g, lane, t);
     let total = g.shfl_idx_i32(warps_incl, g.i32(31));
     let before_warp = g.shfl_idx_i32(g.sub(warps_incl, t), warp);

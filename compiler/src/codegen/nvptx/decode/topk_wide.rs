@@ -1,36 +1,43 @@
 //! Rules 6 and 7 on the GPU for long lists (more units than the one-block top-k stages:
 //! `exact` scores over 131072 tokens): the same radix select and emission as `topk.rs`,
-//! spread over `ceil(U / SEG)` blocks per list so that every SM takes part. Five entries,
+//! spread over `ceil(U / SEG)` blocks per list so that every SM takes part. Entries,
 //! launched in order, all `(scores, lens, work, idx)`:
 //!
 //! - `topk_pass0..2`: the digits of the 32-bit key, 12, 12 and 8 bits from the top. Each
-//!   block counts the digits of its `SEG` units that carry the decided prefix into a shared
+//!   block counts the digits of its units that carry the decided prefix into a shared
 //!   histogram and adds it to the list's histogram in `work`; the last block to arrive (a
 //!   counter, after a fence) finds the bin that holds the wanted rank, records the longer
 //!   prefix and the rank within it, and clears the histogram and the counter for the next
 //!   pass (so the work buffer needs no reset between steps: CUDA graphs stay valid).
+//!   For `exact` scores the score entry counts the first digit as it computes the scores
+//!   ([`Pass0`]), and `topk_pass0` does not exist.
 //! - `topk_count`: with the threshold key `T` known, each block counts its units above
 //!   `T` and equal to it.
-//! - `topk_emit`: each block starts at the output position the earlier blocks' counts
-//!   give and writes its units in ascending order (block scans), the units above `T` and
-//!   the equal ones while their rank among all equal ones is below the number to take.
+//! - `topk_emit`: each thread takes `PER` adjacent units; from the earlier blocks' counts
+//!   and two block scans (equal units before it, taken units before it) it knows where its
+//!   units go, and writes those above `T` and the equal ones whose rank among all equal
+//!   ones is below the number to take, in ascending order.
 //!
 //! The selected set and its order are exactly the one-block kernel's, hence the CPU's.
 //!
 //! `work` (u32): per list a histogram of [`BINS`] counts, then per list 4 words (prefix,
 //! rank, arrivals, unused), then per list and block 2 words (above, equal).
 
-use inkwell::values::{IntValue, PointerValue};
+use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
 
-use super::topk::{block_scan, count_digit, emit_in_order, forced_bounds, unit_key, Cursor};
+use super::topk::{block_scan, count_digit, forced_bounds, key_of};
 use super::Shape;
 use crate::codegen::nvptx::gen::{ok, Gen};
+use crate::select::spec::Source;
 
 pub const THREADS: u32 = 1024;
 /// Units per thread, and per block.
-const PER: u32 = 8;
+const PER: u32 = 32;
 pub const SEG: u32 = THREADS * PER;
+/// Floats the scores buffer holds past its `[B, Hsel, U]` units, so that the last block
+/// of the last list loads inside it.
+pub const SCORES_PAD: usize = SEG as usize;
 /// Bins of the widest digit.
 pub const BINS: u32 = 4096;
 /// (shift, bits) of each pass's digit.
@@ -41,22 +48,43 @@ pub fn blocks(s: &Shape) -> u32 {
     s.units.div_ceil(SEG)
 }
 
+/// Whether the lists are long enough for this top-k (else the one-block `topk.rs`).
+pub fn wide(s: &Shape) -> bool {
+    s.source != Source::None && s.units > super::topk::STAGE_MAX
+}
+
+/// Whether the score entry counts the first digit (exact scores of long lists).
+pub fn fused_first_pass(s: &Shape) -> bool {
+    wide(s) && s.source == Source::Exact
+}
+
 /// u32 words of the work buffer.
 pub fn work_words(s: &Shape) -> usize {
     let lists = (s.b * s.hsel) as usize;
     lists * (BINS as usize + 4 + 2 * blocks(s) as usize)
 }
 
-/// The entry-name suffixes, in launch order.
-pub fn entries() -> Vec<String> {
-    let mut v: Vec<String> = (0..DIGITS.len()).map(|i| format!("topk_pass{i}")).collect();
-    v.push("topk_count".into());
-    v.push("topk_emit".into());
+/// What each entry does.
+#[derive(Clone, Copy, Debug)]
+pub enum Step {
+    Pass(usize),
+    Count,
+    Emit,
+}
+
+/// The entries in launch order, with their name suffixes.
+pub fn entries(s: &Shape) -> Vec<(Step, String)> {
+    let first = usize::from(fused_first_pass(s));
+    let mut v: Vec<(Step, String)> = (first..DIGITS.len())
+        .map(|i| (Step::Pass(i), format!("topk_pass{i}")))
+        .collect();
+    v.push((Step::Count, "topk_count".into()));
+    v.push((Step::Emit, "topk_emit".into()));
     v
 }
 
 /// The per-list values every entry starts from.
-struct List<'c> {
+pub struct List<'c> {
     tid: IntValue<'c>,
     blk: IntValue<'c>,
     row: IntValue<'c>,
@@ -64,154 +92,259 @@ struct List<'c> {
     forced: (IntValue<'c>, IntValue<'c>),
     row_in: IntValue<'c>,
     state: IntValue<'c>,
+    /// The list keeps every unit (no selection to make).
+    short: IntValue<'c>,
 }
 
-fn list<'c>(g: &Gen<'c>, s: &Shape, lens: PointerValue<'c>) -> List<'c> {
-    let tid = g.sreg("tid.x");
-    let blk = g.sreg("ctaid.x");
-    let sel = g.sreg("ctaid.y");
-    let b = g.sreg("ctaid.z");
-    let row = g.add(g.muli(b, s.hsel as i64), sel);
-    let len = g.ld_i32(lens, b);
-    let n = g.udivi(g.addi(len, s.p as i64 - 1), s.p as i64);
-    let forced = forced_bounds(g, s, len, n);
-    let lists = (s.b * s.hsel) as i64;
-    List {
-        tid,
-        blk,
-        row,
-        n,
-        forced,
-        row_in: g.muli(row, s.units as i64),
-        state: g.addi(g.muli(row, 4), lists * BINS as i64),
+impl<'c> List<'c> {
+    /// List `sel` of sequence `b`, as block `blk` of it sees it.
+    pub fn new(
+        g: &Gen<'c>,
+        s: &Shape,
+        lens: PointerValue<'c>,
+        (blk, sel, b): (IntValue<'c>, IntValue<'c>, IntValue<'c>),
+    ) -> List<'c> {
+        let tid = g.sreg("tid.x");
+        let row = g.add(g.muli(b, s.hsel as i64), sel);
+        let len = g.ld_i32(lens, b);
+        let n = g.udivi(g.addi(len, s.p as i64 - 1), s.p as i64);
+        let forced = forced_bounds(g, s, len, n);
+        let lists = (s.b * s.hsel) as i64;
+        List {
+            tid,
+            blk,
+            row,
+            n,
+            forced,
+            row_in: g.muli(row, s.units as i64),
+            state: g.addi(g.muli(row, 4), lists * BINS as i64),
+            short: g.icmp(IntPredicate::ULE, n, g.i32(s.cap as i64)),
+        }
     }
 }
 
-/// The keys of the block's units, all loads issued together: `(unit, valid, key)`.
+/// The keys of the block's units (`u = blk * SEG + r * THREADS + tid`, coalesced), all
+/// loads issued together: `(unit, valid, key)`.
 fn keys<'c>(
     g: &Gen<'c>,
     scores: PointerValue<'c>,
     l: &List<'c>,
 ) -> Vec<(IntValue<'c>, IntValue<'c>, IntValue<'c>)> {
-    let base = g.add(g.muli(l.blk, SEG as i64), l.tid);
-    (0..PER)
-        .map(|r| {
-            let u = g.addi(base, (r * THREADS) as i64);
+    let first = g.add(g.muli(l.blk, SEG as i64), l.tid);
+    units_keys(g, scores, l, first, (PER, THREADS))
+}
+
+/// The keys of units `first + r * stride`, `r < count`: one base address and constant
+/// offsets (the loads past the list's units stay inside the buffer: [`SCORES_PAD`]).
+fn units_keys<'c>(
+    g: &Gen<'c>,
+    scores: PointerValue<'c>,
+    l: &List<'c>,
+    first: IntValue<'c>,
+    (count, stride): (u32, u32),
+) -> Vec<(IntValue<'c>, IntValue<'c>, IntValue<'c>)> {
+    let base = g.gep(g.f32t.into(), scores, g.add(l.row_in, first));
+    let xs: Vec<FloatValue<'c>> = (0..count)
+        .map(|r| g.ld_f32(base, g.i32((r * stride) as i64)))
+        .collect();
+    xs.into_iter()
+        .enumerate()
+        .map(|(r, x)| {
+            let u = g.addi(first, (r as u32 * stride) as i64);
             let valid = g.icmp(IntPredicate::ULT, u, l.n);
-            let k = unit_key(g, scores, l.row_in, l.forced, g.seli(valid, u, g.i32(0)));
-            (u, valid, k)
+            (u, valid, key_of(g, l.forced, u, x))
         })
         .collect()
 }
 
-/// Emits entry `i` of [`entries`].
-pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>], i: usize) {
+/// Emits entry `step`.
+pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>], step: Step) {
     let (scores, lens, work, out) = (p[0], p[1], p[2], p[3]);
-    let l = list(g, s, lens);
-    let cap = g.i32(s.cap as i64);
-    let short = g.icmp(IntPredicate::ULE, l.n, cap);
-    if i == DIGITS.len() + 1 {
-        emit_lists(g, s, &l, scores, work, out, short);
+    let ids = (g.sreg("ctaid.x"), g.sreg("ctaid.y"), g.sreg("ctaid.z"));
+    let l = List::new(g, s, lens, ids);
+    if let Step::Emit = step {
+        emit_lists(g, s, &l, scores, work, out);
         return;
     }
     // A list that fits keeps everything: only the emission writes it.
-    g.if_then(g.not(short), &mut |g| {
-        if i < DIGITS.len() {
-            pass(g, s, &l, scores, work, i);
-        } else {
-            count(g, s, &l, scores, work);
+    g.if_then(g.not(l.short), &mut |g| match step {
+        Step::Pass(i) => {
+            let h = Hist::new(g, i, THREADS);
+            let (prefix, _) = h.decided(g, s, &l, work);
+            let mask = g.i32t.const_int(h.mask(), false);
+            for (_, valid, k) in keys(g, scores, &l) {
+                let same = g.and(valid, g.icmp(IntPredicate::EQ, g.and(k, mask), prefix));
+                h.count(g, same, k);
+            }
+            h.finish(g, s, &l, work, blocks(s));
         }
+        _ => count(g, s, &l, scores, work),
     });
 }
 
-fn pass<'c>(
-    g: &Gen<'c>,
-    s: &Shape,
-    l: &List<'c>,
-    scores: PointerValue<'c>,
+/// The first pass fused into a producer of scores (the exact score entry): the producer
+/// calls [`Pass0::count`] on every unit it scores, then [`Pass0::finish`] in every block.
+pub struct Pass0<'c> {
+    hist: Hist<'c>,
+    list: List<'c>,
     work: PointerValue<'c>,
-    i: usize,
-) {
-    let (shift, bits) = DIGITS[i];
-    let bins = 1u32 << bits;
-    let decided: u64 = (0xFFFF_FFFFu64 << (shift + bits)) & 0xFFFF_FFFF;
-    let hist = g.shared_array(&format!("topk_hist{i}"), g.i32t.into(), bins);
-    let totals = g.shared_array(&format!("topk_warps{i}"), g.i32t.into(), THREADS / 32);
-    let flag = g.shared_array(&format!("topk_last{i}"), g.i32t.into(), 1);
-    let (prefix, want) = if i == 0 {
-        (g.i32(0), g.i32(s.cap as i64))
-    } else {
-        (g.ld_i32(work, l.state), g.ld_i32(work, g.addi(l.state, 1)))
-    };
-    g.for_step(l.tid, g.i32(bins as i64), THREADS as i64, &mut |g, b| {
-        g.st_i32(hist, b, g.i32(0))
-    });
-    g.barrier();
-    let mask = g.i32t.const_int(decided, false);
-    for (_, valid, k) in keys(g, scores, l) {
-        let same = g.and(valid, g.icmp(IntPredicate::EQ, g.and(k, mask), prefix));
-        count_digit(g, hist, same, digit(g, k, shift, bits), bins as i64);
-    }
-    g.barrier();
-    let ghist = g.muli(l.row, BINS as i64);
-    g.for_step(l.tid, g.i32(bins as i64), THREADS as i64, &mut |g, b| {
-        let c = g.ld_i32(hist, b);
-        g.if_then(g.icmp(IntPredicate::NE, c, g.i32(0)), &mut |g| {
-            g.atomic_add_i32(g.gep(g.i32t.into(), work, g.add(ghist, b)), c);
-        });
-    });
-    // The last block of the list to arrive picks the bin.
-    g.fence_gpu();
-    g.barrier();
-    g.if_then(g.eqi(l.tid, 0), &mut |g| {
-        let arrivals = g.gep(g.i32t.into(), work, g.addi(l.state, 2));
-        let before = g.atomic_add_old_i32(arrivals, g.i32(1));
-        let last = g.icmp(IntPredicate::EQ, before, g.i32(blocks(s) as i64 - 1));
-        g.st_i32(flag, g.i32(0), ok(g.b.build_int_z_extend(last, g.i32t, "")));
-    });
-    g.barrier();
-    let last = g.icmp(IntPredicate::NE, g.ld_i32(flag, g.i32(0)), g.i32(0));
-    g.if_then(last, &mut |g| {
-        g.fence_gpu();
-        // Thread t holds bins from the top: bins - 1 - (t * per + j), j < per, read
-        // coherently (atomics) and cleared for the next pass.
-        let per = bins.div_ceil(THREADS);
-        let held: Vec<(IntValue<'c>, IntValue<'c>)> = (0..per)
-            .map(|j| {
-                let idx = g.addi(g.muli(l.tid, per as i64), j as i64);
-                let inside = g.icmp(IntPredicate::ULT, idx, g.i32(bins as i64));
-                let bin = g.sub(g.i32(bins as i64 - 1), g.seli(inside, idx, g.i32(0)));
-                let slot = g.gep(g.i32t.into(), work, g.add(ghist, bin));
-                let c = g.atomic_add_old_i32(slot, g.i32(0));
-                let c = g.seli(inside, c, g.i32(0));
-                g.if_then(inside, &mut |g| g.st_i32(work, g.add(ghist, bin), g.i32(0)));
-                (bin, c)
-            })
-            .collect();
-        let x = held.iter().fold(g.i32(0), |a, (_, c)| g.add(a, *c));
-        let (before, _) = block_scan(g, totals, l.tid, x);
-        let mut cum = before;
-        for (bin, c) in held {
-            let upto = g.add(cum, c);
-            let reach = g.icmp(IntPredicate::UGE, upto, want);
-            let short = g.icmp(IntPredicate::ULT, cum, want);
-            g.if_then(g.and(reach, short), &mut |g| {
-                let placed = ok(g.b.build_left_shift(bin, g.i32(shift as i64), ""));
-                g.st_i32(work, l.state, g.or(prefix, placed));
-                g.st_i32(work, g.addi(l.state, 1), g.sub(want, cum));
-            });
-            cum = upto;
-        }
-        g.if_then(g.eqi(l.tid, 0), &mut |g| {
-            g.st_i32(work, g.addi(l.state, 2), g.i32(0))
-        });
-    });
+    blocks: u32,
 }
 
-/// `(k >> shift) & (2^bits - 1)`
-fn digit<'c>(g: &Gen<'c>, k: IntValue<'c>, shift: u32, bits: u32) -> IntValue<'c> {
-    let x = ok(g.b.build_right_shift(k, g.i32(shift as i64), false, ""));
-    g.and(x, g.i32((1i64 << bits) - 1))
+impl<'c> Pass0<'c> {
+    /// Every thread of every block of the producer calls this first (block-uniform code);
+    /// the producer has `blocks` blocks per list of `threads` threads.
+    pub fn begin(
+        g: &Gen<'c>,
+        s: &Shape,
+        lens: PointerValue<'c>,
+        work: PointerValue<'c>,
+        ids: (IntValue<'c>, IntValue<'c>, IntValue<'c>),
+        (blocks, threads): (u32, u32),
+    ) -> Pass0<'c> {
+        let list = List::new(g, s, lens, ids);
+        let hist = Hist::new(g, 0, threads);
+        Pass0 {
+            hist,
+            list,
+            work,
+            blocks,
+        }
+    }
+
+    /// Counts unit `u` with score `x` where `valid` (warp-uniform call).
+    pub fn count(&self, g: &Gen<'c>, u: IntValue<'c>, valid: IntValue<'c>, x: FloatValue<'c>) {
+        let k = key_of(g, self.list.forced, u, x);
+        let same = g.and(valid, g.not(self.list.short));
+        self.hist.count(g, same, k);
+    }
+
+    /// Every thread of every block calls this last.
+    pub fn finish(&self, g: &Gen<'c>, s: &Shape) {
+        g.if_then(g.not(self.list.short), &mut |g| {
+            self.hist.finish(g, s, &self.list, self.work, self.blocks)
+        });
+    }
+}
+
+/// A pass's shared histogram (zeroed when made: every thread of the block makes it).
+struct Hist<'c> {
+    i: usize,
+    hist: PointerValue<'c>,
+    /// Threads of the block.
+    threads: u32,
+}
+
+impl<'c> Hist<'c> {
+    fn new(g: &Gen<'c>, i: usize, threads: u32) -> Hist<'c> {
+        let bins = 1u32 << DIGITS[i].1;
+        let hist = g.shared_array(&format!("topk_hist{i}"), g.i32t.into(), bins);
+        let tid = g.sreg("tid.x");
+        g.for_step(tid, g.i32(bins as i64), threads as i64, &mut |g, b| {
+            g.st_i32(hist, b, g.i32(0))
+        });
+        g.barrier();
+        Hist { i, hist, threads }
+    }
+
+    fn bins(&self) -> u32 {
+        1 << DIGITS[self.i].1
+    }
+
+    /// The bits decided before this pass.
+    fn mask(&self) -> u64 {
+        let (shift, bits) = DIGITS[self.i];
+        (0xFFFF_FFFFu64 << (shift + bits)) & 0xFFFF_FFFF
+    }
+
+    /// The decided prefix and the wanted rank among the keys carrying it.
+    fn decided(
+        &self,
+        g: &Gen<'c>,
+        s: &Shape,
+        l: &List<'c>,
+        work: PointerValue<'c>,
+    ) -> (IntValue<'c>, IntValue<'c>) {
+        if self.i == 0 {
+            (g.i32(0), g.i32(s.cap as i64))
+        } else {
+            (g.ld_i32(work, l.state), g.ld_i32(work, g.addi(l.state, 1)))
+        }
+    }
+
+    fn count(&self, g: &Gen<'c>, same: IntValue<'c>, k: IntValue<'c>) {
+        let (shift, bits) = DIGITS[self.i];
+        let x = ok(g.b.build_right_shift(k, g.i32(shift as i64), false, ""));
+        let digit = g.and(x, g.i32((1i64 << bits) - 1));
+        count_digit(g, self.hist, same, digit, self.bins() as i64);
+    }
+
+    /// Adds the block's histogram to the list's; the last of the list's `blocks` blocks to
+    /// arrive picks the bin (block-uniform code).
+    fn finish(&self, g: &Gen<'c>, s: &Shape, l: &List<'c>, work: PointerValue<'c>, blocks: u32) {
+        let (shift, _) = DIGITS[self.i];
+        let bins = self.bins();
+        let totals = g.shared_array(&format!("topk_warps{}", self.i), g.i32t.into(), 32);
+        let flag = g.shared_array(&format!("topk_last{}", self.i), g.i32t.into(), 1);
+        let (prefix, want) = self.decided(g, s, l, work);
+        g.barrier();
+        let ghist = g.muli(l.row, BINS as i64);
+        g.for_step(
+            l.tid,
+            g.i32(bins as i64),
+            self.threads as i64,
+            &mut |g, b| {
+                let c = g.ld_i32(self.hist, b);
+                g.if_then(g.icmp(IntPredicate::NE, c, g.i32(0)), &mut |g| {
+                    g.atomic_add_i32(g.gep(g.i32t.into(), work, g.add(ghist, b)), c);
+                });
+            },
+        );
+        g.fence_gpu();
+        g.barrier();
+        g.if_then(g.eqi(l.tid, 0), &mut |g| {
+            let arrivals = g.gep(g.i32t.into(), work, g.addi(l.state, 2));
+            let before = g.atomic_add_old_i32(arrivals, g.i32(1));
+            let last = g.icmp(IntPredicate::EQ, before, g.i32(blocks as i64 - 1));
+            g.st_i32(flag, g.i32(0), ok(g.b.build_int_z_extend(last, g.i32t, "")));
+        });
+        g.barrier();
+        let last = g.icmp(IntPredicate::NE, g.ld_i32(flag, g.i32(0)), g.i32(0));
+        g.if_then(last, &mut |g| {
+            g.fence_gpu();
+            // The first 128 threads hold the bins from the top, `per` each (every block
+            // that counts has at least 128 threads).
+            let per = bins / 128;
+            let held: Vec<(IntValue<'c>, IntValue<'c>)> = (0..per)
+                .map(|j| {
+                    let idx = g.addi(g.muli(l.tid, per as i64), j as i64);
+                    let inside = g.icmp(IntPredicate::ULT, idx, g.i32(bins as i64));
+                    let bin = g.sub(g.i32(bins as i64 - 1), g.seli(inside, idx, g.i32(0)));
+                    let slot = g.gep(g.i32t.into(), work, g.add(ghist, bin));
+                    let c = g.seli(inside, g.atomic_add_old_i32(slot, g.i32(0)), g.i32(0));
+                    g.if_then(inside, &mut |g| g.st_i32(work, g.add(ghist, bin), g.i32(0)));
+                    (bin, c)
+                })
+                .collect();
+            let x = held.iter().fold(g.i32(0), |a, (_, c)| g.add(a, *c));
+            let (before, _) = block_scan(g, totals, l.tid, x);
+            let mut cum = before;
+            for (bin, c) in held {
+                let upto = g.add(cum, c);
+                let reach = g.icmp(IntPredicate::UGE, upto, want);
+                let short = g.icmp(IntPredicate::ULT, cum, want);
+                g.if_then(g.and(reach, short), &mut |g| {
+                    let placed = ok(g.b.build_left_shift(bin, g.i32(shift as i64), ""));
+                    g.st_i32(work, l.state, g.or(prefix, placed));
+                    g.st_i32(work, g.addi(l.state, 1), g.sub(want, cum));
+                });
+                cum = upto;
+            }
+            g.if_then(g.eqi(l.tid, 0), &mut |g| {
+                g.st_i32(work, g.addi(l.state, 2), g.i32(0))
+            });
+        });
+    }
 }
 
 /// Where block `blk`'s counts of list `row` live.
@@ -229,16 +362,16 @@ fn count<'c>(
     scores: PointerValue<'c>,
     work: PointerValue<'c>,
 ) {
-    let totals = g.shared_array("topk_count_warps", g.i32t.into(), THREADS / 32);
+    let totals = g.shared_array("topk_count_warps", g.i32t.into(), 32);
     let t = g.ld_i32(work, l.state);
     let (mut gt, mut eq) = (g.i32(0), g.i32(0));
     for (_, valid, k) in keys(g, scores, l) {
         let above = g.and(valid, g.icmp(IntPredicate::UGT, k, t));
         let equal = g.and(valid, g.icmp(IntPredicate::EQ, k, t));
-        gt = g.add(gt, ok(g.b.build_int_z_extend(above, g.i32t, "")));
-        eq = g.add(eq, ok(g.b.build_int_z_extend(equal, g.i32t, "")));
+        gt = g.add(gt, to_u32(g, above));
+        eq = g.add(eq, to_u32(g, equal));
     }
-    // Two counts in one scan: above in the high half, equal in the low (each < 2^16).
+    // Two counts in one scan: above in the high half, equal in the low (each <= SEG).
     let both = g.add(ok(g.b.build_left_shift(gt, g.i32(16), "")), eq);
     let (_, total) = block_scan(g, totals, l.tid, both);
     g.if_then(g.eqi(l.tid, 0), &mut |g| {
@@ -249,6 +382,10 @@ fn count<'c>(
     });
 }
 
+fn to_u32<'c>(g: &Gen<'c>, p: IntValue<'c>) -> IntValue<'c> {
+    ok(g.b.build_int_z_extend(p, g.i32t, ""))
+}
+
 fn emit_lists<'c>(
     g: &Gen<'c>,
     s: &Shape,
@@ -256,13 +393,12 @@ fn emit_lists<'c>(
     scores: PointerValue<'c>,
     work: PointerValue<'c>,
     out: PointerValue<'c>,
-    short: IntValue<'c>,
 ) {
-    let totals = g.shared_array("topk_emit_warps", g.i32t.into(), THREADS / 32);
+    let totals = g.shared_array("topk_emit_warps", g.i32t.into(), 32);
     let row_out = g.muli(l.row, s.cap as i64);
     let nb = blocks(s);
     g.if_else(
-        short,
+        l.short,
         &mut |g| {
             // Everything: 0..n, then -1, the blocks of the list striding the capacity.
             let from = g.add(g.muli(l.blk, THREADS as i64), l.tid);
@@ -287,19 +423,61 @@ fn emit_lists<'c>(
                 g.set(above, g.add(g.geti(above), g.ld_i32(work, at)));
                 g.set(equal, g.add(g.geti(equal), g.ld_i32(work, g.addi(at, 1))));
             });
-            let eq_before = g.geti(equal);
-            let taken_eq = g.seli(g.icmp(IntPredicate::ULT, eq_before, need), eq_before, need);
-            let cursor = Cursor {
-                eq_seen: g.var(g.i32t.into(), eq_before.into()),
-                written: g.var(g.i32t.into(), g.add(g.geti(above), taken_eq).into()),
-                t,
-                need,
-                out,
-                row_out,
-            };
-            for (u, valid, k) in keys(g, scores, l) {
-                emit_in_order(g, totals, l.tid, &cursor, u, valid, k);
+            // This thread's PER adjacent units, as bit masks of "above" and "equal".
+            let first = g.add(g.muli(l.blk, SEG as i64), g.muli(l.tid, PER as i64));
+            // Halves of adjacent loads, each folded into the masks at once.
+            let half = PER / 2;
+            let (mut gt_bits, mut eq_bits) = (g.i32(0), g.i32(0));
+            for h in 0..2 {
+                let from = g.addi(first, (h * half) as i64);
+                for (r, (_, valid, k)) in units_keys(g, scores, l, from, (half, 1))
+                    .into_iter()
+                    .enumerate()
+                {
+                    let bit = g.i32(1i64 << (h as usize * half as usize + r));
+                    let above = g.and(valid, g.icmp(IntPredicate::UGT, k, t));
+                    let equal = g.and(valid, g.icmp(IntPredicate::EQ, k, t));
+                    gt_bits = g.or(gt_bits, g.seli(above, bit, g.i32(0)));
+                    eq_bits = g.or(eq_bits, g.seli(equal, bit, g.i32(0)));
+                }
             }
+            // Equal units before this thread's: the earlier blocks', then this block's.
+            let (eq_before, _) = block_scan(g, totals, l.tid, g.popc(eq_bits));
+            let eq_start = g.add(g.geti(equal), eq_before);
+            // Of this thread's equal units, the first `need - eq_start` (clamped) are taken.
+            let room = g.seli(
+                g.icmp(IntPredicate::ULT, eq_start, need),
+                g.sub(need, eq_start),
+                g.i32(0),
+            );
+            let mine_eq = g.popc(eq_bits);
+            let take_eq = g.seli(g.icmp(IntPredicate::ULT, room, mine_eq), room, mine_eq);
+            let (pos_before, _) = block_scan(g, totals, l.tid, g.add(g.popc(gt_bits), take_eq));
+            let taken_eq_before = g.seli(
+                g.icmp(IntPredicate::ULT, g.geti(equal), need),
+                g.geti(equal),
+                need,
+            );
+            let pos = g.var(
+                g.i32t.into(),
+                g.add(g.add(g.geti(above), taken_eq_before), pos_before)
+                    .into(),
+            );
+            // Written in unit order by a loop (unrolled, the 32 branches keep too much live).
+            let eq_seen = g.var(g.i32t.into(), g.i32(0).into());
+            g.for_range(g.i32(0), g.i32(PER as i64), &mut |g, r| {
+                let u = g.add(first, r);
+                let bit = ok(g.b.build_left_shift(g.i32(1), r, ""));
+                let is_gt = g.icmp(IntPredicate::NE, g.and(gt_bits, bit), g.i32(0));
+                let is_eq = g.icmp(IntPredicate::NE, g.and(eq_bits, bit), g.i32(0));
+                let within = g.icmp(IntPredicate::ULT, g.geti(eq_seen), take_eq);
+                let take = g.or(is_gt, g.and(is_eq, within));
+                g.if_then(take, &mut |g| {
+                    g.st_i32(out, g.add(row_out, g.geti(pos)), u);
+                    g.set(pos, g.addi(g.geti(pos), 1));
+                });
+                g.set(eq_seen, g.add(g.geti(eq_seen), to_u32(g, is_eq)));
+            });
         },
     );
 }
