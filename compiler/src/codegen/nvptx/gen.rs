@@ -546,6 +546,39 @@ impl<'c> Gen<'c> {
         self.call(f, &a).into_int_value()
     }
 
+    /// `__ballot_sync(0xffffffff, p)`: bit `l` set where lane `l` holds `p`.
+    pub fn ballot(&self, p: IntValue<'c>) -> IntValue<'c> {
+        let f = self.intrinsic(
+            "llvm.nvvm.vote.ballot.sync",
+            self.i32t.into(),
+            &[self.i32t.into(), self.cx.bool_type().into()],
+        );
+        self.call(f, &[self.i32(-1).into(), p.into()])
+            .into_int_value()
+    }
+
+    /// The index of the lowest set bit of `x` (32 for 0).
+    pub fn ctz(&self, x: IntValue<'c>) -> IntValue<'c> {
+        let f = self.intrinsic(
+            "llvm.cttz.i32",
+            self.i32t.into(),
+            &[self.i32t.into(), self.cx.bool_type().into()],
+        );
+        let no = self.cx.bool_type().const_int(0, false);
+        self.call(f, &[x.into(), no.into()]).into_int_value()
+    }
+
+    /// `base[index]` read past the L1 (a volatile load): sees what other blocks wrote
+    /// (after their fence).
+    pub fn ld_i32_volatile(&self, base: PointerValue<'c>, index: IntValue<'c>) -> IntValue<'c> {
+        let p = self.gep(self.i32t.into(), base, index);
+        let v = ok(self.b.build_load(self.i32t, p, ""));
+        if let Some(i) = v.as_instruction_value() {
+            let _ = i.set_volatile(true);
+        }
+        v.into_int_value()
+    }
+
     /// `__match_any_sync(0xffffffff, x)`: the lanes holding the same value.
     pub fn match_any(&self, x: IntValue<'c>) -> IntValue<'c> {
         let f = self.intrinsic(

@@ -209,13 +209,17 @@ pub(super) fn count_digit<'c>(
     digit: IntValue<'c>,
     none: i64,
 ) {
-    let digit = g.seli(same, digit, g.i32(none));
-    let peers = g.match_any(digit);
-    let below = g.sreg("lanemask.lt");
-    let leader = g.eqi(g.and(peers, below), 0);
-    g.if_then(g.and(same, leader), &mut |g| {
-        let slot = g.gep(g.i32t.into(), hist, digit);
-        g.atomic_add_i32(slot, g.popc(peers));
+    // Most rounds of a later pass have no lane with the prefix: skip them whole.
+    let any = g.icmp(IntPredicate::NE, g.ballot(same), g.i32(0));
+    g.if_then(any, &mut |g| {
+        let digit = g.seli(same, digit, g.i32(none));
+        let peers = g.match_any(digit);
+        let below = g.sreg("lanemask.lt");
+        let leader = g.eqi(g.and(peers, below), 0);
+        g.if_then(g.and(same, leader), &mut |g| {
+            let slot = g.gep(g.i32t.into(), hist, digit);
+            g.atomic_add_i32(slot, g.popc(peers));
+        });
     });
 }
 

@@ -312,20 +312,31 @@ impl<'c> Hist<'c> {
         let last = g.icmp(IntPredicate::NE, g.ld_i32(flag, g.i32(0)), g.i32(0));
         g.if_then(last, &mut |g| {
             g.fence_gpu();
-            // The first 128 threads hold the bins from the top, `per` each (every block
-            // that counts has at least 128 threads).
-            let per = bins / 128;
-            let held: Vec<(IntValue<'c>, IntValue<'c>)> = (0..per)
+            // Thread t holds `per` bins from the top (all loads issued together, past the
+            // L1), and clears them for the next pass.
+            let per = bins.div_ceil(self.threads);
+            let slots: Vec<(IntValue<'c>, IntValue<'c>)> = (0..per)
                 .map(|j| {
                     let idx = g.addi(g.muli(l.tid, per as i64), j as i64);
                     let inside = g.icmp(IntPredicate::ULT, idx, g.i32(bins as i64));
                     let bin = g.sub(g.i32(bins as i64 - 1), g.seli(inside, idx, g.i32(0)));
-                    let slot = g.gep(g.i32t.into(), work, g.add(ghist, bin));
-                    let c = g.seli(inside, g.atomic_add_old_i32(slot, g.i32(0)), g.i32(0));
-                    g.if_then(inside, &mut |g| g.st_i32(work, g.add(ghist, bin), g.i32(0)));
-                    (bin, c)
+                    (inside, bin)
                 })
                 .collect();
+            let counts: Vec<IntValue<'c>> = slots
+                .iter()
+                .map(|(inside, bin)| {
+                    let c = g.ld_i32_volatile(work, g.add(ghist, *bin));
+                    g.seli(*inside, c, g.i32(0))
+                })
+                .collect();
+            for (inside, bin) in &slots {
+                g.if_then(*inside, &mut |g| {
+                    g.st_i32(work, g.add(ghist, *bin), g.i32(0))
+                });
+            }
+            let held: Vec<(IntValue<'c>, IntValue<'c>)> =
+                slots.iter().map(|x| x.1).zip(counts).collect();
             let x = held.iter().fold(g.i32(0), |a, (_, c)| g.add(a, *c));
             let (before, _) = block_scan(g, totals, l.tid, x);
             let mut cum = before;
@@ -423,24 +434,26 @@ fn emit_lists<'c>(
                 g.set(above, g.add(g.geti(above), g.ld_i32(work, at)));
                 g.set(equal, g.add(g.geti(equal), g.ld_i32(work, g.addi(at, 1))));
             });
-            // This thread's PER adjacent units, as bit masks of "above" and "equal".
-            let first = g.add(g.muli(l.blk, SEG as i64), g.muli(l.tid, PER as i64));
-            // Halves of adjacent loads, each folded into the masks at once.
-            let half = PER / 2;
-            let (mut gt_bits, mut eq_bits) = (g.i32(0), g.i32(0));
-            for h in 0..2 {
-                let from = g.addi(first, (h * half) as i64);
-                for (r, (_, valid, k)) in units_keys(g, scores, l, from, (half, 1))
-                    .into_iter()
-                    .enumerate()
-                {
-                    let bit = g.i32(1i64 << (h as usize * half as usize + r));
-                    let above = g.and(valid, g.icmp(IntPredicate::UGT, k, t));
-                    let equal = g.and(valid, g.icmp(IntPredicate::EQ, k, t));
-                    gt_bits = g.or(gt_bits, g.seli(above, bit, g.i32(0)));
-                    eq_bits = g.or(eq_bits, g.seli(equal, bit, g.i32(0)));
-                }
+            // This thread's PER adjacent units as bit masks of "above" and "equal": the
+            // keys are read coalesced (unit r * THREADS + tid of the block), a warp's
+            // ballot is the mask of 32 adjacent units, and thread t takes word t.
+            let gt_words = g.shared_array("topk_emit_gt", g.i32t.into(), THREADS);
+            let eq_words = g.shared_array("topk_emit_eq", g.i32t.into(), THREADS);
+            let warp = g.udivi(l.tid, 32);
+            let lane0 = g.eqi(g.uremi(l.tid, 32), 0);
+            for (r, (_, valid, k)) in keys(g, scores, l).into_iter().enumerate() {
+                let above = g.ballot(g.and(valid, g.icmp(IntPredicate::UGT, k, t)));
+                let equal = g.ballot(g.and(valid, g.icmp(IntPredicate::EQ, k, t)));
+                let word = g.addi(warp, (r as u32 * THREADS / 32) as i64);
+                g.if_then(lane0, &mut |g| {
+                    g.st_i32(gt_words, word, above);
+                    g.st_i32(eq_words, word, equal);
+                });
             }
+            g.barrier();
+            let first = g.add(g.muli(l.blk, SEG as i64), g.muli(l.tid, PER as i64));
+            let gt_bits = g.ld_i32(gt_words, l.tid);
+            let eq_bits = g.ld_i32(eq_words, l.tid);
             // Equal units before this thread's: the earlier blocks', then this block's.
             let (eq_before, _) = block_scan(g, totals, l.tid, g.popc(eq_bits));
             let eq_start = g.add(g.geti(equal), eq_before);
@@ -463,21 +476,25 @@ fn emit_lists<'c>(
                 g.add(g.add(g.geti(above), taken_eq_before), pos_before)
                     .into(),
             );
-            // Written in unit order by a loop (unrolled, the 32 branches keep too much live).
-            let eq_seen = g.var(g.i32t.into(), g.i32(0).into());
-            g.for_range(g.i32(0), g.i32(PER as i64), &mut |g, r| {
-                let u = g.add(first, r);
-                let bit = ok(g.b.build_left_shift(g.i32(1), r, ""));
-                let is_gt = g.icmp(IntPredicate::NE, g.and(gt_bits, bit), g.i32(0));
-                let is_eq = g.icmp(IntPredicate::NE, g.and(eq_bits, bit), g.i32(0));
-                let within = g.icmp(IntPredicate::ULT, g.geti(eq_seen), take_eq);
-                let take = g.or(is_gt, g.and(is_eq, within));
-                g.if_then(take, &mut |g| {
-                    g.st_i32(out, g.add(row_out, g.geti(pos)), u);
-                    g.set(pos, g.addi(g.geti(pos), 1));
-                });
-                g.set(eq_seen, g.add(g.geti(eq_seen), to_u32(g, is_eq)));
+            // The taken units: every one above T, and the first `take_eq` equal ones;
+            // written in unit order, one iteration per taken unit.
+            let take = g.var(g.i32t.into(), gt_bits.into());
+            let eqs = g.var(g.i32t.into(), eq_bits.into());
+            g.for_range(g.i32(0), take_eq, &mut |g, _| {
+                let m = g.geti(eqs);
+                let lowest = g.and(m, g.sub(g.i32(0), m));
+                g.set(take, g.or(g.geti(take), lowest));
+                g.set(eqs, g.sub(m, lowest));
             });
+            g.while_loop(
+                &mut |g| g.icmp(IntPredicate::NE, g.geti(take), g.i32(0)),
+                &mut |g| {
+                    let m = g.geti(take);
+                    g.st_i32(out, g.add(row_out, g.geti(pos)), g.add(first, g.ctz(m)));
+                    g.set(pos, g.addi(g.geti(pos), 1));
+                    g.set(take, g.and(m, g.addi(m, -1)));
+                },
+            );
         },
     );
 }
