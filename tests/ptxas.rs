@@ -244,7 +244,7 @@ fn cpu_only_selection_kernels_say_so() {
     let err = driver::emit_for(&src, Stage::Ptx, Some("h2o_decode"), &[], Arch::Sm90).unwrap_err();
     let text = src.render(&err, false);
     assert!(
-        text.contains("error[E0811]: `h2o_decode` runs on the CPU only so far: the CUDA backend has no `accumulated` scoring yet"),
+        text.contains("error[E0812]: `h2o_decode` runs on the CPU only so far: the CUDA backend has no `accumulated` scoring yet"),
         "{text}"
     );
     assert!(text.contains("run it with --backend cpu"), "{text}");

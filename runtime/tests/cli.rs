@@ -423,7 +423,7 @@ fn bench_a_decode_kernel_reports_latency_and_fidelity() {
 
 #[test]
 fn gpu_decode_requests_without_a_gpu_or_coverage_are_clear_errors() {
-    // A kernel the CUDA backend does not cover: E0811 from the compiler, exit 1.
+    // A kernel the CUDA backend does not cover: E0812 from the compiler, exit 1.
     let (code, _, err) = run(attnc().arg("compile").arg(repo("kernels/h2o.attn")).args([
         "--kernel",
         "h2o_decode",
@@ -432,7 +432,7 @@ fn gpu_decode_requests_without_a_gpu_or_coverage_are_clear_errors() {
     ]));
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("error[E0811]: `h2o_decode` runs on the CPU only so far"),
+        err.contains("error[E0812]: `h2o_decode` runs on the CPU only so far"),
         "{err}"
     );
     // A covered one compiles to PTX with its four entries.

@@ -420,7 +420,7 @@ pub fn emit_for(
                             // Without --kernel, the GPU stages cover what runs on the GPU.
                             Err(_) if kernel.is_none() => continue,
                             Err(e) => {
-                                return Err(vec![Diagnostic::error("E0811", e)
+                                return Err(vec![Diagnostic::error("E0812", e)
                                     .with_hint("run it with --backend cpu")])
                             }
                         }

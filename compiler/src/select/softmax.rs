@@ -37,21 +37,24 @@ pub const EXP2_COEFFS: [f32; 7] = [
 /// Below this (and for NaN) `exp2c` is 0.
 pub const EXP2_MIN: f32 = -126.0;
 
-/// The contract's `2^x`.
+/// The contract's `2^x`. Branch-free (the result is chosen at the end), so that loops over
+/// it vectorise; for NaN and `x < -126` the arithmetic runs on garbage and is dropped.
 #[inline(always)]
 pub fn exp2c(x: f32) -> f32 {
-    if x.is_nan() || x < EXP2_MIN {
-        return 0.0;
-    }
     let n = x.floor();
     let f = x - n;
     let mut p = EXP2_COEFFS[6];
     for c in EXP2_COEFFS[..6].iter().rev() {
         p = p.mul_add(f, *c);
     }
-    // n lies in [-126, 2^k]: 2^n is a normal float, the product exact for n <= 0.
+    // n lies in [-126, 0] where it matters: 2^n is a normal float and the product exact.
     let scale = f32::from_bits((((n as i32) + 127).clamp(1, 254) as u32) << 23);
-    p * scale
+    let r = p * scale;
+    if x >= EXP2_MIN {
+        r
+    } else {
+        0.0
+    }
 }
 
 /// `butterfly(v)[0]`: lane sums `v` combined with offsets `LANES/2, ..., 1`, as the GPU's
@@ -74,8 +77,11 @@ pub fn butterfly(mut v: [f32; LANES]) -> f32 {
 pub fn chunk_stats(l: &[f32]) -> (f32, f32) {
     let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut lanes = [0f32; LANES];
-    for (i, x) in l.iter().enumerate() {
-        lanes[i % LANES] += exp2c(*x - m);
+    // Lane t adds the tokens t, t + 32, ... in order: rows of 32 tokens, one per lane.
+    for row in l.chunks(LANES) {
+        for (acc, x) in lanes.iter_mut().zip(row) {
+            *acc += exp2c(*x - m);
+        }
     }
     (m, butterfly(lanes))
 }

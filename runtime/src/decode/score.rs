@@ -110,12 +110,28 @@ fn row_scores(
                 Source::Window { rows } => len - rows as usize,
                 _ => len,
             };
-            let heads = list_heads(s, sel);
+            let heads: Vec<usize> = list_heads(s, sel).collect();
             let nh = heads.len();
-            for (i, h) in heads.enumerate() {
-                let hs_score = head_token_scores(s, st, q, b, h, len, m);
-                for j in 0..m {
-                    fold(s.heads.op(), &mut tok[j], hs_score[j], i == 0);
+            let d = s.head_dim as usize;
+            let fast = s.source == Source::Exact
+                && matches!(s.heads, HeadReduce::PerKvGroup(_))
+                && score_lanes(d as u32) == 16
+                && d % 16 == 0;
+            if fast {
+                // One pass over the keys for the whole group (the same bits as below).
+                let mut logits = group_logits16(s, st, q, b, &heads, len);
+                for (i, l) in logits.iter_mut().enumerate() {
+                    softmax::softmax_in_place(l);
+                    for j in 0..m {
+                        fold(s.heads.op(), &mut tok[j], l[j], i == 0);
+                    }
+                }
+            } else {
+                for (i, h) in heads.iter().enumerate() {
+                    let hs_score = head_token_scores(s, st, q, b, *h, len, m);
+                    for j in 0..m {
+                        fold(s.heads.op(), &mut tok[j], hs_score[j], i == 0);
+                    }
                 }
             }
             if s.heads.op() == Reduce::Mean {
@@ -195,6 +211,65 @@ fn page_scores(s: &SelectSpec, st: &DecodeState, q: &[f32], b: usize, sel: usize
                 .unwrap_or(f32::NEG_INFINITY),
         };
     }
+}
+
+/// The base-2 logits of the decode query of each of `heads` (one KV head's group) over the
+/// tokens `[0, len)`, for head dims with 16 lanes (`D = 128`): the dot of rule 1 (16 lane
+/// sums of `fma`, then the butterfly), bit for bit [`lane_tree_fma`]'s, but each key read
+/// once for the group and transposed to lane-major order, so that the 16 lanes run as
+/// vector FMAs.
+#[inline(always)]
+fn group_logits16(
+    s: &SelectSpec,
+    st: &DecodeState,
+    q: &[f32],
+    b: usize,
+    heads: &[usize],
+    len: usize,
+) -> Vec<Vec<f32>> {
+    const L: usize = 16;
+    let d = s.head_dim as usize;
+    let per = d / L;
+    let c = s.context as usize;
+    let kvh = heads[0] / s.group() as usize;
+    let keys = &st.k[(b * s.kv_heads as usize + kvh) * c * d..][..len * d];
+    let rows = s.q_rows() as usize;
+    // Lane-major queries: qt[i][ch * L + l] = q_i[l * per + ch].
+    let qt: Vec<Vec<f32>> = heads
+        .iter()
+        .map(|&h| {
+            let qv = &q[(b * s.q_heads as usize + h) * rows * d..][..d];
+            (0..d).map(|x| qv[(x % L) * per + x / L]).collect()
+        })
+        .collect();
+    let scale = logit_scale(s);
+    let mut out = vec![vec![0f32; len]; heads.len()];
+    let mut kt = vec![0f32; d];
+    for j in 0..len {
+        let kv = &keys[j * d..][..d];
+        for (x, t) in kt.iter_mut().enumerate() {
+            *t = kv[(x % L) * per + x / L];
+        }
+        for (qi, o) in qt.iter().zip(out.iter_mut()) {
+            let mut v = [0f32; L];
+            for ch in 0..per {
+                let (qc, kc) = (&qi[ch * L..][..L], &kt[ch * L..][..L]);
+                for l in 0..L {
+                    v[l] = qc[l].mul_add(kc[l], v[l]);
+                }
+            }
+            // The butterfly's value at lane 0: pairs (l, l + w), w = 8, 4, 2, 1.
+            let mut w = L;
+            while w > 1 {
+                w /= 2;
+                for l in 0..w {
+                    v[l] += v[l + w];
+                }
+            }
+            o[j] = v[0] * scale;
+        }
+    }
+    out
 }
 
 /// Scores of one query head over the tokens `[0, m)`: the attention probability of the
