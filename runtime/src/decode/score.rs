@@ -113,17 +113,29 @@ fn row_scores(
             let heads: Vec<usize> = list_heads(s, sel).collect();
             let nh = heads.len();
             let d = s.head_dim as usize;
-            let fast = s.source == Source::Exact
-                && matches!(s.heads, HeadReduce::PerKvGroup(_))
+            let fast = matches!(s.heads, HeadReduce::PerKvGroup(_))
                 && score_lanes(d as u32) == 16
                 && d % 16 == 0;
             if fast {
-                // One pass over the keys for the whole group (the same bits as below).
+                // One pass over the keys for every query row of the group (the same bits
+                // as head_token_scores, below).
+                let rows = s.q_rows() as usize;
                 let mut logits = group_logits16(s, st, q, b, &heads, len);
-                for (i, l) in logits.iter_mut().enumerate() {
-                    softmax::softmax_in_place(l);
+                for i in 0..nh {
+                    let mut hs = vec![0f32; m];
+                    for r in 0..rows {
+                        // Row r sits at position len - rows + r and sees the keys up to it.
+                        let l = &mut logits[i * rows + r][..len - rows + r + 1];
+                        softmax::softmax_in_place(l);
+                        for j in 0..m {
+                            fold(s.rows, &mut hs[j], l[j], r == 0);
+                        }
+                    }
+                    if rows > 1 && s.rows == Reduce::Mean {
+                        hs.iter_mut().for_each(|x| *x /= rows as f32);
+                    }
                     for j in 0..m {
-                        fold(s.heads.op(), &mut tok[j], l[j], i == 0);
+                        fold(s.heads.op(), &mut tok[j], hs[j], i == 0);
                     }
                 }
             } else {
@@ -213,11 +225,11 @@ fn page_scores(s: &SelectSpec, st: &DecodeState, q: &[f32], b: usize, sel: usize
     }
 }
 
-/// The base-2 logits of the decode query of each of `heads` (one KV head's group) over the
-/// tokens `[0, len)`, for head dims with 16 lanes (`D = 128`): the dot of rule 1 (16 lane
-/// sums of `fma`, then the butterfly), bit for bit [`lane_tree_fma`]'s, but each key read
-/// once for the group and transposed to lane-major order, so that the 16 lanes run as
-/// vector FMAs.
+/// The base-2 logits of every query row of each of `heads` (one KV head's group; row `r`
+/// of head `i` at `i * rows + r`) over the tokens `[0, len)`, for head dims with 16 lanes
+/// (`D = 128`): the dot of rule 1 (16 lane sums of `fma`, then the butterfly), bit for bit
+/// [`lane_tree_fma`]'s, but each key read once for the group and transposed to lane-major
+/// order, so that the 16 lanes run as vector FMAs.
 #[inline(always)]
 fn group_logits16(
     s: &SelectSpec,
@@ -237,13 +249,14 @@ fn group_logits16(
     // Lane-major queries: qt[i][ch * L + l] = q_i[l * per + ch].
     let qt: Vec<Vec<f32>> = heads
         .iter()
-        .map(|&h| {
-            let qv = &q[(b * s.q_heads as usize + h) * rows * d..][..d];
+        .flat_map(|&h| (0..rows).map(move |r| (h, r)))
+        .map(|(h, r)| {
+            let qv = &q[((b * s.q_heads as usize + h) * rows + r) * d..][..d];
             (0..d).map(|x| qv[(x % L) * per + x / L]).collect()
         })
         .collect();
     let scale = logit_scale(s);
-    let mut out = vec![vec![0f32; len]; heads.len()];
+    let mut out = vec![vec![0f32; len]; qt.len()];
     let mut kt = vec![0f32; d];
     for j in 0..len {
         let kv = &keys[j * d..][..d];
