@@ -15,10 +15,10 @@ use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
 
 use super::topk_wide::{self, Pass0};
-use super::Shape;
+use super::{LaneGrid, Shape};
 use crate::codegen::nvptx::gen::{ok, Gen};
 use crate::select::softmax::{CHUNK, EXP2_COEFFS, EXP2_MIN, LANES};
-use crate::select::spec::{score_lanes, Reduce};
+use crate::select::spec::Reduce;
 
 /// Warps per block of both entries.
 pub const WARPS: u32 = 8;
@@ -48,15 +48,17 @@ pub fn chunks(s: &Shape) -> u32 {
 /// `logits(q, k, lens, logits, stats)`
 pub fn emit_logits<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     let (q, k, lens, logits, stats) = (p[0], p[1], p[2], p[3], p[4]);
-    let lanes = score_lanes(s.d);
-    let per_lane = s.d / lanes;
-    let per_row = 32 / lanes;
-    let tid = g.sreg("tid.x");
-    let warp = g.udivi(tid, 32);
-    let lane = g.uremi(tid, 32);
-    let sub = g.udivi(lane, lanes as i64);
-    let ll = g.uremi(lane, lanes as i64);
-    let ch = g.muli(ll, per_lane as i64);
+    let LaneGrid {
+        lanes,
+        per_lane,
+        per_row,
+        tid,
+        warp,
+        lane,
+        sub,
+        ll,
+        ch,
+    } = LaneGrid::new(g, s.d);
     let c = g.sreg("ctaid.x");
     let kvh = g.sreg("ctaid.y");
     let b = g.sreg("ctaid.z");

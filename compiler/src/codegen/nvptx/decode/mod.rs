@@ -36,7 +36,7 @@ use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::context::Context;
 use inkwell::module::Module;
 use inkwell::types::BasicMetadataTypeEnum;
-use inkwell::values::{FunctionValue, PointerValue};
+use inkwell::values::{FunctionValue, IntValue, PointerValue};
 use inkwell::AddressSpace;
 
 use super::gen::Gen;
@@ -213,6 +213,44 @@ pub(crate) fn gpu_split(s: &SelectSpec, target: u32) -> u32 {
         .max(MIN_CHUNK_TOKENS)
         .next_power_of_two();
     (chunk / s.page as u64).clamp(1, s.capacity().max(1) as u64) as u32
+}
+
+/// Where a thread sits when `score_lanes(D)` lanes share a row (a page or a token), each
+/// holding `per_lane` adjacent channels: `per_row` rows per warp.
+pub(crate) struct LaneGrid<'c> {
+    pub lanes: u32,
+    pub per_lane: u32,
+    pub per_row: u32,
+    pub tid: IntValue<'c>,
+    pub warp: IntValue<'c>,
+    pub lane: IntValue<'c>,
+    /// The row of the warp this lane works on.
+    pub sub: IntValue<'c>,
+    /// The lane within its row.
+    pub ll: IntValue<'c>,
+    /// Its first channel.
+    pub ch: IntValue<'c>,
+}
+
+impl<'c> LaneGrid<'c> {
+    pub fn new(g: &Gen<'c>, d: u32) -> LaneGrid<'c> {
+        let lanes = crate::select::spec::score_lanes(d);
+        let per_lane = d / lanes;
+        let tid = g.sreg("tid.x");
+        let lane = g.uremi(tid, 32);
+        let ll = g.uremi(lane, lanes as i64);
+        LaneGrid {
+            lanes,
+            per_lane,
+            per_row: 32 / lanes,
+            tid,
+            warp: g.udivi(tid, 32),
+            lane,
+            sub: g.udivi(lane, lanes as i64),
+            ll,
+            ch: g.muli(ll, per_lane as i64),
+        }
+    }
 }
 
 /// Lanes that share one token in the attention kernel (8 channels, 16 bytes, each).

@@ -10,7 +10,7 @@
 use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::{FloatPredicate, IntPredicate};
 
-use super::Shape;
+use super::{LaneGrid, Shape};
 use crate::codegen::nvptx::gen::Gen;
 use crate::select::spec::{score_lanes, Reduce};
 
@@ -26,16 +26,17 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     let (q, kmax, kmin, lens, out) = (p[0], p[1], p[2], p[3], p[4]);
     // `lanes` lanes share a page, 8 channels (16 bytes) each; a warp row holds 32 / lanes
     // pages, and a warp takes `rows` rows, all loads issued before the first use.
-    let lanes = score_lanes(s.d);
-    let per_lane = s.d / lanes;
-    let per_row = 32 / lanes;
+    let LaneGrid {
+        lanes,
+        per_lane,
+        per_row,
+        warp,
+        sub,
+        ll,
+        ch,
+        ..
+    } = LaneGrid::new(g, s.d);
     let rows = s.tuning.score_rows;
-    let tid = g.sreg("tid.x");
-    let warp = g.udivi(tid, 32);
-    let lane = g.uremi(tid, 32);
-    let sub = g.udivi(lane, lanes as i64);
-    let ll = g.uremi(lane, lanes as i64);
-    let ch = g.muli(ll, per_lane as i64);
     let bx = g.sreg("ctaid.x");
     let first = g.add(
         g.muli(bx, pages_per_block(s) as i64),

@@ -26,7 +26,7 @@
 use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
 
-use super::topk::{block_scan, count_digit, forced_bounds, key_of};
+use super::topk::{block_scan, count_digit, forced_bounds, key_of, to_u32};
 use super::Shape;
 use crate::codegen::nvptx::gen::{ok, Gen};
 use crate::select::spec::Source;
@@ -391,10 +391,6 @@ fn count<'c>(
         g.st_i32(work, at, hi);
         g.st_i32(work, g.addi(at, 1), g.and(total, g.i32(0xFFFF)));
     });
-}
-
-fn to_u32<'c>(g: &Gen<'c>, p: IntValue<'c>) -> IntValue<'c> {
-    ok(g.b.build_int_z_extend(p, g.i32t, ""))
 }
 
 fn emit_lists<'c>(
