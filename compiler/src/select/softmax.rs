@@ -13,7 +13,8 @@
 //! - the row's maximum `m` is the maximum of the `m_c`, and its normaliser `z` is again
 //!   [`LANES`] lane sums (lane `t` takes the chunks `t, t + 32, ...` in order,
 //!   `z_t = fma(z_c, exp2c(m_c - m), z_t)`), then a butterfly;
-//! - the probability of token `j` is `exp2c(l_j - m) / z` (one correctly rounded division).
+//! - the probability of token `j` is `exp2c(l_j - m) * (1 / z)` (the reciprocal rounded
+//!   once per row, then one rounded product per token).
 //!
 //! Every function is `#[inline(always)]` so that a caller compiled with FMA instructions
 //! (`#[target_feature(enable = "fma")]`) gets them here too.
@@ -102,8 +103,9 @@ pub fn row_stats(chunks: &[(f32, f32)]) -> (f32, f32) {
 pub fn softmax_in_place(l: &mut [f32]) {
     let stats: Vec<(f32, f32)> = l.chunks(CHUNK).map(chunk_stats).collect();
     let (m, z) = row_stats(&stats);
+    let rz = 1.0 / z;
     for x in l.iter_mut() {
-        *x = exp2c(*x - m) / z;
+        *x = exp2c(*x - m) * rz;
     }
 }
 

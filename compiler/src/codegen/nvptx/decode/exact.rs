@@ -9,7 +9,8 @@
 //!   head writes the chunk's `(m_c, z_c)` to `stats` `[B, Hq, chunks, 2]`.
 //! - **score**, one block per 8 chunks of a list: every block folds the row stats of its
 //!   list's heads (`m`, `z`: 32 lane sums over the chunks, a butterfly), then turns each
-//!   token's logits into probabilities `exp2c(l - m) / z` and reduces them over the heads.
+//!   token's logits into probabilities `exp2c(l - m) * (1 / z)` and reduces them over the
+//!   heads.
 
 use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
@@ -214,12 +215,11 @@ pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             });
         });
         g.barrier();
+        // Per head its maximum and the reciprocal of its normaliser (rounded once).
         let ms: Vec<(FloatValue<'c>, FloatValue<'c>)> = (0..s.g)
             .map(|h| {
-                (
-                    g.ld_f32(mz, g.i32(2 * h as i64)),
-                    g.ld_f32(mz, g.i32(2 * h as i64 + 1)),
-                )
+                let z = g.ld_f32(mz, g.i32(2 * h as i64 + 1));
+                (g.ld_f32(mz, g.i32(2 * h as i64)), g.fdiv(g.f32(1.0), z))
             })
             .collect();
         let out_row = g.muli(g.add(g.muli(b, s.hsel as i64), sel), s.units as i64);
@@ -244,8 +244,8 @@ pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                 .collect();
             for (j, valid, ls) in toks {
                 let mut acc = g.f32(0.0);
-                for (h, (l, (m, z))) in ls.iter().zip(&ms).enumerate() {
-                    let p = g.fdiv(exp2c(g, g.fsub(*l, *m)), *z);
+                for (h, (l, (m, rz))) in ls.iter().zip(&ms).enumerate() {
+                    let p = g.fmul(exp2c(g, g.fsub(*l, *m)), *rz);
                     acc = match (h, s.op) {
                         (0, _) => p,
                         (_, Reduce::Max) => g.maxnum(acc, p),
