@@ -32,6 +32,20 @@ fn assemble(ptxas: &str, arch: Arch, file: &std::path::Path, ptx: &str) -> Strin
     log
 }
 
+/// The registers per thread ptxas reports for `entry` in a `-v` log.
+fn registers_of(log: &str, entry: &str) -> u32 {
+    let from = log
+        .find(&format!("entry function '{entry}'"))
+        .unwrap_or_else(|| panic!("{entry} is not in the ptxas log:\n{log}"));
+    let rest = &log[from..];
+    let at = rest.find("Used ").expect("a register count") + 5;
+    rest[at..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number of registers")
+}
+
 #[test]
 fn every_shipped_kernel_assembles_without_spills() {
     let Ok(ptxas) = std::env::var("ATTNC_PTXAS") else {
@@ -220,6 +234,18 @@ fn decode_kernels_assemble_without_spills() {
                         arch.name(),
                         t.label()
                     );
+                    // Every entry fits its block on an SM (64K registers): a 1024-thread
+                    // block may use 64 registers a thread, or the launch fails.
+                    for e in &m.entries {
+                        let regs = registers_of(&log, &e.name);
+                        assert!(
+                            regs * e.block <= 65536,
+                            "{name} {}: {} uses {regs} registers x {} threads",
+                            t.label(),
+                            e.name,
+                            e.block
+                        );
+                    }
                 }
             }
             covered.push(name);
