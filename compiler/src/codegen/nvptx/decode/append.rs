@@ -1,7 +1,8 @@
 //! Append on the GPU: one block per sequence writes the new key and value of every KV head
 //! at position `lens[b]` (bits already in the dtype) and, with pages, updates that page's
 //! per-channel maximum and minimum (a page's first token sets them), then advances
-//! `lens[b]`. The host checks that no sequence is full before it launches.
+//! `lens[b]`. The host checks that no sequence is full before it launches; the kernel
+//! also leaves a full sequence alone (a replayed CUDA graph could not be checked).
 
 use inkwell::values::PointerValue;
 use inkwell::{FloatPredicate, IntPredicate};
@@ -17,7 +18,9 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     let b = g.sreg("ctaid.x");
     let pos = g.ld_i32(lens, b);
     let d = s.d as i64;
-    let per = g.i32((s.hkv * s.d) as i64);
+    // A full sequence gets nothing (block-uniform: every thread read the same length).
+    let room = g.icmp(IntPredicate::ULT, pos, g.i32(s.c as i64));
+    let per = g.seli(room, g.i32((s.hkv * s.d) as i64), g.i32(0));
     g.for_step(tid, per, THREADS as i64, &mut |g, x| {
         let kvh = g.udivi(x, d);
         let t = g.uremi(x, d);
@@ -52,6 +55,6 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
         }
     });
     g.barrier();
-    let t0 = g.eqi(tid, 0);
+    let t0 = g.and(g.eqi(tid, 0), room);
     g.if_then(t0, &mut |g| g.st_i32(lens, b, g.addi(pos, 1)));
 }
