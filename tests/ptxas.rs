@@ -198,7 +198,7 @@ fn decode_kernels_assemble_without_spills() {
                 continue;
             }
             for arch in [Arch::Sm80, Arch::Sm90] {
-                for t in Tuning::candidates() {
+                for t in Tuning::candidates_for(&spec) {
                     let m = decode::compile_tuned(&spec, arch, t)
                         .unwrap_or_else(|e| panic!("{name} {}: {e}", t.label()));
                     let has = |r| usize::from(m.entry(r).is_some());

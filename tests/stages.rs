@@ -216,3 +216,24 @@ fn quest_plan_bytes_follow_the_bandwidth_arithmetic() {
     let p64 = attnc::select::plan::plan(&spec64);
     assert_eq!(p64.steps[0].read, (64 << 20) + 8 * 32 * 128 * 2);
 }
+
+/// `--tune` tries the score warps' page rows only where there is a page-bound score: 18
+/// launch shapes for Quest, 6 for exact scores (the same 6 for every row count otherwise).
+#[test]
+fn decode_tuning_candidates_follow_the_source() {
+    use attnc::codegen::nvptx::decode::Tuning;
+    let count = |file: &str, kernel: &str| {
+        let src = Source::load(&root().join(file)).unwrap();
+        let (fe, _) = driver::frontend(&src).unwrap();
+        let (spec, _) = driver::select_spec(&fe, kernel, &[]).unwrap();
+        let c = Tuning::candidates_for(&spec);
+        assert!(
+            c.contains(&Tuning::default()),
+            "{kernel}: the default is a candidate"
+        );
+        c.len()
+    };
+    assert_eq!(count("kernels/quest.attn", "quest_decode"), 18);
+    assert_eq!(count("kernels/exact.attn", "exact_decode"), 6);
+    assert_eq!(count("kernels/streaming.attn", "streaming_decode"), 6);
+}

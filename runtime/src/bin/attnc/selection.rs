@@ -535,7 +535,7 @@ pub fn bench_cuda(
         tuned = format!(
             "  tuned: {} (of {} candidates)\n",
             t.label(),
-            Tuning::candidates().len()
+            Tuning::candidates_for(&spec).len()
         );
         let best = GpuDecode::load_tuned(gpu, spec.clone(), t)?;
         best.adopt(&mut gs)?;
@@ -648,7 +648,7 @@ fn tune_decode(
 ) -> Result<(Tuning, String), Error> {
     let mut trials: Vec<(Tuning, f64)> = vec![];
     let mut table = String::from("  tuning candidates (step ms):\n");
-    for t in Tuning::candidates() {
+    for t in Tuning::candidates_for(spec) {
         let cand = match GpuDecode::load_tuned(gpu, spec.clone(), t) {
             Ok(c) => c,
             Err(e) => {

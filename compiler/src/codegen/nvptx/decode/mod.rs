@@ -110,7 +110,17 @@ impl Default for Tuning {
 }
 
 impl Tuning {
-    /// The candidates `attnc bench --tune` times.
+    /// The candidates `attnc bench --tune` times for `spec`: the page rows of the score
+    /// warps only matter to page-bound scores (elsewhere the default's).
+    pub fn candidates_for(spec: &SelectSpec) -> Vec<Tuning> {
+        let rows = Tuning::default().score_rows;
+        Tuning::candidates()
+            .into_iter()
+            .filter(|t| spec.source == Source::PageBound || t.score_rows == rows)
+            .collect()
+    }
+
+    /// Every launch shape there is to try.
     pub fn candidates() -> Vec<Tuning> {
         let mut v = vec![];
         for score_rows in [2, 4, 8] {
