@@ -10,6 +10,7 @@
 pub mod attend;
 pub mod cache;
 pub mod gpu;
+mod lanes_avx;
 pub mod reference;
 pub mod score;
 pub mod topk;

@@ -257,6 +257,17 @@ fn group_logits16(
         .collect();
     let scale = logit_scale(s);
     let mut out = vec![vec![0f32; len]; qt.len()];
+    #[cfg(target_arch = "x86_64")]
+    if d == super::lanes_avx::D
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above); `keys` holds `len` rows
+        // of 128, every query 128 values and every output row `len` (the function asserts
+        // them too).
+        unsafe { super::lanes_avx::logits(&qt, keys, len, scale, &mut out) };
+        return out;
+    }
     let mut kt = vec![0f32; d];
     for j in 0..len {
         let kv = &keys[j * d..][..d];
