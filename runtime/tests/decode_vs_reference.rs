@@ -455,3 +455,51 @@ fn grouped_equals_per_head(source: Source) {
         }
     }
 }
+
+/// At head dim 128 the page bound runs with AVX2 where the CPU has it (each metadata row
+/// transposed once); its bits must be rule 1's lane tree, written out here with
+/// `lane_tree_fma`, for sums, means and maxima over the heads.
+#[test]
+fn page_bounds_follow_the_lane_tree() {
+    use attnc_runtime::decode::score::{lane_tree_fma, unit_scores};
+    for op in [Reduce::Sum, Reduce::Mean, Reduce::Max] {
+        let mut s = spec(Source::PageBound);
+        s.head_dim = 128;
+        s.scale = 1.0 / 128f64.sqrt();
+        s.heads = HeadReduce::PerKvGroup(op);
+        let lens = [500, 333, 17];
+        let (_, st, q) = setup(&s, &lens, 9);
+        let got = unit_scores(&s, &st, &q, None);
+        let (d, g, units) = (128usize, s.group() as usize, s.units() as usize);
+        for b in 0..s.batch as usize {
+            for kvh in 0..s.kv_heads as usize {
+                let heads: Vec<usize> = (kvh * g..(kvh + 1) * g).collect();
+                for pg in 0..lens[b] as usize / s.page as usize {
+                    let at = ((b * s.kv_heads as usize + kvh) * units + pg) * d;
+                    let term = |i: usize, t: usize| {
+                        let x = q[(b * s.q_heads as usize + heads[i]) * d + t];
+                        let m = if x >= 0.0 {
+                            st.kmax[at + t]
+                        } else {
+                            st.kmin[at + t]
+                        };
+                        (x, m)
+                    };
+                    let want = match op {
+                        Reduce::Sum => lane_tree_fma(d, g, term),
+                        Reduce::Mean => lane_tree_fma(d, g, term) / g as f32,
+                        Reduce::Max => (0..g)
+                            .map(|i| lane_tree_fma(d, 1, |_, t| term(i, t)))
+                            .fold(f32::NEG_INFINITY, f32::max),
+                    };
+                    let x = got[(b * s.kv_heads as usize + kvh) * units + pg];
+                    assert_eq!(
+                        x.to_bits(),
+                        want.to_bits(),
+                        "{op:?} b {b} kvh {kvh} page {pg}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,7 +1,9 @@
-//! Rule 1's dot at head dim 128 (16 lanes of 8 channels, `fma` along each lane, then the
-//! butterfly) with AVX2: each key is transposed once (two 8x8 blocks) so that a vector holds
-//! one channel of 8 lanes, the 16 lane sums run as two chains of vector FMAs, and the
-//! butterfly's levels are vector adds of halves. Bit for bit `score::lane_tree_fma`.
+//! Rule 1's sums at head dim 128 (16 lanes of 8 channels, `fma` along each lane, then the
+//! butterfly) with AVX2: each key or page metadata row is transposed once (two 8x8 blocks)
+//! so that a vector holds one channel of 8 lanes, the 16 lane sums run as two chains of
+//! vector FMAs, and the butterfly's levels are vector adds of halves. Bit for bit
+//! `score::lane_tree_fma`: the exact logits ([`logits`]) and the page bound
+//! ([`page_bounds`]).
 
 #![cfg(target_arch = "x86_64")]
 
@@ -20,33 +22,118 @@ pub const D: usize = 128;
 pub unsafe fn logits(qt: &[Vec<f32>], keys: &[f32], len: usize, scale: f32, out: &mut [Vec<f32>]) {
     assert!(keys.len() >= len * D && qt.iter().all(|q| q.len() == D));
     assert!(out.len() == qt.len() && out.iter().all(|o| o.len() >= len));
-    // Queries: channel c of lanes 0..8 and of lanes 8..16.
-    let qv: Vec<[__m256; 16]> = qt
+    let qv = queries(qt);
+    for j in 0..len {
+        let k = rows(keys.as_ptr().add(j * D));
+        for (q, o) in qv.iter().zip(out.iter_mut()) {
+            o[j] = butterfly(lane_sums(q, &k, None)) * scale;
+        }
+    }
+}
+
+/// The page bound of rule 1 for the full pages of one KV head's metadata (`kmax`, `kmin`:
+/// `[pages, 128]`, one page per element of `out`) against the queries `qt` of a list
+/// (lane-major, as for [`logits`]): `Some(n)` sums the heads inside each lane, then
+/// divides by `n` when `n > 1` (mean); `None` takes each head's butterfly and folds them
+/// with `max`.
+///
+/// # Safety
+/// Only on a CPU with AVX2 and FMA; `kmax` and `kmin` hold `out.len()` rows of 128 and
+/// every `qt[i]` 128 values (checked by asserts).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn page_bounds(
+    qt: &[Vec<f32>],
+    kmax: &[f32],
+    kmin: &[f32],
+    mean_of: Option<usize>,
+    out: &mut [f32],
+) {
+    let pages = out.len();
+    assert!(kmax.len() >= pages * D && kmin.len() >= pages * D);
+    assert!(qt.iter().all(|q| q.len() == D));
+    let qv = queries(qt);
+    let zero = _mm256_setzero_ps();
+    // q >= 0 (false for NaN) takes kmax, else kmin.
+    let pos: Vec<[__m256; 16]> = qv
         .iter()
+        .map(|q| std::array::from_fn(|x| _mm256_cmp_ps(q[x], zero, _CMP_GE_OQ)))
+        .collect();
+    for (pg, o) in out.iter_mut().enumerate() {
+        let hi = rows(kmax.as_ptr().add(pg * D));
+        let lo = rows(kmin.as_ptr().add(pg * D));
+        let chosen = |i: usize| -> [__m256; 16] {
+            std::array::from_fn(|x| _mm256_blendv_ps(lo[x], hi[x], pos[i][x]))
+        };
+        *o = match mean_of {
+            Some(n) => {
+                // Heads folded inside each lane: one running pair of sums.
+                let mut acc = (zero, zero);
+                for (i, q) in qv.iter().enumerate() {
+                    acc = lane_sums(q, &chosen(i), Some(acc));
+                }
+                let v = butterfly(acc);
+                if n > 1 {
+                    v / n as f32
+                } else {
+                    v
+                }
+            }
+            None => qv
+                .iter()
+                .enumerate()
+                .map(|(i, q)| butterfly(lane_sums(q, &chosen(i), None)))
+                .reduce(f32::max)
+                .unwrap_or(f32::NEG_INFINITY),
+        };
+    }
+}
+
+/// Queries in lane-major order as vectors: `[2c]` channel `c` of lanes 0..8, `[2c + 1]` of
+/// lanes 8..16.
+#[inline(always)]
+unsafe fn queries(qt: &[Vec<f32>]) -> Vec<[__m256; 16]> {
+    qt.iter()
         .map(|q| {
             std::array::from_fn(|x| _mm256_loadu_ps(q.as_ptr().add((x / 2) * 16 + (x % 2) * 8)))
         })
-        .collect();
-    for j in 0..len {
-        let row = keys.as_ptr().add(j * D);
-        let lo = transpose(std::array::from_fn(|l| _mm256_loadu_ps(row.add(l * 8))));
-        let hi = transpose(std::array::from_fn(|l| {
-            _mm256_loadu_ps(row.add((l + 8) * 8))
-        }));
-        for (q, o) in qv.iter().zip(out.iter_mut()) {
-            let (mut a, mut b) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            for c in 0..8 {
-                a = _mm256_fmadd_ps(q[2 * c], lo[c], a);
-                b = _mm256_fmadd_ps(q[2 * c + 1], hi[c], b);
-            }
-            // Butterfly: lanes l and l + 8, then l + 4, l + 2, l + 1.
-            let s8 = _mm256_add_ps(a, b);
-            let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-            let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-            let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-            *o.get_unchecked_mut(j) = _mm_cvtss_f32(s1) * scale;
-        }
+        .collect()
+}
+
+/// A 128-value row (16 lanes of 8 adjacent channels) transposed to the layout of
+/// [`queries`].
+#[inline(always)]
+unsafe fn rows(row: *const f32) -> [__m256; 16] {
+    let lo = transpose(std::array::from_fn(|l| _mm256_loadu_ps(row.add(l * 8))));
+    let hi = transpose(std::array::from_fn(|l| {
+        _mm256_loadu_ps(row.add((l + 8) * 8))
+    }));
+    std::array::from_fn(|x| if x % 2 == 0 { lo[x / 2] } else { hi[x / 2] })
+}
+
+/// The 16 lane sums (lanes 0..8, lanes 8..16) of `fma(q, k, acc)` over the 8 channels in
+/// order, from `acc` (zero when `None`).
+#[inline(always)]
+unsafe fn lane_sums(
+    q: &[__m256; 16],
+    k: &[__m256; 16],
+    acc: Option<(__m256, __m256)>,
+) -> (__m256, __m256) {
+    let (mut a, mut b) = acc.unwrap_or((_mm256_setzero_ps(), _mm256_setzero_ps()));
+    for c in 0..8 {
+        a = _mm256_fmadd_ps(q[2 * c], k[2 * c], a);
+        b = _mm256_fmadd_ps(q[2 * c + 1], k[2 * c + 1], b);
     }
+    (a, b)
+}
+
+/// The butterfly over 16 lane sums: lanes l and l + 8, then l + 4, l + 2, l + 1; lane 0's
+/// value.
+#[inline(always)]
+unsafe fn butterfly((a, b): (__m256, __m256)) -> f32 {
+    let s8 = _mm256_add_ps(a, b);
+    let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
 }
 
 /// The 8x8 transpose: `out[c]` holds element `c` of every `r[i]`, in order of `i`.

@@ -196,6 +196,30 @@ fn page_scores(s: &SelectSpec, st: &DecodeState, q: &[f32], b: usize, sel: usize
         .iter()
         .map(|&h| (b * hkv + h / g) * units * d)
         .collect();
+    #[cfg(target_arch = "x86_64")]
+    if d == super::lanes_avx::D
+        && bases.iter().all(|x| *x == bases[0])
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
+        // One KV head's metadata for the whole list: each page row transposed once.
+        let qt: Vec<Vec<f32>> = qs
+            .iter()
+            .map(|qv| (0..d).map(|x| qv[(x % 16) * 8 + x / 16]).collect())
+            .collect();
+        let mean_of = match s.heads.op() {
+            Reduce::Sum => Some(1),
+            Reduce::Mean => Some(nh),
+            Reduce::Max => None,
+        };
+        let meta = bases[0]..bases[0] + dst.len() * d;
+        // SAFETY: the CPU has AVX2 and FMA (checked just above); the metadata slices hold
+        // `dst.len()` rows of 128 and every query 128 values (the function asserts them).
+        unsafe {
+            super::lanes_avx::page_bounds(&qt, &st.kmax[meta.clone()], &st.kmin[meta], mean_of, dst)
+        };
+        return;
+    }
     // Per head, its query and this page's metadata rows (one buffer for all pages).
     let mut heads_page: Vec<(&[f32], &[f32], &[f32])> = Vec::with_capacity(nh);
     for (pg, out) in dst.iter_mut().enumerate() {
