@@ -96,31 +96,47 @@ pub fn attend(
                             (&st.k[at..][..d], &st.v[at..][..d])
                         }
                     };
-                    (0..g)
-                        .map(|i| {
-                            let mut p = Partial {
-                                max: f32::NEG_INFINITY,
-                                sum: 0.0,
-                                acc: vec![0.0; d],
-                            };
-                            for (n, &j) in toks.iter().enumerate() {
-                                let (kv, vv) = rows(n, j);
-                                let l = scale * dot(qs[i], kv);
-                                if want_probs {
-                                    logits[i].push((j, l));
-                                }
-                                let m = p.max.max(l);
-                                let r = (p.max - m).exp();
-                                let e = (l - m).exp();
-                                p.sum = p.sum * r + e;
-                                for t in 0..d {
-                                    p.acc[t] = p.acc[t] * r + e * vv[t];
-                                }
-                                p.max = m;
+                    // Two passes over the chunk: the G heads' logits (each key row read
+                    // once), then per head one exponential per token against the chunk's
+                    // maximum, each value row read once for the G heads.
+                    let n = toks.len();
+                    let mut lg = vec![0f32; g * n];
+                    for (t, &j) in toks.iter().enumerate() {
+                        let (kv, _) = rows(t, j);
+                        for i in 0..g {
+                            let l = scale * dot(qs[i], kv);
+                            lg[i * n + t] = l;
+                            if want_probs {
+                                logits[i].push((j, l));
                             }
-                            p
+                        }
+                    }
+                    let mut parts: Vec<Partial> = (0..g)
+                        .map(|i| {
+                            let l = &mut lg[i * n..][..n];
+                            let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                            let mut sum = 0f32;
+                            for x in l.iter_mut() {
+                                *x = (*x - max).exp();
+                                sum += *x;
+                            }
+                            Partial {
+                                max,
+                                sum,
+                                acc: vec![0.0; d],
+                            }
                         })
-                        .collect()
+                        .collect();
+                    for (t, &j) in toks.iter().enumerate() {
+                        let (_, vv) = rows(t, j);
+                        for (i, p) in parts.iter_mut().enumerate() {
+                            let e = lg[i * n + t];
+                            for (a, v) in p.acc.iter_mut().zip(vv) {
+                                *a += e * v;
+                            }
+                        }
+                    }
+                    parts
                 })
                 .collect();
             let mut out = vec![0f32; g * d];
