@@ -275,3 +275,48 @@ fn cpu_only_selection_kernels_say_so() {
     );
     assert!(text.contains("run it with --backend cpu"), "{text}");
 }
+
+/// Decode shapes the shipped kernels do not have: Quest over more than 8192 pages (the
+/// multi-block top-k with its own first pass), exact scores over a context that is not a
+/// multiple of the top-k's 32768-unit blocks, and over one block per list. Every entry
+/// assembles without spills and fits its block.
+#[test]
+fn decode_variants_assemble_and_fit() {
+    use attnc::codegen::nvptx::decode::{self, Role};
+    let Ok(ptxas) = std::env::var("ATTNC_PTXAS") else {
+        eprintln!("skipped: ATTNC_PTXAS is not set (./test.sh installs ptxas from the nvidia-cuda-nvcc-cu12 wheel)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("attnc-decode-variants-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for (file, kernel, set, topk_entries) in [
+        ("quest.attn", "quest_decode", "CONTEXT=262144", 5),
+        ("exact.attn", "exact_decode", "CONTEXT=100000", 4),
+        ("exact.attn", "exact_decode", "CONTEXT=16384", 4),
+        ("exact.attn", "exact_decode", "CONTEXT=4096", 1),
+    ] {
+        let src = Source::load(&root().join("kernels").join(file)).expect("kernel file");
+        let (fe, _) = driver::frontend(&src).expect("frontend");
+        let sets = [Binding::parse(set).expect("binding")];
+        let (spec, _) = driver::select_spec(&fe, kernel, &sets).expect("spec");
+        let m =
+            decode::compile(&spec, Arch::Sm90).unwrap_or_else(|e| panic!("{kernel} {set}: {e}"));
+        let topk = m.entries.iter().filter(|e| e.role == Role::TopK).count();
+        assert_eq!(topk, topk_entries, "{kernel} {set}");
+        let file = dir.join(format!("{kernel}_{}.ptx", set.replace('=', "_")));
+        let log = assemble(&ptxas, Arch::Sm90, &file, &m.ptx);
+        assert_eq!(
+            log.matches("0 bytes spill stores").count(),
+            m.entries.len(),
+            "{kernel} {set}: spills:\n{log}"
+        );
+        for e in &m.entries {
+            let regs = registers_of(&log, &e.name);
+            assert!(
+                regs * e.block <= 65536,
+                "{kernel} {set}: {} uses {regs} registers",
+                e.name
+            );
+        }
+    }
+}
