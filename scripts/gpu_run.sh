@@ -34,7 +34,10 @@ if [ "$MODE" = "decode" ]; then
   cat "$OUT/decode_sass.txt"
   log "decode step: attnc against the CPU executor, timed, with fidelity"
   : > "$OUT/decode.txt"
-  for c in "exact.attn exact_decode" "quest.attn quest_decode" "streaming.attn streaming_decode" "dense.attn dense_decode --set CONTEXT=32768"; do
+  # The last two: paths no shipped shape takes (Quest over 16384 pages: the multi-block
+  # top-k with its own first pass; exact over a context that is not a multiple of 32768).
+  for c in "exact.attn exact_decode" "quest.attn quest_decode" "streaming.attn streaming_decode" "dense.attn dense_decode --set CONTEXT=32768" \
+           "quest.attn quest_decode --set CONTEXT=262144 --set BATCH=2" "exact.attn exact_decode --set CONTEXT=100000 --set BATCH=2"; do
     set -- $c
     file=$1; k=$2; shift 2
     $A bench kernels/$file --kernel $k "$@" --backend cuda --runs 50 2>&1 | tee -a "$OUT/decode.txt"
