@@ -32,6 +32,29 @@ fn assemble(ptxas: &str, arch: Arch, file: &std::path::Path, ptx: &str) -> Strin
     log
 }
 
+/// Every entry of a decode module assembled without spills and fits its block on an SM
+/// (64K registers: a 1024-thread block may use 64 registers a thread, or the launch fails).
+fn assert_entries_fit(
+    log: &str,
+    entries: &[attnc::codegen::nvptx::decode::DecodeEntry],
+    what: &str,
+) {
+    assert_eq!(
+        log.matches("0 bytes spill stores").count(),
+        entries.len(),
+        "{what}: spills:\n{log}"
+    );
+    for e in entries {
+        let regs = registers_of(log, &e.name);
+        assert!(
+            regs * e.block <= 65536,
+            "{what}: {} uses {regs} registers x {} threads",
+            e.name,
+            e.block
+        );
+    }
+}
+
 /// The registers per thread ptxas reports for `entry` in a `-v` log.
 fn registers_of(log: &str, entry: &str) -> u32 {
     let from = log
@@ -227,25 +250,8 @@ fn decode_kernels_assemble_without_spills() {
                     assert!(m.ptx.contains("ld.global.nc"), "{name}: read-only loads");
                     let file = dir.join(format!("{name}_{}.ptx", arch.name()));
                     let log = assemble(&ptxas, arch, &file, &m.ptx);
-                    assert_eq!(
-                        log.matches("0 bytes spill stores").count(),
-                        m.entries.len(),
-                        "{name} {} {}: spills:\n{log}",
-                        arch.name(),
-                        t.label()
-                    );
-                    // Every entry fits its block on an SM (64K registers): a 1024-thread
-                    // block may use 64 registers a thread, or the launch fails.
-                    for e in &m.entries {
-                        let regs = registers_of(&log, &e.name);
-                        assert!(
-                            regs * e.block <= 65536,
-                            "{name} {}: {} uses {regs} registers x {} threads",
-                            t.label(),
-                            e.name,
-                            e.block
-                        );
-                    }
+                    let what = format!("{name} {} {}", arch.name(), t.label());
+                    assert_entries_fit(&log, &m.entries, &what);
                 }
             }
             covered.push(name);
@@ -305,18 +311,6 @@ fn decode_variants_assemble_and_fit() {
         assert_eq!(topk, topk_entries, "{kernel} {set}");
         let file = dir.join(format!("{kernel}_{}.ptx", set.replace('=', "_")));
         let log = assemble(&ptxas, Arch::Sm90, &file, &m.ptx);
-        assert_eq!(
-            log.matches("0 bytes spill stores").count(),
-            m.entries.len(),
-            "{kernel} {set}: spills:\n{log}"
-        );
-        for e in &m.entries {
-            let regs = registers_of(&log, &e.name);
-            assert!(
-                regs * e.block <= 65536,
-                "{kernel} {set}: {} uses {regs} registers",
-                e.name
-            );
-        }
+        assert_entries_fit(&log, &m.entries, &format!("{kernel} {set}"));
     }
 }
