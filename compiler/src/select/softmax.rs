@@ -101,7 +101,12 @@ pub fn row_stats(chunks: &[(f32, f32)]) -> (f32, f32) {
 /// The probabilities of a row of base-2 logits, into `l` in place.
 #[inline(always)]
 pub fn softmax_in_place(l: &mut [f32]) {
-    let stats: Vec<(f32, f32)> = l.chunks(CHUNK).map(chunk_stats).collect();
+    // A plain loop, not `map(chunk_stats)`: a function passed to an iterator adapter is
+    // compiled outside the caller's `target_feature`, and its `fma`s become calls.
+    let mut stats: Vec<(f32, f32)> = Vec::with_capacity(l.len().div_ceil(CHUNK));
+    for chunk in l.chunks(CHUNK) {
+        stats.push(chunk_stats(chunk));
+    }
     let (m, z) = row_stats(&stats);
     let rz = 1.0 / z;
     for x in l.iter_mut() {
