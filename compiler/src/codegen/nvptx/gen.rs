@@ -288,17 +288,18 @@ impl<'c> Gen<'c> {
         self.call(f, &[]).into_int_value()
     }
 
+    /// A call of the intrinsic `name` that takes nothing and returns nothing.
+    fn call_void(&self, name: &str) {
+        let f = self.m.get_function(name).unwrap_or_else(|| {
+            self.m
+                .add_function(name, self.cx.void_type().fn_type(&[], false), None)
+        });
+        ok(self.b.build_call(f, &[], ""));
+    }
+
     /// `__syncthreads()` (LLVM 19's name for it).
     pub fn barrier(&self) {
-        let f = match self.m.get_function("llvm.nvvm.barrier0") {
-            Some(f) => f,
-            None => self.m.add_function(
-                "llvm.nvvm.barrier0",
-                self.cx.void_type().fn_type(&[], false),
-                None,
-            ),
-        };
-        ok(self.b.build_call(f, &[], ""));
+        self.call_void("llvm.nvvm.barrier0");
     }
 
     /// `__shfl_xor_sync(0xffffffff, x, lane_mask)` on f32.
@@ -477,8 +478,14 @@ impl<'c> Gen<'c> {
         g.as_pointer_value()
     }
 
-    /// `atomicAdd(p, v)` on a u32, returning the old value.
-    pub fn atomic_add_old_i32(&self, p: PointerValue<'c>, v: IntValue<'c>) -> IntValue<'c> {
+    /// `__threadfence()` (membar.gl): this thread's global writes are seen by the whole GPU
+    /// before its later ones.
+    pub fn fence_gpu(&self) {
+        self.call_void("llvm.nvvm.membar.gl");
+    }
+
+    /// `atomicAdd(p, v)` on a u32; the old value (unused, it becomes a reduction).
+    pub fn atomic_add_i32(&self, p: PointerValue<'c>, v: IntValue<'c>) -> IntValue<'c> {
         ok(self.b.build_atomicrmw(
             inkwell::AtomicRMWBinOp::Add,
             p,
@@ -487,36 +494,28 @@ impl<'c> Gen<'c> {
         ))
     }
 
-    /// `__threadfence()` (membar.gl): this thread's global writes are seen by the whole GPU
-    /// before its later ones.
-    pub fn fence_gpu(&self) {
-        let f = match self.m.get_function("llvm.nvvm.membar.gl") {
-            Some(f) => f,
-            None => self.m.add_function(
-                "llvm.nvvm.membar.gl",
-                self.cx.void_type().fn_type(&[], false),
-                None,
-            ),
-        };
-        ok(self.b.build_call(f, &[], ""));
-    }
-
-    /// `atomicAdd(p, v)` on a u32 (result unused).
-    pub fn atomic_add_i32(&self, p: PointerValue<'c>, v: IntValue<'c>) {
-        ok(self.b.build_atomicrmw(
-            inkwell::AtomicRMWBinOp::Add,
-            p,
-            v,
-            inkwell::AtomicOrdering::Monotonic,
-        ));
-    }
-
     /// The sum of `v` over aligned groups of `lanes` lanes (a power of two), by a butterfly
     /// with offsets `lanes/2, ..., 2, 1`; every lane gets its group's sum.
-    pub fn lane_sum(&self, mut v: FloatValue<'c>, lanes: u32) -> FloatValue<'c> {
+    pub fn lane_sum(&self, v: FloatValue<'c>, lanes: u32) -> FloatValue<'c> {
+        self.lane_fold(v, lanes, &|g, a, b| g.fadd(a, b))
+    }
+
+    /// The maximum (maxNum: NaN ignored) of `v` over aligned groups of `lanes` lanes, in
+    /// every lane.
+    pub fn lane_max(&self, v: FloatValue<'c>, lanes: u32) -> FloatValue<'c> {
+        self.lane_fold(v, lanes, &|g, a, b| g.maxnum(a, b))
+    }
+
+    /// `op` over aligned groups of `lanes` lanes by a butterfly (offsets `lanes/2, ..., 1`).
+    fn lane_fold(
+        &self,
+        mut v: FloatValue<'c>,
+        lanes: u32,
+        op: &dyn Fn(&Gen<'c>, FloatValue<'c>, FloatValue<'c>) -> FloatValue<'c>,
+    ) -> FloatValue<'c> {
         let mut off = lanes / 2;
         while off >= 1 {
-            v = self.fadd(v, self.shfl_xor(v, off as i64));
+            v = op(self, v, self.shfl_xor(v, off as i64));
             off /= 2;
         }
         v

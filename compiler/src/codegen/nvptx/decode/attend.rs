@@ -11,7 +11,7 @@
 use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::{FloatPredicate, IntPredicate};
 
-use super::{lanes_per_token, Shape};
+use super::{LaneGrid, Shape};
 use crate::codegen::nvptx::gen::{Gen, Var};
 use crate::select::spec::Source;
 
@@ -46,16 +46,23 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     // `exact` scores computed the logits of every token already: `k` is then the logits
     // buffer `[B, Hq, C]` (f32, base 2) and only the values are read.
     let from_logits = s.source == Source::Exact;
-    let lt = lanes_per_token(s.d);
-    let tpw = 32 / lt;
+    // `lt` lanes share a token, 8 channels each (`gpu_support` admits the head dims where
+    // that holds); a warp holds `tpw` tokens.
+    let LaneGrid {
+        lanes: lt,
+        per_lane,
+        per_row: tpw,
+        tid,
+        warp,
+        lane,
+        sub: grp,
+        ch: ch0,
+        ..
+    } = LaneGrid::new(g, s.d);
+    debug_assert_eq!(per_lane, VEC);
     let d = s.d as i64;
     let red = g.shared_array("attend_merge", g.f32t.into(), merge_floats(s));
     let units = g.shared_array("attend_units", g.i32t.into(), s.split);
-    let tid = g.sreg("tid.x");
-    let warp = g.udivi(tid, 32);
-    let lane = g.uremi(tid, 32);
-    let grp = g.udivi(lane, lt as i64);
-    let lg = g.uremi(lane, lt as i64);
     let c = g.sreg("ctaid.x");
     let kvh = g.sreg("ctaid.y");
     let b = g.sreg("ctaid.z");
@@ -76,7 +83,6 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
         g.sext64(g.add(g.muli(b, s.hkv as i64), kvh)),
         s.c as i64 * d,
     );
-    let ch0 = g.muli(lg, VEC as i64);
     // The chunk's units, staged in shared memory so that no load waits on another.
     g.for_step(tid, nslots, (WARPS * 32) as i64, &mut |g, t| {
         g.st_i32(units, t, g.ld_i32(idx, g.add(row, t)));

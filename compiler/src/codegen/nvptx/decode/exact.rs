@@ -144,10 +144,10 @@ pub fn emit_logits<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             let xs: Vec<FloatValue<'c>> = (0..CH / LANES as u32)
                 .map(|i| g.ld_f32(sh, g.add(base, g.addi(lane, (i * LANES as u32) as i64))))
                 .collect();
-            let m = warp_max(
-                g,
+            let m = g.lane_max(
                 xs.iter()
                     .fold(g.f32(f64::NEG_INFINITY), |a, x| g.maxnum(a, *x)),
+                LANES as u32,
             );
             let z = xs
                 .iter()
@@ -199,10 +199,10 @@ pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                     (valid, mc, g.ld_f32(stats, g.addi(at, 1)))
                 })
                 .collect();
-            let m = warp_max(
-                g,
+            let m = g.lane_max(
                 per.iter()
                     .fold(g.f32(f64::NEG_INFINITY), |a, x| g.maxnum(a, x.1)),
+                LANES as u32,
             );
             let z = per.iter().fold(g.f32(0.0), |a, (valid, mc, zc)| {
                 let next = g.fma(*zc, exp2c(g, g.fsub(*mc, m)), a);
@@ -304,14 +304,6 @@ fn reduce_scatter<'c>(
     }
     let writer = g.eqi(g.and(ll, g.i32(shared_bits)), 0);
     (vals, first, writer)
-}
-
-/// The maximum over the warp (maxNum: NaN ignored), in every lane.
-fn warp_max<'c>(g: &Gen<'c>, mut v: FloatValue<'c>) -> FloatValue<'c> {
-    for off in [16, 8, 4, 2, 1] {
-        v = g.maxnum(v, g.shfl_xor(v, off));
-    }
-    v
 }
 
 /// `select::softmax::exp2c`: the same IEEE operations.

@@ -226,7 +226,9 @@ pub(crate) fn gpu_split(s: &SelectSpec, target: u32) -> u32 {
 }
 
 /// Where a thread sits when `score_lanes(D)` lanes share a row (a page or a token), each
-/// holding `per_lane` adjacent channels: `per_row` rows per warp.
+/// holding `per_lane` adjacent channels (8, one 16-byte load, at every head dim the GPU
+/// covers): `per_row` rows per warp. The page bound, the exact logits and the attention
+/// all use it.
 pub(crate) struct LaneGrid<'c> {
     pub lanes: u32,
     pub per_lane: u32,
@@ -261,11 +263,6 @@ impl<'c> LaneGrid<'c> {
             ch: g.muli(ll, per_lane as i64),
         }
     }
-}
-
-/// Lanes that share one token in the attention kernel (8 channels, 16 bytes, each).
-pub(crate) fn lanes_per_token(d: u32) -> u32 {
-    d / 8
 }
 
 /// Why `spec` cannot run on the GPU yet, if it cannot: these kernels run on the CPU only.
@@ -370,11 +367,16 @@ pub fn compile_tuned(
         plan.push((Role::Score, Body::Score, 5, grid, score::WARPS * 32));
     }
     let wide = topk_wide::wide(&sh);
-    let wide_entries = topk_wide::entries(&sh);
     if wide {
         let grid = [topk_wide::blocks(&sh), sh.hsel, sh.b];
-        for i in 0..wide_entries.len() {
-            plan.push((Role::TopK, Body::TopKWide(i), 4, grid, topk_wide::THREADS));
+        for step in topk_wide::steps(&sh) {
+            plan.push((
+                Role::TopK,
+                Body::TopKWide(step),
+                4,
+                grid,
+                topk_wide::THREADS,
+            ));
         }
     } else {
         plan.push((Role::TopK, Body::TopK, 4, [sh.hsel, sh.b, 1], topk::THREADS));
@@ -393,7 +395,7 @@ pub fn compile_tuned(
         .map(|&(role, body, _, grid, block)| DecodeEntry {
             role,
             name: name(&match body {
-                Body::TopKWide(i) => wide_entries[i].1.clone(),
+                Body::TopKWide(step) => step.name(),
                 _ => role_name(role).to_string(),
             }),
             grid,
@@ -430,7 +432,7 @@ pub fn compile_tuned(
             Body::ExactScore => exact::emit_score(&g, &sh, &ps),
             Body::Score => score::emit(&g, &sh, &ps),
             Body::TopK => topk::emit(&g, &sh, &ps),
-            Body::TopKWide(i) => topk_wide::emit(&g, &sh, &ps, wide_entries[i].0),
+            Body::TopKWide(step) => topk_wide::emit(&g, &sh, &ps, step),
             Body::Attend => attend::emit(&g, &sh, &ps),
             Body::Combine => combine::emit(&g, &sh, &ps),
             Body::Append => append::emit(&g, &sh, &ps),
@@ -455,8 +457,8 @@ enum Body {
     ExactScore,
     Score,
     TopK,
-    /// Entry `i` of the multi-block top-k.
-    TopKWide(usize),
+    /// A step of the multi-block top-k.
+    TopKWide(topk_wide::Step),
     Attend,
     Combine,
     Append,

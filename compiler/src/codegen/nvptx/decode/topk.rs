@@ -102,7 +102,7 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                     let k = key(g, g.seli(valid, u, g.i32(0)));
                     let hm = g.i32t.const_int(high_mask, false);
                     let same = g.and(valid, g.icmp(IntPredicate::EQ, g.and(k, hm), pre));
-                    count_digit(g, hist, same, shr_byte(g, k, shift), 256);
+                    count_digit(g, hist, same, digit(g, k, shift, 8), 256);
                 });
                 g.barrier();
                 // The bin holding the wanted rank, from the top: thread t holds bin
@@ -140,15 +140,19 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                 let valid = g.icmp(IntPredicate::ULT, u, n);
                 let safe = g.seli(valid, u, g.i32(0));
                 let k = key(g, safe);
-                let cursor = Cursor {
-                    eq_seen,
-                    written,
-                    t,
-                    need,
-                    out,
-                    row_out,
-                };
-                emit_in_order(g, totals, tid, &cursor, u, valid, k);
+                let is_eq = g.and(valid, g.icmp(IntPredicate::EQ, k, t));
+                let is_gt = g.and(valid, g.icmp(IntPredicate::UGT, k, t));
+                let (eq_before, eq_total) = block_scan(g, totals, tid, to_u32(g, is_eq));
+                let eq_rank = g.add(g.geti(eq_seen), eq_before);
+                let within = g.icmp(IntPredicate::ULT, eq_rank, need);
+                let take = g.or(is_gt, g.and(is_eq, within));
+                let (pos, taken) = block_scan(g, totals, tid, to_u32(g, take));
+                g.if_then(take, &mut |g| {
+                    let at = g.add(g.geti(written), pos);
+                    g.st_i32(out, g.add(row_out, at), u);
+                });
+                g.set(eq_seen, g.add(g.geti(eq_seen), eq_total));
+                g.set(written, g.add(g.geti(written), taken));
             });
             // The scans take exactly `K` units; pad defensively all the same.
             let from = g.add(g.geti(written), tid);
@@ -157,45 +161,6 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             });
         },
     );
-}
-
-/// Where the in-order emission stands: equal-to-`t` units seen and units written so far
-/// (block-uniform variables), the threshold key `t`, how many equal units to take, and
-/// the output row.
-pub(super) struct Cursor<'c> {
-    pub eq_seen: crate::codegen::nvptx::gen::Var<'c>,
-    pub written: crate::codegen::nvptx::gen::Var<'c>,
-    pub t: IntValue<'c>,
-    pub need: IntValue<'c>,
-    pub out: PointerValue<'c>,
-    pub row_out: IntValue<'c>,
-}
-
-/// One round of the emission in unit order (every thread of the block, one unit `u`
-/// each, rounds in ascending unit order): block scans of "equal to `t`" (the first
-/// `need` of them are taken) and of "taken" (the output position); the cursor advances.
-pub(super) fn emit_in_order<'c>(
-    g: &Gen<'c>,
-    totals: PointerValue<'c>,
-    tid: IntValue<'c>,
-    c: &Cursor<'c>,
-    u: IntValue<'c>,
-    valid: IntValue<'c>,
-    k: IntValue<'c>,
-) {
-    let is_eq = g.and(valid, g.icmp(IntPredicate::EQ, k, c.t));
-    let is_gt = g.and(valid, g.icmp(IntPredicate::UGT, k, c.t));
-    let (eq_before, eq_total) = block_scan(g, totals, tid, to_u32(g, is_eq));
-    let eq_rank = g.add(g.geti(c.eq_seen), eq_before);
-    let within = g.icmp(IntPredicate::ULT, eq_rank, c.need);
-    let take = g.or(is_gt, g.and(is_eq, within));
-    let (pos, taken) = block_scan(g, totals, tid, to_u32(g, take));
-    g.if_then(take, &mut |g| {
-        let at = g.add(g.geti(c.written), pos);
-        g.st_i32(c.out, g.add(c.row_out, at), u);
-    });
-    g.set(c.eq_seen, g.add(g.geti(c.eq_seen), eq_total));
-    g.set(c.written, g.add(g.geti(c.written), taken));
 }
 
 /// Adds one to bin `digit` of the shared histogram `hist` for every lane where `same`
@@ -268,15 +233,15 @@ fn without_scores<'c>(
     });
 }
 
-/// `(k >> shift) & 255`
-pub(super) fn shr_byte<'c>(g: &Gen<'c>, k: IntValue<'c>, shift: u32) -> IntValue<'c> {
+/// `(k >> shift) & (2^bits - 1)`: a radix digit of a key.
+pub(super) fn digit<'c>(g: &Gen<'c>, k: IntValue<'c>, shift: u32, bits: u32) -> IntValue<'c> {
     let x = ok(g.b.build_right_shift(k, g.i32(shift as i64), false, ""));
-    g.and(x, g.i32(255))
+    g.and(x, g.i32((1i64 << bits) - 1))
 }
 
 /// The order key of unit `u`: the largest for a forced unit (`(s, r)` from
 /// [`forced_bounds`]), else its score's order-preserving bits.
-pub(super) fn unit_key<'c>(
+fn unit_key<'c>(
     g: &Gen<'c>,
     scores: PointerValue<'c>,
     row_in: IntValue<'c>,

@@ -13,10 +13,11 @@
 //!   ([`Pass0`]), and `topk_pass0` does not exist.
 //! - `topk_count`: with the threshold key `T` known, each block counts its units above
 //!   `T` and equal to it.
-//! - `topk_emit`: each thread takes `PER` adjacent units; from the earlier blocks' counts
-//!   and two block scans (equal units before it, taken units before it) it knows where its
-//!   units go, and writes those above `T` and the equal ones whose rank among all equal
-//!   ones is below the number to take, in ascending order.
+//! - `topk_emit`: warp ballots turn the keys into masks of units above `T` and equal to it,
+//!   one 32-bit word per 32 adjacent units; each thread takes a word, and from the earlier
+//!   blocks' counts and two block scans (equal units before it, taken units before it) it
+//!   knows where its units go and writes those above `T` and the equal ones whose rank
+//!   among all equal ones is below the number to take, in ascending order.
 //!
 //! The selected set and its order are exactly the one-block kernel's, hence the CPU's.
 //!
@@ -26,7 +27,7 @@
 use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
 
-use super::topk::{block_scan, count_digit, forced_bounds, key_of, to_u32};
+use super::topk::{block_scan, count_digit, digit, forced_bounds, key_of, to_u32};
 use super::Shape;
 use crate::codegen::nvptx::gen::{ok, Gen};
 use crate::select::spec::Source;
@@ -65,26 +66,34 @@ pub fn work_words(s: &Shape) -> usize {
 }
 
 /// What each entry does.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
     Pass(usize),
     Count,
     Emit,
 }
 
-/// The entries in launch order, with their name suffixes.
-pub fn entries(s: &Shape) -> Vec<(Step, String)> {
+impl Step {
+    /// The entry's name suffix.
+    pub fn name(self) -> String {
+        match self {
+            Step::Pass(i) => format!("topk_pass{i}"),
+            Step::Count => "topk_count".into(),
+            Step::Emit => "topk_emit".into(),
+        }
+    }
+}
+
+/// The entries in launch order.
+pub fn steps(s: &Shape) -> Vec<Step> {
     let first = usize::from(fused_first_pass(s));
-    let mut v: Vec<(Step, String)> = (first..DIGITS.len())
-        .map(|i| (Step::Pass(i), format!("topk_pass{i}")))
-        .collect();
-    v.push((Step::Count, "topk_count".into()));
-    v.push((Step::Emit, "topk_emit".into()));
+    let mut v: Vec<Step> = (first..DIGITS.len()).map(Step::Pass).collect();
+    v.extend([Step::Count, Step::Emit]);
     v
 }
 
 /// The per-list values every entry starts from.
-pub struct List<'c> {
+struct List<'c> {
     tid: IntValue<'c>,
     blk: IntValue<'c>,
     row: IntValue<'c>,
@@ -98,7 +107,7 @@ pub struct List<'c> {
 
 impl<'c> List<'c> {
     /// List `sel` of sequence `b`, as block `blk` of it sees it.
-    pub fn new(
+    fn new(
         g: &Gen<'c>,
         s: &Shape,
         lens: PointerValue<'c>,
@@ -123,36 +132,25 @@ impl<'c> List<'c> {
     }
 }
 
-/// The keys of the block's units (`u = blk * SEG + r * THREADS + tid`, coalesced), all
-/// loads issued together: `(unit, valid, key)`.
+/// The keys of the block's units `blk * SEG + r * THREADS + tid`, `r < PER` (coalesced),
+/// all loads issued together from one base address (those past the list's units stay
+/// inside the buffer: [`SCORES_PAD`]): `(valid, key)`.
 fn keys<'c>(
     g: &Gen<'c>,
     scores: PointerValue<'c>,
     l: &List<'c>,
-) -> Vec<(IntValue<'c>, IntValue<'c>, IntValue<'c>)> {
+) -> Vec<(IntValue<'c>, IntValue<'c>)> {
     let first = g.add(g.muli(l.blk, SEG as i64), l.tid);
-    units_keys(g, scores, l, first, (PER, THREADS))
-}
-
-/// The keys of units `first + r * stride`, `r < count`: one base address and constant
-/// offsets (the loads past the list's units stay inside the buffer: [`SCORES_PAD`]).
-fn units_keys<'c>(
-    g: &Gen<'c>,
-    scores: PointerValue<'c>,
-    l: &List<'c>,
-    first: IntValue<'c>,
-    (count, stride): (u32, u32),
-) -> Vec<(IntValue<'c>, IntValue<'c>, IntValue<'c>)> {
     let base = g.gep(g.f32t.into(), scores, g.add(l.row_in, first));
-    let xs: Vec<FloatValue<'c>> = (0..count)
-        .map(|r| g.ld_f32(base, g.i32((r * stride) as i64)))
+    let xs: Vec<FloatValue<'c>> = (0..PER)
+        .map(|r| g.ld_f32(base, g.i32((r * THREADS) as i64)))
         .collect();
     xs.into_iter()
         .enumerate()
         .map(|(r, x)| {
-            let u = g.addi(first, (r as u32 * stride) as i64);
+            let u = g.addi(first, (r as u32 * THREADS) as i64);
             let valid = g.icmp(IntPredicate::ULT, u, l.n);
-            (u, valid, key_of(g, l.forced, u, x))
+            (valid, key_of(g, l.forced, u, x))
         })
         .collect()
 }
@@ -172,7 +170,7 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>], step: Step) {
             let h = Hist::new(g, i, THREADS);
             let (prefix, _) = h.decided(g, s, &l, work);
             let mask = g.i32t.const_int(h.mask(), false);
-            for (_, valid, k) in keys(g, scores, &l) {
+            for (valid, k) in keys(g, scores, &l) {
                 let same = g.and(valid, g.icmp(IntPredicate::EQ, g.and(k, mask), prefix));
                 h.count(g, same, k);
             }
@@ -274,9 +272,13 @@ impl<'c> Hist<'c> {
 
     fn count(&self, g: &Gen<'c>, same: IntValue<'c>, k: IntValue<'c>) {
         let (shift, bits) = DIGITS[self.i];
-        let x = ok(g.b.build_right_shift(k, g.i32(shift as i64), false, ""));
-        let digit = g.and(x, g.i32((1i64 << bits) - 1));
-        count_digit(g, self.hist, same, digit, self.bins() as i64);
+        count_digit(
+            g,
+            self.hist,
+            same,
+            digit(g, k, shift, bits),
+            self.bins() as i64,
+        );
     }
 
     /// Adds the block's histogram to the list's; the last of the list's `blocks` blocks to
@@ -304,7 +306,7 @@ impl<'c> Hist<'c> {
         g.barrier();
         g.if_then(g.eqi(l.tid, 0), &mut |g| {
             let arrivals = g.gep(g.i32t.into(), work, g.addi(l.state, 2));
-            let before = g.atomic_add_old_i32(arrivals, g.i32(1));
+            let before = g.atomic_add_i32(arrivals, g.i32(1));
             let last = g.icmp(IntPredicate::EQ, before, g.i32(blocks as i64 - 1));
             g.st_i32(flag, g.i32(0), ok(g.b.build_int_z_extend(last, g.i32t, "")));
         });
@@ -376,7 +378,7 @@ fn count<'c>(
     let totals = g.shared_array("topk_count_warps", g.i32t.into(), 32);
     let t = g.ld_i32(work, l.state);
     let (mut gt, mut eq) = (g.i32(0), g.i32(0));
-    for (_, valid, k) in keys(g, scores, l) {
+    for (valid, k) in keys(g, scores, l) {
         let above = g.and(valid, g.icmp(IntPredicate::UGT, k, t));
         let equal = g.and(valid, g.icmp(IntPredicate::EQ, k, t));
         gt = g.add(gt, to_u32(g, above));
@@ -437,7 +439,7 @@ fn emit_lists<'c>(
             let eq_words = g.shared_array("topk_emit_eq", g.i32t.into(), THREADS);
             let warp = g.udivi(l.tid, 32);
             let lane0 = g.eqi(g.uremi(l.tid, 32), 0);
-            for (r, (_, valid, k)) in keys(g, scores, l).into_iter().enumerate() {
+            for (r, (valid, k)) in keys(g, scores, l).into_iter().enumerate() {
                 let above = g.ballot(g.and(valid, g.icmp(IntPredicate::UGT, k, t)));
                 let equal = g.ballot(g.and(valid, g.icmp(IntPredicate::EQ, k, t)));
                 let word = g.addi(warp, (r as u32 * THREADS / 32) as i64);
@@ -451,7 +453,8 @@ fn emit_lists<'c>(
             let gt_bits = g.ld_i32(gt_words, l.tid);
             let eq_bits = g.ld_i32(eq_words, l.tid);
             // Equal units before this thread's: the earlier blocks', then this block's.
-            let (eq_before, _) = block_scan(g, totals, l.tid, g.popc(eq_bits));
+            let mine_eq = g.popc(eq_bits);
+            let (eq_before, _) = block_scan(g, totals, l.tid, mine_eq);
             let eq_start = g.add(g.geti(equal), eq_before);
             // Of this thread's equal units, the first `need - eq_start` (clamped) are taken.
             let room = g.seli(
@@ -459,7 +462,6 @@ fn emit_lists<'c>(
                 g.sub(need, eq_start),
                 g.i32(0),
             );
-            let mine_eq = g.popc(eq_bits);
             let take_eq = g.seli(g.icmp(IntPredicate::ULT, room, mine_eq), room, mine_eq);
             let (pos_before, _) = block_scan(g, totals, l.tid, g.add(g.popc(gt_bits), take_eq));
             let taken_eq_before = g.seli(
