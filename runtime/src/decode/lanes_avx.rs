@@ -12,14 +12,18 @@ use std::arch::x86_64::*;
 /// Channels of a key row this path takes.
 pub const D: usize = 128;
 
-/// `out[i][j] = dot(q_i, k_j) * scale` for the tokens `j < len` of `keys` (`[len, 128]`),
-/// with `qt[i]` the query in lane-major order (`qt[i][c * 16 + l] = q_i[l * 8 + c]`).
+/// Whether this CPU has what these functions need: AVX2 and FMA.
+pub fn available() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// `out[i][j] = dot(q_i, k_j) * scale` for the tokens `j < len` of `keys` (`[len, 128]`).
 ///
 /// # Safety
-/// Only on a CPU with AVX2 and FMA (`is_x86_feature_detected!`); `keys` holds `len * 128`
-/// floats and every `qt[i]` 128, every `out[i]` at least `len` (checked by asserts).
+/// Only where [`available`]; `keys` holds `len * 128` floats and every `qt[i]` 128, every
+/// `out[i]` at least `len` (checked by asserts).
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn logits(qt: &[Vec<f32>], keys: &[f32], len: usize, scale: f32, out: &mut [Vec<f32>]) {
+pub unsafe fn logits(qt: &[&[f32]], keys: &[f32], len: usize, scale: f32, out: &mut [Vec<f32>]) {
     assert!(keys.len() >= len * D && qt.iter().all(|q| q.len() == D));
     assert!(out.len() == qt.len() && out.iter().all(|o| o.len() >= len));
     let qv = queries(qt);
@@ -32,17 +36,16 @@ pub unsafe fn logits(qt: &[Vec<f32>], keys: &[f32], len: usize, scale: f32, out:
 }
 
 /// The page bound of rule 1 for the full pages of one KV head's metadata (`kmax`, `kmin`:
-/// `[pages, 128]`, one page per element of `out`) against the queries `qt` of a list
-/// (lane-major, as for [`logits`]): `Some(n)` sums the heads inside each lane, then
+/// `[pages, 128]`, one page per element of `out`) against the queries `qt` of a list: `Some(n)` sums the heads inside each lane, then
 /// divides by `n` when `n > 1` (mean); `None` takes each head's butterfly and folds them
 /// with `max`.
 ///
 /// # Safety
-/// Only on a CPU with AVX2 and FMA; `kmax` and `kmin` hold `out.len()` rows of 128 and
-/// every `qt[i]` 128 values (checked by asserts).
+/// Only where [`available`]; `kmax` and `kmin` hold `out.len()` rows of 128 and every
+/// `qt[i]` 128 values (checked by asserts).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn page_bounds(
-    qt: &[Vec<f32>],
+    qt: &[&[f32]],
     kmax: &[f32],
     kmin: &[f32],
     mean_of: Option<usize>,
@@ -88,19 +91,14 @@ pub unsafe fn page_bounds(
     }
 }
 
-/// Queries in lane-major order as vectors: `[2c]` channel `c` of lanes 0..8, `[2c + 1]` of
-/// lanes 8..16.
+/// Queries as vectors in the layout of [`rows`] (each one transposed like a key row).
 #[inline(always)]
-unsafe fn queries(qt: &[Vec<f32>]) -> Vec<[__m256; 16]> {
-    qt.iter()
-        .map(|q| {
-            std::array::from_fn(|x| _mm256_loadu_ps(q.as_ptr().add((x / 2) * 16 + (x % 2) * 8)))
-        })
-        .collect()
+unsafe fn queries(qs: &[&[f32]]) -> Vec<[__m256; 16]> {
+    qs.iter().map(|q| rows(q.as_ptr())).collect()
 }
 
-/// A 128-value row (16 lanes of 8 adjacent channels) transposed to the layout of
-/// [`queries`].
+/// A 128-value row (16 lanes of 8 adjacent channels) as 16 vectors, by two 8x8
+/// transposes: `[2c]` holds channel `c` of lanes 0..8, `[2c + 1]` of lanes 8..16.
 #[inline(always)]
 unsafe fn rows(row: *const f32) -> [__m256; 16] {
     let lo = transpose(std::array::from_fn(|l| _mm256_loadu_ps(row.add(l * 8))));

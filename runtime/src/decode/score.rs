@@ -1,6 +1,6 @@
 //! Rules 1 to 5 of `docs/kv-selection.md`: a score for every unit (token or page) of every
-//! index list. Nothing of size `C x C` exists: the largest buffer is one row of `C` logits
-//! per query head, per worker.
+//! index list. Nothing of size `C x C` exists: the largest buffer holds `C` logits per query
+//! row of one KV group (of one head without the vector path), per worker.
 
 use attnc::select::softmax;
 use attnc::select::spec::{score_lanes, HeadReduce, Pool, Reduce, SelectSpec, Source};
@@ -112,37 +112,20 @@ fn row_scores(
             };
             let heads: Vec<usize> = list_heads(s, sel).collect();
             let nh = heads.len();
-            let d = s.head_dim as usize;
-            let fast = matches!(s.heads, HeadReduce::PerKvGroup(_))
-                && score_lanes(d as u32) == 16
-                && d % 16 == 0;
-            if fast {
-                // One pass over the keys for every query row of the group (the same bits
-                // as head_token_scores, below).
-                let rows = s.q_rows() as usize;
-                let mut logits = group_logits16(s, st, q, b, &heads, len);
-                for i in 0..nh {
-                    let mut hs = vec![0f32; m];
-                    for r in 0..rows {
-                        // Row r sits at position len - rows + r and sees the keys up to it.
-                        let l = &mut logits[i * rows + r][..len - rows + r + 1];
-                        softmax::softmax_in_place(l);
-                        for j in 0..m {
-                            fold(s.rows, &mut hs[j], l[j], r == 0);
-                        }
-                    }
-                    if rows > 1 && s.rows == Reduce::Mean {
-                        hs.iter_mut().for_each(|x| *x /= rows as f32);
-                    }
-                    for j in 0..m {
-                        fold(s.heads.op(), &mut tok[j], hs[j], i == 0);
-                    }
-                }
+            let rows = s.q_rows() as usize;
+            // A KV group's heads together where the vector path takes them (each key read
+            // once for the group), else one head at a time (one head's rows in memory).
+            let together = if vector_lanes(s) && matches!(s.heads, HeadReduce::PerKvGroup(_)) {
+                nh
             } else {
-                for (i, h) in heads.iter().enumerate() {
-                    let hs_score = head_token_scores(s, st, q, b, *h, len, m);
+                1
+            };
+            for (n, batch) in heads.chunks(together).enumerate() {
+                let mut logits = head_logits(s, st, q, b, batch, len);
+                for (k, head_rows) in logits.chunks_mut(rows).enumerate() {
+                    let hs = head_scores(s, head_rows, len, m);
                     for j in 0..m {
-                        fold(s.heads.op(), &mut tok[j], hs_score[j], i == 0);
+                        fold(s.heads.op(), &mut tok[j], hs[j], n * together + k == 0);
                     }
                 }
             }
@@ -197,16 +180,8 @@ fn page_scores(s: &SelectSpec, st: &DecodeState, q: &[f32], b: usize, sel: usize
         .map(|&h| (b * hkv + h / g) * units * d)
         .collect();
     #[cfg(target_arch = "x86_64")]
-    if d == super::lanes_avx::D
-        && bases.iter().all(|x| *x == bases[0])
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-    {
+    if vector_lanes(s) && bases.iter().all(|x| *x == bases[0]) {
         // One KV head's metadata for the whole list: each page row transposed once.
-        let qt: Vec<Vec<f32>> = qs
-            .iter()
-            .map(|qv| (0..d).map(|x| qv[(x % 16) * 8 + x / 16]).collect())
-            .collect();
         let mean_of = match s.heads.op() {
             Reduce::Sum => Some(1),
             Reduce::Mean => Some(nh),
@@ -216,7 +191,7 @@ fn page_scores(s: &SelectSpec, st: &DecodeState, q: &[f32], b: usize, sel: usize
         // SAFETY: the CPU has AVX2 and FMA (checked just above); the metadata slices hold
         // `dst.len()` rows of 128 and every query 128 values (the function asserts them).
         unsafe {
-            super::lanes_avx::page_bounds(&qt, &st.kmax[meta.clone()], &st.kmin[meta], mean_of, dst)
+            super::lanes_avx::page_bounds(&qs, &st.kmax[meta.clone()], &st.kmin[meta], mean_of, dst)
         };
         return;
     }
@@ -249,13 +224,27 @@ fn page_scores(s: &SelectSpec, st: &DecodeState, q: &[f32], b: usize, sel: usize
     }
 }
 
-/// The base-2 logits of every query row of each of `heads` (one KV head's group; row `r`
-/// of head `i` at `i * rows + r`) over the tokens `[0, len)`, for head dims with 16 lanes
-/// (`D = 128`): the dot of rule 1 (16 lane sums of `fma`, then the butterfly), bit for bit
-/// [`lane_tree_fma`]'s, but each key read once for the group and transposed to lane-major
-/// order, so that the 16 lanes run as vector FMAs.
+/// Whether the AVX2 paths of `lanes_avx` run for `s` here: head dim 128 on a CPU with
+/// AVX2 and FMA.
+fn vector_lanes(s: &SelectSpec) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        s.head_dim as usize == super::lanes_avx::D && super::lanes_avx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = s;
+        false
+    }
+}
+
+/// The base-2 logits of rule 1 of every query row of each of `heads` (row `r` of head `i`
+/// at `i * rows + r`) against the keys `[0, seen)` that row sees (`seen = len - rows + r +
+/// 1`; entries past it are left unspecified). With the vector path and one KV head for all
+/// of `heads`, each key is read once for them; otherwise every dot is the lane tree
+/// ([`lane_tree_fma`]). The same bits either way.
 #[inline(always)]
-fn group_logits16(
+fn head_logits(
     s: &SelectSpec,
     st: &DecodeState,
     q: &[f32],
@@ -263,96 +252,50 @@ fn group_logits16(
     heads: &[usize],
     len: usize,
 ) -> Vec<Vec<f32>> {
-    const L: usize = 16;
     let d = s.head_dim as usize;
-    let per = d / L;
     let c = s.context as usize;
-    let kvh = heads[0] / s.group() as usize;
-    let keys = &st.k[(b * s.kv_heads as usize + kvh) * c * d..][..len * d];
+    let g = s.group() as usize;
     let rows = s.q_rows() as usize;
-    // Lane-major queries: qt[i][ch * L + l] = q_i[l * per + ch].
-    let qt: Vec<Vec<f32>> = heads
+    let keys = |h: usize| &st.k[(b * s.kv_heads as usize + h / g) * c * d..][..len * d];
+    let queries: Vec<(usize, &[f32])> = heads
         .iter()
         .flat_map(|&h| (0..rows).map(move |r| (h, r)))
-        .map(|(h, r)| {
-            let qv = &q[((b * s.q_heads as usize + h) * rows + r) * d..][..d];
-            (0..d).map(|x| qv[(x % L) * per + x / L]).collect()
-        })
+        .map(|(h, r)| (h, &q[((b * s.q_heads as usize + h) * rows + r) * d..][..d]))
         .collect();
     let scale = logit_scale(s);
-    let mut out = vec![vec![0f32; len]; qt.len()];
+    let mut out = vec![vec![0f32; len]; queries.len()];
     #[cfg(target_arch = "x86_64")]
-    if d == super::lanes_avx::D
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-    {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above); `keys` holds `len` rows
-        // of 128, every query 128 values and every output row `len` (the function asserts
+    if vector_lanes(s) && heads.iter().all(|h| h / g == heads[0] / g) {
+        let qs: Vec<&[f32]> = queries.iter().map(|x| x.1).collect();
+        // SAFETY: the CPU has AVX2 and FMA (`vector_lanes`); the keys hold `len` rows of
+        // 128, every query 128 values and every output row `len` (the function asserts
         // them too).
-        unsafe { super::lanes_avx::logits(&qt, keys, len, scale, &mut out) };
+        unsafe { super::lanes_avx::logits(&qs, keys(heads[0]), len, scale, &mut out) };
         return out;
     }
-    let mut kt = vec![0f32; d];
-    for j in 0..len {
-        let kv = &keys[j * d..][..d];
-        for (x, t) in kt.iter_mut().enumerate() {
-            *t = kv[(x % L) * per + x / L];
-        }
-        for (qi, o) in qt.iter().zip(out.iter_mut()) {
-            let mut v = [0f32; L];
-            for ch in 0..per {
-                let (qc, kc) = (&qi[ch * L..][..L], &kt[ch * L..][..L]);
-                for l in 0..L {
-                    v[l] = qc[l].mul_add(kc[l], v[l]);
-                }
-            }
-            // The butterfly's value at lane 0: pairs (l, l + w), w = 8, 4, 2, 1.
-            let mut w = L;
-            while w > 1 {
-                w /= 2;
-                for l in 0..w {
-                    v[l] += v[l + w];
-                }
-            }
-            o[j] = v[0] * scale;
+    for (n, ((h, qv), o)) in queries.iter().zip(out.iter_mut()).enumerate() {
+        let (kk, seen) = (keys(*h), len - rows + n % rows + 1);
+        for (j, l) in o[..seen].iter_mut().enumerate() {
+            let kv = &kk[j * d..][..d];
+            *l = lane_tree_fma(d, 1, |_, t| (qv[t], kv[t])) * scale;
         }
     }
     out
 }
 
-/// Scores of one query head over the tokens `[0, m)`: the attention probability of the
-/// decode query, or for a window the row-reduced causal attention of its queries; logits
-/// and softmax in the order of rule 1 (`attnc::select::softmax`), as on the GPU.
+/// One head's scores over the tokens `[0, m)` from its rows' logits ([`head_logits`]):
+/// each row's softmax (rule 1's order, `attnc::select::softmax`) over the keys it sees,
+/// then the rows reduced (a window's rows; the decode query's single row as it is).
 #[inline(always)]
-fn head_token_scores(
-    s: &SelectSpec,
-    st: &DecodeState,
-    q: &[f32],
-    b: usize,
-    h: usize,
-    len: usize,
-    m: usize,
-) -> Vec<f32> {
-    let d = s.head_dim as usize;
-    let c = s.context as usize;
-    let hkv = s.kv_heads as usize;
-    let kvh = h / s.group() as usize;
-    let rows = s.q_rows() as usize;
-    let keys = &st.k[(b * hkv + kvh) * c * d..][..len * d];
-    let scale = logit_scale(s);
+fn head_scores(s: &SelectSpec, rows_logits: &mut [Vec<f32>], len: usize, m: usize) -> Vec<f32> {
+    let rows = rows_logits.len();
     let mut out = vec![0f32; m];
-    let mut logits = vec![0f32; len];
-    for i in 0..rows {
-        let qv = &q[((b * s.q_heads as usize + h) * rows + i) * d..][..d];
-        // Row i sits at position len - rows + i and sees the keys up to it.
-        let seen = len - rows + i + 1;
-        for (j, l) in logits[..seen].iter_mut().enumerate() {
-            let kv = &keys[j * d..][..d];
-            *l = lane_tree_fma(d, 1, |_, t| (qv[t], kv[t])) * scale;
-        }
-        softmax::softmax_in_place(&mut logits[..seen]);
+    for (r, l) in rows_logits.iter_mut().enumerate() {
+        // Row r sits at position len - rows + r and sees the keys up to it.
+        let l = &mut l[..len - rows + r + 1];
+        softmax::softmax_in_place(l);
         for j in 0..m {
-            fold(s.rows, &mut out[j], logits[j], i == 0);
+            fold(s.rows, &mut out[j], l[j], r == 0);
         }
     }
     if rows > 1 && s.rows == Reduce::Mean {
