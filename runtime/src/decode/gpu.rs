@@ -357,8 +357,18 @@ impl GpuDecode {
 
     /// One step: query in, index lists and output back.
     pub fn step(&self, gs: &mut GpuState, q: &[f32]) -> Result<(Indices, Vec<f32>), Error> {
+        self.step_by(gs, q, GpuDecode::launch)
+    }
+
+    /// Sets the query, launches the step with `launch`, waits, reads the results back.
+    fn step_by(
+        &self,
+        gs: &mut GpuState,
+        q: &[f32],
+        launch: fn(&GpuDecode, &mut GpuState) -> Result<(), Error>,
+    ) -> Result<(Indices, Vec<f32>), Error> {
         self.set_query(gs, q)?;
-        self.launch(gs)?;
+        launch(self, gs)?;
         self.stream.synchronize().map_err(cuda)?;
         Ok((self.indices(gs)?, self.output(gs)?))
     }
@@ -368,10 +378,7 @@ impl GpuDecode {
     /// gaps between separately launched kernels. Shapes are fixed, so the graph stays
     /// valid across steps and appends.
     pub fn step_graphed(&self, gs: &mut GpuState, q: &[f32]) -> Result<(Indices, Vec<f32>), Error> {
-        self.set_query(gs, q)?;
-        self.launch_graph(gs)?;
-        self.stream.synchronize().map_err(cuda)?;
-        Ok((self.indices(gs)?, self.output(gs)?))
+        self.step_by(gs, q, GpuDecode::launch_graph)
     }
 
     /// Launches the step's graph, capturing it first when `gs` has none from this module.
@@ -404,9 +411,7 @@ impl GpuDecode {
 
     /// Median milliseconds of `runs` CUDA-event-timed steps after `warmup`.
     pub fn time(&self, gs: &mut GpuState, warmup: usize, runs: usize) -> Result<f64, Error> {
-        median_event_ms(&self.stream, warmup, runs, &mut || {
-            self.launch_roles(gs, &STEP)
-        })
+        median_event_ms(&self.stream, warmup, runs, &mut || self.launch(gs))
     }
 
     /// Median milliseconds of each kernel of the step alone, in launch order.

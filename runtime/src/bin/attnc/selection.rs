@@ -419,6 +419,23 @@ fn max_rel_err(got: &[f32], want: &[f32], d: usize) -> f64 {
         .fold(0f64, f64::max)
 }
 
+/// One check of a GPU result against a reference, printed as it is made: `(what, index
+/// lists that differ, output max relative error)`.
+fn check<'a>(
+    what: &'a str,
+    (want_idx, want): (&Indices, &[f32]),
+    (got_idx, got): (&Indices, &[f32]),
+    d: usize,
+) -> (&'a str, usize, f64) {
+    let lists = differing_lists(want_idx, got_idx);
+    let err = max_rel_err(got, want, d);
+    eprintln!(
+        "  check ({what}): {lists} of {} index lists differ; output max relative error {err:.2e}",
+        want_idx.shape[0] * want_idx.shape[1]
+    );
+    (what, lists, err)
+}
+
 /// Lists whose indices differ between two selections.
 fn differing_lists(a: &Indices, b: &Indices) -> usize {
     let k = a.shape[2].max(1);
@@ -504,24 +521,18 @@ pub fn bench_cuda(
         }
         let (idx_cpu, o_cpu) = kernel.step(&mut st, &q1, None)?;
         let (idx_gpu, o_gpu) = gk.step(&mut gs, &q1)?;
-        let lists = differing_lists(&idx_cpu, &idx_gpu);
-        let err = max_rel_err(&o_gpu, &o_cpu, d);
-        eprintln!(
-            "  check ({what}): {lists} of {} index lists differ from the CPU's; output max relative error {err:.2e}",
-            idx_cpu.shape[0] * idx_cpu.shape[1]
-        );
-        checks.push((what, lists, err));
+        checks.push(check(what, (&idx_cpu, &o_cpu), (&idx_gpu, &o_gpu), d));
         if apart {
             // The same step through the separate calls: select, then attend over the
             // CPU's lists.
             let sel = gk.select(&mut gs, &q1)?;
             let att = gk.attend(&mut gs, &q1, &idx_cpu)?;
-            let lists = differing_lists(&idx_cpu, &sel);
-            let err = max_rel_err(&att, &o_cpu, d);
-            eprintln!(
-                "  check (select and attend apart): {lists} index lists differ; output max relative error {err:.2e}"
-            );
-            checks.push(("select and attend apart", lists, err));
+            checks.push(check(
+                "select and attend apart",
+                (&idx_cpu, &o_cpu),
+                (&sel, &att),
+                d,
+            ));
         }
     }
     drop(syn);
@@ -548,16 +559,12 @@ pub fn bench_cuda(
     // The same step as one CUDA graph launch: the same result, timed apart.
     let (idx_s, o_s) = gk.step(&mut gs, &q1)?;
     let (idx_g, o_g) = gk.step_graphed(&mut gs, &q1)?;
-    let graph_check = (
+    checks.push(check(
         "CUDA graph vs separate launches",
-        differing_lists(&idx_s, &idx_g),
-        max_rel_err(&o_g, &o_s, d),
-    );
-    eprintln!(
-        "  check ({}): {} index lists differ; output max relative error {:.2e}",
-        graph_check.0, graph_check.1, graph_check.2
-    );
-    checks.push(graph_check);
+        (&idx_s, &o_s),
+        (&idx_g, &o_g),
+        d,
+    ));
     let graph_ms = gk.time_graph(&mut gs, 10, runs)?;
     drop(gs);
     let dense = DecodeKernel::new(dense_spec);
