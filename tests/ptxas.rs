@@ -55,6 +55,15 @@ fn assert_entries_fit(
     }
 }
 
+/// The ptxas `./test.sh` names in ATTNC_PTXAS, or `None` after saying the test is skipped.
+fn ptxas() -> Option<String> {
+    let p = std::env::var("ATTNC_PTXAS").ok();
+    if p.is_none() {
+        eprintln!("skipped: ATTNC_PTXAS is not set (./test.sh installs ptxas from the nvidia-cuda-nvcc-cu12 wheel)");
+    }
+    p
+}
+
 /// The registers per thread ptxas reports for `entry` in a `-v` log.
 fn registers_of(log: &str, entry: &str) -> u32 {
     let from = log
@@ -71,8 +80,7 @@ fn registers_of(log: &str, entry: &str) -> u32 {
 
 #[test]
 fn every_shipped_kernel_assembles_without_spills() {
-    let Ok(ptxas) = std::env::var("ATTNC_PTXAS") else {
-        eprintln!("skipped: ATTNC_PTXAS is not set (./test.sh installs ptxas from the nvidia-cuda-nvcc-cu12 wheel)");
+    let Some(ptxas) = ptxas() else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("attnc-ptxas-{}", std::process::id()));
@@ -157,8 +165,7 @@ fn unsupported_head_dims_are_a_diagnostic() {
 /// spills (a shape that spills is dropped from the candidates by `tuning_candidates`).
 #[test]
 fn tuning_candidates_assemble() {
-    let Ok(ptxas) = std::env::var("ATTNC_PTXAS") else {
-        eprintln!("skipped: ATTNC_PTXAS is not set");
+    let Some(ptxas) = ptxas() else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("attnc-tune-{}", std::process::id()));
@@ -202,8 +209,7 @@ fn tuning_candidates_assemble() {
 #[test]
 fn decode_kernels_assemble_without_spills() {
     use attnc::codegen::nvptx::decode::{self, Tuning};
-    let Ok(ptxas) = std::env::var("ATTNC_PTXAS") else {
-        eprintln!("skipped: ATTNC_PTXAS is not set (./test.sh installs ptxas from the nvidia-cuda-nvcc-cu12 wheel)");
+    let Some(ptxas) = ptxas() else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("attnc-decode-ptxas-{}", std::process::id()));
@@ -289,8 +295,7 @@ fn cpu_only_selection_kernels_say_so() {
 #[test]
 fn decode_variants_assemble_and_fit() {
     use attnc::codegen::nvptx::decode::{self, Role};
-    let Ok(ptxas) = std::env::var("ATTNC_PTXAS") else {
-        eprintln!("skipped: ATTNC_PTXAS is not set (./test.sh installs ptxas from the nvidia-cuda-nvcc-cu12 wheel)");
+    let Some(ptxas) = ptxas() else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("attnc-decode-variants-{}", std::process::id()));
