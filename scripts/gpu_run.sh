@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the bundle folder (see scripts/gpu_bundle.sh). Writes logs to
 # $RESULTS_DIR (default ./results) and prints a summary table last.
-# Usage: run.sh [all|check|speed|decode]: check = correctness (suite, NumPy, ptxas/SASS, sanitizer);
+# Usage: run.sh [all|check|speed|decode|wgmma]: wgmma = the sm_90a kernel's SASS, suite and shapes; check = correctness (suite, NumPy, ptxas/SASS, sanitizer);
 # speed = the side-by-side table against the peers (bench/gpu/side_by_side.py); decode = the
 # decode kernels against the CPU executor, timed, beside the decode peers (bench/gpu/decode_peers.py).
 set -u
@@ -18,6 +18,45 @@ if [ "$MODE" = "speed" ]; then
   log "side by side with the peers"
   PYTHONUNBUFFERED=1 python3 side_by_side.py --attnc $A --kernels kernels 2>&1 | tee "$OUT/side_by_side.txt"
   exit "${PIPESTATUS[0]}"
+fi
+
+if [ "$MODE" = "wgmma" ]; then
+  # The sm_90a kernel: SASS, correctness against the CPU (the suite runs every wgmma shape
+  # on a GPU of compute capability 9.0), and the tuner's table of every shape's time.
+  log "GPU"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+  log "SASS of the wgmma shapes"
+  mkdir -p ptx
+  : > "$OUT/wgmma_sass.txt"
+  for b in 64x64-wgmma 64x64-wgmma-x3 128x128-wgmma; do
+    $A compile kernels/grat.attn --kernel grat_b_2d --emit ptx --block $b > ptx/grat_$b.ptx
+    ptxas -arch=sm_90a -v ptx/grat_$b.ptx -o ptx/grat_$b.cubin 2>&1 | grep -E "registers|spill|wgmma" | tr '\n' ' ' >> "$OUT/wgmma_sass.txt"
+    echo " $b HGMMA=$(cuobjdump -sass ptx/grat_$b.cubin | grep -c HGMMA) HMMA=$(cuobjdump -sass ptx/grat_$b.cubin | grep -c ' HMMA')" >> "$OUT/wgmma_sass.txt"
+  done
+  cat "$OUT/wgmma_sass.txt"
+  log "one wgmma shape against the default, GRAT-B 128x128"
+  for b in 128x64 64x64-wgmma 64x64-wgmma-x3 64x32-wgmma-x3 128x128-wgmma; do
+    timeout 60 $A bench kernels/grat.attn --kernel grat_b_2d --set H=128 --set W=128 --set TEXT=0 --backend cuda --runs 20 --block $b 2>&1 | tee -a "$OUT/wgmma_bench.txt"
+  done
+  log "suite: every shipped kernel, default and wgmma shapes, against the CPU backend"
+  timeout 300 $A suite --kernels kernels > "$OUT/suite.txt" 2>&1
+  suite_rc=$?
+  grep -E "FAIL|agree|rows differ" "$OUT/suite.txt" | head -40
+  log "tuner: every shape timed"
+  for c in "grat.attn grat_b_2d H=128 W=128 TEXT=0" "grat.attn grat_x_2d H=128 W=128 TEXT=0" "grat.attn grat_b_2d H=256 W=256 TEXT=0" "dense.attn dense N=16384"; do
+    set -- $c
+    file=$1; k=$2; shift 2
+    sets=""; for s in "$@"; do sets="$sets --set $s"; done
+    echo "-- $k $*" | tee -a "$OUT/wgmma_tune.txt"
+    timeout 120 $A bench kernels/$file --kernel $k $sets --backend cuda --runs 20 --tune 2>&1 | tee -a "$OUT/wgmma_tune.txt"
+  done
+  echo
+  echo "== summary"
+  cat "$OUT/wgmma_sass.txt"
+  grep -E "on .*median" "$OUT/wgmma_bench.txt"
+  echo "suite exit $suite_rc: $(tail -1 "$OUT/suite.txt"); wgmma lines ok: $(grep -c '^ok .*wgmma' "$OUT/suite.txt"), failed: $(grep -c '^FAIL .*wgmma' "$OUT/suite.txt")"
+  grep -E "^--|block|median" "$OUT/wgmma_tune.txt"
+  exit 0
 fi
 
 if [ "$MODE" = "decode" ]; then

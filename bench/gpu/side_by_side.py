@@ -152,7 +152,7 @@ def main():
                 if "error" in ours or blocks is None:
                     rows.append(dict(case=case, impl="attnc", error=ours.get("error", "no flex block count")))
                 else:
-                    add(case, n, blocks, "attnc", ours["ms"], dict(block=f"{ours['bm']}x{ours['bn']}", compile_ms=ours["compile_ms"]))
+                    add(case, n, blocks, "attnc", ours["ms"], dict(block=ours.get("block", f"{ours['bm']}x{ours['bn']}"), compile_ms=ours["compile_ms"]))
     if "other" not in parts:
         return finish(rows, out_dir)
     # Neighbourhood attention, 13x13 window, 128x128 canvas, raster order.
@@ -161,7 +161,7 @@ def main():
     add("NA 13x13 128x128", side * side, blocks, "flex", fms, dict(mask_build_s=round(build, 3)))
     ours = attnc_bench(a, "natten.attn", "na_2d", [f"H={side}", f"W={side}", "R=6", "TEXT=0"])
     if "error" not in ours:
-        add("NA 13x13 128x128", side * side, blocks, "attnc", ours["ms"], dict(block=f"{ours['bm']}x{ours['bn']}"))
+        add("NA 13x13 128x128", side * side, blocks, "attnc", ours["ms"], dict(block=ours.get("block", f"{ours['bm']}x{ours['bn']}")))
     # Video: GRAT-B 3-D on HunyuanVideo's 32x48x80 latents, 4x8x8 tiles (256 tokens), 256 text last.
     grid3 = [8, 6, 10]
     n3 = 32 * 48 * 80 + 256
@@ -170,7 +170,7 @@ def main():
         add("GRAT-B 3D 32x48x80 +text", n3, blocks, "flex", fms, dict(mask_build_s=round(build, 3)))
         ours = attnc_bench(a, "grat.attn", "grat_b_3d", [])
         if "error" not in ours:
-            add("GRAT-B 3D 32x48x80 +text", n3, blocks, "attnc", ours["ms"], dict(block=f"{ours['bm']}x{ours['bn']}"))
+            add("GRAT-B 3D 32x48x80 +text", n3, blocks, "attnc", ours["ms"], dict(block=ours.get("block", f"{ours['bm']}x{ours['bn']}")))
     except Exception as e:  # noqa: BLE001
         rows.append(dict(case="GRAT-B 3D", impl="flex", error=repr(e)[:200]))
     # Dense.
@@ -187,7 +187,7 @@ def main():
         del q, k, v
         ours = attnc_bench(a, "dense.attn", "dense", [f"N={n}", "TILE=128"])
         if "error" not in ours:
-            add(f"dense {n}", n, blocks, "attnc", ours["ms"], dict(block=f"{ours['bm']}x{ours['bn']}"))
+            add(f"dense {n}", n, blocks, "attnc", ours["ms"], dict(block=ours.get("block", f"{ours['bm']}x{ours['bn']}")))
         else:
             rows.append(dict(case=f"dense {n}", impl="attnc", error=ours["error"]))
 

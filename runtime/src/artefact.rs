@@ -32,6 +32,9 @@ pub struct GpuArtefact {
     pub dynamic_smem: bool,
     /// Query rows per block, keys per chunk.
     pub tuning: (u32, u32),
+    /// The block shape's name (`Tuning::name`: shape, wgmma, occupancy).
+    #[serde(default)]
+    pub shape: String,
     /// Per head variant the CSR row offsets (`total_tiles + 1` each, into `runs`).
     pub rows: Vec<u32>,
     /// `(start, len, class)` triples, class 1 = partial.
@@ -68,13 +71,14 @@ pub fn build_tuned(
         format: FORMAT,
         compiler: env!("CARGO_PKG_VERSION").to_string(),
         manifest: Manifest::from_compiled(c),
-        arch: arch.name().to_string(),
+        arch: m.arch.name().to_string(),
         entry: m.entry,
         grid_x: g.total_tiles * m.config.blocks_per_tile,
         block: m.config.threads(),
         smem_bytes: m.config.smem_bytes,
         dynamic_smem: m.config.dynamic_smem,
         tuning: (m.config.bm, m.config.bn),
+        shape: tuning.name(),
         rows,
         runs,
         head_variant: c.schedule.head_variant.clone(),

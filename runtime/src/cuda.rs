@@ -54,6 +54,16 @@ impl Gpu {
             _ => Arch::Sm80,
         }
     }
+
+    /// Compute capability 9.0 exactly: sm_90a code (`wgmma`) runs here.
+    pub fn has_wgmma(&self) -> bool {
+        use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR as MAJOR;
+        use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR as MINOR;
+        matches!(
+            (self.ctx.attribute(MAJOR), self.ctx.attribute(MINOR)),
+            (Ok(9), Ok(0))
+        )
+    }
 }
 
 /// Host f32 -> the kernel's 16-bit element type (bits).
@@ -123,6 +133,14 @@ impl CudaKernel {
             use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYN;
             func.set_attribute(MAX_DYN, artefact.smem_bytes as i32)
                 .map_err(cuda)?;
+        }
+        // A shape that asks for several blocks an SM asks for their shared memory too
+        // (the carveout is a hint: all shared, the rest L1).
+        let asks = attnc::codegen::nvptx::attention::Tuning::parse(&artefact.shape)
+            .is_some_and(|t| t.blocks_per_sm > 1);
+        if asks {
+            use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT as CARVEOUT;
+            func.set_attribute(CARVEOUT, 100).map_err(cuda)?;
         }
         let s = &gpu.stream;
         let rows = s.clone_htod(&artefact.rows).map_err(cuda)?;

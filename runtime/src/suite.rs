@@ -10,7 +10,9 @@ use attnc::driver::Source;
 use attnc::sema::instantiate::Binding;
 
 use crate::cuda::{CudaKernel, Gpu};
-use crate::{artefact, cache, CpuKernel, Error, Tensor};
+use attnc::codegen::nvptx::attention::{candidates, default_tuning, Tuning};
+
+use crate::{artefact, cache, CpuKernel, Error, Manifest, Tensor};
 
 /// One case: kernel file, kernel, `--set` bindings, token order.
 pub struct Case {
@@ -277,8 +279,8 @@ fn source(dir: &Path, c: &Case) -> Result<Source, Error> {
     Ok(Source::new(format!("{} ({})", c.file, c.order), text))
 }
 
-/// Runs the suite. Returns the number of failures.
-pub fn run(kernels_dir: &Path, small: bool) -> Result<usize, Error> {
+/// Runs the suite (the cases of `only`, when given). Returns the number of failures.
+pub fn run(kernels_dir: &Path, small: bool, only: Option<&str>) -> Result<usize, Error> {
     let Some(gpu) = Gpu::open()? else {
         println!("skipped: no CUDA driver on this machine");
         return Ok(0);
@@ -287,7 +289,10 @@ pub fn run(kernels_dir: &Path, small: bool) -> Result<usize, Error> {
     println!("GPU: {} ({})", gpu.name(), arch.name());
     let mut failures = 0;
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let all = cases(small);
+    let all: Vec<Case> = cases(small)
+        .into_iter()
+        .filter(|c| only.is_none_or(|k| c.kernel == k))
+        .collect();
     let n = all.len();
     for c in all {
         match run_case(&gpu, arch, kernels_dir, &c, &mut rng) {
@@ -329,11 +334,21 @@ fn run_case(
     let compiled = cache::compile(&src, c.kernel, &sets)?;
     let dtype = compiled.spec.dtype.name();
     let tol = if dtype == "f16" { 5e-3 } else { 1e-2 };
-    let t = Instant::now();
-    let art = artefact::build(&compiled, arch)?;
-    let compile_ms = t.elapsed().as_secs_f64() * 1e3;
+    // The default shape, and on a GPU that runs sm_90a every wgmma shape the tuner may pick.
+    let shapes: Vec<Tuning> = std::iter::once(default_tuning(&compiled.ir))
+        .chain(
+            candidates(&compiled.ir, gpu.has_wgmma())
+                .into_iter()
+                .filter(|t| t.wgmma),
+        )
+        .collect();
+    let mut built = vec![];
+    for t in shapes {
+        let start = Instant::now();
+        let art = artefact::build_tuned(&compiled, arch, t)?;
+        built.push((t, art, start.elapsed().as_secs_f64() * 1e3));
+    }
     let cpu = CpuKernel::new(compiled, false)?;
-    let gk = CudaKernel::load(gpu, art)?;
     let m = cpu.manifest().clone();
     *rng += 3;
     let (q, k, v) = (
@@ -343,52 +358,62 @@ fn run_case(
     );
     let mut want = vec![f32::NAN; m.o_shape().iter().product()];
     cpu.run(q.view(), k.view(), v.view(), &[], &mut want)?;
-    let mut got = vec![f32::NAN; want.len()];
-    gk.run(q.view(), k.view(), v.view(), &[], &mut got)?;
-    let (err, at) = max_rel(&got, &want);
-    let pass = err < tol;
-    println!(
-        "{} {:10} {:6} {dtype} tokens {:6}  rel err {err:.2e} (max at {at}: gpu {} cpu {})  compile {compile_ms:.0} ms  {}",
-        if pass { "ok  " } else { "FAIL" },
-        c.kernel,
-        c.order,
-        m.tokens,
-        got.get(at).copied().unwrap_or(f32::NAN),
-        want.get(at).copied().unwrap_or(f32::NAN),
-        c.sets.join(" ")
-    );
-    if !pass {
-        // Which rows are wrong: (batch, head, token) of the first few, and how many.
-        let dv = m.value_dim;
-        let scale = want.iter().fold(0f32, |a, x| a.max(x.abs())).max(1e-30);
-        let bad: Vec<usize> = (0..want.len() / dv)
-            .filter(|r| {
-                (0..dv).any(|d| {
-                    let e = (got[r * dv + d] - want[r * dv + d]).abs() / scale;
-                    e.is_nan() || e >= tol as f32
-                })
-            })
-            .collect();
-        let show: Vec<String> = bad
-            .iter()
-            .take(12)
-            .map(|r| {
-                format!(
-                    "(b{} h{} t{})",
-                    r / (m.tokens * m.heads),
-                    (r / m.tokens) % m.heads,
-                    r % m.tokens
-                )
-            })
-            .collect();
+    let mut all = true;
+    for (t, art, compile_ms) in built {
+        let gk = CudaKernel::load(gpu, art)?;
+        let mut got = vec![f32::NAN; want.len()];
+        gk.run(q.view(), k.view(), v.view(), &[], &mut got)?;
+        let (err, at) = max_rel(&got, &want);
+        let pass = err < tol;
         println!(
-            "     {} of {} rows differ: {}",
-            bad.len(),
-            want.len() / dv,
-            show.join(" ")
+            "{} {:10} {:6} {dtype} tokens {:6}  rel err {err:.2e} (max at {at}: gpu {} cpu {})  block {}  compile {compile_ms:.0} ms  {}",
+            if pass { "ok  " } else { "FAIL" },
+            c.kernel,
+            c.order,
+            m.tokens,
+            got.get(at).copied().unwrap_or(f32::NAN),
+            want.get(at).copied().unwrap_or(f32::NAN),
+            t.name(),
+            c.sets.join(" ")
         );
+        if !pass {
+            report_rows(&m, &got, &want, tol);
+        }
+        all &= pass;
     }
-    Ok(pass)
+    Ok(all)
+}
+
+/// Which rows are wrong: (batch, head, token) of the first few, and how many.
+fn report_rows(m: &Manifest, got: &[f32], want: &[f32], tol: f64) {
+    let dv = m.value_dim;
+    let scale = want.iter().fold(0f32, |a, x| a.max(x.abs())).max(1e-30);
+    let bad: Vec<usize> = (0..want.len() / dv)
+        .filter(|r| {
+            (0..dv).any(|d| {
+                let e = (got[r * dv + d] - want[r * dv + d]).abs() / scale;
+                e.is_nan() || e >= tol as f32
+            })
+        })
+        .collect();
+    let show: Vec<String> = bad
+        .iter()
+        .take(12)
+        .map(|r| {
+            format!(
+                "(b{} h{} t{})",
+                r / (m.tokens * m.heads),
+                (r / m.tokens) % m.heads,
+                r % m.tokens
+            )
+        })
+        .collect();
+    println!(
+        "     {} of {} rows differ: {}",
+        bad.len(),
+        want.len() / dv,
+        show.join(" ")
+    );
 }
 
 /// Max-norm relative error and where it is largest; NaN counts as infinite.

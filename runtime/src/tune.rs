@@ -15,16 +15,24 @@ use crate::{Error, Tensor};
 /// One timed shape (`ms` NaN: its output disagreed with the default shape's; not used).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Trial {
-    pub bm: u32,
-    pub bn: u32,
+    /// The shape's name (`Tuning::name`).
+    pub block: String,
     pub ms: f64,
+}
+
+impl Trial {
+    fn new(t: Tuning, ms: f64) -> Trial {
+        Trial {
+            block: t.name(),
+            ms,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Choice {
     gpu: String,
-    bm: u32,
-    bn: u32,
+    best: Trial,
     trials: Vec<Trial>,
 }
 
@@ -44,15 +52,8 @@ pub fn tune(
     if let Some(p) = key.and_then(choice_path) {
         if let Ok(text) = std::fs::read_to_string(&p) {
             if let Ok(ch) = serde_json::from_str::<Choice>(&text) {
-                if ch.gpu == name {
-                    let a = artefact::build_tuned(
-                        c,
-                        arch,
-                        Tuning {
-                            bm: ch.bm,
-                            bn: ch.bn,
-                        },
-                    )?;
+                if let (true, Some(t)) = (ch.gpu == name, Tuning::parse(&ch.best.block)) {
+                    let a = artefact::build_tuned(c, arch, t)?;
                     return Ok((a, ch.trials));
                 }
             }
@@ -61,14 +62,14 @@ pub fn tune(
     let m = crate::Manifest::from_compiled(c);
     let (q, k, v, ins) = m.random_args();
     let views: Vec<_> = ins.iter().map(Tensor::view).collect();
-    let mut best: Option<(f64, GpuArtefact)> = None;
+    let mut best: Option<(Trial, GpuArtefact)> = None;
     let mut trials = vec![];
     // The default shape's output is the yardstick: a shape that disagrees with it is never
     // chosen (the tuner must not trade correctness for speed). Inputs are uploaded once and
     // shared by every candidate; outputs are compared on a strided sample.
     let mut reference: Option<Vec<f32>> = None;
     let mut args: Option<crate::cuda::DeviceArgs> = None;
-    for t in candidates(&c.ir) {
+    for t in candidates(&c.ir, gpu.has_wgmma()) {
         let a = artefact::build_tuned(c, arch, t)?;
         let kernel = match CudaKernel::load(gpu, a.clone()) {
             Ok(k) => k,
@@ -85,31 +86,23 @@ pub fn tune(
             Some(r) => {
                 let (err, _) = crate::suite::max_rel(&out, r);
                 if err.is_nan() || err >= 1e-2 {
-                    trials.push(Trial {
-                        bm: t.bm,
-                        bn: t.bn,
-                        ms: f64::NAN,
-                    });
+                    trials.push(Trial::new(t, f64::NAN));
                     continue;
                 }
             }
         }
         let ms = kernel.time(dev, 3, 10)?;
-        trials.push(Trial {
-            bm: t.bm,
-            bn: t.bn,
-            ms,
-        });
-        if best.as_ref().is_none_or(|(b, _)| ms < *b) {
-            best = Some((ms, a));
+        let trial = Trial::new(t, ms);
+        trials.push(trial.clone());
+        if best.as_ref().is_none_or(|(b, _)| trial.ms < b.ms) {
+            best = Some((trial, a));
         }
     }
-    let (_, a) = best.ok_or_else(|| Error::Cuda("no block shape could be launched".into()))?;
+    let (best, a) = best.ok_or_else(|| Error::Cuda("no block shape could be launched".into()))?;
     if let Some(p) = key.and_then(choice_path) {
         let ch = Choice {
             gpu: name,
-            bm: a.tuning.0,
-            bn: a.tuning.1,
+            best,
             trials: trials.clone(),
         };
         if let Ok(text) = serde_json::to_string(&ch) {

@@ -45,6 +45,9 @@ pub struct Asm {
     template: String,
     outputs: Vec<Reg>,
     inputs: Vec<Reg>,
+    /// Outputs that are also read (an accumulator): their current values are passed after
+    /// the inputs, each tied to its output's register (`"+f"` in C).
+    tied: Vec<usize>,
     /// Has side effects (memory, barriers): never removed or reordered.
     volatile: bool,
 }
@@ -55,6 +58,7 @@ impl Asm {
             template: template.into(),
             outputs: vec![],
             inputs: vec![],
+            tied: vec![],
             volatile: false,
         }
     }
@@ -66,6 +70,14 @@ impl Asm {
 
     pub fn inputs(mut self, n: usize, r: Reg) -> Asm {
         self.inputs.extend(std::iter::repeat_n(r, n));
+        self
+    }
+
+    /// `n` outputs of class `r` that are read as well as written (`{o..}` in the text).
+    pub fn inouts(mut self, n: usize, r: Reg) -> Asm {
+        let first = self.outputs.len();
+        self.outputs.extend(std::iter::repeat_n(r, n));
+        self.tied.extend(first..first + n);
         self
     }
 
@@ -97,13 +109,15 @@ impl Asm {
             .map(|r| format!("={}", r.constraint()))
             .collect();
         c.extend(self.inputs.iter().map(|r| r.constraint().to_string()));
+        c.extend(self.tied.iter().map(|o| o.to_string()));
         if self.volatile {
             c.push("~{memory}".into());
         }
         c.join(",")
     }
 
-    /// Emits the call; returns the outputs in order.
+    /// Emits the call; `args` are the inputs, then the current values of the tied outputs.
+    /// Returns the outputs in order.
     pub fn emit<'c>(
         &self,
         cx: &'c Context,
@@ -112,12 +126,16 @@ impl Asm {
     ) -> Vec<BasicValueEnum<'c>> {
         assert_eq!(
             args.len(),
-            self.inputs.len(),
+            self.inputs.len() + self.tied.len(),
             "asm `{}`: operand count",
             self.template
         );
-        let params: Vec<BasicMetadataTypeEnum> =
-            self.inputs.iter().map(|r| r.ty(cx).into()).collect();
+        let params: Vec<BasicMetadataTypeEnum> = self
+            .inputs
+            .iter()
+            .chain(self.tied.iter().map(|o| &self.outputs[*o]))
+            .map(|r| r.ty(cx).into())
+            .collect();
         let fn_ty = match self.outputs.len() {
             0 => cx.void_type().fn_type(&params, false),
             1 => self.outputs[0].ty(cx).fn_type(&params, false),
@@ -202,6 +220,50 @@ pub mod ptx {
         Asm::new(format!("cp.async.wait_group {n};")).volatile()
     }
 
+    /// A warpgroup's `D (+)= A B` over `ksteps` steps of k16 (`wgmma.mma_async`, sm_90a):
+    /// D is 64 x `n` f32 (`n / 2` registers a thread, the layout of `n / 8` mma.m16n8
+    /// C fragments side by side); A comes from registers (4 words a step, the mma.m16n8k16
+    /// A fragment of each warp's 16 rows); B from shared memory, one matrix descriptor a
+    /// step (`trans_b`: B is stored MN-major). Inputs: the A words, the descriptors, then a
+    /// word that must be 1 (it sets the predicates). With `accumulate` D is read (tied
+    /// in/out), else the first step overwrites it. Fence, issue, commit and wait are one
+    /// block, so the compiler never touches the registers while the tensor cores own them.
+    pub fn wgmma(elem: &str, n: u32, ksteps: u32, accumulate: bool, trans_b: bool) -> Asm {
+        let d: Vec<String> = (0..n / 2).map(|i| format!("{{o{i}}}")).collect();
+        let d = d.join(", ");
+        let mut t = String::from(
+            "{\n.reg .pred p, z;\nsetp.ne.b32 p, {iONE}, 0;\nsetp.eq.b32 z, {iONE}, 0;\nwgmma.fence.sync.aligned;\n",
+        );
+        for k in 0..ksteps {
+            let a: Vec<String> = (0..4).map(|j| format!("{{i{}}}", 4 * k + j)).collect();
+            let scale = if accumulate || k > 0 { "p" } else { "z" };
+            t += &format!(
+                "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{elem}.{elem} {{{d}}}, {{{}}}, {{i{}}}, {scale}, 1, 1, {};\n",
+                a.join(", "),
+                4 * ksteps + k,
+                u32::from(trans_b)
+            );
+        }
+        t += "wgmma.commit_group.sync.aligned;\nwgmma.wait_group.sync.aligned 0;\n}";
+        let t = t.replace("{iONE}", &format!("{{i{}}}", 5 * ksteps));
+        let a = Asm::new(t)
+            .inputs(4 * ksteps as usize, Reg::R)
+            .inputs(ksteps as usize, Reg::L)
+            .inputs(1, Reg::R)
+            .volatile();
+        if accumulate {
+            a.inouts((n / 2) as usize, Reg::F)
+        } else {
+            a.outputs((n / 2) as usize, Reg::F)
+        }
+    }
+
+    /// Makes this thread's generic-proxy writes to shared memory (cp.async included)
+    /// visible to the async proxy (`wgmma` operands).
+    pub fn fence_proxy_async() -> Asm {
+        Asm::new("fence.proxy.async.shared::cta;").volatile()
+    }
+
     /// Two f32 -> packed bf16x2 / f16x2 (`lo` in the low half).
     pub fn pack2(elem: &str) -> Asm {
         // cvt puts its first source in the upper half.
@@ -228,5 +290,26 @@ mod tests {
         assert_eq!(c.constraints(), "r,l,r,~{memory}");
         let p = ptx::pack2("bf16");
         assert_eq!(p.text(), "cvt.rn.bf16x2.f32 $0, $2, $1;");
+    }
+
+    #[test]
+    fn wgmma_ties_accumulators_and_numbers_steps() {
+        let a = ptx::wgmma("bf16", 16, 2, true, true);
+        // 8 accumulators, 8 A words, 2 descriptors, the predicate word, 8 tied inputs.
+        assert_eq!(
+            a.constraints(),
+            "=f,=f,=f,=f,=f,=f,=f,=f,r,r,r,r,r,r,r,r,l,l,r,0,1,2,3,4,5,6,7,~{memory}"
+        );
+        let t = a.text();
+        assert!(t.contains("setp.ne.b32 p, $18, 0;"), "{t}");
+        assert!(
+            t.contains("wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {$0, $1, $2, $3, $4, $5, $6, $7}, {$8, $9, $10, $11}, $16, p, 1, 1, 1;"),
+            "{t}"
+        );
+        assert!(t.contains("{$12, $13, $14, $15}, $17, p, 1, 1, 1;"), "{t}");
+        // Without accumulation the first step ignores D.
+        let s = ptx::wgmma("bf16", 16, 2, false, false).text();
+        assert!(s.contains("{$8, $9, $10, $11}, $16, z, 1, 1, 0;"), "{s}");
+        assert!(s.contains("{$12, $13, $14, $15}, $17, p, 1, 1, 0;"), "{s}");
     }
 }

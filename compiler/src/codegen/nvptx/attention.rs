@@ -49,13 +49,54 @@ pub struct Config {
     /// Shared memory above 48 KiB must be dynamic (and opted into by the launcher).
     pub dynamic_smem: bool,
     pub elem: &'static str,
+    /// The products on `wgmma` (sm_90a): one warpgroup per 64 query rows, K and V in the
+    /// 128-byte-swizzled layout the matrix descriptors read.
+    pub wgmma: bool,
+    /// Blocks that must fit on an SM at once (`.minnctapersm`; 0: no request): ptxas
+    /// keeps the registers to `65536 / (blocks * threads)`.
+    pub blocks_per_sm: u32,
 }
 
-/// The shape choices of a kernel: query rows per block, keys per chunk.
+/// The shape choices of a kernel: query rows per block, keys per chunk, and the tensor-core
+/// instruction (`mma.sync`, or `wgmma` on sm_90a).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tuning {
     pub bm: u32,
     pub bn: u32,
+    pub wgmma: bool,
+    /// Blocks an SM must hold at once (0: as many as the registers allow).
+    pub blocks_per_sm: u32,
+}
+
+impl Tuning {
+    /// `64x32`, `128x64-wgmma`, or with an occupancy request `64x64-wgmma-x3`.
+    pub fn name(&self) -> String {
+        let w = if self.wgmma { "-wgmma" } else { "" };
+        let o = match self.blocks_per_sm {
+            0 => String::new(),
+            n => format!("-x{n}"),
+        };
+        format!("{}x{}{w}{o}", self.bm, self.bn)
+    }
+
+    /// The inverse of `name`.
+    pub fn parse(s: &str) -> Option<Tuning> {
+        let (s, blocks_per_sm) = match s.rsplit_once("-x") {
+            Some((rest, n)) => (rest, n.parse().ok().filter(|n| *n > 0)?),
+            None => (s, 0),
+        };
+        let (shape, wgmma) = match s.strip_suffix("-wgmma") {
+            Some(rest) => (rest, true),
+            None => (s, false),
+        };
+        let (bm, bn) = shape.split_once('x')?;
+        Some(Tuning {
+            bm: bm.parse().ok()?,
+            bn: bn.parse().ok()?,
+            wgmma,
+            blocks_per_sm,
+        })
+    }
 }
 
 /// Largest shared memory one block may use on sm_80 and sm_90 (with the opt-in).
@@ -71,22 +112,52 @@ pub fn default_tuning(k: &Kernel) -> Tuning {
     } else {
         64
     };
-    Tuning { bm, bn }
+    Tuning {
+        bm,
+        bn,
+        wgmma: false,
+        blocks_per_sm: 0,
+    }
 }
 
-/// Every shape worth trying for this kernel (for the autotuner), the default first.
-pub fn candidates(k: &Kernel) -> Vec<Tuning> {
+/// Every shape worth trying for this kernel (for the autotuner), the default first; with
+/// `wgmma` (a GPU of compute capability 9.0) also the sm_90a shapes.
+pub fn candidates(k: &Kernel, wgmma: bool) -> Vec<Tuning> {
     let tt = k.info.tile_q;
     let mut out = vec![default_tuning(k)];
+    let mut push = |t: Tuning| {
+        if !out.contains(&t) && config_for(k, t).is_ok() {
+            out.push(t);
+        }
+    };
     for bm in [64, 128] {
         for bn in [32, 64] {
-            let t = Tuning {
+            push(Tuning {
                 bm: bm.min(tt.div_ceil(16) * 16),
                 bn,
-            };
-            if !out.contains(&t) && config_for(k, t).is_ok() {
-                out.push(t);
-            }
+                wgmma: false,
+                blocks_per_sm: 0,
+            });
+        }
+    }
+    if wgmma {
+        // 64-row blocks also with three to an SM (168 registers; their 67 KiB of shared
+        // memory fit three times): one more warpgroup to fill the tensor cores while
+        // another is in its softmax.
+        for (bm, bn, blocks_per_sm) in [
+            (64, 64, 0),
+            (64, 64, 3),
+            (64, 32, 3),
+            (64, 128, 0),
+            (128, 64, 0),
+            (128, 128, 0),
+        ] {
+            push(Tuning {
+                bm,
+                bn,
+                wgmma: true,
+                blocks_per_sm,
+            });
         }
     }
     out
@@ -140,9 +211,20 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
         }
     };
     let tt = i.tile_q;
-    let Tuning { bm, bn } = t;
+    let Tuning {
+        bm,
+        bn,
+        wgmma,
+        blocks_per_sm,
+    } = t;
     if bm % 16 != 0 || bm == 0 || bm > 128 || !matches!(bn, 16 | 32 | 64 | 128) {
         return Err(format!("block shape {bm}x{bn} is not supported"));
+    }
+    if wgmma && (bm % 64 != 0 || bn < 32 || !matches!(i.value_dim, 64 | 128)) {
+        return Err(format!(
+            "block shape {} is not supported (64 or 128 rows, 32 to 128 keys, value_dim 64 or 128)",
+            t.name()
+        ));
     }
     let cfg = Config {
         bm,
@@ -156,12 +238,21 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
         smem_bytes: 0,
         dynamic_smem: false,
         elem,
+        wgmma,
+        blocks_per_sm,
     };
     let q_bytes = bm * cfg.d * 2;
     if q_bytes > cfg.kv_bytes() {
         return Err("query tile does not fit the shared memory plan".into());
     }
-    let smem_bytes = cfg.qinfo() + bm * 16;
+    // wgmma's swizzled tiles need 1024-byte alignment: the kernel rounds its base up.
+    let smem_bytes = cfg.qinfo() + bm * 16 + if wgmma { 1024 } else { 0 };
+    if blocks_per_sm * smem_bytes > 227 * 1024 {
+        return Err(format!(
+            "block shape {}: {blocks_per_sm} blocks of {smem_bytes} bytes of shared memory do not fit an SM",
+            t.name()
+        ));
+    }
     if smem_bytes > MAX_SMEM {
         return Err(format!(
             "block shape {bm}x{bn} needs {smem_bytes} bytes of shared memory"
@@ -312,6 +403,40 @@ impl<'a, 'c> Attention<'a, 'c> {
         g.add(g.muli(row, i64::from(dim) * 2), g.muli(x, 16))
     }
 
+    /// Byte offset inside a K or V buffer of `bn` rows of (row, 16-byte chunk) in the layout
+    /// the products read: `swz` for ldmatrix; for wgmma the canonical 128-byte-swizzled
+    /// layout of its matrix descriptors (PTX ISA, "Shared memory matrix layout"): the row
+    /// split into 64-element halves, each half a `[bn][128 bytes]` region, the 16-byte chunk
+    /// XORed with `row % 8` (Swizzle<3,4,3> on a 1024-byte-aligned base).
+    fn kv_off(&self, row: IntValue<'c>, chunk: IntValue<'c>, dim: u32) -> IntValue<'c> {
+        let g = self.g;
+        if !self.cfg.wgmma {
+            return self.swz(row, chunk, dim);
+        }
+        let half = g.udivi(chunk, 8);
+        let c = ok(g.b.build_xor(g.uremi(chunk, 8), g.uremi(row, 8), ""));
+        g.add(
+            g.add(g.muli(half, i64::from(self.cfg.bn * 128)), g.muli(row, 128)),
+            g.muli(c, 16),
+        )
+    }
+
+    /// The wgmma matrix descriptor of a 128-byte-swizzled operand at shared byte offset
+    /// `off`: start address, leading byte offset `lbo` (MN-major: the distance between
+    /// 64-element halves; unused K-major), stride byte offset 1024 (between groups of 8
+    /// rows), swizzle mode 1 (128 bytes).
+    fn descriptor(&self, off: IntValue<'c>, lbo: u32) -> IntValue<'c> {
+        let g = self.g;
+        let addr = g.zext64(self.saddr(off));
+        let start = ok(g.b.build_and(
+            ok(g.b.build_right_shift(addr, g.i64(4), false, "")),
+            g.i64(0x3fff),
+            "",
+        ));
+        let fixed = (u64::from(lbo >> 4) << 16) | ((1024u64 >> 4) << 32) | (1u64 << 62);
+        ok(g.b.build_or(start, g.i64t.const_int(fixed, false), ""))
+    }
+
     fn global_addr(&self, base: PointerValue<'c>) -> IntValue<'c> {
         ok(self.g.b.build_ptr_to_int(base, self.g.i64t, ""))
     }
@@ -321,6 +446,12 @@ impl<'a, 'c> Attention<'a, 'c> {
     pub fn emit(&mut self) -> Result<(), String> {
         let g = self.g;
         let cfg = self.cfg.clone();
+        if cfg.wgmma {
+            // Round the shared base up to 1024 bytes (the swizzle pattern's period).
+            let base = ok(g.b.build_ptr_to_int(self.smem, g.i32t, ""));
+            let pad = g.and(g.sub(g.i32(0), base), g.i32(1023));
+            self.smem = self.sptr(pad);
+        }
         self.tid = g.sreg("tid.x");
         self.warp = g.udivi(self.tid, 32);
         self.lane = g.uremi(self.tid, 32);
@@ -574,7 +705,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                     let src = g.add(g.add(base, bh_off), elem);
                     let src = g.seli(exists, src, base);
                     let size = g.seli(exists, g.i32(16), g.i32(0));
-                    let dst = this.saddr(g.add(buf_off, this.swz(row, ch, dim)));
+                    let dst = this.saddr(g.add(buf_off, this.kv_off(row, ch, dim)));
                     ptx::cp_async_16().emit(g.cx, &g.b, &[dst.into(), src.into(), size.into()]);
                 });
             }
@@ -622,6 +753,9 @@ impl<'a, 'c> Attention<'a, 'c> {
                 g.if_then(more, &mut |_| t.issue_kv(&next, nb));
                 ptx::cp_async_commit().emit(g.cx, &g.b, &[]);
                 ptx::cp_async_wait(1).emit(g.cx, &g.b, &[]);
+                if t.cfg.wgmma {
+                    ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
+                }
                 g.barrier();
                 if let Err(e) = this.chunk(&body, &cur, b, f) {
                     err = Some(e);
@@ -727,6 +861,9 @@ impl<'a, 'c> Attention<'a, 'c> {
     fn qk(&self, buf: IntValue<'c>, f: &mut Frags<'c>) {
         let g = self.g;
         let cfg = self.cfg;
+        if cfg.wgmma {
+            return self.qk_wgmma(buf, f);
+        }
         f.s = (0..cfg.bn / 8)
             .map(|_| [0; 4].map(|_| g.var(g.f32t.into(), g.f32(0.0).into())))
             .collect();
@@ -744,6 +881,73 @@ impl<'a, 'c> Attention<'a, 'c> {
                 for (t, (b0, b1)) in [(2 * p, (b[0], b[1])), (2 * p + 1, (b[2], b[3]))] {
                     self.mma(&f.s[t as usize], &self.qfrag[kk as usize], [b0, b1]);
                 }
+            }
+        }
+    }
+
+    /// `S = Q K^T` on wgmma: Q from registers (each warp's A fragments), K^T by descriptor
+    /// (K-major: keys are the rows of the buffer); k step `kk` starts 32 bytes further into
+    /// the swizzled 128-byte rows, or in the second half.
+    fn qk_wgmma(&self, buf: IntValue<'c>, f: &mut Frags<'c>) {
+        let g = self.g;
+        let cfg = self.cfg;
+        let kbase = g.muli(buf, i64::from(cfg.bn * cfg.d * 2));
+        let ksteps = cfg.d / 16;
+        let mut args: Vec<BasicValueEnum> = self
+            .qfrag
+            .iter()
+            .flat_map(|a| a.iter().map(|x| (*x).into()))
+            .collect();
+        for kk in 0..ksteps {
+            let off = (kk / 4) * cfg.bn * 128 + (kk % 4) * 32;
+            args.push(self.descriptor(g.addi(kbase, i64::from(off)), 16).into());
+        }
+        args.push(g.i32(1).into());
+        let d = ptx::wgmma(cfg.elem, cfg.bn, ksteps, false, false).emit(g.cx, &g.b, &args);
+        f.s = d
+            .chunks(4)
+            .map(|c| [0, 1, 2, 3].map(|e| g.var(g.f32t.into(), c[e])))
+            .collect();
+    }
+
+    /// `acc += P V` on wgmma: P from registers, V by descriptor (MN-major, transposed: the
+    /// buffer's rows are keys, k step `t` starts 16 rows further).
+    ///
+    /// When `bn == d == dv` the product would have the shape of `S = Q K^T` (the same N
+    /// and number of k steps), and on the H200 that kernel gives wrong results from the
+    /// second chunk on (suite, 2026-11-29: every case with that shape failed; splitting
+    /// either product in two made all of them pass, and nothing else did: no extra
+    /// barrier, proxy fence, wait or masking change). So the product is then issued as
+    /// two halves of N = dv / 2.
+    fn pv_wgmma(&self, vbase: IntValue<'c>, f: &mut Frags<'c>) {
+        let g = self.g;
+        let cfg = self.cfg;
+        let ksteps = cfg.bn / 16;
+        let parts = if cfg.bn == cfg.d && cfg.d == cfg.dv {
+            2
+        } else {
+            1
+        };
+        let n = cfg.dv / parts;
+        for part in 0..parts {
+            // Columns [col, col + n): in the second 64-wide half, or 2 * col bytes into
+            // the 128-byte row (no carry into the swizzled bits).
+            let col = part * n;
+            let coff = (col / 64) * cfg.bn * 128 + (col % 64) * 2;
+            let mut args: Vec<BasicValueEnum> =
+                f.p.iter()
+                    .flat_map(|a| a.iter().map(|x| (*x).into()))
+                    .collect();
+            for t in 0..ksteps {
+                let off = g.addi(vbase, i64::from(t * 16 * 128 + coff));
+                args.push(self.descriptor(off, cfg.bn * 128).into());
+            }
+            args.push(g.i32(1).into());
+            let tiles = &f.acc[(col / 8) as usize..((col + n) / 8) as usize];
+            args.extend(tiles.iter().flat_map(|t| t.iter().map(|v| g.get(*v))));
+            let d = ptx::wgmma(cfg.elem, n, ksteps, true, true).emit(g.cx, &g.b, &args);
+            for (v, x) in tiles.iter().flat_map(|t| t.iter()).zip(d) {
+                g.set(*v, x);
             }
         }
     }
@@ -936,11 +1140,14 @@ impl<'a, 'c> Attention<'a, 'c> {
                 }
             }
         }
-        let mi = g.udivi(self.lane, 8);
         let vbase = g.add(
             g.muli(buf, i64::from(cfg.bn * cfg.dv * 2)),
             g.i32(i64::from(cfg.vbuf(0))),
         );
+        if cfg.wgmma {
+            return self.pv_wgmma(vbase, f);
+        }
+        let mi = g.udivi(self.lane, 8);
         for t in 0..cfg.bn / 16 {
             let key = g.add(
                 g.add(g.i32(i64::from(t * 16)), g.uremi(self.lane, 8)),

@@ -34,6 +34,9 @@ use crate::sema::spec::InputSpec;
 pub enum Arch {
     Sm80,
     Sm90,
+    /// sm_90 with its architecture-specific instructions (`wgmma`): runs on compute
+    /// capability 9.0 only. Chosen by a `wgmma` tuning, never asked for directly.
+    Sm90a,
 }
 
 impl Arch {
@@ -41,6 +44,7 @@ impl Arch {
         match self {
             Arch::Sm80 => "sm_80",
             Arch::Sm90 => "sm_90",
+            Arch::Sm90a => "sm_90a",
         }
     }
 
@@ -48,6 +52,7 @@ impl Arch {
         match s {
             "sm_80" => Some(Arch::Sm80),
             "sm_90" => Some(Arch::Sm90),
+            "sm_90a" => Some(Arch::Sm90a),
             _ => None,
         }
     }
@@ -126,7 +131,8 @@ pub fn compile(
     compile_tuned(k, geo, inputs, arch, attention::default_tuning(k))
 }
 
-/// Compiles the kernel for `arch` with a given block shape.
+/// Compiles the kernel for `arch` with a given block shape. A `wgmma` shape needs sm_90 and
+/// is emitted for sm_90a.
 pub fn compile_tuned(
     k: &Kernel,
     geo: &Geometry,
@@ -135,6 +141,17 @@ pub fn compile_tuned(
     tuning: attention::Tuning,
 ) -> Result<PtxModule, String> {
     let cfg = attention::config_for(k, tuning)?;
+    let arch = match (tuning.wgmma, arch) {
+        (false, a) => a,
+        (true, Arch::Sm90 | Arch::Sm90a) => Arch::Sm90a,
+        (true, a) => {
+            return Err(format!(
+                "block shape {} needs sm_90 (wgmma), not {}",
+                tuning.name(),
+                a.name()
+            ))
+        }
+    };
     let tm = target_machine(arch)?;
     let cx = Context::create();
     let m = new_module(&cx, &tm, &k.info.name);
@@ -196,6 +213,18 @@ pub fn compile_tuned(
             .map(|i| p(7 + i))
             .collect::<Result<_, _>>()?,
     };
+    if cfg.blocks_per_sm > 0 {
+        // The block size and the blocks an SM must hold: ptxas sizes the registers to fit.
+        for (key, v) in [("maxntidx", cfg.threads()), ("minctasm", cfg.blocks_per_sm)] {
+            let note = cx.metadata_node(&[
+                f.as_global_value().as_pointer_value().into(),
+                cx.metadata_string(key).into(),
+                cx.i32_type().const_int(u64::from(v), false).into(),
+            ]);
+            g.m.add_global_metadata("nvvm.annotations", &note)
+                .map_err(|e| format!("LLVM: {e}"))?;
+        }
+    }
     let mut att = Attention::new(&g, k, geo, &cfg, inputs, params, smem.as_pointer_value());
     att.emit()?;
     g.b.build_return(None).map_err(|e| format!("LLVM: {e}"))?;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use attnc::codegen::nvptx::attention::Tuning;
 use attnc::diagnostic::{has_errors, Diagnostic};
 use attnc::driver::{self, explain, Source, Stage};
 use attnc::select::SelectSpec;
@@ -69,6 +70,10 @@ enum Command {
         /// The GPU architecture for llvm and ptx.
         #[arg(long, default_value = "sm_90", value_parser = ["sm_80", "sm_90"])]
         target: String,
+        /// The llvm or ptx of an attention kernel for this block shape (as `bench
+        /// --block`; a `-wgmma` shape is emitted for sm_90a).
+        #[arg(long, value_name = "SHAPE")]
+        block: Option<String>,
         /// Write to this file instead of standard output.
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
@@ -127,6 +132,10 @@ enum Command {
         /// CUDA: try every block shape and keep the fastest (cached per GPU).
         #[arg(long)]
         tune: bool,
+        /// CUDA: this block shape instead of the default: query rows x keys per chunk,
+        /// `-wgmma` for the sm_90a kernel (e.g. 128x64, 128x64-wgmma).
+        #[arg(long, value_name = "SHAPE", conflicts_with = "tune")]
+        block: Option<String>,
         /// Print one JSON object instead of a sentence.
         #[arg(long)]
         json: bool,
@@ -139,6 +148,9 @@ enum Command {
         /// One small case per kernel (for compute-sanitizer).
         #[arg(long)]
         small: bool,
+        /// Only the cases of this kernel.
+        #[arg(long)]
+        kernel: Option<String>,
     },
 }
 
@@ -328,21 +340,56 @@ fn write_artefacts(
     Ok(())
 }
 
+/// `compile --block`: the llvm or ptx of one attention kernel for a block shape.
+fn emit_block(
+    k: &KernelArgs,
+    block: &str,
+    stage: Stage,
+    arch: attnc::codegen::nvptx::Arch,
+    output: &Option<PathBuf>,
+    color: bool,
+) -> Result<(), u8> {
+    let t = Tuning::parse(block).ok_or_else(|| {
+        usage(format!(
+            "--block {block}: expected ROWSxKEYS or ROWSxKEYS-wgmma, e.g. 128x64"
+        ))
+    })?;
+    if !matches!(stage, Stage::Llvm | Stage::Ptx) {
+        return Err(usage("--block is for --emit llvm or ptx"));
+    }
+    let (_, c) = compile(k, color)?;
+    let m = attnc::codegen::nvptx::compile_tuned(&c.ir, &c.schedule.geom, &c.spec.inputs, arch, t)
+        .map_err(|e| usage(format!("--block {block}: {e}")))?;
+    write_out(
+        output,
+        if stage == Stage::Llvm {
+            &m.llvm
+        } else {
+            &m.ptx
+        },
+    )
+}
+
 fn bench_cuda(
     c: driver::Compiled,
     flops: f64,
     runs: usize,
     tune: Option<(Source, String, Vec<Binding>)>,
+    block: Option<Tuning>,
     json: bool,
 ) -> Result<(), u8> {
     let gpu = open_gpu()?;
     let t = Instant::now();
-    let (art, trials) = match &tune {
-        Some((src, name, sets)) => {
+    let (art, trials) = match (&tune, block) {
+        (Some((src, name, sets)), _) => {
             let key = attnc_runtime::artefact::cache_key(src, name, sets, gpu.arch());
             attnc_runtime::tune::tune(&gpu, &c, Some(&key)).map_err(runtime_error)?
         }
-        None => (
+        (None, Some(b)) => (
+            attnc_runtime::artefact::build_tuned(&c, gpu.arch(), b).map_err(runtime_error)?,
+            vec![],
+        ),
+        (None, None) => (
             attnc_runtime::artefact::build(&c, gpu.arch()).map_err(runtime_error)?,
             vec![],
         ),
@@ -359,13 +406,14 @@ fn bench_cuda(
         .time(&mut args, 5, runs.max(1))
         .map_err(runtime_error)?;
     let (bm, bn) = kernel.artefact.tuning;
+    let shape = kernel.artefact.shape.clone();
     if json {
         let tried: Vec<String> = trials
             .iter()
-            .map(|t| format!("{{\"bm\":{},\"bn\":{},\"ms\":{:.5}}}", t.bm, t.bn, t.ms))
+            .map(|t| format!("{{\"block\":\"{}\",\"ms\":{:.5}}}", t.block, t.ms))
             .collect();
         out(&format!(
-            "{{\"kernel\":\"{}\",\"tokens\":{},\"ms\":{ms:.5},\"tflops\":{:.2},\"bm\":{bm},\"bn\":{bn},\"compile_ms\":{compile_ms:.1},\"trials\":[{}]}}\n",
+            "{{\"kernel\":\"{}\",\"tokens\":{},\"ms\":{ms:.5},\"tflops\":{:.2},\"bm\":{bm},\"bn\":{bn},\"block\":\"{shape}\",\"compile_ms\":{compile_ms:.1},\"trials\":[{}]}}\n",
             m.kernel,
             m.tokens,
             flops / ms / 1e9,
@@ -374,10 +422,10 @@ fn bench_cuda(
         return Ok(());
     }
     for t in &trials {
-        out(&format!("  block {}x{}: {:.4} ms\n", t.bm, t.bn, t.ms));
+        out(&format!("  block {}: {:.4} ms\n", t.block, t.ms));
     }
     out(&format!(
-        "{} on {}: median {ms:.4} ms over {} runs, {:.1} TFLOP/s on active pairs (block {bm}x{bn}, compile {compile_ms:.0} ms)\n",
+        "{} on {}: median {ms:.4} ms over {} runs, {:.1} TFLOP/s on active pairs (block {shape}, compile {compile_ms:.0} ms)\n",
         m.kernel,
         gpu.name(),
         runs.max(1),
@@ -409,11 +457,10 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             sets,
             emit,
             target,
+            block,
             output,
             out_dir,
         } => {
-            let sets = bindings(&sets)?;
-            let src = load(&file)?;
             let stage = Stage::ALL
                 .iter()
                 .find(|(n, _)| *n == emit)
@@ -421,6 +468,13 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                 .unwrap_or(Stage::Ir);
             let arch = attnc::codegen::nvptx::Arch::from_name(&target)
                 .unwrap_or(attnc::codegen::nvptx::Arch::Sm90);
+            if let Some(b) = block {
+                let k = KernelArgs { file, kernel, sets };
+                return emit_block(&k, &b, stage, arch, &output, color);
+            }
+            let sets = bindings(&sets)?;
+            let src = load(&file)?;
+
             if let Some(dir) = out_dir {
                 return write_artefacts(&src, kernel.as_deref(), &sets, arch, &dir, color);
             }
@@ -531,7 +585,11 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             );
             Ok(())
         }
-        Command::Suite { kernels, small } => match attnc_runtime::suite::run(&kernels, small) {
+        Command::Suite {
+            kernels,
+            small,
+            kernel,
+        } => match attnc_runtime::suite::run(&kernels, small, kernel.as_deref()) {
             Ok(0) => Ok(()),
             Ok(_) => Err(EXIT_DIAGNOSTICS),
             Err(e) => Err(runtime_error(e)),
@@ -541,9 +599,25 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             backend,
             runs,
             tune,
+            block,
             json,
         } => {
+            let block = block
+                .map(|b| {
+                    Tuning::parse(&b).ok_or_else(|| {
+                        usage(format!(
+                            "--block {b}: expected ROWSxKEYS or ROWSxKEYS-wgmma, e.g. 128x64"
+                        ))
+                    })
+                })
+                .transpose()?;
             if let Some((_, spec)) = selection(&k, color)? {
+                if block.is_some() {
+                    return Err(usage(format!(
+                        "`{}`: --block is for attention kernels (selection kernels: --tune)",
+                        spec.kernel
+                    )));
+                }
                 if backend == "cuda" {
                     attnc::codegen::nvptx::decode::gpu_support(&spec).map_err(usage)?;
                     let gpu = open_gpu()?;
@@ -572,7 +646,12 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                     let name = c.spec.kernel.clone();
                     (src, name, sets)
                 });
-                return bench_cuda(c, flops, runs, key, json);
+                return bench_cuda(c, flops, runs, key, block, json);
+            }
+            if block.is_some() || tune {
+                return Err(usage(
+                    "--block and --tune pick GPU launch shapes; they need --backend cuda",
+                ));
             }
             let kernel = CpuKernel::new(c, false).map_err(runtime_error)?;
             let m = kernel.manifest().clone();
