@@ -180,7 +180,7 @@ fn tuning_candidates_assemble() {
         let (fe, _) = driver::frontend(&src).expect("frontend");
         let k = driver::find_kernel(&fe.program, kernel).expect("kernel");
         let c = driver::compile_kernel(&fe.program, k, &[]).expect("compiles");
-        for t in attnc::codegen::nvptx::attention::candidates(&c.ir, true) {
+        for t in attnc::codegen::nvptx::attention::candidates(&c.ir, &c.schedule.geom, true) {
             let m = attnc::codegen::nvptx::compile_tuned(
                 &c.ir,
                 &c.schedule.geom,

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use attnc::codegen::nvptx::attention::Tuning;
 use attnc::codegen::nvptx::Arch;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
@@ -111,6 +112,9 @@ pub struct DeviceArgs {
     pub v: CudaSlice<u16>,
     pub o: CudaSlice<u16>,
     pub inputs: Vec<CudaSlice<f32>>,
+    /// The K and V tensor maps of the last kernel with tensor copies launched on these
+    /// buffers, and the rows of a box they were made for.
+    tmaps: Option<(u32, CudaSlice<u64>)>,
 }
 
 impl CudaKernel {
@@ -136,8 +140,7 @@ impl CudaKernel {
         }
         // A shape that asks for several blocks an SM asks for their shared memory too
         // (the carveout is a hint: all shared, the rest L1).
-        let asks = attnc::codegen::nvptx::attention::Tuning::parse(&artefact.shape)
-            .is_some_and(|t| t.blocks_per_sm > 1);
+        let asks = Tuning::parse(&artefact.shape).is_some_and(|t| t.blocks_per_sm > 1);
         if asks {
             use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT as CARVEOUT;
             func.set_attribute(CARVEOUT, 100).map_err(cuda)?;
@@ -183,7 +186,68 @@ impl CudaKernel {
                 .iter()
                 .map(|t| s.clone_htod(t.data).map_err(cuda))
                 .collect::<Result<_, _>>()?,
+            tmaps: None,
         })
+    }
+
+    /// The K and V tensor maps for a kernel with tensor copies of `rows`-row boxes: each
+    /// tensor as `[batch * kv_heads * tokens, dim]` 16-bit rows, boxes of 64 elements x
+    /// `rows`, swizzled by 128 bytes (the layout the wgmma descriptors read). Made when
+    /// the box changes, kept in `a`.
+    fn tensor_maps(&self, a: &mut DeviceArgs, rows: u32) -> Result<(), Error> {
+        use cudarc::driver::sys::{
+            CUtensorMapDataType_enum as Dt, CUtensorMapFloatOOBfill_enum as Oob,
+            CUtensorMapInterleave_enum as Il, CUtensorMapL2promotion_enum as L2,
+            CUtensorMapSwizzle_enum as Sw,
+        };
+        use cudarc::driver::DevicePtr;
+        if a.tmaps.as_ref().is_some_and(|(r, _)| *r == rows) {
+            return Ok(());
+        }
+        let m = self.manifest();
+        let dtype = if m.dtype == "f16" {
+            Dt::CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+        } else {
+            Dt::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+        };
+        let lines = (m.batch * m.kv_heads * m.tokens) as u64;
+        let mut words = vec![];
+        for (buf, dim) in [(&a.k, m.head_dim), (&a.v, m.value_dim)] {
+            let (ptr, _sync) = buf.device_ptr(&self.stream);
+            let dims = [dim as u64, lines];
+            let strides = [dim as u64 * 2];
+            let boxes = [64u32, rows];
+            let steps = [1u32, 1];
+            let mut map = std::mem::MaybeUninit::<cudarc::driver::sys::CUtensorMap>::uninit();
+            // SAFETY: every pointer names a live array of the length the call reads (rank
+            // 2: two dims, one stride, two box and element extents); `ptr` is the device
+            // buffer of `dims[1]` rows of `dims[0]` 16-bit elements (checked against the
+            // manifest at upload); the call only writes `map`.
+            let r = unsafe {
+                cudarc::driver::sys::cuTensorMapEncodeTiled(
+                    map.as_mut_ptr(),
+                    dtype,
+                    2,
+                    ptr as *mut std::ffi::c_void,
+                    dims.as_ptr(),
+                    strides.as_ptr(),
+                    boxes.as_ptr(),
+                    steps.as_ptr(),
+                    Il::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                    Sw::CU_TENSOR_MAP_SWIZZLE_128B,
+                    L2::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                    Oob::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+                )
+            };
+            if r != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+                return Err(Error::Cuda(format!("cuTensorMapEncodeTiled: {r:?}")));
+            }
+            // SAFETY: a successful call initialised the map.
+            words.extend(unsafe { map.assume_init() }.opaque);
+        }
+        let dev = self.stream.clone_htod(&words).map_err(cuda)?;
+        a.tmaps = Some((rows, dev));
+        Ok(())
     }
 
     /// Launches on device buffers (sizes checked against the manifest).
@@ -210,6 +274,10 @@ impl CudaKernel {
                 m.inputs.len()
             )));
         }
+        let tma = Tuning::parse(&self.artefact.shape).filter(|t| t.tma);
+        if let Some(t) = tma {
+            self.tensor_maps(a, t.bn)?;
+        }
         let cfg = LaunchConfig {
             grid_dim: (self.artefact.grid_x, m.heads as u32, m.batch as u32),
             block_dim: (self.artefact.block, 1, 1),
@@ -230,11 +298,16 @@ impl CudaKernel {
         for i in &a.inputs {
             b.arg(i);
         }
+        if let (Some(_), Some((_, maps))) = (tma, &a.tmaps) {
+            b.arg(maps);
+        }
         // SAFETY: the argument list is the kernel's signature (see `codegen::nvptx`): four
         // tensors whose sizes were just checked against the manifest the kernel was compiled
         // for, the schedule tables compiled with it, one pointer per declared input (sizes
-        // checked at upload); the grid is the one the kernel expects. The kernel reads and
-        // writes only inside these buffers (missing rows are zero-filled, not read).
+        // checked at upload), and for tensor copies the maps of K and V made above; the
+        // grid is the one the kernel expects. The kernel reads and writes only inside these
+        // buffers (missing rows are zero-filled, not read; the tensor copies stay in the
+        // maps' bounds and zero-fill past them).
         unsafe { b.launch(cfg) }.map_err(cuda)?;
         Ok(())
     }

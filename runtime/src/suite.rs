@@ -337,7 +337,7 @@ fn run_case(
     // The default shape, and on a GPU that runs sm_90a every wgmma shape the tuner may pick.
     let shapes: Vec<Tuning> = std::iter::once(default_tuning(&compiled.ir))
         .chain(
-            candidates(&compiled.ir, gpu.has_wgmma())
+            candidates(&compiled.ir, &compiled.schedule.geom, gpu.has_wgmma())
                 .into_iter()
                 .filter(|t| t.wgmma),
         )

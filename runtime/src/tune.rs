@@ -69,7 +69,7 @@ pub fn tune(
     // shared by every candidate; outputs are compared on a strided sample.
     let mut reference: Option<Vec<f32>> = None;
     let mut args: Option<crate::cuda::DeviceArgs> = None;
-    for t in candidates(&c.ir, gpu.has_wgmma()) {
+    for t in candidates(&c.ir, &c.schedule.geom, gpu.has_wgmma()) {
         let a = artefact::build_tuned(c, arch, t)?;
         let kernel = match CudaKernel::load(gpu, a.clone()) {
             Ok(k) => k,

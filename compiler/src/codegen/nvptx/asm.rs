@@ -264,6 +264,49 @@ pub mod ptx {
         Asm::new("fence.proxy.async.shared::cta;").volatile()
     }
 
+    /// `mbarrier.init` of the barrier at a shared address with an arrival count.
+    pub fn mbarrier_init() -> Asm {
+        Asm::new("mbarrier.init.shared::cta.b64 [{i0}], {i1};")
+            .inputs(2, Reg::R)
+            .volatile()
+    }
+
+    /// Makes barrier initialisations visible to the async proxy (the tensor copies).
+    pub fn fence_mbarrier_init() -> Asm {
+        Asm::new("fence.mbarrier_init.release.cluster;").volatile()
+    }
+
+    /// One arrival on the barrier that also expects `{i1}` bytes of asynchronous copies.
+    pub fn mbarrier_arrive_expect_tx() -> Asm {
+        Asm::new("mbarrier.arrive.expect_tx.shared::cta.b64 _, [{i0}], {i1};")
+            .inputs(2, Reg::R)
+            .volatile()
+    }
+
+    /// 1 when the barrier's phase with parity `{i1}` has completed, else 0 (returns after a
+    /// bounded wait; the caller loops).
+    pub fn mbarrier_try_wait() -> Asm {
+        Asm::new(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [{i0}], {i1};\nselp.b32 {o0}, 1, 0, p;\n}",
+        )
+        .outputs(1, Reg::R)
+        .inputs(2, Reg::R)
+        .volatile()
+    }
+
+    /// A 2-D box of a tensor (TMA): tensor map at generic address `{i1}`, coordinates
+    /// (`{i2}` inner, `{i3}` outer), into shared memory at `{i0}`, completing bytes on the
+    /// barrier at `{i4}`.
+    pub fn tma_load_2d() -> Asm {
+        Asm::new(
+            "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [{i0}], [{i1}, {{i2}, {i3}}], [{i4}];",
+        )
+        .inputs(1, Reg::R)
+        .inputs(1, Reg::L)
+        .inputs(3, Reg::R)
+        .volatile()
+    }
+
     /// Two f32 -> packed bf16x2 / f16x2 (`lo` in the low half).
     pub fn pack2(elem: &str) -> Asm {
         // cvt puts its first source in the upper half.

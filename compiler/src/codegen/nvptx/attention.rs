@@ -55,6 +55,11 @@ pub struct Config {
     /// Blocks that must fit on an SM at once (`.minnctapersm`; 0: no request): ptxas
     /// keeps the registers to `65536 / (blocks * threads)`.
     pub blocks_per_sm: u32,
+    /// K and V chunks brought by the tensor memory accelerator (one thread issues 2-D
+    /// box copies that land swizzled, completion on an mbarrier per buffer) instead of
+    /// every thread's cp.async. Needs wgmma and a token order in which a key tile's rows
+    /// are consecutive (tiled).
+    pub tma: bool,
 }
 
 /// The shape choices of a kernel: query rows per block, keys per chunk, and the tensor-core
@@ -66,17 +71,21 @@ pub struct Tuning {
     pub wgmma: bool,
     /// Blocks an SM must hold at once (0: as many as the registers allow).
     pub blocks_per_sm: u32,
+    /// K and V by tensor copies (TMA), with wgmma.
+    pub tma: bool,
 }
 
 impl Tuning {
-    /// `64x32`, `128x64-wgmma`, or with an occupancy request `64x64-wgmma-x3`.
+    /// `64x32`, `128x64-wgmma`, `128x64-wgmma-tma`, or with an occupancy request
+    /// `64x64-wgmma-x3`.
     pub fn name(&self) -> String {
         let w = if self.wgmma { "-wgmma" } else { "" };
+        let t = if self.tma { "-tma" } else { "" };
         let o = match self.blocks_per_sm {
             0 => String::new(),
             n => format!("-x{n}"),
         };
-        format!("{}x{}{w}{o}", self.bm, self.bn)
+        format!("{}x{}{w}{t}{o}", self.bm, self.bn)
     }
 
     /// The inverse of `name`.
@@ -84,6 +93,10 @@ impl Tuning {
         let (s, blocks_per_sm) = match s.rsplit_once("-x") {
             Some((rest, n)) => (rest, n.parse().ok().filter(|n| *n > 0)?),
             None => (s, 0),
+        };
+        let (s, tma) = match s.strip_suffix("-tma") {
+            Some(rest) => (rest, true),
+            None => (s, false),
         };
         let (shape, wgmma) = match s.strip_suffix("-wgmma") {
             Some(rest) => (rest, true),
@@ -95,6 +108,7 @@ impl Tuning {
             bn: bn.parse().ok()?,
             wgmma,
             blocks_per_sm,
+            tma,
         })
     }
 }
@@ -117,12 +131,14 @@ pub fn default_tuning(k: &Kernel) -> Tuning {
         bn,
         wgmma: false,
         blocks_per_sm: 0,
+        tma: false,
     }
 }
 
 /// Every shape worth trying for this kernel (for the autotuner), the default first; with
-/// `wgmma` (a GPU of compute capability 9.0) also the sm_90a shapes.
-pub fn candidates(k: &Kernel, wgmma: bool) -> Vec<Tuning> {
+/// `wgmma` (a GPU of compute capability 9.0) also the sm_90a shapes, with tensor copies
+/// too when the token order keeps a key tile's rows together.
+pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
     let tt = k.info.tile_q;
     let mut out = vec![default_tuning(k)];
     let mut push = |t: Tuning| {
@@ -137,27 +153,29 @@ pub fn candidates(k: &Kernel, wgmma: bool) -> Vec<Tuning> {
                 bn,
                 wgmma: false,
                 blocks_per_sm: 0,
+                tma: false,
             });
         }
     }
     if wgmma {
         // 64-row blocks also with three to an SM (168 registers; their 67 KiB of shared
         // memory fit three times): one more warpgroup to fill the tensor cores while
-        // another is in its softmax.
-        for (bm, bn, blocks_per_sm) in [
-            (64, 64, 0),
-            (64, 64, 3),
-            (64, 32, 3),
-            (64, 128, 0),
-            (128, 64, 0),
-            (128, 128, 0),
-        ] {
-            push(Tuning {
-                bm,
-                bn,
-                wgmma: true,
-                blocks_per_sm,
-            });
+        // another is in its softmax. (64x32 three to an SM and 64x128 were slower than
+        // these on every case measured, 2026-11-29.)
+        let tma_ok = geo.order == crate::syntax::ast::Order::Tiled;
+        for tma in [false, true] {
+            for (bm, bn, blocks_per_sm) in [(64, 64, 0), (64, 64, 3), (128, 64, 0), (128, 128, 0)] {
+                if tma && !tma_ok {
+                    continue;
+                }
+                push(Tuning {
+                    bm,
+                    bn,
+                    wgmma: true,
+                    blocks_per_sm,
+                    tma,
+                });
+            }
         }
     }
     out
@@ -182,6 +200,11 @@ impl Config {
 
     fn qinfo(&self) -> u32 {
         self.kv_bytes() + 2 * self.bn * 16
+    }
+
+    /// The mbarrier of buffer `b` (tensor copies).
+    fn mbar(&self, b: u32) -> u32 {
+        self.qinfo() + self.bm * 16 + 8 * b
     }
 }
 
@@ -216,7 +239,14 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
         bn,
         wgmma,
         blocks_per_sm,
+        tma,
     } = t;
+    if tma && !wgmma {
+        return Err(format!(
+            "block shape {}: tensor copies need wgmma",
+            t.name()
+        ));
+    }
     if bm % 16 != 0 || bm == 0 || bm > 128 || !matches!(bn, 16 | 32 | 64 | 128) {
         return Err(format!("block shape {bm}x{bn} is not supported"));
     }
@@ -240,13 +270,16 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
         elem,
         wgmma,
         blocks_per_sm,
+        tma,
     };
     let q_bytes = bm * cfg.d * 2;
     if q_bytes > cfg.kv_bytes() {
         return Err("query tile does not fit the shared memory plan".into());
     }
-    // wgmma's swizzled tiles need 1024-byte alignment: the kernel rounds its base up.
-    let smem_bytes = cfg.qinfo() + bm * 16 + if wgmma { 1024 } else { 0 };
+    // wgmma's swizzled tiles need 1024-byte alignment: the kernel rounds its base up; the
+    // tensor copies' two mbarriers follow the query rows' information.
+    let smem_bytes =
+        cfg.qinfo() + bm * 16 + if tma { 16 } else { 0 } + if wgmma { 1024 } else { 0 };
     if blocks_per_sm * smem_bytes > 227 * 1024 {
         return Err(format!(
             "block shape {}: {blocks_per_sm} blocks of {smem_bytes} bytes of shared memory do not fit an SM",
@@ -328,6 +361,8 @@ pub struct Params<'c> {
     pub runs: PointerValue<'c>,
     pub head_variant: PointerValue<'c>,
     pub inputs: Vec<PointerValue<'c>>,
+    /// Tensor copies: the K and V tensor maps (128 bytes each, K first).
+    pub tmaps: Option<PointerValue<'c>>,
 }
 
 impl<'a, 'c> Attention<'a, 'c> {
@@ -467,6 +502,19 @@ impl<'a, 'c> Attention<'a, 'c> {
         self.row0 = g.muli(sub, i64::from(cfg.bm));
         self.qtile = Some(tokens::tile(g, self.geo, self.qt));
         self.variant = g.ld_i32(self.params.head_variant, self.head);
+        if cfg.tma {
+            // One arrival (the issuing thread's) per phase; visible to the tensor copies
+            // before load_q's barriers let anyone issue one.
+            let first = g.eqi(self.tid, 0);
+            let this = &*self;
+            g.if_then(first, &mut |g| {
+                for b in 0..2 {
+                    let bar = this.saddr(g.i32(i64::from(cfg.mbar(b))));
+                    ptx::mbarrier_init().emit(g.cx, &g.b, &[bar.into(), g.i32(1).into()]);
+                }
+                ptx::fence_mbarrier_init().emit(g.cx, &g.b, &[]);
+            });
+        }
 
         self.load_q();
         // Walk the IR: region 0 until the loop, the loop body per chunk, then the rest.
@@ -662,10 +710,80 @@ impl<'a, 'c> Attention<'a, 'c> {
         });
     }
 
+    /// Waits until the tensor copies into buffer `buf` have landed (the barrier's phase of
+    /// `parity` completed).
+    fn wait_tma(&self, buf: IntValue<'c>, parity: IntValue<'c>) {
+        let g = self.g;
+        let bar = self.saddr(g.add(g.i32(i64::from(self.cfg.mbar(0))), g.muli(buf, 8)));
+        let ready = g.var(g.i32t.into(), g.i32(0).into());
+        g.while_loop(&mut |g| g.eqi(g.geti(ready), 0), &mut |g| {
+            let r = ptx::mbarrier_try_wait().emit(g.cx, &g.b, &[bar.into(), parity.into()]);
+            g.set(ready, r[0]);
+        });
+    }
+
+    /// A chunk's K and V by tensor copies (one thread): the chunk's rows are consecutive
+    /// in the tensor of `[batch * kv_heads * tokens, dim]` rows, from the position of its
+    /// first row; 64-element boxes of `bn` rows land 128-byte-swizzled in the layout of
+    /// `kv_off`. Rows past the tile are the next tokens' (masked) or past the tensor's end
+    /// (zero-filled); either way finite.
+    fn issue_kv_tma(&self, buf: IntValue<'c>) {
+        let g = self.g;
+        let cfg = self.cfg;
+        let Some(tmaps) = self.params.tmaps else {
+            return;
+        };
+        let first = g.eqi(self.tid, 0);
+        let this = self;
+        g.if_then(first, &mut |g| {
+            let info = g.add(
+                g.muli(buf, i64::from(cfg.bn * 16)),
+                g.i32(i64::from(cfg.kinfo(0))),
+            );
+            let pos0 = this.ld_shared_i32(info);
+            let kvheads = i64::from(this.k.info.kv_heads);
+            let bh = g.add(g.muli(this.batch, kvheads), this.kvh);
+            let row = g.add(g.muli(bh, this.k.info.tokens as i64), pos0);
+            let bar = this.saddr(g.add(g.i32(i64::from(cfg.mbar(0))), g.muli(buf, 8)));
+            let bytes = cfg.bn * (cfg.d + cfg.dv) * 2;
+            ptx::mbarrier_arrive_expect_tx().emit(
+                g.cx,
+                &g.b,
+                &[bar.into(), g.i32(i64::from(bytes)).into()],
+            );
+            let maps = this.global_addr(tmaps);
+            for (map, dim, base) in [
+                (0u32, cfg.d, g.muli(buf, i64::from(cfg.bn * cfg.d * 2))),
+                (
+                    1,
+                    cfg.dv,
+                    g.add(
+                        g.muli(buf, i64::from(cfg.bn * cfg.dv * 2)),
+                        g.i32(i64::from(cfg.vbuf(0))),
+                    ),
+                ),
+            ] {
+                let map = g.add(maps, g.i64(i64::from(map * 128)));
+                for half in 0..dim / 64 {
+                    let dst = this.saddr(g.addi(base, i64::from(half * cfg.bn * 128)));
+                    let col = g.i32(i64::from(half * 64));
+                    ptx::tma_load_2d().emit(
+                        g.cx,
+                        &g.b,
+                        &[dst.into(), map.into(), col.into(), row.into(), bar.into()],
+                    );
+                }
+            }
+        });
+    }
+
     /// cp.async of a chunk's K and V rows into buffer `buf` (rows past the tile zero-filled).
     fn issue_kv(&self, c: &Cursor<'c>, buf: IntValue<'c>) {
         let g = self.g;
         let cfg = self.cfg;
+        if cfg.tma {
+            return self.issue_kv_tma(buf);
+        }
         let kt = g.geti(c.kt);
         let tile = tokens::tile(g, self.geo, kt);
         let chunk0 = g.muli(g.geti(c.chunk), i64::from(cfg.bn));
@@ -727,7 +845,15 @@ impl<'a, 'c> Attention<'a, 'c> {
             g.if_then(has, &mut |_| this.cursor_load_run(&cur, start));
         }
         let buf = g.var(g.i32t.into(), g.i32(0).into());
+        // Chunks computed so far: with tensor copies, chunk i waits for the phase of
+        // parity (i / 2) % 2 of its buffer's barrier.
+        let done = g.var(g.i32t.into(), g.i32(0).into());
         // Prologue: the first chunk into buffer 0.
+        if self.cfg.tma {
+            // Q was staged where the tensor copies land: order those generic accesses
+            // before the async proxy's writes (the barrier below completes the order).
+            ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
+        }
         {
             let this = &*self;
             g.if_then(has, &mut |g| {
@@ -751,18 +877,25 @@ impl<'a, 'c> Attention<'a, 'c> {
                 g.if_then(more, &mut |_| t.fill_kinfo(&next, nb));
                 g.barrier();
                 g.if_then(more, &mut |_| t.issue_kv(&next, nb));
-                ptx::cp_async_commit().emit(g.cx, &g.b, &[]);
-                ptx::cp_async_wait(1).emit(g.cx, &g.b, &[]);
-                if t.cfg.wgmma {
-                    ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
+                if t.cfg.tma {
+                    // The chunk's key information was written before the barrier above.
+                    let parity = g.and(g.udivi(g.geti(done), 2), g.i32(1));
+                    t.wait_tma(b, parity);
+                } else {
+                    ptx::cp_async_commit().emit(g.cx, &g.b, &[]);
+                    ptx::cp_async_wait(1).emit(g.cx, &g.b, &[]);
+                    if t.cfg.wgmma {
+                        ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
+                    }
+                    g.barrier();
                 }
-                g.barrier();
                 if let Err(e) = this.chunk(&body, &cur, b, f) {
                     err = Some(e);
                 }
                 g.barrier();
                 this.copy_cursor(&next, &cur);
                 g.set(buf, nb);
+                g.set(done, g.addi(g.geti(done), 1));
             });
         }
         ptx::cp_async_wait(0).emit(g.cx, &g.b, &[]);

@@ -155,13 +155,16 @@ pub fn compile_tuned(
     let tm = target_machine(arch)?;
     let cx = Context::create();
     let m = new_module(&cx, &tm, &k.info.name);
+    if cfg.tma && geo.order != crate::syntax::ast::Order::Tiled {
+        return Err(format!(
+            "block shape {}: tensor copies need the tiled token order",
+            tuning.name()
+        ));
+    }
     let gptr = cx.ptr_type(AddressSpace::from(1u16));
-    let mut params: Vec<inkwell::types::BasicMetadataTypeEnum> = vec![gptr.into(); 7];
-    params.extend(
-        inputs
-            .iter()
-            .map(|_| inkwell::types::BasicMetadataTypeEnum::from(gptr)),
-    );
+    // q k v o rows runs head_variant, the inputs, and with tensor copies the tensor maps.
+    let n_params = 7 + inputs.len() + usize::from(cfg.tma);
+    let params: Vec<inkwell::types::BasicMetadataTypeEnum> = vec![gptr.into(); n_params];
     let fn_ty = cx.void_type().fn_type(&params, false);
     let entry = entry_name(&k.info.name);
     let f = m.add_function(&entry, fn_ty, None);
@@ -212,6 +215,11 @@ pub fn compile_tuned(
         inputs: (0..inputs.len() as u32)
             .map(|i| p(7 + i))
             .collect::<Result<_, _>>()?,
+        tmaps: if cfg.tma {
+            Some(p(7 + inputs.len() as u32)?)
+        } else {
+            None
+        },
     };
     if cfg.blocks_per_sm > 0 {
         // The block size and the blocks an SM must hold: ptxas sizes the registers to fit.
