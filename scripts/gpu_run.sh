@@ -11,10 +11,13 @@ mkdir -p "$OUT"
 A=./bin/attnc
 MODE="${1:-all}"
 log() { echo "== $*"; }
-
-if [ "$MODE" = "speed" ]; then
+gpu_info() {
   log "GPU"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+}
+
+if [ "$MODE" = "speed" ]; then
+  gpu_info
   log "side by side with the peers"
   PYTHONUNBUFFERED=1 python3 side_by_side.py --attnc $A --kernels kernels 2>&1 | tee "$OUT/side_by_side.txt"
   exit "${PIPESTATUS[0]}"
@@ -23,8 +26,7 @@ fi
 if [ "$MODE" = "wgmma" ]; then
   # The sm_90a kernel: SASS, correctness against the CPU (the suite runs every wgmma shape
   # on a GPU of compute capability 9.0), and the tuner's table of every shape's time.
-  log "GPU"
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+  gpu_info
   log "SASS of the wgmma shapes"
   mkdir -p ptx
   : > "$OUT/wgmma_sass.txt"
@@ -60,8 +62,7 @@ if [ "$MODE" = "wgmma" ]; then
 fi
 
 if [ "$MODE" = "decode" ]; then
-  log "GPU"
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+  gpu_info
   log "ptxas (registers, spills) of the decode kernels"
   mkdir -p ptx
   : > "$OUT/decode_sass.txt"
@@ -99,8 +100,7 @@ if [ "$MODE" = "decode" ]; then
   exit 0
 fi
 
-log "GPU"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+gpu_info
 
 log "suite: every shipped kernel on the GPU against the CPU backend"
 $A suite --kernels kernels 2>&1 | tee "$OUT/suite.txt"

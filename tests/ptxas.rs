@@ -11,6 +11,26 @@ use attnc::driver::{self, Source, Stage};
 use attnc::sema::instantiate::Binding;
 use attnc_tests::{kernel_files, root};
 
+/// A folder for one test's PTX and cubins: removed when the test passes, kept (its path in
+/// the failure message) when it fails.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("attnc-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// Writes `ptx` to `file`, assembles it with ptxas for `arch` (a cubin beside it) and
 /// returns ptxas's verbose log; panics with the log when ptxas fails.
 fn assemble(ptxas: &str, arch: Arch, file: &std::path::Path, ptx: &str) -> String {
@@ -84,8 +104,8 @@ fn every_shipped_kernel_assembles_without_spills() {
     let Some(ptxas) = ptxas() else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("attnc-ptxas-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let scratch = Scratch::new("ptxas");
+    let dir = &scratch.0;
     let mut n = 0;
     for path in kernel_files() {
         let src = Source::load(&path).expect("kernel file");
@@ -169,8 +189,8 @@ fn tuning_candidates_assemble() {
     let Some(ptxas) = ptxas() else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("attnc-tune-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let scratch = Scratch::new("tune");
+    let dir = &scratch.0;
     for (file, kernel) in [
         ("grat.attn", "grat_b_2d"),
         ("natten.attn", "na_2d"),
@@ -217,8 +237,8 @@ fn decode_kernels_assemble_without_spills() {
     let Some(ptxas) = ptxas() else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("attnc-decode-ptxas-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let scratch = Scratch::new("decode-ptxas");
+    let dir = &scratch.0;
     let mut covered = vec![];
     for path in kernel_files() {
         let src = Source::load(&path).expect("kernel file");
@@ -303,8 +323,8 @@ fn decode_variants_assemble_and_fit() {
     let Some(ptxas) = ptxas() else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("attnc-decode-variants-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let scratch = Scratch::new("decode-variants");
+    let dir = &scratch.0;
     for (file, kernel, set, topk_entries) in [
         ("quest.attn", "quest_decode", "CONTEXT=262144", 5),
         ("exact.attn", "exact_decode", "CONTEXT=100000", 4),

@@ -237,3 +237,75 @@ fn decode_tuning_candidates_follow_the_source() {
     assert_eq!(count("kernels/exact.attn", "exact_decode"), 6);
     assert_eq!(count("kernels/streaming.attn", "streaming_decode"), 6);
 }
+
+/// The attention kernel's launch shapes: names round-trip, wgmma shapes only where asked
+/// for, tensor copies only where a key tile's rows are consecutive (tiled token order),
+/// and the shapes the CUDA backend cannot build are errors that say why.
+#[test]
+fn attention_shapes_follow_the_gpu_and_the_token_order() {
+    use attnc::codegen::nvptx::attention::{candidates, config_for, gpu_default, Tuning};
+    use attnc::codegen::nvptx::{compile_tuned, Arch};
+    let compiled = |file: &str, kernel: &str| {
+        let src = Source::load(&root().join(file)).unwrap();
+        let (fe, _) = driver::frontend(&src).unwrap();
+        let k = driver::find_kernel(&fe.program, kernel).unwrap();
+        driver::compile_kernel(&fe.program, k, &[]).unwrap()
+    };
+    let shape = |s: &str| Tuning::parse(s).unwrap_or_else(|| panic!("{s}"));
+    for (file, kernel, tiled) in [
+        ("kernels/grat.attn", "grat_b_2d", true),
+        ("kernels/natten.attn", "na_2d", false),
+    ] {
+        let c = compiled(file, kernel);
+        let geo = &c.schedule.geom;
+        let all = candidates(&c.ir, geo, true);
+        for t in &all {
+            assert_eq!(Tuning::parse(&t.name()), Some(*t), "{kernel}");
+        }
+        assert!(all.iter().any(|t| t.wgmma), "{kernel}");
+        assert_eq!(all.iter().any(|t| t.tma), tiled, "{kernel}");
+        assert!(candidates(&c.ir, geo, false).iter().all(|t| !t.wgmma));
+        let want = if tiled {
+            "64x64-wgmma-tma"
+        } else {
+            "64x64-wgmma"
+        };
+        assert_eq!(gpu_default(&c.ir, geo, true), shape(want), "{kernel}");
+        assert_eq!(gpu_default(&c.ir, geo, false).name(), "64x32", "{kernel}");
+        if !tiled {
+            let err =
+                compile_tuned(&c.ir, geo, &[], Arch::Sm90, shape("64x64-wgmma-tma")).unwrap_err();
+            assert!(err.contains("need the tiled token order"), "{err}");
+        }
+    }
+    let c = compiled("kernels/grat.attn", "grat_b_2d");
+    let err = compile_tuned(
+        &c.ir,
+        &c.schedule.geom,
+        &[],
+        Arch::Sm80,
+        shape("64x64-wgmma"),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        "block shape 64x64-wgmma needs sm_90 (wgmma), not sm_80"
+    );
+    let err = config_for(&c.ir, shape("96x64-wgmma")).unwrap_err();
+    assert!(err.contains("64 or 128 rows"), "{err}");
+    let err = config_for(&c.ir, shape("64x64-tma")).unwrap_err();
+    assert!(err.contains("tensor copies need wgmma"), "{err}");
+    let err = config_for(&c.ir, shape("128x128-wgmma-x3")).unwrap_err();
+    assert!(err.contains("do not fit an SM"), "{err}");
+    for bad in [
+        "",
+        "64",
+        "64x",
+        "x64",
+        "64x64-x0",
+        "64x64-wgmma-x",
+        "64x64-fast",
+    ] {
+        assert_eq!(Tuning::parse(bad), None, "{bad}");
+    }
+}

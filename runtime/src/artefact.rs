@@ -49,6 +49,13 @@ pub fn build(c: &Compiled, arch: Arch) -> Result<GpuArtefact, Error> {
     build_tuned(c, arch, nvptx::attention::default_tuning(&c.ir))
 }
 
+/// Compiles a kernel for `gpu` with the shape it runs best without tuning
+/// (`attention::gpu_default`: wgmma and tensor copies on compute capability 9.0).
+pub fn build_for(c: &Compiled, gpu: &crate::cuda::Gpu) -> Result<GpuArtefact, Error> {
+    let t = nvptx::attention::gpu_default(&c.ir, &c.schedule.geom, gpu.has_wgmma());
+    build_tuned(c, gpu.arch(), t)
+}
+
 /// Compiles a kernel for `arch` with a block shape.
 pub fn build_tuned(
     c: &Compiled,

@@ -312,6 +312,13 @@ impl CudaKernel {
         Ok(())
     }
 
+    /// Fills the output with NaN, so that an element the kernel never writes cannot pass
+    /// for a result.
+    pub fn poison(&self, a: &mut DeviceArgs) -> Result<(), Error> {
+        let nan = vec![0x7fc0u16; a.o.len()];
+        self.stream.memcpy_htod(&nan, &mut a.o).map_err(cuda)
+    }
+
     /// Copies the output back as f32.
     pub fn download(&self, a: &DeviceArgs) -> Result<Vec<f32>, Error> {
         let bits = self.stream.clone_dtoh(&a.o).map_err(cuda)?;
@@ -342,9 +349,7 @@ impl CudaKernel {
             )));
         }
         let mut a = self.upload(q, k, v, inputs)?;
-        // Poison the output so that an element the kernel never writes cannot pass for a result.
-        let nan = vec![0x7fc0u16; want];
-        self.stream.memcpy_htod(&nan, &mut a.o).map_err(cuda)?;
+        self.poison(&mut a)?;
         self.launch(&mut a)?;
         self.stream.synchronize().map_err(cuda)?;
         out.copy_from_slice(&self.download(&a)?);

@@ -470,3 +470,58 @@ fn gpu_decode_requests_without_a_gpu_or_coverage_are_clear_errors() {
         "{err}"
     );
 }
+
+/// `--block` names a GPU launch shape: a malformed one, one the backend cannot build, or
+/// one on the CPU backend is a usage error (exit 2), never a panic; `compile --block`
+/// emits that shape's PTX (wgmma for sm_90a).
+#[test]
+fn block_shapes_are_checked() {
+    let grat = repo("kernels/grat.attn");
+    let (code, _, err) =
+        run(attnc()
+            .arg("bench")
+            .arg(&grat)
+            .args(["--kernel", "grat_b_2d", "--block", "64by64"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--block 64by64: expected ROWSxKEYS"), "{err}");
+    let (code, _, err) =
+        run(attnc()
+            .arg("bench")
+            .arg(&grat)
+            .args(["--kernel", "grat_b_2d", "--block", "64x64"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("need --backend cuda"), "{err}");
+    let (code, _, err) = run(attnc().arg("compile").arg(&grat).args([
+        "--kernel",
+        "grat_b_2d",
+        "--emit",
+        "ptx",
+        "--block",
+        "96x7",
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--block 96x7: block shape 96x7 is not supported"),
+        "{err}"
+    );
+    let (code, ptx, err) = run(attnc().arg("compile").arg(&grat).args([
+        "--kernel",
+        "grat_b_2d",
+        "--emit",
+        "ptx",
+        "--block",
+        "64x64-wgmma-tma",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(ptx.contains(".target sm_90a"), "{ptx}");
+    assert_eq!(
+        ptx.matches("wgmma.mma_async").count(),
+        12,
+        "8 k steps of S, 4 of P V"
+    );
+    assert_eq!(
+        ptx.matches("cp.async.bulk.tensor.2d").count(),
+        8,
+        "prologue and loop"
+    );
+}

@@ -135,6 +135,26 @@ pub fn default_tuning(k: &Kernel) -> Tuning {
     }
 }
 
+/// The shape to use without tuning on a GPU: with `wgmma` (compute capability 9.0) the
+/// 64x64 wgmma shape, with tensor copies where the token order allows them (on the H200,
+/// 2026-11-29: the fastest shape on GRAT 128x128 and on GRAT-B r=1 256x256, 8 % behind
+/// 128x128 on dense 16384; `--tune` picks per case); else `default_tuning`.
+pub fn gpu_default(k: &Kernel, geo: &Geometry, wgmma: bool) -> Tuning {
+    let tma = geo.order == crate::syntax::ast::Order::Tiled;
+    let t = Tuning {
+        bm: 64,
+        bn: 64,
+        wgmma: true,
+        blocks_per_sm: 0,
+        tma,
+    };
+    if wgmma && config_for(k, t).is_ok() {
+        t
+    } else {
+        default_tuning(k)
+    }
+}
+
 /// Every shape worth trying for this kernel (for the autotuner), the default first; with
 /// `wgmma` (a GPU of compute capability 9.0) also the sm_90a shapes, with tensor copies
 /// too when the token order keeps a key tile's rows together.
@@ -847,7 +867,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         let buf = g.var(g.i32t.into(), g.i32(0).into());
         // Chunks computed so far: with tensor copies, chunk i waits for the phase of
         // parity (i / 2) % 2 of its buffer's barrier.
-        let done = g.var(g.i32t.into(), g.i32(0).into());
+        let done = self.cfg.tma.then(|| g.var(g.i32t.into(), g.i32(0).into()));
         // Prologue: the first chunk into buffer 0.
         if self.cfg.tma {
             // Q was staged where the tensor copies land: order those generic accesses
@@ -877,7 +897,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                 g.if_then(more, &mut |_| t.fill_kinfo(&next, nb));
                 g.barrier();
                 g.if_then(more, &mut |_| t.issue_kv(&next, nb));
-                if t.cfg.tma {
+                if let Some(done) = done {
                     // The chunk's key information was written before the barrier above.
                     let parity = g.and(g.udivi(g.geti(done), 2), g.i32(1));
                     t.wait_tma(b, parity);
@@ -895,7 +915,9 @@ impl<'a, 'c> Attention<'a, 'c> {
                 g.barrier();
                 this.copy_cursor(&next, &cur);
                 g.set(buf, nb);
-                g.set(done, g.addi(g.geti(done), 1));
+                if let Some(done) = done {
+                    g.set(done, g.addi(g.geti(done), 1));
+                }
             });
         }
         ptx::cp_async_wait(0).emit(g.cx, &g.b, &[]);

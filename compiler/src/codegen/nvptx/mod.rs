@@ -1,12 +1,14 @@
 //! The CUDA code generator: kernel IR -> LLVM IR (inkwell, LLVM 19) -> PTX for sm_80 or
-//! sm_90. The kernel (see `attention.rs`) is a FlashAttention-2 forward on tensor cores.
+//! sm_90 (sm_90a for the wgmma shapes). The kernel (see `attention.rs`) is a
+//! FlashAttention-2 forward on tensor cores.
 //!
 //! Kernel parameters, in order: `q, k, v, o` (global, the kernel's dtype,
 //! `[batch, heads, tokens, dim]`), `rows` (u32: per head variant the schedule's CSR offsets,
 //! `total_tiles + 1` each, into the concatenated runs), `runs` (u32 triples
 //! `(start, len, class)`), `head_variant` (u32 per query head), then one f32 pointer per
-//! declared input. Grid: `(total_tiles * blocks_per_tile, heads, batch)`; block:
-//! `warps * 32` threads; shared memory is static.
+//! declared input, and with tensor copies the K and V tensor maps (128 bytes each). Grid:
+//! `(total_tiles * blocks_per_tile, heads, batch)`; block: `warps * 32` threads; shared
+//! memory static up to 48 KiB, dynamic above.
 
 pub mod asm;
 pub mod attention;

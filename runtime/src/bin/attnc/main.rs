@@ -390,7 +390,7 @@ fn bench_cuda(
             vec![],
         ),
         (None, None) => (
-            attnc_runtime::artefact::build(&c, gpu.arch()).map_err(runtime_error)?,
+            attnc_runtime::artefact::build_for(&c, &gpu).map_err(runtime_error)?,
             vec![],
         ),
     };
@@ -561,7 +561,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             };
             if backend == "cuda" {
                 let gpu = open_gpu()?;
-                let art = attnc_runtime::artefact::build(&c, gpu.arch()).map_err(runtime_error)?;
+                let art = attnc_runtime::artefact::build_for(&c, &gpu).map_err(runtime_error)?;
                 let kernel = CudaKernel::load(&gpu, art).map_err(runtime_error)?;
                 let r = run_npy_cuda(&kernel, &args, &output).map_err(runtime_error)?;
                 eprintln!(
