@@ -37,7 +37,7 @@ if [ "$MODE" = "wgmma" ]; then
   done
   cat "$OUT/wgmma_sass.txt"
   log "one wgmma shape against the default, GRAT-B 128x128"
-  for b in 128x64 64x64-wgmma-x3 64x64-wgmma-tma 64x64-wgmma-tma-x3 128x64-wgmma-tma 128x128-wgmma-tma; do
+  for b in 128x64 64x64-wgmma-x3 64x64-wgmma-tma 64x64-wgmma-tma-ovl 128x128-wgmma-tma 128x128-wgmma-tma-ovl; do
     timeout 60 $A bench kernels/grat.attn --kernel grat_b_2d --set H=128 --set W=128 --set TEXT=0 --backend cuda --runs 20 --block $b 2>&1 | tee -a "$OUT/wgmma_bench.txt"
   done
   log "suite: every shipped kernel, default and wgmma shapes, against the CPU backend"

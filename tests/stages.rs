@@ -295,6 +295,11 @@ fn attention_shapes_follow_the_gpu_and_the_token_order() {
     assert!(err.contains("64 or 128 rows"), "{err}");
     let err = config_for(&c.ir, shape("64x64-tma")).unwrap_err();
     assert!(err.contains("tensor copies need wgmma"), "{err}");
+    let err = config_for(&c.ir, shape("64x64-wgmma-ovl")).unwrap_err();
+    assert!(
+        err.contains("the overlapped loop needs tensor copies"),
+        "{err}"
+    );
     let err = config_for(&c.ir, shape("128x128-wgmma-x3")).unwrap_err();
     assert!(err.contains("do not fit an SM"), "{err}");
     for bad in [

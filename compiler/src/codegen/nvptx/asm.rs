@@ -229,6 +229,22 @@ pub mod ptx {
     /// in/out), else the first step overwrites it. Fence, issue, commit and wait are one
     /// block, so the compiler never touches the registers while the tensor cores own them.
     pub fn wgmma(elem: &str, n: u32, ksteps: u32, accumulate: bool, trans_b: bool) -> Asm {
+        wgmma_group(elem, n, ksteps, (accumulate, trans_b), true, 0)
+    }
+
+    /// `wgmma` with a choice of waiting (`wait`: for every group in flight, this one
+    /// included; without it the registers stay the tensor cores' until a later wait) and
+    /// `carry` more f32 registers passed through untouched (tied in/out after D): the
+    /// accumulators of a group still in flight, so that no code that reads them can be
+    /// placed before the wait.
+    pub fn wgmma_group(
+        elem: &str,
+        n: u32,
+        ksteps: u32,
+        (accumulate, trans_b): (bool, bool),
+        wait: bool,
+        carry: usize,
+    ) -> Asm {
         let d: Vec<String> = (0..n / 2).map(|i| format!("{{o{i}}}")).collect();
         let d = d.join(", ");
         let mut t = String::from(
@@ -244,18 +260,31 @@ pub mod ptx {
                 u32::from(trans_b)
             );
         }
-        t += "wgmma.commit_group.sync.aligned;\nwgmma.wait_group.sync.aligned 0;\n}";
+        t += "wgmma.commit_group.sync.aligned;\n";
+        if wait {
+            t += "wgmma.wait_group.sync.aligned 0;\n";
+        }
+        t += "}";
         let t = t.replace("{iONE}", &format!("{{i{}}}", 5 * ksteps));
         let a = Asm::new(t)
             .inputs(4 * ksteps as usize, Reg::R)
             .inputs(ksteps as usize, Reg::L)
             .inputs(1, Reg::R)
             .volatile();
-        if accumulate {
+        let a = if accumulate {
             a.inouts((n / 2) as usize, Reg::F)
         } else {
             a.outputs((n / 2) as usize, Reg::F)
-        }
+        };
+        a.inouts(carry, Reg::F)
+    }
+
+    /// Waits for every wgmma group in flight; `carry` f32 registers (their accumulators)
+    /// pass through tied, so that their readers come after it.
+    pub fn wgmma_wait(carry: usize) -> Asm {
+        Asm::new("wgmma.wait_group.sync.aligned 0;")
+            .inouts(carry, Reg::F)
+            .volatile()
     }
 
     /// Makes this thread's generic-proxy writes to shared memory (cp.async included)
@@ -354,5 +383,21 @@ mod tests {
         let s = ptx::wgmma("bf16", 16, 2, false, false).text();
         assert!(s.contains("{$8, $9, $10, $11}, $16, z, 1, 1, 0;"), "{s}");
         assert!(s.contains("{$12, $13, $14, $15}, $17, p, 1, 1, 0;"), "{s}");
+        assert!(s.contains("wgmma.wait_group.sync.aligned 0;"), "{s}");
+        // Without waiting, carrying two registers of a group in flight: D is $0-$7, the
+        // carried $8 and $9, tied after the inputs.
+        let c = ptx::wgmma_group("bf16", 16, 2, (false, false), false, 2);
+        assert!(!c.text().contains("wait_group"), "{}", c.text());
+        assert!(
+            c.text().contains("{$10, $11, $12, $13}, $18, z, 1, 1, 0;"),
+            "{}",
+            c.text()
+        );
+        assert!(
+            c.constraints()
+                .ends_with("=f,=f,r,r,r,r,r,r,r,r,l,l,r,8,9,~{memory}"),
+            "{}",
+            c.constraints()
+        );
     }
 }

@@ -60,6 +60,10 @@ pub struct Config {
     /// every thread's cp.async. Needs wgmma and a token order in which a key tile's rows
     /// are consecutive (tiled).
     pub tma: bool,
+    /// With tensor copies: `P V` is not waited for; it runs on while the loop moves on and
+    /// the next `S = Q K^T` waits for both. One barrier a chunk (after `Q K^T`, before the
+    /// next copies are issued) and three slots of key information.
+    pub overlap: bool,
 }
 
 /// The shape choices of a kernel: query rows per block, keys per chunk, and the tensor-core
@@ -73,6 +77,8 @@ pub struct Tuning {
     pub blocks_per_sm: u32,
     /// K and V by tensor copies (TMA), with wgmma.
     pub tma: bool,
+    /// `P V` left in flight across the loop (with tensor copies).
+    pub overlap: bool,
 }
 
 impl Tuning {
@@ -81,11 +87,12 @@ impl Tuning {
     pub fn name(&self) -> String {
         let w = if self.wgmma { "-wgmma" } else { "" };
         let t = if self.tma { "-tma" } else { "" };
+        let v = if self.overlap { "-ovl" } else { "" };
         let o = match self.blocks_per_sm {
             0 => String::new(),
             n => format!("-x{n}"),
         };
-        format!("{}x{}{w}{t}{o}", self.bm, self.bn)
+        format!("{}x{}{w}{t}{v}{o}", self.bm, self.bn)
     }
 
     /// The inverse of `name`.
@@ -93,6 +100,10 @@ impl Tuning {
         let (s, blocks_per_sm) = match s.rsplit_once("-x") {
             Some((rest, n)) => (rest, n.parse().ok().filter(|n| *n > 0)?),
             None => (s, 0),
+        };
+        let (s, overlap) = match s.strip_suffix("-ovl") {
+            Some(rest) => (rest, true),
+            None => (s, false),
         };
         let (s, tma) = match s.strip_suffix("-tma") {
             Some(rest) => (rest, true),
@@ -109,6 +120,7 @@ impl Tuning {
             wgmma,
             blocks_per_sm,
             tma,
+            overlap,
         })
     }
 }
@@ -132,6 +144,7 @@ pub fn default_tuning(k: &Kernel) -> Tuning {
         wgmma: false,
         blocks_per_sm: 0,
         tma: false,
+        overlap: false,
     }
 }
 
@@ -147,6 +160,7 @@ pub fn gpu_default(k: &Kernel, geo: &Geometry, wgmma: bool) -> Tuning {
         wgmma: true,
         blocks_per_sm: 0,
         tma,
+        overlap: false,
     };
     if wgmma && config_for(k, t).is_ok() {
         t
@@ -174,6 +188,7 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
                 wgmma: false,
                 blocks_per_sm: 0,
                 tma: false,
+                overlap: false,
             });
         }
     }
@@ -183,9 +198,11 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
         // another is in its softmax. (64x32 three to an SM and 64x128 were slower than
         // these on every case measured, 2026-11-29.)
         let tma_ok = geo.order == crate::syntax::ast::Order::Tiled;
-        for tma in [false, true] {
+        for (tma, overlap) in [(false, false), (true, false), (true, true)] {
             for (bm, bn, blocks_per_sm) in [(64, 64, 0), (64, 64, 3), (128, 64, 0), (128, 128, 0)] {
-                if tma && !tma_ok {
+                // Three to an SM leave the overlapped loop too few registers: ptxas
+                // serialises its wgmma (C7512).
+                if (tma && !tma_ok) || (overlap && blocks_per_sm > 0) {
                     continue;
                 }
                 push(Tuning {
@@ -194,6 +211,7 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
                     wgmma: true,
                     blocks_per_sm,
                     tma,
+                    overlap,
                 });
             }
         }
@@ -219,7 +237,8 @@ impl Config {
     }
 
     fn qinfo(&self) -> u32 {
-        self.kv_bytes() + 2 * self.bn * 16
+        let slots = if self.overlap { 3 } else { 2 };
+        self.kv_bytes() + slots * self.bn * 16
     }
 
     /// The mbarrier of buffer `b` (tensor copies).
@@ -260,10 +279,17 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
         wgmma,
         blocks_per_sm,
         tma,
+        overlap,
     } = t;
     if tma && !wgmma {
         return Err(format!(
             "block shape {}: tensor copies need wgmma",
+            t.name()
+        ));
+    }
+    if overlap && !tma {
+        return Err(format!(
+            "block shape {}: the overlapped loop needs tensor copies",
             t.name()
         ));
     }
@@ -291,6 +317,7 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
         wgmma,
         blocks_per_sm,
         tma,
+        overlap,
     };
     let q_bytes = bm * cfg.d * 2;
     if q_bytes > cfg.kv_bytes() {
@@ -709,8 +736,8 @@ impl<'a, 'c> Attention<'a, 'c> {
         }
     }
 
-    /// Row information of a chunk's keys into `kinfo[buf]` (one thread per key).
-    fn fill_kinfo(&self, c: &Cursor<'c>, buf: IntValue<'c>) {
+    /// Row information of a chunk's keys into `kinfo[slot]` (one thread per key).
+    fn fill_kinfo(&self, c: &Cursor<'c>, slot: IntValue<'c>) {
         let g = self.g;
         let cfg = self.cfg;
         let in_chunk = g.lt(self.tid, g.i32(i64::from(cfg.bn)));
@@ -720,7 +747,7 @@ impl<'a, 'c> Attention<'a, 'c> {
             let r = g.add(g.muli(g.geti(c.chunk), i64::from(cfg.bn)), this.tid);
             let info = tokens::row(g, this.geo, kt, r);
             let off = g.add(
-                g.add(g.muli(buf, i64::from(cfg.bn * 16)), g.muli(this.tid, 16)),
+                g.add(g.muli(slot, i64::from(cfg.bn * 16)), g.muli(this.tid, 16)),
                 g.i32(i64::from(cfg.kinfo(0))),
             );
             this.st_shared_i32(off, info.pos);
@@ -747,7 +774,7 @@ impl<'a, 'c> Attention<'a, 'c> {
     /// first row; 64-element boxes of `bn` rows land 128-byte-swizzled in the layout of
     /// `kv_off`. Rows past the tile are the next tokens' (masked) or past the tensor's end
     /// (zero-filled); either way finite.
-    fn issue_kv_tma(&self, buf: IntValue<'c>) {
+    fn issue_kv_tma(&self, buf: IntValue<'c>, slot: IntValue<'c>) {
         let g = self.g;
         let cfg = self.cfg;
         let Some(tmaps) = self.params.tmaps else {
@@ -757,7 +784,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         let this = self;
         g.if_then(first, &mut |g| {
             let info = g.add(
-                g.muli(buf, i64::from(cfg.bn * 16)),
+                g.muli(slot, i64::from(cfg.bn * 16)),
                 g.i32(i64::from(cfg.kinfo(0))),
             );
             let pos0 = this.ld_shared_i32(info);
@@ -802,7 +829,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         let g = self.g;
         let cfg = self.cfg;
         if cfg.tma {
-            return self.issue_kv_tma(buf);
+            return self.issue_kv_tma(buf, buf);
         }
         let kt = g.geti(c.kt);
         let tile = tokens::tile(g, self.geo, kt);
@@ -851,6 +878,9 @@ impl<'a, 'c> Attention<'a, 'c> {
     }
 
     fn kv_loop(&mut self, region: crate::ir::RegionId, f: &mut Frags<'c>) -> Result<(), String> {
+        if self.cfg.overlap {
+            return self.kv_loop_overlapped(region, f);
+        }
         let g = self.g;
         let total_tiles = i64::from(self.geo.total_tiles);
         let row_at = g.add(g.muli(self.variant, total_tiles + 1), self.qt);
@@ -909,7 +939,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                     }
                     g.barrier();
                 }
-                if let Err(e) = this.chunk(&body, &cur, b, f) {
+                if let Err(e) = this.chunk(&body, &cur, (b, b), f, &mut |_| {}) {
                     err = Some(e);
                 }
                 g.barrier();
@@ -927,13 +957,94 @@ impl<'a, 'c> Attention<'a, 'c> {
         }
     }
 
-    /// One chunk: the loop body's ops on fragments.
+    /// The key loop with `P V` left in flight (tensor copies, `overlap`). Chunk `i` uses K/V
+    /// buffer `i % 2`, key-information slot `i % 3` and its buffer's barrier phase of parity
+    /// `i / 2 % 2`. Per chunk: wait for its copies; `S = Q K^T`, whose wait also completes
+    /// the previous chunk's `P V` (its accumulators pass through that asm block, so nothing
+    /// reads them earlier); then the next chunk's key information, the one barrier (every
+    /// warpgroup is past the previous `P V`, which read the buffer the next copies land
+    /// in; nobody still reads the slot being filled, last read two chunks ago), the next
+    /// copies; then the softmax and `P V`, issued without a wait. After the loop one wait.
+    fn kv_loop_overlapped(
+        &mut self,
+        region: crate::ir::RegionId,
+        f: &mut Frags<'c>,
+    ) -> Result<(), String> {
+        let g = self.g;
+        let total_tiles = i64::from(self.geo.total_tiles);
+        let row_at = g.add(g.muli(self.variant, total_tiles + 1), self.qt);
+        let start = g.ld_i32(self.params.rows, row_at);
+        let end = g.ld_i32(self.params.rows, g.addi(row_at, 1));
+        let cur = self.new_cursor();
+        let next = self.new_cursor();
+        g.set(cur.r, start);
+        let has = g.lt(start, end);
+        {
+            let this = &*self;
+            g.if_then(has, &mut |_| this.cursor_load_run(&cur, start));
+        }
+        let done = g.var(g.i32t.into(), g.i32(0).into());
+        // Q was staged where the copies land: order those accesses before the async proxy.
+        ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
+        {
+            let this = &*self;
+            g.if_then(has, &mut |g| {
+                this.fill_kinfo(&cur, g.i32(0));
+                g.barrier();
+                this.issue_kv_tma(g.i32(0), g.i32(0));
+            });
+        }
+        let body: Vec<NodeIndex> = self.k.region_nodes(region);
+        let mut err = None;
+        {
+            let this = &mut *self;
+            g.while_loop(&mut |g| g.lt(g.geti(cur.r), end), &mut |g| {
+                let i = g.geti(done);
+                let b = g.uremi(i, 2);
+                let nb = g.sub(g.i32(1), b);
+                let slot = g.uremi(i, 3);
+                let nslot = g.uremi(g.addi(i, 1), 3);
+                this.copy_cursor(&cur, &next);
+                this.advance(&next, end);
+                let more = g.lt(g.geti(next.r), end);
+                this.wait_tma(b, g.and(g.udivi(i, 2), g.i32(1)));
+                let mut prefetch = |t: &Self| {
+                    g.if_then(more, &mut |_| t.fill_kinfo(&next, nslot));
+                    g.barrier();
+                    g.if_then(more, &mut |_| t.issue_kv_tma(nb, nslot));
+                };
+                if let Err(e) = this.chunk(&body, &cur, (b, slot), f, &mut prefetch) {
+                    err = Some(e);
+                }
+                this.copy_cursor(&next, &cur);
+                g.set(done, g.addi(i, 1));
+            });
+        }
+        // The last `P V`.
+        let acc: Vec<BasicValueEnum> = f
+            .acc
+            .iter()
+            .flat_map(|t| t.iter().map(|v| g.get(*v)))
+            .collect();
+        let out = ptx::wgmma_wait(acc.len()).emit(g.cx, &g.b, &acc);
+        for (v, x) in f.acc.iter().flat_map(|t| t.iter()).zip(out) {
+            g.set(*v, x);
+        }
+        match err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// One chunk: the loop body's ops on fragments. K and V are in buffer `buf`, the keys'
+    /// information in slot `slot`; `after_qk` runs right after `S = Q K^T`.
     fn chunk(
         &mut self,
         body: &[NodeIndex],
         cur: &Cursor<'c>,
-        buf: IntValue<'c>,
+        (buf, slot): (IntValue<'c>, IntValue<'c>),
         f: &mut Frags<'c>,
+        after_qk: &mut dyn FnMut(&Self),
     ) -> Result<(), String> {
         let g = self.g;
         let cfg = self.cfg.clone();
@@ -954,13 +1065,16 @@ impl<'a, 'c> Attention<'a, 'c> {
             let node = self.k.node(*n);
             if matches!(node.op, Op::RowMax) && !has_mask && !cfg.exact {
                 let ninf = g.f32(f64::NEG_INFINITY);
-                self.elementwise(buf, f, &mut |_, s, _, j, _| {
+                self.elementwise(slot, f, &mut |_, s, _, j, _| {
                     g.self_f(g.lt(j, kval), s, ninf)
                 });
             }
             match &node.op {
                 Op::KvTile | Op::Carry(_) | Op::Load(_) | Op::Yield => {}
-                Op::Dot { transpose_b: true } => self.qk(buf, f),
+                Op::Dot { transpose_b: true } => {
+                    self.qk(buf, f);
+                    after_qk(self);
+                }
                 Op::Scale(c) => {
                     let c = g.f32(*c);
                     for t in &f.s {
@@ -971,7 +1085,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                 }
                 Op::ScoreMod(id) => {
                     if let Some(ElemFn::Score(e)) = self.k.elem_fns.get(id.0 as usize).cloned() {
-                        self.elementwise(buf, f, &mut |this, s, q, _j, k| {
+                        self.elementwise(slot, f, &mut |this, s, q, _j, k| {
                             let mut sc = PairScope {
                                 a: this,
                                 q,
@@ -988,7 +1102,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                         });
                     }
                 }
-                Op::Mask(fs) => self.mask(fs, buf, cur, kval, ktile, f),
+                Op::Mask(fs) => self.mask(fs, slot, cur, kval, ktile, f),
                 Op::RowMax => self.row_max(f),
                 Op::SoftmaxUpdate { exp2 } => self.softmax(f, *exp2),
                 Op::RowSum => {}
@@ -1058,11 +1172,25 @@ impl<'a, 'c> Attention<'a, 'c> {
             args.push(self.descriptor(g.addi(kbase, i64::from(off)), 16).into());
         }
         args.push(g.i32(1).into());
-        let d = ptx::wgmma(cfg.elem, cfg.bn, ksteps, false, false).emit(g.cx, &g.b, &args);
-        f.s = d
+        // In the overlapped loop the previous `P V` may still be running: its accumulators
+        // pass through this block, whose wait completes it.
+        let carry = if cfg.overlap { f.acc.len() * 4 } else { 0 };
+        args.extend(
+            f.acc
+                .iter()
+                .flat_map(|t| t.iter().map(|v| g.get(*v)))
+                .take(carry),
+        );
+        let d = ptx::wgmma_group(cfg.elem, cfg.bn, ksteps, (false, false), true, carry)
+            .emit(g.cx, &g.b, &args);
+        let (s_out, acc_out) = d.split_at((cfg.bn / 2) as usize);
+        f.s = s_out
             .chunks(4)
             .map(|c| [0, 1, 2, 3].map(|e| g.var(g.f32t.into(), c[e])))
             .collect();
+        for (v, x) in f.acc.iter().flat_map(|t| t.iter()).zip(acc_out) {
+            g.set(*v, *x);
+        }
     }
 
     /// `acc += P V` on wgmma: P from registers, V by descriptor (MN-major, transposed: the
@@ -1100,7 +1228,10 @@ impl<'a, 'c> Attention<'a, 'c> {
             args.push(g.i32(1).into());
             let tiles = &f.acc[(col / 8) as usize..((col + n) / 8) as usize];
             args.extend(tiles.iter().flat_map(|t| t.iter().map(|v| g.get(*v))));
-            let d = ptx::wgmma(cfg.elem, n, ksteps, true, true).emit(g.cx, &g.b, &args);
+            // The overlapped loop leaves the product running: each half is a group of its
+            // own, and the next `Q K^T`'s wait completes both.
+            let d = ptx::wgmma_group(cfg.elem, n, ksteps, (true, true), !cfg.overlap, 0)
+                .emit(g.cx, &g.b, &args);
             for (v, x) in tiles.iter().flat_map(|t| t.iter()).zip(d) {
                 g.set(*v, x);
             }
@@ -1118,10 +1249,11 @@ impl<'a, 'c> Attention<'a, 'c> {
         }
     }
 
-    /// Applies `f(score, query row, key column in chunk, key info)` to every S element.
+    /// Applies `f(score, query row, key column in chunk, key info)` to every S element (the
+    /// keys' information from slot `slot`).
     fn elementwise(
         &self,
-        buf: IntValue<'c>,
+        slot: IntValue<'c>,
         f: &mut Frags<'c>,
         op: &mut dyn FnMut(&Self, FloatValue<'c>, usize, IntValue<'c>, Row<'c>) -> FloatValue<'c>,
     ) {
@@ -1129,17 +1261,17 @@ impl<'a, 'c> Attention<'a, 'c> {
         for (n, t) in f.s.iter().enumerate() {
             for (e, v) in t.iter().enumerate() {
                 let j = g.add(g.i32(n as i64 * 8 + (e % 2) as i64), g.muli(self.tig, 2));
-                let k = self.key_row(buf, j);
+                let k = self.key_row(slot, j);
                 let x = op(self, g.getf(*v), e / 2, j, k);
                 g.set(*v, x);
             }
         }
     }
 
-    fn key_row(&self, buf: IntValue<'c>, j: IntValue<'c>) -> Row<'c> {
+    fn key_row(&self, slot: IntValue<'c>, j: IntValue<'c>) -> Row<'c> {
         let g = self.g;
         let base = g.add(
-            g.add(g.muli(buf, i64::from(self.cfg.bn * 16)), g.muli(j, 16)),
+            g.add(g.muli(slot, i64::from(self.cfg.bn * 16)), g.muli(j, 16)),
             g.i32(i64::from(self.cfg.kinfo(0))),
         );
         Row {
@@ -1152,7 +1284,7 @@ impl<'a, 'c> Attention<'a, 'c> {
     fn mask(
         &self,
         fs: &[crate::ir::ElemId],
-        buf: IntValue<'c>,
+        slot: IntValue<'c>,
         cur: &Cursor<'c>,
         kval: IntValue<'c>,
         ktile: Tile<'c>,
@@ -1180,7 +1312,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                 g.if_then(is_v, &mut |g| {
                     let sees = sees(g, &see, qtile.side, ktile.side);
                     let canvas_pair = g.and(g.eqi(qtile.side, -1), g.eqi(ktile.side, -1));
-                    this.elementwise(buf, f, &mut |a, s, q, j, k| {
+                    this.elementwise(slot, f, &mut |a, s, q, j, k| {
                         let valid = g.lt(j, kval);
                         let mut rule = g.cx.bool_type().const_int(1, false);
                         for (e, tile) in [(&tiles, true), (&tokens, false)] {
