@@ -361,6 +361,15 @@ struct Frags<'c> {
     p: Vec<[IntValue<'c>; 4]>,
 }
 
+/// `Attention::key_walk`'s result.
+struct KeyWalk<'c> {
+    end: IntValue<'c>,
+    cur: Cursor<'c>,
+    next: Cursor<'c>,
+    /// The query tile has at least one run.
+    has: IntValue<'c>,
+}
+
 /// Where the current chunk is.
 #[derive(Clone, Copy)]
 struct Cursor<'c> {
@@ -877,10 +886,10 @@ impl<'a, 'c> Attention<'a, 'c> {
         }
     }
 
-    fn kv_loop(&mut self, region: crate::ir::RegionId, f: &mut Frags<'c>) -> Result<(), String> {
-        if self.cfg.overlap {
-            return self.kv_loop_overlapped(region, f);
-        }
+    /// The walk over this query tile's runs of key tiles: the end of its runs in the run
+    /// table, the current chunk's cursor (at the first run, when there is one) and one for
+    /// the next chunk.
+    fn key_walk(&self) -> KeyWalk<'c> {
         let g = self.g;
         let total_tiles = i64::from(self.geo.total_tiles);
         let row_at = g.add(g.muli(self.variant, total_tiles + 1), self.qt);
@@ -890,10 +899,26 @@ impl<'a, 'c> Attention<'a, 'c> {
         let next = self.new_cursor();
         g.set(cur.r, start);
         let has = g.lt(start, end);
-        {
-            let this = &*self;
-            g.if_then(has, &mut |_| this.cursor_load_run(&cur, start));
+        g.if_then(has, &mut |_| self.cursor_load_run(&cur, start));
+        KeyWalk {
+            end,
+            cur,
+            next,
+            has,
         }
+    }
+
+    fn kv_loop(&mut self, region: crate::ir::RegionId, f: &mut Frags<'c>) -> Result<(), String> {
+        if self.cfg.overlap {
+            return self.kv_loop_overlapped(region, f);
+        }
+        let g = self.g;
+        let KeyWalk {
+            end,
+            cur,
+            next,
+            has,
+        } = self.key_walk();
         let buf = g.var(g.i32t.into(), g.i32(0).into());
         // Chunks computed so far: with tensor copies, chunk i waits for the phase of
         // parity (i / 2) % 2 of its buffer's barrier.
@@ -971,18 +996,12 @@ impl<'a, 'c> Attention<'a, 'c> {
         f: &mut Frags<'c>,
     ) -> Result<(), String> {
         let g = self.g;
-        let total_tiles = i64::from(self.geo.total_tiles);
-        let row_at = g.add(g.muli(self.variant, total_tiles + 1), self.qt);
-        let start = g.ld_i32(self.params.rows, row_at);
-        let end = g.ld_i32(self.params.rows, g.addi(row_at, 1));
-        let cur = self.new_cursor();
-        let next = self.new_cursor();
-        g.set(cur.r, start);
-        let has = g.lt(start, end);
-        {
-            let this = &*self;
-            g.if_then(has, &mut |_| this.cursor_load_run(&cur, start));
-        }
+        let KeyWalk {
+            end,
+            cur,
+            next,
+            has,
+        } = self.key_walk();
         let done = g.var(g.i32t.into(), g.i32(0).into());
         // Q was staged where the copies land: order those accesses before the async proxy.
         ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
