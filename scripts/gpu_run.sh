@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the bundle folder (see scripts/gpu_bundle.sh). Writes logs to
 # $RESULTS_DIR (default ./results) and prints a summary table last.
-# Usage: run.sh [all|check|speed|decode|wgmma]: wgmma = the sm_90a kernel's SASS, suite and shapes; check = correctness (suite, NumPy, ptxas/SASS, sanitizer);
-# speed = the side-by-side table against the peers (bench/gpu/side_by_side.py); decode = the
-# decode kernels against the CPU executor, timed, beside the decode peers (bench/gpu/decode_peers.py).
+# Usage: run.sh [all|check|speed|decode|wgmma]: check = correctness (suite, NumPy,
+# ptxas/SASS, sanitizer); speed = the side-by-side table against the peers
+# (bench/gpu/side_by_side.py); decode = the decode kernels against the CPU executor, timed,
+# beside the decode peers (bench/gpu/decode_peers.py); wgmma = the sm_90a kernel's SASS,
+# a few shapes timed, the suite with every shape, the tuner's table.
 set -u
 cd "$(dirname "$0")"
 OUT="${RESULTS_DIR:-results}"
@@ -30,13 +32,13 @@ if [ "$MODE" = "wgmma" ]; then
   log "SASS of the wgmma shapes"
   mkdir -p ptx
   : > "$OUT/wgmma_sass.txt"
-  for b in 64x64-wgmma-x3 64x64-wgmma-tma 128x128-wgmma-tma; do
+  for b in 64x64-wgmma-x3 64x64-wgmma-tma 64x64-wgmma-tma-ovl 128x128-wgmma-tma; do
     $A compile kernels/grat.attn --kernel grat_b_2d --emit ptx --block $b > ptx/grat_$b.ptx
     ptxas -arch=sm_90a -v ptx/grat_$b.ptx -o ptx/grat_$b.cubin 2>&1 | grep -E "registers|spill|wgmma" | tr '\n' ' ' >> "$OUT/wgmma_sass.txt"
     echo " $b HGMMA=$(cuobjdump -sass ptx/grat_$b.cubin | grep -c HGMMA) HMMA=$(cuobjdump -sass ptx/grat_$b.cubin | grep -c ' HMMA')" >> "$OUT/wgmma_sass.txt"
   done
   cat "$OUT/wgmma_sass.txt"
-  log "one wgmma shape against the default, GRAT-B 128x128"
+  log "launch shapes side by side, GRAT-B 128x128"
   for b in 128x64 64x64-wgmma-x3 64x64-wgmma-tma 64x64-wgmma-tma-ovl 128x128-wgmma-tma 128x128-wgmma-tma-ovl; do
     timeout 60 $A bench kernels/grat.attn --kernel grat_b_2d --set H=128 --set W=128 --set TEXT=0 --backend cuda --runs 20 --block $b 2>&1 | tee -a "$OUT/wgmma_bench.txt"
   done

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Manifest};
 
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GpuArtefact {
@@ -30,10 +30,8 @@ pub struct GpuArtefact {
     pub smem_bytes: u32,
     /// The shared memory is dynamic (above 48 KiB): launch with it and opt in.
     pub dynamic_smem: bool,
-    /// Query rows per block, keys per chunk.
-    pub tuning: (u32, u32),
-    /// The block shape's name (`Tuning::name`: shape, wgmma, occupancy).
-    #[serde(default)]
+    /// The launch shape (`Tuning::name`: rows, keys, wgmma, tensor copies, overlap,
+    /// blocks an SM), which the launcher also needs (tensor maps, carveout).
     pub shape: String,
     /// Per head variant the CSR row offsets (`total_tiles + 1` each, into `runs`).
     pub rows: Vec<u32>,
@@ -84,7 +82,6 @@ pub fn build_tuned(
         block: m.config.threads(),
         smem_bytes: m.config.smem_bytes,
         dynamic_smem: m.config.dynamic_smem,
-        tuning: (m.config.bm, m.config.bn),
         shape: tuning.name(),
         rows,
         runs,

@@ -97,6 +97,8 @@ pub fn from_half(dtype: &str, x: &[u16]) -> Vec<f32> {
 /// A kernel loaded on a GPU with its schedule tables.
 pub struct CudaKernel {
     pub artefact: GpuArtefact,
+    /// The artefact's launch shape, read once.
+    shape: Tuning,
     stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
     func: CudaFunction,
@@ -133,6 +135,12 @@ impl CudaKernel {
                 ))
             })?;
         let func = module.load_function(&artefact.entry).map_err(cuda)?;
+        let shape = Tuning::parse(&artefact.shape).ok_or_else(|| {
+            Error::Cuda(format!(
+                "the artefact of `{}` names an unknown launch shape `{}`",
+                artefact.manifest.kernel, artefact.shape
+            ))
+        })?;
         if artefact.dynamic_smem {
             use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYN;
             func.set_attribute(MAX_DYN, artefact.smem_bytes as i32)
@@ -140,8 +148,7 @@ impl CudaKernel {
         }
         // A shape that asks for several blocks an SM asks for their shared memory too
         // (the carveout is a hint: all shared, the rest L1).
-        let asks = Tuning::parse(&artefact.shape).is_some_and(|t| t.blocks_per_sm > 1);
-        if asks {
+        if shape.blocks_per_sm > 1 {
             use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT as CARVEOUT;
             func.set_attribute(CARVEOUT, 100).map_err(cuda)?;
         }
@@ -151,6 +158,7 @@ impl CudaKernel {
         let head_variant = s.clone_htod(&artefact.head_variant).map_err(cuda)?;
         Ok(CudaKernel {
             artefact,
+            shape,
             stream: gpu.stream.clone(),
             _module: module,
             func,
@@ -162,6 +170,11 @@ impl CudaKernel {
 
     pub fn manifest(&self) -> &Manifest {
         &self.artefact.manifest
+    }
+
+    /// The launch shape it was compiled for.
+    pub fn shape(&self) -> Tuning {
+        self.shape
     }
 
     /// Uploads host tensors (checked against the manifest) into device buffers.
@@ -274,9 +287,8 @@ impl CudaKernel {
                 m.inputs.len()
             )));
         }
-        let tma = Tuning::parse(&self.artefact.shape).filter(|t| t.tma);
-        if let Some(t) = tma {
-            self.tensor_maps(a, t.bn)?;
+        if self.shape.tma {
+            self.tensor_maps(a, self.shape.bn)?;
         }
         let cfg = LaunchConfig {
             grid_dim: (self.artefact.grid_x, m.heads as u32, m.batch as u32),
@@ -298,7 +310,7 @@ impl CudaKernel {
         for i in &a.inputs {
             b.arg(i);
         }
-        if let (Some(_), Some((_, maps))) = (tma, &a.tmaps) {
+        if let (true, Some((_, maps))) = (self.shape.tma, &a.tmaps) {
             b.arg(maps);
         }
         // SAFETY: the argument list is the kernel's signature (see `codegen::nvptx`): four

@@ -6,12 +6,11 @@
 use std::path::Path;
 use std::time::Instant;
 
+use attnc::codegen::nvptx::attention::{candidates, default_tuning, Tuning};
 use attnc::driver::Source;
 use attnc::sema::instantiate::Binding;
 
 use crate::cuda::{CudaKernel, Gpu};
-use attnc::codegen::nvptx::attention::{candidates, default_tuning, Tuning};
-
 use crate::{artefact, cache, CpuKernel, Error, Manifest, Tensor};
 
 /// One case: kernel file, kernel, `--set` bindings, token order.

@@ -224,59 +224,71 @@ pub mod ptx {
     /// D is 64 x `n` f32 (`n / 2` registers a thread, the layout of `n / 8` mma.m16n8
     /// C fragments side by side); A comes from registers (4 words a step, the mma.m16n8k16
     /// A fragment of each warp's 16 rows); B from shared memory, one matrix descriptor a
-    /// step (`trans_b`: B is stored MN-major). Inputs: the A words, the descriptors, then a
-    /// word that must be 1 (it sets the predicates). With `accumulate` D is read (tied
-    /// in/out), else the first step overwrites it. Fence, issue, commit and wait are one
-    /// block, so the compiler never touches the registers while the tensor cores own them.
-    pub fn wgmma(elem: &str, n: u32, ksteps: u32, accumulate: bool, trans_b: bool) -> Asm {
-        wgmma_group(elem, n, ksteps, (accumulate, trans_b), true, 0)
+    /// step. Fence, issue and commit are one asm block (and the wait, with `wait`), so the
+    /// compiler never touches registers while the tensor cores own them.
+    pub struct Wgmma<'a> {
+        pub elem: &'a str,
+        pub n: u32,
+        pub ksteps: u32,
+        /// D is read (tied in/out); else the first step overwrites it.
+        pub accumulate: bool,
+        /// B is stored MN-major.
+        pub trans_b: bool,
+        /// Wait for every group in flight, this one included; without it the registers
+        /// stay the tensor cores' until a later wait.
+        pub wait: bool,
+        /// More f32 registers passed through untouched (tied in/out after D): the
+        /// accumulators of a group still in flight, so that no code that reads them can
+        /// be placed before this block's wait.
+        pub carry: usize,
     }
 
-    /// `wgmma` with a choice of waiting (`wait`: for every group in flight, this one
-    /// included; without it the registers stay the tensor cores' until a later wait) and
-    /// `carry` more f32 registers passed through untouched (tied in/out after D): the
-    /// accumulators of a group still in flight, so that no code that reads them can be
-    /// placed before the wait.
-    pub fn wgmma_group(
-        elem: &str,
-        n: u32,
-        ksteps: u32,
-        (accumulate, trans_b): (bool, bool),
-        wait: bool,
-        carry: usize,
-    ) -> Asm {
-        let d: Vec<String> = (0..n / 2).map(|i| format!("{{o{i}}}")).collect();
-        let d = d.join(", ");
-        let mut t = String::from(
-            "{\n.reg .pred p, z;\nsetp.ne.b32 p, {iONE}, 0;\nsetp.eq.b32 z, {iONE}, 0;\nwgmma.fence.sync.aligned;\n",
-        );
-        for k in 0..ksteps {
-            let a: Vec<String> = (0..4).map(|j| format!("{{i{}}}", 4 * k + j)).collect();
-            let scale = if accumulate || k > 0 { "p" } else { "z" };
-            t += &format!(
-                "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{elem}.{elem} {{{d}}}, {{{}}}, {{i{}}}, {scale}, 1, 1, {};\n",
-                a.join(", "),
-                4 * ksteps + k,
-                u32::from(trans_b)
+    impl Wgmma<'_> {
+        /// Inputs: the A words, the descriptors, a word that must be 1 (it sets the
+        /// predicates), then the tied values (D's with `accumulate`, the carried ones).
+        pub fn asm(&self) -> Asm {
+            let Wgmma {
+                elem,
+                n,
+                ksteps,
+                accumulate,
+                trans_b,
+                wait,
+                carry,
+            } = *self;
+            let d: Vec<String> = (0..n / 2).map(|i| format!("{{o{i}}}")).collect();
+            let d = d.join(", ");
+            let mut t = String::from(
+                "{\n.reg .pred p, z;\nsetp.ne.b32 p, {iONE}, 0;\nsetp.eq.b32 z, {iONE}, 0;\nwgmma.fence.sync.aligned;\n",
             );
+            for k in 0..ksteps {
+                let a: Vec<String> = (0..4).map(|j| format!("{{i{}}}", 4 * k + j)).collect();
+                let scale = if accumulate || k > 0 { "p" } else { "z" };
+                t += &format!(
+                    "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{elem}.{elem} {{{d}}}, {{{}}}, {{i{}}}, {scale}, 1, 1, {};\n",
+                    a.join(", "),
+                    4 * ksteps + k,
+                    u32::from(trans_b)
+                );
+            }
+            t += "wgmma.commit_group.sync.aligned;\n";
+            if wait {
+                t += "wgmma.wait_group.sync.aligned 0;\n";
+            }
+            t += "}";
+            let t = t.replace("{iONE}", &format!("{{i{}}}", 5 * ksteps));
+            let a = Asm::new(t)
+                .inputs(4 * ksteps as usize, Reg::R)
+                .inputs(ksteps as usize, Reg::L)
+                .inputs(1, Reg::R)
+                .volatile();
+            let a = if accumulate {
+                a.inouts((n / 2) as usize, Reg::F)
+            } else {
+                a.outputs((n / 2) as usize, Reg::F)
+            };
+            a.inouts(carry, Reg::F)
         }
-        t += "wgmma.commit_group.sync.aligned;\n";
-        if wait {
-            t += "wgmma.wait_group.sync.aligned 0;\n";
-        }
-        t += "}";
-        let t = t.replace("{iONE}", &format!("{{i{}}}", 5 * ksteps));
-        let a = Asm::new(t)
-            .inputs(4 * ksteps as usize, Reg::R)
-            .inputs(ksteps as usize, Reg::L)
-            .inputs(1, Reg::R)
-            .volatile();
-        let a = if accumulate {
-            a.inouts((n / 2) as usize, Reg::F)
-        } else {
-            a.outputs((n / 2) as usize, Reg::F)
-        };
-        a.inouts(carry, Reg::F)
     }
 
     /// Waits for every wgmma group in flight; `carry` f32 registers (their accumulators)
@@ -366,7 +378,19 @@ mod tests {
 
     #[test]
     fn wgmma_ties_accumulators_and_numbers_steps() {
-        let a = ptx::wgmma("bf16", 16, 2, true, true);
+        let w = |accumulate, trans_b, wait, carry| {
+            ptx::Wgmma {
+                elem: "bf16",
+                n: 16,
+                ksteps: 2,
+                accumulate,
+                trans_b,
+                wait,
+                carry,
+            }
+            .asm()
+        };
+        let a = w(true, true, true, 0);
         // 8 accumulators, 8 A words, 2 descriptors, the predicate word, 8 tied inputs.
         assert_eq!(
             a.constraints(),
@@ -380,13 +404,13 @@ mod tests {
         );
         assert!(t.contains("{$12, $13, $14, $15}, $17, p, 1, 1, 1;"), "{t}");
         // Without accumulation the first step ignores D.
-        let s = ptx::wgmma("bf16", 16, 2, false, false).text();
+        let s = w(false, false, true, 0).text();
         assert!(s.contains("{$8, $9, $10, $11}, $16, z, 1, 1, 0;"), "{s}");
         assert!(s.contains("{$12, $13, $14, $15}, $17, p, 1, 1, 0;"), "{s}");
         assert!(s.contains("wgmma.wait_group.sync.aligned 0;"), "{s}");
         // Without waiting, carrying two registers of a group in flight: D is $0-$7, the
         // carried $8 and $9, tied after the inputs.
-        let c = ptx::wgmma_group("bf16", 16, 2, (false, false), false, 2);
+        let c = w(false, false, false, 2);
         assert!(!c.text().contains("wait_group"), "{}", c.text());
         assert!(
             c.text().contains("{$10, $11, $12, $13}, $18, z, 1, 1, 0;"),

@@ -32,10 +32,9 @@ use crate::sema::spec::InputSpec;
 /// Launch geometry and sizes, fixed at compile time.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    /// Query rows per block (16 per warp).
-    pub bm: u32,
-    /// Keys per chunk.
-    pub bn: u32,
+    /// The shape it was made for: query rows per block (16 per warp), keys per chunk, and
+    /// the instruction choices (`Tuning`).
+    pub shape: Tuning,
     pub warps: u32,
     pub d: u32,
     pub dv: u32,
@@ -49,35 +48,29 @@ pub struct Config {
     /// Shared memory above 48 KiB must be dynamic (and opted into by the launcher).
     pub dynamic_smem: bool,
     pub elem: &'static str,
-    /// The products on `wgmma` (sm_90a): one warpgroup per 64 query rows, K and V in the
-    /// 128-byte-swizzled layout the matrix descriptors read.
-    pub wgmma: bool,
-    /// Blocks that must fit on an SM at once (`.minnctapersm`; 0: no request): ptxas
-    /// keeps the registers to `65536 / (blocks * threads)`.
-    pub blocks_per_sm: u32,
-    /// K and V chunks brought by the tensor memory accelerator (one thread issues 2-D
-    /// box copies that land swizzled, completion on an mbarrier per buffer) instead of
-    /// every thread's cp.async. Needs wgmma and a token order in which a key tile's rows
-    /// are consecutive (tiled).
-    pub tma: bool,
-    /// With tensor copies: `P V` is not waited for; it runs on while the loop moves on and
-    /// the next `S = Q K^T` waits for both. One barrier a chunk (after `Q K^T`, before the
-    /// next copies are issued) and three slots of key information.
-    pub overlap: bool,
 }
 
 /// The shape choices of a kernel: query rows per block, keys per chunk, and the tensor-core
 /// instruction (`mma.sync`, or `wgmma` on sm_90a).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tuning {
+    /// Query rows per block (16 per warp; a warpgroup per 64 with `wgmma`).
     pub bm: u32,
+    /// Keys per chunk.
     pub bn: u32,
+    /// The products on `wgmma` (sm_90a): K and V in the 128-byte-swizzled layout the
+    /// matrix descriptors read.
     pub wgmma: bool,
-    /// Blocks an SM must hold at once (0: as many as the registers allow).
+    /// Blocks an SM must hold at once (`.minnctapersm`; 0: as many as the registers
+    /// allow): ptxas keeps the registers to `65536 / (blocks * threads)`.
     pub blocks_per_sm: u32,
-    /// K and V by tensor copies (TMA), with wgmma.
+    /// K and V brought by the tensor memory accelerator (one thread issues 2-D box copies
+    /// that land swizzled, completion on an mbarrier per buffer) instead of every thread's
+    /// cp.async. Needs wgmma and a token order in which a key tile's rows are consecutive
+    /// (`tensor_copies_fit`).
     pub tma: bool,
-    /// `P V` left in flight across the loop (with tensor copies).
+    /// With tensor copies: `P V` is not waited for; it runs on while the loop moves on and
+    /// the next `S = Q K^T` waits for both (`kv_loop_overlapped`).
     pub overlap: bool,
 }
 
@@ -148,12 +141,18 @@ pub fn default_tuning(k: &Kernel) -> Tuning {
     }
 }
 
+/// Tensor copies bring a chunk's rows as one box: they must be consecutive in memory, which
+/// the tiled token order guarantees for every tile (canvas and segments).
+pub fn tensor_copies_fit(geo: &Geometry) -> bool {
+    geo.order == crate::syntax::ast::Order::Tiled
+}
+
 /// The shape to use without tuning on a GPU: with `wgmma` (compute capability 9.0) the
 /// 64x64 wgmma shape, with tensor copies where the token order allows them (on the H200,
 /// 2026-11-29: the fastest shape on GRAT 128x128 and on GRAT-B r=1 256x256, 8 % behind
 /// 128x128 on dense 16384; `--tune` picks per case); else `default_tuning`.
 pub fn gpu_default(k: &Kernel, geo: &Geometry, wgmma: bool) -> Tuning {
-    let tma = geo.order == crate::syntax::ast::Order::Tiled;
+    let tma = tensor_copies_fit(geo);
     let t = Tuning {
         bm: 64,
         bn: 64,
@@ -197,7 +196,7 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
         // memory fit three times): one more warpgroup to fill the tensor cores while
         // another is in its softmax. (64x32 three to an SM and 64x128 were slower than
         // these on every case measured, 2026-11-29.)
-        let tma_ok = geo.order == crate::syntax::ast::Order::Tiled;
+        let tma_ok = tensor_copies_fit(geo);
         for (tma, overlap) in [(false, false), (true, false), (true, true)] {
             for (bm, bn, blocks_per_sm) in [(64, 64, 0), (64, 64, 3), (128, 64, 0), (128, 128, 0)] {
                 // Three to an SM leave the overlapped loop too few registers: ptxas
@@ -225,25 +224,29 @@ impl Config {
     }
 
     fn kv_bytes(&self) -> u32 {
-        2 * self.bn * (self.d + self.dv) * 2
+        2 * self.shape.bn * (self.d + self.dv) * 2
     }
 
-    fn vbuf(&self, b: u32) -> u32 {
-        2 * self.bn * self.d * 2 + b * self.bn * self.dv * 2
+    /// Where the two V buffers start (after the two K buffers).
+    fn vbuf(&self) -> u32 {
+        2 * self.shape.bn * self.d * 2
     }
 
-    fn kinfo(&self, b: u32) -> u32 {
-        self.kv_bytes() + b * self.bn * 16
+    /// Where the slots of key information start (16 bytes a key, `bn` keys a slot).
+    fn kinfo(&self) -> u32 {
+        self.kv_bytes()
     }
 
+    /// Where the query rows' information starts: after two slots of key information, three
+    /// in the overlapped loop.
     fn qinfo(&self) -> u32 {
-        let slots = if self.overlap { 3 } else { 2 };
-        self.kv_bytes() + slots * self.bn * 16
+        let slots = if self.shape.overlap { 3 } else { 2 };
+        self.kinfo() + slots * self.shape.bn * 16
     }
 
-    /// The mbarrier of buffer `b` (tensor copies).
-    fn mbar(&self, b: u32) -> u32 {
-        self.qinfo() + self.bm * 16 + 8 * b
+    /// The first of the two mbarriers (tensor copies), one a K/V buffer.
+    fn mbar(&self) -> u32 {
+        self.qinfo() + self.shape.bm * 16
     }
 }
 
@@ -303,8 +306,7 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
         ));
     }
     let cfg = Config {
-        bm,
-        bn,
+        shape: t,
         warps: bm / 16,
         d: i.head_dim,
         dv: i.value_dim,
@@ -314,10 +316,6 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
         smem_bytes: 0,
         dynamic_smem: false,
         elem,
-        wgmma,
-        blocks_per_sm,
-        tma,
-        overlap,
     };
     let q_bytes = bm * cfg.d * 2;
     if q_bytes > cfg.kv_bytes() {
@@ -501,15 +499,66 @@ impl<'a, 'c> Attention<'a, 'c> {
     /// XORed with `row % 8` (Swizzle<3,4,3> on a 1024-byte-aligned base).
     fn kv_off(&self, row: IntValue<'c>, chunk: IntValue<'c>, dim: u32) -> IntValue<'c> {
         let g = self.g;
-        if !self.cfg.wgmma {
+        if !self.cfg.shape.wgmma {
             return self.swz(row, chunk, dim);
         }
         let half = g.udivi(chunk, 8);
         let c = ok(g.b.build_xor(g.uremi(chunk, 8), g.uremi(row, 8), ""));
         g.add(
-            g.add(g.muli(half, i64::from(self.cfg.bn * 128)), g.muli(row, 128)),
+            g.add(
+                g.muli(half, i64::from(self.cfg.shape.bn * 128)),
+                g.muli(row, 128),
+            ),
             g.muli(c, 16),
         )
+    }
+
+    /// Shared byte offset of K buffer `buf`.
+    fn k_buf(&self, buf: IntValue<'c>) -> IntValue<'c> {
+        let cfg = self.cfg;
+        self.g.muli(buf, i64::from(cfg.shape.bn * cfg.d * 2))
+    }
+
+    /// Shared byte offset of V buffer `buf`.
+    fn v_buf(&self, buf: IntValue<'c>) -> IntValue<'c> {
+        let (g, cfg) = (self.g, self.cfg);
+        g.add(
+            g.muli(buf, i64::from(cfg.shape.bn * cfg.dv * 2)),
+            g.i32(i64::from(cfg.vbuf())),
+        )
+    }
+
+    /// Shared byte offset of the information of row `row` in key-information slot `slot`.
+    fn kinfo_off(&self, slot: IntValue<'c>, row: IntValue<'c>) -> IntValue<'c> {
+        let g = self.g;
+        g.add(
+            g.add(
+                g.muli(slot, i64::from(self.cfg.shape.bn * 16)),
+                g.muli(row, 16),
+            ),
+            g.i32(i64::from(self.cfg.kinfo())),
+        )
+    }
+
+    /// Shared address of the mbarrier of K/V buffer `buf` (tensor copies).
+    fn mbar_addr(&self, buf: IntValue<'c>) -> IntValue<'c> {
+        let g = self.g;
+        self.saddr(g.add(g.i32(i64::from(self.cfg.mbar())), g.muli(buf, 8)))
+    }
+
+    /// The current values of accumulator tiles, in wgmma's register order.
+    fn acc_values(&self, tiles: &[[Var<'c>; 4]]) -> Vec<BasicValueEnum<'c>> {
+        tiles
+            .iter()
+            .flat_map(|t| t.iter().map(|v| self.g.get(*v)))
+            .collect()
+    }
+
+    /// Stores an asm block's outputs back into accumulator tiles (wgmma's register order).
+    fn set_acc(&self, tiles: &[[Var<'c>; 4]], values: &[BasicValueEnum<'c>]) {
+        for (v, x) in tiles.iter().flat_map(|t| t.iter()).zip(values) {
+            self.g.set(*v, *x);
+        }
     }
 
     /// The wgmma matrix descriptor of a 128-byte-swizzled operand at shared byte offset
@@ -537,7 +586,7 @@ impl<'a, 'c> Attention<'a, 'c> {
     pub fn emit(&mut self) -> Result<(), String> {
         let g = self.g;
         let cfg = self.cfg.clone();
-        if cfg.wgmma {
+        if cfg.shape.wgmma {
             // Round the shared base up to 1024 bytes (the swizzle pattern's period).
             let base = ok(g.b.build_ptr_to_int(self.smem, g.i32t, ""));
             let pad = g.and(g.sub(g.i32(0), base), g.i32(1023));
@@ -555,17 +604,17 @@ impl<'a, 'c> Attention<'a, 'c> {
         self.kvh = g.udivi(self.head, group.max(1));
         self.qt = g.udivi(bx, i64::from(cfg.blocks_per_tile));
         let sub = g.uremi(bx, i64::from(cfg.blocks_per_tile));
-        self.row0 = g.muli(sub, i64::from(cfg.bm));
+        self.row0 = g.muli(sub, i64::from(cfg.shape.bm));
         self.qtile = Some(tokens::tile(g, self.geo, self.qt));
         self.variant = g.ld_i32(self.params.head_variant, self.head);
-        if cfg.tma {
+        if cfg.shape.tma {
             // One arrival (the issuing thread's) per phase; visible to the tensor copies
             // before load_q's barriers let anyone issue one.
             let first = g.eqi(self.tid, 0);
             let this = &*self;
             g.if_then(first, &mut |g| {
                 for b in 0..2 {
-                    let bar = this.saddr(g.i32(i64::from(cfg.mbar(b))));
+                    let bar = this.mbar_addr(g.i32(b));
                     ptx::mbarrier_init().emit(g.cx, &g.b, &[bar.into(), g.i32(1).into()]);
                 }
                 ptx::fence_mbarrier_init().emit(g.cx, &g.b, &[]);
@@ -614,7 +663,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         let qtile = self.qtile.expect("q tile set");
         let qinfo = cfg.qinfo();
         // Row information: one thread per row.
-        let in_block = g.lt(self.tid, g.i32(i64::from(cfg.bm)));
+        let in_block = g.lt(self.tid, g.i32(i64::from(cfg.shape.bm)));
         let (tid, row0, qt, geo) = (self.tid, self.row0, self.qt, self.geo);
         let this = &*self;
         g.if_then(in_block, &mut |g| {
@@ -629,7 +678,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         g.barrier();
         // cp.async the rows (missing rows zero-filled).
         let chunks_per_row = cfg.d / 8;
-        let total = cfg.bm * chunks_per_row;
+        let total = cfg.shape.bm * chunks_per_row;
         let q_base = self.global_addr(self.params.q);
         let heads = i64::from(self.k.info.heads);
         let tokens = self.k.info.tokens as i64;
@@ -749,16 +798,13 @@ impl<'a, 'c> Attention<'a, 'c> {
     fn fill_kinfo(&self, c: &Cursor<'c>, slot: IntValue<'c>) {
         let g = self.g;
         let cfg = self.cfg;
-        let in_chunk = g.lt(self.tid, g.i32(i64::from(cfg.bn)));
+        let in_chunk = g.lt(self.tid, g.i32(i64::from(cfg.shape.bn)));
         let this = self;
         g.if_then(in_chunk, &mut |g| {
             let kt = g.geti(c.kt);
-            let r = g.add(g.muli(g.geti(c.chunk), i64::from(cfg.bn)), this.tid);
+            let r = g.add(g.muli(g.geti(c.chunk), i64::from(cfg.shape.bn)), this.tid);
             let info = tokens::row(g, this.geo, kt, r);
-            let off = g.add(
-                g.add(g.muli(slot, i64::from(cfg.bn * 16)), g.muli(this.tid, 16)),
-                g.i32(i64::from(cfg.kinfo(0))),
-            );
+            let off = this.kinfo_off(slot, this.tid);
             this.st_shared_i32(off, info.pos);
             for a in 0..3 {
                 this.st_shared_i32(g.addi(off, 4 + 4 * a as i64), info.coords[a]);
@@ -770,7 +816,7 @@ impl<'a, 'c> Attention<'a, 'c> {
     /// `parity` completed).
     fn wait_tma(&self, buf: IntValue<'c>, parity: IntValue<'c>) {
         let g = self.g;
-        let bar = self.saddr(g.add(g.i32(i64::from(self.cfg.mbar(0))), g.muli(buf, 8)));
+        let bar = self.mbar_addr(buf);
         let ready = g.var(g.i32t.into(), g.i32(0).into());
         g.while_loop(&mut |g| g.eqi(g.geti(ready), 0), &mut |g| {
             let r = ptx::mbarrier_try_wait().emit(g.cx, &g.b, &[bar.into(), parity.into()]);
@@ -792,36 +838,22 @@ impl<'a, 'c> Attention<'a, 'c> {
         let first = g.eqi(self.tid, 0);
         let this = self;
         g.if_then(first, &mut |g| {
-            let info = g.add(
-                g.muli(slot, i64::from(cfg.bn * 16)),
-                g.i32(i64::from(cfg.kinfo(0))),
-            );
-            let pos0 = this.ld_shared_i32(info);
+            let pos0 = this.ld_shared_i32(this.kinfo_off(slot, g.i32(0)));
             let kvheads = i64::from(this.k.info.kv_heads);
             let bh = g.add(g.muli(this.batch, kvheads), this.kvh);
             let row = g.add(g.muli(bh, this.k.info.tokens as i64), pos0);
-            let bar = this.saddr(g.add(g.i32(i64::from(cfg.mbar(0))), g.muli(buf, 8)));
-            let bytes = cfg.bn * (cfg.d + cfg.dv) * 2;
+            let bar = this.mbar_addr(buf);
+            let bytes = cfg.shape.bn * (cfg.d + cfg.dv) * 2;
             ptx::mbarrier_arrive_expect_tx().emit(
                 g.cx,
                 &g.b,
                 &[bar.into(), g.i32(i64::from(bytes)).into()],
             );
             let maps = this.global_addr(tmaps);
-            for (map, dim, base) in [
-                (0u32, cfg.d, g.muli(buf, i64::from(cfg.bn * cfg.d * 2))),
-                (
-                    1,
-                    cfg.dv,
-                    g.add(
-                        g.muli(buf, i64::from(cfg.bn * cfg.dv * 2)),
-                        g.i32(i64::from(cfg.vbuf(0))),
-                    ),
-                ),
-            ] {
+            for (map, dim, base) in [(0u32, cfg.d, this.k_buf(buf)), (1, cfg.dv, this.v_buf(buf))] {
                 let map = g.add(maps, g.i64(i64::from(map * 128)));
                 for half in 0..dim / 64 {
-                    let dst = this.saddr(g.addi(base, i64::from(half * cfg.bn * 128)));
+                    let dst = this.saddr(g.addi(base, i64::from(half * cfg.shape.bn * 128)));
                     let col = g.i32(i64::from(half * 64));
                     ptx::tma_load_2d().emit(
                         g.cx,
@@ -833,16 +865,17 @@ impl<'a, 'c> Attention<'a, 'c> {
         });
     }
 
-    /// cp.async of a chunk's K and V rows into buffer `buf` (rows past the tile zero-filled).
-    fn issue_kv(&self, c: &Cursor<'c>, buf: IntValue<'c>) {
+    /// A chunk's K and V rows into buffer `buf`, their positions from key-information slot
+    /// `slot`: by cp.async (rows past the tile zero-filled), or by tensor copies.
+    fn issue_kv(&self, c: &Cursor<'c>, buf: IntValue<'c>, slot: IntValue<'c>) {
         let g = self.g;
         let cfg = self.cfg;
-        if cfg.tma {
-            return self.issue_kv_tma(buf, buf);
+        if cfg.shape.tma {
+            return self.issue_kv_tma(buf, slot);
         }
         let kt = g.geti(c.kt);
         let tile = tokens::tile(g, self.geo, kt);
-        let chunk0 = g.muli(g.geti(c.chunk), i64::from(cfg.bn));
+        let chunk0 = g.muli(g.geti(c.chunk), i64::from(cfg.shape.bn));
         let kvheads = i64::from(self.k.info.kv_heads);
         let tokens_n = self.k.info.tokens as i64;
         let bh = g.add(g.muli(g.zext64(self.batch), kvheads), g.zext64(self.kvh));
@@ -850,14 +883,11 @@ impl<'a, 'c> Attention<'a, 'c> {
             let base = self.global_addr(ptr);
             let bh_off = g.muli(bh, tokens_n * i64::from(dim) * 2);
             let per_row = dim / 8;
-            let total = cfg.bn * per_row;
+            let total = cfg.shape.bn * per_row;
             let buf_off = if is_v {
-                g.add(
-                    g.muli(buf, i64::from(cfg.bn * cfg.dv * 2)),
-                    g.i32(i64::from(cfg.vbuf(0))),
-                )
+                self.v_buf(buf)
             } else {
-                g.muli(buf, i64::from(cfg.bn * cfg.d * 2))
+                self.k_buf(buf)
             };
             for it in 0..total.div_ceil(cfg.threads()) {
                 let idx = g.addi(self.tid, i64::from(it * cfg.threads()));
@@ -867,11 +897,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                     let row = g.udivi(idx, i64::from(per_row));
                     let ch = g.uremi(idx, i64::from(per_row));
                     let exists = g.lt(g.add(chunk0, row), tile.len);
-                    let info = g.add(
-                        g.add(g.muli(buf, i64::from(cfg.bn * 16)), g.muli(row, 16)),
-                        g.i32(i64::from(cfg.kinfo(0))),
-                    );
-                    let pos = this.ld_shared_i32(info);
+                    let pos = this.ld_shared_i32(this.kinfo_off(slot, row));
                     let elem = g.add(
                         g.muli(g.zext64(pos), i64::from(dim) * 2),
                         g.muli(g.zext64(ch), 16),
@@ -909,7 +935,7 @@ impl<'a, 'c> Attention<'a, 'c> {
     }
 
     fn kv_loop(&mut self, region: crate::ir::RegionId, f: &mut Frags<'c>) -> Result<(), String> {
-        if self.cfg.overlap {
+        if self.cfg.shape.overlap {
             return self.kv_loop_overlapped(region, f);
         }
         let g = self.g;
@@ -922,22 +948,12 @@ impl<'a, 'c> Attention<'a, 'c> {
         let buf = g.var(g.i32t.into(), g.i32(0).into());
         // Chunks computed so far: with tensor copies, chunk i waits for the phase of
         // parity (i / 2) % 2 of its buffer's barrier.
-        let done = self.cfg.tma.then(|| g.var(g.i32t.into(), g.i32(0).into()));
-        // Prologue: the first chunk into buffer 0.
-        if self.cfg.tma {
-            // Q was staged where the tensor copies land: order those generic accesses
-            // before the async proxy's writes (the barrier below completes the order).
-            ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
-        }
-        {
-            let this = &*self;
-            g.if_then(has, &mut |g| {
-                this.fill_kinfo(&cur, g.i32(0));
-                g.barrier();
-                this.issue_kv(&cur, g.i32(0));
-            });
-        }
-        ptx::cp_async_commit().emit(g.cx, &g.b, &[]);
+        let done = self
+            .cfg
+            .shape
+            .tma
+            .then(|| g.var(g.i32t.into(), g.i32(0).into()));
+        self.first_chunk(&cur, has);
         let body: Vec<NodeIndex> = self.k.region_nodes(region);
         let mut err = None;
         {
@@ -951,7 +967,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                 let t = &*this;
                 g.if_then(more, &mut |_| t.fill_kinfo(&next, nb));
                 g.barrier();
-                g.if_then(more, &mut |_| t.issue_kv(&next, nb));
+                g.if_then(more, &mut |_| t.issue_kv(&next, nb, nb));
                 if let Some(done) = done {
                     // The chunk's key information was written before the barrier above.
                     let parity = g.and(g.udivi(g.geti(done), 2), g.i32(1));
@@ -959,7 +975,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                 } else {
                     ptx::cp_async_commit().emit(g.cx, &g.b, &[]);
                     ptx::cp_async_wait(1).emit(g.cx, &g.b, &[]);
-                    if t.cfg.wgmma {
+                    if t.cfg.shape.wgmma {
                         ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
                     }
                     g.barrier();
@@ -975,10 +991,31 @@ impl<'a, 'c> Attention<'a, 'c> {
                 }
             });
         }
-        ptx::cp_async_wait(0).emit(g.cx, &g.b, &[]);
+        if !self.cfg.shape.tma {
+            ptx::cp_async_wait(0).emit(g.cx, &g.b, &[]);
+        }
         match err {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// The prologue of both key loops: the first chunk's key information into slot 0 and
+    /// its K and V on their way into buffer 0 (when the query tile has a run, `has`).
+    fn first_chunk(&self, cur: &Cursor<'c>, has: IntValue<'c>) {
+        let g = self.g;
+        if self.cfg.shape.tma {
+            // Q was staged where the tensor copies land: order those generic accesses
+            // before the async proxy's writes (the barrier below completes the order).
+            ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
+        }
+        g.if_then(has, &mut |g| {
+            self.fill_kinfo(cur, g.i32(0));
+            g.barrier();
+            self.issue_kv(cur, g.i32(0), g.i32(0));
+        });
+        if !self.cfg.shape.tma {
+            ptx::cp_async_commit().emit(g.cx, &g.b, &[]);
         }
     }
 
@@ -1003,16 +1040,7 @@ impl<'a, 'c> Attention<'a, 'c> {
             has,
         } = self.key_walk();
         let done = g.var(g.i32t.into(), g.i32(0).into());
-        // Q was staged where the copies land: order those accesses before the async proxy.
-        ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
-        {
-            let this = &*self;
-            g.if_then(has, &mut |g| {
-                this.fill_kinfo(&cur, g.i32(0));
-                g.barrier();
-                this.issue_kv_tma(g.i32(0), g.i32(0));
-            });
-        }
+        self.first_chunk(&cur, has);
         let body: Vec<NodeIndex> = self.k.region_nodes(region);
         let mut err = None;
         {
@@ -1030,7 +1058,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                 let mut prefetch = |t: &Self| {
                     g.if_then(more, &mut |_| t.fill_kinfo(&next, nslot));
                     g.barrier();
-                    g.if_then(more, &mut |_| t.issue_kv_tma(nb, nslot));
+                    g.if_then(more, &mut |_| t.issue_kv(&next, nb, nslot));
                 };
                 if let Err(e) = this.chunk(&body, &cur, (b, slot), f, &mut prefetch) {
                     err = Some(e);
@@ -1040,15 +1068,9 @@ impl<'a, 'c> Attention<'a, 'c> {
             });
         }
         // The last `P V`.
-        let acc: Vec<BasicValueEnum> = f
-            .acc
-            .iter()
-            .flat_map(|t| t.iter().map(|v| g.get(*v)))
-            .collect();
+        let acc = self.acc_values(&f.acc);
         let out = ptx::wgmma_wait(acc.len()).emit(g.cx, &g.b, &acc);
-        for (v, x) in f.acc.iter().flat_map(|t| t.iter()).zip(out) {
-            g.set(*v, x);
-        }
+        self.set_acc(&f.acc, &out);
         match err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -1069,11 +1091,11 @@ impl<'a, 'c> Attention<'a, 'c> {
         let cfg = self.cfg.clone();
         let kt = g.geti(cur.kt);
         let ktile = tokens::tile(g, self.geo, kt);
-        let chunk0 = g.muli(g.geti(cur.chunk), i64::from(cfg.bn));
+        let chunk0 = g.muli(g.geti(cur.chunk), i64::from(cfg.shape.bn));
         // Keys of this chunk that can be attended to.
         let kval = g.smin(
             g.smax(g.sub(ktile.valid, chunk0), g.i32(0)),
-            g.i32(i64::from(cfg.bn)),
+            g.i32(i64::from(cfg.shape.bn)),
         );
         // The IR masks partial key tiles; a chunk that is not a whole tile (the tile is not a
         // multiple of `bn`) also holds padding keys, masked here when the IR has no mask.
@@ -1149,15 +1171,15 @@ impl<'a, 'c> Attention<'a, 'c> {
     fn qk(&self, buf: IntValue<'c>, f: &mut Frags<'c>) {
         let g = self.g;
         let cfg = self.cfg;
-        if cfg.wgmma {
+        if cfg.shape.wgmma {
             return self.qk_wgmma(buf, f);
         }
-        f.s = (0..cfg.bn / 8)
+        f.s = (0..cfg.shape.bn / 8)
             .map(|_| [0; 4].map(|_| g.var(g.f32t.into(), g.f32(0.0).into())))
             .collect();
         let mi = g.udivi(self.lane, 8);
-        let kbase = g.muli(buf, i64::from(cfg.bn * cfg.d * 2));
-        for p in 0..cfg.bn / 16 {
+        let kbase = self.k_buf(buf);
+        for p in 0..cfg.shape.bn / 16 {
             let key = g.add(
                 g.add(g.i32(i64::from(p * 16)), g.uremi(self.lane, 8)),
                 g.muli(g.udivi(mi, 2), 8),
@@ -1179,37 +1201,34 @@ impl<'a, 'c> Attention<'a, 'c> {
     fn qk_wgmma(&self, buf: IntValue<'c>, f: &mut Frags<'c>) {
         let g = self.g;
         let cfg = self.cfg;
-        let kbase = g.muli(buf, i64::from(cfg.bn * cfg.d * 2));
+        let kbase = self.k_buf(buf);
         let ksteps = cfg.d / 16;
-        let mut args: Vec<BasicValueEnum> = self
-            .qfrag
-            .iter()
-            .flat_map(|a| a.iter().map(|x| (*x).into()))
-            .collect();
-        for kk in 0..ksteps {
-            let off = (kk / 4) * cfg.bn * 128 + (kk % 4) * 32;
-            args.push(self.descriptor(g.addi(kbase, i64::from(off)), 16).into());
-        }
-        args.push(g.i32(1).into());
+        let descs = (0..ksteps).map(|kk| {
+            let off = (kk / 4) * cfg.shape.bn * 128 + (kk % 4) * 32;
+            self.descriptor(g.addi(kbase, i64::from(off)), 16)
+        });
+        let mut args = self.wgmma_inputs(&self.qfrag, descs);
         // In the overlapped loop the previous `P V` may still be running: its accumulators
         // pass through this block, whose wait completes it.
-        let carry = if cfg.overlap { f.acc.len() * 4 } else { 0 };
-        args.extend(
-            f.acc
-                .iter()
-                .flat_map(|t| t.iter().map(|v| g.get(*v)))
-                .take(carry),
-        );
-        let d = ptx::wgmma_group(cfg.elem, cfg.bn, ksteps, (false, false), true, carry)
-            .emit(g.cx, &g.b, &args);
-        let (s_out, acc_out) = d.split_at((cfg.bn / 2) as usize);
+        let carried = if cfg.shape.overlap { f.acc.len() } else { 0 };
+        args.extend(self.acc_values(&f.acc[..carried]));
+        let d = ptx::Wgmma {
+            elem: cfg.elem,
+            n: cfg.shape.bn,
+            ksteps,
+            accumulate: false,
+            trans_b: false,
+            wait: true,
+            carry: carried * 4,
+        }
+        .asm()
+        .emit(g.cx, &g.b, &args);
+        let (s_out, acc_out) = d.split_at((cfg.shape.bn / 2) as usize);
         f.s = s_out
             .chunks(4)
             .map(|c| [0, 1, 2, 3].map(|e| g.var(g.f32t.into(), c[e])))
             .collect();
-        for (v, x) in f.acc.iter().flat_map(|t| t.iter()).zip(acc_out) {
-            g.set(*v, *x);
-        }
+        self.set_acc(&f.acc[..carried], acc_out);
     }
 
     /// `acc += P V` on wgmma: P from registers, V by descriptor (MN-major, transposed: the
@@ -1224,8 +1243,8 @@ impl<'a, 'c> Attention<'a, 'c> {
     fn pv_wgmma(&self, vbase: IntValue<'c>, f: &mut Frags<'c>) {
         let g = self.g;
         let cfg = self.cfg;
-        let ksteps = cfg.bn / 16;
-        let parts = if cfg.bn == cfg.d && cfg.d == cfg.dv {
+        let ksteps = cfg.shape.bn / 16;
+        let parts = if cfg.shape.bn == cfg.d && cfg.d == cfg.dv {
             2
         } else {
             1
@@ -1235,26 +1254,45 @@ impl<'a, 'c> Attention<'a, 'c> {
             // Columns [col, col + n): in the second 64-wide half, or 2 * col bytes into
             // the 128-byte row (no carry into the swizzled bits).
             let col = part * n;
-            let coff = (col / 64) * cfg.bn * 128 + (col % 64) * 2;
-            let mut args: Vec<BasicValueEnum> =
-                f.p.iter()
-                    .flat_map(|a| a.iter().map(|x| (*x).into()))
-                    .collect();
-            for t in 0..ksteps {
+            let coff = (col / 64) * cfg.shape.bn * 128 + (col % 64) * 2;
+            let descs = (0..ksteps).map(|t| {
                 let off = g.addi(vbase, i64::from(t * 16 * 128 + coff));
-                args.push(self.descriptor(off, cfg.bn * 128).into());
-            }
-            args.push(g.i32(1).into());
+                self.descriptor(off, cfg.shape.bn * 128)
+            });
+            let mut args = self.wgmma_inputs(&f.p, descs);
             let tiles = &f.acc[(col / 8) as usize..((col + n) / 8) as usize];
-            args.extend(tiles.iter().flat_map(|t| t.iter().map(|v| g.get(*v))));
+            args.extend(self.acc_values(tiles));
             // The overlapped loop leaves the product running: each half is a group of its
             // own, and the next `Q K^T`'s wait completes both.
-            let d = ptx::wgmma_group(cfg.elem, n, ksteps, (true, true), !cfg.overlap, 0)
-                .emit(g.cx, &g.b, &args);
-            for (v, x) in tiles.iter().flat_map(|t| t.iter()).zip(d) {
-                g.set(*v, x);
+            let d = ptx::Wgmma {
+                elem: cfg.elem,
+                n,
+                ksteps,
+                accumulate: true,
+                trans_b: true,
+                wait: !cfg.shape.overlap,
+                carry: 0,
             }
+            .asm()
+            .emit(g.cx, &g.b, &args);
+            self.set_acc(tiles, &d);
         }
+    }
+
+    /// The inputs of a `ptx::Wgmma` block: the A fragments' words, one descriptor a k
+    /// step, and the word 1 its predicates are set from.
+    fn wgmma_inputs(
+        &self,
+        a: &[[IntValue<'c>; 4]],
+        descs: impl Iterator<Item = IntValue<'c>>,
+    ) -> Vec<BasicValueEnum<'c>> {
+        let mut args: Vec<BasicValueEnum> = a
+            .iter()
+            .flat_map(|w| w.iter().map(|x| (*x).into()))
+            .collect();
+        args.extend(descs.map(BasicValueEnum::from));
+        args.push(self.g.i32(1).into());
+        args
     }
 
     fn mma(&self, c: &[Var<'c>; 4], a: &[IntValue<'c>; 4], b: [BasicValueEnum<'c>; 2]) {
@@ -1289,10 +1327,7 @@ impl<'a, 'c> Attention<'a, 'c> {
 
     fn key_row(&self, slot: IntValue<'c>, j: IntValue<'c>) -> Row<'c> {
         let g = self.g;
-        let base = g.add(
-            g.add(g.muli(slot, i64::from(self.cfg.bn * 16)), g.muli(j, 16)),
-            g.i32(i64::from(self.cfg.kinfo(0))),
-        );
+        let base = self.kinfo_off(slot, j);
         Row {
             pos: self.ld_shared_i32(base),
             coords: [0, 1, 2].map(|a| self.ld_shared_i32(g.addi(base, 4 + 4 * a))),
@@ -1421,7 +1456,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         let pk = |a: Var<'c>, b: Var<'c>| {
             ptx::pack2(self.cfg.elem).emit(g.cx, &g.b, &[g.get(a), g.get(b)])[0].into_int_value()
         };
-        f.p = (0..self.cfg.bn / 16)
+        f.p = (0..self.cfg.shape.bn / 16)
             .map(|t| {
                 let (x, y) = (&f.s[2 * t as usize], &f.s[2 * t as usize + 1]);
                 [
@@ -1446,15 +1481,12 @@ impl<'a, 'c> Attention<'a, 'c> {
                 }
             }
         }
-        let vbase = g.add(
-            g.muli(buf, i64::from(cfg.bn * cfg.dv * 2)),
-            g.i32(i64::from(cfg.vbuf(0))),
-        );
-        if cfg.wgmma {
+        let vbase = self.v_buf(buf);
+        if cfg.shape.wgmma {
             return self.pv_wgmma(vbase, f);
         }
         let mi = g.udivi(self.lane, 8);
-        for t in 0..cfg.bn / 16 {
+        for t in 0..cfg.shape.bn / 16 {
             let key = g.add(
                 g.add(g.i32(i64::from(t * 16)), g.uremi(self.lane, 8)),
                 g.muli(g.uremi(mi, 2), 8),

@@ -154,18 +154,18 @@ pub fn compile_tuned(
             ))
         }
     };
-    let tm = target_machine(arch)?;
-    let cx = Context::create();
-    let m = new_module(&cx, &tm, &k.info.name);
-    if cfg.tma && geo.order != crate::syntax::ast::Order::Tiled {
+    if cfg.shape.tma && !attention::tensor_copies_fit(geo) {
         return Err(format!(
             "block shape {}: tensor copies need the tiled token order",
             tuning.name()
         ));
     }
+    let tm = target_machine(arch)?;
+    let cx = Context::create();
+    let m = new_module(&cx, &tm, &k.info.name);
     let gptr = cx.ptr_type(AddressSpace::from(1u16));
     // q k v o rows runs head_variant, the inputs, and with tensor copies the tensor maps.
-    let n_params = 7 + inputs.len() + usize::from(cfg.tma);
+    let n_params = 7 + inputs.len() + usize::from(cfg.shape.tma);
     let params: Vec<inkwell::types::BasicMetadataTypeEnum> = vec![gptr.into(); n_params];
     let fn_ty = cx.void_type().fn_type(&params, false);
     let entry = entry_name(&k.info.name);
@@ -217,15 +217,18 @@ pub fn compile_tuned(
         inputs: (0..inputs.len() as u32)
             .map(|i| p(7 + i))
             .collect::<Result<_, _>>()?,
-        tmaps: if cfg.tma {
+        tmaps: if cfg.shape.tma {
             Some(p(7 + inputs.len() as u32)?)
         } else {
             None
         },
     };
-    if cfg.blocks_per_sm > 0 {
+    if cfg.shape.blocks_per_sm > 0 {
         // The block size and the blocks an SM must hold: ptxas sizes the registers to fit.
-        for (key, v) in [("maxntidx", cfg.threads()), ("minctasm", cfg.blocks_per_sm)] {
+        for (key, v) in [
+            ("maxntidx", cfg.threads()),
+            ("minctasm", cfg.shape.blocks_per_sm),
+        ] {
             let note = cx.metadata_node(&[
                 f.as_global_value().as_pointer_value().into(),
                 cx.metadata_string(key).into(),

@@ -70,7 +70,7 @@ enum Command {
         /// The GPU architecture for llvm and ptx.
         #[arg(long, default_value = "sm_90", value_parser = ["sm_80", "sm_90"])]
         target: String,
-        /// The llvm or ptx of an attention kernel for this block shape (as `bench
+        /// The llvm or ptx of an attention kernel for this launch shape (as `bench
         /// --block`; a `-wgmma` shape is emitted for sm_90a).
         #[arg(long, value_name = "SHAPE")]
         block: Option<String>,
@@ -132,8 +132,9 @@ enum Command {
         /// CUDA: try every block shape and keep the fastest (cached per GPU).
         #[arg(long)]
         tune: bool,
-        /// CUDA: this block shape instead of the default: query rows x keys per chunk,
-        /// `-wgmma` for the sm_90a kernel (e.g. 128x64, 128x64-wgmma).
+        /// CUDA: this launch shape instead of the default: query rows x keys per chunk,
+        /// then `-wgmma` (sm_90a), `-tma` (tensor copies), `-ovl` (overlapped loop), `-xN`
+        /// (N blocks an SM), e.g. 128x64, 64x64-wgmma-tma.
         #[arg(long, value_name = "SHAPE", conflicts_with = "tune")]
         block: Option<String>,
         /// Print one JSON object instead of a sentence.
@@ -340,6 +341,15 @@ fn write_artefacts(
     Ok(())
 }
 
+/// A `--block` shape (`Tuning::name`'s form).
+fn parse_block(block: &str) -> Result<Tuning, u8> {
+    Tuning::parse(block).ok_or_else(|| {
+        usage(format!(
+            "--block {block}: expected ROWSxKEYS[-wgmma[-tma[-ovl]]][-xBLOCKS], e.g. 128x64 or 64x64-wgmma-tma"
+        ))
+    })
+}
+
 /// `compile --block`: the llvm or ptx of one attention kernel for a block shape.
 fn emit_block(
     k: &KernelArgs,
@@ -349,11 +359,7 @@ fn emit_block(
     output: &Option<PathBuf>,
     color: bool,
 ) -> Result<(), u8> {
-    let t = Tuning::parse(block).ok_or_else(|| {
-        usage(format!(
-            "--block {block}: expected ROWSxKEYS or ROWSxKEYS-wgmma, e.g. 128x64"
-        ))
-    })?;
+    let t = parse_block(block)?;
     if !matches!(stage, Stage::Llvm | Stage::Ptx) {
         return Err(usage("--block is for --emit llvm or ptx"));
     }
@@ -405,8 +411,8 @@ fn bench_cuda(
     let ms = kernel
         .time(&mut args, 5, runs.max(1))
         .map_err(runtime_error)?;
-    let (bm, bn) = kernel.artefact.tuning;
-    let shape = kernel.artefact.shape.clone();
+    let Tuning { bm, bn, .. } = kernel.shape();
+    let shape = kernel.shape().name();
     if json {
         let tried: Vec<String> = trials
             .iter()
@@ -602,15 +608,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             block,
             json,
         } => {
-            let block = block
-                .map(|b| {
-                    Tuning::parse(&b).ok_or_else(|| {
-                        usage(format!(
-                            "--block {b}: expected ROWSxKEYS or ROWSxKEYS-wgmma, e.g. 128x64"
-                        ))
-                    })
-                })
-                .transpose()?;
+            let block = block.as_deref().map(parse_block).transpose()?;
             if let Some((_, spec)) = selection(&k, color)? {
                 if block.is_some() {
                     return Err(usage(format!(
