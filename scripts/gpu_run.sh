@@ -47,6 +47,9 @@ if [ "$MODE" = "wgmma" ]; then
   suite_rc=$?
   grep -E "FAIL|agree|rows differ" "$OUT/suite.txt" | head -40
   log "tuner: every shape timed"
+  # SM clock and power every 100 ms while the tuner runs (is a slow final run throttled?).
+  nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw --format=csv,noheader -lms 100 > "$OUT/clocks.txt" 2>/dev/null &
+  smi=$!
   for c in "grat.attn grat_b_2d H=128 W=128 TEXT=0" "grat.attn grat_x_2d H=128 W=128 TEXT=0" "grat.attn grat_b_2d H=256 W=256 TEXT=0" "dense.attn dense N=16384"; do
     set -- $c
     file=$1; k=$2; shift 2
@@ -54,8 +57,10 @@ if [ "$MODE" = "wgmma" ]; then
     echo "-- $k $*" | tee -a "$OUT/wgmma_tune.txt"
     timeout 120 $A bench kernels/$file --kernel $k $sets --backend cuda --runs 20 --tune 2>&1 | tee -a "$OUT/wgmma_tune.txt"
   done
+  kill $smi 2>/dev/null
   echo
   echo "== summary"
+  echo "SM clock (MHz) min/median/max while tuning: $(cut -d, -f2 "$OUT/clocks.txt" | tr -dc '0-9\n' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[1], a[int((NR+1)/2)], a[NR]}')"
   cat "$OUT/wgmma_sass.txt"
   grep -E "on .*median" "$OUT/wgmma_bench.txt"
   echo "suite exit $suite_rc: $(tail -1 "$OUT/suite.txt"); wgmma lines ok: $(grep -c '^ok .*wgmma' "$OUT/suite.txt"), failed: $(grep -c '^FAIL .*wgmma' "$OUT/suite.txt")"

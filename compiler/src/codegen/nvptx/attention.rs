@@ -352,9 +352,11 @@ struct Frags<'c> {
     /// Running max and (thread-partial) sum per row (g, g+8).
     m: [Var<'c>; 2],
     l: [Var<'c>; 2],
-    /// Row max of the current chunk and alpha, per row.
+    /// Row max of the current chunk, per row (of the scores as `S = Q K^T` left them).
     rowmax: [Option<FloatValue<'c>>; 2],
-    alpha: [Option<FloatValue<'c>>; 2],
+    /// The chunk's `Scale` when it was folded into the exponent (no score modifier reads
+    /// the scaled scores): `S` holds unscaled scores until the softmax.
+    scale: Option<f64>,
     /// P packed as A fragments: [k16 chunk][4].
     p: Vec<[IntValue<'c>; 4]>,
 }
@@ -631,7 +633,7 @@ impl<'a, 'c> Attention<'a, 'c> {
             m: [0; 2].map(|_| g.var(g.f32t.into(), g.f32(f64::NEG_INFINITY).into())),
             l: [0; 2].map(|_| g.var(g.f32t.into(), g.f32(0.0).into())),
             rowmax: [None; 2],
-            alpha: [None; 2],
+            scale: None,
             p: vec![],
         };
         let order = self.k.topo_order();
@@ -1102,6 +1104,13 @@ impl<'a, 'c> Attention<'a, 'c> {
         let has_mask = body
             .iter()
             .any(|n| matches!(self.k.node(*n).op, Op::Mask(_)));
+        // A positive scale commutes with the row max and masking (-inf stays -inf), so it
+        // can wait for the exponent's multiply-add: one multiply less a score. A score
+        // modifier must see scaled scores.
+        let fold_scale = !body
+            .iter()
+            .any(|n| matches!(self.k.node(*n).op, Op::ScoreMod(_)));
+        f.scale = None;
         for n in body {
             let node = self.k.node(*n);
             if matches!(node.op, Op::RowMax) && !has_mask && !cfg.exact {
@@ -1116,6 +1125,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                     self.qk(buf, f);
                     after_qk(self);
                 }
+                Op::Scale(c) if fold_scale && *c > 0.0 => f.scale = Some(*c),
                 Op::Scale(c) => {
                     let c = g.f32(*c);
                     for t in &f.s {
@@ -1395,7 +1405,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         let mut x = x;
         for m in [1, 2] {
             let y = g.shfl_xor(x, m);
-            x = if max { g.fmax(x, y) } else { g.fadd(x, y) };
+            x = if max { g.maxnum(x, y) } else { g.fadd(x, y) };
         }
         x
     }
@@ -1406,36 +1416,63 @@ impl<'a, 'c> Attention<'a, 'c> {
             let mut m = g.f32(f64::NEG_INFINITY);
             for t in &f.s {
                 for e in [2 * row, 2 * row + 1] {
-                    m = g.fmax(m, g.getf(t[e]));
+                    m = g.maxnum(m, g.getf(t[e]));
                 }
             }
             f.rowmax[row] = Some(self.quad_reduce(m, true));
         }
     }
 
-    /// `m' = max(m, rowmax)`; `p = 2^(s - m')`; `alpha = 2^(m - m')`; a row whose max is
-    /// still -inf gets p = 0 (ex2(-inf) = 0) and leaves the accumulator at 0.
+    /// The online softmax's update, with lazy rescaling (as FlashAttention-4): the running
+    /// max `m` (log2 units) moves only when a row of the warp meets a chunk max more than
+    /// `RESCALE_SLACK` above it; then every row of the warp takes `m' = max(m, rowmax)` and
+    /// its accumulators and sum are multiplied by `alpha = 2^(m - m')`, else nothing is
+    /// (64 multiplies a chunk saved). Either way `p = 2^(s c - m)` with `s c - m <=
+    /// RESCALE_SLACK`, so `p <= 256`: exact in f32, and as precise in bf16/f16 as any `p`
+    /// (the final division by `l` uses the same `m`). A row whose max is still -inf gets
+    /// `p = 0` and keeps accumulator and sum at 0. `c` folds the scale (when `Scale` was
+    /// deferred) and `log2 e` (natural-exponent kernels) into one multiply-add.
     fn softmax(&self, f: &mut Frags<'c>, exp2: bool) {
         let g = self.g;
         let k = if exp2 { 1.0 } else { std::f64::consts::LOG2_E };
+        let c = g.f32(f.scale.unwrap_or(1.0) * k);
+        let ninf = g.f32(f64::NEG_INFINITY);
+        // The chunk's row maxima in log2 units (c > 0: -inf stays -inf).
+        let rm = [0, 1].map(|row| f.rowmax[row].map_or(ninf, |x| g.fmul(x, c)));
+        let mut need = g.cx.bool_type().const_int(0, false);
+        for (row, r) in rm.iter().enumerate() {
+            let bound = g.fadd(g.getf(f.m[row]), g.f32(RESCALE_SLACK));
+            need = g.or(need, g.fcmp(FloatPredicate::OGT, *r, bound));
+        }
+        let any = g.icmp(IntPredicate::NE, g.ballot(need), g.i32(0));
+        let (acc, l, m) = (&f.acc, f.l, f.m);
+        g.if_then(any, &mut |g| {
+            for (row, r) in rm.iter().enumerate() {
+                let m_old = g.getf(m[row]);
+                let m_new = g.maxnum(m_old, *r);
+                let alpha = g.ex2(g.fsub(m_old, live_max(g, m_new)));
+                for t in acc {
+                    for e in [2 * row, 2 * row + 1] {
+                        g.set(t[e], g.fmul(g.getf(t[e]), alpha));
+                    }
+                }
+                g.set(l[row], g.fmul(g.getf(l[row]), alpha));
+                g.set(m[row], m_new);
+            }
+        });
         for row in 0..2 {
-            let m_old = g.getf(f.m[row]);
-            let rm = f.rowmax[row].unwrap_or_else(|| g.f32(f64::NEG_INFINITY));
-            let m_new = g.fmax(m_old, rm);
-            let dead = g.fcmp(FloatPredicate::OEQ, m_new, g.f32(f64::NEG_INFINITY));
-            let m_use = g.self_f(dead, g.f32(0.0), m_new);
-            f.alpha[row] = Some(g.ex2(g.fmul(g.fsub(m_old, m_use), g.f32(k))));
+            let neg_m = g.fsub(g.f32(0.0), live_max(g, g.getf(f.m[row])));
             for t in &f.s {
                 for e in [2 * row, 2 * row + 1] {
-                    let p = g.ex2(g.fmul(g.fsub(g.getf(t[e]), m_use), g.f32(k)));
+                    let p = g.ex2(g.fma(g.getf(t[e]), c, neg_m));
                     g.set(t[e], p);
                 }
             }
-            g.set(f.m[row], m_new);
         }
     }
 
-    /// `l = l * alpha + rowsum(p)` (thread-partial sums; reduced across the quad at the end).
+    /// `l += rowsum(p)` (thread-partial sums; reduced across the quad at the end; the
+    /// softmax rescaled `l` when `m` moved).
     fn update_l(&self, f: &mut Frags<'c>) {
         let g = self.g;
         for row in 0..2 {
@@ -1445,8 +1482,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                     sum = g.fadd(sum, g.getf(t[e]));
                 }
             }
-            let a = f.alpha[row].unwrap_or_else(|| g.f32(1.0));
-            g.set(f.l[row], g.fadd(g.fmul(g.getf(f.l[row]), a), sum));
+            g.set(f.l[row], g.fadd(g.getf(f.l[row]), sum));
         }
     }
 
@@ -1469,18 +1505,10 @@ impl<'a, 'c> Attention<'a, 'c> {
             .collect();
     }
 
-    /// `acc = acc * alpha + P V`, the product accumulated straight into the rescaled `acc`.
+    /// `acc += P V` (the softmax rescaled `acc` when `m` moved).
     fn pv(&self, buf: IntValue<'c>, f: &mut Frags<'c>) {
         let g = self.g;
         let cfg = self.cfg;
-        for (row, a) in f.alpha.iter().enumerate() {
-            let a = a.unwrap_or_else(|| g.f32(1.0));
-            for t in &f.acc {
-                for e in [2 * row, 2 * row + 1] {
-                    g.set(t[e], g.fmul(g.getf(t[e]), a));
-                }
-            }
-        }
         let vbase = self.v_buf(buf);
         if cfg.shape.wgmma {
             return self.pv_wgmma(vbase, f);
@@ -1536,6 +1564,17 @@ impl<'a, 'c> Attention<'a, 'c> {
             });
         }
     }
+}
+
+/// How far (log2 units) a chunk's row max may exceed the running max before the running
+/// max moves and the accumulators are rescaled: `p` stays at most `2^8`.
+const RESCALE_SLACK: f64 = 8.0;
+
+/// The max that exponents subtract: 0 for a row whose max is still -inf (all its scores
+/// are -inf, so `p = 2^-inf = 0` and `alpha` is 0 as well).
+fn live_max<'c>(g: &Gen<'c>, m: FloatValue<'c>) -> FloatValue<'c> {
+    let dead = g.fcmp(FloatPredicate::OEQ, m, g.f32(f64::NEG_INFINITY));
+    g.self_f(dead, g.f32(0.0), m)
 }
 
 /// The `see` test for a tile pair: -1 canvas, else the segment index.
