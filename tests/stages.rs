@@ -264,6 +264,9 @@ fn attention_shapes_follow_the_gpu_and_the_token_order() {
         }
         assert!(all.iter().any(|t| t.wgmma), "{kernel}");
         assert_eq!(all.iter().any(|t| t.tma), tiled, "{kernel}");
+        // Where tensor copies fit, every shape after the default (the yardstick) uses them.
+        assert_eq!(all.iter().skip(1).all(|t| t.tma), tiled, "{kernel}");
+        assert!(all.iter().any(|t| t.overlap) == tiled, "{kernel}");
         assert!(candidates(&c.ir, geo, false).iter().all(|t| !t.wgmma));
         let want = if tiled {
             "64x64-wgmma-tma"

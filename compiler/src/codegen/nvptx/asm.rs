@@ -220,12 +220,9 @@ pub mod ptx {
         Asm::new(format!("cp.async.wait_group {n};")).volatile()
     }
 
-    /// A warpgroup's `D (+)= A B` over `ksteps` steps of k16 (`wgmma.mma_async`, sm_90a):
-    /// D is 64 x `n` f32 (`n / 2` registers a thread, the layout of `n / 8` mma.m16n8
-    /// C fragments side by side); A comes from registers (4 words a step, the mma.m16n8k16
-    /// A fragment of each warp's 16 rows); B from shared memory, one matrix descriptor a
-    /// step. Fence, issue and commit are one asm block (and the wait, with `wait`), so the
-    /// compiler never touches registers while the tensor cores own them.
+    /// One wgmma product: `D (+)= A B` on a warpgroup, A from registers, B by one matrix
+    /// descriptor a k step.
+    #[derive(Clone, Copy)]
     pub struct Wgmma<'a> {
         pub elem: &'a str,
         pub n: u32,
@@ -234,67 +231,69 @@ pub mod ptx {
         pub accumulate: bool,
         /// B is stored MN-major.
         pub trans_b: bool,
-        /// Wait for every group in flight, this one included; without it the registers
-        /// stay the tensor cores' until a later wait.
-        pub wait: bool,
-        /// More f32 registers passed through untouched (tied in/out after D): the
-        /// accumulators of a group still in flight, so that no code that reads them can
-        /// be placed before this block's wait.
-        pub carry: usize,
     }
 
-    impl Wgmma<'_> {
-        /// Inputs: the A words, the descriptors, a word that must be 1 (it sets the
-        /// predicates), then the tied values (D's with `accumulate`, the carried ones).
-        pub fn asm(&self) -> Asm {
-            let Wgmma {
-                elem,
-                n,
-                ksteps,
-                accumulate,
-                trans_b,
-                wait,
-                carry,
-            } = *self;
-            let d: Vec<String> = (0..n / 2).map(|i| format!("{{o{i}}}")).collect();
+    /// Products issued in one asm block, each committed as a group of its own, then a wait
+    /// until at most `pending` groups are in flight (`None`: no wait; the registers of the
+    /// groups in flight stay the tensor cores' until a later wait). Fence, issue, commit
+    /// and wait in one block, so that nothing the compiler places between them can touch
+    /// registers the tensor cores own.
+    ///
+    /// Inputs: per product its A words and descriptors, then a word that must be 1 (it sets
+    /// the predicates), then the current D of each accumulating product. Outputs: every
+    /// product's D, in order.
+    pub fn wgmma_block(ps: &[Wgmma], pending: Option<usize>) -> Asm {
+        let one: u32 = ps.iter().map(|w| 5 * w.ksteps).sum();
+        let mut t = format!(
+            "{{\n.reg .pred p, z;\nsetp.ne.b32 p, {{i{one}}}, 0;\nsetp.eq.b32 z, {{i{one}}}, 0;\nwgmma.fence.sync.aligned;\n"
+        );
+        let (mut i0, mut o0) = (0, 0);
+        for w in ps {
+            let d: Vec<String> = (o0..o0 + w.n / 2).map(|i| format!("{{o{i}}}")).collect();
             let d = d.join(", ");
-            let mut t = String::from(
-                "{\n.reg .pred p, z;\nsetp.ne.b32 p, {iONE}, 0;\nsetp.eq.b32 z, {iONE}, 0;\nwgmma.fence.sync.aligned;\n",
-            );
-            for k in 0..ksteps {
-                let a: Vec<String> = (0..4).map(|j| format!("{{i{}}}", 4 * k + j)).collect();
-                let scale = if accumulate || k > 0 { "p" } else { "z" };
+            for k in 0..w.ksteps {
+                let a: Vec<String> = (0..4).map(|j| format!("{{i{}}}", i0 + 4 * k + j)).collect();
+                let scale = if w.accumulate || k > 0 { "p" } else { "z" };
                 t += &format!(
-                    "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{elem}.{elem} {{{d}}}, {{{}}}, {{i{}}}, {scale}, 1, 1, {};\n",
+                    "wgmma.mma_async.sync.aligned.m64n{}k16.f32.{e}.{e} {{{d}}}, {{{}}}, {{i{}}}, {scale}, 1, 1, {};\n",
+                    w.n,
                     a.join(", "),
-                    4 * ksteps + k,
-                    u32::from(trans_b)
+                    i0 + 4 * w.ksteps + k,
+                    u32::from(w.trans_b),
+                    e = w.elem,
                 );
             }
             t += "wgmma.commit_group.sync.aligned;\n";
-            if wait {
-                t += "wgmma.wait_group.sync.aligned 0;\n";
-            }
-            t += "}";
-            let t = t.replace("{iONE}", &format!("{{i{}}}", 5 * ksteps));
-            let a = Asm::new(t)
-                .inputs(4 * ksteps as usize, Reg::R)
-                .inputs(ksteps as usize, Reg::L)
-                .inputs(1, Reg::R)
-                .volatile();
-            let a = if accumulate {
-                a.inouts((n / 2) as usize, Reg::F)
-            } else {
-                a.outputs((n / 2) as usize, Reg::F)
-            };
-            a.inouts(carry, Reg::F)
+            i0 += 5 * w.ksteps;
+            o0 += w.n / 2;
         }
+        if let Some(n) = pending {
+            t += &format!("wgmma.wait_group.sync.aligned {n};\n");
+        }
+        t += "}";
+        let mut a = Asm::new(t);
+        for w in ps {
+            a = a
+                .inputs(4 * w.ksteps as usize, Reg::R)
+                .inputs(w.ksteps as usize, Reg::L);
+        }
+        a = a.inputs(1, Reg::R).volatile();
+        for w in ps {
+            a = if w.accumulate {
+                a.inouts((w.n / 2) as usize, Reg::F)
+            } else {
+                a.outputs((w.n / 2) as usize, Reg::F)
+            };
+        }
+        a
     }
 
-    /// Waits for every wgmma group in flight; `carry` f32 registers (their accumulators)
-    /// pass through tied, so that their readers come after it.
-    pub fn wgmma_wait(carry: usize) -> Asm {
+    /// Waits until no wgmma group is in flight. The accumulators of the groups in flight
+    /// (`carry` f32 registers) pass through tied, so that their readers come after it; the
+    /// A words they read (`held`) are inputs, so that their registers stay theirs until then.
+    pub fn wgmma_wait(held: usize, carry: usize) -> Asm {
         Asm::new("wgmma.wait_group.sync.aligned 0;")
+            .inputs(held, Reg::R)
             .inouts(carry, Reg::F)
             .volatile()
     }
@@ -378,19 +377,14 @@ mod tests {
 
     #[test]
     fn wgmma_ties_accumulators_and_numbers_steps() {
-        let w = |accumulate, trans_b, wait, carry| {
-            ptx::Wgmma {
-                elem: "bf16",
-                n: 16,
-                ksteps: 2,
-                accumulate,
-                trans_b,
-                wait,
-                carry,
-            }
-            .asm()
+        let w = |accumulate, trans_b| ptx::Wgmma {
+            elem: "bf16",
+            n: 16,
+            ksteps: 2,
+            accumulate,
+            trans_b,
         };
-        let a = w(true, true, true, 0);
+        let a = ptx::wgmma_block(&[w(true, true)], Some(0));
         // 8 accumulators, 8 A words, 2 descriptors, the predicate word, 8 tied inputs.
         assert_eq!(
             a.constraints(),
@@ -404,24 +398,29 @@ mod tests {
         );
         assert!(t.contains("{$12, $13, $14, $15}, $17, p, 1, 1, 1;"), "{t}");
         // Without accumulation the first step ignores D.
-        let s = w(false, false, true, 0).text();
+        let s = ptx::wgmma_block(&[w(false, false)], Some(0)).text();
         assert!(s.contains("{$8, $9, $10, $11}, $16, z, 1, 1, 0;"), "{s}");
         assert!(s.contains("{$12, $13, $14, $15}, $17, p, 1, 1, 0;"), "{s}");
         assert!(s.contains("wgmma.wait_group.sync.aligned 0;"), "{s}");
-        // Without waiting, carrying two registers of a group in flight: D is $0-$7, the
-        // carried $8 and $9, tied after the inputs.
-        let c = w(false, false, false, 2);
-        assert!(!c.text().contains("wait_group"), "{}", c.text());
+        // Two products: S's D is $0-$7, the accumulating one's $8-$15; inputs from $16 (S's
+        // A words and descriptors, then the second's), the predicate word $36, the second's
+        // D tied after it; each product its own group, the wait leaves the second running.
+        let c = ptx::wgmma_block(&[w(false, false), w(true, true)], Some(1));
+        let t = c.text();
+        assert!(t.contains("{$0, $1, $2, $3, $4, $5, $6, $7}, {$16, $17, $18, $19}, $24, z, 1, 1, 0;"), "{t}");
+        assert!(t.contains("{$8, $9, $10, $11, $12, $13, $14, $15}, {$26, $27, $28, $29}, $34, p, 1, 1, 1;"), "{t}");
+        assert!(t.contains("{$30, $31, $32, $33}, $35, p, 1, 1, 1;"), "{t}");
+        assert!(t.contains("setp.ne.b32 p, $36, 0;"), "{t}");
+        assert_eq!(t.matches("commit_group").count(), 2, "{t}");
+        assert!(t.contains("wgmma.wait_group.sync.aligned 1;"), "{t}");
         assert!(
-            c.text().contains("{$10, $11, $12, $13}, $18, z, 1, 1, 0;"),
-            "{}",
-            c.text()
-        );
-        assert!(
-            c.constraints()
-                .ends_with("=f,=f,r,r,r,r,r,r,r,r,l,l,r,8,9,~{memory}"),
+            c.constraints().ends_with(",l,l,r,8,9,10,11,12,13,14,15,~{memory}"),
             "{}",
             c.constraints()
         );
+        // No wait at all.
+        assert!(!ptx::wgmma_block(&[w(false, false)], None).text().contains("wait_group"));
+        // The wait holds A words as inputs and ties the accumulators.
+        assert_eq!(ptx::wgmma_wait(2, 2).constraints(), "=f,=f,r,r,0,1,~{memory}");
     }
 }

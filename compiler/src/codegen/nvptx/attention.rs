@@ -69,8 +69,10 @@ pub struct Tuning {
     /// cp.async. Needs wgmma and a token order in which a key tile's rows are consecutive
     /// (`tensor_copies_fit`).
     pub tma: bool,
-    /// With tensor copies: `P V` is not waited for; it runs on while the loop moves on and
-    /// the next `S = Q K^T` waits for both (`kv_loop_overlapped`).
+    /// With tensor copies: each warpgroup's softmax overlaps its own previous `P V`
+    /// (FlashAttention-3's intra-warpgroup pipelining, `kv_loop_overlapped`): `S = Q K^T`
+    /// of chunk `n` and `P V` of chunk `n - 1` are issued together, the softmax of chunk
+    /// `n` runs while `P V` does.
     pub overlap: bool,
 }
 
@@ -168,11 +170,14 @@ pub fn gpu_default(k: &Kernel, geo: &Geometry, wgmma: bool) -> Tuning {
     }
 }
 
-/// Every shape worth trying for this kernel (for the autotuner), the default first; with
-/// `wgmma` (a GPU of compute capability 9.0) also the sm_90a shapes, with tensor copies
-/// too when the token order keeps a key tile's rows together.
+/// Every shape worth trying for this kernel (for the autotuner), the default first (the
+/// tuner's yardstick for correctness); with `wgmma` (a GPU of compute capability 9.0) the
+/// sm_90a shapes, and when the token order keeps a key tile's rows together only those
+/// with tensor copies: every other shape was slower than them on every case measured
+/// (bench/RESULTS.md, 2026-11-29), and trying them doubled the tuning time.
 pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
     let tt = k.info.tile_q;
+    let tma_ok = wgmma && tensor_copies_fit(geo);
     let mut out = vec![default_tuning(k)];
     let mut push = |t: Tuning| {
         if !out.contains(&t) && config_for(k, t).is_ok() {
@@ -181,6 +186,9 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
     };
     for bm in [64, 128] {
         for bn in [32, 64] {
+            if tma_ok {
+                break;
+            }
             push(Tuning {
                 bm: bm.min(tt.div_ceil(16) * 16),
                 bn,
@@ -196,12 +204,11 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
         // memory fit three times): one more warpgroup to fill the tensor cores while
         // another is in its softmax. (64x32 three to an SM and 64x128 were slower than
         // these on every case measured, 2026-11-29.)
-        let tma_ok = tensor_copies_fit(geo);
         for (tma, overlap) in [(false, false), (true, false), (true, true)] {
             for (bm, bn, blocks_per_sm) in [(64, 64, 0), (64, 64, 3), (128, 64, 0), (128, 128, 0)] {
                 // Three to an SM leave the overlapped loop too few registers: ptxas
                 // serialises its wgmma (C7512).
-                if (tma && !tma_ok) || (overlap && blocks_per_sm > 0) {
+                if tma != tma_ok || (overlap && blocks_per_sm > 0) {
                     continue;
                 }
                 push(Tuning {
@@ -244,9 +251,18 @@ impl Config {
         self.kinfo() + slots * self.shape.bn * 16
     }
 
-    /// The first of the two mbarriers (tensor copies), one a K/V buffer.
+    /// The first mbarrier (tensor copies): one a K/V buffer, or in the overlapped loop one
+    /// a K buffer and one a V buffer (K0, K1, V0, V1).
     fn mbar(&self) -> u32 {
         self.qinfo() + self.shape.bm * 16
+    }
+
+    fn mbars(&self) -> u32 {
+        match (self.shape.tma, self.shape.overlap) {
+            (false, _) => 0,
+            (true, false) => 2,
+            (true, true) => 4,
+        }
     }
 }
 
@@ -323,8 +339,7 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
     }
     // wgmma's swizzled tiles need 1024-byte alignment: the kernel rounds its base up; the
     // tensor copies' two mbarriers follow the query rows' information.
-    let smem_bytes =
-        cfg.qinfo() + bm * 16 + if tma { 16 } else { 0 } + if wgmma { 1024 } else { 0 };
+    let smem_bytes = cfg.qinfo() + bm * 16 + 8 * cfg.mbars() + if wgmma { 1024 } else { 0 };
     if blocks_per_sm * smem_bytes > 227 * 1024 {
         return Err(format!(
             "block shape {}: {blocks_per_sm} blocks of {smem_bytes} bytes of shared memory do not fit an SM",
@@ -359,6 +374,32 @@ struct Frags<'c> {
     scale: Option<f64>,
     /// P packed as A fragments: [k16 chunk][4].
     p: Vec<[IntValue<'c>; 4]>,
+    /// The overlapped loop: the P words a `P V` in flight reads (inputs of its wait).
+    held: Vec<IntValue<'c>>,
+    /// The overlapped loop: the accumulators' rescale, left by the softmax until `P V`
+    /// completes (whether the warp rescales, and each row's factor).
+    deferred: Option<(IntValue<'c>, [Var<'c>; 2])>,
+}
+
+/// How a chunk's products are issued.
+#[derive(Clone, Copy)]
+enum Step<'c> {
+    /// `S = Q K^T` and `acc += P V` from K/V buffer `0`, each waited for.
+    Serial(IntValue<'c>),
+    /// The overlapped loop's first chunk (K in buffer `0`): `S` waited for, `P V` left to
+    /// the next chunk's block.
+    First(IntValue<'c>),
+    /// The overlapped loop's later chunks: `S` (K in buffer `k`) issued with the previous
+    /// chunk's `P V` (V at shared offset `v_prev`), which is waited for at the `P V` op.
+    Steady { k: IntValue<'c>, v_prev: IntValue<'c> },
+}
+
+/// Which operands a group of tensor copies brings.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Operands {
+    K,
+    V,
+    KV,
 }
 
 /// `Attention::key_walk`'s result.
@@ -542,7 +583,8 @@ impl<'a, 'c> Attention<'a, 'c> {
         )
     }
 
-    /// Shared address of the mbarrier of K/V buffer `buf` (tensor copies).
+    /// Shared address of mbarrier `buf` (tensor copies): K/V buffer `buf`'s, or in the
+    /// overlapped loop K buffer `buf`'s (V buffer `b`'s is `2 + b`).
     fn mbar_addr(&self, buf: IntValue<'c>) -> IntValue<'c> {
         let g = self.g;
         self.saddr(g.add(g.i32(i64::from(self.cfg.mbar())), g.muli(buf, 8)))
@@ -615,8 +657,8 @@ impl<'a, 'c> Attention<'a, 'c> {
             let first = g.eqi(self.tid, 0);
             let this = &*self;
             g.if_then(first, &mut |g| {
-                for b in 0..2 {
-                    let bar = this.mbar_addr(g.i32(b));
+                for b in 0..this.cfg.mbars() {
+                    let bar = this.mbar_addr(g.i32(i64::from(b)));
                     ptx::mbarrier_init().emit(g.cx, &g.b, &[bar.into(), g.i32(1).into()]);
                 }
                 ptx::fence_mbarrier_init().emit(g.cx, &g.b, &[]);
@@ -635,6 +677,8 @@ impl<'a, 'c> Attention<'a, 'c> {
             rowmax: [None; 2],
             scale: None,
             p: vec![],
+            held: vec![],
+            deferred: None,
         };
         let order = self.k.topo_order();
         for n in order
@@ -832,11 +876,24 @@ impl<'a, 'c> Attention<'a, 'c> {
     /// `kv_off`. Rows past the tile are the next tokens' (masked) or past the tensor's end
     /// (zero-filled); either way finite.
     fn issue_kv_tma(&self, buf: IntValue<'c>, slot: IntValue<'c>) {
+        self.tma_copies(Operands::KV, buf, slot, self.mbar_addr(buf));
+    }
+
+    /// Tensor copies of K, V or both of the chunk whose key information is in `slot` into
+    /// buffer `buf`, completing on the barrier at `bar` (one thread issues them).
+    fn tma_copies(&self, which: Operands, buf: IntValue<'c>, slot: IntValue<'c>, bar: IntValue<'c>) {
         let g = self.g;
         let cfg = self.cfg;
         let Some(tmaps) = self.params.tmaps else {
             return;
         };
+        let mut parts = vec![];
+        if which != Operands::V {
+            parts.push((0u32, cfg.d, self.k_buf(buf)));
+        }
+        if which != Operands::K {
+            parts.push((1, cfg.dv, self.v_buf(buf)));
+        }
         let first = g.eqi(self.tid, 0);
         let this = self;
         g.if_then(first, &mut |g| {
@@ -844,18 +901,17 @@ impl<'a, 'c> Attention<'a, 'c> {
             let kvheads = i64::from(this.k.info.kv_heads);
             let bh = g.add(g.muli(this.batch, kvheads), this.kvh);
             let row = g.add(g.muli(bh, this.k.info.tokens as i64), pos0);
-            let bar = this.mbar_addr(buf);
-            let bytes = cfg.shape.bn * (cfg.d + cfg.dv) * 2;
+            let bytes: u32 = parts.iter().map(|(_, dim, _)| cfg.shape.bn * dim * 2).sum();
             ptx::mbarrier_arrive_expect_tx().emit(
                 g.cx,
                 &g.b,
                 &[bar.into(), g.i32(i64::from(bytes)).into()],
             );
             let maps = this.global_addr(tmaps);
-            for (map, dim, base) in [(0u32, cfg.d, this.k_buf(buf)), (1, cfg.dv, this.v_buf(buf))] {
+            for (map, dim, base) in &parts {
                 let map = g.add(maps, g.i64(i64::from(map * 128)));
                 for half in 0..dim / 64 {
-                    let dst = this.saddr(g.addi(base, i64::from(half * cfg.shape.bn * 128)));
+                    let dst = this.saddr(g.addi(*base, i64::from(half * cfg.shape.bn * 128)));
                     let col = g.i32(i64::from(half * 64));
                     ptx::tma_load_2d().emit(
                         g.cx,
@@ -982,7 +1038,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                     }
                     g.barrier();
                 }
-                if let Err(e) = this.chunk(&body, &cur, (b, b), f, &mut |_| {}) {
+                if let Err(e) = this.chunk(&body, &cur, b, Step::Serial(b), f, &mut |_| {}) {
                     err = Some(e);
                 }
                 g.barrier();
@@ -1021,14 +1077,21 @@ impl<'a, 'c> Attention<'a, 'c> {
         }
     }
 
-    /// The key loop with `P V` left in flight (tensor copies, `overlap`). Chunk `i` uses K/V
-    /// buffer `i % 2`, key-information slot `i % 3` and its buffer's barrier phase of parity
-    /// `i / 2 % 2`. Per chunk: wait for its copies; `S = Q K^T`, whose wait also completes
-    /// the previous chunk's `P V` (its accumulators pass through that asm block, so nothing
-    /// reads them earlier); then the next chunk's key information, the one barrier (every
-    /// warpgroup is past the previous `P V`, which read the buffer the next copies land
-    /// in; nobody still reads the slot being filled, last read two chunks ago), the next
-    /// copies; then the softmax and `P V`, issued without a wait. After the loop one wait.
+    /// The key loop with each warpgroup's softmax overlapped with its previous `P V`
+    /// (tensor copies, `overlap`; FlashAttention-3's intra-warpgroup pipelining). Chunk `n`
+    /// uses K buffer `n % 2`, V buffer `n % 2`, key-information slot `n % 3`; K buffer `b`
+    /// completes on mbarrier `b`, V buffer `b` on mbarrier `2 + b`, chunk `n`'s copies in the
+    /// phase of parity `n / 2 % 2`.
+    ///
+    /// Chunk 0: `S` waited for, softmax, P kept. Chunk `n > 0`: wait for K(n) and V(n-1);
+    /// one block issues `S = Q K^T(n)` and `P(n-1) V(n-1)` and waits for `S`; the softmax of
+    /// `n` runs while `P V` does; then the wait for `P V`, after which K(n) and V(n-1) are
+    /// read by nobody in this warpgroup: the key information of chunk `n + 2`, the one
+    /// barrier a chunk, and one thread issues K(n+2) into K buffer `n % 2` and V(n+1) into
+    /// V buffer `(n+1) % 2` (each lands a whole chunk before it is read). The slot filled,
+    /// `(n+2) % 3`, was last read by chunk `n - 1`'s softmax, before the previous barrier.
+    /// After the loop, the last chunk's `P V`. Three cursors: the chunk being computed
+    /// (masking), the next (its V), the one after (its key information and K).
     fn kv_loop_overlapped(
         &mut self,
         region: crate::ir::RegionId,
@@ -1038,56 +1101,124 @@ impl<'a, 'c> Attention<'a, 'c> {
         let KeyWalk {
             end,
             cur,
-            next,
+            next: mid,
             has,
         } = self.key_walk();
-        let done = g.var(g.i32t.into(), g.i32(0).into());
-        self.first_chunk(&cur, has);
+        let ahead = self.new_cursor();
         let body: Vec<NodeIndex> = self.k.region_nodes(region);
+        let p_vars: Vec<[Var<'c>; 4]> = (0..self.cfg.shape.bn / 16)
+            .map(|_| [0; 4].map(|_| g.var(g.i32t.into(), g.i32(0).into())))
+            .collect();
+        // Q was staged where the tensor copies land: order those generic accesses before
+        // the async proxy's writes (the barrier below completes the order).
+        ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
         let mut err = None;
-        {
-            let this = &mut *self;
-            g.while_loop(&mut |g| g.lt(g.geti(cur.r), end), &mut |g| {
-                let i = g.geti(done);
-                let b = g.uremi(i, 2);
-                let nb = g.sub(g.i32(1), b);
-                let slot = g.uremi(i, 3);
-                let nslot = g.uremi(g.addi(i, 1), 3);
-                this.copy_cursor(&cur, &next);
-                this.advance(&next, end);
-                let more = g.lt(g.geti(next.r), end);
-                this.wait_tma(b, g.and(g.udivi(i, 2), g.i32(1)));
-                let mut prefetch = |t: &Self| {
-                    g.if_then(more, &mut |_| t.fill_kinfo(&next, nslot));
-                    g.barrier();
-                    g.if_then(more, &mut |_| t.issue_kv(&next, nb, nslot));
+        let t = &*self;
+        g.if_then(has, &mut |g| {
+            t.copy_cursor(&cur, &mid);
+            t.advance(&mid, end);
+            t.copy_cursor(&mid, &ahead);
+            t.advance(&ahead, end);
+            let exists = |c: &Cursor<'c>| g.lt(g.geti(c.r), end);
+            let second = exists(&mid);
+            t.fill_kinfo(&cur, g.i32(0));
+            g.if_then(second, &mut |g| t.fill_kinfo(&mid, g.i32(1)));
+            g.barrier();
+            let (k0, k1, v0) = (g.i32(0), g.i32(1), g.i32(2));
+            t.tma_copies(Operands::K, k0, k0, t.mbar_addr(k0));
+            t.tma_copies(Operands::V, k0, k0, t.mbar_addr(v0));
+            g.if_then(second, &mut |_| t.tma_copies(Operands::K, k1, k1, t.mbar_addr(k1)));
+            // After chunk n's wait for P V: chunk n+2's key information, the barrier, K(n+2)
+            // and V(n+1).
+            let prefetch = |t: &Self, n: IntValue<'c>, mid: &Cursor<'c>, ahead: &Cursor<'c>| {
+                let (more1, more2) = (exists(mid), exists(ahead));
+                let slot2 = g.uremi(g.addi(n, 2), 3);
+                let slot1 = g.uremi(g.addi(n, 1), 3);
+                g.if_then(more2, &mut |_| t.fill_kinfo(ahead, slot2));
+                g.barrier();
+                let kb = g.uremi(n, 2);
+                let vb = g.uremi(g.addi(n, 1), 2);
+                g.if_then(more2, &mut |_| {
+                    t.tma_copies(Operands::K, kb, slot2, t.mbar_addr(kb))
+                });
+                g.if_then(more1, &mut |g| {
+                    t.tma_copies(Operands::V, vb, slot1, t.mbar_addr(g.addi(vb, 2)))
+                });
+            };
+            let shift = |t: &Self| {
+                t.copy_cursor(&mid, &cur);
+                t.copy_cursor(&ahead, &mid);
+                t.advance(&ahead, end);
+            };
+            let keep_p = |f: &Frags<'c>| {
+                for (vars, words) in p_vars.iter().zip(&f.p) {
+                    for (v, w) in vars.iter().zip(words) {
+                        g.set(*v, *w);
+                    }
+                }
+            };
+            // Chunk 0.
+            t.wait_tma(k0, k0);
+            let zero = g.i32(0);
+            let r = t.chunk(&body, &cur, zero, Step::First(k0), f, &mut |t| {
+                prefetch(t, zero, &mid, &ahead)
+            });
+            if let Err(e) = r {
+                err = Some(e);
+            }
+            keep_p(f);
+            shift(t);
+            let n_var = g.var(g.i32t.into(), g.i32(1).into());
+            g.while_loop(&mut |_| exists(&cur), &mut |g| {
+                let n = g.geti(n_var);
+                let kb = g.uremi(n, 2);
+                let prev = g.sub(n, g.i32(1));
+                let vb = g.uremi(prev, 2);
+                t.wait_tma(kb, g.and(g.udivi(n, 2), g.i32(1)));
+                t.wait_tma(g.addi(vb, 2), g.and(g.udivi(prev, 2), g.i32(1)));
+                f.p = p_vars
+                    .iter()
+                    .map(|w| w.map(|v| g.geti(v)))
+                    .collect();
+                let step = Step::Steady {
+                    k: kb,
+                    v_prev: t.v_buf(vb),
                 };
-                if let Err(e) = this.chunk(&body, &cur, (b, slot), f, &mut prefetch) {
+                let slot = g.uremi(n, 3);
+                let r = t.chunk(&body, &cur, slot, step, f, &mut |t| {
+                    prefetch(t, n, &mid, &ahead)
+                });
+                if let Err(e) = r {
                     err = Some(e);
                 }
-                this.copy_cursor(&next, &cur);
-                g.set(done, g.addi(i, 1));
+                keep_p(f);
+                shift(t);
+                g.set(n_var, g.addi(n, 1));
             });
-        }
-        // The last `P V`.
-        let acc = self.acc_values(&f.acc);
-        let out = ptx::wgmma_wait(acc.len()).emit(g.cx, &g.b, &acc);
-        self.set_acc(&f.acc, &out);
+            // The last chunk's P V (V(last) was never waited for).
+            let last = g.sub(g.geti(n_var), g.i32(1));
+            let vb = g.uremi(last, 2);
+            t.wait_tma(g.addi(vb, 2), g.and(g.udivi(last, 2), g.i32(1)));
+            f.p = p_vars.iter().map(|w| w.map(|v| g.geti(v))).collect();
+            t.pv_wgmma(t.v_buf(vb), f);
+        });
         match err {
             Some(e) => Err(e),
             None => Ok(()),
         }
     }
 
-    /// One chunk: the loop body's ops on fragments. K and V are in buffer `buf`, the keys'
-    /// information in slot `slot`; `after_qk` runs right after `S = Q K^T`.
+    /// One chunk: the loop body's ops on fragments. The keys' information is in slot
+    /// `slot`; `step` says where K and V are and how the products are issued; `at_pv` runs
+    /// where `P V` is (after the overlapped loop's wait).
     fn chunk(
-        &mut self,
+        &self,
         body: &[NodeIndex],
         cur: &Cursor<'c>,
-        (buf, slot): (IntValue<'c>, IntValue<'c>),
+        slot: IntValue<'c>,
+        step: Step<'c>,
         f: &mut Frags<'c>,
-        after_qk: &mut dyn FnMut(&Self),
+        at_pv: &mut dyn FnMut(&Self),
     ) -> Result<(), String> {
         let g = self.g;
         let cfg = self.cfg.clone();
@@ -1121,10 +1252,10 @@ impl<'a, 'c> Attention<'a, 'c> {
             }
             match &node.op {
                 Op::KvTile | Op::Carry(_) | Op::Load(_) | Op::Yield => {}
-                Op::Dot { transpose_b: true } => {
-                    self.qk(buf, f);
-                    after_qk(self);
-                }
+                Op::Dot { transpose_b: true } => match step {
+                    Step::Serial(buf) | Step::First(buf) => self.qk(buf, f),
+                    Step::Steady { k, v_prev } => self.qk_with_pv(k, v_prev, f),
+                },
                 Op::Scale(c) if fold_scale && *c > 0.0 => f.scale = Some(*c),
                 Op::Scale(c) => {
                     let c = g.f32(*c);
@@ -1161,7 +1292,25 @@ impl<'a, 'c> Attention<'a, 'c> {
                     // Either the running sum (rows) or the accumulator (tile).
                     match node.results.first() {
                         Some(Type::Rows { .. }) => self.update_l(f),
-                        _ => self.pv(buf, f),
+                        _ => match step {
+                            Step::Serial(buf) => self.pv(buf, f),
+                            Step::First(_) => {
+                                self.rescale_deferred(f);
+                                at_pv(self);
+                            }
+                            Step::Steady { .. } => {
+                                // The previous `P V` completes; its P words were held.
+                                let held = std::mem::take(&mut f.held);
+                                let mut args: Vec<BasicValueEnum> =
+                                    held.iter().map(|x| (*x).into()).collect();
+                                args.extend(self.acc_values(&f.acc));
+                                let out = ptx::wgmma_wait(held.len(), f.acc.len() * 4)
+                                    .emit(g.cx, &g.b, &args);
+                                self.set_acc(&f.acc, &out);
+                                self.rescale_deferred(f);
+                                at_pv(self);
+                            }
+                        },
                     }
                 }
                 Op::Convert(_) => self.pack_p(f),
@@ -1208,7 +1357,7 @@ impl<'a, 'c> Attention<'a, 'c> {
     /// `S = Q K^T` on wgmma: Q from registers (each warp's A fragments), K^T by descriptor
     /// (K-major: keys are the rows of the buffer); k step `kk` starts 32 bytes further into
     /// the swizzled 128-byte rows, or in the second half.
-    fn qk_wgmma(&self, buf: IntValue<'c>, f: &mut Frags<'c>) {
+    fn qk_product(&self, buf: IntValue<'c>) -> (ptx::Wgmma<'static>, Vec<BasicValueEnum<'c>>) {
         let g = self.g;
         let cfg = self.cfg;
         let kbase = self.k_buf(buf);
@@ -1217,32 +1366,36 @@ impl<'a, 'c> Attention<'a, 'c> {
             let off = (kk / 4) * cfg.shape.bn * 128 + (kk % 4) * 32;
             self.descriptor(g.addi(kbase, i64::from(off)), 16)
         });
-        let mut args = self.wgmma_inputs(&self.qfrag, descs);
-        // In the overlapped loop the previous `P V` may still be running: its accumulators
-        // pass through this block, whose wait completes it.
-        let carried = if cfg.shape.overlap { f.acc.len() } else { 0 };
-        args.extend(self.acc_values(&f.acc[..carried]));
-        let d = ptx::Wgmma {
+        let w = ptx::Wgmma {
             elem: cfg.elem,
             n: cfg.shape.bn,
             ksteps,
             accumulate: false,
             trans_b: false,
-            wait: true,
-            carry: carried * 4,
-        }
-        .asm()
-        .emit(g.cx, &g.b, &args);
-        let (s_out, acc_out) = d.split_at((cfg.shape.bn / 2) as usize);
-        f.s = s_out
+        };
+        (w, self.wgmma_inputs(&self.qfrag, descs))
+    }
+
+    fn qk_wgmma(&self, buf: IntValue<'c>, f: &mut Frags<'c>) {
+        let g = self.g;
+        let (w, mut args) = self.qk_product(buf);
+        args.push(g.i32(1).into());
+        let d = ptx::wgmma_block(&[w], Some(0)).emit(g.cx, &g.b, &args);
+        self.set_s_into(f, &d);
+    }
+
+    /// `S` fragments from an asm block's first outputs.
+    fn set_s_into(&self, f: &mut Frags<'c>, d: &[BasicValueEnum<'c>]) {
+        let g = self.g;
+        f.s = d[..(self.cfg.shape.bn / 2) as usize]
             .chunks(4)
             .map(|c| [0, 1, 2, 3].map(|e| g.var(g.f32t.into(), c[e])))
             .collect();
-        self.set_acc(&f.acc[..carried], acc_out);
     }
 
-    /// `acc += P V` on wgmma: P from registers, V by descriptor (MN-major, transposed: the
-    /// buffer's rows are keys, k step `t` starts 16 rows further).
+    /// The products of `acc += P V`: P from registers, V by descriptor (MN-major,
+    /// transposed: the buffer's rows are keys, k step `t` starts 16 rows further), with
+    /// their inputs (without the predicate word) and the accumulator tiles each writes.
     ///
     /// When `bn == d == dv` the product would have the shape of `S = Q K^T` (the same N
     /// and number of k steps), and on the H200 that kernel gives wrong results from the
@@ -1250,7 +1403,11 @@ impl<'a, 'c> Attention<'a, 'c> {
     /// either product in two made all of them pass, and nothing else did: no extra
     /// barrier, proxy fence, wait or masking change). So the product is then issued as
     /// two halves of N = dv / 2.
-    fn pv_wgmma(&self, vbase: IntValue<'c>, f: &mut Frags<'c>) {
+    fn pv_products(
+        &self,
+        vbase: IntValue<'c>,
+        p: &[[IntValue<'c>; 4]],
+    ) -> Vec<(ptx::Wgmma<'static>, Vec<BasicValueEnum<'c>>, std::ops::Range<usize>)> {
         let g = self.g;
         let cfg = self.cfg;
         let ksteps = cfg.shape.bn / 16;
@@ -1260,37 +1417,69 @@ impl<'a, 'c> Attention<'a, 'c> {
             1
         };
         let n = cfg.dv / parts;
-        for part in 0..parts {
-            // Columns [col, col + n): in the second 64-wide half, or 2 * col bytes into
-            // the 128-byte row (no carry into the swizzled bits).
-            let col = part * n;
-            let coff = (col / 64) * cfg.shape.bn * 128 + (col % 64) * 2;
-            let descs = (0..ksteps).map(|t| {
-                let off = g.addi(vbase, i64::from(t * 16 * 128 + coff));
-                self.descriptor(off, cfg.shape.bn * 128)
-            });
-            let mut args = self.wgmma_inputs(&f.p, descs);
-            let tiles = &f.acc[(col / 8) as usize..((col + n) / 8) as usize];
-            args.extend(self.acc_values(tiles));
-            // The overlapped loop leaves the product running: each half is a group of its
-            // own, and the next `Q K^T`'s wait completes both.
-            let d = ptx::Wgmma {
-                elem: cfg.elem,
-                n,
-                ksteps,
-                accumulate: true,
-                trans_b: true,
-                wait: !cfg.shape.overlap,
-                carry: 0,
-            }
-            .asm()
-            .emit(g.cx, &g.b, &args);
-            self.set_acc(tiles, &d);
+        (0..parts)
+            .map(|part| {
+                // Columns [col, col + n): in the second 64-wide half, or 2 * col bytes into
+                // the 128-byte row (no carry into the swizzled bits).
+                let col = part * n;
+                let coff = (col / 64) * cfg.shape.bn * 128 + (col % 64) * 2;
+                let descs = (0..ksteps).map(|t| {
+                    let off = g.addi(vbase, i64::from(t * 16 * 128 + coff));
+                    self.descriptor(off, cfg.shape.bn * 128)
+                });
+                let w = ptx::Wgmma {
+                    elem: cfg.elem,
+                    n,
+                    ksteps,
+                    accumulate: true,
+                    trans_b: true,
+                };
+                (w, self.wgmma_inputs(p, descs), (col / 8) as usize..((col + n) / 8) as usize)
+            })
+            .collect()
+    }
+
+    /// `acc += P V` on wgmma, waited for.
+    fn pv_wgmma(&self, vbase: IntValue<'c>, f: &mut Frags<'c>) {
+        let g = self.g;
+        for (w, mut args, tiles) in self.pv_products(vbase, &f.p) {
+            args.push(g.i32(1).into());
+            args.extend(self.acc_values(&f.acc[tiles.clone()]));
+            let d = ptx::wgmma_block(&[w], Some(0)).emit(g.cx, &g.b, &args);
+            self.set_acc(&f.acc[tiles], &d);
         }
     }
 
-    /// The inputs of a `ptx::Wgmma` block: the A fragments' words, one descriptor a k
-    /// step, and the word 1 its predicates are set from.
+    /// The overlapped loop's products: `S = Q K^T` of this chunk (K in buffer `k`) and
+    /// `acc += P V` of the previous one (V at `v_prev`, P the previous chunk's, `f.p`)
+    /// issued in one block that waits for `S` only. `P V` runs on: `acc` comes out of this
+    /// block owned by the tensor cores until the wait at the `P V` op (`f.held` keeps the P
+    /// words alive until then); the softmax in between touches neither.
+    fn qk_with_pv(&self, k: IntValue<'c>, v_prev: IntValue<'c>, f: &mut Frags<'c>) {
+        let g = self.g;
+        let (qk, mut args) = self.qk_product(k);
+        let mut products = vec![qk];
+        let mut tied = vec![];
+        let pv = self.pv_products(v_prev, &f.p);
+        for (w, a, tiles) in &pv {
+            products.push(*w);
+            args.extend(a.iter().copied());
+            tied.extend(self.acc_values(&f.acc[tiles.clone()]));
+        }
+        args.push(g.i32(1).into());
+        args.extend(tied);
+        let d = ptx::wgmma_block(&products, Some(pv.len())).emit(g.cx, &g.b, &args);
+        self.set_s_into(f, &d);
+        let mut at = (self.cfg.shape.bn / 2) as usize;
+        for (w, _, tiles) in &pv {
+            let n = (w.n / 2) as usize;
+            self.set_acc(&f.acc[tiles.clone()], &d[at..at + n]);
+            at += n;
+        }
+        f.held = f.p.iter().flat_map(|w| w.iter().copied()).collect();
+    }
+
+    /// The inputs of a wgmma product: the A fragments' words, one descriptor a k step.
     fn wgmma_inputs(
         &self,
         a: &[[IntValue<'c>; 4]],
@@ -1301,7 +1490,6 @@ impl<'a, 'c> Attention<'a, 'c> {
             .flat_map(|w| w.iter().map(|x| (*x).into()))
             .collect();
         args.extend(descs.map(BasicValueEnum::from));
-        args.push(self.g.i32(1).into());
         args
     }
 
@@ -1445,21 +1633,26 @@ impl<'a, 'c> Attention<'a, 'c> {
             need = g.or(need, g.fcmp(FloatPredicate::OGT, *r, bound));
         }
         let any = g.icmp(IntPredicate::NE, g.ballot(need), g.i32(0));
+        // In the overlapped loop `P V` may still be writing the accumulators: their factors
+        // wait in variables until it completes (`rescale_deferred`).
+        let defer = self.cfg.shape.overlap;
+        let factors = [0; 2].map(|_| g.var(g.f32t.into(), g.f32(1.0).into()));
         let (acc, l, m) = (&f.acc, f.l, f.m);
         g.if_then(any, &mut |g| {
             for (row, r) in rm.iter().enumerate() {
                 let m_old = g.getf(m[row]);
                 let m_new = g.maxnum(m_old, *r);
                 let alpha = g.ex2(g.fsub(m_old, live_max(g, m_new)));
-                for t in acc {
-                    for e in [2 * row, 2 * row + 1] {
-                        g.set(t[e], g.fmul(g.getf(t[e]), alpha));
-                    }
+                if defer {
+                    g.set(factors[row], alpha);
+                } else {
+                    rescale_rows(g, acc, row, alpha);
                 }
                 g.set(l[row], g.fmul(g.getf(l[row]), alpha));
                 g.set(m[row], m_new);
             }
         });
+        f.deferred = defer.then_some((any, factors));
         for row in 0..2 {
             let neg_m = g.fsub(g.f32(0.0), live_max(g, g.getf(f.m[row])));
             for t in &f.s {
@@ -1468,6 +1661,19 @@ impl<'a, 'c> Attention<'a, 'c> {
                     g.set(t[e], p);
                 }
             }
+        }
+    }
+
+    /// The overlapped loop: the softmax's rescale of the accumulators, once `P V` is done.
+    fn rescale_deferred(&self, f: &mut Frags<'c>) {
+        let g = self.g;
+        if let Some((any, factors)) = f.deferred.take() {
+            let acc = &f.acc;
+            g.if_then(any, &mut |g| {
+                for (row, a) in factors.iter().enumerate() {
+                    rescale_rows(g, acc, row, g.getf(*a));
+                }
+            });
         }
     }
 
@@ -1569,6 +1775,15 @@ impl<'a, 'c> Attention<'a, 'c> {
 /// How far (log2 units) a chunk's row max may exceed the running max before the running
 /// max moves and the accumulators are rescaled: `p` stays at most `2^8`.
 const RESCALE_SLACK: f64 = 8.0;
+
+/// `acc *= alpha` on this thread's elements of fragment row `row` (0: g, 1: g + 8).
+fn rescale_rows<'c>(g: &Gen<'c>, acc: &[[Var<'c>; 4]], row: usize, alpha: FloatValue<'c>) {
+    for t in acc {
+        for e in [2 * row, 2 * row + 1] {
+            g.set(t[e], g.fmul(g.getf(t[e]), alpha));
+        }
+    }
+}
 
 /// The max that exponents subtract: 0 for a row whose max is still -inf (all its scores
 /// are -inf, so `p = 2^-inf = 0` and `alpha` is 0 as well).
