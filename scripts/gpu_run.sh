@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the bundle folder (see scripts/gpu_bundle.sh). Writes logs to
 # $RESULTS_DIR (default ./results) and prints a summary table last.
-# Usage: run.sh [all|check|speed|decode|wgmma]: check = correctness (suite, NumPy,
+# Usage: run.sh [all|check|speed [side_by_side.py args]|decode|wgmma]: check = correctness (suite, NumPy,
 # ptxas/SASS, sanitizer); speed = the side-by-side table against the peers
 # (bench/gpu/side_by_side.py); decode = the decode kernels against the CPU executor, timed,
 # beside the decode peers (bench/gpu/decode_peers.py); wgmma = the sm_90a kernel's SASS,
@@ -21,7 +21,9 @@ gpu_info() {
 if [ "$MODE" = "speed" ]; then
   gpu_info
   log "side by side with the peers"
-  PYTHONUNBUFFERED=1 python3 side_by_side.py --attnc $A --kernels kernels 2>&1 | tee "$OUT/side_by_side.txt"
+  # Extra arguments go to side_by_side.py (e.g. `--parts plain`: one call must stay under
+  # the device's 10 minutes).
+  PYTHONUNBUFFERED=1 python3 side_by_side.py --attnc $A --kernels kernels "${@:2}" 2>&1 | tee "$OUT/side_by_side.txt"
   exit "${PIPESTATUS[0]}"
 fi
 

@@ -153,6 +153,8 @@ def main():
                     rows.append(dict(case=case, impl="attnc", error=ours.get("error", "no flex block count")))
                 else:
                     add(case, n, blocks, "attnc", ours["ms"], dict(block=ours.get("block", f"{ours['bm']}x{ours['bn']}"), compile_ms=ours["compile_ms"]))
+    if "plain" in parts:
+        cudnn_at_canvas_sizes(sides, add, rows)
     if "other" not in parts:
         return finish(rows, out_dir)
     # Neighbourhood attention, 13x13 window, 128x128 canvas, raster order.
@@ -194,6 +196,34 @@ def main():
     finish(rows, out_dir)
 
 
+def cudnn_at_canvas_sizes(sides, add, rows):
+    """cuDNN dense at the 256x256 and 512x512 canvases' token counts, for issue 5's density
+    criterion (attnc's speedup over dense cuDNN >= 0.8 / density); at 512x512 one call
+    takes over a second."""
+    for side in (s for s in sides if s in (256, 512)):
+        n = side * side
+        q, k, v = (torch.randn(1, H, n, D, dtype=torch.bfloat16, device=dev) for _ in range(3))
+        try:
+            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                ms = bench(lambda: F.scaled_dot_product_attention(q, k, v), rep=1 if side == 512 else 100)
+            add(f"dense {n}", n, (n // 128) ** 2, "cudnn", ms)
+        except Exception as e:  # noqa: BLE001
+            rows.append(dict(case=f"dense {n}", impl="cudnn", error=repr(e)[:200]))
+        del q, k, v
+
+
+def density_criterion(rows):
+    """attnc's speedup over cuDNN dense at the same token count, against 0.8 / density."""
+    cudnn = {r["tokens"]: r["ms"] for r in rows if r.get("impl") == "cudnn" and "ms" in r}
+    out = []
+    for r in rows:
+        if r.get("impl") == "attnc" and "ms" in r and r["case"].startswith("GRAT-B") and r["tokens"] in cudnn:
+            speedup = cudnn[r["tokens"]] / r["ms"]
+            need = 0.8 / r["density"]
+            out.append(f"{r['case']:28s} cuDNN dense {cudnn[r['tokens']]:.3f} ms / attnc {r['ms']:.3f} ms = {speedup:.1f}x; 0.8 / density = {need:.1f}x: {speedup / need:.2f} of it")
+    return out
+
+
 def finish(rows, out_dir):
     json.dump(rows, open(os.path.join(out_dir, "side_by_side.json"), "w"), indent=1)
     # The table, last.
@@ -212,6 +242,12 @@ def finish(rows, out_dir):
             print(f"{c:28s} {r['tokens']:7d} {r['density']:8.4f}  {r['impl']:6s} {r['ms']:9.3f} {r['tflops']:8.1f}  {ratio}{extra}")
         for r in (x for x in rows if x.get("case") == c and "error" in x):
             print(f"{c:28s} {'':7s} {'':8s}  {r['impl']:6s} error: {r['error'][:80]}")
+    crit = density_criterion(rows)
+    if crit:
+        print()
+        print("speedup over cuDNN dense against 0.8 / density (issue 5):")
+        for line in crit:
+            print(line)
 
 
 if __name__ == "__main__":
