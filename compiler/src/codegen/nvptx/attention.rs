@@ -1024,7 +1024,12 @@ impl<'a, 'c> Attention<'a, 'c> {
                 let more = g.lt(g.geti(next.r), end);
                 let t = &*this;
                 g.if_then(more, &mut |_| t.fill_kinfo(&next, nb));
-                g.barrier();
+                // cp.async reads every key's position; a tensor copy only the first, which
+                // its issuing thread (0) wrote itself. Everyone's last reads of buffer and
+                // slot `nb` were before the previous chunk's closing barrier.
+                if !t.cfg.shape.tma {
+                    g.barrier();
+                }
                 g.if_then(more, &mut |_| t.issue_kv(&next, nb, nb));
                 if let Some(done) = done {
                     // The chunk's key information was written before the barrier above.
