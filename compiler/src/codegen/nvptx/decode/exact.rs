@@ -2,11 +2,14 @@
 //! executor's): two entries before the top-k.
 //!
 //! - **logits**, one block per chunk of `softmax::CHUNK` tokens of a (sequence, KV head):
-//!   `score_lanes(D)` lanes share a token (8 adjacent channels, one 16-byte load each) and
-//!   hold the `G` query heads' running `fma` sums; a reduce-scatter butterfly (the same
-//!   pairs as the plain butterfly, so the same bits) leaves each lane one head's dot. The
-//!   base-2 logits go to shared memory, then to `logits` `[B, Hq, C]`, and one warp per
-//!   head writes the chunk's `(m_c, z_c)` to `stats` `[B, Hq, chunks, 2]`.
+//!   `L = score_lanes(D)` lane sums share a token (8 adjacent channels, one 16-byte load
+//!   each), two a thread (lanes `t` and `t + L/2`, so `L/2` threads a token), each the `G`
+//!   query heads' running `fma` sums; the butterfly's first level (offset `L/2`) adds the
+//!   two in registers, a reduce-scatter over the threads does the others (the same pairs
+//!   as the plain butterfly, so the same bits) and leaves each thread a head's dot for
+//!   each of its halves. The base-2 logits go to shared memory, then to `logits`
+//!   `[B, Hq, C]`, and one warp per head writes the chunk's `(m_c, z_c)` to `stats`
+//!   `[B, Hq, chunks, 2]`.
 //! - **score**, one block per 8 chunks of a list: every block folds the row stats of its
 //!   list's heads (`m`, `z`: 32 lane sums over the chunks, a butterfly), then turns each
 //!   token's logits into probabilities `exp2c(l - m) * (1 / z)` and reduces them over the
@@ -26,15 +29,17 @@ pub const WARPS: u32 = 8;
 /// Tokens a thread of the score entry loads together (their G logits each).
 const UNROLL: u32 = 8;
 
-/// Token rows (of `32 / score_lanes(D)` tokens) a warp of the logits entry loads together:
-/// twice the attention's unroll (so `--tune` tries 4, 8 and 16).
+/// Token rows a warp of the logits entry loads together: the attention's unroll (so
+/// `--tune` tries 2, 4 and 8; each row is two 16-byte loads a thread).
 fn logits_rows(s: &Shape) -> u32 {
-    2 * s.tuning.unroll
+    s.tuning.unroll
 }
 const CH: u32 = CHUNK as u32;
 
-/// Chunks of the normaliser a block of the score entry takes.
-const SPAN: u32 = 8;
+/// Chunks of the normaliser a block of the score entry takes. Each block first folds its
+/// list's row stats (dependent loads, a butterfly, a barrier): at 8 chunks, 1024 blocks
+/// of 3 an SM made 2.6 waves of that prologue for 0.088 ms at 1.9 TB/s; 16 halves both.
+const SPAN: u32 = 16;
 
 /// Blocks of the score entry per list.
 pub fn score_blocks(s: &Shape) -> u32 {
@@ -52,14 +57,21 @@ pub fn emit_logits<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     let LaneGrid {
         lanes,
         per_lane,
-        per_row,
         tid,
         warp,
         lane,
-        sub,
-        ll,
-        ch,
+        ..
     } = LaneGrid::new(g, s.d);
+    // Lane sums a thread holds (`halves`), threads a token (`tl`), tokens a warp row.
+    let halves = if lanes >= 2 { 2 } else { 1 };
+    let tl = lanes / halves;
+    let per_row = 32 / tl;
+    let sub = g.udivi(lane, tl as i64);
+    let tt = g.uremi(lane, tl as i64);
+    // The first channel of each lane sum this thread holds: lanes `tt` and `tt + tl`.
+    let chs: Vec<IntValue<'c>> = (0..halves)
+        .map(|hf| g.muli(g.addi(tt, (hf * tl) as i64), per_lane as i64))
+        .collect();
     let c = g.sreg("ctaid.x");
     let kvh = g.sreg("ctaid.y");
     let b = g.sreg("ctaid.z");
@@ -70,11 +82,17 @@ pub fn emit_logits<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     let live = g.icmp(IntPredicate::ULT, start, len);
     g.if_then(live, &mut |g| {
         let h0 = g.add(g.muli(b, s.hq as i64), g.muli(kvh, s.g as i64));
-        let qv: Vec<Vec<FloatValue<'c>>> = (0..s.g)
-            .map(|h| {
-                let at = g.add(g.muli(g.addi(h0, h as i64), s.d as i64), ch);
-                (0..per_lane)
-                    .map(|e| g.ld_f32(q, g.addi(at, e as i64)))
+        // qv[half][head][channel]
+        let qv: Vec<Vec<Vec<FloatValue<'c>>>> = chs
+            .iter()
+            .map(|ch| {
+                (0..s.g)
+                    .map(|h| {
+                        let at = g.add(g.muli(g.addi(h0, h as i64), s.d as i64), *ch);
+                        (0..per_lane)
+                            .map(|e| g.ld_f32(q, g.addi(at, e as i64)))
+                            .collect()
+                    })
                     .collect()
             })
             .collect();
@@ -93,33 +111,44 @@ pub fn emit_logits<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                     g.add(g.muli(row, per_row as i64), sub)
                 })
                 .collect();
-            let keys: Vec<Vec<FloatValue<'c>>> = locals
+            // keys[row][half][channel]
+            let keys: Vec<Vec<Vec<FloatValue<'c>>>> = locals
                 .iter()
                 .map(|t| {
                     let j = g.add(start, *t);
                     let safe = g.seli(g.icmp(IntPredicate::ULT, j, len), j, start);
-                    let at = g.add(g.muli(g.add(kbase, safe), s.d as i64), ch);
-                    g.ld_half_vec(k, at, per_lane, s.bf16)
+                    let row = g.muli(g.add(kbase, safe), s.d as i64);
+                    chs.iter()
+                        .map(|ch| g.ld_half_vec(k, g.add(row, *ch), per_lane, s.bf16))
+                        .collect()
                 })
                 .collect();
             for (t, kv) in locals.iter().zip(&keys) {
-                let dots: Vec<FloatValue<'c>> = qv
+                // dots[half][head]: each lane sum as the plain lanes compute it.
+                let dots: Vec<Vec<FloatValue<'c>>> = qv
                     .iter()
-                    .map(|qh| {
+                    .zip(kv)
+                    .map(|(qh, kh)| {
                         qh.iter()
-                            .zip(kv)
-                            .fold(g.f32(0.0), |acc, (a, x)| g.fma(*a, *x, acc))
+                            .map(|qc| {
+                                qc.iter()
+                                    .zip(kh)
+                                    .fold(g.f32(0.0), |acc, (a, x)| g.fma(*a, *x, acc))
+                            })
+                            .collect()
                     })
                     .collect();
-                let (vals, first_head, writer) = reduce_scatter(g, ll, lanes, dots);
                 let valid = g.icmp(IntPredicate::ULT, g.add(start, *t), len);
-                g.if_then(writer, &mut |g| {
-                    for (i, v) in vals.iter().enumerate() {
-                        let l = g.self_f(valid, g.fmul(*v, scale), g.f32(f64::NEG_INFINITY));
-                        let h = g.addi(first_head, i as i64);
-                        g.st_f32(sh, g.add(g.muli(h, CH as i64), *t), l);
-                    }
-                });
+                for (vals, first_head, writer) in reduce_dots(g, tt, tl, dots) {
+                    g.if_then(writer, &mut |g| {
+                        for (i, v) in vals.iter().enumerate() {
+                            let l =
+                                g.self_f(valid, g.fmul(*v, scale), g.f32(f64::NEG_INFINITY));
+                            let h = g.addi(first_head, i as i64);
+                            g.st_f32(sh, g.add(g.muli(h, CH as i64), *t), l);
+                        }
+                    });
+                }
             }
         });
         g.barrier();
@@ -265,6 +294,44 @@ pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     if let Some(p0) = &pass0 {
         p0.finish(g, s);
     }
+}
+
+/// A token's lane sums, `dots[half][head]` for the one or two lanes (`tt` and `tt + tl`)
+/// this thread holds, summed over the token's lanes with the butterfly's pairs: the first
+/// level (offset `tl`, between the two halves) in registers, as `reduce_scatter` would
+/// split it (an even number of heads: the lower lane keeps the first half of them, the
+/// upper the rest; else both keep all, and only the lower one goes on); then
+/// `reduce_scatter` over the `tl` threads. Returns, per kept half, its heads' dots, the
+/// first head, and whether this thread writes them.
+fn reduce_dots<'c>(
+    g: &Gen<'c>,
+    tt: IntValue<'c>,
+    tl: u32,
+    dots: Vec<Vec<FloatValue<'c>>>,
+) -> Vec<(Vec<FloatValue<'c>>, IntValue<'c>, IntValue<'c>)> {
+    let sets: Vec<(Vec<FloatValue<'c>>, i64)> = match dots.as_slice() {
+        [one] => vec![(one.clone(), 0)],
+        [lo, hi] => {
+            let n = lo.len();
+            if n >= 2 && n % 2 == 0 {
+                let half = n / 2;
+                // The lower lane adds its partner's value to its own, the upper likewise:
+                // a + b and b + a are the same bits.
+                let low = (0..half).map(|i| g.fadd(lo[i], hi[i])).collect();
+                let high = (half..n).map(|i| g.fadd(hi[i], lo[i])).collect();
+                vec![(low, 0), (high, half as i64)]
+            } else {
+                vec![((0..n).map(|i| g.fadd(lo[i], hi[i])).collect(), 0)]
+            }
+        }
+        _ => unreachable!("one or two lane sums a thread"),
+    };
+    sets.into_iter()
+        .map(|(vals, base)| {
+            let (vals, first, writer) = reduce_scatter(g, tt, tl, vals);
+            (vals, g.addi(first, base), writer)
+        })
+        .collect()
 }
 
 /// The heads' lane sums `dots` (one per head) summed over aligned groups of `lanes` lanes
