@@ -36,10 +36,10 @@ fn logits_rows(s: &Shape) -> u32 {
 }
 const CH: u32 = CHUNK as u32;
 
-/// Chunks of the normaliser a block of the score entry takes. Each block first folds its
-/// list's row stats (dependent loads, a butterfly, a barrier): at 8 chunks, 1024 blocks
-/// of 3 an SM made 2.6 waves of that prologue for 0.088 ms at 1.9 TB/s; 16 halves both.
-const SPAN: u32 = 16;
+/// Chunks of the normaliser a block of the score entry takes. (16 was slower on the H200:
+/// 0.088 -> 0.097 ms, bench/RESULTS.md; the prologue that folds the row stats was not
+/// what bound it.)
+const SPAN: u32 = 8;
 
 /// Blocks of the score entry per list.
 pub fn score_blocks(s: &Shape) -> u32 {
