@@ -2,7 +2,8 @@
 # Builds the GPU bundle in .gpu/ (git-ignored): the stripped release `attnc`, the shipped
 # kernels, the independent NumPy reference, the peer scripts, a run.sh that runs the whole
 # GPU suite on the GPU machine (no Rust there) and prints a table last, and ncu_decode.sh
-# (Nsight Compute on the decode kernels). Then, on the GPU machine:
+# (Nsight Compute on the decode kernels), ncu_attention.sh (on the attention kernel at
+# two canvas sizes). Then, on the GPU machine:
 #   RESULTS_DIR=$OUT .gpu/run.sh [all|check|speed|decode]
 source "$(dirname "$0")/common.sh"
 cd "$(repo_root)"
@@ -15,5 +16,6 @@ cp tests/numpy/independent_reference.py bench/gpu/side_by_side.py bench/gpu/deco
 [ -f ../shared/peers/peer_bench.py ] && cp ../shared/peers/peer_bench.py .gpu/
 cp scripts/gpu_run.sh .gpu/run.sh
 cp scripts/gpu_ncu_decode.sh .gpu/ncu_decode.sh
-chmod +x .gpu/run.sh .gpu/ncu_decode.sh
+cp scripts/gpu_ncu_attention.sh .gpu/ncu_attention.sh
+chmod +x .gpu/run.sh .gpu/ncu_decode.sh .gpu/ncu_attention.sh
 du -sh .gpu >&2
