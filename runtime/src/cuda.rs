@@ -69,13 +69,15 @@ impl Gpu {
 
 /// Host f32 -> the kernel's 16-bit element type (bits).
 pub fn to_half(dtype: &str, x: &[f32]) -> Vec<u16> {
+    use rayon::prelude::*;
+    // In parallel: 805 M values (a 512x512 canvas's K) took 4.6 s on one core.
     match dtype {
         "f16" => x
-            .iter()
+            .par_iter()
             .map(|v| half::f16::from_f32(*v).to_bits())
             .collect(),
         _ => x
-            .iter()
+            .par_iter()
             .map(|v| half::bf16::from_f32(*v).to_bits())
             .collect(),
     }

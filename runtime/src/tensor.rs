@@ -30,18 +30,30 @@ impl Tensor {
     }
 
     /// Uniform values in [-1, 1) from a xorshift generator: deterministic per seed, for
-    /// tests, benchmarks and the autotuner.
+    /// tests, benchmarks and the autotuner. Generated in parallel chunks, each starting
+    /// from the generator's state jumped ahead to its first value (`Xorshift::jump`), so
+    /// the values are those of the one sequential stream: at 262144 tokens x 24 heads x
+    /// 128 (805 M values) the sequential loop took 8 s a tensor.
     pub fn random(shape: &[usize], seed: u64) -> Tensor {
-        let n = shape.iter().product();
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 16;
+        let n: usize = shape.iter().product();
+        let jump = Xorshift::jump_matrix(CHUNK as u64);
+        let mut starts = Vec::with_capacity(n.div_ceil(CHUNK));
         let mut x = seed | 1;
-        let data = (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect();
+        for _ in 0..n.div_ceil(CHUNK) {
+            starts.push(x);
+            x = Xorshift::apply(&jump, x);
+        }
+        let mut data = vec![0f32; n];
+        data.par_chunks_mut(CHUNK)
+            .zip(starts.par_iter())
+            .for_each(|(out, x0)| {
+                let mut g = Xorshift(*x0);
+                for v in out {
+                    *v = g.next_unit();
+                }
+            });
         Tensor {
             shape: shape.to_vec(),
             data,
@@ -113,5 +125,72 @@ impl<'a> TensorRef<'a> {
             )));
         }
         Ok(())
+    }
+}
+
+/// The xorshift64 generator (shifts 13, 7, 17) behind `Tensor::random`.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn step(mut x: u64) -> u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+
+    /// The next value in [-1, 1): the state's top 24 bits.
+    fn next_unit(&mut self) -> f32 {
+        self.0 = Xorshift::step(self.0);
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+
+    /// The step is linear over GF(2): as a matrix, column `i` is the image of bit `i`.
+    /// Returns the matrix of `k` steps (by squaring).
+    fn jump_matrix(mut k: u64) -> [u64; 64] {
+        let mut base = [0u64; 64];
+        for (i, c) in base.iter_mut().enumerate() {
+            *c = Xorshift::step(1u64 << i);
+        }
+        let mut acc: [u64; 64] = std::array::from_fn(|i| 1u64 << i);
+        while k > 0 {
+            if k & 1 == 1 {
+                acc = Xorshift::compose(&base, &acc);
+            }
+            base = Xorshift::compose(&base, &base);
+            k >>= 1;
+        }
+        acc
+    }
+
+    /// `a` after `b`, column by column.
+    fn compose(a: &[u64; 64], b: &[u64; 64]) -> [u64; 64] {
+        std::array::from_fn(|i| Xorshift::apply(a, b[i]))
+    }
+
+    fn apply(m: &[u64; 64], x: u64) -> u64 {
+        (0..64)
+            .filter(|i| x >> i & 1 == 1)
+            .fold(0, |acc, i| acc ^ m[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parallel chunks give the sequential stream's values, across chunk boundaries
+    /// and for a length that is not a multiple of the chunk.
+    #[test]
+    fn random_is_the_sequential_stream() {
+        let n = (1 << 16) * 3 + 12345;
+        for seed in [1u64, 2, 42] {
+            let t = Tensor::random(&[n], seed);
+            let mut g = Xorshift(seed | 1);
+            for (i, v) in t.data.iter().enumerate() {
+                assert_eq!(*v, g.next_unit(), "seed {seed}, value {i}");
+            }
+        }
+        assert!(Tensor::random(&[0], 3).data.is_empty());
     }
 }

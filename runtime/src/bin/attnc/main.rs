@@ -385,11 +385,14 @@ fn bench_cuda(
     json: bool,
 ) -> Result<(), u8> {
     let gpu = open_gpu()?;
+    // One set of random inputs for the tuner and the timing (not part of compile_ms).
+    let (q, k, v, ins) = attnc_runtime::Manifest::from_compiled(&c).random_args();
     let t = Instant::now();
     let (art, trials) = match (&tune, block) {
         (Some((src, name, sets)), _) => {
             let key = attnc_runtime::artefact::cache_key(src, name, sets, gpu.arch());
-            attnc_runtime::tune::tune(&gpu, &c, Some(&key)).map_err(runtime_error)?
+            attnc_runtime::tune::tune(&gpu, &c, Some(&key), (&q, &k, &v, &ins))
+                .map_err(runtime_error)?
         }
         (None, Some(b)) => (
             attnc_runtime::artefact::build_tuned(&c, gpu.arch(), b).map_err(runtime_error)?,
@@ -403,7 +406,6 @@ fn bench_cuda(
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
     let kernel = CudaKernel::load(&gpu, art).map_err(runtime_error)?;
     let m = kernel.manifest().clone();
-    let (q, k, v, ins) = m.random_args();
     let views: Vec<_> = ins.iter().map(Tensor::view).collect();
     let mut args = kernel
         .upload(q.view(), k.view(), v.view(), &views)
