@@ -200,7 +200,13 @@ fn tuning_candidates_assemble() {
         let (fe, _) = driver::frontend(&src).expect("frontend");
         let k = driver::find_kernel(&fe.program, kernel).expect("kernel");
         let c = driver::compile_kernel(&fe.program, k, &[]).expect("compiles");
-        for t in attnc::codegen::nvptx::attention::candidates(&c.ir, &c.schedule.geom, true) {
+        let geo = &c.schedule.geom;
+        let shapes = attnc::codegen::nvptx::attention::candidates(&c.ir, geo, true)
+            .into_iter()
+            .chain(attnc::codegen::nvptx::attention::experimental(
+                &c.ir, geo, true,
+            ));
+        for t in shapes {
             let m = attnc::codegen::nvptx::compile_tuned(
                 &c.ir,
                 &c.schedule.geom,

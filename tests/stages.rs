@@ -298,6 +298,26 @@ fn attention_shapes_follow_the_gpu_and_the_token_order() {
     assert!(err.contains("64 or 128 rows"), "{err}");
     let err = config_for(&c.ir, shape("64x64-tma")).unwrap_err();
     assert!(err.contains("tensor copies need wgmma"), "{err}");
+    // Warp specialisation: 128 rows with tensor copies only; listed as experimental
+    // (the suite checks it, the tuner does not try it) where tensor copies fit.
+    let ws = shape("128x64-wgmma-tma-ws");
+    assert_eq!(ws.name(), "128x64-wgmma-tma-ws");
+    assert!(ws.ws && ws.tma && !ws.overlap);
+    assert_eq!(
+        attnc::codegen::nvptx::attention::experimental(&c.ir, &c.schedule.geom, true),
+        vec![ws]
+    );
+    assert!(
+        attnc::codegen::nvptx::attention::experimental(&c.ir, &c.schedule.geom, false).is_empty()
+    );
+    assert_eq!(config_for(&c.ir, ws).map(|c| c.threads()), Ok(384));
+    for bad in ["64x64-wgmma-tma-ws", "128x64-wgmma-ws"] {
+        let err = config_for(&c.ir, shape(bad)).unwrap_err();
+        assert!(
+            err.contains("warp specialisation is 128 rows with tensor copies"),
+            "{err}"
+        );
+    }
     let err = config_for(&c.ir, shape("64x64-wgmma-ovl")).unwrap_err();
     assert!(
         err.contains("the overlapped loop needs tensor copies"),

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use attnc::codegen::nvptx::attention::{candidates, default_tuning, Tuning};
+use attnc::codegen::nvptx::attention::{candidates, default_tuning, experimental, Tuning};
 use attnc::driver::Source;
 use attnc::sema::instantiate::Binding;
 
@@ -334,12 +334,15 @@ fn run_case(
     let dtype = compiled.spec.dtype.name();
     let tol = if dtype == "f16" { 5e-3 } else { 1e-2 };
     // The default shape, and on a GPU that runs sm_90a every wgmma shape the tuner may pick.
+    // Also the shapes not tuned yet (`experimental`), so that they are checked first.
+    let geo = &compiled.schedule.geom;
     let shapes: Vec<Tuning> = std::iter::once(default_tuning(&compiled.ir))
         .chain(
-            candidates(&compiled.ir, &compiled.schedule.geom, gpu.has_wgmma())
+            candidates(&compiled.ir, geo, gpu.has_wgmma())
                 .into_iter()
                 .filter(|t| t.wgmma),
         )
+        .chain(experimental(&compiled.ir, geo, gpu.has_wgmma()))
         .collect();
     let mut built = vec![];
     for t in shapes {

@@ -323,6 +323,21 @@ pub mod ptx {
             .volatile()
     }
 
+    /// Moves this warpgroup's registers per thread to `n` (a multiple of 8 in 24..=256):
+    /// the warp-specialised producer gives registers up, the consumers take them.
+    pub fn setmaxnreg(inc: bool, n: u32) -> Asm {
+        let dir = if inc { "inc" } else { "dec" };
+        Asm::new(format!("setmaxnreg.{dir}.sync.aligned.u32 {n};")).volatile()
+    }
+
+    /// One arrival on the barrier (release: this thread's earlier writes are visible to
+    /// whoever's wait sees the phase complete).
+    pub fn mbarrier_arrive() -> Asm {
+        Asm::new("mbarrier.arrive.shared::cta.b64 _, [{i0}];")
+            .inputs(1, Reg::R)
+            .volatile()
+    }
+
     /// 1 when the barrier's phase with parity `{i1}` has completed, else 0 (returns after a
     /// bounded wait; the caller loops).
     pub fn mbarrier_try_wait() -> Asm {
@@ -407,20 +422,34 @@ mod tests {
         // D tied after it; each product its own group, the wait leaves the second running.
         let c = ptx::wgmma_block(&[w(false, false), w(true, true)], Some(1));
         let t = c.text();
-        assert!(t.contains("{$0, $1, $2, $3, $4, $5, $6, $7}, {$16, $17, $18, $19}, $24, z, 1, 1, 0;"), "{t}");
-        assert!(t.contains("{$8, $9, $10, $11, $12, $13, $14, $15}, {$26, $27, $28, $29}, $34, p, 1, 1, 1;"), "{t}");
+        assert!(
+            t.contains("{$0, $1, $2, $3, $4, $5, $6, $7}, {$16, $17, $18, $19}, $24, z, 1, 1, 0;"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "{$8, $9, $10, $11, $12, $13, $14, $15}, {$26, $27, $28, $29}, $34, p, 1, 1, 1;"
+            ),
+            "{t}"
+        );
         assert!(t.contains("{$30, $31, $32, $33}, $35, p, 1, 1, 1;"), "{t}");
         assert!(t.contains("setp.ne.b32 p, $36, 0;"), "{t}");
         assert_eq!(t.matches("commit_group").count(), 2, "{t}");
         assert!(t.contains("wgmma.wait_group.sync.aligned 1;"), "{t}");
         assert!(
-            c.constraints().ends_with(",l,l,r,8,9,10,11,12,13,14,15,~{memory}"),
+            c.constraints()
+                .ends_with(",l,l,r,8,9,10,11,12,13,14,15,~{memory}"),
             "{}",
             c.constraints()
         );
         // No wait at all.
-        assert!(!ptx::wgmma_block(&[w(false, false)], None).text().contains("wait_group"));
+        assert!(!ptx::wgmma_block(&[w(false, false)], None)
+            .text()
+            .contains("wait_group"));
         // The wait holds A words as inputs and ties the accumulators.
-        assert_eq!(ptx::wgmma_wait(2, 2).constraints(), "=f,=f,r,r,0,1,~{memory}");
+        assert_eq!(
+            ptx::wgmma_wait(2, 2).constraints(),
+            "=f,=f,r,r,0,1,~{memory}"
+        );
     }
 }

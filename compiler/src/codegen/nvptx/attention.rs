@@ -74,6 +74,12 @@ pub struct Tuning {
     /// of chunk `n` and `P V` of chunk `n - 1` are issued together, the softmax of chunk
     /// `n` runs while `P V` does.
     pub overlap: bool,
+    /// With tensor copies: warp-specialised (FlashAttention-3's producer and consumers):
+    /// a producer warpgroup walks the keys, fills their information and issues the tensor
+    /// copies into a ring of stages; the `bm / 64` consumer warpgroups wait on each
+    /// stage's "full" barrier, compute, and release it on its "empty" barrier
+    /// (`kv_loop_ws`, `produce`). No block-wide barrier in the loop.
+    pub ws: bool,
 }
 
 impl Tuning {
@@ -82,7 +88,11 @@ impl Tuning {
     pub fn name(&self) -> String {
         let w = if self.wgmma { "-wgmma" } else { "" };
         let t = if self.tma { "-tma" } else { "" };
-        let v = if self.overlap { "-ovl" } else { "" };
+        let v = match (self.overlap, self.ws) {
+            (true, _) => "-ovl",
+            (false, true) => "-ws",
+            _ => "",
+        };
         let o = match self.blocks_per_sm {
             0 => String::new(),
             n => format!("-x{n}"),
@@ -97,6 +107,10 @@ impl Tuning {
             None => (s, 0),
         };
         let (s, overlap) = match s.strip_suffix("-ovl") {
+            Some(rest) => (rest, true),
+            None => (s, false),
+        };
+        let (s, ws) = match s.strip_suffix("-ws") {
             Some(rest) => (rest, true),
             None => (s, false),
         };
@@ -116,6 +130,7 @@ impl Tuning {
             blocks_per_sm,
             tma,
             overlap,
+            ws,
         })
     }
 }
@@ -140,6 +155,7 @@ pub fn default_tuning(k: &Kernel) -> Tuning {
         blocks_per_sm: 0,
         tma: false,
         overlap: false,
+        ws: false,
     }
 }
 
@@ -162,6 +178,7 @@ pub fn gpu_default(k: &Kernel, geo: &Geometry, wgmma: bool) -> Tuning {
         blocks_per_sm: 0,
         tma,
         overlap: false,
+        ws: false,
     };
     if wgmma && config_for(k, t).is_ok() {
         t
@@ -196,6 +213,7 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
                 blocks_per_sm: 0,
                 tma: false,
                 overlap: false,
+                ws: false,
             });
         }
     }
@@ -218,6 +236,7 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
                     blocks_per_sm,
                     tma,
                     overlap,
+                    ws: false,
                 });
             }
         }
@@ -225,18 +244,53 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
     out
 }
 
+/// Shapes the GPU suite checks but the tuner does not try yet (never run on a GPU, or not
+/// yet faster anywhere): the warp-specialised kernel.
+pub fn experimental(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
+    if !wgmma || !tensor_copies_fit(geo) {
+        return vec![];
+    }
+    let ws = Tuning {
+        bm: 128,
+        bn: 64,
+        wgmma: true,
+        blocks_per_sm: 0,
+        tma: true,
+        overlap: false,
+        ws: true,
+    };
+    [ws].into_iter()
+        .filter(|t| config_for(k, *t).is_ok())
+        .collect()
+}
+
 impl Config {
+    /// Threads a block launches with (a producer warpgroup more with `ws`).
     pub fn threads(&self) -> u32 {
         self.warps * 32
     }
 
-    fn kv_bytes(&self) -> u32 {
-        2 * self.shape.bn * (self.d + self.dv) * 2
+    /// Threads that compute (16 query rows a warp).
+    fn compute_threads(&self) -> u32 {
+        self.shape.bm / 16 * 32
     }
 
-    /// Where the two V buffers start (after the two K buffers).
+    /// K/V buffers: two, or the warp-specialised ring's stages (as many as 128 KiB hold).
+    fn stages(&self) -> u32 {
+        if self.shape.ws {
+            (128 * 1024 / (self.shape.bn * (self.d + self.dv) * 2)).clamp(2, 4)
+        } else {
+            2
+        }
+    }
+
+    fn kv_bytes(&self) -> u32 {
+        self.stages() * self.shape.bn * (self.d + self.dv) * 2
+    }
+
+    /// Where the V buffers start (after the K buffers).
     fn vbuf(&self) -> u32 {
-        2 * self.shape.bn * self.d * 2
+        self.stages() * self.shape.bn * self.d * 2
     }
 
     /// Where the slots of key information start (16 bytes a key, `bn` keys a slot).
@@ -244,10 +298,10 @@ impl Config {
         self.kv_bytes()
     }
 
-    /// Where the query rows' information starts: after two slots of key information, three
-    /// in the overlapped loop.
+    /// Where the query rows' information starts: after a slot of key information a K/V
+    /// buffer, three in the overlapped loop.
     fn qinfo(&self) -> u32 {
-        let slots = if self.shape.overlap { 3 } else { 2 };
+        let slots = if self.shape.overlap { 3 } else { self.stages() };
         self.kinfo() + slots * self.shape.bn * 16
     }
 
@@ -257,11 +311,13 @@ impl Config {
         self.qinfo() + self.shape.bm * 16
     }
 
+    /// Warp-specialised: "full" barrier `s` and "empty" barrier `stages + s` a stage.
     fn mbars(&self) -> u32 {
-        match (self.shape.tma, self.shape.overlap) {
-            (false, _) => 0,
-            (true, false) => 2,
-            (true, true) => 4,
+        match (self.shape.tma, self.shape.overlap, self.shape.ws) {
+            (false, _, _) => 0,
+            (true, true, _) => 4,
+            (true, false, true) => 2 * self.stages(),
+            (true, false, false) => 2,
         }
     }
 }
@@ -299,7 +355,14 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
         blocks_per_sm,
         tma,
         overlap,
+        ws,
     } = t;
+    if ws && (!tma || overlap || bm != 128 || blocks_per_sm > 0) {
+        return Err(format!(
+            "block shape {}: warp specialisation is 128 rows with tensor copies (128xN-wgmma-tma-ws)",
+            t.name()
+        ));
+    }
     if tma && !wgmma {
         return Err(format!(
             "block shape {}: tensor copies need wgmma",
@@ -323,7 +386,7 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
     }
     let cfg = Config {
         shape: t,
-        warps: bm / 16,
+        warps: bm / 16 + if ws { 4 } else { 0 },
         d: i.head_dim,
         dv: i.value_dim,
         blocks_per_tile: tt.div_ceil(bm),
@@ -391,7 +454,10 @@ enum Step<'c> {
     First(IntValue<'c>),
     /// The overlapped loop's later chunks: `S` (K in buffer `k`) issued with the previous
     /// chunk's `P V` (V at shared offset `v_prev`), which is waited for at the `P V` op.
-    Steady { k: IntValue<'c>, v_prev: IntValue<'c> },
+    Steady {
+        k: IntValue<'c>,
+        v_prev: IntValue<'c>,
+    },
 }
 
 /// Which operands a group of tensor copies brings.
@@ -430,7 +496,14 @@ pub struct Attention<'a, 'c> {
     pub params: Params<'c>,
     pub smem: PointerValue<'c>,
     // Per thread.
+    /// The thread among the computing ones (warp-specialised: `tid.x - 128`, 0 in the
+    /// producer, which computes nothing).
     tid: IntValue<'c>,
+    /// Whether this thread computes (false in the warp-specialised producer).
+    computing: IntValue<'c>,
+    /// The thread that fills key information and issues K/V copies: `tid.x` (the
+    /// producer's threads, warp-specialised; everyone's otherwise).
+    kv_tid: IntValue<'c>,
     warp: IntValue<'c>,
     lane: IntValue<'c>,
     grp: IntValue<'c>,
@@ -482,6 +555,8 @@ impl<'a, 'c> Attention<'a, 'c> {
             params,
             smem,
             tid: z,
+            computing: g.cx.bool_type().const_int(1, false),
+            kv_tid: z,
             warp: z,
             lane: z,
             grp: z,
@@ -636,9 +711,16 @@ impl<'a, 'c> Attention<'a, 'c> {
             let pad = g.and(g.sub(g.i32(0), base), g.i32(1023));
             self.smem = self.sptr(pad);
         }
-        self.tid = g.sreg("tid.x");
+        let raw = g.sreg("tid.x");
+        self.kv_tid = raw;
+        self.tid = raw;
+        if cfg.shape.ws {
+            // Warpgroup 0 produces; the others compute, numbered from 0.
+            self.computing = g.icmp(IntPredicate::UGE, raw, g.i32(128));
+            self.tid = g.seli(self.computing, g.sub(raw, g.i32(128)), g.i32(0));
+        }
         self.warp = g.udivi(self.tid, 32);
-        self.lane = g.uremi(self.tid, 32);
+        self.lane = g.uremi(raw, 32);
         self.grp = g.udivi(self.lane, 4);
         self.tig = g.uremi(self.lane, 4);
         let bx = g.sreg("ctaid.x");
@@ -654,12 +736,23 @@ impl<'a, 'c> Attention<'a, 'c> {
         if cfg.shape.tma {
             // One arrival (the issuing thread's) per phase; visible to the tensor copies
             // before load_q's barriers let anyone issue one.
-            let first = g.eqi(self.tid, 0);
+            let first = g.eqi(raw, 0);
             let this = &*self;
             g.if_then(first, &mut |g| {
                 for b in 0..this.cfg.mbars() {
                     let bar = this.mbar_addr(g.i32(i64::from(b)));
-                    ptx::mbarrier_init().emit(g.cx, &g.b, &[bar.into(), g.i32(1).into()]);
+                    // Warp-specialised: "full" completes on the producer's 128 arrivals
+                    // (and the copies' bytes), "empty" on every computing thread's.
+                    let count = match (this.cfg.shape.ws, b < this.cfg.stages()) {
+                        (false, _) => 1,
+                        (true, true) => 128,
+                        (true, false) => this.cfg.compute_threads(),
+                    };
+                    ptx::mbarrier_init().emit(
+                        g.cx,
+                        &g.b,
+                        &[bar.into(), g.i32(i64::from(count)).into()],
+                    );
                 }
                 ptx::fence_mbarrier_init().emit(g.cx, &g.b, &[]);
             });
@@ -680,13 +773,46 @@ impl<'a, 'c> Attention<'a, 'c> {
             held: vec![],
             deferred: None,
         };
+        if !cfg.shape.ws {
+            self.walk(&mut frags)?;
+            self.store(&frags);
+            return Ok(());
+        }
+        // Warp-specialised: every thread is past load_q's reads of the staged Q (and its
+        // generic writes are ordered before the copies that will land there) before the
+        // producer issues a copy; from here the roles never meet at a block barrier.
+        ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
+        g.barrier();
+        let t = &*self;
+        let mut err = None;
+        // Registers: 65536 / 384 = 168 a thread at launch; the producer needs few, so it
+        // gives them to the two computing warpgroups (2 x 128 x 232 + 128 x 40 <= 65536).
+        g.if_else(
+            self.computing,
+            &mut |g| {
+                ptx::setmaxnreg(true, WS_COMPUTE_REGS).emit(g.cx, &g.b, &[]);
+                match t.walk(&mut frags) {
+                    Ok(()) => t.store(&frags),
+                    Err(e) => err = Some(e),
+                }
+            },
+            &mut |g| {
+                ptx::setmaxnreg(false, WS_PRODUCER_REGS).emit(g.cx, &g.b, &[]);
+                t.produce()
+            },
+        );
+        err.map_or(Ok(()), Err)
+    }
+
+    /// Region 0 of the IR: the key loop, then nothing but the store (emitted by the caller).
+    fn walk(&self, frags: &mut Frags<'c>) -> Result<(), String> {
         let order = self.k.topo_order();
         for n in order
             .iter()
             .filter(|n| self.k.node(**n).region == crate::ir::RegionId(0))
         {
             match &self.k.node(*n).op {
-                Op::KvLoop { region, .. } => self.kv_loop(*region, &mut frags)?,
+                Op::KvLoop { region, .. } => self.kv_loop(*region, frags)?,
                 Op::Normalize | Op::Convert(_) | Op::Store => {}
                 Op::Arg(_) | Op::ProgramId | Op::KvHead | Op::Load(Tensor::Q) | Op::Const(_) => {}
                 other => {
@@ -697,7 +823,6 @@ impl<'a, 'c> Attention<'a, 'c> {
                 }
             }
         }
-        self.store(&frags);
         Ok(())
     }
 
@@ -709,7 +834,10 @@ impl<'a, 'c> Attention<'a, 'c> {
         let qtile = self.qtile.expect("q tile set");
         let qinfo = cfg.qinfo();
         // Row information: one thread per row.
-        let in_block = g.lt(self.tid, g.i32(i64::from(cfg.shape.bm)));
+        let in_block = g.and(
+            g.lt(self.tid, g.i32(i64::from(cfg.shape.bm))),
+            self.computing,
+        );
         let (tid, row0, qt, geo) = (self.tid, self.row0, self.qt, self.geo);
         let this = &*self;
         g.if_then(in_block, &mut |g| {
@@ -730,9 +858,10 @@ impl<'a, 'c> Attention<'a, 'c> {
         let tokens = self.k.info.tokens as i64;
         let bh = g.add(g.muli(g.zext64(self.batch), heads), g.zext64(self.head));
         let bh_off = g.muli(bh, tokens * i64::from(cfg.d) * 2);
-        for it in 0..total.div_ceil(cfg.threads()) {
-            let idx = g.addi(self.tid, i64::from(it * cfg.threads()));
-            let inside = g.lt(idx, g.i32(i64::from(total)));
+        let threads = cfg.compute_threads();
+        for it in 0..total.div_ceil(threads) {
+            let idx = g.addi(self.tid, i64::from(it * threads));
+            let inside = g.and(g.lt(idx, g.i32(i64::from(total))), self.computing);
             let this = &*self;
             g.if_then(inside, &mut |g| {
                 let row = g.udivi(idx, i64::from(chunks_per_row));
@@ -844,13 +973,14 @@ impl<'a, 'c> Attention<'a, 'c> {
     fn fill_kinfo(&self, c: &Cursor<'c>, slot: IntValue<'c>) {
         let g = self.g;
         let cfg = self.cfg;
-        let in_chunk = g.lt(self.tid, g.i32(i64::from(cfg.shape.bn)));
+        let tid = self.kv_tid;
+        let in_chunk = g.lt(tid, g.i32(i64::from(cfg.shape.bn)));
         let this = self;
         g.if_then(in_chunk, &mut |g| {
             let kt = g.geti(c.kt);
-            let r = g.add(g.muli(g.geti(c.chunk), i64::from(cfg.shape.bn)), this.tid);
+            let r = g.add(g.muli(g.geti(c.chunk), i64::from(cfg.shape.bn)), tid);
             let info = tokens::row(g, this.geo, kt, r);
-            let off = this.kinfo_off(slot, this.tid);
+            let off = this.kinfo_off(slot, tid);
             this.st_shared_i32(off, info.pos);
             for a in 0..3 {
                 this.st_shared_i32(g.addi(off, 4 + 4 * a as i64), info.coords[a]);
@@ -881,7 +1011,13 @@ impl<'a, 'c> Attention<'a, 'c> {
 
     /// Tensor copies of K, V or both of the chunk whose key information is in `slot` into
     /// buffer `buf`, completing on the barrier at `bar` (one thread issues them).
-    fn tma_copies(&self, which: Operands, buf: IntValue<'c>, slot: IntValue<'c>, bar: IntValue<'c>) {
+    fn tma_copies(
+        &self,
+        which: Operands,
+        buf: IntValue<'c>,
+        slot: IntValue<'c>,
+        bar: IntValue<'c>,
+    ) {
         let g = self.g;
         let cfg = self.cfg;
         let Some(tmaps) = self.params.tmaps else {
@@ -894,7 +1030,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         if which != Operands::K {
             parts.push((1, cfg.dv, self.v_buf(buf)));
         }
-        let first = g.eqi(self.tid, 0);
+        let first = g.eqi(self.kv_tid, 0);
         let this = self;
         g.if_then(first, &mut |g| {
             let pos0 = this.ld_shared_i32(this.kinfo_off(slot, g.i32(0)));
@@ -992,9 +1128,12 @@ impl<'a, 'c> Attention<'a, 'c> {
         }
     }
 
-    fn kv_loop(&mut self, region: crate::ir::RegionId, f: &mut Frags<'c>) -> Result<(), String> {
+    fn kv_loop(&self, region: crate::ir::RegionId, f: &mut Frags<'c>) -> Result<(), String> {
         if self.cfg.shape.overlap {
             return self.kv_loop_overlapped(region, f);
+        }
+        if self.cfg.shape.ws {
+            return self.kv_loop_ws(region, f);
         }
         let g = self.g;
         let KeyWalk {
@@ -1015,7 +1154,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         let body: Vec<NodeIndex> = self.k.region_nodes(region);
         let mut err = None;
         {
-            let this = &mut *self;
+            let this = self;
             g.while_loop(&mut |g| g.lt(g.geti(cur.r), end), &mut |g| {
                 let b = g.geti(buf);
                 let nb = g.sub(g.i32(1), b);
@@ -1098,7 +1237,7 @@ impl<'a, 'c> Attention<'a, 'c> {
     /// After the loop, the last chunk's `P V`. Three cursors: the chunk being computed
     /// (masking), the next (its V), the one after (its key information and K).
     fn kv_loop_overlapped(
-        &mut self,
+        &self,
         region: crate::ir::RegionId,
         f: &mut Frags<'c>,
     ) -> Result<(), String> {
@@ -1118,7 +1257,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         // the async proxy's writes (the barrier below completes the order).
         ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
         let mut err = None;
-        let t = &*self;
+        let t = self;
         g.if_then(has, &mut |g| {
             t.copy_cursor(&cur, &mid);
             t.advance(&mid, end);
@@ -1132,7 +1271,9 @@ impl<'a, 'c> Attention<'a, 'c> {
             let (k0, k1, v0) = (g.i32(0), g.i32(1), g.i32(2));
             t.tma_copies(Operands::K, k0, k0, t.mbar_addr(k0));
             t.tma_copies(Operands::V, k0, k0, t.mbar_addr(v0));
-            g.if_then(second, &mut |_| t.tma_copies(Operands::K, k1, k1, t.mbar_addr(k1)));
+            g.if_then(second, &mut |_| {
+                t.tma_copies(Operands::K, k1, k1, t.mbar_addr(k1))
+            });
             // After chunk n's wait for P V: chunk n+2's key information, the barrier, K(n+2)
             // and V(n+1).
             let prefetch = |t: &Self, n: IntValue<'c>, mid: &Cursor<'c>, ahead: &Cursor<'c>| {
@@ -1181,10 +1322,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                 let vb = g.uremi(prev, 2);
                 t.wait_tma(kb, g.and(g.udivi(n, 2), g.i32(1)));
                 t.wait_tma(g.addi(vb, 2), g.and(g.udivi(prev, 2), g.i32(1)));
-                f.p = p_vars
-                    .iter()
-                    .map(|w| w.map(|v| g.geti(v)))
-                    .collect();
+                f.p = p_vars.iter().map(|w| w.map(|v| g.geti(v))).collect();
                 let step = Step::Steady {
                     k: kb,
                     v_prev: t.v_buf(vb),
@@ -1211,6 +1349,71 @@ impl<'a, 'c> Attention<'a, 'c> {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// The warp-specialised key loop of the computing warpgroups: chunk `n` is in stage
+    /// `n % S` (S = `stages()`); wait for the stage's "full" barrier (phase parity
+    /// `n / S % 2`: the producer's key information and the tensor copies have landed),
+    /// compute the chunk with both products waited for, and arrive on its "empty" barrier
+    /// (every computing thread is past its reads of the stage: K, V and the key
+    /// information). The cursor walks the same chunks as the producer's, for the masks.
+    fn kv_loop_ws(&self, region: crate::ir::RegionId, f: &mut Frags<'c>) -> Result<(), String> {
+        let g = self.g;
+        let stages = i64::from(self.cfg.stages());
+        let KeyWalk { end, cur, .. } = self.key_walk();
+        let body: Vec<NodeIndex> = self.k.region_nodes(region);
+        let n_var = g.var(g.i32t.into(), g.i32(0).into());
+        let mut err = None;
+        g.while_loop(&mut |g| g.lt(g.geti(cur.r), end), &mut |g| {
+            let n = g.geti(n_var);
+            let stage = g.uremi(n, stages);
+            self.wait_tma(stage, g.and(g.udivi(n, stages), g.i32(1)));
+            if let Err(e) = self.chunk(&body, &cur, stage, Step::Serial(stage), f, &mut |_| {}) {
+                err = Some(e);
+            }
+            let empty = self.mbar_addr(g.addi(stage, stages));
+            ptx::mbarrier_arrive().emit(g.cx, &g.b, &[empty.into()]);
+            self.advance(&cur, end);
+            g.set(n_var, g.addi(n, 1));
+        });
+        err.map_or(Ok(()), Err)
+    }
+
+    /// The warp-specialised producer (warpgroup 0): walks this block's chunks; for chunk
+    /// `n` in stage `s = n % S`, once the computing warpgroups have released the stage's
+    /// previous chunk (its "empty" barrier, phase parity `(n / S - 1) % 2`, from chunk
+    /// `S` on), its first `bn` threads write the keys' information into slot `s` and
+    /// arrive on the "full" barrier (release: the consumers' wait sees the writes); thread
+    /// 0 instead arrives expecting the copies' bytes and issues them (it reads only key 0's
+    /// position, which it wrote itself).
+    fn produce(&self) {
+        let g = self.g;
+        let cfg = self.cfg;
+        let stages = i64::from(cfg.stages());
+        let KeyWalk { end, cur, .. } = self.key_walk();
+        let n_var = g.var(g.i32t.into(), g.i32(0).into());
+        let first = g.eqi(self.kv_tid, 0);
+        g.while_loop(&mut |g| g.lt(g.geti(cur.r), end), &mut |g| {
+            let n = g.geti(n_var);
+            let stage = g.uremi(n, stages);
+            let round = g.udivi(n, stages);
+            let reused = g.icmp(IntPredicate::UGE, n, g.i32(stages));
+            g.if_then(reused, &mut |g| {
+                let parity = g.and(g.sub(round, g.i32(1)), g.i32(1));
+                self.wait_tma(g.addi(stage, stages), parity);
+            });
+            self.fill_kinfo(&cur, stage);
+            let full = self.mbar_addr(stage);
+            g.if_else(
+                first,
+                &mut |_| self.tma_copies(Operands::KV, stage, stage, full),
+                &mut |g| {
+                    ptx::mbarrier_arrive().emit(g.cx, &g.b, &[full.into()]);
+                },
+            );
+            self.advance(&cur, end);
+            g.set(n_var, g.addi(n, 1));
+        });
     }
 
     /// One chunk: the loop body's ops on fragments. The keys' information is in slot
@@ -1412,7 +1615,11 @@ impl<'a, 'c> Attention<'a, 'c> {
         &self,
         vbase: IntValue<'c>,
         p: &[[IntValue<'c>; 4]],
-    ) -> Vec<(ptx::Wgmma<'static>, Vec<BasicValueEnum<'c>>, std::ops::Range<usize>)> {
+    ) -> Vec<(
+        ptx::Wgmma<'static>,
+        Vec<BasicValueEnum<'c>>,
+        std::ops::Range<usize>,
+    )> {
         let g = self.g;
         let cfg = self.cfg;
         let ksteps = cfg.shape.bn / 16;
@@ -1439,7 +1646,11 @@ impl<'a, 'c> Attention<'a, 'c> {
                     accumulate: true,
                     trans_b: true,
                 };
-                (w, self.wgmma_inputs(p, descs), (col / 8) as usize..((col + n) / 8) as usize)
+                (
+                    w,
+                    self.wgmma_inputs(p, descs),
+                    (col / 8) as usize..((col + n) / 8) as usize,
+                )
             })
             .collect()
     }
@@ -1776,6 +1987,11 @@ impl<'a, 'c> Attention<'a, 'c> {
         }
     }
 }
+
+/// Registers a thread of the warp-specialised kernel's computing and producing
+/// warpgroups run with (`setmaxnreg`).
+const WS_COMPUTE_REGS: u32 = 232;
+const WS_PRODUCER_REGS: u32 = 40;
 
 /// How far (log2 units) a chunk's row max may exceed the running max before the running
 /// max moves and the accumulators are rescaled: `p` stays at most `2^8`.

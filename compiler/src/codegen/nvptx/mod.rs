@@ -223,11 +223,12 @@ pub fn compile_tuned(
             None
         },
     };
-    if cfg.shape.blocks_per_sm > 0 {
-        // The block size and the blocks an SM must hold: ptxas sizes the registers to fit.
+    if cfg.shape.blocks_per_sm > 0 || cfg.shape.ws {
+        // The block size and the blocks an SM must hold: ptxas sizes the registers to fit
+        // (warp-specialised: 384 threads, so at most 168 registers each).
         for (key, v) in [
             ("maxntidx", cfg.threads()),
-            ("minctasm", cfg.shape.blocks_per_sm),
+            ("minctasm", cfg.shape.blocks_per_sm.max(1)),
         ] {
             let note = cx.metadata_node(&[
                 f.as_global_value().as_pointer_value().into(),

@@ -142,8 +142,7 @@ pub fn emit_logits<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                 for (vals, first_head, writer) in reduce_dots(g, tt, tl, dots) {
                     g.if_then(writer, &mut |g| {
                         for (i, v) in vals.iter().enumerate() {
-                            let l =
-                                g.self_f(valid, g.fmul(*v, scale), g.f32(f64::NEG_INFINITY));
+                            let l = g.self_f(valid, g.fmul(*v, scale), g.f32(f64::NEG_INFINITY));
                             let h = g.addi(first_head, i as i64);
                             g.st_f32(sh, g.add(g.muli(h, CH as i64), *t), l);
                         }
