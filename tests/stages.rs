@@ -303,10 +303,15 @@ fn attention_shapes_follow_the_gpu_and_the_token_order() {
     let ws = shape("128x64-wgmma-tma-ws");
     assert_eq!(ws.name(), "128x64-wgmma-tma-ws");
     assert!(ws.ws && ws.tma && !ws.overlap);
+    let pp = shape("128x64-wgmma-tma-ws-pp");
+    assert_eq!(pp.name(), "128x64-wgmma-tma-ws-pp");
+    assert!(pp.ws && pp.pingpong);
     assert_eq!(
         attnc::codegen::nvptx::attention::experimental(&c.ir, &c.schedule.geom, true),
-        vec![ws]
+        vec![ws, pp]
     );
+    let err = config_for(&c.ir, shape("128x64-wgmma-tma-pp")).unwrap_err();
+    assert!(err.contains("ping-pong needs warp specialisation"), "{err}");
     assert!(
         attnc::codegen::nvptx::attention::experimental(&c.ir, &c.schedule.geom, false).is_empty()
     );

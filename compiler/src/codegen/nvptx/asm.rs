@@ -330,6 +330,20 @@ pub mod ptx {
         Asm::new(format!("setmaxnreg.{dir}.sync.aligned.u32 {n};")).volatile()
     }
 
+    /// `bar.sync id, threads` with the id in a register (named barriers 1 to 15).
+    pub fn bar_sync() -> Asm {
+        Asm::new("bar.sync {i0}, {i1};")
+            .inputs(2, Reg::R)
+            .volatile()
+    }
+
+    /// `bar.arrive id, threads` where `{i2}` is not 0 (predicated: no branch).
+    pub fn bar_arrive_if() -> Asm {
+        Asm::new("{\n.reg .pred q;\nsetp.ne.b32 q, {i2}, 0;\n@q bar.arrive {i0}, {i1};\n}")
+            .inputs(3, Reg::R)
+            .volatile()
+    }
+
     /// One arrival on the barrier (release: this thread's earlier writes are visible to
     /// whoever's wait sees the phase complete).
     pub fn mbarrier_arrive() -> Asm {

@@ -80,6 +80,10 @@ pub struct Tuning {
     /// stage's "full" barrier, compute, and release it on its "empty" barrier
     /// (`kv_loop_ws`, `produce`). No block-wide barrier in the loop.
     pub ws: bool,
+    /// Warp-specialised, with FlashAttention-3's ping-pong: the two computing warpgroups
+    /// take turns to issue `S = Q K^T` (named barriers 1 and 2), so that one's product
+    /// runs while the other is in its softmax.
+    pub pingpong: bool,
 }
 
 impl Tuning {
@@ -88,9 +92,10 @@ impl Tuning {
     pub fn name(&self) -> String {
         let w = if self.wgmma { "-wgmma" } else { "" };
         let t = if self.tma { "-tma" } else { "" };
-        let v = match (self.overlap, self.ws) {
-            (true, _) => "-ovl",
-            (false, true) => "-ws",
+        let v = match (self.overlap, self.ws, self.pingpong) {
+            (true, _, _) => "-ovl",
+            (false, true, false) => "-ws",
+            (false, true, true) => "-ws-pp",
             _ => "",
         };
         let o = match self.blocks_per_sm {
@@ -107,6 +112,10 @@ impl Tuning {
             None => (s, 0),
         };
         let (s, overlap) = match s.strip_suffix("-ovl") {
+            Some(rest) => (rest, true),
+            None => (s, false),
+        };
+        let (s, pingpong) = match s.strip_suffix("-pp") {
             Some(rest) => (rest, true),
             None => (s, false),
         };
@@ -131,6 +140,7 @@ impl Tuning {
             tma,
             overlap,
             ws,
+            pingpong,
         })
     }
 }
@@ -156,6 +166,7 @@ pub fn default_tuning(k: &Kernel) -> Tuning {
         tma: false,
         overlap: false,
         ws: false,
+        pingpong: false,
     }
 }
 
@@ -179,6 +190,7 @@ pub fn gpu_default(k: &Kernel, geo: &Geometry, wgmma: bool) -> Tuning {
         tma,
         overlap: false,
         ws: false,
+        pingpong: false,
     };
     if wgmma && config_for(k, t).is_ok() {
         t
@@ -214,6 +226,7 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
                 tma: false,
                 overlap: false,
                 ws: false,
+                pingpong: false,
             });
         }
     }
@@ -237,6 +250,7 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
                     tma,
                     overlap,
                     ws: false,
+                    pingpong: false,
                 });
             }
         }
@@ -258,8 +272,14 @@ pub fn experimental(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
         tma: true,
         overlap: false,
         ws: true,
+        pingpong: false,
     };
-    [ws].into_iter()
+    let pp = Tuning {
+        pingpong: true,
+        ..ws
+    };
+    [ws, pp]
+        .into_iter()
         .filter(|t| config_for(k, *t).is_ok())
         .collect()
 }
@@ -356,7 +376,14 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
         tma,
         overlap,
         ws,
+        pingpong,
     } = t;
+    if pingpong && !ws {
+        return Err(format!(
+            "block shape {}: ping-pong needs warp specialisation (-ws-pp)",
+            t.name()
+        ));
+    }
     if ws && (!tma || overlap || bm != 128 || blocks_per_sm > 0) {
         return Err(format!(
             "block shape {}: warp specialisation is 128 rows with tensor copies (128xN-wgmma-tma-ws)",
@@ -457,6 +484,15 @@ enum Step<'c> {
     Steady {
         k: IntValue<'c>,
         v_prev: IntValue<'c>,
+    },
+    /// Ping-pong (K and V in buffer `buf`): wait at named barrier `mine` before issuing
+    /// `S = Q K^T`, then arrive at `other` (when `arrive` is 1) before waiting for it;
+    /// `P V` as `Serial`.
+    Turn {
+        buf: IntValue<'c>,
+        mine: IntValue<'c>,
+        other: IntValue<'c>,
+        arrive: IntValue<'c>,
     },
 }
 
@@ -1360,15 +1396,45 @@ impl<'a, 'c> Attention<'a, 'c> {
     fn kv_loop_ws(&self, region: crate::ir::RegionId, f: &mut Frags<'c>) -> Result<(), String> {
         let g = self.g;
         let stages = i64::from(self.cfg.stages());
-        let KeyWalk { end, cur, .. } = self.key_walk();
+        let KeyWalk {
+            end,
+            cur,
+            next,
+            has,
+        } = self.key_walk();
         let body: Vec<NodeIndex> = self.k.region_nodes(region);
         let n_var = g.var(g.i32t.into(), g.i32(0).into());
+        // Ping-pong: computing warpgroup `w` issues its `Q K^T` after the barrier `1 + w`
+        // and then opens `2 - w` for the other. Warpgroup 1 opens 1 once before the first
+        // chunk and not after its last, so that every arrival has its wait.
+        let wg = g.udivi(self.warp, 4);
+        let (mine, other) = (g.addi(wg, 1), g.sub(g.i32(2), wg));
+        let threads = g.i32(i64::from(self.cfg.compute_threads()));
+        if self.cfg.shape.pingpong {
+            let first_turn = g.and(has, g.eqi(wg, 1));
+            let open = g.seli(first_turn, g.i32(1), g.i32(0));
+            ptx::bar_arrive_if().emit(g.cx, &g.b, &[g.i32(1).into(), threads.into(), open.into()]);
+        }
         let mut err = None;
         g.while_loop(&mut |g| g.lt(g.geti(cur.r), end), &mut |g| {
             let n = g.geti(n_var);
             let stage = g.uremi(n, stages);
             self.wait_tma(stage, g.and(g.udivi(n, stages), g.i32(1)));
-            if let Err(e) = self.chunk(&body, &cur, stage, Step::Serial(stage), f, &mut |_| {}) {
+            let step = if self.cfg.shape.pingpong {
+                self.copy_cursor(&cur, &next);
+                self.advance(&next, end);
+                let last = g.icmp(IntPredicate::SGE, g.geti(next.r), end);
+                let quiet = g.and(last, g.eqi(wg, 1));
+                Step::Turn {
+                    buf: stage,
+                    mine,
+                    other,
+                    arrive: g.seli(quiet, g.i32(0), g.i32(1)),
+                }
+            } else {
+                Step::Serial(stage)
+            };
+            if let Err(e) = self.chunk(&body, &cur, stage, step, f, &mut |_| {}) {
                 err = Some(e);
             }
             let empty = self.mbar_addr(g.addi(stage, stages));
@@ -1463,6 +1529,12 @@ impl<'a, 'c> Attention<'a, 'c> {
                 Op::Dot { transpose_b: true } => match step {
                     Step::Serial(buf) | Step::First(buf) => self.qk(buf, f),
                     Step::Steady { k, v_prev } => self.qk_with_pv(k, v_prev, f),
+                    Step::Turn {
+                        buf,
+                        mine,
+                        other,
+                        arrive,
+                    } => self.qk_turn(buf, (mine, other, arrive), f),
                 },
                 Op::Scale(c) if fold_scale && *c > 0.0 => f.scale = Some(*c),
                 Op::Scale(c) => {
@@ -1501,7 +1573,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                     match node.results.first() {
                         Some(Type::Rows { .. }) => self.update_l(f),
                         _ => match step {
-                            Step::Serial(buf) => self.pv(buf, f),
+                            Step::Serial(buf) | Step::Turn { buf, .. } => self.pv(buf, f),
                             Step::First(_) => {
                                 self.rescale_deferred(f);
                                 at_pv(self);
@@ -1589,6 +1661,26 @@ impl<'a, 'c> Attention<'a, 'c> {
         let (w, mut args) = self.qk_product(buf);
         args.push(g.i32(1).into());
         let d = ptx::wgmma_block(&[w], Some(0)).emit(g.cx, &g.b, &args);
+        self.set_s_into(f, &d);
+    }
+
+    /// Ping-pong's `S = Q K^T`: this warpgroup's turn (named barrier `mine`), the product
+    /// issued, the other warpgroup's turn given (`other`, when `arrive` is 1: not after
+    /// the last chunk, which nobody waits for), then the wait (`S` tied through it).
+    fn qk_turn(
+        &self,
+        buf: IntValue<'c>,
+        (mine, other, arrive): (IntValue<'c>, IntValue<'c>, IntValue<'c>),
+        f: &mut Frags<'c>,
+    ) {
+        let g = self.g;
+        let threads = g.i32(i64::from(self.cfg.compute_threads()));
+        ptx::bar_sync().emit(g.cx, &g.b, &[mine.into(), threads.into()]);
+        let (w, mut args) = self.qk_product(buf);
+        args.push(g.i32(1).into());
+        let d = ptx::wgmma_block(&[w], None).emit(g.cx, &g.b, &args);
+        ptx::bar_arrive_if().emit(g.cx, &g.b, &[other.into(), threads.into(), arrive.into()]);
+        let d = ptx::wgmma_wait(0, d.len()).emit(g.cx, &g.b, &d);
         self.set_s_into(f, &d);
     }
 

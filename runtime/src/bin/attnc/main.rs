@@ -133,7 +133,7 @@ enum Command {
         #[arg(long)]
         tune: bool,
         /// CUDA: this launch shape instead of the default: query rows x keys per chunk,
-        /// then `-wgmma` (sm_90a), `-tma` (tensor copies), `-ovl` (overlapped loop), `-xN`
+        /// then `-wgmma` (sm_90a), `-tma` (tensor copies), `-ovl` (overlapped loop), `-ws` (warp-specialised), `-ws-pp` (with ping-pong), `-xN`
         /// (N blocks an SM), e.g. 128x64, 64x64-wgmma-tma.
         #[arg(long, value_name = "SHAPE", conflicts_with = "tune")]
         block: Option<String>,
@@ -345,7 +345,7 @@ fn write_artefacts(
 fn parse_block(block: &str) -> Result<Tuning, u8> {
     Tuning::parse(block).ok_or_else(|| {
         usage(format!(
-            "--block {block}: expected ROWSxKEYS[-wgmma[-tma[-ovl]]][-xBLOCKS], e.g. 128x64 or 64x64-wgmma-tma"
+            "--block {block}: expected ROWSxKEYS[-wgmma[-tma[-ovl|-ws[-pp]]]][-xBLOCKS], e.g. 128x64 or 64x64-wgmma-tma"
         ))
     })
 }
