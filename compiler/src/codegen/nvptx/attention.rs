@@ -106,31 +106,21 @@ impl Tuning {
     }
 
     /// The inverse of `name`.
-    pub fn parse(s: &str) -> Option<Tuning> {
+    pub fn parse<'a>(s: &'a str) -> Option<Tuning> {
         let (s, blocks_per_sm) = match s.rsplit_once("-x") {
             Some((rest, n)) => (rest, n.parse().ok().filter(|n| *n > 0)?),
             None => (s, 0),
         };
-        let (s, overlap) = match s.strip_suffix("-ovl") {
+        // Suffixes in the reverse of `name`'s order; each present or not.
+        let strip = |s: &'a str, suffix: &str| match s.strip_suffix(suffix) {
             Some(rest) => (rest, true),
             None => (s, false),
         };
-        let (s, pingpong) = match s.strip_suffix("-pp") {
-            Some(rest) => (rest, true),
-            None => (s, false),
-        };
-        let (s, ws) = match s.strip_suffix("-ws") {
-            Some(rest) => (rest, true),
-            None => (s, false),
-        };
-        let (s, tma) = match s.strip_suffix("-tma") {
-            Some(rest) => (rest, true),
-            None => (s, false),
-        };
-        let (shape, wgmma) = match s.strip_suffix("-wgmma") {
-            Some(rest) => (rest, true),
-            None => (s, false),
-        };
+        let (s, overlap) = strip(s, "-ovl");
+        let (s, pingpong) = strip(s, "-pp");
+        let (s, ws) = strip(s, "-ws");
+        let (s, tma) = strip(s, "-tma");
+        let (shape, wgmma) = strip(s, "-wgmma");
         let (bm, bn) = shape.split_once('x')?;
         Some(Tuning {
             bm: bm.parse().ok()?,
