@@ -1,5 +1,5 @@
 //! The CUDA code generator: kernel IR -> LLVM IR (inkwell, LLVM 19) -> PTX for sm_80 or
-//! sm_90 (sm_90a for the wgmma shapes). The kernel (see `attention.rs`) is a
+//! sm_90 (sm_90a for the wgmma shapes). The kernel (see `attention/`) is a
 //! FlashAttention-2 forward on tensor cores.
 //!
 //! Kernel parameters, in order: `q, k, v, o` (global, the kernel's dtype,

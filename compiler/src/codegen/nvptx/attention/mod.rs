@@ -1,0 +1,576 @@
+//! The FlashAttention-2 forward on tensor cores, lowered from the kernel IR.
+//!
+//! One thread block per (query tile slice of `bm` rows, head, batch); each warp owns 16
+//! query rows. Q is loaded once (cp.async, then ldmatrix into registers). The key loop walks
+//! the schedule's runs for this query tile and each key tile in chunks of `bn` keys: K and V
+//! chunks are brought into double-buffered, XOR-swizzled shared memory with cp.async while
+//! the previous chunk is computed; `S = Q K^T` and `O += P V` use
+//! `mma.sync.m16n8k16` (bf16/f16 in, f32 accumulate) with ldmatrix fragments; the softmax is
+//! the exp2 online softmax (log2(e) already folded into the scale by the `fold-log2e` pass);
+//! element masks run only on partial tiles or incomplete chunks. Rows, raster order, text
+//! segments and ragged tiles are handled by address arithmetic and predication (cp.async
+//! zero-fills missing rows; nothing is read out of bounds).
+//!
+//! Fragment layouts (PTX ISA, mma.m16n8k16): lane = 4 * group + t. A: a0 (row g, cols
+//! 2t, 2t+1), a1 (row g+8), a2 (cols +8), a3 (row g+8, cols +8). B: b0 (rows 2t, 2t+1 of k,
+//! col g), b1 (rows +8). C: c0, c1 (row g, cols 2t, 2t+1), c2, c3 (row g+8).
+//!
+//! The sm_90a shapes (`wgmma`, tensor copies, the overlapped and warp-specialised loops)
+//! reuse the same walk over the IR; docs/design.md describes them. Files: `shape.rs`
+//! (launch shapes, their sizes and checks, the tuner's candidates), `keys.rs` (the walk
+//! over a query tile's keys and the K/V copies), `loops.rs` (the key loops and one chunk
+//! of the loop body), `products.rs` (`Q K^T` and `P V`), `softmax.rs`, `mask.rs`; this
+//! file holds the kernel's per-thread state, shared-memory addressing, the Q load and the
+//! store.
+
+use inkwell::values::{BasicValueEnum, FloatValue, IntValue, PointerValue};
+use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
+use petgraph::stable_graph::NodeIndex;
+
+use super::asm::ptx;
+use super::expr::{self, Scope};
+use super::gen::{ok, Gen, Var};
+use super::tokens::{self, Row, Tile};
+use crate::ir::{ElemFn, Kernel, Op, Tensor, Type};
+use crate::pattern::geometry::Geometry;
+use crate::sema::expr::{Expr, InputId, Var as EVar};
+use crate::sema::program::Group;
+use crate::sema::spec::InputSpec;
+
+mod keys;
+mod loops;
+mod mask;
+mod products;
+mod shape;
+mod softmax;
+
+pub use shape::*;
+
+/// Values the lowering passes between ops.
+struct Frags<'c> {
+    /// `S` / `P` fragments: [n-tile][4].
+    s: Vec<[Var<'c>; 4]>,
+    /// `O` accumulators: [d-tile][4].
+    acc: Vec<[Var<'c>; 4]>,
+    /// Running max and (thread-partial) sum per row (g, g+8).
+    m: [Var<'c>; 2],
+    l: [Var<'c>; 2],
+    /// Row max of the current chunk, per row (of the scores as `S = Q K^T` left them).
+    rowmax: [Option<FloatValue<'c>>; 2],
+    /// The chunk's `Scale` when it was folded into the exponent (no score modifier reads
+    /// the scaled scores): `S` holds unscaled scores until the softmax.
+    scale: Option<f64>,
+    /// P packed as A fragments: [k16 chunk][4].
+    p: Vec<[IntValue<'c>; 4]>,
+    /// The overlapped loop: the P words a `P V` in flight reads (inputs of its wait).
+    held: Vec<IntValue<'c>>,
+    /// The overlapped loop: the accumulators' rescale, left by the softmax until `P V`
+    /// completes (whether the warp rescales, and each row's factor).
+    deferred: Option<(IntValue<'c>, [Var<'c>; 2])>,
+}
+
+/// How a chunk's products are issued.
+#[derive(Clone, Copy)]
+enum Step<'c> {
+    /// `S = Q K^T` and `acc += P V` from K/V buffer `0`, each waited for.
+    Serial(IntValue<'c>),
+    /// The overlapped loop's first chunk (K in buffer `0`): `S` waited for, `P V` left to
+    /// the next chunk's block.
+    First(IntValue<'c>),
+    /// The overlapped loop's later chunks: `S` (K in buffer `k`) issued with the previous
+    /// chunk's `P V` (V at shared offset `v_prev`), which is waited for at the `P V` op.
+    Steady {
+        k: IntValue<'c>,
+        v_prev: IntValue<'c>,
+    },
+    /// Ping-pong (K and V in buffer `buf`): wait at named barrier `mine` before issuing
+    /// `S = Q K^T`, then arrive at `other` (when `arrive` is 1) before waiting for it;
+    /// `P V` as `Serial`.
+    Turn {
+        buf: IntValue<'c>,
+        mine: IntValue<'c>,
+        other: IntValue<'c>,
+        arrive: IntValue<'c>,
+    },
+}
+
+/// Which operands a group of tensor copies brings.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Operands {
+    K,
+    V,
+    KV,
+}
+
+/// `Attention::key_walk`'s result.
+struct KeyWalk<'c> {
+    end: IntValue<'c>,
+    cur: Cursor<'c>,
+    next: Cursor<'c>,
+    /// The query tile has at least one run.
+    has: IntValue<'c>,
+}
+
+/// Where the current chunk is.
+#[derive(Clone, Copy)]
+struct Cursor<'c> {
+    r: Var<'c>,
+    kt: Var<'c>,
+    kend: Var<'c>,
+    chunk: Var<'c>,
+    class: Var<'c>,
+}
+
+pub struct Attention<'a, 'c> {
+    pub g: &'a Gen<'c>,
+    pub k: &'a Kernel,
+    pub geo: &'a Geometry,
+    pub cfg: &'a Config,
+    pub inputs: &'a [InputSpec],
+    pub params: Params<'c>,
+    pub smem: PointerValue<'c>,
+    // Per thread.
+    /// The thread among the computing ones (warp-specialised: `tid.x - 128`, 0 in the
+    /// producer, which computes nothing).
+    tid: IntValue<'c>,
+    /// Whether this thread computes (false in the warp-specialised producer).
+    computing: IntValue<'c>,
+    /// The thread that fills key information and issues K/V copies: `tid.x` (the
+    /// producer's threads, warp-specialised; everyone's otherwise).
+    kv_tid: IntValue<'c>,
+    warp: IntValue<'c>,
+    lane: IntValue<'c>,
+    grp: IntValue<'c>,
+    tig: IntValue<'c>,
+    batch: IntValue<'c>,
+    head: IntValue<'c>,
+    kvh: IntValue<'c>,
+    qt: IntValue<'c>,
+    row0: IntValue<'c>,
+    qtile: Option<Tile<'c>>,
+    /// This thread's two query rows: (tile row, row info).
+    qrows: [(IntValue<'c>, Option<Row<'c>>); 2],
+    qfrag: Vec<[IntValue<'c>; 4]>,
+    variant: IntValue<'c>,
+}
+
+/// Kernel parameters.
+#[derive(Clone)]
+pub struct Params<'c> {
+    pub q: PointerValue<'c>,
+    pub k: PointerValue<'c>,
+    pub v: PointerValue<'c>,
+    pub o: PointerValue<'c>,
+    pub rows: PointerValue<'c>,
+    pub runs: PointerValue<'c>,
+    pub head_variant: PointerValue<'c>,
+    pub inputs: Vec<PointerValue<'c>>,
+    /// Tensor copies: the K and V tensor maps (128 bytes each, K first).
+    pub tmaps: Option<PointerValue<'c>>,
+}
+
+impl<'a, 'c> Attention<'a, 'c> {
+    pub fn new(
+        g: &'a Gen<'c>,
+        k: &'a Kernel,
+        geo: &'a Geometry,
+        cfg: &'a Config,
+        inputs: &'a [InputSpec],
+        params: Params<'c>,
+        smem: PointerValue<'c>,
+    ) -> Attention<'a, 'c> {
+        let z = g.i32(0);
+        Attention {
+            g,
+            k,
+            geo,
+            cfg,
+            inputs,
+            params,
+            smem,
+            tid: z,
+            computing: g.cx.bool_type().const_int(1, false),
+            kv_tid: z,
+            warp: z,
+            lane: z,
+            grp: z,
+            tig: z,
+            batch: z,
+            head: z,
+            kvh: z,
+            qt: z,
+            row0: z,
+            qtile: None,
+            qrows: [(z, None), (z, None)],
+            qfrag: vec![],
+            variant: z,
+        }
+    }
+
+    // ---- addresses ---------------------------------------------------------------------
+
+    /// 32-bit shared address of a byte offset.
+    fn saddr(&self, off: IntValue<'c>) -> IntValue<'c> {
+        let g = self.g;
+        let base = ok(g.b.build_ptr_to_int(self.smem, g.i32t, ""));
+        g.add(base, off)
+    }
+
+    /// A pointer into shared memory at a byte offset.
+    fn sptr(&self, off: IntValue<'c>) -> PointerValue<'c> {
+        let g = self.g;
+        // SAFETY: offsets stay inside the shared array (the plan in `Config` sizes it).
+        unsafe { ok(g.b.build_gep(g.cx.i8_type(), self.smem, &[off], "")) }
+    }
+
+    fn st_shared_i32(&self, off: IntValue<'c>, v: IntValue<'c>) {
+        ok(self.g.b.build_store(self.sptr(off), v));
+    }
+
+    fn ld_shared_i32(&self, off: IntValue<'c>) -> IntValue<'c> {
+        ok(self.g.b.build_load(self.g.i32t, self.sptr(off), "")).into_int_value()
+    }
+
+    /// Byte offset inside a `[rows][dim]` 16-bit buffer of (row, 16-byte chunk). Rows of a
+    /// multiple of 8 chunks are XOR-swizzled (chunk ^ row % 8) so that the 8 rows an
+    /// ldmatrix phase reads fall in different banks; other widths are stored plainly.
+    fn swz(&self, row: IntValue<'c>, chunk: IntValue<'c>, dim: u32) -> IntValue<'c> {
+        let g = self.g;
+        let x = if (dim / 8) % 8 == 0 {
+            ok(g.b.build_xor(chunk, g.uremi(row, 8), ""))
+        } else {
+            chunk
+        };
+        g.add(g.muli(row, i64::from(dim) * 2), g.muli(x, 16))
+    }
+
+    /// Byte offset inside a K or V buffer of `bn` rows of (row, 16-byte chunk) in the layout
+    /// the products read: `swz` for ldmatrix; for wgmma the canonical 128-byte-swizzled
+    /// layout of its matrix descriptors (PTX ISA, "Shared memory matrix layout"): the row
+    /// split into 64-element halves, each half a `[bn][128 bytes]` region, the 16-byte chunk
+    /// XORed with `row % 8` (Swizzle<3,4,3> on a 1024-byte-aligned base).
+    fn kv_off(&self, row: IntValue<'c>, chunk: IntValue<'c>, dim: u32) -> IntValue<'c> {
+        let g = self.g;
+        if !self.cfg.shape.wgmma {
+            return self.swz(row, chunk, dim);
+        }
+        let half = g.udivi(chunk, 8);
+        let c = ok(g.b.build_xor(g.uremi(chunk, 8), g.uremi(row, 8), ""));
+        g.add(
+            g.add(
+                g.muli(half, i64::from(self.cfg.shape.bn * 128)),
+                g.muli(row, 128),
+            ),
+            g.muli(c, 16),
+        )
+    }
+
+    /// Shared byte offset of K buffer `buf`.
+    fn k_buf(&self, buf: IntValue<'c>) -> IntValue<'c> {
+        let cfg = self.cfg;
+        self.g.muli(buf, i64::from(cfg.shape.bn * cfg.d * 2))
+    }
+
+    /// Shared byte offset of V buffer `buf`.
+    fn v_buf(&self, buf: IntValue<'c>) -> IntValue<'c> {
+        let (g, cfg) = (self.g, self.cfg);
+        g.add(
+            g.muli(buf, i64::from(cfg.shape.bn * cfg.dv * 2)),
+            g.i32(i64::from(cfg.vbuf())),
+        )
+    }
+
+    /// Shared byte offset of the information of row `row` in key-information slot `slot`.
+    fn kinfo_off(&self, slot: IntValue<'c>, row: IntValue<'c>) -> IntValue<'c> {
+        let g = self.g;
+        g.add(
+            g.add(
+                g.muli(slot, i64::from(self.cfg.shape.bn * 16)),
+                g.muli(row, 16),
+            ),
+            g.i32(i64::from(self.cfg.kinfo())),
+        )
+    }
+
+    /// Shared address of mbarrier `buf` (tensor copies): K/V buffer `buf`'s, or in the
+    /// overlapped loop K buffer `buf`'s (V buffer `b`'s is `2 + b`).
+    fn mbar_addr(&self, buf: IntValue<'c>) -> IntValue<'c> {
+        let g = self.g;
+        self.saddr(g.add(g.i32(i64::from(self.cfg.mbar())), g.muli(buf, 8)))
+    }
+
+    /// The wgmma matrix descriptor of a 128-byte-swizzled operand at shared byte offset
+    /// `off`: start address, leading byte offset `lbo` (MN-major: the distance between
+    /// 64-element halves; unused K-major), stride byte offset 1024 (between groups of 8
+    /// rows), swizzle mode 1 (128 bytes).
+    fn descriptor(&self, off: IntValue<'c>, lbo: u32) -> IntValue<'c> {
+        let g = self.g;
+        let addr = g.zext64(self.saddr(off));
+        let start = ok(g.b.build_and(
+            ok(g.b.build_right_shift(addr, g.i64(4), false, "")),
+            g.i64(0x3fff),
+            "",
+        ));
+        let fixed = (u64::from(lbo >> 4) << 16) | ((1024u64 >> 4) << 32) | (1u64 << 62);
+        ok(g.b.build_or(start, g.i64t.const_int(fixed, false), ""))
+    }
+
+    fn global_addr(&self, base: PointerValue<'c>) -> IntValue<'c> {
+        ok(self.g.b.build_ptr_to_int(base, self.g.i64t, ""))
+    }
+
+    // ---- the kernel --------------------------------------------------------------------
+
+    pub fn emit(&mut self) -> Result<(), String> {
+        let g = self.g;
+        let cfg = self.cfg.clone();
+        if cfg.shape.wgmma {
+            // Round the shared base up to 1024 bytes (the swizzle pattern's period).
+            let base = ok(g.b.build_ptr_to_int(self.smem, g.i32t, ""));
+            let pad = g.and(g.sub(g.i32(0), base), g.i32(1023));
+            self.smem = self.sptr(pad);
+        }
+        let raw = g.sreg("tid.x");
+        self.kv_tid = raw;
+        self.tid = raw;
+        if cfg.shape.ws {
+            // Warpgroup 0 produces; the others compute, numbered from 0.
+            self.computing = g.icmp(IntPredicate::UGE, raw, g.i32(128));
+            self.tid = g.seli(self.computing, g.sub(raw, g.i32(128)), g.i32(0));
+        }
+        self.warp = g.udivi(self.tid, 32);
+        self.lane = g.uremi(raw, 32);
+        self.grp = g.udivi(self.lane, 4);
+        self.tig = g.uremi(self.lane, 4);
+        let bx = g.sreg("ctaid.x");
+        self.head = g.sreg("ctaid.y");
+        self.batch = g.sreg("ctaid.z");
+        let group = i64::from(self.k.info.heads / self.k.info.kv_heads.max(1));
+        self.kvh = g.udivi(self.head, group.max(1));
+        self.qt = g.udivi(bx, i64::from(cfg.blocks_per_tile));
+        let sub = g.uremi(bx, i64::from(cfg.blocks_per_tile));
+        self.row0 = g.muli(sub, i64::from(cfg.shape.bm));
+        self.qtile = Some(tokens::tile(g, self.geo, self.qt));
+        self.variant = g.ld_i32(self.params.head_variant, self.head);
+        if cfg.shape.tma {
+            // One arrival (the issuing thread's) per phase; visible to the tensor copies
+            // before load_q's barriers let anyone issue one.
+            let first = g.eqi(raw, 0);
+            let this = &*self;
+            g.if_then(first, &mut |g| {
+                for b in 0..this.cfg.mbars() {
+                    let bar = this.mbar_addr(g.i32(i64::from(b)));
+                    // Warp-specialised: "full" completes on the producer's 128 arrivals
+                    // (and the copies' bytes), "empty" on every computing thread's.
+                    let count = match (this.cfg.shape.ws, b < this.cfg.stages()) {
+                        (false, _) => 1,
+                        (true, true) => 128,
+                        (true, false) => this.cfg.compute_threads(),
+                    };
+                    ptx::mbarrier_init().emit(
+                        g.cx,
+                        &g.b,
+                        &[bar.into(), g.i32(i64::from(count)).into()],
+                    );
+                }
+                ptx::fence_mbarrier_init().emit(g.cx, &g.b, &[]);
+            });
+        }
+
+        self.load_q();
+        // Walk the IR: region 0 until the loop, the loop body per chunk, then the rest.
+        let mut frags = Frags {
+            s: vec![],
+            acc: (0..cfg.dv / 8)
+                .map(|_| [0; 4].map(|_| g.var(g.f32t.into(), g.f32(0.0).into())))
+                .collect(),
+            m: [0; 2].map(|_| g.var(g.f32t.into(), g.f32(f64::NEG_INFINITY).into())),
+            l: [0; 2].map(|_| g.var(g.f32t.into(), g.f32(0.0).into())),
+            rowmax: [None; 2],
+            scale: None,
+            p: vec![],
+            held: vec![],
+            deferred: None,
+        };
+        if !cfg.shape.ws {
+            self.walk(&mut frags)?;
+            self.store(&frags);
+            return Ok(());
+        }
+        // Warp-specialised: every thread is past load_q's reads of the staged Q (and its
+        // generic writes are ordered before the copies that will land there) before the
+        // producer issues a copy; from here the roles never meet at a block barrier.
+        ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
+        g.barrier();
+        let t = &*self;
+        let mut err = None;
+        // Registers: 65536 / 384 = 168 a thread at launch; the producer needs few, so it
+        // gives them to the two computing warpgroups (2 x 128 x 232 + 128 x 40 <= 65536).
+        g.if_else(
+            self.computing,
+            &mut |g| {
+                ptx::setmaxnreg(true, WS_COMPUTE_REGS).emit(g.cx, &g.b, &[]);
+                match t.walk(&mut frags) {
+                    Ok(()) => t.store(&frags),
+                    Err(e) => err = Some(e),
+                }
+            },
+            &mut |g| {
+                ptx::setmaxnreg(false, WS_PRODUCER_REGS).emit(g.cx, &g.b, &[]);
+                t.produce()
+            },
+        );
+        err.map_or(Ok(()), Err)
+    }
+
+    /// Region 0 of the IR: the key loop, then nothing but the store (emitted by the caller).
+    fn walk(&self, frags: &mut Frags<'c>) -> Result<(), String> {
+        let order = self.k.topo_order();
+        for n in order
+            .iter()
+            .filter(|n| self.k.node(**n).region == crate::ir::RegionId(0))
+        {
+            match &self.k.node(*n).op {
+                Op::KvLoop { region, .. } => self.kv_loop(*region, frags)?,
+                Op::Normalize | Op::Convert(_) | Op::Store => {}
+                Op::Arg(_) | Op::ProgramId | Op::KvHead | Op::Load(Tensor::Q) | Op::Const(_) => {}
+                other => {
+                    return Err(format!(
+                        "the CUDA backend cannot lower `{}` outside the key loop",
+                        other.name()
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Q rows of this block into registers: positions into shared memory, cp.async, then
+    /// ldmatrix into A fragments.
+    fn load_q(&mut self) {
+        let g = self.g;
+        let cfg = self.cfg.clone();
+        let qtile = self.qtile.expect("q tile set");
+        let qinfo = cfg.qinfo();
+        // Row information: one thread per row.
+        let in_block = g.and(
+            g.lt(self.tid, g.i32(i64::from(cfg.shape.bm))),
+            self.computing,
+        );
+        let (tid, row0, qt, geo) = (self.tid, self.row0, self.qt, self.geo);
+        let this = &*self;
+        g.if_then(in_block, &mut |g| {
+            let r = g.add(row0, tid);
+            let info = tokens::row(g, geo, qt, r);
+            let off = g.addi(g.muli(tid, 16), i64::from(qinfo));
+            this.st_shared_i32(off, info.pos);
+            for a in 0..3 {
+                this.st_shared_i32(g.addi(off, 4 + 4 * a as i64), info.coords[a]);
+            }
+        });
+        g.barrier();
+        // cp.async the rows (missing rows zero-filled).
+        let chunks_per_row = cfg.d / 8;
+        let total = cfg.shape.bm * chunks_per_row;
+        let q_base = self.global_addr(self.params.q);
+        let heads = i64::from(self.k.info.heads);
+        let tokens = self.k.info.tokens as i64;
+        let bh = g.add(g.muli(g.zext64(self.batch), heads), g.zext64(self.head));
+        let bh_off = g.muli(bh, tokens * i64::from(cfg.d) * 2);
+        let threads = cfg.compute_threads();
+        for it in 0..total.div_ceil(threads) {
+            let idx = g.addi(self.tid, i64::from(it * threads));
+            let inside = g.and(g.lt(idx, g.i32(i64::from(total))), self.computing);
+            let this = &*self;
+            g.if_then(inside, &mut |g| {
+                let row = g.udivi(idx, i64::from(chunks_per_row));
+                let c = g.uremi(idx, i64::from(chunks_per_row));
+                let tr = g.add(row0, row);
+                let exists = g.lt(tr, qtile.len);
+                let pos = this.ld_shared_i32(g.addi(g.muli(row, 16), i64::from(qinfo)));
+                let elem = g.add(
+                    g.muli(g.zext64(pos), i64::from(cfg.d) * 2),
+                    g.muli(g.zext64(c), 16),
+                );
+                let src = g.add(g.add(q_base, bh_off), elem);
+                let src = g.seli(exists, src, q_base);
+                let size = g.seli(exists, g.i32(16), g.i32(0));
+                let dst = this.saddr(this.swz(row, c, cfg.d));
+                ptx::cp_async_16().emit(g.cx, &g.b, &[dst.into(), src.into(), size.into()]);
+            });
+        }
+        ptx::cp_async_commit().emit(g.cx, &g.b, &[]);
+        ptx::cp_async_wait(0).emit(g.cx, &g.b, &[]);
+        g.barrier();
+        // A fragments: rows warp*16 .. +16, 16 columns per ldmatrix.x4.
+        let mi = g.udivi(self.lane, 8);
+        let row = g.add(
+            g.add(g.muli(self.warp, 16), g.uremi(self.lane, 8)),
+            g.muli(g.uremi(mi, 2), 8),
+        );
+        let half = g.udivi(mi, 2);
+        self.qfrag = (0..cfg.d / 16)
+            .map(|kk| {
+                let chunk = g.add(g.i32(i64::from(kk * 2)), half);
+                let addr = self.saddr(self.swz(row, chunk, cfg.d));
+                let r = ptx::ldmatrix_x4(false).emit(g.cx, &g.b, &[addr.into()]);
+                [r[0], r[1], r[2], r[3]].map(|x| x.into_int_value())
+            })
+            .collect();
+        // This thread's two rows.
+        for (i, off) in [0i64, 8].iter().enumerate() {
+            let brow = g.addi(g.add(g.muli(self.warp, 16), self.grp), *off);
+            let tr = g.add(self.row0, brow);
+            let base = g.addi(g.muli(brow, 16), i64::from(qinfo));
+            let pos = self.ld_shared_i32(base);
+            let coords = [0, 1, 2].map(|a| self.ld_shared_i32(g.addi(base, 4 + 4 * a)));
+            self.qrows[i] = (tr, Some(Row { pos, coords }));
+        }
+        // The K/V pipeline reuses the memory Q was staged in.
+        g.barrier();
+    }
+
+    /// Normalises and writes this thread's output elements (rows that exist only).
+    fn store(&self, f: &Frags<'c>) {
+        let g = self.g;
+        let cfg = self.cfg;
+        let qtile = self.qtile.expect("q tile");
+        let heads = i64::from(self.k.info.heads);
+        let tokens_n = self.k.info.tokens as i64;
+        let o_base = self.global_addr(self.params.o);
+        let bh = g.add(g.muli(g.zext64(self.batch), heads), g.zext64(self.head));
+        let bh_off = g.muli(bh, tokens_n * i64::from(cfg.dv) * 2);
+        for row in 0..2 {
+            let l = self.quad_reduce(g.getf(f.l[row]), false);
+            let zero = g.fcmp(FloatPredicate::OEQ, l, g.f32(0.0));
+            let inv = g.self_f(zero, g.f32(0.0), g.fdiv(g.f32(1.0), l));
+            let (tr, info) = self.qrows[row];
+            let Some(info) = info else { continue };
+            let exists = g.lt(tr, qtile.len);
+            let this = self;
+            g.if_then(exists, &mut |g| {
+                let row_off = g.add(bh_off, g.muli(g.zext64(info.pos), i64::from(cfg.dv) * 2));
+                for (n, t) in f.acc.iter().enumerate() {
+                    let x = g.fmul(g.getf(t[2 * row]), inv);
+                    let y = g.fmul(g.getf(t[2 * row + 1]), inv);
+                    let packed = ptx::pack2(cfg.elem).emit(g.cx, &g.b, &[x.into(), y.into()])[0]
+                        .into_int_value();
+                    let col = g.add(g.i32(n as i64 * 8), g.muli(this.tig, 2));
+                    let addr = g.add(g.add(o_base, row_off), g.muli(g.zext64(col), 2));
+                    let p =
+                        ok(g.b.build_int_to_ptr(addr, g.cx.ptr_type(AddressSpace::from(1u16)), ""));
+                    ok(g.b.build_store(p, packed));
+                }
+            });
+        }
+    }
+}
+
+/// Registers a thread of the warp-specialised kernel's computing and producing
+/// warpgroups run with (`setmaxnreg`).
+const WS_COMPUTE_REGS: u32 = 232;
+
+const WS_PRODUCER_REGS: u32 = 40;
+
+#[allow(dead_code)]
+fn _unused(_: &Expr) {}

@@ -1,0 +1,413 @@
+//! Launch shapes (`Tuning`), their sizes and checks (`Config`), and the shapes the
+//! autotuner and the GPU suite try.
+
+use super::*;
+
+/// Launch geometry and sizes, fixed at compile time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The shape it was made for: query rows per block (16 per warp), keys per chunk, and
+    /// the instruction choices (`Tuning`).
+    pub shape: Tuning,
+    pub warps: u32,
+    pub d: u32,
+    pub dv: u32,
+    /// Blocks per query tile (`ceil(tile_tokens / bm)`).
+    pub blocks_per_tile: u32,
+    /// Chunks per key tile (`ceil(tile_tokens / bn)`).
+    pub chunks: u32,
+    /// Every chunk is complete (`bn` divides the tile).
+    pub exact: bool,
+    pub smem_bytes: u32,
+    /// Shared memory above 48 KiB must be dynamic (and opted into by the launcher).
+    pub dynamic_smem: bool,
+    pub elem: &'static str,
+}
+
+/// The shape choices of a kernel: query rows per block, keys per chunk, and the tensor-core
+/// instruction (`mma.sync`, or `wgmma` on sm_90a).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tuning {
+    /// Query rows per block (16 per warp; a warpgroup per 64 with `wgmma`).
+    pub bm: u32,
+    /// Keys per chunk.
+    pub bn: u32,
+    /// The products on `wgmma` (sm_90a): K and V in the 128-byte-swizzled layout the
+    /// matrix descriptors read.
+    pub wgmma: bool,
+    /// Blocks an SM must hold at once (`.minnctapersm`; 0: as many as the registers
+    /// allow): ptxas keeps the registers to `65536 / (blocks * threads)`.
+    pub blocks_per_sm: u32,
+    /// K and V brought by the tensor memory accelerator (one thread issues 2-D box copies
+    /// that land swizzled, completion on an mbarrier per buffer) instead of every thread's
+    /// cp.async. Needs wgmma and a token order in which a key tile's rows are consecutive
+    /// (`tensor_copies_fit`).
+    pub tma: bool,
+    /// With tensor copies: each warpgroup's softmax overlaps its own previous `P V`
+    /// (FlashAttention-3's intra-warpgroup pipelining, `kv_loop_overlapped`): `S = Q K^T`
+    /// of chunk `n` and `P V` of chunk `n - 1` are issued together, the softmax of chunk
+    /// `n` runs while `P V` does.
+    pub overlap: bool,
+    /// With tensor copies: warp-specialised (FlashAttention-3's producer and consumers):
+    /// a producer warpgroup walks the keys, fills their information and issues the tensor
+    /// copies into a ring of stages; the `bm / 64` consumer warpgroups wait on each
+    /// stage's "full" barrier, compute, and release it on its "empty" barrier
+    /// (`kv_loop_ws`, `produce`). No block-wide barrier in the loop.
+    pub ws: bool,
+    /// Warp-specialised, with FlashAttention-3's ping-pong: the two computing warpgroups
+    /// take turns to issue `S = Q K^T` (named barriers 1 and 2), so that one's product
+    /// runs while the other is in its softmax.
+    pub pingpong: bool,
+}
+
+impl Tuning {
+    /// `64x32`, `128x64-wgmma`, `128x64-wgmma-tma`, or with an occupancy request
+    /// `64x64-wgmma-x3`.
+    pub fn name(&self) -> String {
+        let w = if self.wgmma { "-wgmma" } else { "" };
+        let t = if self.tma { "-tma" } else { "" };
+        let v = match (self.overlap, self.ws, self.pingpong) {
+            (true, _, _) => "-ovl",
+            (false, true, false) => "-ws",
+            (false, true, true) => "-ws-pp",
+            _ => "",
+        };
+        let o = match self.blocks_per_sm {
+            0 => String::new(),
+            n => format!("-x{n}"),
+        };
+        format!("{}x{}{w}{t}{v}{o}", self.bm, self.bn)
+    }
+
+    /// The inverse of `name`.
+    pub fn parse<'a>(s: &'a str) -> Option<Tuning> {
+        let (s, blocks_per_sm) = match s.rsplit_once("-x") {
+            Some((rest, n)) => (rest, n.parse().ok().filter(|n| *n > 0)?),
+            None => (s, 0),
+        };
+        // Suffixes in the reverse of `name`'s order; each present or not.
+        let strip = |s: &'a str, suffix: &str| match s.strip_suffix(suffix) {
+            Some(rest) => (rest, true),
+            None => (s, false),
+        };
+        let (s, overlap) = strip(s, "-ovl");
+        let (s, pingpong) = strip(s, "-pp");
+        let (s, ws) = strip(s, "-ws");
+        let (s, tma) = strip(s, "-tma");
+        let (shape, wgmma) = strip(s, "-wgmma");
+        let (bm, bn) = shape.split_once('x')?;
+        Some(Tuning {
+            bm: bm.parse().ok()?,
+            bn: bn.parse().ok()?,
+            wgmma,
+            blocks_per_sm,
+            tma,
+            overlap,
+            ws,
+            pingpong,
+        })
+    }
+}
+
+/// Largest shared memory one block may use on sm_80 and sm_90 (with the opt-in).
+pub const MAX_SMEM: u32 = 160 * 1024;
+
+/// The default shape: 64 rows (4 warps), 32 keys for head dim 128 (64 for 64), so that
+/// shared memory stays static.
+pub fn default_tuning(k: &Kernel) -> Tuning {
+    let tt = k.info.tile_q;
+    let bm = 64.min(tt.div_ceil(16) * 16);
+    let bn = if k.info.head_dim > 64 || k.info.value_dim > 64 {
+        32
+    } else {
+        64
+    };
+    Tuning {
+        bm,
+        bn,
+        wgmma: false,
+        blocks_per_sm: 0,
+        tma: false,
+        overlap: false,
+        ws: false,
+        pingpong: false,
+    }
+}
+
+/// Tensor copies bring a chunk's rows as one box: they must be consecutive in memory, which
+/// the tiled token order guarantees for every tile (canvas and segments).
+pub fn tensor_copies_fit(geo: &Geometry) -> bool {
+    geo.order == crate::syntax::ast::Order::Tiled
+}
+
+/// The shape to use without tuning on a GPU: with `wgmma` (compute capability 9.0) the
+/// 64x64 wgmma shape, with tensor copies where the token order allows them (on the H200,
+/// 2026-11-29: the fastest shape on GRAT 128x128 and on GRAT-B r=1 256x256, 8 % behind
+/// 128x128 on dense 16384; `--tune` picks per case); else `default_tuning`.
+pub fn gpu_default(k: &Kernel, geo: &Geometry, wgmma: bool) -> Tuning {
+    let tma = tensor_copies_fit(geo);
+    let t = Tuning {
+        bm: 64,
+        bn: 64,
+        wgmma: true,
+        blocks_per_sm: 0,
+        tma,
+        overlap: false,
+        ws: false,
+        pingpong: false,
+    };
+    if wgmma && config_for(k, t).is_ok() {
+        t
+    } else {
+        default_tuning(k)
+    }
+}
+
+/// Every shape worth trying for this kernel (for the autotuner), the default first (the
+/// tuner's yardstick for correctness); with `wgmma` (a GPU of compute capability 9.0) the
+/// sm_90a shapes, and when the token order keeps a key tile's rows together only those
+/// with tensor copies: every other shape was slower than them on every case measured
+/// (bench/RESULTS.md, 2026-11-29), and trying them doubled the tuning time.
+pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
+    let tt = k.info.tile_q;
+    let tma_ok = wgmma && tensor_copies_fit(geo);
+    let mut out = vec![default_tuning(k)];
+    let mut push = |t: Tuning| {
+        if !out.contains(&t) && config_for(k, t).is_ok() {
+            out.push(t);
+        }
+    };
+    for bm in [64, 128] {
+        for bn in [32, 64] {
+            if tma_ok {
+                break;
+            }
+            push(Tuning {
+                bm: bm.min(tt.div_ceil(16) * 16),
+                bn,
+                wgmma: false,
+                blocks_per_sm: 0,
+                tma: false,
+                overlap: false,
+                ws: false,
+                pingpong: false,
+            });
+        }
+    }
+    if wgmma {
+        // 64-row blocks also with three to an SM (168 registers; their 67 KiB of shared
+        // memory fit three times): one more warpgroup to fill the tensor cores while
+        // another is in its softmax. (64x32 three to an SM and 64x128 were slower than
+        // these on every case measured, 2026-11-29.)
+        for (tma, overlap) in [(false, false), (true, false), (true, true)] {
+            for (bm, bn, blocks_per_sm) in [(64, 64, 0), (64, 64, 3), (128, 64, 0), (128, 128, 0)] {
+                // Three to an SM leave the overlapped loop too few registers: ptxas
+                // serialises its wgmma (C7512).
+                if tma != tma_ok || (overlap && blocks_per_sm > 0) {
+                    continue;
+                }
+                push(Tuning {
+                    bm,
+                    bn,
+                    wgmma: true,
+                    blocks_per_sm,
+                    tma,
+                    overlap,
+                    ws: false,
+                    pingpong: false,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Shapes the GPU suite checks but the tuner does not try yet (never run on a GPU, or not
+/// yet faster anywhere): the warp-specialised kernel.
+pub fn experimental(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
+    if !wgmma || !tensor_copies_fit(geo) {
+        return vec![];
+    }
+    let ws = Tuning {
+        bm: 128,
+        bn: 64,
+        wgmma: true,
+        blocks_per_sm: 0,
+        tma: true,
+        overlap: false,
+        ws: true,
+        pingpong: false,
+    };
+    let pp = Tuning {
+        pingpong: true,
+        ..ws
+    };
+    [ws, pp]
+        .into_iter()
+        .filter(|t| config_for(k, *t).is_ok())
+        .collect()
+}
+
+impl Config {
+    /// Threads a block launches with (a producer warpgroup more with `ws`).
+    pub fn threads(&self) -> u32 {
+        self.warps * 32
+    }
+
+    /// Threads that compute (16 query rows a warp).
+    pub(super) fn compute_threads(&self) -> u32 {
+        self.shape.bm / 16 * 32
+    }
+
+    /// K/V buffers: two, or the warp-specialised ring's stages (as many as 128 KiB hold).
+    pub(super) fn stages(&self) -> u32 {
+        if self.shape.ws {
+            (128 * 1024 / (self.shape.bn * (self.d + self.dv) * 2)).clamp(2, 4)
+        } else {
+            2
+        }
+    }
+
+    pub(super) fn kv_bytes(&self) -> u32 {
+        self.stages() * self.shape.bn * (self.d + self.dv) * 2
+    }
+
+    /// Where the V buffers start (after the K buffers).
+    pub(super) fn vbuf(&self) -> u32 {
+        self.stages() * self.shape.bn * self.d * 2
+    }
+
+    /// Where the slots of key information start (16 bytes a key, `bn` keys a slot).
+    pub(super) fn kinfo(&self) -> u32 {
+        self.kv_bytes()
+    }
+
+    /// Where the query rows' information starts: after a slot of key information a K/V
+    /// buffer, three in the overlapped loop.
+    pub(super) fn qinfo(&self) -> u32 {
+        let slots = if self.shape.overlap { 3 } else { self.stages() };
+        self.kinfo() + slots * self.shape.bn * 16
+    }
+
+    /// The first mbarrier (tensor copies): one a K/V buffer, or in the overlapped loop one
+    /// a K buffer and one a V buffer (K0, K1, V0, V1).
+    pub(super) fn mbar(&self) -> u32 {
+        self.qinfo() + self.shape.bm * 16
+    }
+
+    /// Warp-specialised: "full" barrier `s` and "empty" barrier `stages + s` a stage.
+    pub(super) fn mbars(&self) -> u32 {
+        match (self.shape.tma, self.shape.overlap, self.shape.ws) {
+            (false, _, _) => 0,
+            (true, true, _) => 4,
+            (true, false, true) => 2 * self.stages(),
+            (true, false, false) => 2,
+        }
+    }
+}
+
+pub fn config(k: &Kernel) -> Result<Config, String> {
+    config_for(k, default_tuning(k))
+}
+
+pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
+    let i = &k.info;
+    if !matches!(i.head_dim, 64 | 128) {
+        return Err(format!(
+            "head_dim {} is not supported by the CUDA backend yet (64 or 128)",
+            i.head_dim
+        ));
+    }
+    if i.value_dim % 16 != 0 || i.value_dim > 128 || i.value_dim == 0 {
+        return Err(format!(
+            "value_dim {} is not supported by the CUDA backend yet (a multiple of 16 up to 128)",
+            i.value_dim
+        ));
+    }
+    let elem = match i.elem {
+        crate::ir::Elem::Bf16 => "bf16",
+        crate::ir::Elem::F16 => "f16",
+        crate::ir::Elem::F32 => {
+            return Err("dtype f32 is not supported by the CUDA backend (bf16 or f16)".into())
+        }
+    };
+    let tt = i.tile_q;
+    let Tuning {
+        bm,
+        bn,
+        wgmma,
+        blocks_per_sm,
+        tma,
+        overlap,
+        ws,
+        pingpong,
+    } = t;
+    if pingpong && !ws {
+        return Err(format!(
+            "block shape {}: ping-pong needs warp specialisation (-ws-pp)",
+            t.name()
+        ));
+    }
+    if ws && (!tma || overlap || bm != 128 || blocks_per_sm > 0) {
+        return Err(format!(
+            "block shape {}: warp specialisation is 128 rows with tensor copies (128xN-wgmma-tma-ws)",
+            t.name()
+        ));
+    }
+    if tma && !wgmma {
+        return Err(format!(
+            "block shape {}: tensor copies need wgmma",
+            t.name()
+        ));
+    }
+    if overlap && !tma {
+        return Err(format!(
+            "block shape {}: the overlapped loop needs tensor copies",
+            t.name()
+        ));
+    }
+    if bm % 16 != 0 || bm == 0 || bm > 128 || !matches!(bn, 16 | 32 | 64 | 128) {
+        return Err(format!("block shape {bm}x{bn} is not supported"));
+    }
+    if wgmma && (bm % 64 != 0 || bn < 32 || !matches!(i.value_dim, 64 | 128)) {
+        return Err(format!(
+            "block shape {} is not supported (64 or 128 rows, 32 to 128 keys, value_dim 64 or 128)",
+            t.name()
+        ));
+    }
+    let cfg = Config {
+        shape: t,
+        warps: bm / 16 + if ws { 4 } else { 0 },
+        d: i.head_dim,
+        dv: i.value_dim,
+        blocks_per_tile: tt.div_ceil(bm),
+        chunks: tt.div_ceil(bn),
+        exact: tt % bn == 0,
+        smem_bytes: 0,
+        dynamic_smem: false,
+        elem,
+    };
+    let q_bytes = bm * cfg.d * 2;
+    if q_bytes > cfg.kv_bytes() {
+        return Err("query tile does not fit the shared memory plan".into());
+    }
+    // wgmma's swizzled tiles need 1024-byte alignment: the kernel rounds its base up; the
+    // tensor copies' two mbarriers follow the query rows' information.
+    let smem_bytes = cfg.qinfo() + bm * 16 + 8 * cfg.mbars() + if wgmma { 1024 } else { 0 };
+    if blocks_per_sm * smem_bytes > 227 * 1024 {
+        return Err(format!(
+            "block shape {}: {blocks_per_sm} blocks of {smem_bytes} bytes of shared memory do not fit an SM",
+            t.name()
+        ));
+    }
+    if smem_bytes > MAX_SMEM {
+        return Err(format!(
+            "block shape {bm}x{bn} needs {smem_bytes} bytes of shared memory"
+        ));
+    }
+    Ok(Config {
+        smem_bytes,
+        dynamic_smem: smem_bytes > 48 * 1024,
+        ..cfg
+    })
+}
