@@ -224,8 +224,42 @@ def density_criterion(rows):
     return out
 
 
+# Why a peer is faster where it is (printed for every case attnc loses).
+WHY = {
+    "cudnn": "cuDNN's Hopper kernel is FlashAttention-3's design (a producer warp, two consumer "
+    "warpgroups taking turns, softmax overlapped with the products); attnc's tuned shapes run "
+    "one warpgroup a block, three blocks an SM (its -ws/-ws-pp shapes are not tuned yet)",
+    "fa2": "unexpected: FlashAttention-2 has no Hopper path; check the shape the tuner picked",
+    "flex": "unexpected: check the shape the tuner picked and the block counts",
+}
+
+
+def losses(rows):
+    """Every case where a peer is faster than attnc, with why."""
+    out = []
+    for r in rows:
+        if r.get("impl") == "attnc" or "ms" not in r:
+            continue
+        ours = next((x for x in rows if x.get("case") == r["case"] and x.get("impl") == "attnc" and "ms" in x), None)
+        if ours and r["ms"] < ours["ms"]:
+            why = WHY.get(r["impl"], "")
+            out.append(f"{r['case']:28s} {r['impl']} {ours['ms'] / r['ms']:.2f}x faster: {why}")
+    return out
+
+
 def finish(rows, out_dir):
     json.dump(rows, open(os.path.join(out_dir, "side_by_side.json"), "w"), indent=1)
+    crit = density_criterion(rows)
+    if crit:
+        print()
+        print("speedup over cuDNN dense against 0.8 / density (issue 5):")
+        for line in crit:
+            print(line)
+    lost = losses(rows)
+    print()
+    print("where attnc loses:" if lost else "where attnc loses: nowhere")
+    for line in lost:
+        print(line)
     # The table, last.
     print()
     print(f"{'case':28s} {'tokens':>7s} {'density':>8s}  {'impl':6s} {'ms':>9s} {'TFLOP/s':>8s}  attnc vs it")
@@ -242,12 +276,6 @@ def finish(rows, out_dir):
             print(f"{c:28s} {r['tokens']:7d} {r['density']:8.4f}  {r['impl']:6s} {r['ms']:9.3f} {r['tflops']:8.1f}  {ratio}{extra}")
         for r in (x for x in rows if x.get("case") == c and "error" in x):
             print(f"{c:28s} {'':7s} {'':8s}  {r['impl']:6s} error: {r['error'][:80]}")
-    crit = density_criterion(rows)
-    if crit:
-        print()
-        print("speedup over cuDNN dense against 0.8 / density (issue 5):")
-        for line in crit:
-            print(line)
 
 
 if __name__ == "__main__":
