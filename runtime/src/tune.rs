@@ -4,6 +4,7 @@
 //! choice is cached on disk per (source, parameters, target, compiler version, GPU) next to
 //! the compile cache.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use attnc::codegen::nvptx::attention::{candidates, Tuning};
@@ -76,7 +77,18 @@ pub fn tune(
     // shared by every candidate; outputs are compared on a strided sample.
     let mut reference: Option<Vec<f32>> = None;
     let mut args: Option<crate::cuda::DeviceArgs> = None;
-    for t in candidates(&c.ir, &c.schedule.geom, gpu.has_wgmma()) {
+    let shapes = candidates(&c.ir, &c.schedule.geom, gpu.has_wgmma());
+    // Progress on a terminal (tuning a large case takes a while; pipes get the table).
+    let progress = std::io::stderr().is_terminal();
+    for (i, t) in shapes.iter().copied().enumerate() {
+        if progress {
+            eprint!(
+                "\rtuning: shape {}/{} ({})        ",
+                i + 1,
+                shapes.len(),
+                t.name()
+            );
+        }
         let a = artefact::build_tuned(c, arch, t)?;
         let kernel = match CudaKernel::load(gpu, a.clone()) {
             Ok(k) => k,
@@ -108,6 +120,12 @@ pub fn tune(
     // Shapes within a few per cent of each other swap places between runs (the same
     // kernel's median moves by 5 to 10 % here): the three fastest run again, interleaved,
     // three rounds of 10 launches, and the lowest median of their round medians wins.
+    if progress {
+        eprintln!(
+            "\rtuning: {} shapes tried, timing the fastest again                ",
+            shapes.len()
+        );
+    }
     passed.sort_by(|a, b| a.0.ms.total_cmp(&b.0.ms));
     passed.truncate(FINALISTS);
     let mut rounds: Vec<Vec<f64>> = vec![vec![]; passed.len()];
