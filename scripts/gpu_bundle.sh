@@ -12,6 +12,8 @@ cargo build --release -q -p attnc-runtime --bin attnc
 rm -rf .gpu && mkdir -p .gpu/bin
 cp target/release/attnc .gpu/bin/attnc && strip .gpu/bin/attnc
 cp -r kernels .gpu/kernels
+# Selection kernels no shipped file has (external scores): decode mode runs them.
+mkdir -p .gpu/examples && cp tests/fixtures/ok/kv_selection_policies.attn .gpu/examples/
 cp tests/numpy/independent_reference.py bench/gpu/side_by_side.py bench/gpu/decode_peers.py .gpu/
 [ -f ../shared/peers/peer_bench.py ] && cp ../shared/peers/peer_bench.py .gpu/
 cp scripts/gpu_run.sh .gpu/run.sh

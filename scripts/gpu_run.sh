@@ -91,6 +91,10 @@ if [ "$MODE" = "decode" ]; then
     file=$1; k=$2; shift 2
     $A bench kernels/$file --kernel $k "$@" --backend cuda --runs 50 2>&1 | tee -a "$OUT/decode.txt"
   done
+  # External scores (a test fixture's kernel): the one-block and the multi-block top-k.
+  for set in "CONTEXT=8192" "CONTEXT=131072"; do
+    $A bench examples/kv_selection_policies.attn --kernel indexer_decode --set $set --backend cuda --runs 50 2>&1 | tee -a "$OUT/decode.txt"
+  done
   log "decode peers (cuDNN, FlashAttention, the PyTorch pipeline)"
   RESULTS_DIR="$OUT" PYTHONUNBUFFERED=1 python3 decode_peers.py 2>&1 | tee "$OUT/decode_peers.txt"
   # Last: the slowest part, and the figures above come back even if the call runs out.

@@ -331,13 +331,18 @@ fn decode_variants_assemble_and_fit() {
     };
     let scratch = Scratch::new("decode-variants");
     let dir = &scratch.0;
+    // External scores (a fixture: no shipped kernel takes them): the top-k alone, or the
+    // multi-block one with its own first pass.
+    let external = "tests/fixtures/ok/kv_selection_policies.attn";
     for (file, kernel, set, topk_entries) in [
-        ("quest.attn", "quest_decode", "CONTEXT=262144", 5),
-        ("exact.attn", "exact_decode", "CONTEXT=100000", 4),
-        ("exact.attn", "exact_decode", "CONTEXT=16384", 4),
-        ("exact.attn", "exact_decode", "CONTEXT=4096", 1),
+        ("kernels/quest.attn", "quest_decode", "CONTEXT=262144", 5),
+        ("kernels/exact.attn", "exact_decode", "CONTEXT=100000", 4),
+        ("kernels/exact.attn", "exact_decode", "CONTEXT=16384", 4),
+        ("kernels/exact.attn", "exact_decode", "CONTEXT=4096", 1),
+        (external, "indexer_decode", "CONTEXT=8192", 1),
+        (external, "indexer_decode", "CONTEXT=131072", 5),
     ] {
-        let src = Source::load(&root().join("kernels").join(file)).expect("kernel file");
+        let src = Source::load(&root().join(file)).expect("kernel file");
         let (fe, _) = driver::frontend(&src).expect("frontend");
         let sets = [Binding::parse(set).expect("binding")];
         let (spec, _) = driver::select_spec(&fe, kernel, &sets).expect("spec");
@@ -345,6 +350,11 @@ fn decode_variants_assemble_and_fit() {
             decode::compile(&spec, Arch::Sm90).unwrap_or_else(|e| panic!("{kernel} {set}: {e}"));
         let topk = m.entries.iter().filter(|e| e.role == Role::TopK).count();
         assert_eq!(topk, topk_entries, "{kernel} {set}");
+        if spec.source == attnc::select::spec::Source::External {
+            // No score or logits entry: the top-k reads the scores set from outside.
+            let roles: Vec<Role> = m.entries.iter().map(|e| e.role).collect();
+            assert!(!roles.contains(&Role::Score) && !roles.contains(&Role::Logits));
+        }
         let file = dir.join(format!("{kernel}_{}.ptx", set.replace('=', "_")));
         let log = assemble(&ptxas, Arch::Sm90, &file, &m.ptx);
         assert_entries_fit(&log, &m.entries, &format!("{kernel} {set}"));

@@ -60,7 +60,11 @@ pub struct GpuState {
     /// `exact` only: base-2 logits `[B, Hq, C]` and chunk stats `[B, Hq, chunks, 2]`.
     logits: CudaSlice<f32>,
     stats: CudaSlice<f32>,
+    /// The units' scores `[B, Hsel, units]` (written by the score entry, or by
+    /// `set_scores` for `external`).
     scores: CudaSlice<f32>,
+    /// `external`: whether `set_scores` has given the scores the top-k reads.
+    scores_set: bool,
     /// The multi-block top-k's histograms and counters (it leaves them cleared).
     work: CudaSlice<u32>,
     idx: CudaSlice<i32>,
@@ -125,7 +129,10 @@ impl GpuDecode {
         };
         let (b, hq, d) = (s.batch as usize, s.q_heads as usize, s.head_dim as usize);
         let lists = b * s.sel_heads() as usize;
-        let scores = if matches!(s.source, Source::PageBound | Source::Exact) {
+        let scores = if matches!(
+            s.source,
+            Source::PageBound | Source::Exact | Source::External
+        ) {
             lists * s.units() as usize + codegen::SCORES_PAD
         } else {
             1
@@ -156,6 +163,7 @@ impl GpuDecode {
             logits: self.stream.alloc_zeros::<f32>(logits).map_err(cuda)?,
             stats: self.stream.alloc_zeros::<f32>(stats).map_err(cuda)?,
             scores: self.stream.alloc_zeros::<f32>(scores).map_err(cuda)?,
+            scores_set: false,
             work: self
                 .stream
                 .alloc_zeros::<u32>(self.module.topk_work.max(1))
@@ -200,6 +208,30 @@ impl GpuDecode {
         self.stream.memcpy_htod(&q, &mut gs.q).map_err(cuda)
     }
 
+    /// `external` scoring: the scores `[B, Hsel, CONTEXT]` the next steps select by (as the
+    /// CPU executor's `select(.., Some(scores))`); they stay until set again.
+    pub fn set_scores(&self, gs: &mut GpuState, scores: &[f32]) -> Result<(), Error> {
+        let s = self.spec();
+        if s.source != Source::External {
+            return Err(Error::Shape(format!(
+                "`{}` computes its own scores: pass no external scores",
+                s.kernel
+            )));
+        }
+        let (b, hs, c) = (s.batch as usize, s.sel_heads() as usize, s.context as usize);
+        if scores.len() != b * hs * c {
+            return Err(Error::Shape(format!(
+                "scores have {} values; expected [{b}, {hs}, {c}] = {}",
+                scores.len(),
+                b * hs * c
+            )));
+        }
+        let mut dst = gs.scores.slice_mut(0..scores.len());
+        self.stream.memcpy_htod(scores, &mut dst).map_err(cuda)?;
+        gs.scores_set = true;
+        Ok(())
+    }
+
     /// Launches one decode step (asynchronously, on the kernel's stream).
     pub fn launch(&self, gs: &mut GpuState) -> Result<(), Error> {
         self.launch_roles(gs, &STEP)
@@ -233,6 +265,16 @@ impl GpuDecode {
             return Err(Error::Shape(format!(
                 "the state was made for another tuning of `{}` (call adopt first)",
                 self.spec().kernel
+            )));
+        }
+        let s = self.spec();
+        if s.source == Source::External && roles.contains(&Role::TopK) && !gs.scores_set {
+            return Err(Error::Shape(format!(
+                "`{}` scores tokens with an external tensor: set scores [{}, {}, {}] first (set_scores)",
+                s.kernel,
+                s.batch,
+                s.sel_heads(),
+                s.context
             )));
         }
         for ((role, f), e) in self.funcs.iter().zip(&self.module.entries) {

@@ -151,15 +151,22 @@ pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<Stri
     let t = Instant::now();
     // On the GPU: the index lists, the output and where and how fast it ran.
     let (idx, gpu_out) = match gpu {
-        Some(_) if scores.is_some() => {
-            return Err(Error::Shape(format!(
-                "`{}` computes its own scores: pass no external scores",
-                spec.kernel
-            )))
-        }
         Some(gpu) => {
             let gk = GpuDecode::load(gpu, spec.clone())?;
             let mut gs = gk.upload(&st)?;
+            match (&scores, spec.source == Source::External) {
+                (Some(e), _) => gk.set_scores(&mut gs, e)?, // says so if it has no use for them
+                (None, true) => {
+                    return Err(Error::Shape(format!(
+                        "`{}` scores tokens with an external tensor: pass scores [{}, {}, {}]",
+                        spec.kernel,
+                        spec.batch,
+                        spec.sel_heads(),
+                        spec.context
+                    )))
+                }
+                (None, false) => {}
+            }
             let t = Instant::now();
             let (idx, o) = gk.step(&mut gs, &q.data)?;
             let ms = t.elapsed().as_secs_f64() * 1e3;
@@ -492,6 +499,16 @@ pub fn bench_cuda(
         .collect();
     let kernel = DecodeKernel::new(spec.clone());
     let mut st = kernel.new_state();
+    // `external` scoring: one score tensor for both sides (as the CPU benchmark makes it).
+    let external = (spec.source == Source::External)
+        .then(|| Tensor::random(&[b, spec.sel_heads() as usize, c as usize], 11).data);
+    let upload = |st: &attnc_runtime::decode::DecodeState| -> Result<_, Error> {
+        let mut gs = gk.upload(st)?;
+        if let Some(e) = &external {
+            gk.set_scores(&mut gs, e)?;
+        }
+        Ok(gs)
+    };
     // Correctness on ragged lengths (partial pages, shorter sequences), then on full ones.
     let ragged: Vec<u32> = (0..b as u32)
         .map(|i| (c - i * (c / 16) - 3 * i).max(1))
@@ -511,7 +528,7 @@ pub fn bench_cuda(
     ];
     for (what, lens, append, apart) in cases {
         kernel.fill(&mut st, &syn.k.data, &syn.v.data, &lens)?;
-        let mut gs = gk.upload(&st)?;
+        let mut gs = upload(&st)?;
         if append {
             let n = b * spec.kv_heads as usize * d;
             let kn = Tensor::random(&[n], 21).data;
@@ -519,7 +536,7 @@ pub fn bench_cuda(
             kernel.append(&mut st, &kn, &vn)?;
             gk.append(&mut gs, &kn, &vn)?;
         }
-        let (idx_cpu, o_cpu) = kernel.step(&mut st, &q1, None)?;
+        let (idx_cpu, o_cpu) = kernel.step(&mut st, &q1, external.as_deref())?;
         let (idx_gpu, o_gpu) = gk.step(&mut gs, &q1)?;
         checks.push(check(what, (&idx_cpu, &o_cpu), (&idx_gpu, &o_gpu), d));
         if apart {
@@ -537,7 +554,7 @@ pub fn bench_cuda(
     }
     drop(syn);
     // st now holds the full cache: time the step and each kernel.
-    let mut gs = gk.upload(&st)?;
+    let mut gs = upload(&st)?;
     let (idx, o) = gk.step(&mut gs, &q1)?;
     let mut tuned = String::new();
     let gk = if tune {
@@ -582,8 +599,9 @@ pub fn bench_cuda(
         Source::PageBound => {
             2.0 * (b * spec.kv_heads as usize * spec.units() as usize * d * 2) as f64
         }
-        // Exact scores read every cached key.
+        // Exact scores read every cached key; external ones their f32 scores.
         Source::Exact => (b * spec.kv_heads as usize * c as usize * d * 2) as f64,
+        Source::External => (b * spec.sel_heads() as usize * c as usize * 4) as f64,
         _ => 0.0,
     };
     let read = kv_bytes((spec.capacity() * spec.page).min(c) as f64) + meta;

@@ -292,6 +292,13 @@ pub fn gpu_support(s: &SelectSpec) -> Result<(), String> {
                 ));
             }
         }
+        // Scores given per selection head: the top-k reads them where the score entry
+        // would have written them.
+        Source::External => {
+            if s.pool != Pool::None || s.page != 1 {
+                return why("`external` scores with pooling or pages");
+            }
+        }
         other => {
             return why(&format!(
                 "`{}` scoring",
