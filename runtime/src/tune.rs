@@ -74,7 +74,7 @@ pub fn tune(
     let mut trials = vec![];
     // The default shape's output is the yardstick: a shape that disagrees with it is never
     // chosen (the tuner must not trade correctness for speed). Inputs are uploaded once and
-    // shared by every candidate; outputs are compared on a strided sample.
+    // shared by every candidate; outputs are compared on a sample (runs spread over the output).
     let mut reference: Option<Vec<f32>> = None;
     let mut args: Option<crate::cuda::DeviceArgs> = None;
     let shapes = candidates(&c.ir, &c.schedule.geom, gpu.has_wgmma());
@@ -101,7 +101,8 @@ pub fn tune(
         // A shape that wrote nothing must not pass for the previous shape's output.
         kernel.poison(dev)?;
         kernel.launch(dev)?;
-        let out = kernel.download_sample(dev, 97)?;
+        // 256 runs of 256 values spread over every head and batch entry.
+        let out = kernel.download_sample(dev, (256, 256))?;
         match &reference {
             None => reference = Some(out),
             Some(r) => {
