@@ -227,8 +227,9 @@ def density_criterion(rows):
 # Why a peer is faster where it is (printed for every case attnc loses).
 WHY = {
     "cudnn": "cuDNN's Hopper kernel is FlashAttention-3's design (a producer warp, two consumer "
-    "warpgroups taking turns, softmax overlapped with the products); attnc's tuned shapes run "
-    "one warpgroup a block, three blocks an SM (its -ws/-ws-pp shapes are not tuned yet)",
+    "warpgroups taking turns, softmax overlapped with the products); the shapes attnc's tuner "
+    "picks run each warpgroup on its own, mostly one a block and three blocks an SM (its "
+    "-ws/-ws-pp shapes are not tuned yet)",
     "fa2": "unexpected: FlashAttention-2 has no Hopper path; check the shape the tuner picked",
     "flex": "unexpected: check the shape the tuner picked and the block counts",
 }

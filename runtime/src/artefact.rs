@@ -30,8 +30,9 @@ pub struct GpuArtefact {
     pub smem_bytes: u32,
     /// The shared memory is dynamic (above 48 KiB): launch with it and opt in.
     pub dynamic_smem: bool,
-    /// The launch shape (`Tuning::name`: rows, keys, wgmma, tensor copies, overlap,
-    /// blocks an SM), which the launcher also needs (tensor maps, carveout).
+    /// The launch shape (`Tuning::name`: rows, keys, wgmma, tensor copies, the overlapped
+    /// or warp-specialised loop, blocks an SM), which the launcher also needs (tensor
+    /// maps, carveout).
     pub shape: String,
     /// Per head variant the CSR row offsets (`total_tiles + 1` each, into `runs`).
     pub rows: Vec<u32>,

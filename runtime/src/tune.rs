@@ -1,8 +1,8 @@
-//! The autotuner: compiles a kernel with every block shape that fits, checks each against
-//! the default shape's output, times each on the GPU on the kernel's real shapes (random
-//! inputs), runs the three fastest again interleaved, and keeps the fastest of those. The
-//! choice is cached on disk per (source, parameters, target, compiler version, GPU) next to
-//! the compile cache.
+//! The autotuner: compiles a kernel with every candidate shape (`attention::candidates`)
+//! that fits, checks each against the default shape's output, times each on the GPU on the
+//! kernel's real shapes (random inputs), runs the three fastest again interleaved, and
+//! keeps the fastest of those. The choice is cached on disk per (source, parameters,
+//! target, compiler version, GPU) next to the compile cache.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -50,7 +50,7 @@ const FINALISTS: usize = 3;
 /// compile cache key) enables the on-disk choice cache.
 /// `inputs`: the Q, K, V and extra input tensors every shape runs on (the caller's, so
 /// that a benchmark times the chosen shape on the same data without making it twice: at
-/// 262144 tokens that took longer than the tuning).
+/// 262144 tokens each tensor holds 805 M values).
 pub fn tune(
     gpu: &Gpu,
     c: &Compiled,

@@ -14,7 +14,6 @@ use cudarc::driver::{
     CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
-use rayon::prelude::*;
 
 use super::cache::DecodeState;
 use super::{DecodeKernel, Indices};
@@ -120,12 +119,8 @@ impl GpuDecode {
             if x.is_empty() {
                 return self.stream.alloc_zeros::<u16>(1).map_err(cuda);
             }
-            // Converted in parallel: a long cache holds billions of values.
-            let bits: Vec<u16> = x
-                .par_chunks(1 << 20)
-                .flat_map_iter(|c| to_half(dt, c))
-                .collect();
-            self.stream.clone_htod(&bits).map_err(cuda)
+            // `to_half` converts in parallel: a long cache holds billions of values.
+            self.stream.clone_htod(&to_half(dt, x)).map_err(cuda)
         };
         let (b, hq, d) = (s.batch as usize, s.q_heads as usize, s.head_dim as usize);
         let lists = b * s.sel_heads() as usize;

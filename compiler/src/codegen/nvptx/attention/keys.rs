@@ -104,11 +104,12 @@ impl<'a, 'c> Attention<'a, 'c> {
         });
     }
 
-    /// Waits until the tensor copies into buffer `buf` have landed (the barrier's phase of
-    /// `parity` completed).
-    pub(super) fn wait_tma(&self, buf: IntValue<'c>, parity: IntValue<'c>) {
+    /// Waits until mbarrier `buf` has completed its phase of `round` (counted from 0: the
+    /// `round`-th use of the buffer it guards; phases alternate in parity).
+    pub(super) fn wait_tma(&self, buf: IntValue<'c>, round: IntValue<'c>) {
         let g = self.g;
         let bar = self.mbar_addr(buf);
+        let parity = g.and(round, g.i32(1));
         let ready = g.var(g.i32t.into(), g.i32(0).into());
         g.while_loop(&mut |g| g.eqi(g.geti(ready), 0), &mut |g| {
             let r = ptx::mbarrier_try_wait().emit(g.cx, &g.b, &[bar.into(), parity.into()]);
@@ -116,17 +117,12 @@ impl<'a, 'c> Attention<'a, 'c> {
         });
     }
 
-    /// A chunk's K and V by tensor copies (one thread): the chunk's rows are consecutive
-    /// in the tensor of `[batch * kv_heads * tokens, dim]` rows, from the position of its
-    /// first row; 64-element boxes of `bn` rows land 128-byte-swizzled in the layout of
-    /// `kv_off`. Rows past the tile are the next tokens' (masked) or past the tensor's end
-    /// (zero-filled); either way finite.
-    pub(super) fn issue_kv_tma(&self, buf: IntValue<'c>, slot: IntValue<'c>) {
-        self.tma_copies(Operands::KV, buf, slot, self.mbar_addr(buf));
-    }
-
     /// Tensor copies of K, V or both of the chunk whose key information is in `slot` into
-    /// buffer `buf`, completing on the barrier at `bar` (one thread issues them).
+    /// buffer `buf`, completing on the barrier at `bar` (one thread, `kv_tid` 0, issues
+    /// them): the chunk's rows are consecutive in the tensor of `[batch * kv_heads *
+    /// tokens, dim]` rows, from the position of its first row; 64-element boxes of `bn`
+    /// rows land 128-byte-swizzled in the layout of `kv_off`. Rows past the tile are the
+    /// next tokens' (masked) or past the tensor's end (zero-filled); either way finite.
     pub(super) fn tma_copies(
         &self,
         which: Operands,
@@ -181,7 +177,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         let g = self.g;
         let cfg = self.cfg;
         if cfg.shape.tma {
-            return self.issue_kv_tma(buf, slot);
+            return self.tma_copies(Operands::KV, buf, slot, self.mbar_addr(buf));
         }
         let kt = g.geti(c.kt);
         let tile = tokens::tile(g, self.geo, kt);
@@ -199,8 +195,9 @@ impl<'a, 'c> Attention<'a, 'c> {
             } else {
                 self.k_buf(buf)
             };
-            for it in 0..total.div_ceil(cfg.threads()) {
-                let idx = g.addi(self.tid, i64::from(it * cfg.threads()));
+            let threads = cfg.compute_threads();
+            for it in 0..total.div_ceil(threads) {
+                let idx = g.addi(self.tid, i64::from(it * threads));
                 let inside = g.lt(idx, g.i32(i64::from(total)));
                 let this = self;
                 g.if_then(inside, &mut |g| {

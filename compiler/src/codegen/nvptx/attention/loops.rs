@@ -23,68 +23,52 @@ impl<'a, 'c> Attention<'a, 'c> {
             next,
             has,
         } = self.key_walk();
-        let buf = g.var(g.i32t.into(), g.i32(0).into());
-        // Chunks computed so far: with tensor copies, chunk i waits for the phase of
-        // parity (i / 2) % 2 of its buffer's barrier.
-        let done = self
-            .cfg
-            .shape
-            .tma
-            .then(|| g.var(g.i32t.into(), g.i32(0).into()));
+        // Chunks computed so far: chunk n is in buffer n % 2 and, with tensor copies, its
+        // buffer's barrier completes round n / 2 for it.
+        let done = g.var(g.i32t.into(), g.i32(0).into());
         self.first_chunk(&cur, has);
         let body: Vec<NodeIndex> = self.k.region_nodes(region);
         let mut err = None;
-        {
-            let this = self;
-            g.while_loop(&mut |g| g.lt(g.geti(cur.r), end), &mut |g| {
-                let b = g.geti(buf);
-                let nb = g.sub(g.i32(1), b);
-                this.copy_cursor(&cur, &next);
-                this.advance(&next, end);
-                let more = g.lt(g.geti(next.r), end);
-                let t = &*this;
-                g.if_then(more, &mut |_| t.fill_kinfo(&next, nb));
-                // cp.async reads every key's position; a tensor copy only the first, which
-                // its issuing thread (0) wrote itself. Everyone's last reads of buffer and
-                // slot `nb` were before the previous chunk's closing barrier.
-                if !t.cfg.shape.tma {
-                    g.barrier();
-                }
-                g.if_then(more, &mut |_| t.issue_kv(&next, nb, nb));
-                if let Some(done) = done {
-                    // The chunk's key information was written before the barrier above.
-                    let parity = g.and(g.udivi(g.geti(done), 2), g.i32(1));
-                    t.wait_tma(b, parity);
-                } else {
-                    ptx::cp_async_commit().emit(g.cx, &g.b, &[]);
-                    ptx::cp_async_wait(1).emit(g.cx, &g.b, &[]);
-                    if t.cfg.shape.wgmma {
-                        ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
-                    }
-                    g.barrier();
-                }
-                if let Err(e) = this.chunk(&body, &cur, b, Step::Serial(b), f, &mut |_| {}) {
-                    err = Some(e);
+        g.while_loop(&mut |g| g.lt(g.geti(cur.r), end), &mut |g| {
+            let n = g.geti(done);
+            let b = g.uremi(n, 2);
+            let nb = g.sub(g.i32(1), b);
+            self.copy_cursor(&cur, &next);
+            self.advance(&next, end);
+            let more = g.lt(g.geti(next.r), end);
+            g.if_then(more, &mut |_| self.fill_kinfo(&next, nb));
+            // cp.async reads every key's position; a tensor copy only the first, which its
+            // issuing thread (0) wrote itself. Everyone's last reads of buffer and slot `nb`
+            // were before the previous chunk's closing barrier.
+            if !self.cfg.shape.tma {
+                g.barrier();
+            }
+            g.if_then(more, &mut |_| self.issue_kv(&next, nb, nb));
+            if self.cfg.shape.tma {
+                self.wait_tma(b, g.udivi(n, 2));
+            } else {
+                ptx::cp_async_commit().emit(g.cx, &g.b, &[]);
+                ptx::cp_async_wait(1).emit(g.cx, &g.b, &[]);
+                if self.cfg.shape.wgmma {
+                    ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
                 }
                 g.barrier();
-                this.copy_cursor(&next, &cur);
-                g.set(buf, nb);
-                if let Some(done) = done {
-                    g.set(done, g.addi(g.geti(done), 1));
-                }
-            });
-        }
+            }
+            if let Err(e) = self.chunk(&body, &cur, b, Step::Serial(b), f, &mut |_| {}) {
+                err = Some(e);
+            }
+            g.barrier();
+            self.copy_cursor(&next, &cur);
+            g.set(done, g.addi(n, 1));
+        });
         if !self.cfg.shape.tma {
             ptx::cp_async_wait(0).emit(g.cx, &g.b, &[]);
         }
-        match err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        err.map_or(Ok(()), Err)
     }
 
-    /// The prologue of both key loops: the first chunk's key information into slot 0 and
-    /// its K and V on their way into buffer 0 (when the query tile has a run, `has`).
+    /// The plain key loop's prologue: the first chunk's key information into slot 0 and its
+    /// K and V on their way into buffer 0 (when the query tile has a run, `has`).
     pub(super) fn first_chunk(&self, cur: &Cursor<'c>, has: IntValue<'c>) {
         let g = self.g;
         if self.cfg.shape.tma {
@@ -201,8 +185,8 @@ impl<'a, 'c> Attention<'a, 'c> {
                 let kb = g.uremi(n, 2);
                 let prev = g.sub(n, g.i32(1));
                 let vb = g.uremi(prev, 2);
-                t.wait_tma(kb, g.and(g.udivi(n, 2), g.i32(1)));
-                t.wait_tma(g.addi(vb, 2), g.and(g.udivi(prev, 2), g.i32(1)));
+                t.wait_tma(kb, g.udivi(n, 2));
+                t.wait_tma(g.addi(vb, 2), g.udivi(prev, 2));
                 f.p = p_vars.iter().map(|w| w.map(|v| g.geti(v))).collect();
                 let step = Step::Steady {
                     k: kb,
@@ -222,14 +206,11 @@ impl<'a, 'c> Attention<'a, 'c> {
             // The last chunk's P V (V(last) was never waited for).
             let last = g.sub(g.geti(n_var), g.i32(1));
             let vb = g.uremi(last, 2);
-            t.wait_tma(g.addi(vb, 2), g.and(g.udivi(last, 2), g.i32(1)));
+            t.wait_tma(g.addi(vb, 2), g.udivi(last, 2));
             f.p = p_vars.iter().map(|w| w.map(|v| g.geti(v))).collect();
             t.pv_wgmma(t.v_buf(vb), f);
         });
-        match err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        err.map_or(Ok(()), Err)
     }
 
     /// The warp-specialised key loop of the computing warpgroups: chunk `n` is in stage
@@ -257,19 +238,19 @@ impl<'a, 'c> Attention<'a, 'c> {
         // and then opens `2 - w` for the other. Warpgroup 1 opens 1 once before the first
         // chunk and not after its last, so that every arrival has its wait.
         let wg = g.udivi(self.warp, 4);
-        let (mine, other) = (g.addi(wg, 1), g.sub(g.i32(2), wg));
-        let threads = g.i32(i64::from(self.cfg.compute_threads()));
-        if self.cfg.shape.pingpong {
+        let turns = self.cfg.shape.pingpong.then(|| {
+            let threads = g.i32(i64::from(self.cfg.compute_threads()));
             let first_turn = g.and(has, g.eqi(wg, 1));
             let open = g.seli(first_turn, g.i32(1), g.i32(0));
             ptx::bar_arrive_if().emit(g.cx, &g.b, &[g.i32(1).into(), threads.into(), open.into()]);
-        }
+            (g.addi(wg, 1), g.sub(g.i32(2), wg))
+        });
         let mut err = None;
         g.while_loop(&mut |g| g.lt(g.geti(cur.r), end), &mut |g| {
             let n = g.geti(n_var);
             let stage = g.uremi(n, stages);
-            self.wait_tma(stage, g.and(g.udivi(n, stages), g.i32(1)));
-            let step = if self.cfg.shape.pingpong {
+            self.wait_tma(stage, g.udivi(n, stages));
+            let step = if let Some((mine, other)) = turns {
                 self.copy_cursor(&cur, &next);
                 self.advance(&next, end);
                 let last = g.icmp(IntPredicate::SGE, g.geti(next.r), end);
@@ -314,8 +295,7 @@ impl<'a, 'c> Attention<'a, 'c> {
             let round = g.udivi(n, stages);
             let reused = g.icmp(IntPredicate::UGE, n, g.i32(stages));
             g.if_then(reused, &mut |g| {
-                let parity = g.and(g.sub(round, g.i32(1)), g.i32(1));
-                self.wait_tma(g.addi(stage, stages), parity);
+                self.wait_tma(g.addi(stage, stages), g.sub(round, g.i32(1)));
             });
             self.fill_kinfo(&cur, stage);
             let full = self.mbar_addr(stage);
@@ -344,7 +324,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         at_pv: &mut dyn FnMut(&Self),
     ) -> Result<(), String> {
         let g = self.g;
-        let cfg = self.cfg.clone();
+        let cfg = self.cfg;
         let kt = g.geti(cur.kt);
         let ktile = tokens::tile(g, self.geo, kt);
         let chunk0 = g.muli(g.geti(cur.chunk), i64::from(cfg.shape.bn));
@@ -428,14 +408,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                                 at_pv(self);
                             }
                             Step::Steady { .. } => {
-                                // The previous `P V` completes; its P words were held.
-                                let held = std::mem::take(&mut f.held);
-                                let mut args: Vec<BasicValueEnum> =
-                                    held.iter().map(|x| (*x).into()).collect();
-                                args.extend(self.acc_values(&f.acc));
-                                let out = ptx::wgmma_wait(held.len(), f.acc.len() * 4)
-                                    .emit(g.cx, &g.b, &args);
-                                self.set_acc(&f.acc, &out);
+                                self.pv_complete(f);
                                 self.rescale_deferred(f);
                                 at_pv(self);
                             }

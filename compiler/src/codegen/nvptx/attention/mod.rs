@@ -33,7 +33,7 @@ use super::gen::{ok, Gen, Var};
 use super::tokens::{self, Row, Tile};
 use crate::ir::{ElemFn, Kernel, Op, Tensor, Type};
 use crate::pattern::geometry::Geometry;
-use crate::sema::expr::{Expr, InputId, Var as EVar};
+use crate::sema::expr::{InputId, Var as EVar};
 use crate::sema::program::Group;
 use crate::sema::spec::InputSpec;
 
@@ -323,7 +323,7 @@ impl<'a, 'c> Attention<'a, 'c> {
 
     pub fn emit(&mut self) -> Result<(), String> {
         let g = self.g;
-        let cfg = self.cfg.clone();
+        let cfg = self.cfg;
         if cfg.shape.wgmma {
             // Round the shared base up to 1024 bytes (the swizzle pattern's period).
             let base = ok(g.b.build_ptr_to_int(self.smem, g.i32t, ""));
@@ -335,8 +335,9 @@ impl<'a, 'c> Attention<'a, 'c> {
         self.tid = raw;
         if cfg.shape.ws {
             // Warpgroup 0 produces; the others compute, numbered from 0.
-            self.computing = g.icmp(IntPredicate::UGE, raw, g.i32(128));
-            self.tid = g.seli(self.computing, g.sub(raw, g.i32(128)), g.i32(0));
+            let producers = g.i32(i64::from(WS_PRODUCER_THREADS));
+            self.computing = g.icmp(IntPredicate::UGE, raw, producers);
+            self.tid = g.seli(self.computing, g.sub(raw, producers), g.i32(0));
         }
         self.warp = g.udivi(self.tid, 32);
         self.lane = g.uremi(raw, 32);
@@ -364,7 +365,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                     // (and the copies' bytes), "empty" on every computing thread's.
                     let count = match (this.cfg.shape.ws, b < this.cfg.stages()) {
                         (false, _) => 1,
-                        (true, true) => 128,
+                        (true, true) => WS_PRODUCER_THREADS,
                         (true, false) => this.cfg.compute_threads(),
                     };
                     ptx::mbarrier_init().emit(
@@ -449,7 +450,7 @@ impl<'a, 'c> Attention<'a, 'c> {
     /// ldmatrix into A fragments.
     fn load_q(&mut self) {
         let g = self.g;
-        let cfg = self.cfg.clone();
+        let cfg = self.cfg;
         let qtile = self.qtile.expect("q tile set");
         let qinfo = cfg.qinfo();
         // Row information: one thread per row.
@@ -566,11 +567,12 @@ impl<'a, 'c> Attention<'a, 'c> {
     }
 }
 
-/// Registers a thread of the warp-specialised kernel's computing and producing
-/// warpgroups run with (`setmaxnreg`).
+/// The warp-specialised kernel's producer: warpgroup 0, its threads.
+const WS_PRODUCER_THREADS: u32 = 128;
+
+/// Registers a thread of the warp-specialised kernel's computing warpgroups runs with
+/// (`setmaxnreg`)...
 const WS_COMPUTE_REGS: u32 = 232;
 
+/// ... and of its producer.
 const WS_PRODUCER_REGS: u32 = 40;
-
-#[allow(dead_code)]
-fn _unused(_: &Expr) {}

@@ -58,11 +58,25 @@ impl<'a, 'c> Attention<'a, 'c> {
     }
 
     pub(super) fn qk_wgmma(&self, buf: IntValue<'c>, f: &mut Frags<'c>) {
-        let g = self.g;
-        let (w, mut args) = self.qk_product(buf);
-        args.push(g.i32(1).into());
-        let d = ptx::wgmma_block(&[w], Some(0)).emit(g.cx, &g.b, &args);
+        let (w, args) = self.qk_product(buf);
+        let d = self.wgmma(&[w], Some(0), args, vec![]);
         self.set_s_into(f, &d);
+    }
+
+    /// Issues `products` in one `ptx::wgmma_block` (waiting until `pending` groups are left
+    /// in flight): `inputs` are the products' A words and descriptors, `tied` the current D
+    /// of the accumulating ones; the predicate word goes between them. Returns every D.
+    fn wgmma(
+        &self,
+        products: &[ptx::Wgmma],
+        pending: Option<usize>,
+        mut inputs: Vec<BasicValueEnum<'c>>,
+        tied: Vec<BasicValueEnum<'c>>,
+    ) -> Vec<BasicValueEnum<'c>> {
+        let g = self.g;
+        inputs.push(g.i32(1).into());
+        inputs.extend(tied);
+        ptx::wgmma_block(products, pending).emit(g.cx, &g.b, &inputs)
     }
 
     /// Ping-pong's `S = Q K^T`: this warpgroup's turn (named barrier `mine`), the product
@@ -77,9 +91,8 @@ impl<'a, 'c> Attention<'a, 'c> {
         let g = self.g;
         let threads = g.i32(i64::from(self.cfg.compute_threads()));
         ptx::bar_sync().emit(g.cx, &g.b, &[mine.into(), threads.into()]);
-        let (w, mut args) = self.qk_product(buf);
-        args.push(g.i32(1).into());
-        let d = ptx::wgmma_block(&[w], None).emit(g.cx, &g.b, &args);
+        let (w, args) = self.qk_product(buf);
+        let d = self.wgmma(&[w], None, args, vec![]);
         ptx::bar_arrive_if().emit(g.cx, &g.b, &[other.into(), threads.into(), arrive.into()]);
         let d = ptx::wgmma_wait(0, d.len()).emit(g.cx, &g.b, &d);
         self.set_s_into(f, &d);
@@ -150,11 +163,9 @@ impl<'a, 'c> Attention<'a, 'c> {
 
     /// `acc += P V` on wgmma, waited for.
     pub(super) fn pv_wgmma(&self, vbase: IntValue<'c>, f: &mut Frags<'c>) {
-        let g = self.g;
-        for (w, mut args, tiles) in self.pv_products(vbase, &f.p) {
-            args.push(g.i32(1).into());
-            args.extend(self.acc_values(&f.acc[tiles.clone()]));
-            let d = ptx::wgmma_block(&[w], Some(0)).emit(g.cx, &g.b, &args);
+        for (w, args, tiles) in self.pv_products(vbase, &f.p) {
+            let tied = self.acc_values(&f.acc[tiles.clone()]);
+            let d = self.wgmma(&[w], Some(0), args, tied);
             self.set_acc(&f.acc[tiles], &d);
         }
     }
@@ -165,7 +176,6 @@ impl<'a, 'c> Attention<'a, 'c> {
     /// block owned by the tensor cores until the wait at the `P V` op (`f.held` keeps the P
     /// words alive until then); the softmax in between touches neither.
     pub(super) fn qk_with_pv(&self, k: IntValue<'c>, v_prev: IntValue<'c>, f: &mut Frags<'c>) {
-        let g = self.g;
         let (qk, mut args) = self.qk_product(k);
         let mut products = vec![qk];
         let mut tied = vec![];
@@ -175,9 +185,7 @@ impl<'a, 'c> Attention<'a, 'c> {
             args.extend(a.iter().copied());
             tied.extend(self.acc_values(&f.acc[tiles.clone()]));
         }
-        args.push(g.i32(1).into());
-        args.extend(tied);
-        let d = ptx::wgmma_block(&products, Some(pv.len())).emit(g.cx, &g.b, &args);
+        let d = self.wgmma(&products, Some(pv.len()), args, tied);
         self.set_s_into(f, &d);
         let mut at = (self.cfg.shape.bn / 2) as usize;
         for (w, _, tiles) in &pv {
@@ -186,6 +194,17 @@ impl<'a, 'c> Attention<'a, 'c> {
             at += n;
         }
         f.held = f.p.iter().flat_map(|w| w.iter().copied()).collect();
+    }
+
+    /// The overlapped loop: waits for the `P V` that `qk_with_pv` left in flight (its P
+    /// words held until here, the accumulators tied through the wait).
+    pub(super) fn pv_complete(&self, f: &mut Frags<'c>) {
+        let g = self.g;
+        let held = std::mem::take(&mut f.held);
+        let mut args: Vec<BasicValueEnum> = held.iter().map(|x| (*x).into()).collect();
+        args.extend(self.acc_values(&f.acc));
+        let out = ptx::wgmma_wait(held.len(), f.acc.len() * 4).emit(g.cx, &g.b, &args);
+        self.set_acc(&f.acc, &out);
     }
 
     /// `acc += P V` (the softmax rescaled `acc` when `m` moved).

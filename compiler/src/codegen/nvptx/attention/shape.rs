@@ -61,6 +61,21 @@ pub struct Tuning {
 }
 
 impl Tuning {
+    /// `bm` x `bn` on mma.sync, with none of the sm_90a options (the base the other shapes
+    /// are written from: `Tuning { wgmma: true, ..Tuning::plain(64, 64) }`).
+    pub fn plain(bm: u32, bn: u32) -> Tuning {
+        Tuning {
+            bm,
+            bn,
+            wgmma: false,
+            blocks_per_sm: 0,
+            tma: false,
+            overlap: false,
+            ws: false,
+            pingpong: false,
+        }
+    }
+
     /// `64x32`, `128x64-wgmma`, `128x64-wgmma-tma`, or with an occupancy request
     /// `64x64-wgmma-x3`.
     pub fn name(&self) -> String {
@@ -122,16 +137,7 @@ pub fn default_tuning(k: &Kernel) -> Tuning {
     } else {
         64
     };
-    Tuning {
-        bm,
-        bn,
-        wgmma: false,
-        blocks_per_sm: 0,
-        tma: false,
-        overlap: false,
-        ws: false,
-        pingpong: false,
-    }
+    Tuning::plain(bm, bn)
 }
 
 /// Tensor copies bring a chunk's rows as one box: they must be consecutive in memory, which
@@ -145,16 +151,10 @@ pub fn tensor_copies_fit(geo: &Geometry) -> bool {
 /// 2026-11-29: the fastest shape on GRAT 128x128 and on GRAT-B r=1 256x256, 8 % behind
 /// 128x128 on dense 16384; `--tune` picks per case); else `default_tuning`.
 pub fn gpu_default(k: &Kernel, geo: &Geometry, wgmma: bool) -> Tuning {
-    let tma = tensor_copies_fit(geo);
     let t = Tuning {
-        bm: 64,
-        bn: 64,
         wgmma: true,
-        blocks_per_sm: 0,
-        tma,
-        overlap: false,
-        ws: false,
-        pingpong: false,
+        tma: tensor_copies_fit(geo),
+        ..Tuning::plain(64, 64)
     };
     if wgmma && config_for(k, t).is_ok() {
         t
@@ -177,21 +177,11 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
             out.push(t);
         }
     };
-    for bm in [64, 128] {
-        for bn in [32, 64] {
-            if tma_ok {
-                break;
+    if !tma_ok {
+        for bm in [64, 128] {
+            for bn in [32, 64] {
+                push(Tuning::plain(bm.min(tt.div_ceil(16) * 16), bn));
             }
-            push(Tuning {
-                bm: bm.min(tt.div_ceil(16) * 16),
-                bn,
-                wgmma: false,
-                blocks_per_sm: 0,
-                tma: false,
-                overlap: false,
-                ws: false,
-                pingpong: false,
-            });
         }
     }
     if wgmma {
@@ -207,14 +197,11 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
                     continue;
                 }
                 push(Tuning {
-                    bm,
-                    bn,
                     wgmma: true,
                     blocks_per_sm,
                     tma,
                     overlap,
-                    ws: false,
-                    pingpong: false,
+                    ..Tuning::plain(bm, bn)
                 });
             }
         }
@@ -229,14 +216,10 @@ pub fn experimental(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
         return vec![];
     }
     let ws = Tuning {
-        bm: 128,
-        bn: 64,
         wgmma: true,
-        blocks_per_sm: 0,
         tma: true,
-        overlap: false,
         ws: true,
-        pingpong: false,
+        ..Tuning::plain(128, 64)
     };
     let pp = Tuning {
         pingpong: true,
@@ -377,7 +360,12 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
     }
     let cfg = Config {
         shape: t,
-        warps: bm / 16 + if ws { 4 } else { 0 },
+        warps: bm / 16
+            + if ws {
+                super::WS_PRODUCER_THREADS / 32
+            } else {
+                0
+            },
         d: i.head_dim,
         dv: i.value_dim,
         blocks_per_tile: tt.div_ceil(bm),

@@ -51,24 +51,26 @@ impl<'a, 'c> Attention<'a, 'c> {
         let any = g.icmp(IntPredicate::NE, g.ballot(need), g.i32(0));
         // In the overlapped loop `P V` may still be writing the accumulators: their factors
         // wait in variables until it completes (`rescale_deferred`).
-        let defer = self.cfg.shape.overlap;
-        let factors = [0; 2].map(|_| g.var(g.f32t.into(), g.f32(1.0).into()));
+        let factors = self
+            .cfg
+            .shape
+            .overlap
+            .then(|| [0; 2].map(|_| g.var(g.f32t.into(), g.f32(1.0).into())));
         let (acc, l, m) = (&f.acc, f.l, f.m);
         g.if_then(any, &mut |g| {
             for (row, r) in rm.iter().enumerate() {
                 let m_old = g.getf(m[row]);
                 let m_new = g.maxnum(m_old, *r);
                 let alpha = g.ex2(g.fsub(m_old, live_max(g, m_new)));
-                if defer {
-                    g.set(factors[row], alpha);
-                } else {
-                    rescale_rows(g, acc, row, alpha);
+                match factors {
+                    Some(fs) => g.set(fs[row], alpha),
+                    None => rescale_rows(g, acc, row, alpha),
                 }
                 g.set(l[row], g.fmul(g.getf(l[row]), alpha));
                 g.set(m[row], m_new);
             }
         });
-        f.deferred = defer.then_some((any, factors));
+        f.deferred = factors.map(|fs| (any, fs));
         for row in 0..2 {
             let neg_m = g.fsub(g.f32(0.0), live_max(g, g.getf(f.m[row])));
             for t in &f.s {
