@@ -404,6 +404,58 @@ impl CudaKernel {
     pub fn time(&self, a: &mut DeviceArgs, warmup: usize, runs: usize) -> Result<f64, Error> {
         median_event_ms(&self.stream, warmup, runs, &mut || self.launch(a))
     }
+
+    /// Median milliseconds and run count under the peers' protocol (see [`do_bench_ms`]).
+    pub fn time_do_bench(&self, a: &mut DeviceArgs, rep_ms: f64) -> Result<(f64, usize), Error> {
+        do_bench_ms(&self.stream, rep_ms, &mut || self.launch(a))
+    }
+}
+
+/// Bytes zeroed before each timed run by [`do_bench_ms`]: triton.testing.do_bench's 256 MB,
+/// more than the H200's 50 MB L2, so no run finds the previous run's data there.
+const L2_FLUSH_BYTES: usize = 256 << 20;
+
+/// Median milliseconds of `launch` timed as `triton.testing.do_bench` times the peers
+/// (bench/gpu/side_by_side.py): five runs estimate one run's time, warm-up runs fill
+/// `rep_ms / 4` ms, then as many runs as fill `rep_ms` ms (at least one), each after an
+/// L2 flush, each between two CUDA events. Returns the median and the number of timed runs.
+/// The same protocol on both sides also means the same length of sustained load, which
+/// matters on a GPU whose clock falls under long load (bench/RESULTS.md, "Clock").
+pub(crate) fn do_bench_ms(
+    stream: &Arc<CudaStream>,
+    rep_ms: f64,
+    launch: &mut dyn FnMut() -> Result<(), Error>,
+) -> Result<(f64, usize), Error> {
+    let mut flush = stream.alloc_zeros::<u8>(L2_FLUSH_BYTES).map_err(cuda)?;
+    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    launch()?;
+    stream.synchronize().map_err(cuda)?;
+    let start = stream.record_event(flags).map_err(cuda)?;
+    for _ in 0..5 {
+        stream.memset_zeros(&mut flush).map_err(cuda)?;
+        launch()?;
+    }
+    let end = stream.record_event(flags).map_err(cuda)?;
+    end.synchronize().map_err(cuda)?;
+    let estimate = f64::from(start.elapsed_ms(&end).map_err(cuda)?) / 5.0;
+    let count = |ms: f64| ((ms / estimate.max(1e-6)) as usize).max(1);
+    for _ in 0..count(rep_ms / 4.0) {
+        launch()?;
+    }
+    let mut marks = vec![];
+    for _ in 0..count(rep_ms) {
+        stream.memset_zeros(&mut flush).map_err(cuda)?;
+        let s = stream.record_event(flags).map_err(cuda)?;
+        launch()?;
+        marks.push((s, stream.record_event(flags).map_err(cuda)?));
+    }
+    stream.synchronize().map_err(cuda)?;
+    let mut times = marks
+        .iter()
+        .map(|(s, e)| s.elapsed_ms(e).map(f64::from).map_err(cuda))
+        .collect::<Result<Vec<_>, _>>()?;
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], times.len()))
 }
 
 /// Median milliseconds of `runs` launches on `stream`, each between two CUDA events, after

@@ -129,6 +129,11 @@ enum Command {
         /// Timed runs (after warm-up runs).
         #[arg(long, default_value_t = 10)]
         runs: usize,
+        /// CUDA attention kernels: time as `triton.testing.do_bench` times the peers in
+        /// bench/gpu/side_by_side.py instead of `--runs`: warm-up runs for MS/4 ms, then as
+        /// many runs as fill MS ms, each after an L2 flush (the harness passes 100).
+        #[arg(long, value_name = "MS", conflicts_with = "runs")]
+        rep_ms: Option<f64>,
         /// CUDA: try every block shape and keep the fastest (cached per GPU).
         #[arg(long)]
         tune: bool,
@@ -154,6 +159,15 @@ enum Command {
         #[arg(long)]
         kernel: Option<String>,
     },
+}
+
+/// How `attnc bench` times a GPU attention kernel.
+#[derive(Clone, Copy)]
+enum Timing {
+    /// Five warm-up runs, then this many timed back to back.
+    Runs(usize),
+    /// triton.testing.do_bench's protocol over this many milliseconds.
+    DoBench(f64),
 }
 
 /// Exit status for errors in the user's .attn input.
@@ -380,7 +394,7 @@ fn emit_block(
 fn bench_cuda(
     c: driver::Compiled,
     flops: f64,
-    runs: usize,
+    timing: Timing,
     tune: Option<(Source, String, Vec<Binding>)>,
     block: Option<Tuning>,
     json: bool,
@@ -411,9 +425,17 @@ fn bench_cuda(
     let mut args = kernel
         .upload(q.view(), k.view(), v.view(), &views)
         .map_err(runtime_error)?;
-    let ms = kernel
-        .time(&mut args, 5, runs.max(1))
-        .map_err(runtime_error)?;
+    let (ms, runs) = match timing {
+        Timing::Runs(runs) => (
+            kernel
+                .time(&mut args, 5, runs.max(1))
+                .map_err(runtime_error)?,
+            runs.max(1),
+        ),
+        Timing::DoBench(rep_ms) => kernel
+            .time_do_bench(&mut args, rep_ms)
+            .map_err(runtime_error)?,
+    };
     let Tuning { bm, bn, .. } = kernel.shape();
     let shape = kernel.shape().name();
     if json {
@@ -422,7 +444,7 @@ fn bench_cuda(
             .map(|t| format!("{{\"block\":\"{}\",\"ms\":{:.5}}}", t.block, t.ms))
             .collect();
         out(&format!(
-            "{{\"kernel\":\"{}\",\"tokens\":{},\"ms\":{ms:.5},\"tflops\":{:.2},\"bm\":{bm},\"bn\":{bn},\"block\":\"{shape}\",\"compile_ms\":{compile_ms:.1},\"trials\":[{}]}}\n",
+            "{{\"kernel\":\"{}\",\"tokens\":{},\"ms\":{ms:.5},\"runs\":{runs},\"tflops\":{:.2},\"bm\":{bm},\"bn\":{bn},\"block\":\"{shape}\",\"compile_ms\":{compile_ms:.1},\"trials\":[{}]}}\n",
             m.kernel,
             m.tokens,
             flops / ms / 1e9,
@@ -437,7 +459,7 @@ fn bench_cuda(
         "{} on {}: median {ms:.4} ms over {} runs, {:.1} TFLOP/s on active pairs (block {shape}, compile {compile_ms:.0} ms)\n",
         m.kernel,
         gpu.name(),
-        runs.max(1),
+        runs,
         flops / ms / 1e9
     ));
     Ok(())
@@ -607,11 +629,27 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             k,
             backend,
             runs,
+            rep_ms,
             tune,
             block,
             json,
         } => {
             let block = block.as_deref().map(parse_block).transpose()?;
+            let timing = match rep_ms {
+                None => Timing::Runs(runs),
+                Some(ms) if ms.is_finite() && ms > 0.0 => Timing::DoBench(ms),
+                Some(ms) => {
+                    return Err(usage(format!(
+                        "--rep-ms {ms}: give a positive number of milliseconds"
+                    )))
+                }
+            };
+            let for_attention_on_cuda = |what: &str| match timing {
+                Timing::Runs(_) => Ok(()),
+                Timing::DoBench(_) => Err(usage(format!(
+                    "--rep-ms times attention kernels on the GPU; {what}: use --runs"
+                ))),
+            };
             if let Some((_, spec)) = selection(&k, color)? {
                 if block.is_some() {
                     return Err(usage(format!(
@@ -619,6 +657,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                         spec.kernel
                     )));
                 }
+                for_attention_on_cuda(&format!("`{}` is a selection kernel", spec.kernel))?;
                 if backend == "cuda" {
                     attnc::codegen::nvptx::decode::gpu_support(&spec).map_err(usage)?;
                     let gpu = open_gpu()?;
@@ -647,8 +686,9 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                     let name = c.spec.kernel.clone();
                     (src, name, sets)
                 });
-                return bench_cuda(c, flops, runs, key, block, json);
+                return bench_cuda(c, flops, timing, key, block, json);
             }
+            for_attention_on_cuda("the CPU backend")?;
             if block.is_some() || tune {
                 return Err(usage(
                     "--block and --tune pick GPU launch shapes; they need --backend cuda",
