@@ -525,3 +525,40 @@ fn block_shapes_are_checked() {
         "prologue and loop"
     );
 }
+
+#[test]
+fn rep_ms_timing_is_checked() {
+    let grat = repo("kernels/grat.attn");
+    let bench = |extra: &[&str]| {
+        let mut c = attnc();
+        c.arg("bench").arg(&grat).args(["--kernel", "grat_b_2d"]);
+        c.args(extra);
+        run(&mut c)
+    };
+    let (code, _, err) = bench(&["--rep-ms", "100"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--rep-ms times attention kernels on the GPU; the CPU backend: use --runs"),
+        "{err}"
+    );
+    let (code, _, err) = bench(&["--rep-ms", "0", "--backend", "cuda"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--rep-ms 0: give a positive number of milliseconds"),
+        "{err}"
+    );
+    let (code, _, err) = bench(&["--rep-ms", "100", "--runs", "5"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
+    let (code, _, err) = run(attnc().arg("bench").arg(repo("kernels/quest.attn")).args([
+        "--kernel",
+        "quest_decode",
+        "--rep-ms",
+        "100",
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("`quest_decode` is a selection kernel: use --runs"),
+        "{err}"
+    );
+}

@@ -209,8 +209,9 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
     out
 }
 
-/// Shapes the GPU suite checks but the tuner does not try yet (never run on a GPU, or not
-/// yet faster anywhere): the warp-specialised kernel.
+/// Shapes the GPU suite checks but the tuner does not try: the warp-specialised kernel,
+/// correct on the H200 and slower than three 64-row blocks an SM on every case measured
+/// (bench/RESULTS.md, runs 15 and 19), kept as the base for the overlapped version.
 pub fn experimental(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
     if !wgmma || !tensor_copies_fit(geo) {
         return vec![];
