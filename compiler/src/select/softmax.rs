@@ -155,6 +155,25 @@ mod tests {
     }
 
     #[test]
+    fn trailing_minus_infinity_changes_no_bit() {
+        // The GPU's H2O update takes a whole index list as the row, its empty (-1) tail
+        // as logits of -inf; the CPU takes the list's tokens only. Same bits, any length.
+        for n in [1, 31, 33, 1000, 1024, 1025, 2500, 4095] {
+            let l: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % 1009) as f32 * 0.021 - 9.0)
+                .collect();
+            let mut short = l.clone();
+            softmax_in_place(&mut short);
+            let mut padded = l.clone();
+            padded.resize(4096, f32::NEG_INFINITY);
+            softmax_in_place(&mut padded);
+            assert!(padded[n..].iter().all(|x| *x == 0.0), "n {n}");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&padded[..n]), bits(&short), "n {n}");
+        }
+    }
+
+    #[test]
     fn butterfly_is_the_pairwise_tree() {
         let v: [f32; LANES] = std::array::from_fn(|i| (i as f32 + 1.0) * 0.1);
         let mut t = v.to_vec();

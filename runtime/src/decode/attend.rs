@@ -17,16 +17,6 @@ struct Partial {
     acc: Vec<f32>,
 }
 
-/// Per (sequence, query head): the attended tokens with their attention probabilities.
-pub type Probs = Vec<Vec<(u32, f32)>>;
-
-/// The output `[B, Hq, D]` and, when asked for, the probabilities of the attended tokens
-/// per (sequence, query head) (for H2O's update).
-pub struct Attended {
-    pub out: Vec<f32>,
-    pub probs: Probs,
-}
-
 /// The tokens of a list row, in list order.
 pub fn row_tokens(s: &SelectSpec, row: &[i32], len: u32) -> Vec<u32> {
     let p = s.page;
@@ -38,13 +28,7 @@ pub fn row_tokens(s: &SelectSpec, row: &[i32], len: u32) -> Vec<u32> {
     out
 }
 
-pub fn attend(
-    s: &SelectSpec,
-    st: &DecodeState,
-    q: &[f32],
-    idx: &[i32],
-    want_probs: bool,
-) -> Attended {
+pub fn attend(s: &SelectSpec, st: &DecodeState, q: &[f32], idx: &[i32]) -> Vec<f32> {
     let b_n = s.batch as usize;
     let hq = s.q_heads as usize;
     let hkv = s.kv_heads as usize;
@@ -55,8 +39,8 @@ pub fn attend(
     let cap = s.capacity() as usize;
     let scale = s.scale as f32;
     let split = s.split.max(1) as usize;
-    // One task per (sequence, KV head): its G heads' outputs and probabilities.
-    let per: Vec<(Vec<f32>, Probs)> = (0..b_n * hkv)
+    // One task per (sequence, KV head): its G heads' outputs.
+    let per: Vec<Vec<f32>> = (0..b_n * hkv)
         .into_par_iter()
         .map(|bk| {
             let (b, kvh) = (bk / hkv, bk % hkv);
@@ -70,7 +54,6 @@ pub fn attend(
             let qs: Vec<&[f32]> = (0..g)
                 .map(|i| &q[(b * hq + kvh * g + i) * d..][..d])
                 .collect();
-            let mut logits: Vec<Vec<(u32, f32)>> = vec![vec![]; g];
             // Split-K: each chunk of units, then the combine.
             let partials: Vec<Vec<Partial>> = row
                 .chunks(split)
@@ -106,9 +89,6 @@ pub fn attend(
                         for i in 0..g {
                             let l = scale * dot(qs[i], kv);
                             lg[i * n + t] = l;
-                            if want_probs {
-                                logits[i].push((j, l));
-                            }
                         }
                     }
                     let mut parts: Vec<Partial> = (0..g)
@@ -140,7 +120,6 @@ pub fn attend(
                 })
                 .collect();
             let mut out = vec![0f32; g * d];
-            let mut probs = vec![vec![]; g];
             for i in 0..g {
                 let m = partials
                     .iter()
@@ -163,25 +142,14 @@ pub fn attend(
                     }
                 }
                 o.iter_mut().for_each(|x| *x /= sum);
-                if want_probs {
-                    let lse = m + sum.ln();
-                    probs[i] = logits[i]
-                        .iter()
-                        .map(|&(j, l)| (j, (l - lse).exp()))
-                        .collect();
-                }
             }
-            (out, probs)
+            out
         })
         .collect();
     let mut out = vec![0f32; b_n * hq * d];
-    let mut probs = vec![vec![]; b_n * hq];
-    for (bk, (o, p)) in per.into_iter().enumerate() {
+    for (bk, o) in per.into_iter().enumerate() {
         let (b, kvh) = (bk / hkv, bk % hkv);
         out[(b * hq + kvh * g) * d..][..g * d].copy_from_slice(&o);
-        for (i, pi) in p.into_iter().enumerate() {
-            probs[b * hq + kvh * g + i] = pi;
-        }
     }
-    Attended { out, probs }
+    out
 }

@@ -7,6 +7,7 @@
 // index loops read better there than zipped iterators.
 #![allow(clippy::needless_range_loop)]
 
+mod accumulate;
 pub mod attend;
 pub mod cache;
 pub mod gpu;
@@ -16,7 +17,7 @@ pub mod score;
 pub mod topk;
 pub mod tuned;
 
-use attnc::select::spec::{KernelKind, Reduce, SelectSpec, Source};
+use attnc::select::spec::{KernelKind, SelectSpec, Source};
 
 pub use cache::DecodeState;
 
@@ -176,12 +177,11 @@ impl DecodeKernel {
         self.check_state(st)?;
         self.check_indices(&st.lens, idx)?;
         let q = self.queries(q, 1)?;
-        let accumulate = s.source == Source::Accumulated;
-        let a = attend::attend(s, st, &q, &idx.data, accumulate);
-        if accumulate {
-            self.accumulate(st, &a.probs);
+        let out = attend::attend(s, st, &q, &idx.data);
+        if s.source == Source::Accumulated {
+            accumulate::accumulate(s, st, &q, &idx.data);
         }
-        Ok(a.out)
+        Ok(out)
     }
 
     /// Index lists fit for attention over sequences of `lens` tokens: shape
@@ -212,37 +212,6 @@ impl DecodeKernel {
             }
         }
         Ok(())
-    }
-
-    /// H2O: the step's probabilities, reduced over each list's heads, added to the state.
-    fn accumulate(&self, st: &mut DecodeState, probs: &[Vec<(u32, f32)>]) {
-        let s = &self.spec;
-        let (hq, hs, c) = (
-            s.q_heads as usize,
-            s.sel_heads() as usize,
-            s.context as usize,
-        );
-        let op = s.heads.op();
-        for b in 0..s.batch as usize {
-            for sel in 0..hs {
-                let heads = score::list_heads(s, sel);
-                let n = heads.len() as f32;
-                let mut add: Vec<(u32, f32)> = vec![];
-                for (i, h) in heads.enumerate() {
-                    for (t, &(j, p)) in probs[b * hq + h].iter().enumerate() {
-                        if i == 0 {
-                            add.push((j, p));
-                        } else {
-                            score::fold(op, &mut add[t].1, p, false);
-                        }
-                    }
-                }
-                for (j, x) in add {
-                    let x = if op == Reduce::Mean { x / n } else { x };
-                    st.acc[(b * hs + sel) * c + j as usize] += x;
-                }
-            }
-        }
     }
 
     /// One decode step: select, then attend.

@@ -1,0 +1,106 @@
+//! H2O's state update (rule 1, `accumulated`): after a step's attention, the attention
+//! probability of every attended token, reduced over the list's heads, is added to the
+//! token's accumulated score. The probabilities follow the fixed order of
+//! `attnc::select::softmax` (the logits of `exact`, then the softmax over the list's
+//! tokens in list order), so that the GPU's update (`codegen::nvptx::decode::accumulate`)
+//! adds the same bits and the selections of later steps stay equal.
+
+use attnc::select::softmax;
+use attnc::select::spec::{Reduce, SelectSpec};
+use rayon::prelude::*;
+
+use super::attend::row_tokens;
+use super::cache::DecodeState;
+use super::score::{fold, lane_tree_fma, list_heads, logit_scale};
+
+/// Adds the probabilities of the attention of `q` (`[B, Hq, D]`, rounded to the dtype) over
+/// the lists `idx` (`[B, Hsel, K]`) to `st.acc`.
+pub fn accumulate(s: &SelectSpec, st: &mut DecodeState, q: &[f32], idx: &[i32]) {
+    let hs = s.sel_heads() as usize;
+    let cap = s.capacity() as usize;
+    let c = s.context as usize;
+    #[cfg(target_arch = "x86_64")]
+    let fma = std::arch::is_x86_feature_detected!("fma");
+    let (k, lens) = (&st.k, &st.lens);
+    st.acc
+        .par_chunks_mut(c)
+        .enumerate()
+        .for_each(|(list, acc)| {
+            let b = list / hs;
+            let row = &idx[list * cap..][..cap];
+            let toks = row_tokens(s, row, lens[b]);
+            #[cfg(target_arch = "x86_64")]
+            if fma {
+                // SAFETY: the CPU has FMA (checked above), the one feature the function is
+                // compiled for.
+                let add = unsafe { list_probs_fma(s, k, q, b, list % hs, &toks) };
+                add_to(acc, &toks, &add);
+                return;
+            }
+            let add = list_probs(s, k, q, b, list % hs, &toks);
+            add_to(acc, &toks, &add);
+        });
+}
+
+fn add_to(acc: &mut [f32], toks: &[u32], add: &[f32]) {
+    for (j, x) in toks.iter().zip(add) {
+        acc[*j as usize] += x;
+    }
+}
+
+/// [`list_probs`] with the FMA instructions (the contract's `fma`s are correctly rounded
+/// either way, many times faster in hardware).
+///
+/// # Safety
+/// Only on a CPU with FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn list_probs_fma(
+    s: &SelectSpec,
+    k: &[f32],
+    q: &[f32],
+    b: usize,
+    sel: usize,
+    toks: &[u32],
+) -> Vec<f32> {
+    list_probs(s, k, q, b, sel, toks)
+}
+
+/// The probabilities of list `sel` of sequence `b` over its tokens `toks`, each head's
+/// softmax (rule 1's order) reduced over the list's heads in order.
+#[inline(always)]
+fn list_probs(
+    s: &SelectSpec,
+    k: &[f32],
+    q: &[f32],
+    b: usize,
+    sel: usize,
+    toks: &[u32],
+) -> Vec<f32> {
+    let d = s.head_dim as usize;
+    let c = s.context as usize;
+    let g = s.group() as usize;
+    let scale = logit_scale(s);
+    let heads = list_heads(s, sel);
+    let n = heads.len();
+    let mut out = vec![0f32; toks.len()];
+    for (i, h) in heads.enumerate() {
+        let qv = &q[(b * s.q_heads as usize + h) * d..][..d];
+        let keys = &k[(b * s.kv_heads as usize + h / g) * c * d..][..c * d];
+        let mut l: Vec<f32> = toks
+            .iter()
+            .map(|&j| {
+                let kv = &keys[j as usize * d..][..d];
+                lane_tree_fma(d, 1, |_, t| (qv[t], kv[t])) * scale
+            })
+            .collect();
+        softmax::softmax_in_place(&mut l);
+        for (x, p) in out.iter_mut().zip(&l) {
+            fold(s.heads.op(), x, *p, i == 0);
+        }
+    }
+    if s.heads.op() == Reduce::Mean {
+        out.iter_mut().for_each(|x| *x /= n as f32);
+    }
+    out
+}
