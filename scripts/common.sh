@@ -59,6 +59,7 @@ numpy_python() {
 # ptxas from NVIDIA's PyPI wheel (no GPU or CUDA install needed), in the same venv.
 ptxas_path() {
   local venv=.tools/venv
+  [ -x "$venv/bin/pip" ] || numpy_python >/dev/null
   local p="$venv/lib/python3*/site-packages/nvidia/cuda_nvcc/bin/ptxas"
   # shellcheck disable=SC2086
   if ! ls $p >/dev/null 2>&1; then

@@ -80,7 +80,7 @@ if [ "$MODE" = "decode" ]; then
   log "ptxas (registers, spills) of the decode kernels"
   mkdir -p ptx
   : > "$OUT/decode_sass.txt"
-  for c in "quest.attn quest_decode" "streaming.attn streaming_decode" "exact.attn exact_decode" "dense.attn dense_decode"; do
+  for c in "quest.attn quest_decode" "streaming.attn streaming_decode" "exact.attn exact_decode" "h2o.attn h2o_decode" "dense.attn dense_decode"; do
     set -- $c
     $A compile kernels/$1 --kernel $2 --emit ptx > "ptx/$2.ptx" && ptxas -arch=sm_90 -v "ptx/$2.ptx" -o "ptx/$2.cubin" 2>&1 | grep -E "entry|registers|spill" | tr '\n' ' ' | sed "s/^/$2: /" >> "$OUT/decode_sass.txt"
     echo >> "$OUT/decode_sass.txt"
@@ -90,7 +90,7 @@ if [ "$MODE" = "decode" ]; then
   : > "$OUT/decode.txt"
   # The last two: paths no shipped shape takes (Quest over 16384 pages: the multi-block
   # top-k with its own first pass; exact over a context that is not a multiple of 32768).
-  for c in "exact.attn exact_decode" "quest.attn quest_decode" "streaming.attn streaming_decode" "dense.attn dense_decode --set CONTEXT=32768" \
+  for c in "exact.attn exact_decode" "quest.attn quest_decode" "streaming.attn streaming_decode" "h2o.attn h2o_decode" "dense.attn dense_decode --set CONTEXT=32768" \
            "quest.attn quest_decode --set CONTEXT=262144 --set BATCH=2" "exact.attn exact_decode --set CONTEXT=100000 --set BATCH=2"; do
     set -- $c
     file=$1; k=$2; shift 2
@@ -105,7 +105,7 @@ if [ "$MODE" = "decode" ]; then
   # Last: the slowest part, and the figures above come back even if the call runs out.
   log "compute-sanitizer memcheck, small decode cases"
   : > "$OUT/decode_sanitizer.txt"
-  for c in "quest.attn quest_decode" "streaming.attn streaming_decode" "exact.attn exact_decode"; do
+  for c in "quest.attn quest_decode" "streaming.attn streaming_decode" "exact.attn exact_decode" "h2o.attn h2o_decode"; do
     set -- $c
     timeout 100 compute-sanitizer --tool memcheck --error-exitcode 3 $A bench kernels/$1 --kernel $2 --set CONTEXT=16384 --set BUDGET=1024 --set BATCH=2 --backend cuda --runs 2 >> "$OUT/decode_sanitizer.txt" 2>&1
     echo "$2 sanitizer exit $?" | tee -a "$OUT/decode_sanitizer.txt"

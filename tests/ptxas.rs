@@ -278,7 +278,18 @@ fn decode_kernels_assemble_without_spills() {
                         spec.source != attnc::select::spec::Source::None && spec.units() > 8192;
                     let want = if wide { 5 - usize::from(exact) } else { 1 };
                     assert_eq!(topk, want, "{name}");
-                    assert_eq!(m.entries.len(), 3 + topk + score + logits, "{name}");
+                    // H2O's state update after the attention.
+                    let update = has(decode::Role::Accumulate);
+                    assert_eq!(
+                        update,
+                        usize::from(spec.source == attnc::select::spec::Source::Accumulated),
+                        "{name}"
+                    );
+                    assert_eq!(
+                        m.entries.len(),
+                        3 + topk + score + logits + update,
+                        "{name}"
+                    );
                     assert_eq!(
                         logits,
                         usize::from(spec.source == attnc::select::spec::Source::Exact),
@@ -300,6 +311,7 @@ fn decode_kernels_assemble_without_spills() {
         [
             "dense_decode",
             "exact_decode",
+            "h2o_decode",
             "quest_decode",
             "streaming_decode"
         ],
@@ -309,11 +321,12 @@ fn decode_kernels_assemble_without_spills() {
 
 #[test]
 fn cpu_only_selection_kernels_say_so() {
-    let src = Source::load(&root().join("kernels/h2o.attn")).expect("h2o.attn");
-    let err = driver::emit_for(&src, Stage::Ptx, Some("h2o_decode"), &[], Arch::Sm90).unwrap_err();
+    let src = Source::load(&root().join("kernels/snapkv.attn")).expect("snapkv.attn");
+    let err =
+        driver::emit_for(&src, Stage::Ptx, Some("snapkv_select"), &[], Arch::Sm90).unwrap_err();
     let text = src.render(&err, false);
     assert!(
-        text.contains("error[E0812]: `h2o_decode` runs on the CPU only so far: the CUDA backend has no `accumulated` scoring yet"),
+        text.contains("error[E0812]: `snapkv_select` runs on the CPU only so far: the CUDA backend has no select-only kernels yet"),
         "{text}"
     );
     assert!(text.contains("run it with --backend cpu"), "{text}");

@@ -297,9 +297,12 @@ fn check_and_explain_the_selection_kernels() {
     assert!(out.contains("  GPU: the CUDA backend runs it"), "{out}");
     let (code, out, err) = run(attnc().arg("explain").arg(repo("kernels/h2o.attn")));
     assert_eq!(code, 0, "{err}");
+    assert!(out.contains("  GPU: the CUDA backend runs it"), "{out}");
+    let (code, out, err) = run(attnc().arg("explain").arg(repo("kernels/snapkv.attn")));
+    assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(
-            "  GPU: runs on the CPU only so far: the CUDA backend has no `accumulated` scoring yet"
+            "  GPU: runs on the CPU only so far: the CUDA backend has no select-only kernels yet"
         ),
         "{out}"
     );
@@ -424,15 +427,13 @@ fn bench_a_decode_kernel_reports_latency_and_fidelity() {
 #[test]
 fn gpu_decode_requests_without_a_gpu_or_coverage_are_clear_errors() {
     // A kernel the CUDA backend does not cover: E0812 from the compiler, exit 1.
-    let (code, _, err) = run(attnc().arg("compile").arg(repo("kernels/h2o.attn")).args([
-        "--kernel",
-        "h2o_decode",
-        "--emit",
-        "ptx",
-    ]));
+    let (code, _, err) = run(attnc()
+        .arg("compile")
+        .arg(repo("kernels/snapkv.attn"))
+        .args(["--kernel", "snapkv_select", "--emit", "ptx"]));
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("error[E0812]: `h2o_decode` runs on the CPU only so far"),
+        err.contains("error[E0812]: `snapkv_select` runs on the CPU only so far"),
         "{err}"
     );
     // A covered one compiles to PTX with its four entries.
@@ -458,7 +459,7 @@ fn gpu_decode_requests_without_a_gpu_or_coverage_are_clear_errors() {
         err.contains("--tune picks GPU launch shapes; it needs --backend cuda"),
         "{err}"
     );
-    let (code, _, err) = run(attnc().arg("bench").arg(repo("kernels/h2o.attn")).args([
+    let (code, _, err) = run(attnc().arg("bench").arg(repo("kernels/snapkv.attn")).args([
         "--backend",
         "cuda",
         "--set",
@@ -466,7 +467,7 @@ fn gpu_decode_requests_without_a_gpu_or_coverage_are_clear_errors() {
     ]));
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("`h2o_decode` runs on the CPU only so far"),
+        err.contains("`snapkv_select` runs on the CPU only so far"),
         "{err}"
     );
 }

@@ -397,6 +397,15 @@ fn wrong_shapes_and_values_are_errors_not_panics() {
     idx.data[idx.shape[1] * idx.shape[2]] = 300; // sequence 1 has 273
     let e = kernel.attend(&mut st, &q, &idx).unwrap_err();
     assert!(e.to_string().contains("outside the cached units"), "{e}");
+    let mut idx = kernel.select(&st, &q, None).unwrap();
+    let k = idx.shape[2];
+    idx.data[k + 1] = idx.data[k + 3];
+    let e = kernel.attend(&mut st, &q, &idx).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("unit {} appears twice in list 1", idx.data[k + 3])),
+        "{e}"
+    );
     let w = spec(Source::Window { rows: 8 });
     let (kw, mut sw, qw) = setup(&w, &LENS, 18);
     let idx = kw.select(&sw, &qw, None).unwrap();

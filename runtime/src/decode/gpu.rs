@@ -3,7 +3,8 @@
 //! buffers of fixed size (one set per kernel instance, so that the launch sequence can be
 //! captured in a CUDA graph). The host supplies the cache as a [`DecodeState`] (keys,
 //! values and page metadata, rounded to the dtype) and the queries; the step launches
-//! logits (`exact` only), score (`exact` and Quest), top-k, attend and combine on one stream.
+//! logits (`exact` only), score (`exact` and Quest), top-k, attend, combine and H2O's
+//! state update (`accumulated` only) on one stream.
 
 use std::sync::Arc;
 
@@ -21,13 +22,15 @@ use crate::cuda::{cuda, median_event_ms, to_half, Gpu};
 use crate::Error;
 
 /// The kernels of one decode step, in launch order (a module without scores has no
-/// `Score` entry, and only `exact` has `Logits`; append is not part of the step).
-const STEP: [Role; 5] = [
+/// `Score` entry, only `exact` has `Logits` and only `accumulated` `Accumulate`; append is
+/// not part of the step).
+const STEP: [Role; 6] = [
     Role::Logits,
     Role::Score,
     Role::TopK,
     Role::Attend,
     Role::Combine,
+    Role::Accumulate,
 ];
 /// The selection alone.
 const SELECT: [Role; 3] = [Role::Logits, Role::Score, Role::TopK];
@@ -56,11 +59,13 @@ pub struct GpuState {
     kmin: CudaSlice<u16>,
     lens: CudaSlice<u32>,
     q: CudaSlice<f32>,
-    /// `exact` only: base-2 logits `[B, Hq, C]` and chunk stats `[B, Hq, chunks, 2]`.
+    /// `exact`: base-2 logits `[B, Hq, C]` and chunk stats `[B, Hq, chunks, 2]`;
+    /// `accumulated`: the logits of the list entries `[B, Hq, K]` (no stats).
     logits: CudaSlice<f32>,
     stats: CudaSlice<f32>,
     /// The units' scores `[B, Hsel, units]` (written by the score entry, or by
-    /// `set_scores` for `external`).
+    /// `set_scores` for `external`; for `accumulated` the state itself, which the update
+    /// after each attention adds to).
     scores: CudaSlice<f32>,
     /// `external`: whether `set_scores` has given the scores the top-k reads.
     scores_set: bool,
@@ -126,7 +131,7 @@ impl GpuDecode {
         let lists = b * s.sel_heads() as usize;
         let scores = if matches!(
             s.source,
-            Source::PageBound | Source::Exact | Source::External
+            Source::PageBound | Source::Exact | Source::External | Source::Accumulated
         ) {
             lists * s.units() as usize + codegen::SCORES_PAD
         } else {
@@ -140,11 +145,13 @@ impl GpuDecode {
                 rows * c,
                 rows * c.div_ceil(attnc::select::softmax::CHUNK) * 2,
             )
+        } else if s.source == Source::Accumulated {
+            (b * hq * s.capacity() as usize, 1)
         } else {
             (1, 1)
         };
         let hkv = s.kv_heads as usize;
-        Ok(GpuState {
+        let mut gs = GpuState {
             graph: None,
             lens_host: st.lens.clone(),
             k_new: self.stream.alloc_zeros::<u16>(b * hkv * d).map_err(cuda)?,
@@ -172,7 +179,11 @@ impl GpuDecode {
                 .alloc_zeros::<f32>(self.part_len())
                 .map_err(cuda)?,
             out: self.stream.alloc_zeros::<f32>(b * hq * d).map_err(cuda)?,
-        })
+        };
+        if s.source == Source::Accumulated {
+            self.set_acc(&mut gs, &st.acc)?;
+        }
+        Ok(gs)
     }
 
     /// Elements of the split-K partial results.
@@ -227,6 +238,36 @@ impl GpuDecode {
         Ok(())
     }
 
+    /// `accumulated`: sets H2O's state `[B, Hsel, CONTEXT]` (as the CPU state's `acc`).
+    pub fn set_acc(&self, gs: &mut GpuState, acc: &[f32]) -> Result<(), Error> {
+        let s = self.spec();
+        if s.source != Source::Accumulated {
+            return Err(Error::Shape(format!(
+                "`{}` keeps no accumulated state",
+                s.kernel
+            )));
+        }
+        let n = s.batch as usize * s.sel_heads() as usize * s.context as usize;
+        if acc.len() != n {
+            return Err(Error::Shape(format!(
+                "an accumulated state of {} values; `{}` keeps {n}",
+                acc.len(),
+                s.kernel
+            )));
+        }
+        let mut dst = gs.scores.slice_mut(0..n);
+        self.stream.memcpy_htod(acc, &mut dst).map_err(cuda)
+    }
+
+    /// `accumulated`: H2O's state `[B, Hsel, CONTEXT]` after the last step.
+    pub fn acc(&self, gs: &GpuState) -> Result<Vec<f32>, Error> {
+        let s = self.spec();
+        let n = s.batch as usize * s.sel_heads() as usize * s.context as usize;
+        let mut all = self.stream.clone_dtoh(&gs.scores).map_err(cuda)?;
+        all.truncate(n);
+        Ok(all)
+    }
+
     /// Launches one decode step (asynchronously, on the kernel's stream).
     pub fn launch(&self, gs: &mut GpuState) -> Result<(), Error> {
         self.launch_roles(gs, &STEP)
@@ -241,15 +282,25 @@ impl GpuDecode {
     }
 
     /// The attention alone (rule 8) of `q` over given index lists (checked as the CPU
-    /// executor checks them): the output `[B, Hq, D]`.
+    /// executor checks them): the output `[B, Hq, D]`. For `accumulated`, also the state
+    /// update, as on the CPU.
     pub fn attend(&self, gs: &mut GpuState, q: &[f32], idx: &Indices) -> Result<Vec<f32>, Error> {
         self.kernel.check_indices(&gs.lens_host, idx)?;
         self.set_query(gs, q)?;
-        self.stream
-            .memcpy_htod(&idx.data, &mut gs.idx)
-            .map_err(cuda)?;
+        let mut data = idx.data.clone();
+        if self.spec().source == Source::Accumulated {
+            // The update takes a list's entries in order with the empty ones last (as the
+            // top-k writes them); the CPU skips empty entries wherever they are.
+            for row in data.chunks_mut(idx.shape[2].max(1)) {
+                let kept: Vec<i32> = row.iter().copied().filter(|u| *u >= 0).collect();
+                row.fill(-1);
+                row[..kept.len()].copy_from_slice(&kept);
+            }
+        }
+        self.stream.memcpy_htod(&data, &mut gs.idx).map_err(cuda)?;
         // The attention of exact scores reads the logits of `q`: computed first.
-        self.launch_roles(gs, &[Role::Logits, Role::Attend, Role::Combine])?;
+        let roles = [Role::Logits, Role::Attend, Role::Combine, Role::Accumulate];
+        self.launch_roles(gs, &roles)?;
         self.stream.synchronize().map_err(cuda)?;
         self.output(gs)
     }
@@ -323,6 +374,13 @@ impl GpuDecode {
                     .arg(&gs.lens)
                     .arg(&mut gs.part),
                 Role::Combine => l.arg(&gs.part).arg(&mut gs.out),
+                // The state is the scores buffer the top-k reads.
+                Role::Accumulate => l
+                    .arg(&gs.q)
+                    .arg(&gs.k)
+                    .arg(&gs.idx)
+                    .arg(&mut gs.logits)
+                    .arg(&mut gs.scores),
                 Role::Append => l
                     .arg(&gs.k_new)
                     .arg(&gs.v_new)

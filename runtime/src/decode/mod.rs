@@ -30,6 +30,18 @@ pub struct Indices {
     pub data: Vec<i32>,
 }
 
+/// A unit that a list names twice, if any (-1 entries aside). Lists from the top-k are
+/// ascending: checked in one pass; others are sorted first.
+fn repeated(row: &[i32]) -> Option<i32> {
+    let kept = || row.iter().copied().filter(|u| *u >= 0);
+    if kept().zip(kept().skip(1)).all(|(a, b)| a < b) {
+        return None;
+    }
+    let mut v: Vec<i32> = kept().collect();
+    v.sort_unstable();
+    v.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+}
+
 /// A selection kernel ready to run on the CPU.
 #[derive(Clone, Debug)]
 pub struct DecodeKernel {
@@ -208,6 +220,13 @@ impl DecodeKernel {
                 return Err(Error::Input(format!(
                     "index {u} in list {r} is outside the cached units 0..{}",
                     units[r / want[1]]
+                )));
+            }
+        }
+        for (r, row) in idx.data.chunks(want[2]).enumerate() {
+            if let Some(u) = repeated(row) {
+                return Err(Error::Input(format!(
+                    "unit {u} appears twice in list {r}: a list names each unit once"
                 )));
             }
         }

@@ -428,19 +428,34 @@ fn max_rel_err(got: &[f32], want: &[f32], d: usize) -> f64 {
 
 /// One check of a GPU result against a reference, printed as it is made: `(what, index
 /// lists that differ, output max relative error)`.
-fn check<'a>(
-    what: &'a str,
+fn check(
+    what: &str,
     (want_idx, want): (&Indices, &[f32]),
     (got_idx, got): (&Indices, &[f32]),
     d: usize,
-) -> (&'a str, usize, f64) {
+) -> (String, usize, f64) {
     let lists = differing_lists(want_idx, got_idx);
     let err = max_rel_err(got, want, d);
     eprintln!(
         "  check ({what}): {lists} of {} index lists differ; output max relative error {err:.2e}",
         want_idx.shape[0] * want_idx.shape[1]
     );
-    (what, lists, err)
+    (what.to_string(), lists, err)
+}
+
+/// H2O's state on both sides after the same steps: `(what, values that differ, 0)`, as a
+/// check line (the update is bit for bit the CPU's, so any difference counts).
+fn check_acc(what: &str, want: &[f32], got: &[f32]) -> (String, usize, f64) {
+    let n = want
+        .iter()
+        .zip(got)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    eprintln!(
+        "  check ({what}): {n} of {} accumulated values differ",
+        want.len()
+    );
+    (what.to_string(), n, 0.0)
 }
 
 /// Lists whose indices differ between two selections.
@@ -526,6 +541,9 @@ pub fn bench_cuda(
         ("after an append on each side", before_append, true, false),
         ("full lengths", vec![c; b], false, false),
     ];
+    // H2O: three steps a case, each changing the state the next one selects by.
+    let accumulated = spec.source == Source::Accumulated;
+    let steps = if accumulated { 3 } else { 1 };
     for (what, lens, append, apart) in cases {
         kernel.fill(&mut st, &syn.k.data, &syn.v.data, &lens)?;
         let mut gs = upload(&st)?;
@@ -536,10 +554,29 @@ pub fn bench_cuda(
             kernel.append(&mut st, &kn, &vn)?;
             gk.append(&mut gs, &kn, &vn)?;
         }
-        let (idx_cpu, o_cpu) = kernel.step(&mut st, &q1, external.as_deref())?;
-        let (idx_gpu, o_gpu) = gk.step(&mut gs, &q1)?;
-        checks.push(check(what, (&idx_cpu, &o_cpu), (&idx_gpu, &o_gpu), d));
-        if apart {
+        let mut cpu = kernel.step(&mut st, &q1, external.as_deref())?;
+        let gpu_step = gk.step(&mut gs, &q1)?;
+        let name = |i: usize| match steps {
+            1 => what.to_string(),
+            _ => format!("{what}, step {}", i + 1),
+        };
+        checks.push(check(
+            &name(0),
+            (&cpu.0, &cpu.1),
+            (&gpu_step.0, &gpu_step.1),
+            d,
+        ));
+        for i in 1..steps {
+            cpu = kernel.step(&mut st, &q1, external.as_deref())?;
+            let got = gk.step(&mut gs, &q1)?;
+            checks.push(check(&name(i), (&cpu.0, &cpu.1), (&got.0, &got.1), d));
+        }
+        if accumulated {
+            let what = format!("{what}, state after {steps} steps");
+            checks.push(check_acc(&what, &st.acc, &gk.acc(&gs)?));
+        }
+        let (idx_cpu, o_cpu) = cpu;
+        if apart && !accumulated {
             // The same step through the separate calls: select, then attend over the
             // CPU's lists.
             let sel = gk.select(&mut gs, &q1)?;
@@ -553,12 +590,20 @@ pub fn bench_cuda(
         }
     }
     drop(syn);
-    // st now holds the full cache: time the step and each kernel.
+    // st now holds the full cache: time the step and each kernel. (H2O: every step
+    // changes the state, so a step meant to reproduce another starts from `acc0`.)
+    let acc0 = st.acc.clone();
+    let restart = |g: &GpuDecode, gs: &mut GpuState| -> Result<(), Error> {
+        if accumulated {
+            g.set_acc(gs, &acc0)?;
+        }
+        Ok(())
+    };
     let mut gs = upload(&st)?;
     let (idx, o) = gk.step(&mut gs, &q1)?;
     let mut tuned = String::new();
     let gk = if tune {
-        let (t, table) = tune_decode(gpu, &spec, &mut gs, &q1, (&idx, &o), runs)?;
+        let (t, table) = tune_decode(gpu, &spec, &mut gs, &q1, (&idx, &o), runs, &restart)?;
         eprint!("{table}");
         tuned = format!(
             "  tuned: {} (of {} candidates)\n",
@@ -574,7 +619,9 @@ pub fn bench_cuda(
     let step = gk.time(&mut gs, 10, runs)?;
     let each = gk.time_each(&mut gs, 5, runs)?;
     // The same step as one CUDA graph launch: the same result, timed apart.
+    restart(&gk, &mut gs)?;
     let (idx_s, o_s) = gk.step(&mut gs, &q1)?;
+    restart(&gk, &mut gs)?;
     let (idx_g, o_g) = gk.step_graphed(&mut gs, &q1)?;
     checks.push(check(
         "CUDA graph vs separate launches",
@@ -601,7 +648,10 @@ pub fn bench_cuda(
         }
         // Exact scores read every cached key; external ones their f32 scores.
         Source::Exact => (b * spec.kv_heads as usize * c as usize * d * 2) as f64,
-        Source::External => (b * spec.sel_heads() as usize * c as usize * 4) as f64,
+        // External scores and H2O's state: the top-k reads f32 scores of every token.
+        Source::External | Source::Accumulated => {
+            (b * spec.sel_heads() as usize * c as usize * 4) as f64
+        }
         _ => 0.0,
     };
     let read = kv_bytes((spec.capacity() * spec.page).min(c) as f64) + meta;
@@ -670,6 +720,7 @@ fn tune_decode(
     q: &[f32],
     base: (&Indices, &[f32]),
     runs: usize,
+    restart: &dyn Fn(&GpuDecode, &mut GpuState) -> Result<(), Error>,
 ) -> Result<(Tuning, String), Error> {
     let mut trials: Vec<(Tuning, f64)> = vec![];
     let mut table = String::from("  tuning candidates (step ms):\n");
@@ -682,6 +733,7 @@ fn tune_decode(
             }
         };
         cand.adopt(gs)?;
+        restart(&cand, gs)?;
         let (idx, o) = cand.step(gs, q)?;
         let err = max_rel_err(&o, base.1, spec.head_dim as usize);
         if &idx != base.0 || err > 1e-3 {

@@ -373,7 +373,7 @@ fn reduce_scatter<'c>(
 }
 
 /// `select::softmax::exp2c`: the same IEEE operations.
-fn exp2c<'c>(g: &Gen<'c>, x: FloatValue<'c>) -> FloatValue<'c> {
+pub(super) fn exp2c<'c>(g: &Gen<'c>, x: FloatValue<'c>) -> FloatValue<'c> {
     let inside = g.fcmp(inkwell::FloatPredicate::OGE, x, g.f32(EXP2_MIN as f64));
     let n = g.floor(x);
     let f = g.fsub(x, n);

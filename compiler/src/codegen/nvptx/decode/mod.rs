@@ -14,6 +14,7 @@
 //! | `<k>_topk_pass0..2` (exact: 1..2), `_count`, `_emit` (scored lists of more than 8192 units) | `(ceil(U / 32768), Hsel, B)` | 1024 | `scores`, `lens`, `work` u32 (`DecodeModule::topk_work` words, zeroed once), `idx` |
 //! | `<k>_attend` | `(chunks, Hkv, B)` | 128 | `q`, `k` (exact: the `logits` instead), `v` dtype `[B,Hkv,C,D]`, `idx`, `lens`, `part` f32 `[B,Hq,chunks,D+2]` |
 //! | `<k>_combine` | `(Hq, B)` | `D` | `part`, `out` f32 `[B,Hq,D]` |
+//! | `<k>_accumulate` (accumulated only) | `(Hsel, B)` | 512 | `q`, `k`, `idx`, `hl` f32 `[B,Hq,K]` (the list's logits), `acc` f32 `[B,Hsel,C]` (the state, which the top-k reads as its scores) |
 //! | `<k>_append` (not in the step) | `(B)` | 256 | `k_new`, `v_new` dtype `[B,Hkv,D]`, `k`, `v`, `kmax`, `kmin`, `lens` (the last five written) |
 //!
 //! `U` = units of the full cache, `K` = the list capacity, `chunks` = `ceil(K / split)` with
@@ -22,6 +23,7 @@
 //! order the CPU executor uses (rule 1), and the top-k keeps the same units as the CPU's
 //! sort order, ties to the lower index.
 
+mod accumulate;
 mod append;
 mod attend;
 mod combine;
@@ -53,6 +55,8 @@ pub enum Role {
     TopK,
     Attend,
     Combine,
+    /// `accumulated` only: H2O's state update after the attention.
+    Accumulate,
     /// Not part of the step: appends one token per sequence.
     Append,
 }
@@ -299,6 +303,21 @@ pub fn gpu_support(s: &SelectSpec) -> Result<(), String> {
                 return why("`external` scores with pooling or pages");
             }
         }
+        // The state is the scores; the update after the attention keeps it.
+        Source::Accumulated => {
+            if !matches!(s.heads, HeadReduce::PerKvGroup(_)) {
+                return why("`accumulated` scores shared across KV heads");
+            }
+            if s.pool != Pool::None || s.page != 1 {
+                return why("`accumulated` scores with pooling or pages");
+            }
+            if s.group() > 8 {
+                return why(&format!(
+                    "`accumulated` scores of {} query heads per KV head (8 at most)",
+                    s.group()
+                ));
+            }
+        }
         other => {
             return why(&format!(
                 "`{}` scoring",
@@ -396,6 +415,16 @@ pub fn compile_tuned(
         attend::WARPS * 32,
     ));
     plan.push((Role::Combine, Body::Combine, 2, [sh.hq, sh.b, 1], sh.d));
+    if sh.source == Source::Accumulated {
+        let block = accumulate::WARPS * 32;
+        plan.push((
+            Role::Accumulate,
+            Body::Accumulate,
+            5,
+            [sh.hsel, sh.b, 1],
+            block,
+        ));
+    }
     plan.push((Role::Append, Body::Append, 7, [sh.b, 1, 1], append::THREADS));
     let entries: Vec<DecodeEntry> = plan
         .iter()
@@ -442,6 +471,7 @@ pub fn compile_tuned(
             Body::TopKWide(step) => topk_wide::emit(&g, &sh, &ps, step),
             Body::Attend => attend::emit(&g, &sh, &ps),
             Body::Combine => combine::emit(&g, &sh, &ps),
+            Body::Accumulate => accumulate::emit(&g, &sh, &ps),
             Body::Append => append::emit(&g, &sh, &ps),
         }
         super::gen::ok(g.b.build_return(None));
@@ -468,6 +498,7 @@ enum Body {
     TopKWide(topk_wide::Step),
     Attend,
     Combine,
+    Accumulate,
     Append,
 }
 
@@ -478,18 +509,21 @@ fn role_name(r: Role) -> &'static str {
         Role::TopK => "topk",
         Role::Attend => "attend",
         Role::Combine => "combine",
+        Role::Accumulate => "accumulate",
         Role::Append => "append",
     }
 }
 
 /// The parameters an entry writes: the last one (its output); the last two for the
-/// logits (and stats), the top-k (work buffer and lists) and the exact score (the top-k's
-/// first histogram and the scores); for append the cache, the page metadata and the
-/// lengths.
+/// logits (and stats), the top-k (work buffer and lists), the exact score (the top-k's
+/// first histogram and the scores) and H2O's update (the list's logits and the state);
+/// for append the cache, the page metadata and the lengths.
 fn writes(body: Body, n: usize) -> std::ops::Range<usize> {
     match body {
         Body::Append => 2..n,
-        Body::Logits | Body::ExactScore | Body::TopK | Body::TopKWide(_) => n - 2..n,
+        Body::Logits | Body::ExactScore | Body::TopK | Body::TopKWide(_) | Body::Accumulate => {
+            n - 2..n
+        }
         _ => n - 1..n,
     }
 }

@@ -1,0 +1,202 @@
+//! H2O's state update on the GPU (`accumulated`, rule 1), after the step's attention: one
+//! block of [`WARPS`] warps per index list, in the order of `select::softmax` over the
+//! list (bit for bit the CPU executor's `decode::accumulate`):
+//!
+//! 1. the base-2 logit of every list entry for each of the list's `G` heads, its dot as
+//!    `exact`'s (`score_lanes(D)` lanes of 8 adjacent channels, `fma` in channel order,
+//!    the butterfly), into `hl` `[B, Hq, K]`; empty entries (-1, only at the end of a list
+//!    the top-k wrote) get `-inf`, which leaves every bit of the softmax of the others as
+//!    it was;
+//! 2. per head and chunk of 1024 entries `(m_c, z_c)` (a warp each: lane `t` adds the
+//!    entries `t, t + 32, ...`, then the butterfly);
+//! 3. per head the row's `(m, z)` (lane `t` folds the chunks `t, t + 32, ...`);
+//! 4. per entry `exp2c(l - m) * (1 / z)` folded over the heads in order (`mean` divides
+//!    once), added to `acc[b, list, j]`.
+//!
+//! The top-k reads the scores where this writes them: for `accumulated` the runtime's
+//! `scores` buffer is the state.
+
+use inkwell::values::{FloatValue, IntValue, PointerValue};
+use inkwell::IntPredicate;
+
+use super::exact::exp2c;
+use super::{LaneGrid, Shape};
+use crate::codegen::nvptx::gen::Gen;
+use crate::select::softmax::{CHUNK, LANES};
+use crate::select::spec::Reduce;
+
+/// Warps per block (one block per list).
+pub const WARPS: u32 = 16;
+/// List entries a row of lanes loads together.
+const UNROLL: u32 = 4;
+const CH: u32 = CHUNK as u32;
+
+/// `accumulate(q, k, idx, hl, acc)`, grid `(Hsel, B)`.
+pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
+    let (q, k, idx, hl, acc) = (p[0], p[1], p[2], p[3], p[4]);
+    let LaneGrid {
+        lanes,
+        per_lane,
+        per_row,
+        tid,
+        warp,
+        lane,
+        sub,
+        ll,
+        ch,
+    } = LaneGrid::new(g, s.d);
+    let sel = g.sreg("ctaid.x");
+    let b = g.sreg("ctaid.y");
+    let list = g.add(g.muli(b, s.hsel as i64), sel);
+    let kvh = sel;
+    let h0 = g.add(g.muli(b, s.hq as i64), g.muli(kvh, s.g as i64));
+    let cap = s.cap as i64;
+    let entry = |g: &Gen<'c>, t: IntValue<'c>| g.add(g.muli(list, cap), t);
+    let hl_at = |g: &Gen<'c>, h: IntValue<'c>, t: IntValue<'c>| g.add(g.muli(g.add(h0, h), cap), t);
+
+    // 1. Logits. qv[head][channel] of this lane's channels.
+    let qv: Vec<Vec<FloatValue<'c>>> = (0..s.g)
+        .map(|h| {
+            let at = g.add(g.muli(g.addi(h0, h as i64), s.d as i64), ch);
+            (0..per_lane)
+                .map(|e| g.ld_f32(q, g.addi(at, e as i64)))
+                .collect()
+        })
+        .collect();
+    let kbase = g.muli(g.add(g.muli(b, s.hkv as i64), kvh), s.c as i64);
+    let scale = g.f32(s.scale_log2);
+    let step = (WARPS * per_row * UNROLL) as i64;
+    let rounds = (s.cap as i64 + step - 1) / step;
+    g.for_range(g.i32(0), g.i32(rounds), &mut |g, it| {
+        // Entry of row r: (it * UNROLL + r) * WARPS * per_row + warp * per_row + sub.
+        let rows: Vec<(IntValue<'c>, IntValue<'c>, Vec<FloatValue<'c>>)> = (0..UNROLL)
+            .map(|r| {
+                let first = g.muli(
+                    g.addi(g.muli(it, UNROLL as i64), r as i64),
+                    (WARPS * per_row) as i64,
+                );
+                let t = g.add(first, g.add(g.muli(warp, per_row as i64), sub));
+                let inside = g.icmp(IntPredicate::ULT, t, g.i32(cap));
+                let j = g.ld_i32(idx, entry(g, g.seli(inside, t, g.i32(0))));
+                let valid = g.and(inside, g.icmp(IntPredicate::SGE, j, g.i32(0)));
+                let safe = g.seli(valid, j, g.i32(0));
+                let at = g.add(g.muli(g.add(kbase, safe), s.d as i64), ch);
+                (t, valid, g.ld_half_vec(k, at, per_lane, s.bf16))
+            })
+            .collect();
+        for (t, valid, kv) in rows {
+            let inside = g.icmp(IntPredicate::ULT, t, g.i32(cap));
+            for (h, qh) in qv.iter().enumerate() {
+                let lane_sum = qh
+                    .iter()
+                    .zip(&kv)
+                    .fold(g.f32(0.0), |a, (x, y)| g.fma(*x, *y, a));
+                let dot = g.lane_sum(lane_sum, lanes);
+                let l = g.self_f(valid, g.fmul(dot, scale), g.f32(f64::NEG_INFINITY));
+                let write = g.and(inside, g.eqi(ll, 0));
+                g.if_then(write, &mut |g| {
+                    g.st_f32(hl, hl_at(g, g.i32(h as i64), t), l)
+                });
+            }
+        }
+    });
+    g.barrier();
+
+    // 2. Chunk stats, a warp per (head, chunk).
+    let nch = s.cap.div_ceil(CH);
+    let mz = g.shared_array("acc_chunk_mz", g.f32t.into(), 2 * s.g * nch);
+    g.for_step(
+        warp,
+        g.i32((s.g * nch) as i64),
+        WARPS as i64,
+        &mut |g, pair| {
+            let h = g.udivi(pair, nch as i64);
+            let c = g.uremi(pair, nch as i64);
+            let xs: Vec<FloatValue<'c>> = (0..CH / LANES as u32)
+                .map(|i| {
+                    let t = g.add(
+                        g.muli(c, CH as i64),
+                        g.addi(lane, (i * LANES as u32) as i64),
+                    );
+                    let inside = g.icmp(IntPredicate::ULT, t, g.i32(cap));
+                    let x = g.ld_f32(hl, hl_at(g, h, g.seli(inside, t, g.i32(0))));
+                    g.self_f(inside, x, g.f32(f64::NEG_INFINITY))
+                })
+                .collect();
+            let m = g.lane_max(
+                xs.iter()
+                    .fold(g.f32(f64::NEG_INFINITY), |a, x| g.maxnum(a, *x)),
+                LANES as u32,
+            );
+            let z = xs
+                .iter()
+                .fold(g.f32(0.0), |a, x| g.fadd(a, exp2c(g, g.fsub(*x, m))));
+            let z = g.lane_sum(z, LANES as u32);
+            g.if_then(g.eqi(lane, 0), &mut |g| {
+                let at = g.muli(pair, 2);
+                g.st_f32(mz, at, m);
+                g.st_f32(mz, g.addi(at, 1), z);
+            });
+        },
+    );
+    g.barrier();
+
+    // 3. Row stats, a warp per head: lane t folds the chunks t, t + 32, ... in order.
+    let rs = g.shared_array("acc_row_mz", g.f32t.into(), 2 * s.g);
+    g.for_step(warp, g.i32(s.g as i64), WARPS as i64, &mut |g, h| {
+        let per: Vec<(IntValue<'c>, FloatValue<'c>, FloatValue<'c>)> = (0..nch
+            .div_ceil(LANES as u32))
+            .map(|i| {
+                let c = g.addi(lane, (i * LANES as u32) as i64);
+                let valid = g.icmp(IntPredicate::ULT, c, g.i32(nch as i64));
+                let at = g.muli(g.add(g.muli(h, nch as i64), g.seli(valid, c, g.i32(0))), 2);
+                let mc = g.self_f(valid, g.ld_f32(mz, at), g.f32(f64::NEG_INFINITY));
+                (valid, mc, g.ld_f32(mz, g.addi(at, 1)))
+            })
+            .collect();
+        let m = g.lane_max(
+            per.iter()
+                .fold(g.f32(f64::NEG_INFINITY), |a, x| g.maxnum(a, x.1)),
+            LANES as u32,
+        );
+        let z = per.iter().fold(g.f32(0.0), |a, (valid, mc, zc)| {
+            let next = g.fma(*zc, exp2c(g, g.fsub(*mc, m)), a);
+            g.self_f(*valid, next, a)
+        });
+        let z = g.lane_sum(z, LANES as u32);
+        g.if_then(g.eqi(lane, 0), &mut |g| {
+            g.st_f32(rs, g.muli(h, 2), m);
+            g.st_f32(rs, g.addi(g.muli(h, 2), 1), z);
+        });
+    });
+    g.barrier();
+
+    // 4. Probabilities folded over the heads, added to the state.
+    let ms: Vec<(FloatValue<'c>, FloatValue<'c>)> = (0..s.g)
+        .map(|h| {
+            let z = g.ld_f32(rs, g.i32(2 * h as i64 + 1));
+            (g.ld_f32(rs, g.i32(2 * h as i64)), g.fdiv(g.f32(1.0), z))
+        })
+        .collect();
+    let state = g.muli(list, s.c as i64);
+    g.for_step(tid, g.i32(cap), (WARPS * 32) as i64, &mut |g, t| {
+        let j = g.ld_i32(idx, entry(g, t));
+        g.if_then(g.icmp(IntPredicate::SGE, j, g.i32(0)), &mut |g| {
+            let mut x = g.f32(0.0);
+            for (h, (m, rz)) in ms.iter().enumerate() {
+                let l = g.ld_f32(hl, hl_at(g, g.i32(h as i64), t));
+                let p = g.fmul(exp2c(g, g.fsub(l, *m)), *rz);
+                x = match (h, s.op) {
+                    (0, _) => p,
+                    (_, Reduce::Max) => g.maxnum(x, p),
+                    _ => g.fadd(x, p),
+                };
+            }
+            if s.op == Reduce::Mean {
+                x = g.fdiv(x, g.f32(s.g as f64));
+            }
+            let at = g.add(state, j);
+            g.st_f32(acc, at, g.fadd(g.ld_f32(acc, at), x));
+        });
+    });
+}
