@@ -588,6 +588,25 @@ pub fn bench_cuda(
                 d,
             ));
         }
+        if apart && accumulated {
+            // A fourth step through the separate calls (select, then attend, which also
+            // updates the state) on both sides, over the CPU's lists.
+            let sel_cpu = kernel.select(&st, &q1, None)?;
+            let sel = gk.select(&mut gs, &q1)?;
+            let att_cpu = kernel.attend(&mut st, &q1, &sel_cpu)?;
+            let att = gk.attend(&mut gs, &q1, &sel_cpu)?;
+            checks.push(check(
+                "select and attend apart",
+                (&sel_cpu, &att_cpu),
+                (&sel, &att),
+                d,
+            ));
+            checks.push(check_acc(
+                "the state after select and attend apart",
+                &st.acc,
+                &gk.acc(&gs)?,
+            ));
+        }
     }
     drop(syn);
     // st now holds the full cache: time the step and each kernel. (H2O: every step
