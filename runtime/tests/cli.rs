@@ -563,3 +563,35 @@ fn rep_ms_timing_is_checked() {
         "{err}"
     );
 }
+
+#[test]
+fn h2o_compiles_for_the_gpu_and_shared_state_says_it_runs_on_the_cpu() {
+    // The shipped H2O kernel: the step's entries plus the state update.
+    let (code, out, err) = run(attnc().arg("compile").arg(repo("kernels/h2o.attn")).args([
+        "--kernel",
+        "h2o_decode",
+        "--emit",
+        "ptx",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    for e in ["topk_pass0", "attend", "combine", "accumulate", "append"] {
+        assert!(out.contains(&format!(".entry attnc_h2o_decode_{e}")), "{e}");
+    }
+    // One state shared by every head: the CPU only, with a located E0812.
+    let path = tmp("h2o_shared.attn");
+    std::fs::write(
+        &path,
+        "select hh { source accumulated; reduce heads: shared(sum); keep sinks 4, recent 64; budget 512 tokens; }\n\
+         kernel h = decode(hh) { heads 8; kv_heads 2; head_dim 64; CONTEXT = 4096; }\n",
+    )
+    .expect("write");
+    let (code, _, err) = run(attnc()
+        .arg("compile")
+        .arg(&path)
+        .args(["--kernel", "h", "--emit", "ptx"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error[E0812]: `h` runs on the CPU only so far: the CUDA backend has no `accumulated` scoring with scores shared across KV heads yet"),
+        "{err}"
+    );
+}

@@ -19,11 +19,10 @@
 use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
 
-use super::exact::exp2c;
+use super::softmax::{chunk_stats, fold_heads, row_stats};
 use super::{LaneGrid, Shape};
 use crate::codegen::nvptx::gen::Gen;
 use crate::select::softmax::{CHUNK, LANES};
-use crate::select::spec::Reduce;
 
 /// Warps per block (one block per list).
 pub const WARPS: u32 = 16;
@@ -123,15 +122,7 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                     g.self_f(inside, x, g.f32(f64::NEG_INFINITY))
                 })
                 .collect();
-            let m = g.lane_max(
-                xs.iter()
-                    .fold(g.f32(f64::NEG_INFINITY), |a, x| g.maxnum(a, *x)),
-                LANES as u32,
-            );
-            let z = xs
-                .iter()
-                .fold(g.f32(0.0), |a, x| g.fadd(a, exp2c(g, g.fsub(*x, m))));
-            let z = g.lane_sum(z, LANES as u32);
+            let (m, z) = chunk_stats(g, &xs);
             g.if_then(g.eqi(lane, 0), &mut |g| {
                 let at = g.muli(pair, 2);
                 g.st_f32(mz, at, m);
@@ -154,16 +145,7 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                 (valid, mc, g.ld_f32(mz, g.addi(at, 1)))
             })
             .collect();
-        let m = g.lane_max(
-            per.iter()
-                .fold(g.f32(f64::NEG_INFINITY), |a, x| g.maxnum(a, x.1)),
-            LANES as u32,
-        );
-        let z = per.iter().fold(g.f32(0.0), |a, (valid, mc, zc)| {
-            let next = g.fma(*zc, exp2c(g, g.fsub(*mc, m)), a);
-            g.self_f(*valid, next, a)
-        });
-        let z = g.lane_sum(z, LANES as u32);
+        let (m, z) = row_stats(g, &per);
         g.if_then(g.eqi(lane, 0), &mut |g| {
             g.st_f32(rs, g.muli(h, 2), m);
             g.st_f32(rs, g.addi(g.muli(h, 2), 1), z);
@@ -182,19 +164,8 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     g.for_step(tid, g.i32(cap), (WARPS * 32) as i64, &mut |g, t| {
         let j = g.ld_i32(idx, entry(g, t));
         g.if_then(g.icmp(IntPredicate::SGE, j, g.i32(0)), &mut |g| {
-            let mut x = g.f32(0.0);
-            for (h, (m, rz)) in ms.iter().enumerate() {
-                let l = g.ld_f32(hl, hl_at(g, g.i32(h as i64), t));
-                let p = g.fmul(exp2c(g, g.fsub(l, *m)), *rz);
-                x = match (h, s.op) {
-                    (0, _) => p,
-                    (_, Reduce::Max) => g.maxnum(x, p),
-                    _ => g.fadd(x, p),
-                };
-            }
-            if s.op == Reduce::Mean {
-                x = g.fdiv(x, g.f32(s.g as f64));
-            }
+            let ls = (0..s.g).map(|h| g.ld_f32(hl, hl_at(g, g.i32(h as i64), t)));
+            let x = fold_heads(g, s, ls.zip(ms.iter().copied()));
             let at = g.add(state, j);
             g.st_f32(acc, at, g.fadd(g.ld_f32(acc, at), x));
         });

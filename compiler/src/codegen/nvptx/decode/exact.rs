@@ -18,11 +18,11 @@
 use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
 
+use super::softmax::{chunk_stats, fold_heads, row_stats};
 use super::topk_wide::{self, Pass0};
 use super::{LaneGrid, Shape};
-use crate::codegen::nvptx::gen::{ok, Gen};
-use crate::select::softmax::{CHUNK, EXP2_COEFFS, EXP2_MIN, LANES};
-use crate::select::spec::Reduce;
+use crate::codegen::nvptx::gen::Gen;
+use crate::select::softmax::{CHUNK, LANES};
 
 /// Warps per block of both entries.
 pub const WARPS: u32 = 8;
@@ -172,15 +172,7 @@ pub fn emit_logits<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             let xs: Vec<FloatValue<'c>> = (0..CH / LANES as u32)
                 .map(|i| g.ld_f32(sh, g.add(base, g.addi(lane, (i * LANES as u32) as i64))))
                 .collect();
-            let m = g.lane_max(
-                xs.iter()
-                    .fold(g.f32(f64::NEG_INFINITY), |a, x| g.maxnum(a, *x)),
-                LANES as u32,
-            );
-            let z = xs
-                .iter()
-                .fold(g.f32(0.0), |a, x| g.fadd(a, exp2c(g, g.fsub(*x, m))));
-            let z = g.lane_sum(z, LANES as u32);
+            let (m, z) = chunk_stats(g, &xs);
             g.if_then(g.eqi(lane, 0), &mut |g| {
                 let at = g.muli(g.add(g.muli(g.add(h0, h), nch as i64), c), 2);
                 g.st_f32(stats, at, m);
@@ -227,16 +219,7 @@ pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                     (valid, mc, g.ld_f32(stats, g.addi(at, 1)))
                 })
                 .collect();
-            let m = g.lane_max(
-                per.iter()
-                    .fold(g.f32(f64::NEG_INFINITY), |a, x| g.maxnum(a, x.1)),
-                LANES as u32,
-            );
-            let z = per.iter().fold(g.f32(0.0), |a, (valid, mc, zc)| {
-                let next = g.fma(*zc, exp2c(g, g.fsub(*mc, m)), a);
-                g.self_f(*valid, next, a)
-            });
-            let z = g.lane_sum(z, LANES as u32);
+            let (m, z) = row_stats(g, &per);
             g.if_then(g.eqi(lane, 0), &mut |g| {
                 g.st_f32(mz, g.muli(h, 2), m);
                 g.st_f32(mz, g.addi(g.muli(h, 2), 1), z);
@@ -271,18 +254,7 @@ pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                 })
                 .collect();
             for (j, valid, ls) in toks {
-                let mut acc = g.f32(0.0);
-                for (h, (l, (m, rz))) in ls.iter().zip(&ms).enumerate() {
-                    let p = g.fmul(exp2c(g, g.fsub(*l, *m)), *rz);
-                    acc = match (h, s.op) {
-                        (0, _) => p,
-                        (_, Reduce::Max) => g.maxnum(acc, p),
-                        _ => g.fadd(acc, p),
-                    };
-                }
-                if s.op == Reduce::Mean {
-                    acc = g.fdiv(acc, g.f32(s.g as f64));
-                }
+                let acc = fold_heads(g, s, ls.into_iter().zip(ms.iter().copied()));
                 g.if_then(valid, &mut |g| g.st_f32(scores, g.add(out_row, j), acc));
                 if let Some(p0) = &pass0 {
                     p0.count(g, j, valid, acc);
@@ -370,21 +342,4 @@ fn reduce_scatter<'c>(
     }
     let writer = g.eqi(g.and(ll, g.i32(shared_bits)), 0);
     (vals, first, writer)
-}
-
-/// `select::softmax::exp2c`: the same IEEE operations.
-pub(super) fn exp2c<'c>(g: &Gen<'c>, x: FloatValue<'c>) -> FloatValue<'c> {
-    let inside = g.fcmp(inkwell::FloatPredicate::OGE, x, g.f32(EXP2_MIN as f64));
-    let n = g.floor(x);
-    let f = g.fsub(x, n);
-    let mut p = g.f32(EXP2_COEFFS[6] as f64);
-    for c in EXP2_COEFFS[..6].iter().rev() {
-        p = g.fma(p, f, g.f32(*c as f64));
-    }
-    // For NaN or x < -126 the integer is garbage but clamped, and the result is dropped.
-    let ni = ok(g.b.build_float_to_signed_int(n, g.i32t, ""));
-    let e = g.smax(g.smin(g.addi(ni, 127), g.i32(254)), g.i32(1));
-    let bits = ok(g.b.build_left_shift(e, g.i32(23), ""));
-    let scale = g.f32_from_bits(bits);
-    g.self_f(inside, g.fmul(p, scale), g.f32(0.0))
 }

@@ -29,6 +29,7 @@ mod attend;
 mod combine;
 mod exact;
 mod score;
+mod softmax;
 mod topk;
 mod topk_wide;
 
@@ -282,16 +283,22 @@ pub fn gpu_support(s: &SelectSpec) -> Result<(), String> {
     }
     match s.source {
         Source::None | Source::PageBound => {}
-        Source::Exact => {
+        // The query's logits (`exact`) or the state their probabilities build
+        // (`accumulated`, whose update after the attention keeps it where the top-k reads
+        // its scores): per KV group, token by token, at most 8 query heads a group.
+        Source::Exact | Source::Accumulated => {
+            let name = crate::select::spec::source_name(s.source);
             if !matches!(s.heads, HeadReduce::PerKvGroup(_)) {
-                return why("`exact` scoring with scores shared across KV heads");
+                return why(&format!(
+                    "`{name}` scoring with scores shared across KV heads"
+                ));
             }
             if s.pool != Pool::None || s.page != 1 {
-                return why("`exact` scoring with pooling or pages");
+                return why(&format!("`{name}` scoring with pooling or pages"));
             }
             if s.group() > 8 {
                 return why(&format!(
-                    "`exact` scoring of {} query heads per KV head (8 at most)",
+                    "`{name}` scoring of {} query heads per KV head (8 at most)",
                     s.group()
                 ));
             }
@@ -301,21 +308,6 @@ pub fn gpu_support(s: &SelectSpec) -> Result<(), String> {
         Source::External => {
             if s.pool != Pool::None || s.page != 1 {
                 return why("`external` scores with pooling or pages");
-            }
-        }
-        // The state is the scores; the update after the attention keeps it.
-        Source::Accumulated => {
-            if !matches!(s.heads, HeadReduce::PerKvGroup(_)) {
-                return why("`accumulated` scores shared across KV heads");
-            }
-            if s.pool != Pool::None || s.page != 1 {
-                return why("`accumulated` scores with pooling or pages");
-            }
-            if s.group() > 8 {
-                return why(&format!(
-                    "`accumulated` scores of {} query heads per KV head (8 at most)",
-                    s.group()
-                ));
             }
         }
         other => {

@@ -1,0 +1,83 @@
+//! Rule 1's softmax on the GPU, in the fixed order of `select::softmax` (the CPU
+//! executor's bits): the exponential, a chunk's statistics, a row's from its chunks', and
+//! the fold of a token's probabilities over a list's heads. `exact`'s score entries and
+//! H2O's update share them.
+
+use inkwell::values::{FloatValue, IntValue};
+
+use super::Shape;
+use crate::codegen::nvptx::gen::{ok, Gen};
+use crate::select::softmax::{EXP2_COEFFS, EXP2_MIN, LANES};
+use crate::select::spec::Reduce;
+
+/// `select::softmax::exp2c`: the same IEEE operations.
+pub fn exp2c<'c>(g: &Gen<'c>, x: FloatValue<'c>) -> FloatValue<'c> {
+    let inside = g.fcmp(inkwell::FloatPredicate::OGE, x, g.f32(EXP2_MIN as f64));
+    let n = g.floor(x);
+    let f = g.fsub(x, n);
+    let mut p = g.f32(EXP2_COEFFS[6] as f64);
+    for c in EXP2_COEFFS[..6].iter().rev() {
+        p = g.fma(p, f, g.f32(*c as f64));
+    }
+    // For NaN or x < -126 the integer is garbage but clamped, and the result is dropped.
+    let ni = ok(g.b.build_float_to_signed_int(n, g.i32t, ""));
+    let e = g.smax(g.smin(g.addi(ni, 127), g.i32(254)), g.i32(1));
+    let bits = ok(g.b.build_left_shift(e, g.i32(23), ""));
+    let scale = g.f32_from_bits(bits);
+    g.self_f(inside, g.fmul(p, scale), g.f32(0.0))
+}
+
+/// A chunk's `(m_c, z_c)` in every lane of a warp, from this lane's logits `xs` (the
+/// chunk's entries `lane, lane + 32, ...` in order; `-inf` where there is none).
+pub fn chunk_stats<'c>(g: &Gen<'c>, xs: &[FloatValue<'c>]) -> (FloatValue<'c>, FloatValue<'c>) {
+    let m = g.lane_max(
+        xs.iter()
+            .fold(g.f32(f64::NEG_INFINITY), |a, x| g.maxnum(a, *x)),
+        LANES as u32,
+    );
+    let z = xs
+        .iter()
+        .fold(g.f32(0.0), |a, x| g.fadd(a, exp2c(g, g.fsub(*x, m))));
+    (m, g.lane_sum(z, LANES as u32))
+}
+
+/// A row's `(m, z)` in every lane of a warp, from this lane's chunks
+/// `(valid, m_c, z_c)` (the row's chunks `lane, lane + 32, ...` in order).
+pub fn row_stats<'c>(
+    g: &Gen<'c>,
+    chunks: &[(IntValue<'c>, FloatValue<'c>, FloatValue<'c>)],
+) -> (FloatValue<'c>, FloatValue<'c>) {
+    let m = g.lane_max(
+        chunks
+            .iter()
+            .fold(g.f32(f64::NEG_INFINITY), |a, x| g.maxnum(a, x.1)),
+        LANES as u32,
+    );
+    let z = chunks.iter().fold(g.f32(0.0), |a, (valid, mc, zc)| {
+        let next = g.fma(*zc, exp2c(g, g.fsub(*mc, m)), a);
+        g.self_f(*valid, next, a)
+    });
+    (m, g.lane_sum(z, LANES as u32))
+}
+
+/// A token's probabilities `exp2c(l - m) * rz` for the list's heads in order (`heads`:
+/// its logit and its row's `(m, 1 / z)`), folded with the list's reduction.
+pub fn fold_heads<'c>(
+    g: &Gen<'c>,
+    s: &Shape,
+    heads: impl Iterator<Item = (FloatValue<'c>, (FloatValue<'c>, FloatValue<'c>))>,
+) -> FloatValue<'c> {
+    let mut acc = g.f32(0.0);
+    for (h, (l, (m, rz))) in heads.enumerate() {
+        let p = g.fmul(exp2c(g, g.fsub(l, m)), rz);
+        acc = match (h, s.op) {
+            (0, _) => p,
+            (_, Reduce::Max) => g.maxnum(acc, p),
+            _ => g.fadd(acc, p),
+        };
+    }
+    if s.op == Reduce::Mean {
+        acc = g.fdiv(acc, g.f32(s.g as f64));
+    }
+    acc
+}
