@@ -595,3 +595,74 @@ fn h2o_compiles_for_the_gpu_and_shared_state_says_it_runs_on_the_cpu() {
         "{err}"
     );
 }
+
+#[test]
+fn h2o_state_goes_from_one_run_to_the_next() {
+    let (b, hq, hkv, d, n) = (2usize, 4usize, 2usize, 16usize, 200usize);
+    let src = tmp("h2o_small.attn");
+    std::fs::write(
+        &src,
+        "select hh { source accumulated; keep sinks 2, recent 8; budget 32 tokens; }\n\
+         kernel h = decode(hh) { heads 4; kv_heads 2; head_dim 16; batch 2; CONTEXT = 256; }\n",
+    )
+    .expect("write");
+    let q = write_npy("hq.npy", &[b, hq, 1, d], random(b * hq * d, 41));
+    let k = write_npy("hk.npy", &[b, hkv, n, d], random(b * hkv * n * d, 42));
+    let v = write_npy("hv.npy", &[b, hkv, n, d], random(b * hkv * n * d, 43));
+    let step = |acc_in: Option<&PathBuf>, acc_out: &PathBuf, idx: &PathBuf| {
+        let mut c = attnc();
+        c.arg("run").arg(&src).args(["--kernel", "h"]);
+        c.arg("--q").arg(&q).arg("--k").arg(&k).arg("--v").arg(&v);
+        if let Some(a) = acc_in {
+            c.arg("--input").arg(format!("acc={}", a.display()));
+        }
+        c.arg("-o").arg(tmp("ho.npy")).arg("--indices").arg(idx);
+        c.arg("--acc-out").arg(acc_out);
+        let (code, _, err) = run(&mut c);
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("the accumulated state to"), "{err}");
+    };
+    let (a1, a2, i1, i2) = (tmp("acc1.npy"), tmp("acc2.npy"), tmp("i1.npy"), tmp("i2.npy"));
+    step(None, &a1, &i1);
+    step(Some(&a1), &a2, &i2);
+    let s1 = attnc_runtime::npy::read(&a1).expect("acc1");
+    let s2 = attnc_runtime::npy::read(&a2).expect("acc2");
+    assert_eq!(s1.shape, vec![b, hkv, 256]);
+    // Each step adds, per list, one probability distribution per query head of the group.
+    let g = (hq / hkv) as f64;
+    for (r, (x1, x2)) in s1.data.chunks(256).zip(s2.data.chunks(256)).enumerate() {
+        let sum = |x: &[f32]| x.iter().map(|v| *v as f64).sum::<f64>();
+        assert!((sum(x1) - g).abs() < 1e-4, "list {r}: {}", sum(x1));
+        assert!((sum(x2) - 2.0 * g).abs() < 1e-4, "list {r}: {}", sum(x2));
+        assert!(x1.iter().zip(x2).all(|(a, b)| b >= a), "list {r}");
+        assert!(x1[n..].iter().all(|v| *v == 0.0), "list {r}: no token past the cache");
+    }
+    // The second step keeps, besides the 2 sinks and 8 recent tokens, the 22 tokens the
+    // first step's state ranks highest (ties to the lower index).
+    let (_, ids) = attnc_runtime::npy::read_ints(&i2).expect("indices");
+    for (r, x1) in s1.data.chunks(256).enumerate() {
+        let mut rest: Vec<usize> = (2..n - 8).collect();
+        rest.sort_by(|a, c| x1[*c].total_cmp(&x1[*a]).then(a.cmp(c)));
+        let mut want: Vec<i64> = (0..2).chain(n - 8..n).map(|j| j as i64).collect();
+        want.extend(rest[..22].iter().map(|j| *j as i64));
+        want.sort_unstable();
+        assert_eq!(&ids[r * 32..][..32], &want[..], "list {r}");
+    }
+    // A kernel without a state has nothing to write.
+    let (code, _, err) = run(attnc()
+        .arg("run")
+        .arg(repo("kernels/quest.attn"))
+        .args(QUEST_SMALL)
+        .arg("--q")
+        .arg(tmp("dq.npy"))
+        .arg("--k")
+        .arg(tmp("dk.npy"))
+        .arg("--v")
+        .arg(tmp("dv.npy"))
+        .arg("-o")
+        .arg(tmp("x.npy"))
+        .arg("--acc-out")
+        .arg(tmp("y.npy")));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("keeps no accumulated state: --acc-out"), "{err}");
+}

@@ -116,6 +116,10 @@ enum Command {
         /// Decode kernels: also write the selected index lists (int32) here.
         #[arg(long)]
         indices: Option<PathBuf>,
+        /// `accumulated` (H2O) kernels: write the state after the step here
+        /// (`[batch, lists, CONTEXT]` f32), to pass to the next step as `--input acc=FILE`.
+        #[arg(long, value_name = "FILE")]
+        acc_out: Option<PathBuf>,
         #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
         backend: String,
     },
@@ -544,6 +548,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             inputs,
             output,
             indices,
+            acc_out,
             backend,
         } => {
             let Some(k_path) = k_file else {
@@ -570,6 +575,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                     inputs: named,
                     output,
                     indices,
+                    acc_out,
                 };
                 eprintln!(
                     "{}",
@@ -579,6 +585,9 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             }
             if indices.is_some() {
                 return Err(usage("--indices is for decode kernels"));
+            }
+            if acc_out.is_some() {
+                return Err(usage("--acc-out is for decode kernels with an accumulated state"));
             }
             let Some(v) = v else {
                 return Err(usage("missing --v FILE.npy"));

@@ -19,6 +19,8 @@ pub struct RunFiles {
     pub inputs: Vec<(String, PathBuf)>,
     pub output: PathBuf,
     pub indices: Option<PathBuf>,
+    /// `accumulated`: where the state after the step goes.
+    pub acc_out: Option<PathBuf>,
 }
 
 fn input<'a>(files: &'a RunFiles, name: &str) -> Option<&'a Path> {
@@ -101,6 +103,14 @@ pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<Stri
             )));
         }
     }
+    if files.acc_out.is_some()
+        && (spec.source != Source::Accumulated || spec.kind != KernelKind::Decode)
+    {
+        return Err(Error::Shape(format!(
+            "`{}` keeps no accumulated state: --acc-out is for decode kernels with source accumulated",
+            spec.kernel
+        )));
+    }
     let (k, n) = read_cache(&files.k, &spec, "--k")?;
     let v = match &files.v {
         Some(p) => read_cache(p, &spec, "--v")?.0,
@@ -149,7 +159,9 @@ pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<Stri
     };
     let q = npy::read(&files.q)?;
     let t = Instant::now();
-    // On the GPU: the index lists, the output and where and how fast it ran.
+    // On the GPU: the index lists, the output and where and how fast it ran (and H2O's
+    // state after the step).
+    let mut gpu_acc = None;
     let (idx, gpu_out) = match gpu {
         Some(gpu) => {
             let gk = GpuDecode::load(gpu, spec.clone())?;
@@ -170,6 +182,9 @@ pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<Stri
             let t = Instant::now();
             let (idx, o) = gk.step(&mut gs, &q.data)?;
             let ms = t.elapsed().as_secs_f64() * 1e3;
+            if files.acc_out.is_some() {
+                gpu_acc = Some(gk.acc(&gs)?);
+            }
             let place = format!("{ms:.2} ms on {}, transfers included", gpu.name());
             (idx, Some((o, place)))
         }
@@ -200,6 +215,16 @@ pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<Stri
         if let Some(p) = &files.indices {
             npy::write_i32(p, &idx.shape, &idx.data)?;
             msg.push_str(&format!(", indices {:?} to {}", idx.shape, p.display()));
+        }
+        if let Some(p) = &files.acc_out {
+            let shape = vec![
+                spec.batch as usize,
+                spec.sel_heads() as usize,
+                spec.context as usize,
+            ];
+            let data = gpu_acc.unwrap_or_else(|| std::mem::take(&mut st.acc));
+            npy::write(p, &Tensor { shape, data })?;
+            msg.push_str(&format!(", the accumulated state to {}", p.display()));
         }
     } else {
         let ms = t.elapsed().as_secs_f64() * 1e3;
