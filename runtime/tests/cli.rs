@@ -622,7 +622,12 @@ fn h2o_state_goes_from_one_run_to_the_next() {
         assert_eq!(code, 0, "{err}");
         assert!(err.contains("the accumulated state to"), "{err}");
     };
-    let (a1, a2, i1, i2) = (tmp("acc1.npy"), tmp("acc2.npy"), tmp("i1.npy"), tmp("i2.npy"));
+    let (a1, a2, i1, i2) = (
+        tmp("acc1.npy"),
+        tmp("acc2.npy"),
+        tmp("i1.npy"),
+        tmp("i2.npy"),
+    );
     step(None, &a1, &i1);
     step(Some(&a1), &a2, &i2);
     let s1 = attnc_runtime::npy::read(&a1).expect("acc1");
@@ -635,7 +640,10 @@ fn h2o_state_goes_from_one_run_to_the_next() {
         assert!((sum(x1) - g).abs() < 1e-4, "list {r}: {}", sum(x1));
         assert!((sum(x2) - 2.0 * g).abs() < 1e-4, "list {r}: {}", sum(x2));
         assert!(x1.iter().zip(x2).all(|(a, b)| b >= a), "list {r}");
-        assert!(x1[n..].iter().all(|v| *v == 0.0), "list {r}: no token past the cache");
+        assert!(
+            x1[n..].iter().all(|v| *v == 0.0),
+            "list {r}: no token past the cache"
+        );
     }
     // The second step keeps, besides the 2 sinks and 8 recent tokens, the 22 tokens the
     // first step's state ranks highest (ties to the lower index).
@@ -664,5 +672,8 @@ fn h2o_state_goes_from_one_run_to_the_next() {
         .arg("--acc-out")
         .arg(tmp("y.npy")));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("keeps no accumulated state: --acc-out"), "{err}");
+    assert!(
+        err.contains("keeps no accumulated state: --acc-out"),
+        "{err}"
+    );
 }

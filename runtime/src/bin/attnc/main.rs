@@ -587,7 +587,9 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                 return Err(usage("--indices is for decode kernels"));
             }
             if acc_out.is_some() {
-                return Err(usage("--acc-out is for decode kernels with an accumulated state"));
+                return Err(usage(
+                    "--acc-out is for decode kernels with an accumulated state",
+                ));
             }
             let Some(v) = v else {
                 return Err(usage("missing --v FILE.npy"));

@@ -282,6 +282,23 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// H2O's state as a history would leave it (both benches start from it): the dense
+/// attention of four earlier queries near the decode query `q1`, added to `st.acc`.
+fn seed_history(spec: &SelectSpec, st: &mut attnc_runtime::decode::DecodeState, q1: &[f32]) {
+    for i in 0..4 {
+        let noise = Tensor::random(&[q1.len()], 100 + i);
+        let qi: Vec<f32> = q1
+            .iter()
+            .zip(&noise.data)
+            .map(|(a, n)| a + 0.5 * n)
+            .collect();
+        let sums = fidelity::attention_sums(spec, st, &qi);
+        for (a, x) in st.acc.iter_mut().zip(sums) {
+            *a += x;
+        }
+    }
+}
+
 /// `attnc bench` on the CPU: latency of select, attend and the dense yardstick, and the
 /// fidelity of the selection on a synthetic cache with planted heavy hitters.
 pub fn bench(spec: SelectSpec, runs: usize, json: bool) -> Result<String, Error> {
@@ -321,19 +338,7 @@ pub fn bench(spec: SelectSpec, runs: usize, json: bool) -> Result<String, Error>
         Tensor::random(&[b, spec.sel_heads() as usize, spec.context as usize], 11).data
     });
     if spec.source == Source::Accumulated {
-        // History: the accumulated attention of four earlier queries near this one.
-        for i in 0..4 {
-            let noise = Tensor::random(&[b * hq * d], 100 + i);
-            let qi: Vec<f32> = q1
-                .iter()
-                .zip(&noise.data)
-                .map(|(a, n)| a + 0.5 * n)
-                .collect();
-            let sums = fidelity::attention_sums(&spec, &st, &qi);
-            for (a, x) in st.acc.iter_mut().zip(sums) {
-                *a += x;
-            }
-        }
+        seed_history(&spec, &mut st, &q1);
     }
     let mut t_select = vec![];
     let mut t_attend = vec![];
@@ -634,8 +639,13 @@ pub fn bench_cuda(
         }
     }
     drop(syn);
-    // st now holds the full cache: time the step and each kernel. (H2O: every step
-    // changes the state, so a step meant to reproduce another starts from `acc0`.)
+    // st now holds the full cache: time the step and each kernel. (H2O: from the history
+    // the CPU bench starts from too; every step changes the state, so a step meant to
+    // reproduce another starts from `acc0`.)
+    if accumulated {
+        st.acc.iter_mut().for_each(|a| *a = 0.0);
+        seed_history(&spec, &mut st, &q1);
+    }
     let acc0 = st.acc.clone();
     let restart = |g: &GpuDecode, gs: &mut GpuState| -> Result<(), Error> {
         if accumulated {
