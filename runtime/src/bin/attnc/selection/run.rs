@@ -1,0 +1,232 @@
+//! `attnc run` for selection kernels.
+
+use super::*;
+
+/// The files of `attnc run` on a selection kernel.
+pub struct RunFiles {
+    pub q: PathBuf,
+    pub k: PathBuf,
+    pub v: Option<PathBuf>,
+    /// `lens`, `scores` (external source), `acc` (accumulated source).
+    pub inputs: Vec<(String, PathBuf)>,
+    pub output: PathBuf,
+    pub indices: Option<PathBuf>,
+    /// `accumulated`: where the state after the step goes.
+    pub acc_out: Option<PathBuf>,
+}
+
+fn input<'a>(files: &'a RunFiles, name: &str) -> Option<&'a Path> {
+    files
+        .inputs
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, p)| p.as_path())
+}
+
+/// Reads `[B, Hkv, n, D]` and pads the token axis to the cache capacity.
+fn read_cache(path: &Path, spec: &SelectSpec, what: &str) -> Result<(Tensor, usize), Error> {
+    let t = npy::read(path)?;
+    let (b, hkv, c, d) = (
+        spec.batch as usize,
+        spec.kv_heads as usize,
+        spec.context as usize,
+        spec.head_dim as usize,
+    );
+    if t.shape.len() != 4 || t.shape[0] != b || t.shape[1] != hkv || t.shape[3] != d {
+        return Err(Error::Shape(format!(
+            "{what} `{}` has shape {:?}; `{}` expects [{b}, {hkv}, tokens, {d}] (batch, KV heads, tokens up to CONTEXT = {c}, head dim)",
+            path.display(),
+            t.shape,
+            spec.kernel
+        )));
+    }
+    let n = t.shape[2];
+    if n == 0 || n > c {
+        return Err(Error::Shape(format!(
+            "{what} `{}` holds {n} tokens; `{}` caches 1 to {c} (--set CONTEXT=... to change)",
+            path.display(),
+            spec.kernel
+        )));
+    }
+    let mut data = vec![0f32; b * hkv * c * d];
+    for bh in 0..b * hkv {
+        data[bh * c * d..][..n * d].copy_from_slice(&t.data[bh * n * d..][..n * d]);
+    }
+    Ok((
+        Tensor {
+            shape: vec![b, hkv, c, d],
+            data,
+        },
+        n,
+    ))
+}
+
+/// A state-shaped input `[B, Hsel, tokens]`, padded to `[B, Hsel, CONTEXT]`.
+fn read_per_token(path: &Path, spec: &SelectSpec, what: &str) -> Result<Vec<f32>, Error> {
+    let t = npy::read(path)?;
+    let (b, hs, c) = (
+        spec.batch as usize,
+        spec.sel_heads() as usize,
+        spec.context as usize,
+    );
+    if t.shape.len() != 3 || t.shape[0] != b || t.shape[1] != hs || t.shape[2] > c {
+        return Err(Error::Shape(format!(
+            "{what} `{}` has shape {:?}; `{}` expects [{b}, {hs}, tokens <= {c}]",
+            path.display(),
+            t.shape,
+            spec.kernel
+        )));
+    }
+    let n = t.shape[2];
+    let mut out = vec![0f32; b * hs * c];
+    for r in 0..b * hs {
+        out[r * c..][..n].copy_from_slice(&t.data[r * n..][..n]);
+    }
+    Ok(out)
+}
+
+/// `attnc run` on a selection kernel: on the CPU, or on `gpu` (decode kernels the CUDA
+/// backend covers).
+pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<String, Error> {
+    for (n, _) in &files.inputs {
+        if !["lens", "scores", "acc"].contains(&n.as_str()) {
+            return Err(Error::Shape(format!(
+                "selection kernels take the inputs lens, scores (external source) and acc (accumulated source), not `{n}`"
+            )));
+        }
+    }
+    if files.acc_out.is_some()
+        && (spec.source != Source::Accumulated || spec.kind != KernelKind::Decode)
+    {
+        return Err(Error::Shape(format!(
+            "`{}` keeps no accumulated state: --acc-out is for decode kernels with source accumulated",
+            spec.kernel
+        )));
+    }
+    let (k, n) = read_cache(&files.k, &spec, "--k")?;
+    let v = match &files.v {
+        Some(p) => read_cache(p, &spec, "--v")?.0,
+        None if spec.kind == KernelKind::Select => Tensor::zeros(k.shape.clone()),
+        None => return Err(Error::Shape("missing --v FILE.npy".into())),
+    };
+    let lens: Vec<u32> = match input(files, "lens") {
+        Some(p) => {
+            let (shape, data) = npy::read_ints(p)?;
+            if shape != [spec.batch as usize] {
+                return Err(Error::Shape(format!(
+                    "lens `{}` has shape {shape:?}; expected [{}]",
+                    p.display(),
+                    spec.batch
+                )));
+            }
+            let mut out = vec![];
+            for l in data {
+                if l < 1 || l as usize > n {
+                    return Err(Error::Input(format!(
+                        "a length of {l} is outside 1..={n} (the tokens in --k)"
+                    )));
+                }
+                out.push(l as u32);
+            }
+            out
+        }
+        None => vec![n as u32; spec.batch as usize],
+    };
+    let kernel = DecodeKernel::new(spec.clone());
+    let mut st = kernel.new_state();
+    kernel.fill(&mut st, &k.data, &v.data, &lens)?;
+    if let Some(p) = input(files, "acc") {
+        if spec.source != Source::Accumulated {
+            return Err(Error::Shape(format!(
+                "`{}` has no accumulated state (source {})",
+                spec.kernel,
+                attnc::select::spec::source_name(spec.source)
+            )));
+        }
+        st.acc = read_per_token(p, &spec, "acc")?;
+    }
+    let scores = match input(files, "scores") {
+        Some(p) => Some(read_per_token(p, &spec, "scores")?),
+        None => None,
+    };
+    let q = npy::read(&files.q)?;
+    let t = Instant::now();
+    // On the GPU: the index lists, the output and where and how fast it ran (and H2O's
+    // state after the step).
+    let mut gpu_acc = None;
+    let (idx, gpu_out) = match gpu {
+        Some(gpu) => {
+            let gk = GpuDecode::load(gpu, spec.clone())?;
+            let mut gs = gk.upload(&st)?;
+            match (&scores, spec.source == Source::External) {
+                (Some(e), _) => gk.set_scores(&mut gs, e)?, // says so if it has no use for them
+                (None, true) => {
+                    return Err(Error::Shape(format!(
+                        "`{}` scores tokens with an external tensor: pass scores [{}, {}, {}]",
+                        spec.kernel,
+                        spec.batch,
+                        spec.sel_heads(),
+                        spec.context
+                    )))
+                }
+                (None, false) => {}
+            }
+            let t = Instant::now();
+            let (idx, o) = gk.step(&mut gs, &q.data)?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            if files.acc_out.is_some() {
+                gpu_acc = Some(gk.acc(&gs)?);
+            }
+            let place = format!("{ms:.2} ms on {}, transfers included", gpu.name());
+            (idx, Some((o, place)))
+        }
+        None => (kernel.select(&st, &q.data, scores.as_deref())?, None),
+    };
+    let mut msg;
+    if spec.kind == KernelKind::Decode {
+        let (o, place) = match gpu_out {
+            Some(done) => done,
+            None => {
+                let o = kernel.attend(&mut st, &q.data, &idx)?;
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                (o, format!("{ms:.1} ms on the CPU"))
+            }
+        };
+        let shape = vec![
+            spec.batch as usize,
+            spec.q_heads as usize,
+            1,
+            spec.head_dim as usize,
+        ];
+        npy::write(&files.output, &Tensor { shape, data: o })?;
+        msg = format!(
+            "{}: output written to {} ({place})",
+            spec.kernel,
+            files.output.display()
+        );
+        if let Some(p) = &files.indices {
+            npy::write_i32(p, &idx.shape, &idx.data)?;
+            msg.push_str(&format!(", indices {:?} to {}", idx.shape, p.display()));
+        }
+        if let Some(p) = &files.acc_out {
+            let shape = vec![
+                spec.batch as usize,
+                spec.sel_heads() as usize,
+                spec.context as usize,
+            ];
+            let data = gpu_acc.unwrap_or_else(|| std::mem::take(&mut st.acc));
+            npy::write(p, &Tensor { shape, data })?;
+            msg.push_str(&format!(", the accumulated state to {}", p.display()));
+        }
+    } else {
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        npy::write_i32(&files.output, &idx.shape, &idx.data)?;
+        msg = format!(
+            "{}: indices {:?} written to {} ({ms:.1} ms on the CPU)",
+            spec.kernel,
+            idx.shape,
+            files.output.display()
+        );
+    }
+    Ok(msg)
+}
