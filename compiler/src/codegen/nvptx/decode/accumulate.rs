@@ -19,7 +19,7 @@
 use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
 
-use super::softmax::{chunk_stats, fold_heads, row_stats};
+use super::softmax::{chunk_stats, fold_heads, row_stats_at};
 use super::{LaneGrid, Shape};
 use crate::codegen::nvptx::gen::Gen;
 use crate::select::softmax::{CHUNK, LANES};
@@ -135,17 +135,8 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     // 3. Row stats, a warp per head: lane t folds the chunks t, t + 32, ... in order.
     let rs = g.shared_array("acc_row_mz", g.f32t.into(), 2 * s.g);
     g.for_step(warp, g.i32(s.g as i64), WARPS as i64, &mut |g, h| {
-        let per: Vec<(IntValue<'c>, FloatValue<'c>, FloatValue<'c>)> = (0..nch
-            .div_ceil(LANES as u32))
-            .map(|i| {
-                let c = g.addi(lane, (i * LANES as u32) as i64);
-                let valid = g.icmp(IntPredicate::ULT, c, g.i32(nch as i64));
-                let at = g.muli(g.add(g.muli(h, nch as i64), g.seli(valid, c, g.i32(0))), 2);
-                let mc = g.self_f(valid, g.ld_f32(mz, at), g.f32(f64::NEG_INFINITY));
-                (valid, mc, g.ld_f32(mz, g.addi(at, 1)))
-            })
-            .collect();
-        let (m, z) = row_stats(g, &per);
+        let row = (mz, g.muli(h, nch as i64));
+        let (m, z) = row_stats_at(g, lane, row, nch, g.i32(nch as i64));
         g.if_then(g.eqi(lane, 0), &mut |g| {
             g.st_f32(rs, g.muli(h, 2), m);
             g.st_f32(rs, g.addi(g.muli(h, 2), 1), z);

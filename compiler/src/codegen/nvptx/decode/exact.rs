@@ -18,7 +18,7 @@
 use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
 
-use super::softmax::{chunk_stats, fold_heads, row_stats};
+use super::softmax::{chunk_stats, fold_heads, row_stats_at};
 use super::topk_wide::{self, Pass0};
 use super::{LaneGrid, Shape};
 use crate::codegen::nvptx::gen::Gen;
@@ -208,18 +208,8 @@ pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
         let used = g.udivi(g.addi(len, CH as i64 - 1), CH as i64);
         // Row stats of head h: lane t takes the chunks t, t + 32, ... in order.
         g.for_step(warp, g.i32(s.g as i64), WARPS as i64, &mut |g, h| {
-            let row = g.muli(g.add(h0, h), nch as i64);
-            let per: Vec<(IntValue<'c>, FloatValue<'c>, FloatValue<'c>)> = (0..nch
-                .div_ceil(LANES as u32))
-                .map(|i| {
-                    let cc = g.addi(lane, (i * LANES as u32) as i64);
-                    let valid = g.icmp(IntPredicate::ULT, cc, used);
-                    let at = g.muli(g.add(row, g.seli(valid, cc, g.i32(0))), 2);
-                    let mc = g.self_f(valid, g.ld_f32(stats, at), g.f32(f64::NEG_INFINITY));
-                    (valid, mc, g.ld_f32(stats, g.addi(at, 1)))
-                })
-                .collect();
-            let (m, z) = row_stats(g, &per);
+            let row = (stats, g.muli(g.add(h0, h), nch as i64));
+            let (m, z) = row_stats_at(g, lane, row, nch, used);
             g.if_then(g.eqi(lane, 0), &mut |g| {
                 g.st_f32(mz, g.muli(h, 2), m);
                 g.st_f32(mz, g.addi(g.muli(h, 2), 1), z);

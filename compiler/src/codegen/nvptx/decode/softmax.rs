@@ -3,7 +3,8 @@
 //! the fold of a token's probabilities over a list's heads. `exact`'s score entries and
 //! H2O's update share them.
 
-use inkwell::values::{FloatValue, IntValue};
+use inkwell::values::{FloatValue, IntValue, PointerValue};
+use inkwell::IntPredicate;
 
 use super::Shape;
 use crate::codegen::nvptx::gen::{ok, Gen};
@@ -41,9 +42,32 @@ pub fn chunk_stats<'c>(g: &Gen<'c>, xs: &[FloatValue<'c>]) -> (FloatValue<'c>, F
     (m, g.lane_sum(z, LANES as u32))
 }
 
+/// A row's `(m, z)` in every lane of a warp from its chunks' `(m_c, z_c)`, stored as
+/// pairs at `stats[2 (row + c)]` for the chunks `c < used` of at most `chunks`: lane
+/// `lane` folds the chunks `lane, lane + 32, ...` in order.
+pub fn row_stats_at<'c>(
+    g: &Gen<'c>,
+    lane: IntValue<'c>,
+    (stats, row): (PointerValue<'c>, IntValue<'c>),
+    chunks: u32,
+    used: IntValue<'c>,
+) -> (FloatValue<'c>, FloatValue<'c>) {
+    let per: Vec<(IntValue<'c>, FloatValue<'c>, FloatValue<'c>)> = (0..chunks
+        .div_ceil(LANES as u32))
+        .map(|i| {
+            let c = g.addi(lane, (i * LANES as u32) as i64);
+            let valid = g.icmp(IntPredicate::ULT, c, used);
+            let at = g.muli(g.add(row, g.seli(valid, c, g.i32(0))), 2);
+            let mc = g.self_f(valid, g.ld_f32(stats, at), g.f32(f64::NEG_INFINITY));
+            (valid, mc, g.ld_f32(stats, g.addi(at, 1)))
+        })
+        .collect();
+    row_stats(g, &per)
+}
+
 /// A row's `(m, z)` in every lane of a warp, from this lane's chunks
 /// `(valid, m_c, z_c)` (the row's chunks `lane, lane + 32, ...` in order).
-pub fn row_stats<'c>(
+fn row_stats<'c>(
     g: &Gen<'c>,
     chunks: &[(IntValue<'c>, FloatValue<'c>, FloatValue<'c>)],
 ) -> (FloatValue<'c>, FloatValue<'c>) {
