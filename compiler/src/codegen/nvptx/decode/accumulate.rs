@@ -19,7 +19,7 @@
 use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
 
-use super::softmax::{chunk_stats, fold_heads, row_stats_at};
+use super::softmax::{chunk_stats, fold_heads, heads_row_stats};
 use super::{LaneGrid, Shape};
 use crate::codegen::nvptx::gen::Gen;
 use crate::select::softmax::{CHUNK, LANES};
@@ -134,23 +134,17 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
 
     // 3. Row stats, a warp per head: lane t folds the chunks t, t + 32, ... in order.
     let rs = g.shared_array("acc_row_mz", g.f32t.into(), 2 * s.g);
-    g.for_step(warp, g.i32(s.g as i64), WARPS as i64, &mut |g, h| {
-        let row = (mz, g.muli(h, nch as i64));
-        let (m, z) = row_stats_at(g, lane, row, nch, g.i32(nch as i64));
-        g.if_then(g.eqi(lane, 0), &mut |g| {
-            g.st_f32(rs, g.muli(h, 2), m);
-            g.st_f32(rs, g.addi(g.muli(h, 2), 1), z);
-        });
-    });
-    g.barrier();
+    let row_of = |g: &Gen<'c>, h: IntValue<'c>| (mz, g.muli(h, nch as i64));
+    let ms = heads_row_stats(
+        g,
+        s,
+        (warp, lane, WARPS),
+        rs,
+        &row_of,
+        (nch, g.i32(nch as i64)),
+    );
 
     // 4. Probabilities folded over the heads, added to the state.
-    let ms: Vec<(FloatValue<'c>, FloatValue<'c>)> = (0..s.g)
-        .map(|h| {
-            let z = g.ld_f32(rs, g.i32(2 * h as i64 + 1));
-            (g.ld_f32(rs, g.i32(2 * h as i64)), g.fdiv(g.f32(1.0), z))
-        })
-        .collect();
     let state = g.muli(list, s.c as i64);
     g.for_step(tid, g.i32(cap), (WARPS * 32) as i64, &mut |g, t| {
         let j = g.ld_i32(idx, entry(g, t));

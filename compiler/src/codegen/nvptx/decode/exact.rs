@@ -18,7 +18,7 @@
 use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
 
-use super::softmax::{chunk_stats, fold_heads, row_stats_at};
+use super::softmax::{chunk_stats, fold_heads, heads_row_stats};
 use super::topk_wide::{self, Pass0};
 use super::{LaneGrid, Shape};
 use crate::codegen::nvptx::gen::Gen;
@@ -206,23 +206,10 @@ pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     g.if_then(live, &mut |g| {
         let h0 = g.add(g.muli(b, s.hq as i64), g.muli(sel, s.g as i64));
         let used = g.udivi(g.addi(len, CH as i64 - 1), CH as i64);
-        // Row stats of head h: lane t takes the chunks t, t + 32, ... in order.
-        g.for_step(warp, g.i32(s.g as i64), WARPS as i64, &mut |g, h| {
-            let row = (stats, g.muli(g.add(h0, h), nch as i64));
-            let (m, z) = row_stats_at(g, lane, row, nch, used);
-            g.if_then(g.eqi(lane, 0), &mut |g| {
-                g.st_f32(mz, g.muli(h, 2), m);
-                g.st_f32(mz, g.addi(g.muli(h, 2), 1), z);
-            });
-        });
-        g.barrier();
-        // Per head its maximum and the reciprocal of its normaliser (rounded once).
-        let ms: Vec<(FloatValue<'c>, FloatValue<'c>)> = (0..s.g)
-            .map(|h| {
-                let z = g.ld_f32(mz, g.i32(2 * h as i64 + 1));
-                (g.ld_f32(mz, g.i32(2 * h as i64)), g.fdiv(g.f32(1.0), z))
-            })
-            .collect();
+        // Row stats of head h: lane t takes the chunks t, t + 32, ... in order; per head
+        // its maximum and the reciprocal of its normaliser (rounded once).
+        let row_of = |g: &Gen<'c>, h: IntValue<'c>| (stats, g.muli(g.add(h0, h), nch as i64));
+        let ms = heads_row_stats(g, s, (warp, lane, WARPS), mz, &row_of, (nch, used));
         let out_row = g.muli(g.add(g.muli(b, s.hsel as i64), sel), s.units as i64);
         // SPAN chunks per block, UNROLL tokens per thread in flight (their G logits each).
         let threads = (WARPS * 32) as i64;

@@ -42,10 +42,38 @@ pub fn chunk_stats<'c>(g: &Gen<'c>, xs: &[FloatValue<'c>]) -> (FloatValue<'c>, F
     (m, g.lane_sum(z, LANES as u32))
 }
 
+/// Every head's `(m, 1 / z)` (the reciprocal rounded once) in every thread of the block:
+/// a warp per head folds its row's chunk statistics ([`row_stats_at`]; `row_of(h)` says
+/// where they are) into `smem` (two floats a head), a barrier, then every thread loads
+/// them. `(warp, lane, warps)`: this thread's warp and lane and the block's warps.
+pub fn heads_row_stats<'c>(
+    g: &Gen<'c>,
+    s: &Shape,
+    (warp, lane, warps): (IntValue<'c>, IntValue<'c>, u32),
+    smem: PointerValue<'c>,
+    row_of: &dyn Fn(&Gen<'c>, IntValue<'c>) -> (PointerValue<'c>, IntValue<'c>),
+    (chunks, used): (u32, IntValue<'c>),
+) -> Vec<(FloatValue<'c>, FloatValue<'c>)> {
+    g.for_step(warp, g.i32(s.g as i64), warps as i64, &mut |g, h| {
+        let (m, z) = row_stats_at(g, lane, row_of(g, h), chunks, used);
+        g.if_then(g.eqi(lane, 0), &mut |g| {
+            g.st_f32(smem, g.muli(h, 2), m);
+            g.st_f32(smem, g.addi(g.muli(h, 2), 1), z);
+        });
+    });
+    g.barrier();
+    (0..s.g)
+        .map(|h| {
+            let z = g.ld_f32(smem, g.i32(2 * h as i64 + 1));
+            (g.ld_f32(smem, g.i32(2 * h as i64)), g.fdiv(g.f32(1.0), z))
+        })
+        .collect()
+}
+
 /// A row's `(m, z)` in every lane of a warp from its chunks' `(m_c, z_c)`, stored as
 /// pairs at `stats[2 (row + c)]` for the chunks `c < used` of at most `chunks`: lane
 /// `lane` folds the chunks `lane, lane + 32, ...` in order.
-pub fn row_stats_at<'c>(
+fn row_stats_at<'c>(
     g: &Gen<'c>,
     lane: IntValue<'c>,
     (stats, row): (PointerValue<'c>, IntValue<'c>),
