@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the bundle folder (see scripts/gpu_bundle.sh). Writes logs to
 # $RESULTS_DIR (default ./results) and prints a summary table last.
-# Usage: run.sh [all|check|speed [side_by_side.py args]|decode|wgmma]: check = correctness (suite, NumPy,
+# Usage: run.sh [all|check|speed [side_by_side.py args]|decode|decode-extra|wgmma]: check = correctness (suite, NumPy,
 # ptxas/SASS, sanitizer); speed = the side-by-side table against the peers
 # (bench/gpu/side_by_side.py); decode = the decode kernels against the CPU executor, timed,
-# beside the decode peers (bench/gpu/decode_peers.py); wgmma = the sm_90a kernel's SASS,
+# beside the decode peers (bench/gpu/decode_peers.py); decode-extra = decode shapes no
+# shipped kernel has and compute-sanitizer on small ones; wgmma = the sm_90a kernel's SASS,
 # a few shapes timed, the suite with every shape, the tuner's table.
 set -u
 cd "$(dirname "$0")"
@@ -76,6 +77,8 @@ if [ "$MODE" = "wgmma" ]; then
 fi
 
 if [ "$MODE" = "decode" ]; then
+  # The shipped decode kernels against the CPU executor and beside the peers (about 6
+  # minutes); `decode-extra` has the shapes no shipped kernel takes and the sanitizer.
   gpu_info
   log "ptxas (registers, spills) of the decode kernels"
   mkdir -p ptx
@@ -88,21 +91,36 @@ if [ "$MODE" = "decode" ]; then
   cat "$OUT/decode_sass.txt"
   log "decode step: attnc against the CPU executor, timed, with fidelity"
   : > "$OUT/decode.txt"
-  # The last two: paths no shipped shape takes (Quest over 16384 pages: the multi-block
-  # top-k with its own first pass; exact over a context that is not a multiple of 32768).
-  for c in "exact.attn exact_decode" "quest.attn quest_decode" "streaming.attn streaming_decode" "h2o.attn h2o_decode" "dense.attn dense_decode --set CONTEXT=32768" \
-           "quest.attn quest_decode --set CONTEXT=262144 --set BATCH=2" "exact.attn exact_decode --set CONTEXT=100000 --set BATCH=2"; do
+  for c in "exact.attn exact_decode" "quest.attn quest_decode" "streaming.attn streaming_decode" "h2o.attn h2o_decode" "dense.attn dense_decode --set CONTEXT=32768"; do
     set -- $c
     file=$1; k=$2; shift 2
     $A bench kernels/$file --kernel $k "$@" --backend cuda --runs 50 2>&1 | tee -a "$OUT/decode.txt"
   done
-  # External scores (a test fixture's kernel): the one-block and the multi-block top-k.
-  for set in "CONTEXT=8192" "CONTEXT=131072"; do
-    $A bench examples/kv_selection_policies.attn --kernel indexer_decode --set $set --backend cuda --runs 50 2>&1 | tee -a "$OUT/decode.txt"
-  done
   log "decode peers (cuDNN, FlashAttention, the PyTorch pipeline)"
   RESULTS_DIR="$OUT" PYTHONUNBUFFERED=1 python3 decode_peers.py 2>&1 | tee "$OUT/decode_peers.txt"
-  # Last: the slowest part, and the figures above come back even if the call runs out.
+  echo
+  echo "== summary"
+  grep -E "^[a-z_]+ on |step |kernels alone|tuned:|differ|fidelity" "$OUT/decode.txt"
+  grep -E "^\{" "$OUT/decode_peers.txt"
+  exit 0
+fi
+
+if [ "$MODE" = "decode-extra" ]; then
+  # Paths no shipped shape takes, then compute-sanitizer on small cases (about 4 minutes).
+  gpu_info
+  log "decode shapes no shipped kernel has"
+  : > "$OUT/decode_extra.txt"
+  # Quest over 16384 pages (the multi-block top-k with its own first pass); exact over a
+  # context that is not a multiple of 32768.
+  for c in "quest.attn quest_decode --set CONTEXT=262144 --set BATCH=2" "exact.attn exact_decode --set CONTEXT=100000 --set BATCH=2"; do
+    set -- $c
+    file=$1; k=$2; shift 2
+    $A bench kernels/$file --kernel $k "$@" --backend cuda --runs 50 2>&1 | tee -a "$OUT/decode_extra.txt"
+  done
+  # External scores (a test fixture's kernel): the one-block and the multi-block top-k.
+  for set in "CONTEXT=8192" "CONTEXT=131072"; do
+    $A bench examples/kv_selection_policies.attn --kernel indexer_decode --set $set --backend cuda --runs 50 2>&1 | tee -a "$OUT/decode_extra.txt"
+  done
   log "compute-sanitizer memcheck, small decode cases"
   : > "$OUT/decode_sanitizer.txt"
   for c in "quest.attn quest_decode" "streaming.attn streaming_decode" "exact.attn exact_decode" "h2o.attn h2o_decode"; do
@@ -113,8 +131,7 @@ if [ "$MODE" = "decode" ]; then
   echo
   echo "== summary"
   grep -E "sanitizer exit" "$OUT/decode_sanitizer.txt"
-  grep -E "^[a-z_]+ on |step |kernels alone|tuned:|differ|fidelity" "$OUT/decode.txt"
-  grep -E "^\{" "$OUT/decode_peers.txt"
+  grep -E "^[a-z_]+ on |step |kernels alone|differ" "$OUT/decode_extra.txt"
   exit 0
 fi
 
