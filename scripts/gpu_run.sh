@@ -91,7 +91,9 @@ if [ "$MODE" = "decode" ]; then
   cat "$OUT/decode_sass.txt"
   log "decode step: attnc against the CPU executor, timed, with fidelity"
   : > "$OUT/decode.txt"
-  for c in "exact.attn exact_decode" "quest.attn quest_decode" "streaming.attn streaming_decode" "h2o.attn h2o_decode" "dense.attn dense_decode --set CONTEXT=32768"; do
+  # H2O tuned: the tuner checks and times the split update (Tuning::split_update) beside
+  # the one-entry update.
+  for c in "exact.attn exact_decode" "quest.attn quest_decode" "streaming.attn streaming_decode" "h2o.attn h2o_decode --tune" "dense.attn dense_decode --set CONTEXT=32768"; do
     set -- $c
     file=$1; k=$2; shift 2
     $A bench kernels/$file --kernel $k "$@" --backend cuda --runs 50 2>&1 | tee -a "$OUT/decode.txt"

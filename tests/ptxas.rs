@@ -278,12 +278,19 @@ fn decode_kernels_assemble_without_spills() {
                         spec.source != attnc::select::spec::Source::None && spec.units() > 8192;
                     let want = if wide { 5 - usize::from(exact) } else { 1 };
                     assert_eq!(topk, want, "{name}");
-                    // H2O's state update after the attention.
-                    let update = has(decode::Role::Accumulate);
+                    // H2O's state update after the attention (its logits in an entry of
+                    // their own with `split_update`).
+                    let update = m
+                        .entries
+                        .iter()
+                        .filter(|e| e.role == decode::Role::Accumulate)
+                        .count();
+                    let h2o = spec.source == attnc::select::spec::Source::Accumulated;
                     assert_eq!(
                         update,
-                        usize::from(spec.source == attnc::select::spec::Source::Accumulated),
-                        "{name}"
+                        usize::from(h2o) * (1 + usize::from(t.split_update)),
+                        "{name} {}",
+                        t.label()
                     );
                     assert_eq!(
                         m.entries.len(),

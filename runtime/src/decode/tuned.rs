@@ -18,6 +18,9 @@ struct Choice {
     score_rows: u32,
     unroll: u32,
     target_blocks: u32,
+    /// Absent in choices recorded before it existed: the update in one entry.
+    #[serde(default)]
+    split_update: bool,
     /// The candidates' step times (ms), as the tuner printed them.
     trials: Vec<(String, f64)>,
 }
@@ -37,6 +40,7 @@ pub fn load(spec: &SelectSpec, arch: Arch, gpu: &str) -> Option<Tuning> {
         score_rows: ch.score_rows,
         unroll: ch.unroll,
         target_blocks: ch.target_blocks,
+        split_update: ch.split_update,
     })
 }
 
@@ -49,6 +53,7 @@ pub fn save(spec: &SelectSpec, arch: Arch, gpu: &str, best: Tuning, trials: &[(T
         score_rows: best.score_rows,
         unroll: best.unroll,
         target_blocks: best.target_blocks,
+        split_update: best.split_update,
         trials: trials.iter().map(|(t, ms)| (t.label(), *ms)).collect(),
     };
     if let Ok(text) = serde_json::to_string(&ch) {

@@ -30,75 +30,78 @@ pub const WARPS: u32 = 16;
 const UNROLL: u32 = 4;
 const CH: u32 = CHUNK as u32;
 
-/// `accumulate(q, k, idx, hl, acc)`, grid `(Hsel, B)`.
-pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
-    let (q, k, idx, hl, acc) = (p[0], p[1], p[2], p[3], p[4]);
-    let LaneGrid {
-        lanes,
-        per_lane,
-        per_row,
-        tid,
-        warp,
-        lane,
-        sub,
-        ll,
-        ch,
-    } = LaneGrid::new(g, s.d);
-    let sel = g.sreg("ctaid.x");
-    let b = g.sreg("ctaid.y");
-    let list = g.add(g.muli(b, s.hsel as i64), sel);
-    let kvh = sel;
-    let h0 = g.add(g.muli(b, s.hq as i64), g.muli(kvh, s.g as i64));
-    let cap = s.cap as i64;
-    let entry = |g: &Gen<'c>, t: IntValue<'c>| g.add(g.muli(list, cap), t);
-    let hl_at = |g: &Gen<'c>, h: IntValue<'c>, t: IntValue<'c>| g.add(g.muli(g.add(h0, h), cap), t);
+/// Where a block's list is: its index `b * Hsel + sel`, its first query head and its KV
+/// head, for `ctaid` = `(sel, b)`.
+struct List<'c> {
+    list: IntValue<'c>,
+    h0: IntValue<'c>,
+    kvh: IntValue<'c>,
+    b: IntValue<'c>,
+}
 
-    // 1. Logits. qv[head][channel] of this lane's channels.
-    let qv: Vec<Vec<FloatValue<'c>>> = (0..s.g)
-        .map(|h| {
-            let at = g.add(g.muli(g.addi(h0, h as i64), s.d as i64), ch);
-            (0..per_lane)
-                .map(|e| g.ld_f32(q, g.addi(at, e as i64)))
-                .collect()
-        })
-        .collect();
-    let kbase = g.muli(g.add(g.muli(b, s.hkv as i64), kvh), s.c as i64);
-    let scale = g.f32(s.scale_log2);
-    let step = (WARPS * per_row * UNROLL) as i64;
-    let rounds = (s.cap as i64 + step - 1) / step;
-    g.for_range(g.i32(0), g.i32(rounds), &mut |g, it| {
-        // Entry of row r: (it * UNROLL + r) * WARPS * per_row + warp * per_row + sub.
-        let rows: Vec<(IntValue<'c>, IntValue<'c>, Vec<FloatValue<'c>>)> = (0..UNROLL)
-            .map(|r| {
-                let first = g.muli(
-                    g.addi(g.muli(it, UNROLL as i64), r as i64),
-                    (WARPS * per_row) as i64,
-                );
-                let t = g.add(first, g.add(g.muli(warp, per_row as i64), sub));
-                let inside = g.icmp(IntPredicate::ULT, t, g.i32(cap));
-                let j = g.ld_i32(idx, entry(g, g.seli(inside, t, g.i32(0))));
-                let valid = g.and(inside, g.icmp(IntPredicate::SGE, j, g.i32(0)));
-                let safe = g.seli(valid, j, g.i32(0));
-                let at = g.add(g.muli(g.add(kbase, safe), s.d as i64), ch);
-                (t, valid, g.ld_half_vec(k, at, per_lane, s.bf16))
-            })
-            .collect();
-        for (t, valid, kv) in rows {
-            let inside = g.icmp(IntPredicate::ULT, t, g.i32(cap));
-            for (h, qh) in qv.iter().enumerate() {
-                let lane_sum = qh
-                    .iter()
-                    .zip(&kv)
-                    .fold(g.f32(0.0), |a, (x, y)| g.fma(*x, *y, a));
-                let dot = g.lane_sum(lane_sum, lanes);
-                let l = g.self_f(valid, g.fmul(dot, scale), g.f32(f64::NEG_INFINITY));
-                let write = g.and(inside, g.eqi(ll, 0));
-                g.if_then(write, &mut |g| {
-                    g.st_f32(hl, hl_at(g, g.i32(h as i64), t), l)
-                });
-            }
+impl<'c> List<'c> {
+    fn of(g: &Gen<'c>, s: &Shape, sel: IntValue<'c>, b: IntValue<'c>) -> List<'c> {
+        List {
+            list: g.add(g.muli(b, s.hsel as i64), sel),
+            h0: g.add(g.muli(b, s.hq as i64), g.muli(sel, s.g as i64)),
+            kvh: sel,
+            b,
         }
-    });
+    }
+
+    /// The list's entry `t` in `idx`.
+    fn entry(&self, g: &Gen<'c>, s: &Shape, t: IntValue<'c>) -> IntValue<'c> {
+        g.add(g.muli(self.list, s.cap as i64), t)
+    }
+
+    /// Head `h`'s logit of entry `t` in `hl` `[B, Hq, K]`.
+    fn hl_at(&self, g: &Gen<'c>, s: &Shape, h: IntValue<'c>, t: IntValue<'c>) -> IntValue<'c> {
+        g.add(g.muli(g.add(self.h0, h), s.cap as i64), t)
+    }
+}
+
+/// List entries a block of the separate logits entry takes (`Tuning::split_update`): a
+/// whole number of the rounds step 1 walks, at least 512.
+fn slice(s: &Shape) -> u32 {
+    let step = round_entries(s);
+    step * 512u32.div_ceil(step)
+}
+
+/// List entries step 1 covers in one round of its loop.
+fn round_entries(s: &Shape) -> u32 {
+    let lanes = crate::select::spec::score_lanes(s.d);
+    WARPS * (32 / lanes) * UNROLL
+}
+
+/// Blocks of the separate logits entry per list.
+pub fn slices(s: &Shape) -> u32 {
+    s.cap.div_ceil(slice(s))
+}
+
+/// `accumulate_logits(q, k, idx, hl, acc)`, grid `(slices, Hsel, B)` (with
+/// `Tuning::split_update`): step 1 over a slice of each list, in more blocks than lists.
+pub fn emit_logits<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
+    let l = List::of(g, s, g.sreg("ctaid.y"), g.sreg("ctaid.z"));
+    let first = g.muli(g.sreg("ctaid.x"), slice(s) as i64);
+    list_logits(g, s, p, &l, first, (slice(s) / round_entries(s)) as i64);
+}
+
+/// `accumulate(q, k, idx, hl, acc)`, grid `(Hsel, B)`: steps 1 (unless the separate
+/// entry did it) to 4.
+pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
+    let (idx, hl, acc) = (p[2], p[3], p[4]);
+    let LaneGrid {
+        tid, warp, lane, ..
+    } = LaneGrid::new(g, s.d);
+    let l = List::of(g, s, g.sreg("ctaid.x"), g.sreg("ctaid.y"));
+    let cap = s.cap as i64;
+    let entry = |g: &Gen<'c>, t: IntValue<'c>| l.entry(g, s, t);
+    let hl_at = |g: &Gen<'c>, h: IntValue<'c>, t: IntValue<'c>| l.hl_at(g, s, h, t);
+    let list = l.list;
+    if !s.tuning.split_update {
+        let rounds = s.cap.div_ceil(round_entries(s)) as i64;
+        list_logits(g, s, p, &l, g.i32(0), rounds);
+    }
     g.barrier();
 
     // 2. Chunk stats, a warp per (head, chunk).
@@ -154,5 +157,73 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             let at = g.add(state, j);
             g.st_f32(acc, at, g.fadd(g.ld_f32(acc, at), x));
         });
+    });
+}
+
+/// Step 1 for the entries `first + i` of list `l`, `i` below `rounds` rounds of
+/// [`round_entries`]: the logit of each entry for each of the list's heads into `hl`.
+fn list_logits<'c>(
+    g: &Gen<'c>,
+    s: &Shape,
+    p: &[PointerValue<'c>],
+    l: &List<'c>,
+    first: IntValue<'c>,
+    rounds: i64,
+) {
+    let (q, k, idx, hl) = (p[0], p[1], p[2], p[3]);
+    let LaneGrid {
+        lanes,
+        per_lane,
+        per_row,
+        warp,
+        sub,
+        ll,
+        ch,
+        ..
+    } = LaneGrid::new(g, s.d);
+    let cap = s.cap as i64;
+    // qv[head][channel] of this lane's channels.
+    let qv: Vec<Vec<FloatValue<'c>>> = (0..s.g)
+        .map(|h| {
+            let at = g.add(g.muli(g.addi(l.h0, h as i64), s.d as i64), ch);
+            (0..per_lane)
+                .map(|e| g.ld_f32(q, g.addi(at, e as i64)))
+                .collect()
+        })
+        .collect();
+    let kbase = g.muli(g.add(g.muli(l.b, s.hkv as i64), l.kvh), s.c as i64);
+    let scale = g.f32(s.scale_log2);
+    g.for_range(g.i32(0), g.i32(rounds), &mut |g, it| {
+        // Entry of row r: first + (it * UNROLL + r) * WARPS * per_row + warp * per_row + sub.
+        let rows: Vec<(IntValue<'c>, IntValue<'c>, Vec<FloatValue<'c>>)> = (0..UNROLL)
+            .map(|r| {
+                let row = g.muli(
+                    g.addi(g.muli(it, UNROLL as i64), r as i64),
+                    (WARPS * per_row) as i64,
+                );
+                let t = g.add(g.add(first, row), g.add(g.muli(warp, per_row as i64), sub));
+                let inside = g.icmp(IntPredicate::ULT, t, g.i32(cap));
+                let j = g.ld_i32(idx, l.entry(g, s, g.seli(inside, t, g.i32(0))));
+                let valid = g.and(inside, g.icmp(IntPredicate::SGE, j, g.i32(0)));
+                let safe = g.seli(valid, j, g.i32(0));
+                let at = g.add(g.muli(g.add(kbase, safe), s.d as i64), ch);
+                (t, valid, g.ld_half_vec(k, at, per_lane, s.bf16))
+            })
+            .collect();
+        for (t, valid, kv) in rows {
+            let inside = g.icmp(IntPredicate::ULT, t, g.i32(cap));
+            for (h, qh) in qv.iter().enumerate() {
+                let lane_sum = qh
+                    .iter()
+                    .zip(&kv)
+                    .fold(g.f32(0.0), |a, (x, y)| g.fma(*x, *y, a));
+                let dot = g.lane_sum(lane_sum, lanes);
+                let lg = g.self_f(valid, g.fmul(dot, scale), g.f32(f64::NEG_INFINITY));
+                let write = g.and(inside, g.eqi(ll, 0));
+                g.if_then(write, &mut |g| {
+                    g.st_f32(hl, l.hl_at(g, s, g.i32(h as i64), t), lg)
+                });
+            }
+        }
     });
 }

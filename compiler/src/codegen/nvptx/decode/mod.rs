@@ -14,6 +14,7 @@
 //! | `<k>_topk_pass0..2` (exact: 1..2), `_count`, `_emit` (scored lists of more than 8192 units) | `(ceil(U / 32768), Hsel, B)` | 1024 | `scores`, `lens`, `work` u32 (`DecodeModule::topk_work` words, zeroed once), `idx` |
 //! | `<k>_attend` | `(chunks, Hkv, B)` | 128 | `q`, `k` (exact: the `logits` instead), `v` dtype `[B,Hkv,C,D]`, `idx`, `lens`, `part` f32 `[B,Hq,chunks,D+2]` |
 //! | `<k>_combine` | `(Hq, B)` | `D` | `part`, `out` f32 `[B,Hq,D]` |
+//! | `<k>_accumulate_logits` (accumulated, `split_update` only) | `(ceil(K / slice), Hsel, B)` | 512 | as `accumulate`; writes `hl` only |
 //! | `<k>_accumulate` (accumulated only) | `(Hsel, B)` | 512 | `q`, `k`, `idx`, `hl` f32 `[B,Hq,K]` (the list's logits), `acc` f32 `[B,Hsel,C]` (the state, which the top-k reads as its scores) |
 //! | `<k>_append` (not in the step) | `(B)` | 256 | `k_new`, `v_new` dtype `[B,Hkv,D]`, `k`, `v`, `kmax`, `kmin`, `lens` (the last five written) |
 //!
@@ -102,6 +103,9 @@ pub struct Tuning {
     pub unroll: u32,
     /// Blocks the attention grid aims at (sets the split-K chunk size).
     pub target_blocks: u32,
+    /// `accumulated`: the logits of H2O's update in an entry of their own over slices of
+    /// each list (more blocks than lists), before the per-list update; the same bits.
+    pub split_update: bool,
 }
 
 impl Default for Tuning {
@@ -110,18 +114,21 @@ impl Default for Tuning {
             score_rows: 8,
             unroll: 4,
             target_blocks: 1024,
+            split_update: false,
         }
     }
 }
 
 impl Tuning {
     /// The candidates `attnc bench --tune` times for `spec`: the page rows of the score
-    /// warps only matter to page-bound scores (elsewhere the default's).
+    /// warps only matter to page-bound scores (elsewhere the default's), the split update
+    /// only to `accumulated`.
     pub fn candidates_for(spec: &SelectSpec) -> Vec<Tuning> {
         let rows = Tuning::default().score_rows;
         Tuning::candidates()
             .into_iter()
             .filter(|t| spec.source == Source::PageBound || t.score_rows == rows)
+            .filter(|t| spec.source == Source::Accumulated || !t.split_update)
             .collect()
     }
 
@@ -131,11 +138,14 @@ impl Tuning {
         for score_rows in [2, 4, 8] {
             for unroll in [2, 4, 8] {
                 for target_blocks in [1024, 2048] {
-                    v.push(Tuning {
-                        score_rows,
-                        unroll,
-                        target_blocks,
-                    });
+                    for split_update in [false, true] {
+                        v.push(Tuning {
+                            score_rows,
+                            unroll,
+                            target_blocks,
+                            split_update,
+                        });
+                    }
                 }
             }
         }
@@ -144,8 +154,15 @@ impl Tuning {
 
     pub fn label(&self) -> String {
         format!(
-            "rows={} unroll={} blocks={}",
-            self.score_rows, self.unroll, self.target_blocks
+            "rows={} unroll={} blocks={}{}",
+            self.score_rows,
+            self.unroll,
+            self.target_blocks,
+            if self.split_update {
+                " split-update"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -409,13 +426,12 @@ pub fn compile_tuned(
     plan.push((Role::Combine, Body::Combine, 2, [sh.hq, sh.b, 1], sh.d));
     if sh.source == Source::Accumulated {
         let block = accumulate::WARPS * 32;
-        plan.push((
-            Role::Accumulate,
-            Body::Accumulate,
-            5,
-            [sh.hsel, sh.b, 1],
-            block,
-        ));
+        if tuning.split_update {
+            let grid = [accumulate::slices(&sh), sh.hsel, sh.b];
+            plan.push((Role::Accumulate, Body::AccumulateLogits, 5, grid, block));
+        }
+        let grid = [sh.hsel, sh.b, 1];
+        plan.push((Role::Accumulate, Body::Accumulate, 5, grid, block));
     }
     plan.push((Role::Append, Body::Append, 7, [sh.b, 1, 1], append::THREADS));
     let entries: Vec<DecodeEntry> = plan
@@ -424,6 +440,7 @@ pub fn compile_tuned(
             role,
             name: name(&match body {
                 Body::TopKWide(step) => step.name(),
+                Body::AccumulateLogits => "accumulate_logits".to_string(),
                 _ => role_name(role).to_string(),
             }),
             grid,
@@ -464,6 +481,7 @@ pub fn compile_tuned(
             Body::Attend => attend::emit(&g, &sh, &ps),
             Body::Combine => combine::emit(&g, &sh, &ps),
             Body::Accumulate => accumulate::emit(&g, &sh, &ps),
+            Body::AccumulateLogits => accumulate::emit_logits(&g, &sh, &ps),
             Body::Append => append::emit(&g, &sh, &ps),
         }
         super::gen::ok(g.b.build_return(None));
@@ -491,6 +509,8 @@ enum Body {
     Attend,
     Combine,
     Accumulate,
+    /// Step 1 of H2O's update in an entry of its own (`Tuning::split_update`).
+    AccumulateLogits,
     Append,
 }
 
@@ -513,6 +533,8 @@ fn role_name(r: Role) -> &'static str {
 fn writes(body: Body, n: usize) -> std::ops::Range<usize> {
     match body {
         Body::Append => 2..n,
+        // (q, k, idx, hl, acc): the list's logits only.
+        Body::AccumulateLogits => n - 2..n - 1,
         Body::Logits | Body::ExactScore | Body::TopK | Body::TopKWide(_) | Body::Accumulate => {
             n - 2..n
         }
