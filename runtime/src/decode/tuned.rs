@@ -89,6 +89,7 @@ mod tests {
             score_rows: 4,
             unroll: 2,
             target_blocks: 2048,
+            split_update: true,
         };
         save(&s, Arch::Sm90, "H200", best, &[(best, 0.17)]);
         assert_eq!(load(&s, Arch::Sm90, "H200"), Some(best));
