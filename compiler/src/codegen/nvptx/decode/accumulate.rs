@@ -13,6 +13,10 @@
 //! 4. per entry `exp2c(l - m) * (1 / z)` folded over the heads in order (`mean` divides
 //!    once), added to `acc[b, list, j]`.
 //!
+//! With `Tuning::split_update`, step 1 runs in an entry of its own (`accumulate_logits`,
+//! slices of each list over more blocks) and the per-list entry starts at step 2; each
+//! logit is computed the same way, so the bits do not change.
+//!
 //! The top-k reads the scores where this writes them: for `accumulated` the runtime's
 //! `scores` buffer is the state.
 
@@ -24,7 +28,7 @@ use super::{LaneGrid, Shape};
 use crate::codegen::nvptx::gen::Gen;
 use crate::select::softmax::{CHUNK, LANES};
 
-/// Warps per block (one block per list).
+/// Warps per block (of both entries).
 pub const WARPS: u32 = 16;
 /// List entries a row of lanes loads together.
 const UNROLL: u32 = 4;
