@@ -341,8 +341,9 @@ fn cpu_only_selection_kernels_say_so() {
 
 /// Decode shapes the shipped kernels do not have: Quest over more than 8192 pages (the
 /// multi-block top-k with its own first pass), exact scores over a context that is not a
-/// multiple of the top-k's 32768-unit blocks, and over one block per list. Every entry
-/// assembles without spills and fits its block.
+/// multiple of the top-k's 32768-unit blocks, and over one block per list; external
+/// scores; H2O's update with the max and mean head reductions. Every entry assembles
+/// without spills and fits its block.
 #[test]
 fn decode_variants_assemble_and_fit() {
     use attnc::codegen::nvptx::decode::{self, Role};
@@ -378,5 +379,26 @@ fn decode_variants_assemble_and_fit() {
         let file = dir.join(format!("{kernel}_{}.ptx", set.replace('=', "_")));
         let log = assemble(&ptxas, Arch::Sm90, &file, &m.ptx);
         assert_entries_fit(&log, &m.entries, &format!("{kernel} {set}"));
+    }
+    // H2O's update with the other head reductions (the shipped kernel sums), in one entry
+    // and split.
+    use attnc::select::spec::{HeadReduce, Reduce};
+    let src = Source::load(&root().join("kernels/h2o.attn")).expect("h2o.attn");
+    let (fe, _) = driver::frontend(&src).expect("frontend");
+    let (h2o, _) = driver::select_spec(&fe, "h2o_decode", &[]).expect("spec");
+    for op in [Reduce::Max, Reduce::Mean] {
+        for split_update in [false, true] {
+            let mut spec = h2o.clone();
+            spec.heads = HeadReduce::PerKvGroup(op);
+            let t = decode::Tuning {
+                split_update,
+                ..decode::Tuning::default()
+            };
+            let m = decode::compile_tuned(&spec, Arch::Sm90, t).expect("h2o variant");
+            let what = format!("h2o_decode {op:?} {}", t.label());
+            let file = dir.join(format!("h2o_{op:?}_{split_update}.ptx"));
+            let log = assemble(&ptxas, Arch::Sm90, &file, &m.ptx);
+            assert_entries_fit(&log, &m.entries, &what);
+        }
     }
 }
