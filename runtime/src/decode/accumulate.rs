@@ -77,30 +77,130 @@ fn list_probs(
     sel: usize,
     toks: &[u32],
 ) -> Vec<f32> {
-    let d = s.head_dim as usize;
-    let c = s.context as usize;
-    let g = s.group() as usize;
-    let scale = logit_scale(s);
-    let heads = list_heads(s, sel);
-    let n = heads.len();
+    let heads: Vec<usize> = list_heads(s, sel).collect();
     let mut out = vec![0f32; toks.len()];
-    for (i, h) in heads.enumerate() {
-        let qv = &q[(b * s.q_heads as usize + h) * d..][..d];
-        let keys = &k[(b * s.kv_heads as usize + h / g) * c * d..][..c * d];
-        let mut l: Vec<f32> = toks
-            .iter()
-            .map(|&j| {
-                let kv = &keys[j as usize * d..][..d];
-                lane_tree_fma(d, 1, |_, t| (qv[t], kv[t])) * scale
-            })
-            .collect();
+    for (i, mut l) in list_logits(s, k, q, b, &heads, toks)
+        .into_iter()
+        .enumerate()
+    {
         softmax::softmax_in_place(&mut l);
         for (x, p) in out.iter_mut().zip(&l) {
             fold(s.heads.op(), x, *p, i == 0);
         }
     }
     if s.heads.op() == Reduce::Mean {
-        out.iter_mut().for_each(|x| *x /= n as f32);
+        out.iter_mut().for_each(|x| *x /= heads.len() as f32);
     }
     out
+}
+
+/// The base-2 logits (rule 1) of the tokens `toks` for each of `heads`. With the AVX2 path
+/// (head dim 128, one KV head for all of them) the keys are gathered once into rows for
+/// all heads; the same bits either way ([`list_logits_scalar`]).
+#[inline(always)]
+fn list_logits(
+    s: &SelectSpec,
+    k: &[f32],
+    q: &[f32],
+    b: usize,
+    heads: &[usize],
+    toks: &[u32],
+) -> Vec<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let g = s.group() as usize;
+        if super::score::vector_lanes(s) && heads.iter().all(|h| h / g == heads[0] / g) {
+            let (d, c) = (s.head_dim as usize, s.context as usize);
+            let base = (b * s.kv_heads as usize + heads[0] / g) * c * d;
+            let mut keys = Vec::with_capacity(toks.len() * d);
+            for &j in toks {
+                keys.extend_from_slice(&k[base + j as usize * d..][..d]);
+            }
+            let qs: Vec<&[f32]> = heads
+                .iter()
+                .map(|&h| &q[(b * s.q_heads as usize + h) * d..][..d])
+                .collect();
+            let mut out = vec![vec![0f32; toks.len()]; heads.len()];
+            // SAFETY: the CPU has AVX2 and FMA (`vector_lanes`); `keys` holds `toks.len()`
+            // rows of 128, every query 128 values, every output row `toks.len()` (the
+            // function asserts them too).
+            unsafe { super::lanes_avx::logits(&qs, &keys, toks.len(), logit_scale(s), &mut out) };
+            return out;
+        }
+    }
+    list_logits_scalar(s, k, q, b, heads, toks)
+}
+
+/// [`list_logits`] by the lane tree of `score::lane_tree_fma`, one dot at a time.
+#[inline(always)]
+fn list_logits_scalar(
+    s: &SelectSpec,
+    k: &[f32],
+    q: &[f32],
+    b: usize,
+    heads: &[usize],
+    toks: &[u32],
+) -> Vec<Vec<f32>> {
+    let (d, c, g) = (s.head_dim as usize, s.context as usize, s.group() as usize);
+    let scale = logit_scale(s);
+    heads
+        .iter()
+        .map(|&h| {
+            let qv = &q[(b * s.q_heads as usize + h) * d..][..d];
+            let keys = &k[(b * s.kv_heads as usize + h / g) * c * d..][..c * d];
+            toks.iter()
+                .map(|&j| {
+                    let kv = &keys[j as usize * d..][..d];
+                    lane_tree_fma(d, 1, |_, t| (qv[t], kv[t])) * scale
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attnc::select::spec::Source;
+
+    /// The shipped H2O kernel at a small context.
+    fn h2o() -> SelectSpec {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/h2o.attn");
+        let src = attnc::driver::Source::load(&path).expect("h2o.attn");
+        let (fe, _) = attnc::driver::frontend(&src).expect("frontend");
+        let set = attnc::sema::instantiate::Binding::parse("CONTEXT=1000").expect("binding");
+        attnc::driver::select_spec(&fe, "h2o_decode", &[set])
+            .expect("spec")
+            .0
+    }
+
+    #[test]
+    fn the_vector_logits_are_the_lane_tree_bits() {
+        let s = h2o();
+        assert_eq!(s.source, Source::Accumulated);
+        if !super::super::score::vector_lanes(&s) {
+            eprintln!("skipped: this CPU has no AVX2 and FMA");
+            return;
+        }
+        let (b, hkv, c, d) = (
+            s.batch as usize,
+            s.kv_heads as usize,
+            s.context as usize,
+            128usize,
+        );
+        let k = crate::Tensor::random(&[b * hkv * c * d], 5).data;
+        let q = crate::Tensor::random(&[b * s.q_heads as usize * d], 6).data;
+        let toks: Vec<u32> = (0..c as u32).filter(|j| j % 3 != 1).collect();
+        let g = s.group() as usize;
+        let heads: Vec<usize> = (g..2 * g).collect();
+        let bits = |v: Vec<Vec<f32>>| -> Vec<Vec<u32>> {
+            v.iter()
+                .map(|r| r.iter().map(|x| x.to_bits()).collect())
+                .collect()
+        };
+        assert_eq!(
+            bits(list_logits(&s, &k, &q, b - 1, &heads, &toks)),
+            bits(list_logits_scalar(&s, &k, &q, b - 1, &heads, &toks))
+        );
+    }
 }

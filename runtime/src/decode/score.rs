@@ -226,7 +226,7 @@ fn page_scores(s: &SelectSpec, st: &DecodeState, q: &[f32], b: usize, sel: usize
 
 /// Whether the AVX2 paths of `lanes_avx` run for `s` here: head dim 128 on a CPU with
 /// AVX2 and FMA.
-fn vector_lanes(s: &SelectSpec) -> bool {
+pub(super) fn vector_lanes(s: &SelectSpec) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         s.head_dim as usize == super::lanes_avx::D && super::lanes_avx::available()
