@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the bundle folder (see scripts/gpu_bundle.sh). Writes logs to
 # $RESULTS_DIR (default ./results) and prints a summary table last.
-# Usage: run.sh [all|check|speed [side_by_side.py args]|decode|decode-extra|wgmma]: check = correctness (suite, NumPy,
+# Usage: run.sh [all|check|speed [side_by_side.py args]|decode|decode-extra|wgmma|power]: check = correctness (suite, NumPy,
 # ptxas/SASS, sanitizer); speed = the side-by-side table against the peers
 # (bench/gpu/side_by_side.py); decode = the decode kernels against the CPU executor, timed,
 # beside the decode peers (bench/gpu/decode_peers.py); decode-extra = decode shapes no
 # shipped kernel has and compute-sanitizer on small ones; wgmma = the sm_90a kernel's SASS,
-# a few shapes timed, the suite with every shape, the tuner's table.
+# a few shapes timed, the suite with every shape, the tuner's table; power = joules a run
+# of each launch shape under sustained load.
 set -u
 cd "$(dirname "$0")"
 OUT="${RESULTS_DIR:-results}"
@@ -73,6 +74,31 @@ if [ "$MODE" = "wgmma" ]; then
   grep -E "on .*median" "$OUT/wgmma_bench.txt"
   echo "suite exit $suite_rc: $(tail -1 "$OUT/suite.txt"); wgmma lines ok: $(grep -c '^ok .*wgmma' "$OUT/suite.txt"), failed: $(grep -c '^FAIL .*wgmma' "$OUT/suite.txt")"
   grep -E "^--|block|median" "$OUT/wgmma_tune.txt"
+  exit 0
+fi
+
+if [ "$MODE" = "power" ]; then
+  # Energy per product of each launch shape (issue 5: under the 700 W limit the shape that
+  # spends the fewest joules a product wins): GRAT-B r=1 on 512x512, 2 s of back-to-back
+  # runs a shape (`--rep-ms 2000`), board power and SM clock sampled every 50 ms meanwhile.
+  gpu_info
+  : > "$OUT/power.txt"
+  sets="--set H=512 --set W=512 --set TEXT=0"
+  for b in ${POWER_SHAPES:-64x64-wgmma-tma-x3 64x64-wgmma-tma 128x128-wgmma-tma 128x64-wgmma-tma 128x64-wgmma-tma-ws-pp}; do
+    sleep 2
+    nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader,nounits -lms 50 > "$OUT/power_$b.csv" 2>/dev/null &
+    smi=$!
+    line=$(timeout 120 $A bench kernels/grat.attn --kernel grat_b_2d $sets --backend cuda --rep-ms 2000 --block $b --json 2>&1 | tail -1)
+    kill $smi 2>/dev/null
+    # Samples while the kernel ran (power above 200 W): mean power and clock.
+    stats=$(awk -F', ' '$2 > 200 {p += $2; c += $1; n++} END {if (n) printf "%.0f %.0f %d", p / n, c / n, n; else print "0 0 0"}' "$OUT/power_$b.csv")
+    set -- $stats
+    ms=$(echo "$line" | python3 -c 'import json, sys; print(json.loads(sys.stdin.read())["ms"])' 2>/dev/null || echo nan)
+    echo "$b ms=$ms watts=$1 mhz=$2 samples=$3 joules_per_run=$(python3 -c "print(round($1 * $ms / 1000, 3))" 2>/dev/null)" | tee -a "$OUT/power.txt"
+  done
+  echo
+  echo "== summary (GRAT-B r=1 512x512, 2 s a shape)"
+  cat "$OUT/power.txt"
   exit 0
 fi
 
