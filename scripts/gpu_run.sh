@@ -48,7 +48,7 @@ if [ "$MODE" = "wgmma" ]; then
   done
   cat "$OUT/wgmma_sass.txt"
   log "launch shapes side by side, GRAT-B 128x128"
-  for b in 64x64-wgmma-tma 64x64-wgmma-tma-x3 128x64-wgmma-tma 128x64-wgmma-tma-ws 128x64-wgmma-tma-ws-pp; do
+  for b in 64x64-wgmma-tma 64x64-wgmma-tma-x3 64x64-wgmma-tma-lpt-x3 128x64-wgmma-tma 128x64-wgmma-tma-ws 128x64-wgmma-tma-ws-pp; do
     timeout 60 $A bench kernels/grat.attn --kernel grat_b_2d --set H=128 --set W=128 --set TEXT=0 --backend cuda --runs 20 --block $b 2>&1 | tee -a "$OUT/wgmma_bench.txt"
   done
   log "suite: every shipped kernel, default and wgmma shapes, against the CPU backend"

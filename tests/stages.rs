@@ -306,9 +306,13 @@ fn attention_shapes_follow_the_gpu_and_the_token_order() {
     let pp = shape("128x64-wgmma-tma-ws-pp");
     assert_eq!(pp.name(), "128x64-wgmma-tma-ws-pp");
     assert!(pp.ws && pp.pingpong);
+    // The tuner's usual pick with its tiles launched longest first.
+    let lpt = shape("64x64-wgmma-tma-lpt-x3");
+    assert_eq!(lpt.name(), "64x64-wgmma-tma-lpt-x3");
+    assert!(lpt.ordered && lpt.tma && lpt.blocks_per_sm == 3);
     assert_eq!(
         attnc::codegen::nvptx::attention::experimental(&c.ir, &c.schedule.geom, true),
-        vec![ws, pp]
+        vec![ws, pp, lpt]
     );
     let err = config_for(&c.ir, shape("128x64-wgmma-tma-pp")).unwrap_err();
     assert!(err.contains("ping-pong needs warp specialisation"), "{err}");

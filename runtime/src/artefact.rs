@@ -34,7 +34,8 @@ pub struct GpuArtefact {
     /// or warp-specialised loop, blocks an SM), which the launcher also needs (tensor
     /// maps, carveout).
     pub shape: String,
-    /// Per head variant the CSR row offsets (`total_tiles + 1` each, into `runs`).
+    /// Per head variant the CSR row offsets (`total_tiles + 1` each, into `runs`); for an
+    /// ordered shape (`-lpt`) after the launch order (`total_tiles` tile indices).
     pub rows: Vec<u32>,
     /// `(start, len, class)` triples, class 1 = partial.
     pub runs: Vec<u32>,
@@ -64,7 +65,12 @@ pub fn build_tuned(
     let m = nvptx::compile_tuned(&c.ir, &c.schedule.geom, &c.spec.inputs, arch, tuning)
         .map_err(Error::Compile)?;
     let g = &c.schedule.geom;
-    let mut rows = vec![];
+    // Ordered shapes read their launch order first (`Tuning::ordered`).
+    let mut rows = if tuning.ordered {
+        launch_order(&c.schedule.variants, g.total_tiles)
+    } else {
+        vec![]
+    };
     let mut runs = vec![];
     for v in &c.schedule.variants {
         let base = (runs.len() / 3) as u32;
@@ -89,6 +95,25 @@ pub fn build_tuned(
         head_variant: c.schedule.head_variant.clone(),
         ptx: m.ptx,
     })
+}
+
+/// The query tiles, longest first: by the most key tiles any head variant gives them
+/// (descending), ties in tile order (so that neighbours, which share keys in L2, stay
+/// together). A permutation of `0..total_tiles`.
+pub fn launch_order(variants: &[attnc::pattern::VariantSchedule], total_tiles: u32) -> Vec<u32> {
+    let work = |t: usize| -> u32 {
+        variants
+            .iter()
+            .map(|v| {
+                let (lo, hi) = (v.rows[t] as usize, v.rows[t + 1] as usize);
+                v.runs[lo..hi].iter().map(|r| r.len).sum::<u32>()
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let mut order: Vec<u32> = (0..total_tiles).collect();
+    order.sort_by_key(|t| std::cmp::Reverse(work(*t as usize)));
+    order
 }
 
 impl GpuArtefact {
@@ -185,4 +210,47 @@ pub fn build_cached(
         let _ = a.save(&dir, &key);
     }
     Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_launch_order_puts_the_longest_tiles_first() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/grat.attn");
+        let src = Source::load(&path).expect("grat.attn");
+        let (fe, _) = attnc::driver::frontend(&src).expect("frontend");
+        let k = attnc::driver::find_kernel(&fe.program, "grat_b_2d").expect("kernel");
+        let c = attnc::driver::compile_kernel(&fe.program, k, &[]).expect("compiled");
+        let tiles = c.schedule.geom.total_tiles;
+        let order = launch_order(&c.schedule.variants, tiles);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..tiles).collect::<Vec<_>>(), "every tile once");
+        let v = &c.schedule.variants[0];
+        let work = |t: u32| -> u32 {
+            let (lo, hi) = (v.rows[t as usize] as usize, v.rows[t as usize + 1] as usize);
+            v.runs[lo..hi].iter().map(|r| r.len).sum()
+        };
+        assert!(order.windows(2).all(|w| work(w[0]) >= work(w[1])));
+        assert!(
+            work(order[0]) > work(order[tiles as usize - 1]),
+            "the edge tiles see fewer keys"
+        );
+        // Ties keep the tile order.
+        assert!(order
+            .windows(2)
+            .all(|w| work(w[0]) != work(w[1]) || w[0] < w[1]));
+        // An ordered shape's row table starts with the order, then the plain one's.
+        let t = nvptx::attention::Tuning::parse("64x64-wgmma-tma-lpt-x3").expect("shape");
+        let a = build_tuned(&c, Arch::Sm90, t).expect("artefact");
+        assert_eq!(&a.rows[..tiles as usize], &order[..]);
+        let unordered = nvptx::attention::Tuning {
+            ordered: false,
+            ..t
+        };
+        let plain = build_tuned(&c, Arch::Sm90, unordered).expect("plain");
+        assert_eq!(&a.rows[tiles as usize..], &plain.rows[..]);
+    }
 }

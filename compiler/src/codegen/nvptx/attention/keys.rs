@@ -11,7 +11,11 @@ impl<'a, 'c> Attention<'a, 'c> {
     pub(super) fn key_walk(&self) -> KeyWalk<'c> {
         let g = self.g;
         let total_tiles = i64::from(self.geo.total_tiles);
-        let row_at = g.add(g.muli(self.variant, total_tiles + 1), self.qt);
+        let mut row_at = g.add(g.muli(self.variant, total_tiles + 1), self.qt);
+        if self.cfg.shape.ordered {
+            // The row offsets follow the launch order's `total_tiles` entries.
+            row_at = g.addi(row_at, total_tiles);
+        }
         let start = g.ld_i32(self.params.rows, row_at);
         let end = g.ld_i32(self.params.rows, g.addi(row_at, 1));
         let cur = self.new_cursor();

@@ -348,7 +348,13 @@ impl<'a, 'c> Attention<'a, 'c> {
         self.batch = g.sreg("ctaid.z");
         let group = i64::from(self.k.info.heads / self.k.info.kv_heads.max(1));
         self.kvh = g.udivi(self.head, group.max(1));
-        self.qt = g.udivi(bx, i64::from(cfg.blocks_per_tile));
+        let slot = g.udivi(bx, i64::from(cfg.blocks_per_tile));
+        // Ordered shapes: the launch order leads the row table.
+        self.qt = if cfg.shape.ordered {
+            g.ld_i32(self.params.rows, slot)
+        } else {
+            slot
+        };
         let sub = g.uremi(bx, i64::from(cfg.blocks_per_tile));
         self.row0 = g.muli(sub, i64::from(cfg.shape.bm));
         self.qtile = Some(tokens::tile(g, self.geo, self.qt));
