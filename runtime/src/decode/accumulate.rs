@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::attend::row_tokens;
 use super::cache::DecodeState;
-use super::score::{fold, lane_tree_fma, list_heads, logit_scale};
+use super::score::{fold, key_logits, list_heads};
 
 /// Adds the probabilities of the attention of `q` (`[B, Hq, D]`, rounded to the dtype) over
 /// the lists `idx` (`[B, Hsel, K]`) to `st.acc`.
@@ -29,23 +29,19 @@ pub fn accumulate(s: &SelectSpec, st: &mut DecodeState, q: &[f32], idx: &[i32]) 
             let b = list / hs;
             let row = &idx[list * cap..][..cap];
             let toks = row_tokens(s, row, lens[b]);
-            #[cfg(target_arch = "x86_64")]
-            if fma {
-                // SAFETY: the CPU has FMA (checked above), the one feature the function is
-                // compiled for.
-                let add = unsafe { list_probs_fma(s, k, q, b, list % hs, &toks) };
-                add_to(acc, &toks, &add);
-                return;
+            let probs = || {
+                #[cfg(target_arch = "x86_64")]
+                if fma {
+                    // SAFETY: the CPU has FMA (checked above), the one feature the
+                    // function is compiled for.
+                    return unsafe { list_probs_fma(s, k, q, b, list % hs, &toks) };
+                }
+                list_probs(s, k, q, b, list % hs, &toks)
+            };
+            for (j, x) in toks.iter().zip(probs()) {
+                acc[*j as usize] += x;
             }
-            let add = list_probs(s, k, q, b, list % hs, &toks);
-            add_to(acc, &toks, &add);
         });
-}
-
-fn add_to(acc: &mut [f32], toks: &[u32], add: &[f32]) {
-    for (j, x) in toks.iter().zip(add) {
-        acc[*j as usize] += x;
-    }
 }
 
 /// [`list_probs`] with the FMA instructions (the contract's `fma`s are correctly rounded
@@ -94,9 +90,8 @@ fn list_probs(
     out
 }
 
-/// The base-2 logits (rule 1) of the tokens `toks` for each of `heads`. With the AVX2 path
-/// (head dim 128, one KV head for all of them) the keys are gathered once into rows for
-/// all heads; the same bits either way ([`list_logits_scalar`]).
+/// The base-2 logits (rule 1) of the tokens `toks` for each of `heads` (one KV group):
+/// the keys gathered into rows once, then [`key_logits`] for all heads.
 #[inline(always)]
 fn list_logits(
     s: &SelectSpec,
@@ -106,101 +101,15 @@ fn list_logits(
     heads: &[usize],
     toks: &[u32],
 ) -> Vec<Vec<f32>> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let g = s.group() as usize;
-        if super::score::vector_lanes(s) && heads.iter().all(|h| h / g == heads[0] / g) {
-            let (d, c) = (s.head_dim as usize, s.context as usize);
-            let base = (b * s.kv_heads as usize + heads[0] / g) * c * d;
-            let mut keys = Vec::with_capacity(toks.len() * d);
-            for &j in toks {
-                keys.extend_from_slice(&k[base + j as usize * d..][..d]);
-            }
-            let qs: Vec<&[f32]> = heads
-                .iter()
-                .map(|&h| &q[(b * s.q_heads as usize + h) * d..][..d])
-                .collect();
-            let mut out = vec![vec![0f32; toks.len()]; heads.len()];
-            // SAFETY: the CPU has AVX2 and FMA (`vector_lanes`); `keys` holds `toks.len()`
-            // rows of 128, every query 128 values, every output row `toks.len()` (the
-            // function asserts them too).
-            unsafe { super::lanes_avx::logits(&qs, &keys, toks.len(), logit_scale(s), &mut out) };
-            return out;
-        }
-    }
-    list_logits_scalar(s, k, q, b, heads, toks)
-}
-
-/// [`list_logits`] by the lane tree of `score::lane_tree_fma`, one dot at a time.
-#[inline(always)]
-fn list_logits_scalar(
-    s: &SelectSpec,
-    k: &[f32],
-    q: &[f32],
-    b: usize,
-    heads: &[usize],
-    toks: &[u32],
-) -> Vec<Vec<f32>> {
     let (d, c, g) = (s.head_dim as usize, s.context as usize, s.group() as usize);
-    let scale = logit_scale(s);
-    heads
+    let base = (b * s.kv_heads as usize + heads[0] / g) * c * d;
+    let mut keys = Vec::with_capacity(toks.len() * d);
+    for &j in toks {
+        keys.extend_from_slice(&k[base + j as usize * d..][..d]);
+    }
+    let qs: Vec<&[f32]> = heads
         .iter()
-        .map(|&h| {
-            let qv = &q[(b * s.q_heads as usize + h) * d..][..d];
-            let keys = &k[(b * s.kv_heads as usize + h / g) * c * d..][..c * d];
-            toks.iter()
-                .map(|&j| {
-                    let kv = &keys[j as usize * d..][..d];
-                    lane_tree_fma(d, 1, |_, t| (qv[t], kv[t])) * scale
-                })
-                .collect()
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use attnc::select::spec::Source;
-
-    /// The shipped H2O kernel at a small context.
-    fn h2o() -> SelectSpec {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/h2o.attn");
-        let src = attnc::driver::Source::load(&path).expect("h2o.attn");
-        let (fe, _) = attnc::driver::frontend(&src).expect("frontend");
-        let set = attnc::sema::instantiate::Binding::parse("CONTEXT=1000").expect("binding");
-        attnc::driver::select_spec(&fe, "h2o_decode", &[set])
-            .expect("spec")
-            .0
-    }
-
-    #[test]
-    fn the_vector_logits_are_the_lane_tree_bits() {
-        let s = h2o();
-        assert_eq!(s.source, Source::Accumulated);
-        if !super::super::score::vector_lanes(&s) {
-            eprintln!("skipped: this CPU has no AVX2 and FMA");
-            return;
-        }
-        let (b, hkv, c, d) = (
-            s.batch as usize,
-            s.kv_heads as usize,
-            s.context as usize,
-            128usize,
-        );
-        let k = crate::Tensor::random(&[b * hkv * c * d], 5).data;
-        let q = crate::Tensor::random(&[b * s.q_heads as usize * d], 6).data;
-        let toks: Vec<u32> = (0..c as u32).filter(|j| j % 3 != 1).collect();
-        let g = s.group() as usize;
-        let heads: Vec<usize> = (g..2 * g).collect();
-        let bits = |v: Vec<Vec<f32>>| -> Vec<Vec<u32>> {
-            v.iter()
-                .map(|r| r.iter().map(|x| x.to_bits()).collect())
-                .collect()
-        };
-        assert_eq!(
-            bits(list_logits(&s, &k, &q, b - 1, &heads, &toks)),
-            bits(list_logits_scalar(&s, &k, &q, b - 1, &heads, &toks))
-        );
-    }
+        .map(|&h| &q[(b * s.q_heads as usize + h) * d..][..d])
+        .collect();
+    key_logits(s, &qs, &keys, toks.len())
 }

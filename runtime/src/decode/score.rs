@@ -226,7 +226,7 @@ fn page_scores(s: &SelectSpec, st: &DecodeState, q: &[f32], b: usize, sel: usize
 
 /// Whether the AVX2 paths of `lanes_avx` run for `s` here: head dim 128 on a CPU with
 /// AVX2 and FMA.
-pub(super) fn vector_lanes(s: &SelectSpec) -> bool {
+fn vector_lanes(s: &SelectSpec) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         s.head_dim as usize == super::lanes_avx::D && super::lanes_avx::available()
@@ -239,10 +239,9 @@ pub(super) fn vector_lanes(s: &SelectSpec) -> bool {
 }
 
 /// The base-2 logits of rule 1 of every query row of each of `heads` (row `r` of head `i`
-/// at `i * rows + r`) against the keys `[0, seen)` that row sees (`seen = len - rows + r +
-/// 1`; entries past it are left unspecified). With the vector path and one KV head for all
-/// of `heads`, each key is read once for them; otherwise every dot is the lane tree
-/// ([`lane_tree_fma`]). The same bits either way.
+/// at `i * rows + r`) against the keys `[0, len)` (a row uses those it sees: `[0, len -
+/// rows + r + 1)`). The heads share a KV head (a KV group, or one head): each key row is
+/// read once for all of them ([`key_logits`]).
 #[inline(always)]
 fn head_logits(
     s: &SelectSpec,
@@ -256,27 +255,33 @@ fn head_logits(
     let c = s.context as usize;
     let g = s.group() as usize;
     let rows = s.q_rows() as usize;
-    let keys = |h: usize| &st.k[(b * s.kv_heads as usize + h / g) * c * d..][..len * d];
-    let queries: Vec<(usize, &[f32])> = heads
+    let keys = &st.k[(b * s.kv_heads as usize + heads[0] / g) * c * d..][..len * d];
+    let qs: Vec<&[f32]> = heads
         .iter()
         .flat_map(|&h| (0..rows).map(move |r| (h, r)))
-        .map(|(h, r)| (h, &q[((b * s.q_heads as usize + h) * rows + r) * d..][..d]))
+        .map(|(h, r)| &q[((b * s.q_heads as usize + h) * rows + r) * d..][..d])
         .collect();
+    key_logits(s, &qs, keys, len)
+}
+
+/// `out[i][j]`: the base-2 logit of rule 1 of query `qs[i]` against key row `j` of `keys`
+/// (`n` rows of the head dim, contiguous). The AVX2 lane sums where [`vector_lanes`]
+/// allows, else the lane tree ([`lane_tree_fma`]), one dot at a time: the same bits.
+#[inline(always)]
+pub(super) fn key_logits(s: &SelectSpec, qs: &[&[f32]], keys: &[f32], n: usize) -> Vec<Vec<f32>> {
+    let d = s.head_dim as usize;
     let scale = logit_scale(s);
-    let mut out = vec![vec![0f32; len]; queries.len()];
+    let mut out = vec![vec![0f32; n]; qs.len()];
     #[cfg(target_arch = "x86_64")]
-    if vector_lanes(s) && heads.iter().all(|h| h / g == heads[0] / g) {
-        let qs: Vec<&[f32]> = queries.iter().map(|x| x.1).collect();
-        // SAFETY: the CPU has AVX2 and FMA (`vector_lanes`); the keys hold `len` rows of
-        // 128, every query 128 values and every output row `len` (the function asserts
-        // them too).
-        unsafe { super::lanes_avx::logits(&qs, keys(heads[0]), len, scale, &mut out) };
+    if vector_lanes(s) {
+        // SAFETY: the CPU has AVX2 and FMA (`vector_lanes`); `keys` holds `n` rows of 128,
+        // every query 128 values and every output row `n` (the function asserts them too).
+        unsafe { super::lanes_avx::logits(qs, keys, n, scale, &mut out) };
         return out;
     }
-    for (n, ((h, qv), o)) in queries.iter().zip(out.iter_mut()).enumerate() {
-        let (kk, seen) = (keys(*h), len - rows + n % rows + 1);
-        for (j, l) in o[..seen].iter_mut().enumerate() {
-            let kv = &kk[j * d..][..d];
+    for (qv, o) in qs.iter().zip(out.iter_mut()) {
+        for (j, l) in o.iter_mut().enumerate() {
+            let kv = &keys[j * d..][..d];
             *l = lane_tree_fma(d, 1, |_, t| (qv[t], kv[t])) * scale;
         }
     }
@@ -374,4 +379,42 @@ fn pool(pool: Pool, s: &[f32]) -> Vec<f32> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vector_logits_are_the_lane_tree_bits() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/h2o.attn");
+        let src = attnc::driver::Source::load(&path).expect("h2o.attn");
+        let (fe, _) = attnc::driver::frontend(&src).expect("frontend");
+        let set = attnc::sema::instantiate::Binding::parse("CONTEXT=1000").expect("binding");
+        let s = attnc::driver::select_spec(&fe, "h2o_decode", &[set])
+            .expect("spec")
+            .0;
+        if !vector_lanes(&s) {
+            eprintln!("skipped: this CPU has no AVX2 and FMA (head dim 128)");
+            return;
+        }
+        let (d, n) = (s.head_dim as usize, 777);
+        let keys = crate::Tensor::random(&[n * d], 5).data;
+        let q = crate::Tensor::random(&[4 * d], 6).data;
+        let qs: Vec<&[f32]> = q.chunks(d).collect();
+        let scale = logit_scale(&s);
+        let want: Vec<Vec<u32>> = qs
+            .iter()
+            .map(|qv| {
+                keys.chunks(d)
+                    .map(|kv| (lane_tree_fma(d, 1, |_, t| (qv[t], kv[t])) * scale).to_bits())
+                    .collect()
+            })
+            .collect();
+        let got: Vec<Vec<u32>> = key_logits(&s, &qs, &keys, n)
+            .iter()
+            .map(|r| r.iter().map(|x| x.to_bits()).collect())
+            .collect();
+        assert_eq!(got, want);
+    }
 }
