@@ -25,7 +25,8 @@ if [ "$MODE" = "speed" ]; then
   log "side by side with the peers"
   # Extra arguments go to side_by_side.py (e.g. `--parts plain`: one call must stay under
   # the device's 10 minutes).
-  # SM clock, power and the clock-limit reasons every 100 ms (bench/RESULTS.md, "Clock").
+  # SM clock, power and the clock-limit reasons every 100 ms (bench/RESULTS.md, "Power,
+  # the peers' timing protocol").
   nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active --format=csv,noheader -lms 100 > "$OUT/clocks_speed.txt" 2>/dev/null &
   smi=$!
   PYTHONUNBUFFERED=1 python3 side_by_side.py --attnc $A --kernels kernels "${@:2}" 2>&1 | tee "$OUT/side_by_side.txt"

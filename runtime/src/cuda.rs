@@ -420,7 +420,8 @@ const L2_FLUSH_BYTES: usize = 256 << 20;
 /// `rep_ms / 4` ms, then as many runs as fill `rep_ms` ms (at least one), each after an
 /// L2 flush, each between two CUDA events. Returns the median and the number of timed runs.
 /// The same protocol on both sides also means the same length of sustained load, which
-/// matters on a GPU whose clock falls under long load (bench/RESULTS.md, "Clock").
+/// matters on a GPU whose clock falls under long load (bench/RESULTS.md, "Power, the
+/// peers' timing protocol").
 pub(crate) fn do_bench_ms(
     stream: &Arc<CudaStream>,
     rep_ms: f64,

@@ -99,14 +99,11 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     } = LaneGrid::new(g, s.d);
     let l = List::of(g, s, g.sreg("ctaid.x"), g.sreg("ctaid.y"));
     let cap = s.cap as i64;
-    let entry = |g: &Gen<'c>, t: IntValue<'c>| l.entry(g, s, t);
-    let hl_at = |g: &Gen<'c>, h: IntValue<'c>, t: IntValue<'c>| l.hl_at(g, s, h, t);
-    let list = l.list;
     if !s.tuning.split_update {
         let rounds = s.cap.div_ceil(round_entries(s)) as i64;
         list_logits(g, s, p, &l, g.i32(0), rounds);
+        g.barrier();
     }
-    g.barrier();
 
     // 2. Chunk stats, a warp per (head, chunk).
     let nch = s.cap.div_ceil(CH);
@@ -125,7 +122,7 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                         g.addi(lane, (i * LANES as u32) as i64),
                     );
                     let inside = g.icmp(IntPredicate::ULT, t, g.i32(cap));
-                    let x = g.ld_f32(hl, hl_at(g, h, g.seli(inside, t, g.i32(0))));
+                    let x = g.ld_f32(hl, l.hl_at(g, s, h, g.seli(inside, t, g.i32(0))));
                     g.self_f(inside, x, g.f32(f64::NEG_INFINITY))
                 })
                 .collect();
@@ -152,11 +149,11 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     );
 
     // 4. Probabilities folded over the heads, added to the state.
-    let state = g.muli(list, s.c as i64);
+    let state = g.muli(l.list, s.c as i64);
     g.for_step(tid, g.i32(cap), (WARPS * 32) as i64, &mut |g, t| {
-        let j = g.ld_i32(idx, entry(g, t));
+        let j = g.ld_i32(idx, l.entry(g, s, t));
         g.if_then(g.icmp(IntPredicate::SGE, j, g.i32(0)), &mut |g| {
-            let ls = (0..s.g).map(|h| g.ld_f32(hl, hl_at(g, g.i32(h as i64), t)));
+            let ls = (0..s.g).map(|h| g.ld_f32(hl, l.hl_at(g, s, g.i32(h as i64), t)));
             let x = fold_heads(g, s, ls.zip(ms.iter().copied()));
             let at = g.add(state, j);
             g.st_f32(acc, at, g.fadd(g.ld_f32(acc, at), x));
