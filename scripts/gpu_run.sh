@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the bundle folder (see scripts/gpu_bundle.sh). Writes logs to
 # $RESULTS_DIR (default ./results) and prints a summary table last.
-# Usage: run.sh [all|check|speed [side_by_side.py args]|decode|decode-extra|wgmma|power]: check = correctness (suite, NumPy,
+# Usage: run.sh [all|check|speed [side_by_side.py args]|decode|decode-extra|select|wgmma|power]: check = correctness (suite, NumPy,
 # ptxas/SASS, sanitizer); speed = the side-by-side table against the peers
 # (bench/gpu/side_by_side.py); decode = the decode kernels against the CPU executor, timed,
 # beside the decode peers (bench/gpu/decode_peers.py); decode-extra = decode shapes no
-# shipped kernel has and compute-sanitizer on small ones; wgmma = the sm_90a kernel's SASS,
+# shipped kernel has and compute-sanitizer on small ones; select = the select-only SnapKV
+# kernel checked against the CPU executor, sanitized and timed; wgmma = the sm_90a kernel's SASS,
 # a few shapes timed, the suite with every shape, the tuner's table; power = joules a run
 # of each launch shape under sustained load.
 set -u
@@ -131,6 +132,27 @@ if [ "$MODE" = "decode" ]; then
   echo "== summary"
   grep -E "^[a-z_]+ on |step |kernels alone|tuned:|differ|fidelity" "$OUT/decode.txt"
   grep -E "^\{" "$OUT/decode_peers.txt"
+  exit 0
+fi
+
+if [ "$MODE" = "select" ]; then
+  # The select-only kernel (SnapKV's window scores): ptxas, compute-sanitizer on a small
+  # case, a short context (the one-block top-k), then the shipped shape checked and timed.
+  gpu_info
+  mkdir -p ptx
+  $A compile kernels/snapkv.attn --kernel snapkv_select --emit ptx > ptx/snapkv_select.ptx
+  ptxas -arch=sm_90 -v ptx/snapkv_select.ptx -o ptx/snapkv_select.cubin 2>&1 | grep -E "entry|registers|spill" | tr '\n' ' ' | tee "$OUT/select_sass.txt"
+  echo
+  : > "$OUT/select.txt"
+  timeout 200 compute-sanitizer --tool memcheck --error-exitcode 3 $A bench kernels/snapkv.attn --kernel snapkv_select --set CONTEXT=8192 --set BUDGET=1024 --set BATCH=2 --backend cuda --runs 2 > "$OUT/select_sanitizer.txt" 2>&1
+  echo "snapkv_select sanitizer exit $?" | tee -a "$OUT/select.txt"
+  tail -3 "$OUT/select_sanitizer.txt"
+  for c in "--set CONTEXT=4096 --set BUDGET=1024" "--runs 20"; do
+    timeout 240 $A bench kernels/snapkv.attn --kernel snapkv_select $c --backend cuda 2>&1 | tee -a "$OUT/select.txt"
+  done
+  echo
+  echo "== summary"
+  grep -E "sanitizer exit|^[a-z_]+ on |select |kernels alone|differ|fidelity" "$OUT/select.txt"
   exit 0
 fi
 

@@ -292,14 +292,26 @@ fn decode_kernels_assemble_without_spills() {
                         "{name} {}",
                         t.label()
                     );
+                    // SnapKV (select-only): no attention, combine or append; a pooling
+                    // entry when it pools.
+                    let window = matches!(
+                        spec.source,
+                        attnc::select::spec::Source::Window { .. }
+                    );
+                    let pool = has(decode::Role::Pool);
+                    assert_eq!(
+                        pool,
+                        usize::from(window && spec.pool != attnc::select::spec::Pool::None),
+                        "{name}"
+                    );
                     assert_eq!(
                         m.entries.len(),
-                        3 + topk + score + logits + update,
+                        3 * usize::from(!window) + topk + score + logits + update + pool,
                         "{name}"
                     );
                     assert_eq!(
                         logits,
-                        usize::from(spec.source == attnc::select::spec::Source::Exact),
+                        usize::from(exact || window),
                         "{name}"
                     );
                     assert!(m.ptx.contains("ld.global.nc"), "{name}: read-only loads");
@@ -320,6 +332,7 @@ fn decode_kernels_assemble_without_spills() {
             "exact_decode",
             "h2o_decode",
             "quest_decode",
+            "snapkv_select",
             "streaming_decode"
         ],
         "the decode kernels the CUDA backend covers"
@@ -328,12 +341,13 @@ fn decode_kernels_assemble_without_spills() {
 
 #[test]
 fn cpu_only_selection_kernels_say_so() {
-    let src = Source::load(&root().join("kernels/snapkv.attn")).expect("snapkv.attn");
+    let path = root().join("tests/fixtures/ok/kv_selection_policies.attn");
+    let src = Source::load(&path).expect("kv_selection_policies.attn");
     let err =
-        driver::emit_for(&src, Stage::Ptx, Some("snapkv_select"), &[], Arch::Sm90).unwrap_err();
+        driver::emit_for(&src, Stage::Ptx, Some("snap_select"), &[], Arch::Sm90).unwrap_err();
     let text = src.render(&err, false);
     assert!(
-        text.contains("error[E0812]: `snapkv_select` runs on the CPU only so far: the CUDA backend has no select-only kernels yet"),
+        text.contains("error[E0812]: `snap_select` runs on the CPU only so far: the CUDA backend has no `window` scoring with scores shared across KV heads yet"),
         "{text}"
     );
     assert!(text.contains("run it with --backend cpu"), "{text}");
@@ -347,6 +361,7 @@ fn cpu_only_selection_kernels_say_so() {
 #[test]
 fn decode_variants_assemble_and_fit() {
     use attnc::codegen::nvptx::decode::{self, Role};
+    use attnc::select::spec::{HeadReduce, Reduce};
     let Some(ptxas) = ptxas() else {
         return;
     };
@@ -380,9 +395,36 @@ fn decode_variants_assemble_and_fit() {
         let log = assemble(&ptxas, Arch::Sm90, &file, &m.ptx);
         assert_entries_fit(&log, &m.entries, &format!("{kernel} {set}"));
     }
+    // SnapKV's window scores with the other row and head reductions and pooling choices,
+    // in f16, over a context whose lists fit the one-block top-k: every entry assembles
+    // and fits.
+    use attnc::select::spec::Pool;
+    let src = Source::load(&root().join("kernels/snapkv.attn")).expect("snapkv.attn");
+    let (fe, _) = driver::frontend(&src).expect("frontend");
+    for (set, rows, heads, pool, f16) in [
+        ("CONTEXT=4096", Reduce::Mean, Reduce::Max, Pool::Max { size: 5 }, true),
+        ("CONTEXT=100000", Reduce::Max, Reduce::Mean, Pool::None, false),
+        ("CONTEXT=8192", Reduce::Sum, Reduce::Sum, Pool::Avg { size: 3 }, false),
+    ] {
+        let sets = [Binding::parse(set).expect("binding")];
+        let (mut spec, _) = driver::select_spec(&fe, "snapkv_select", &sets).expect("spec");
+        spec.rows = rows;
+        spec.heads = HeadReduce::PerKvGroup(heads);
+        spec.pool = pool;
+        if f16 {
+            spec.dtype = attnc::sema::program::DType::F16;
+        }
+        let m = decode::compile(&spec, Arch::Sm90).unwrap_or_else(|e| panic!("{set}: {e}"));
+        let roles: Vec<Role> = m.entries.iter().map(|e| e.role).collect();
+        assert_eq!(roles.contains(&Role::Pool), pool != Pool::None, "{set}");
+        assert!(!roles.contains(&Role::Attend), "{set}");
+        let what = format!("snapkv_select {set} {rows:?} {heads:?} {pool:?}");
+        let file = dir.join(format!("snapkv_{}.ptx", set.replace('=', "_")));
+        let log = assemble(&ptxas, Arch::Sm90, &file, &m.ptx);
+        assert_entries_fit(&log, &m.entries, &what);
+    }
     // H2O's update with the other head reductions (the shipped kernel sums), in one entry
     // and split.
-    use attnc::select::spec::{HeadReduce, Reduce};
     let src = Source::load(&root().join("kernels/h2o.attn")).expect("h2o.attn");
     let (fe, _) = driver::frontend(&src).expect("frontend");
     let (h2o, _) = driver::select_spec(&fe, "h2o_decode", &[]).expect("spec");

@@ -426,16 +426,32 @@ fn bench_a_decode_kernel_reports_latency_and_fidelity() {
 
 #[test]
 fn gpu_decode_requests_without_a_gpu_or_coverage_are_clear_errors() {
-    // A kernel the CUDA backend does not cover: E0812 from the compiler, exit 1.
+    // A kernel the CUDA backend does not cover (window scores shared across KV heads):
+    // E0812 from the compiler, exit 1.
+    let policies = repo("tests/fixtures/ok/kv_selection_policies.attn");
     let (code, _, err) = run(attnc()
+        .arg("compile")
+        .arg(&policies)
+        .args(["--kernel", "snap_select", "--emit", "ptx"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error[E0812]: `snap_select` runs on the CPU only so far: the CUDA backend has no `window` scoring with scores shared across KV heads yet"),
+        "{err}"
+    );
+    // The shipped SnapKV kernel compiles: statistics, scores, pooling and the top-k's
+    // five entries, no attention.
+    let (code, out, err) = run(attnc()
         .arg("compile")
         .arg(repo("kernels/snapkv.attn"))
         .args(["--kernel", "snapkv_select", "--emit", "ptx"]));
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        err.contains("error[E0812]: `snapkv_select` runs on the CPU only so far"),
-        "{err}"
-    );
+    assert_eq!(code, 0, "{err}");
+    for e in ["stats", "score", "pool", "topk_pass0", "topk_emit"] {
+        assert!(
+            out.contains(&format!(".entry attnc_snapkv_select_{e}(")),
+            "{e}"
+        );
+    }
+    assert!(!out.contains("attend"), "a select-only kernel never attends");
     // A covered one compiles to PTX with its four entries.
     let (code, out, err) = run(attnc()
         .arg("compile")
@@ -459,15 +475,17 @@ fn gpu_decode_requests_without_a_gpu_or_coverage_are_clear_errors() {
         err.contains("--tune picks GPU launch shapes; it needs --backend cuda"),
         "{err}"
     );
-    let (code, _, err) = run(attnc().arg("bench").arg(repo("kernels/snapkv.attn")).args([
+    let (code, _, err) = run(attnc().arg("bench").arg(&policies).args([
+        "--kernel",
+        "snap_select",
         "--backend",
         "cuda",
         "--set",
-        "CONTEXT=1024",
+        "CTX=1024",
     ]));
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("`snapkv_select` runs on the CPU only so far"),
+        err.contains("`snap_select` runs on the CPU only so far"),
         "{err}"
     );
 }

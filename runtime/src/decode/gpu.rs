@@ -4,12 +4,14 @@
 //! captured in a CUDA graph). The host supplies the cache as a [`DecodeState`] (keys,
 //! values and page metadata, rounded to the dtype) and the queries; the step launches
 //! logits (`exact` only), score (`exact` and Quest), top-k, attend, combine and H2O's
-//! state update (`accumulated` only) on one stream.
+//! state update (`accumulated` only) on one stream. A select-only kernel (`window`
+//! scores, SnapKV) has the selection alone: the window rows' statistics, their scores,
+//! the pooling and the top-k.
 
 use std::sync::Arc;
 
 use attnc::codegen::nvptx::decode::{self as codegen, DecodeModule, Role, Tuning};
-use attnc::select::spec::{SelectSpec, Source};
+use attnc::select::spec::{KernelKind, SelectSpec, Source};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{
     CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
@@ -22,18 +24,20 @@ use crate::cuda::{cuda, median_event_ms, to_half, Gpu};
 use crate::Error;
 
 /// The kernels of one decode step, in launch order (a module without scores has no
-/// `Score` entry, only `exact` has `Logits` and only `accumulated` `Accumulate`; append is
-/// not part of the step).
-const STEP: [Role; 6] = [
+/// `Score` entry, only `exact` and `window` have `Logits`, only a pooled `window` has
+/// `Pool`, only `accumulated` has `Accumulate`, and a select-only kernel ends at `TopK`;
+/// append is not part of the step).
+const STEP: [Role; 7] = [
     Role::Logits,
     Role::Score,
+    Role::Pool,
     Role::TopK,
     Role::Attend,
     Role::Combine,
     Role::Accumulate,
 ];
 /// The selection alone.
-const SELECT: [Role; 3] = [Role::Logits, Role::Score, Role::TopK];
+const SELECT: [Role; 4] = [Role::Logits, Role::Score, Role::Pool, Role::TopK];
 
 /// A decode kernel loaded on a GPU.
 pub struct GpuDecode {
@@ -60,7 +64,9 @@ pub struct GpuState {
     lens: CudaSlice<u32>,
     q: CudaSlice<f32>,
     /// `exact`: base-2 logits `[B, Hq, C]` and chunk stats `[B, Hq, chunks, 2]`;
-    /// `accumulated`: the logits of the list entries `[B, Hq, K]` (no stats).
+    /// `accumulated`: the logits of the list entries `[B, Hq, K]` (no stats); `window`:
+    /// the token scores before pooling `[B, Hsel, C]` and the window rows' chunk stats
+    /// `[B, Hq, W, chunks, 2]`.
     logits: CudaSlice<f32>,
     stats: CudaSlice<f32>,
     /// The units' scores `[B, Hsel, units]` (written by the score entry, or by
@@ -119,6 +125,13 @@ impl GpuDecode {
                 st.lens[b], s.context
             )));
         }
+        let rows = s.q_rows();
+        if let Some(b) = st.lens.iter().position(|l| *l < rows) {
+            return Err(Error::Input(format!(
+                "sequence {b} holds {} tokens, fewer than the observation window of {rows}",
+                st.lens[b]
+            )));
+        }
         let dt = s.dtype.name();
         let up16 = |x: &[f32]| -> Result<CudaSlice<u16>, Error> {
             if x.is_empty() {
@@ -129,16 +142,18 @@ impl GpuDecode {
         };
         let (b, hq, d) = (s.batch as usize, s.q_heads as usize, s.head_dim as usize);
         let lists = b * s.sel_heads() as usize;
-        let scores = if matches!(
-            s.source,
-            Source::PageBound | Source::Exact | Source::External | Source::Accumulated
-        ) {
-            lists * s.units() as usize + codegen::SCORES_PAD
-        } else {
+        let scores = if s.source == Source::None {
             1
+        } else {
+            lists * s.units() as usize + codegen::SCORES_PAD
         };
         let exact = s.source == Source::Exact;
-        let (logits, stats) = if exact {
+        let c = s.context as usize;
+        let chunks = c.div_ceil(attnc::select::softmax::CHUNK);
+        let rows = rows as usize;
+        let (logits, stats) = if let Source::Window { .. } = s.source {
+            (lists * c, b * hq * rows * chunks * 2)
+        } else if exact {
             let rows = b * hq;
             let c = s.context as usize;
             (
@@ -157,11 +172,19 @@ impl GpuDecode {
             k_new: self.stream.alloc_zeros::<u16>(b * hkv * d).map_err(cuda)?,
             v_new: self.stream.alloc_zeros::<u16>(b * hkv * d).map_err(cuda)?,
             k: up16(&st.k)?,
-            v: up16(&st.v)?,
+            // A select-only kernel never reads the values.
+            v: if s.kind == KernelKind::Select {
+                up16(&[])?
+            } else {
+                up16(&st.v)?
+            },
             kmax: up16(&st.kmax)?,
             kmin: up16(&st.kmin)?,
             lens: self.stream.clone_htod(&st.lens).map_err(cuda)?,
-            q: self.stream.alloc_zeros::<f32>(b * hq * d).map_err(cuda)?,
+            q: self
+                .stream
+                .alloc_zeros::<f32>(b * hq * rows * d)
+                .map_err(cuda)?,
             logits: self.stream.alloc_zeros::<f32>(logits).map_err(cuda)?,
             stats: self.stream.alloc_zeros::<f32>(stats).map_err(cuda)?,
             scores: self.stream.alloc_zeros::<f32>(scores).map_err(cuda)?,
@@ -208,9 +231,10 @@ impl GpuDecode {
         Ok(())
     }
 
-    /// Sets the decode query `[B, Hq, 1, D]` (rounded to the dtype, as on the CPU).
+    /// Sets the query `[B, Hq, rows, D]` (`rows`: the observation window of `window`
+    /// scores, else 1), rounded to the dtype as on the CPU.
     pub fn set_query(&self, gs: &mut GpuState, q: &[f32]) -> Result<(), Error> {
-        let q = self.kernel.queries(q, 1)?;
+        let q = self.kernel.queries(q, self.spec().q_rows() as usize)?;
         self.stream.memcpy_htod(&q, &mut gs.q).map_err(cuda)
     }
 
@@ -273,7 +297,8 @@ impl GpuDecode {
         self.launch_roles(gs, &STEP)
     }
 
-    /// The selection alone (rules 1 to 7): the index lists for the decode query `q`.
+    /// The selection alone (rules 1 to 7): the index lists for the query `q` (the decode
+    /// query, or a select-only kernel's observation window `[B, Hq, W, D]`).
     pub fn select(&self, gs: &mut GpuState, q: &[f32]) -> Result<Indices, Error> {
         self.set_query(gs, q)?;
         self.launch_roles(gs, &SELECT)?;
@@ -281,10 +306,43 @@ impl GpuDecode {
         self.indices(gs)
     }
 
+    /// [`GpuDecode::select`] launched as the step's CUDA graph (a select-only kernel's
+    /// step is its selection).
+    pub fn select_graphed(&self, gs: &mut GpuState, q: &[f32]) -> Result<Indices, Error> {
+        self.select_only("select_graphed")?;
+        self.set_query(gs, q)?;
+        self.launch_graph(gs)?;
+        self.stream.synchronize().map_err(cuda)?;
+        self.indices(gs)
+    }
+
+    /// An error unless this is a select-only kernel (`what` needs one).
+    fn select_only(&self, what: &str) -> Result<(), Error> {
+        match self.spec().kind {
+            KernelKind::Select => Ok(()),
+            KernelKind::Decode => Err(Error::Shape(format!(
+                "`{}` is a decode kernel: {what} is for select-only kernels",
+                self.spec().kernel
+            ))),
+        }
+    }
+
+    /// An error for a select-only kernel (`what` needs the attention).
+    fn decode_only(&self, what: &str) -> Result<(), Error> {
+        match self.spec().kind {
+            KernelKind::Decode => Ok(()),
+            KernelKind::Select => Err(Error::Shape(format!(
+                "`{}` is a select kernel: it selects and never attends ({what} is for decode kernels)",
+                self.spec().kernel
+            ))),
+        }
+    }
+
     /// The attention alone (rule 8) of `q` over given index lists (checked as the CPU
     /// executor checks them): the output `[B, Hq, D]`. For `accumulated`, also the state
     /// update, as on the CPU.
     pub fn attend(&self, gs: &mut GpuState, q: &[f32], idx: &Indices) -> Result<Vec<f32>, Error> {
+        self.decode_only("attend")?;
         self.kernel.check_indices(&gs.lens_host, idx)?;
         self.set_query(gs, q)?;
         let mut data = idx.data.clone();
@@ -323,6 +381,8 @@ impl GpuDecode {
                 s.context
             )));
         }
+        let window = matches!(s.source, Source::Window { .. });
+        let pooled = self.module.entry(Role::Pool).is_some();
         for ((role, f), e) in self.funcs.iter().zip(&self.module.entries) {
             if !roles.contains(role) {
                 continue;
@@ -334,6 +394,25 @@ impl GpuDecode {
             };
             let mut l = self.stream.launch_builder(f);
             match role {
+                Role::Logits if window => l
+                    .arg(&gs.q)
+                    .arg(&gs.k)
+                    .arg(&gs.lens)
+                    .arg(&mut gs.stats),
+                // The window's token scores: pooled into the scores, or the scores.
+                Role::Score if window && pooled => l
+                    .arg(&gs.q)
+                    .arg(&gs.k)
+                    .arg(&gs.lens)
+                    .arg(&gs.stats)
+                    .arg(&mut gs.logits),
+                Role::Score if window => l
+                    .arg(&gs.q)
+                    .arg(&gs.k)
+                    .arg(&gs.lens)
+                    .arg(&gs.stats)
+                    .arg(&mut gs.scores),
+                Role::Pool => l.arg(&gs.logits).arg(&gs.lens).arg(&mut gs.scores),
                 Role::Logits => l
                     .arg(&gs.q)
                     .arg(&gs.k)
@@ -405,6 +484,7 @@ impl GpuDecode {
     /// (rounded to the dtype, as the CPU executor's append rounds them), page metadata
     /// included. A full sequence is an error, as on the CPU.
     pub fn append(&self, gs: &mut GpuState, k_new: &[f32], v_new: &[f32]) -> Result<(), Error> {
+        self.decode_only("append")?;
         let s = self.spec();
         let n = s.batch as usize * s.kv_heads as usize * s.head_dim as usize;
         let shape = format!(
@@ -450,8 +530,10 @@ impl GpuDecode {
         self.stream.clone_dtoh(&gs.out).map_err(cuda)
     }
 
-    /// One step: query in, index lists and output back.
+    /// One step: query in, index lists and output back (decode kernels; a select-only
+    /// kernel's step is [`GpuDecode::select`]).
     pub fn step(&self, gs: &mut GpuState, q: &[f32]) -> Result<(Indices, Vec<f32>), Error> {
+        self.decode_only("step")?;
         self.step_by(gs, q, GpuDecode::launch)
     }
 
@@ -473,6 +555,7 @@ impl GpuDecode {
     /// gaps between separately launched kernels. Shapes are fixed, so the graph stays
     /// valid across steps and appends.
     pub fn step_graphed(&self, gs: &mut GpuState, q: &[f32]) -> Result<(Indices, Vec<f32>), Error> {
+        self.decode_only("step_graphed")?;
         self.step_by(gs, q, GpuDecode::launch_graph)
     }
 

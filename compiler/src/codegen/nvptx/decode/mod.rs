@@ -33,6 +33,7 @@ mod score;
 mod softmax;
 mod topk;
 mod topk_wide;
+mod window;
 
 pub use topk_wide::SCORES_PAD;
 
@@ -51,9 +52,12 @@ use crate::sema::program::DType;
 /// What an entry of a decode module does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// `exact` only: base-2 logits and per-chunk softmax stats.
+    /// `exact`: base-2 logits and per-chunk softmax stats; `window`: the window rows'
+    /// per-chunk softmax stats.
     Logits,
     Score,
+    /// `window` with pooling: the pooled scores.
+    Pool,
     TopK,
     Attend,
     Combine,
@@ -191,6 +195,11 @@ pub(crate) struct Shape {
     pub op: Reduce,
     pub source: Source,
     pub tuning: Tuning,
+    /// Query rows a head scores with (`window`'s observation window; else 1).
+    pub w: u32,
+    /// How a window's rows fold (`reduce rows`).
+    pub rows_op: Reduce,
+    pub pool: Pool,
 }
 
 impl Shape {
@@ -218,6 +227,9 @@ impl Shape {
             op: s.heads.op(),
             source: s.source,
             tuning,
+            w: s.q_rows(),
+            rows_op: s.rows,
+            pool: s.pool,
         }
     }
 
@@ -295,8 +307,12 @@ pub fn gpu_support(s: &SelectSpec) -> Result<(), String> {
             s.kernel
         ))
     };
-    if s.kind != KernelKind::Decode {
-        return why("select-only kernels");
+    let window = matches!(s.source, Source::Window { .. });
+    if s.kind != KernelKind::Decode && !window {
+        return why(&format!(
+            "select-only kernels with `{}` scoring",
+            crate::select::spec::source_name(s.source)
+        ));
     }
     match s.source {
         Source::None | Source::PageBound => {}
@@ -320,18 +336,29 @@ pub fn gpu_support(s: &SelectSpec) -> Result<(), String> {
                 ));
             }
         }
+        // The observation window's probabilities (SnapKV): per KV group, recomputed
+        // rather than stored, the rows' statistics in shared memory.
+        Source::Window { rows } => {
+            if !matches!(s.heads, HeadReduce::PerKvGroup(_)) {
+                return why("`window` scoring with scores shared across KV heads");
+            }
+            if s.page != 1 {
+                return why("`window` scoring of pages");
+            }
+            if s.group() * rows > window::MAX_ROWS {
+                return why(&format!(
+                    "`window` scoring of {} query rows per KV head ({} at most)",
+                    s.group() * rows,
+                    window::MAX_ROWS
+                ));
+            }
+        }
         // Scores given per selection head: the top-k reads them where the score entry
         // would have written them.
         Source::External => {
             if s.pool != Pool::None || s.page != 1 {
                 return why("`external` scores with pooling or pages");
             }
-        }
-        other => {
-            return why(&format!(
-                "`{}` scoring",
-                crate::select::spec::source_name(other)
-            ))
         }
     }
     if !matches!(s.budget, Budget::Tokens(_)) {
@@ -393,6 +420,17 @@ pub fn compile_tuned(
         let grid = [exact::score_blocks(&sh), sh.hkv, sh.b];
         plan.push((Role::Score, Body::ExactScore, 5, grid, block));
     }
+    let window = matches!(sh.source, Source::Window { .. });
+    if window {
+        let grid = [window::chunks(&sh), sh.hkv, sh.b];
+        let block = window::WARPS * 32;
+        plan.push((Role::Logits, Body::WindowStats, 4, grid, block));
+        plan.push((Role::Score, Body::WindowScore, 5, grid, block));
+        if sh.pool != Pool::None {
+            let grid = [window::chunks(&sh), sh.hsel, sh.b];
+            plan.push((Role::Pool, Body::Pool, 3, grid, block));
+        }
+    }
     if sh.source == Source::PageBound {
         let grid = [
             sh.units.div_ceil(score::pages_per_block(&sh)),
@@ -416,14 +454,18 @@ pub fn compile_tuned(
     } else {
         plan.push((Role::TopK, Body::TopK, 4, [sh.hsel, sh.b, 1], topk::THREADS));
     }
-    plan.push((
-        Role::Attend,
-        Body::Attend,
-        6,
-        [sh.chunks, sh.hkv, sh.b],
-        attend::WARPS * 32,
-    ));
-    plan.push((Role::Combine, Body::Combine, 2, [sh.hq, sh.b, 1], sh.d));
+    // A select-only kernel ends with its index lists.
+    let decode = spec.kind == KernelKind::Decode;
+    if decode {
+        plan.push((
+            Role::Attend,
+            Body::Attend,
+            6,
+            [sh.chunks, sh.hkv, sh.b],
+            attend::WARPS * 32,
+        ));
+        plan.push((Role::Combine, Body::Combine, 2, [sh.hq, sh.b, 1], sh.d));
+    }
     if sh.source == Source::Accumulated {
         let block = accumulate::WARPS * 32;
         if tuning.split_update {
@@ -433,7 +475,9 @@ pub fn compile_tuned(
         let grid = [sh.hsel, sh.b, 1];
         plan.push((Role::Accumulate, Body::Accumulate, 5, grid, block));
     }
-    plan.push((Role::Append, Body::Append, 7, [sh.b, 1, 1], append::THREADS));
+    if decode {
+        plan.push((Role::Append, Body::Append, 7, [sh.b, 1, 1], append::THREADS));
+    }
     let entries: Vec<DecodeEntry> = plan
         .iter()
         .map(|&(role, body, _, grid, block)| DecodeEntry {
@@ -441,6 +485,7 @@ pub fn compile_tuned(
             name: name(&match body {
                 Body::TopKWide(step) => step.name(),
                 Body::AccumulateLogits => "accumulate_logits".to_string(),
+                Body::WindowStats => "stats".to_string(),
                 _ => role_name(role).to_string(),
             }),
             grid,
@@ -483,6 +528,9 @@ pub fn compile_tuned(
             Body::Accumulate => accumulate::emit(&g, &sh, &ps),
             Body::AccumulateLogits => accumulate::emit_logits(&g, &sh, &ps),
             Body::Append => append::emit(&g, &sh, &ps),
+            Body::WindowStats => window::emit_stats(&g, &sh, &ps),
+            Body::WindowScore => window::emit_score(&g, &sh, &ps),
+            Body::Pool => window::emit_pool(&g, &sh, &ps),
         }
         super::gen::ok(g.b.build_return(None));
     }
@@ -512,12 +560,18 @@ enum Body {
     /// Step 1 of H2O's update in an entry of its own (`Tuning::split_update`).
     AccumulateLogits,
     Append,
+    /// `window`: the rows' chunk statistics (role `Logits`), their folded probabilities
+    /// (role `Score`), the pooling.
+    WindowStats,
+    WindowScore,
+    Pool,
 }
 
 fn role_name(r: Role) -> &'static str {
     match r {
         Role::Logits => "logits",
         Role::Score => "score",
+        Role::Pool => "pool",
         Role::TopK => "topk",
         Role::Attend => "attend",
         Role::Combine => "combine",

@@ -54,7 +54,26 @@ pub fn heads_row_stats<'c>(
     row_of: &dyn Fn(&Gen<'c>, IntValue<'c>) -> (PointerValue<'c>, IntValue<'c>),
     (chunks, used): (u32, IntValue<'c>),
 ) -> Vec<(FloatValue<'c>, FloatValue<'c>)> {
-    g.for_step(warp, g.i32(s.g as i64), warps as i64, &mut |g, h| {
+    stats_of_rows(g, (warp, lane, warps), smem, s.g, row_of, (chunks, used));
+    (0..s.g)
+        .map(|h| {
+            let z = g.ld_f32(smem, g.i32(2 * h as i64 + 1));
+            (g.ld_f32(smem, g.i32(2 * h as i64)), g.fdiv(g.f32(1.0), z))
+        })
+        .collect()
+}
+
+/// The `(m, z)` of `rows` rows into `smem` (two floats a row), a warp a row (`row_of(r)`
+/// says where row `r`'s chunk statistics are; [`row_stats_at`]), then a barrier.
+pub fn stats_of_rows<'c>(
+    g: &Gen<'c>,
+    (warp, lane, warps): (IntValue<'c>, IntValue<'c>, u32),
+    smem: PointerValue<'c>,
+    rows: u32,
+    row_of: &dyn Fn(&Gen<'c>, IntValue<'c>) -> (PointerValue<'c>, IntValue<'c>),
+    (chunks, used): (u32, IntValue<'c>),
+) {
+    g.for_step(warp, g.i32(rows as i64), warps as i64, &mut |g, h| {
         let (m, z) = row_stats_at(g, lane, row_of(g, h), chunks, used);
         g.if_then(g.eqi(lane, 0), &mut |g| {
             g.st_f32(smem, g.muli(h, 2), m);
@@ -62,12 +81,6 @@ pub fn heads_row_stats<'c>(
         });
     });
     g.barrier();
-    (0..s.g)
-        .map(|h| {
-            let z = g.ld_f32(smem, g.i32(2 * h as i64 + 1));
-            (g.ld_f32(smem, g.i32(2 * h as i64)), g.fdiv(g.f32(1.0), z))
-        })
-        .collect()
 }
 
 /// A row's `(m, z)` in every lane of a warp from its chunks' `(m_c, z_c)`, stored as

@@ -5,7 +5,7 @@ use super::*;
 
 /// Host memory this machine can give a benchmark: 3/4 of what it has available (Linux), and
 /// never less than [`BENCH_LIMIT`] (also the answer where that is unknown).
-fn host_limit() -> u64 {
+pub(super) fn host_limit() -> u64 {
     let avail = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
         m.lines()
             .find(|l| l.starts_with("MemAvailable:"))
@@ -60,7 +60,7 @@ fn check_acc(what: &str, want: &[f32], got: &[f32]) -> (String, usize, f64) {
 }
 
 /// Lists whose indices differ between two selections.
-fn differing_lists(a: &Indices, b: &Indices) -> usize {
+pub(super) fn differing_lists(a: &Indices, b: &Indices) -> usize {
     let k = a.shape[2].max(1);
     a.data
         .chunks(k)
@@ -81,6 +81,9 @@ pub fn bench_cuda(
     json: bool,
     tune: bool,
 ) -> Result<String, Error> {
+    if spec.kind == KernelKind::Select {
+        return super::bench_gpu_select::bench_select_cuda(gpu, spec, runs, json, tune);
+    }
     // The synthetic cache and the CPU state hold two f32 copies of K and V each.
     let need = 4 * cache_bytes(&spec);
     let limit = host_limit();

@@ -1,10 +1,12 @@
 //! `attnc run` and `attnc bench` for selection kernels (`decode(...)`, `select(...)`):
 //! `run.rs` (npy files in, output, lists and state out, on the CPU or the GPU),
 //! `bench_cpu.rs` (the CPU executor's latency and fidelity), `bench_gpu.rs` (the GPU
-//! checked against the CPU executor, timed, tuned); what they share is here.
+//! checked against the CPU executor, timed, tuned), `bench_gpu_select.rs` (the same for
+//! select-only kernels); what they share is here.
 
 mod bench_cpu;
 mod bench_gpu;
+mod bench_gpu_select;
 mod run;
 
 pub use bench_cpu::bench;

@@ -172,7 +172,11 @@ pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<Stri
                 (None, false) => {}
             }
             let t = Instant::now();
-            let (idx, o) = gk.step(&mut gs, &q.data)?;
+            // A select-only kernel's step is its selection (no output).
+            let (idx, o) = match spec.kind {
+                KernelKind::Select => (gk.select(&mut gs, &q.data)?, vec![]),
+                KernelKind::Decode => gk.step(&mut gs, &q.data)?,
+            };
             let ms = t.elapsed().as_secs_f64() * 1e3;
             if files.acc_out.is_some() {
                 gpu_acc = Some(gk.acc(&gs)?);
@@ -219,10 +223,13 @@ pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<Stri
             msg.push_str(&format!(", the accumulated state to {}", p.display()));
         }
     } else {
-        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let place = match gpu_out {
+            Some((_, place)) => place,
+            None => format!("{:.1} ms on the CPU", t.elapsed().as_secs_f64() * 1e3),
+        };
         npy::write_i32(&files.output, &idx.shape, &idx.data)?;
         msg = format!(
-            "{}: indices {:?} written to {} ({ms:.1} ms on the CPU)",
+            "{}: indices {:?} written to {} ({place})",
             spec.kernel,
             idx.shape,
             files.output.display()
