@@ -10,7 +10,7 @@ FILE="${1:-quest.attn}"; KERNEL="${2:-quest_decode}"; shift 2 2>/dev/null
 NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 echo "ncu: ${NCU:-none}"
 [ -n "$NCU" ] || exit 0
-timeout 240 "$NCU" -k regex:"${KERNEL}_(logits|score|attend|topk|combine)" -c 8 \
+timeout 240 "$NCU" -k regex:"${KERNEL}_(logits|stats|score|pool|attend|topk|combine)" -c 8 \
   --section SpeedOfLight --section Occupancy --section WarpStateStats \
   --section MemoryWorkloadAnalysis --section LaunchStats \
   ./bin/attnc bench "kernels/$FILE" --kernel "$KERNEL" "$@" --backend cuda --runs 1 > "$OUT/ncu.txt" 2>&1

@@ -405,8 +405,13 @@ fn decode_variants_assemble_and_fit() {
         ("CONTEXT=4096", Reduce::Mean, Reduce::Max, Pool::Max { size: 5 }, true),
         ("CONTEXT=100000", Reduce::Max, Reduce::Mean, Pool::None, false),
         ("CONTEXT=8192", Reduce::Sum, Reduce::Sum, Pool::Avg { size: 3 }, false),
+        // 2^32 logits: computed twice instead of stored.
+        ("CONTEXT=1048576 BATCH=1 WINDOW=128", Reduce::Sum, Reduce::Sum, Pool::Avg { size: 7 }, false),
     ] {
-        let sets = [Binding::parse(set).expect("binding")];
+        let sets: Vec<Binding> = set
+            .split(' ')
+            .map(|b| Binding::parse(b).expect("binding"))
+            .collect();
         let (mut spec, _) = driver::select_spec(&fe, "snapkv_select", &sets).expect("spec");
         spec.rows = rows;
         spec.heads = HeadReduce::PerKvGroup(heads);
@@ -417,9 +422,10 @@ fn decode_variants_assemble_and_fit() {
         let m = decode::compile(&spec, Arch::Sm90).unwrap_or_else(|e| panic!("{set}: {e}"));
         let roles: Vec<Role> = m.entries.iter().map(|e| e.role).collect();
         assert_eq!(roles.contains(&Role::Pool), pool != Pool::None, "{set}");
+        assert_eq!(m.window_logits == 0, set.contains("WINDOW=128"), "{set}");
         assert!(!roles.contains(&Role::Attend), "{set}");
         let what = format!("snapkv_select {set} {rows:?} {heads:?} {pool:?}");
-        let file = dir.join(format!("snapkv_{}.ptx", set.replace('=', "_")));
+        let file = dir.join(format!("snapkv_{}.ptx", set.replace(['=', ' '], "_")));
         let log = assemble(&ptxas, Arch::Sm90, &file, &m.ptx);
         assert_entries_fit(&log, &m.entries, &what);
     }

@@ -69,6 +69,9 @@ pub struct GpuState {
     /// `[B, Hq, W, chunks, 2]`.
     logits: CudaSlice<f32>,
     stats: CudaSlice<f32>,
+    /// `window`: the window rows' logits `[B, Hq, W, C]` between the statistics and the
+    /// score entries (`DecodeModule::window_logits` elements; one when not stored).
+    wlog: CudaSlice<f32>,
     /// The units' scores `[B, Hsel, units]` (written by the score entry, or by
     /// `set_scores` for `external`; for `accumulated` the state itself, which the update
     /// after each attention adds to).
@@ -187,6 +190,10 @@ impl GpuDecode {
                 .map_err(cuda)?,
             logits: self.stream.alloc_zeros::<f32>(logits).map_err(cuda)?,
             stats: self.stream.alloc_zeros::<f32>(stats).map_err(cuda)?,
+            wlog: self
+                .stream
+                .alloc_zeros::<f32>(self.module.window_logits.max(1))
+                .map_err(cuda)?,
             scores: self.stream.alloc_zeros::<f32>(scores).map_err(cuda)?,
             scores_set: false,
             work: self
@@ -398,19 +405,22 @@ impl GpuDecode {
                     .arg(&gs.q)
                     .arg(&gs.k)
                     .arg(&gs.lens)
-                    .arg(&mut gs.stats),
+                    .arg(&mut gs.stats)
+                    .arg(&mut gs.wlog),
                 // The window's token scores: pooled into the scores, or the scores.
                 Role::Score if window && pooled => l
                     .arg(&gs.q)
                     .arg(&gs.k)
                     .arg(&gs.lens)
                     .arg(&gs.stats)
+                    .arg(&gs.wlog)
                     .arg(&mut gs.logits),
                 Role::Score if window => l
                     .arg(&gs.q)
                     .arg(&gs.k)
                     .arg(&gs.lens)
                     .arg(&gs.stats)
+                    .arg(&gs.wlog)
                     .arg(&mut gs.scores),
                 Role::Pool => l.arg(&gs.logits).arg(&gs.lens).arg(&mut gs.scores),
                 Role::Logits => l

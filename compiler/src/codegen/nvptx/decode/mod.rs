@@ -16,7 +16,13 @@
 //! | `<k>_combine` | `(Hq, B)` | `D` | `part`, `out` f32 `[B,Hq,D]` |
 //! | `<k>_accumulate_logits` (accumulated, `split_update` only) | `(ceil(K / slice), Hsel, B)` | 512 | as `accumulate`; writes `hl` only |
 //! | `<k>_accumulate` (accumulated only) | `(Hsel, B)` | 512 | `q`, `k`, `idx`, `hl` f32 `[B,Hq,K]` (the list's logits), `acc` f32 `[B,Hsel,C]` (the state, which the top-k reads as its scores) |
+//! | `<k>_stats` (window, select-only) | `(ceil(C / 1024), Hkv, B)` | 256 | `q` f32 `[B,Hq,W,D]`, `k`, `lens`, `stats` f32 `[B,Hq,W,ceil(C / 1024),2]`, `wlog` f32 `[B,Hq,W,C]` (`DecodeModule::window_logits` elements, or unused) |
+//! | `<k>_score` (window) | `(ceil(C / 1024), Hkv, B)` | 256 | `q`, `k`, `lens`, `stats`, `wlog`, `tok` f32 `[B,Hsel,C]` (the scores without pooling) |
+//! | `<k>_pool` (window with pooling) | `(ceil(C / 1024), Hsel, B)` | 256 | `tok`, `lens`, `scores` |
 //! | `<k>_append` (not in the step) | `(B)` | 256 | `k_new`, `v_new` dtype `[B,Hkv,D]`, `k`, `v`, `kmax`, `kmin`, `lens` (the last five written) |
+//!
+//! A select-only kernel (`window` scores) has its statistics, score, pooling and top-k
+//! entries only.
 //!
 //! `U` = units of the full cache, `K` = the list capacity, `chunks` = `ceil(K / split)` with
 //! the GPU's own chunk size (`gpu_split`). The queries arrive rounded to the dtype (as the
@@ -88,6 +94,9 @@ pub struct DecodeModule {
     pub chunks: u32,
     /// u32 words of the top-k's work buffer (zeroed once at allocation; 0: none needed).
     pub topk_work: usize,
+    /// `window`: f32 elements of the window's logits `[B, Hq, W, C]` stored between the
+    /// statistics and the score entries (0: the score entry computes them again).
+    pub window_logits: usize,
 }
 
 impl DecodeModule {
@@ -367,6 +376,13 @@ pub fn gpu_support(s: &SelectSpec) -> Result<(), String> {
     if s.dtype == DType::F32 {
         return why("f32 caches");
     }
+    // The kernels index the cache in 32 bits (the last value at most `2^31 - 1`).
+    let values = s.batch as u64 * s.kv_heads as u64 * s.context as u64 * s.head_dim as u64;
+    if values > 1 << 31 {
+        return why(&format!(
+            "caches of more than 2^31 values ({values} here: batch x KV heads x CONTEXT x head dim)"
+        ));
+    }
     let d = s.head_dim;
     if !(8..=256).contains(&d) || d % 8 != 0 || !(d / 8).is_power_of_two() {
         return why(&format!(
@@ -424,8 +440,8 @@ pub fn compile_tuned(
     if window {
         let grid = [window::chunks(&sh), sh.hkv, sh.b];
         let block = window::WARPS * 32;
-        plan.push((Role::Logits, Body::WindowStats, 4, grid, block));
-        plan.push((Role::Score, Body::WindowScore, 5, grid, block));
+        plan.push((Role::Logits, Body::WindowStats, 5, grid, block));
+        plan.push((Role::Score, Body::WindowScore, 6, grid, block));
         if sh.pool != Pool::None {
             let grid = [window::chunks(&sh), sh.hsel, sh.b];
             plan.push((Role::Pool, Body::Pool, 3, grid, block));
@@ -542,6 +558,11 @@ pub fn compile_tuned(
         entries,
         chunks: sh.chunks,
         topk_work: if wide { topk_wide::work_words(&sh) } else { 0 },
+        window_logits: if window {
+            window::stored_logits(&sh)
+        } else {
+            0
+        },
     })
 }
 
@@ -582,14 +603,20 @@ fn role_name(r: Role) -> &'static str {
 
 /// The parameters an entry writes: the last one (its output); the last two for the
 /// logits (and stats), the top-k (work buffer and lists), the exact score (the top-k's
-/// first histogram and the scores) and H2O's update (the list's logits and the state);
-/// for append the cache, the page metadata and the lengths.
+/// first histogram and the scores), H2O's update (the list's logits and the state) and
+/// the window's statistics (and its stored logits); for append the cache, the page
+/// metadata and the lengths.
 fn writes(body: Body, n: usize) -> std::ops::Range<usize> {
     match body {
         Body::Append => 2..n,
         // (q, k, idx, hl, acc): the list's logits only.
         Body::AccumulateLogits => n - 2..n - 1,
-        Body::Logits | Body::ExactScore | Body::TopK | Body::TopKWide(_) | Body::Accumulate => {
+        Body::Logits
+        | Body::ExactScore
+        | Body::TopK
+        | Body::TopKWide(_)
+        | Body::Accumulate
+        | Body::WindowStats => {
             n - 2..n
         }
         _ => n - 1..n,

@@ -166,9 +166,22 @@ fn groups(s: &Shape) -> u32 {
     (s.g * s.w).div_ceil(ROWS)
 }
 
-/// `stats(q, k, lens, stats)`
+/// Elements of the stored logits `[B, Hq, W, C]` when they are stored (at most `2^31`,
+/// 8 GiB: the kernels index in 32 bits), else 0 (the score entry computes them again).
+pub fn stored_logits(s: &Shape) -> usize {
+    let n = s.b as u64 * s.hq as u64 * s.w as u64 * s.c as u64;
+    if n <= 1 << 31 {
+        n as usize
+    } else {
+        0
+    }
+}
+
+/// `stats(q, k, lens, stats, wlog)`: `wlog` `[B, Hq, W, C]` gets every logit of the
+/// sequence's keys when [`stored_logits`] says so.
 pub fn emit_stats<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
-    let (q, k, lens, stats) = (p[0], p[1], p[2], p[3]);
+    let (q, k, lens, stats, wlog) = (p[0], p[1], p[2], p[3], p[4]);
+    let store = stored_logits(s) > 0;
     let blk = Block::new(g, s, lens);
     let qsh = g.shared_array("window_stats_q", g.f32t.into(), ROWS * s.d);
     let lsh = g.shared_array("window_stats_logits", g.f32t.into(), ROWS * CH);
@@ -194,6 +207,14 @@ pub fn emit_stats<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                     let l = logit(g, s, qsh, g.i32((r * s.d) as i64), &key);
                     let l = g.self_f(seen, l, g.f32(f64::NEG_INFINITY));
                     g.st_f32(lsh, g.addi(t, (r * CH) as i64), l);
+                    if store {
+                        let inside = g.icmp(IntPredicate::ULT, row, g.i32(rows as i64));
+                        let keep = g.and(inside, g.icmp(IntPredicate::ULT, j, blk.len));
+                        g.if_then(keep, &mut |g| {
+                            let at = g.add(g.muli(g.add(blk.row0, row), s.c as i64), j);
+                            g.st_f32(wlog, at, l);
+                        });
+                    }
                 }
             });
             g.barrier();
@@ -217,9 +238,12 @@ pub fn emit_stats<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     });
 }
 
-/// `score(q, k, lens, stats, out)`: `out` is `tok`, or the scores without pooling.
+/// `score(q, k, lens, stats, wlog, out)`: `out` is `tok`, or the scores without pooling;
+/// the logits come from `wlog` where the statistics entry stored them, else they are
+/// computed again.
 pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
-    let (q, k, lens, stats, out) = (p[0], p[1], p[2], p[3], p[4]);
+    let (q, k, lens, stats, wlog, out) = (p[0], p[1], p[2], p[3], p[4], p[5]);
+    let store = stored_logits(s) > 0;
     let blk = Block::new(g, s, lens);
     let qsh = g.shared_array("window_score_q", g.f32t.into(), ROWS * s.d);
     let rs = g.shared_array("window_score_rows", g.f32t.into(), 2 * s.g * s.w);
@@ -243,15 +267,34 @@ pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
         g.for_range(g.i32(0), g.i32(KEYS as i64), &mut |g, i| {
             let j = blk.token(g, i);
             let scored = g.icmp(IntPredicate::ULT, j, m_tok);
-            let key = blk.load_key(g, s, k, j, scored);
+            let key = if store {
+                vec![]
+            } else {
+                blk.load_key(g, s, k, j, scored)
+            };
+            let safe = g.seli(scored, j, blk.start);
             g.for_range(g.i32(0), g.i32(groups(s) as i64), &mut |g, group| {
-                blk.load_rows(g, s, q, qsh, group);
+                if !store {
+                    blk.load_rows(g, s, q, qsh, group);
+                }
                 let (mut ha, mut ta) = (g.getf(head_acc), g.getf(tok_acc));
-                for r in 0..ROWS {
-                    let row = g.addi(g.muli(group, ROWS as i64), r as i64);
+                // The group's logits first (stored: all loads in flight together).
+                let ls: Vec<(IntValue<'c>, FloatValue<'c>)> = (0..ROWS)
+                    .map(|r| {
+                        let row = g.addi(g.muli(group, ROWS as i64), r as i64);
+                        let inside = g.icmp(IntPredicate::ULT, row, g.i32(rows as i64));
+                        let l = if store {
+                            let row = g.seli(inside, row, g.i32(0));
+                            g.ld_f32(wlog, g.add(g.muli(g.add(blk.row0, row), s.c as i64), safe))
+                        } else {
+                            logit(g, s, qsh, g.i32((r * s.d) as i64), &key)
+                        };
+                        (row, l)
+                    })
+                    .collect();
+                for (row, l) in ls {
                     let inside = g.icmp(IntPredicate::ULT, row, g.i32(rows as i64));
                     let at = g.muli(g.seli(inside, row, g.i32(0)), 2);
-                    let l = logit(g, s, qsh, g.i32((r * s.d) as i64), &key);
                     let (m, rz) = (g.ld_f32(rs, at), g.ld_f32(rs, g.addi(at, 1)));
                     let p = g.fmul(exp2c(g, g.fsub(l, m)), rz);
                     let w = g.uremi(row, s.w as i64);
