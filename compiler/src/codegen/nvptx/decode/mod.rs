@@ -354,6 +354,13 @@ pub fn gpu_support(s: &SelectSpec) -> Result<(), String> {
             if s.page != 1 {
                 return why("`window` scoring of pages");
             }
+            // Two threads share a key's lanes (at least two lanes, at most 8 each).
+            if !(16..=128).contains(&s.head_dim) {
+                return why(&format!(
+                    "`window` scoring at head dim {} (16 to 128)",
+                    s.head_dim
+                ));
+            }
             if s.group() * rows > window::MAX_ROWS {
                 return why(&format!(
                     "`window` scoring of {} query rows per KV head ({} at most)",

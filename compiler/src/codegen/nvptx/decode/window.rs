@@ -115,19 +115,28 @@ impl<'c> Block<'c> {
     }
 
     /// The block's rows `[group * ROWS, +ROWS)` of the list's queries into `qsh` (zeros
-    /// past the list's rows), between barriers.
-    fn load_rows(&self, g: &Gen<'c>, s: &Shape, q: PointerValue<'c>, qsh: PointerValue<'c>, group: IntValue<'c>) {
+    /// past the list's rows; `layout(r, ch)` places channel `ch` of row `r`), between
+    /// barriers.
+    fn load_rows(
+        &self,
+        g: &Gen<'c>,
+        s: &Shape,
+        (q, qsh): (PointerValue<'c>, PointerValue<'c>),
+        group: IntValue<'c>,
+        layout: &dyn Fn(&Gen<'c>, IntValue<'c>, IntValue<'c>) -> IntValue<'c>,
+    ) {
         let rows = (s.g * s.w) as i64;
         g.barrier();
         g.for_step(self.tid, g.i32((ROWS * s.d) as i64), THREADS as i64, &mut |g, i| {
-            let row = g.add(g.muli(group, ROWS as i64), g.udivi(i, s.d as i64));
+            let (r, ch) = (g.udivi(i, s.d as i64), g.uremi(i, s.d as i64));
+            let row = g.add(g.muli(group, ROWS as i64), r);
             let inside = g.icmp(IntPredicate::ULT, row, g.i32(rows));
             let at = g.add(
                 g.muli(g.add(self.row0, g.seli(inside, row, g.i32(0))), s.d as i64),
-                g.uremi(i, s.d as i64),
+                ch,
             );
             let x = g.self_f(inside, g.ld_f32(q, at), g.f32(0.0));
-            g.st_f32(qsh, i, x);
+            g.st_f32(qsh, layout(g, r, ch), x);
         });
         g.barrier();
     }
@@ -177,34 +186,90 @@ pub fn stored_logits(s: &Shape) -> usize {
     }
 }
 
+/// Floats between the halves of a query row in the statistics entry's shared memory, and
+/// between its rows: the two half-warps read different halves of a row at once, and these
+/// offsets put them in different banks.
+fn half_stride(s: &Shape) -> u32 {
+    s.d / 2 + 4
+}
+fn row_stride(s: &Shape) -> u32 {
+    2 * half_stride(s)
+}
+
 /// `stats(q, k, lens, stats, wlog)`: `wlog` `[B, Hq, W, C]` gets every logit of the
 /// sequence's keys when [`stored_logits`] says so.
+///
+/// Threads `p` and `p + 16` of a warp share two adjacent keys: each holds the lane sums of
+/// its half of the lanes (`L/2` of them, 8 channels each) for both keys, against the same
+/// query loads; the butterfly's first level (offset `L/2`, between the halves) trades a
+/// key's half with the partner (`shfl.xor 16`), so the lower thread keeps the first key
+/// and the upper the second, and each finishes its key's butterfly alone. The pairs are
+/// the butterfly's, so the bits are [`logit`]'s; the query loads and the shuffles per dot
+/// are fewer than one thread a key needs (whose shared-memory loads bound it: 22 ms at the
+/// shipped shape, the load/store pipe busy, 12.5 % occupancy).
 pub fn emit_stats<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     let (q, k, lens, stats, wlog) = (p[0], p[1], p[2], p[3], p[4]);
     let store = stored_logits(s) > 0;
     let blk = Block::new(g, s, lens);
-    let qsh = g.shared_array("window_stats_q", g.f32t.into(), ROWS * s.d);
+    let qsh = g.shared_array("window_stats_q", g.f32t.into(), ROWS * row_stride(s));
     let lsh = g.shared_array("window_stats_logits", g.f32t.into(), ROWS * CH);
     let rows = s.g * s.w;
     let nch = chunks(s);
+    let lanes = score_lanes(s.d);
+    let (half, per) = (lanes / 2, s.d / lanes);
+    let pair = g.uremi(blk.lane, 16);
+    let upper = g.icmp(IntPredicate::UGE, blk.lane, g.i32(16));
+    let hf = g.seli(upper, g.i32(1), g.i32(0));
+    // Channel `ch` of row `r`: its half `ch / (D/2)` at `half_stride` floats from the other.
+    let layout = |g: &Gen<'c>, r: IntValue<'c>, ch: IntValue<'c>| {
+        let h = g.udivi(ch, (s.d / 2) as i64);
+        let within = g.uremi(ch, (s.d / 2) as i64);
+        g.add(
+            g.add(g.muli(r, row_stride(s) as i64), g.muli(h, half_stride(s) as i64)),
+            within,
+        )
+    };
     g.if_then(g.icmp(IntPredicate::ULT, blk.start, blk.len), &mut |g| {
         g.for_range(g.i32(0), g.i32(groups(s) as i64), &mut |g, group| {
-            blk.load_rows(g, s, q, qsh, group);
+            blk.load_rows(g, s, (q, qsh), group, &layout);
             g.for_range(g.i32(0), g.i32(KEYS as i64), &mut |g, i| {
                 // A barrier (uniform: every thread takes every key) keeps LLVM from
-                // hoisting the rows' query loads out of this loop: all `ROWS x D` of them
-                // in registers at once spilled (255 registers, 1.3 KB of stack).
+                // hoisting the rows' query loads out of this loop: all of them in
+                // registers at once spilled (255 registers, 1.3 KB of stack).
                 g.barrier();
-                let j = blk.token(g, i);
-                let t = g.sub(j, blk.start);
-                let key = blk.load_key(g, s, k, j, g.icmp(IntPredicate::ULT, j, blk.len));
+                // The pair's keys: local `i * 256 + warp * 32 + 2 * pair + {0, 1}`; this
+                // thread keeps the one of its half.
+                let first = g.add(
+                    g.muli(g.add(g.muli(i, WARPS as i64), blk.warp), 32),
+                    g.muli(pair, 2),
+                );
+                let halves: Vec<Vec<FloatValue<'c>>> = (0..2)
+                    .map(|e| {
+                        let j = g.add(blk.start, g.addi(first, e));
+                        let valid = g.icmp(IntPredicate::ULT, j, blk.len);
+                        let safe = g.seli(valid, j, blk.start);
+                        let row = g.muli(g.add(blk.kbase, safe), s.d as i64);
+                        let ch0 = g.add(row, g.muli(hf, (s.d / 2) as i64));
+                        (0..half)
+                            .flat_map(|l| {
+                                g.ld_half_vec(k, g.addi(ch0, (l * per) as i64), per, s.bf16)
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let t = g.add(first, hf);
+                let j = g.add(blk.start, t);
                 for r in 0..ROWS {
                     // Row `w` of its head sees the keys up to `len - W + w`.
                     let row = g.addi(g.muli(group, ROWS as i64), r as i64);
                     let w = g.uremi(row, s.w as i64);
                     let end = g.add(g.addi(blk.len, 1 - s.w as i64), w);
                     let seen = g.icmp(IntPredicate::ULT, j, end);
-                    let l = logit(g, s, qsh, g.i32((r * s.d) as i64), &key);
+                    let at = g.add(
+                        g.i32((r * row_stride(s)) as i64),
+                        g.muli(hf, half_stride(s) as i64),
+                    );
+                    let l = pair_logit(g, s, qsh, at, &halves, upper);
                     let l = g.self_f(seen, l, g.f32(f64::NEG_INFINITY));
                     g.st_f32(lsh, g.addi(t, (r * CH) as i64), l);
                     if store {
@@ -238,6 +303,52 @@ pub fn emit_stats<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     });
 }
 
+/// The base-2 logit of the kept key of a pair (see [`emit_stats`]): `halves[e]` holds this
+/// thread's half of key `e`'s channels (lanes `hf * L/2 ..`), `qsh[at..]` the same half
+/// of the query row; `upper` says which half (and key) this thread has.
+fn pair_logit<'c>(
+    g: &Gen<'c>,
+    s: &Shape,
+    qsh: PointerValue<'c>,
+    at: IntValue<'c>,
+    halves: &[Vec<FloatValue<'c>>],
+    upper: IntValue<'c>,
+) -> FloatValue<'c> {
+    let lanes = score_lanes(s.d) as usize;
+    let (half, per) = (lanes / 2, s.d as usize / lanes);
+    let qs: Vec<FloatValue<'c>> = (0..half * per)
+        .map(|c| g.ld_f32(qsh, g.addi(at, c as i64)))
+        .collect();
+    // v[e][l]: lane l of this half for key e, `fma` in channel order from 0.
+    let v: Vec<Vec<FloatValue<'c>>> = halves
+        .iter()
+        .map(|key| {
+            (0..half)
+                .map(|l| {
+                    (0..per).fold(g.f32(0.0), |acc, c| {
+                        g.fma(qs[l * per + c], key[l * per + c], acc)
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    // Level L/2: lane l + L/2's sum joins lane l's; the lower thread keeps key 0, the upper
+    // key 1 (a + b and b + a are the same bits).
+    let mut w: Vec<FloatValue<'c>> = (0..half)
+        .map(|l| {
+            let mine = g.self_f(upper, v[1][l], v[0][l]);
+            let theirs = g.self_f(upper, v[0][l], v[1][l]);
+            g.fadd(mine, g.shfl_xor(theirs, 16))
+        })
+        .collect();
+    let mut off = half / 2;
+    while off >= 1 {
+        w = (0..off).map(|l| g.fadd(w[l], w[l + off])).collect();
+        off /= 2;
+    }
+    g.fmul(w[0], g.f32(s.scale_log2))
+}
+
 /// `score(q, k, lens, stats, wlog, out)`: `out` is `tok`, or the scores without pooling;
 /// the logits come from `wlog` where the statistics entry stored them, else they are
 /// computed again.
@@ -259,6 +370,9 @@ pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             let at = g.addi(g.muli(r, 2), 1);
             g.st_f32(rs, at, g.fdiv(g.f32(1.0), g.ld_f32(rs, at)));
         });
+        // Every reciprocal in place before any thread reads them (without it, stored
+        // logits raced: some threads read z, not 1 / z).
+        g.barrier();
         // A key of the thread at a time (kept in registers over the row groups): the
         // fold over the current head's rows, and over the heads.
         let list = g.muli(g.add(g.muli(blk.b, s.hsel as i64), blk.sel), s.units as i64);
@@ -275,7 +389,10 @@ pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             let safe = g.seli(scored, j, blk.start);
             g.for_range(g.i32(0), g.i32(groups(s) as i64), &mut |g, group| {
                 if !store {
-                    blk.load_rows(g, s, q, qsh, group);
+                    let plain = |g: &Gen<'c>, r: IntValue<'c>, ch: IntValue<'c>| {
+                        g.add(g.muli(r, s.d as i64), ch)
+                    };
+                    blk.load_rows(g, s, (q, qsh), group, &plain);
                 }
                 let (mut ha, mut ta) = (g.getf(head_acc), g.getf(tok_acc));
                 // The group's logits first (stored: all loads in flight together).
