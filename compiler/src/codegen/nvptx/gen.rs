@@ -382,6 +382,22 @@ impl<'c> Gen<'c> {
         ok(self.b.build_load(self.f32t, p, "")).into_float_value()
     }
 
+    /// `base[index..index + 4]` as one volatile 16-byte load (`index` a multiple of 4 on a
+    /// 16-byte aligned buffer): LLVM neither hoists it out of a loop nor merges it with
+    /// another, so that a loop body's loads of a shared-memory tile stay in the body.
+    pub fn ld_f32x4_volatile(&self, base: PointerValue<'c>, index: IntValue<'c>) -> [FloatValue<'c>; 4] {
+        let p = self.gep(self.f32t.into(), base, index);
+        let load = ok(self.b.build_load(self.f32t.vec_type(4), p, ""));
+        if let Some(inst) = load.as_instruction_value() {
+            let _ = inst.set_alignment(16);
+            let _ = inst.set_volatile(true);
+        }
+        let v = load.into_vector_value();
+        std::array::from_fn(|e| {
+            ok(self.b.build_extract_element(v, self.i32(e as i64), "")).into_float_value()
+        })
+    }
+
     /// `base[index]` for a 16-bit buffer (bf16 or f16 bits).
     pub fn ld_i16(&self, base: PointerValue<'c>, index: IntValue<'c>) -> IntValue<'c> {
         let t = self.cx.i16_type();

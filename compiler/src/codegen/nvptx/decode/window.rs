@@ -233,10 +233,6 @@ pub fn emit_stats<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
         g.for_range(g.i32(0), g.i32(groups(s) as i64), &mut |g, group| {
             blk.load_rows(g, s, (q, qsh), group, &layout);
             g.for_range(g.i32(0), g.i32(KEYS as i64), &mut |g, i| {
-                // A barrier (uniform: every thread takes every key) keeps LLVM from
-                // hoisting the rows' query loads out of this loop: all of them in
-                // registers at once spilled (255 registers, 1.3 KB of stack).
-                g.barrier();
                 // The pair's keys: local `i * 256 + warp * 32 + 2 * pair + {0, 1}`; this
                 // thread keeps the one of its half.
                 let first = g.add(
@@ -316,8 +312,11 @@ fn pair_logit<'c>(
 ) -> FloatValue<'c> {
     let lanes = score_lanes(s.d) as usize;
     let (half, per) = (lanes / 2, s.d as usize / lanes);
-    let qs: Vec<FloatValue<'c>> = (0..half * per)
-        .map(|c| g.ld_f32(qsh, g.addi(at, c as i64)))
+    // Volatile: LLVM would hoist the rows' loads out of the key loop (all of them in
+    // registers at once spilled: 255 registers, 1.3 KB of stack); a barrier in the loop
+    // kept them there but held the warps in step, each waiting on its keys at once.
+    let qs: Vec<FloatValue<'c>> = (0..half * per / 4)
+        .flat_map(|c| g.ld_f32x4_volatile(qsh, g.addi(at, 4 * c as i64)))
         .collect();
     // v[e][l]: lane l of this half for key e, `fma` in channel order from 0.
     let v: Vec<Vec<FloatValue<'c>>> = halves
