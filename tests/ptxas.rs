@@ -294,10 +294,7 @@ fn decode_kernels_assemble_without_spills() {
                     );
                     // SnapKV (select-only): no attention, combine or append; a pooling
                     // entry when it pools.
-                    let window = matches!(
-                        spec.source,
-                        attnc::select::spec::Source::Window { .. }
-                    );
+                    let window = matches!(spec.source, attnc::select::spec::Source::Window { .. });
                     let pool = has(decode::Role::Pool);
                     assert_eq!(
                         pool,
@@ -309,11 +306,7 @@ fn decode_kernels_assemble_without_spills() {
                         3 * usize::from(!window) + topk + score + logits + update + pool,
                         "{name}"
                     );
-                    assert_eq!(
-                        logits,
-                        usize::from(exact || window),
-                        "{name}"
-                    );
+                    assert_eq!(logits, usize::from(exact || window), "{name}");
                     assert!(m.ptx.contains("ld.global.nc"), "{name}: read-only loads");
                     let file = dir.join(format!("{name}_{}.ptx", arch.name()));
                     let log = assemble(&ptxas, arch, &file, &m.ptx);
@@ -343,8 +336,7 @@ fn decode_kernels_assemble_without_spills() {
 fn cpu_only_selection_kernels_say_so() {
     let path = root().join("tests/fixtures/ok/kv_selection_policies.attn");
     let src = Source::load(&path).expect("kv_selection_policies.attn");
-    let err =
-        driver::emit_for(&src, Stage::Ptx, Some("snap_select"), &[], Arch::Sm90).unwrap_err();
+    let err = driver::emit_for(&src, Stage::Ptx, Some("snap_select"), &[], Arch::Sm90).unwrap_err();
     let text = src.render(&err, false);
     assert!(
         text.contains("error[E0812]: `snap_select` runs on the CPU only so far: the CUDA backend has no `window` scoring with scores shared across KV heads yet"),
@@ -402,11 +394,35 @@ fn decode_variants_assemble_and_fit() {
     let src = Source::load(&root().join("kernels/snapkv.attn")).expect("snapkv.attn");
     let (fe, _) = driver::frontend(&src).expect("frontend");
     for (set, rows, heads, pool, f16) in [
-        ("CONTEXT=4096", Reduce::Mean, Reduce::Max, Pool::Max { size: 5 }, true),
-        ("CONTEXT=100000", Reduce::Max, Reduce::Mean, Pool::None, false),
-        ("CONTEXT=8192", Reduce::Sum, Reduce::Sum, Pool::Avg { size: 3 }, false),
+        (
+            "CONTEXT=4096",
+            Reduce::Mean,
+            Reduce::Max,
+            Pool::Max { size: 5 },
+            true,
+        ),
+        (
+            "CONTEXT=100000",
+            Reduce::Max,
+            Reduce::Mean,
+            Pool::None,
+            false,
+        ),
+        (
+            "CONTEXT=8192",
+            Reduce::Sum,
+            Reduce::Sum,
+            Pool::Avg { size: 3 },
+            false,
+        ),
         // 2^32 logits: computed twice instead of stored.
-        ("CONTEXT=1048576 BATCH=1 WINDOW=128", Reduce::Sum, Reduce::Sum, Pool::Avg { size: 7 }, false),
+        (
+            "CONTEXT=1048576 BATCH=1 WINDOW=128",
+            Reduce::Sum,
+            Reduce::Sum,
+            Pool::Avg { size: 7 },
+            false,
+        ),
     ] {
         let sets: Vec<Binding> = set
             .split(' ')

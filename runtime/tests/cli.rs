@@ -429,10 +429,12 @@ fn gpu_decode_requests_without_a_gpu_or_coverage_are_clear_errors() {
     // A kernel the CUDA backend does not cover (window scores shared across KV heads):
     // E0812 from the compiler, exit 1.
     let policies = repo("tests/fixtures/ok/kv_selection_policies.attn");
-    let (code, _, err) = run(attnc()
-        .arg("compile")
-        .arg(&policies)
-        .args(["--kernel", "snap_select", "--emit", "ptx"]));
+    let (code, _, err) = run(attnc().arg("compile").arg(&policies).args([
+        "--kernel",
+        "snap_select",
+        "--emit",
+        "ptx",
+    ]));
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("error[E0812]: `snap_select` runs on the CPU only so far: the CUDA backend has no `window` scoring with scores shared across KV heads yet"),
@@ -451,7 +453,10 @@ fn gpu_decode_requests_without_a_gpu_or_coverage_are_clear_errors() {
             "{e}"
         );
     }
-    assert!(!out.contains("attend"), "a select-only kernel never attends");
+    assert!(
+        !out.contains("attend"),
+        "a select-only kernel never attends"
+    );
     // A covered one compiles to PTX with its four entries.
     let (code, out, err) = run(attnc()
         .arg("compile")

@@ -385,7 +385,11 @@ impl<'c> Gen<'c> {
     /// `base[index..index + 4]` as one volatile 16-byte load (`index` a multiple of 4 on a
     /// 16-byte aligned buffer): LLVM neither hoists it out of a loop nor merges it with
     /// another, so that a loop body's loads of a shared-memory tile stay in the body.
-    pub fn ld_f32x4_volatile(&self, base: PointerValue<'c>, index: IntValue<'c>) -> [FloatValue<'c>; 4] {
+    pub fn ld_f32x4_volatile(
+        &self,
+        base: PointerValue<'c>,
+        index: IntValue<'c>,
+    ) -> [FloatValue<'c>; 4] {
         let p = self.gep(self.f32t.into(), base, index);
         let load = ok(self.b.build_load(self.f32t.vec_type(4), p, ""));
         if let Some(inst) = load.as_instruction_value() {

@@ -623,9 +623,7 @@ fn writes(body: Body, n: usize) -> std::ops::Range<usize> {
         | Body::TopK
         | Body::TopKWide(_)
         | Body::Accumulate
-        | Body::WindowStats => {
-            n - 2..n
-        }
+        | Body::WindowStats => n - 2..n,
         _ => n - 1..n,
     }
 }

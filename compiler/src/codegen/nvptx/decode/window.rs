@@ -127,17 +127,22 @@ impl<'c> Block<'c> {
     ) {
         let rows = (s.g * s.w) as i64;
         g.barrier();
-        g.for_step(self.tid, g.i32((ROWS * s.d) as i64), THREADS as i64, &mut |g, i| {
-            let (r, ch) = (g.udivi(i, s.d as i64), g.uremi(i, s.d as i64));
-            let row = g.add(g.muli(group, ROWS as i64), r);
-            let inside = g.icmp(IntPredicate::ULT, row, g.i32(rows));
-            let at = g.add(
-                g.muli(g.add(self.row0, g.seli(inside, row, g.i32(0))), s.d as i64),
-                ch,
-            );
-            let x = g.self_f(inside, g.ld_f32(q, at), g.f32(0.0));
-            g.st_f32(qsh, layout(g, r, ch), x);
-        });
+        g.for_step(
+            self.tid,
+            g.i32((ROWS * s.d) as i64),
+            THREADS as i64,
+            &mut |g, i| {
+                let (r, ch) = (g.udivi(i, s.d as i64), g.uremi(i, s.d as i64));
+                let row = g.add(g.muli(group, ROWS as i64), r);
+                let inside = g.icmp(IntPredicate::ULT, row, g.i32(rows));
+                let at = g.add(
+                    g.muli(g.add(self.row0, g.seli(inside, row, g.i32(0))), s.d as i64),
+                    ch,
+                );
+                let x = g.self_f(inside, g.ld_f32(q, at), g.f32(0.0));
+                g.st_f32(qsh, layout(g, r, ch), x);
+            },
+        );
         g.barrier();
     }
 }
@@ -225,7 +230,10 @@ pub fn emit_stats<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
         let h = g.udivi(ch, (s.d / 2) as i64);
         let within = g.uremi(ch, (s.d / 2) as i64);
         g.add(
-            g.add(g.muli(r, row_stride(s) as i64), g.muli(h, half_stride(s) as i64)),
+            g.add(
+                g.muli(r, row_stride(s) as i64),
+                g.muli(h, half_stride(s) as i64),
+            ),
             within,
         )
     };
@@ -282,18 +290,21 @@ pub fn emit_stats<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             // A warp per row: the chunk's statistics (lane `t` adds keys `t, t + 32, ...`).
             g.for_step(blk.warp, g.i32(ROWS as i64), WARPS as i64, &mut |g, r| {
                 let row = g.add(g.muli(group, ROWS as i64), r);
-                g.if_then(g.icmp(IntPredicate::ULT, row, g.i32(rows as i64)), &mut |g| {
-                    let base = g.add(g.muli(r, CH as i64), blk.lane);
-                    let xs: Vec<FloatValue<'c>> = (0..CH / LANES as u32)
-                        .map(|i| g.ld_f32(lsh, g.addi(base, (i * LANES as u32) as i64)))
-                        .collect();
-                    let (m, z) = chunk_stats(g, &xs);
-                    g.if_then(g.eqi(blk.lane, 0), &mut |g| {
-                        let at = g.add(g.muli(g.add(blk.row0, row), nch as i64), blk.c);
-                        g.st_f32(stats, g.muli(at, 2), m);
-                        g.st_f32(stats, g.addi(g.muli(at, 2), 1), z);
-                    });
-                });
+                g.if_then(
+                    g.icmp(IntPredicate::ULT, row, g.i32(rows as i64)),
+                    &mut |g| {
+                        let base = g.add(g.muli(r, CH as i64), blk.lane);
+                        let xs: Vec<FloatValue<'c>> = (0..CH / LANES as u32)
+                            .map(|i| g.ld_f32(lsh, g.addi(base, (i * LANES as u32) as i64)))
+                            .collect();
+                        let (m, z) = chunk_stats(g, &xs);
+                        g.if_then(g.eqi(blk.lane, 0), &mut |g| {
+                            let at = g.add(g.muli(g.add(blk.row0, row), nch as i64), blk.c);
+                            g.st_f32(stats, g.muli(at, 2), m);
+                            g.st_f32(stats, g.addi(g.muli(at, 2), 1), z);
+                        });
+                    },
+                );
             });
         });
     });
@@ -364,7 +375,14 @@ pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
         // Every row's (m, z) (a warp a row), then its 1 / z rounded once.
         let used = g.udivi(g.addi(blk.len, CH as i64 - 1), CH as i64);
         let row_of = |g: &Gen<'c>, r: IntValue<'c>| (stats, g.muli(g.add(blk.row0, r), nch as i64));
-        stats_of_rows(g, (blk.warp, blk.lane, WARPS), rs, rows, &row_of, (nch, used));
+        stats_of_rows(
+            g,
+            (blk.warp, blk.lane, WARPS),
+            rs,
+            rows,
+            &row_of,
+            (nch, used),
+        );
         g.for_step(blk.tid, g.i32(rows as i64), THREADS as i64, &mut |g, r| {
             let at = g.addi(g.muli(r, 2), 1);
             g.st_f32(rs, at, g.fdiv(g.f32(1.0), g.ld_f32(rs, at)));
@@ -472,7 +490,11 @@ pub fn emit_pool<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                     g.icmp(IntPredicate::SLT, at, m_tok),
                 );
                 let x = g.ld_f32(tok, g.add(list, g.seli(inside, at, j)));
-                let next = if avg { g.fadd(acc, x) } else { g.maxnum(acc, x) };
+                let next = if avg {
+                    g.fadd(acc, x)
+                } else {
+                    g.maxnum(acc, x)
+                };
                 acc = g.self_f(inside, next, acc);
             }
             if avg {
