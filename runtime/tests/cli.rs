@@ -300,9 +300,17 @@ fn check_and_explain_the_selection_kernels() {
     assert!(out.contains("  GPU: the CUDA backend runs it"), "{out}");
     let (code, out, err) = run(attnc().arg("explain").arg(repo("kernels/snapkv.attn")));
     assert_eq!(code, 0, "{err}");
+    assert!(out.contains("  GPU: the CUDA backend runs it"), "{out}");
+    // Window scores shared across KV heads have no GPU kernels: explain says so.
+    let policies = repo("tests/fixtures/ok/kv_selection_policies.attn");
+    let (code, out, err) = run(attnc()
+        .arg("explain")
+        .arg(&policies)
+        .args(["--kernel", "snap_select"]));
+    assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(
-            "  GPU: runs on the CPU only so far: the CUDA backend has no select-only kernels yet"
+            "  GPU: runs on the CPU only so far: the CUDA backend has no `window` scoring with scores shared across KV heads yet"
         ),
         "{out}"
     );
