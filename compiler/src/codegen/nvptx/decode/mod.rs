@@ -119,6 +119,9 @@ pub struct Tuning {
     /// `accumulated`: the logits of H2O's update in an entry of their own over slices of
     /// each list (more blocks than lists), before the per-list update; the same bits.
     pub split_update: bool,
+    /// `window`: blocks an SM the statistics entry is compiled for (`.minnctapersm`; 1:
+    /// none declared, ptxas gives a thread the registers it wants).
+    pub stats_blocks: u32,
 }
 
 impl Default for Tuning {
@@ -128,6 +131,7 @@ impl Default for Tuning {
             unroll: 4,
             target_blocks: 1024,
             split_update: false,
+            stats_blocks: 1,
         }
     }
 }
@@ -135,13 +139,23 @@ impl Default for Tuning {
 impl Tuning {
     /// The candidates `attnc bench --tune` times for `spec`: the page rows of the score
     /// warps only matter to page-bound scores (elsewhere the default's), the split update
-    /// only to `accumulated`.
+    /// only to `accumulated`; a `window` kernel (no attention) only tries the statistics
+    /// entry's blocks an SM.
     pub fn candidates_for(spec: &SelectSpec) -> Vec<Tuning> {
-        let rows = Tuning::default().score_rows;
+        let d = Tuning::default();
+        let window = matches!(spec.source, Source::Window { .. });
         Tuning::candidates()
             .into_iter()
-            .filter(|t| spec.source == Source::PageBound || t.score_rows == rows)
+            .filter(|t| spec.source == Source::PageBound || t.score_rows == d.score_rows)
             .filter(|t| spec.source == Source::Accumulated || !t.split_update)
+            .filter(|t| {
+                let attention = (t.unroll, t.target_blocks) == (d.unroll, d.target_blocks);
+                if window {
+                    attention
+                } else {
+                    t.stats_blocks == d.stats_blocks
+                }
+            })
             .collect()
     }
 
@@ -152,12 +166,15 @@ impl Tuning {
             for unroll in [2, 4, 8] {
                 for target_blocks in [1024, 2048] {
                     for split_update in [false, true] {
-                        v.push(Tuning {
-                            score_rows,
-                            unroll,
-                            target_blocks,
-                            split_update,
-                        });
+                        for stats_blocks in [1, 2] {
+                            v.push(Tuning {
+                                score_rows,
+                                unroll,
+                                target_blocks,
+                                split_update,
+                                stats_blocks,
+                            });
+                        }
                     }
                 }
             }
@@ -167,7 +184,7 @@ impl Tuning {
 
     pub fn label(&self) -> String {
         format!(
-            "rows={} unroll={} blocks={}{}",
+            "rows={} unroll={} blocks={}{}{}",
             self.score_rows,
             self.unroll,
             self.target_blocks,
@@ -175,6 +192,11 @@ impl Tuning {
                 " split-update"
             } else {
                 ""
+            },
+            if self.stats_blocks > 1 {
+                format!(" stats-blocks={}", self.stats_blocks)
+            } else {
+                String::new()
             }
         )
     }
@@ -519,7 +541,13 @@ pub fn compile_tuned(
         .iter()
         .zip(&entries)
         .map(|(&(_, body, n, _, block), e)| {
-            add_kernel(&cx, &m, &e.name, (n, writes(body, n)), block)
+            let min_blocks = match body {
+                // More blocks an SM (fewer registers a thread): the window's dots are
+                // latency-bound at one (docs/kv-selection-gpu.md).
+                Body::WindowStats if tuning.stats_blocks > 1 => Some(tuning.stats_blocks),
+                _ => None,
+            };
+            add_kernel(&cx, &m, &e.name, (n, writes(body, n)), (block, min_blocks))
         })
         .collect();
     let mut g = Gen {
@@ -632,13 +660,14 @@ fn writes(body: Body, n: usize) -> std::ops::Range<usize> {
 /// blocks of `block` threads. No two parameters overlap: all are `noalias`, and those it
 /// only reads are `readonly`, so that their loads take the read-only data path
 /// (`ld.global.nc`). The block size is declared (`.maxntid`), so that ptxas keeps to the
-/// registers a block of that size may have.
+/// registers a block of that size may have, and `min_blocks` of them an SM where given
+/// (`.minnctapersm`).
 fn add_kernel<'c>(
     cx: &'c Context,
     m: &Module<'c>,
     name: &str,
     (n, writes): (usize, std::ops::Range<usize>),
-    block: u32,
+    (block, min_blocks): (u32, Option<u32>),
 ) -> FunctionValue<'c> {
     let gptr = cx.ptr_type(AddressSpace::from(1u16));
     let params: Vec<BasicMetadataTypeEnum> = vec![gptr.into(); n];
@@ -658,5 +687,13 @@ fn add_kernel<'c>(
         cx.i32_type().const_int(block as u64, false).into(),
     ]);
     let _ = m.add_global_metadata("nvvm.annotations", &note);
+    if let Some(k) = min_blocks {
+        let note = cx.metadata_node(&[
+            f.as_global_value().as_pointer_value().into(),
+            cx.metadata_string("minctasm").into(),
+            cx.i32_type().const_int(k as u64, false).into(),
+        ]);
+        let _ = m.add_global_metadata("nvvm.annotations", &note);
+    }
     f
 }

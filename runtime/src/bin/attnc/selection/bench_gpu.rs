@@ -2,10 +2,11 @@
 //! timed, tuned.
 
 use super::*;
+use attnc::codegen::nvptx::decode::Role;
 
 /// Host memory this machine can give a benchmark: 3/4 of what it has available (Linux), and
 /// never less than [`BENCH_LIMIT`] (also the answer where that is unknown).
-pub(super) fn host_limit() -> u64 {
+fn host_limit() -> u64 {
     let avail = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
         m.lines()
             .find(|l| l.starts_with("MemAvailable:"))
@@ -16,6 +17,44 @@ pub(super) fn host_limit() -> u64 {
         Some(kb) => (kb * 1024 / 4 * 3).max(BENCH_LIMIT),
         None => BENCH_LIMIT,
     }
+}
+
+/// The benchmark's host memory fits this machine: the synthetic cache and the CPU state
+/// hold two f32 copies of K and V each.
+pub(super) fn check_host_memory(spec: &SelectSpec) -> Result<(), Error> {
+    let need = 4 * cache_bytes(spec);
+    let limit = host_limit();
+    if need > limit {
+        return Err(Error::Input(format!(
+            "benchmarking `{}` needs about {} GiB of host memory to build and check the cache; this machine offers {} GiB",
+            spec.kernel,
+            need >> 30,
+            limit >> 30
+        )));
+    }
+    Ok(())
+}
+
+/// Median ms of a dense decode step (`gd`, the kernel's [`dense_of`]) over the cache of
+/// `st`: the yardstick beside every selection.
+pub(super) fn dense_step_ms(
+    gd: &GpuDecode,
+    st: &attnc_runtime::decode::DecodeState,
+    runs: usize,
+) -> Result<f64, Error> {
+    let dense = DecodeKernel::new(gd.spec().clone());
+    let mut dst = dense.new_state();
+    dense.fill(&mut dst, &st.k, &st.v, &st.lens)?;
+    let mut gds = gd.upload(&dst)?;
+    drop(dst);
+    gd.time(&mut gds, 10, runs)
+}
+
+/// "attend 0.0490, combine 0.0070": each kernel's median ms.
+pub(super) fn kernel_times(each: &[(Role, f64)]) -> Vec<String> {
+    each.iter()
+        .map(|(r, ms)| format!("{} {ms:.4}", format!("{r:?}").to_lowercase()))
+        .collect()
 }
 
 /// Largest relative error of `got` against `want` over rows of `d` values, each row scaled
@@ -84,20 +123,9 @@ pub fn bench_cuda(
     if spec.kind == KernelKind::Select {
         return super::bench_gpu_select::bench_select_cuda(gpu, spec, runs, json, tune);
     }
-    // The synthetic cache and the CPU state hold two f32 copies of K and V each.
-    let need = 4 * cache_bytes(&spec);
-    let limit = host_limit();
-    if need > limit {
-        return Err(Error::Input(format!(
-            "benchmarking `{}` needs about {} GiB of host memory to build and check the cache; this machine offers {} GiB",
-            spec.kernel,
-            need >> 30,
-            limit >> 30
-        )));
-    }
+    check_host_memory(&spec)?;
     let gk = GpuDecode::load(gpu, spec.clone())?;
-    let dense_spec = dense_of(&spec);
-    let gd = GpuDecode::load(gpu, dense_spec.clone())?;
+    let gd = GpuDecode::load(gpu, dense_of(&spec))?;
     let (b, hq, d, c) = (
         spec.batch as usize,
         spec.q_heads as usize,
@@ -259,13 +287,7 @@ pub fn bench_cuda(
     ));
     let graph_ms = gk.time_graph(&mut gs, 10, runs)?;
     drop(gs);
-    let dense = DecodeKernel::new(dense_spec);
-    let mut dst = dense.new_state();
-    dense.fill(&mut dst, &st.k, &st.v, &st.lens)?;
-    let mut gds = gd.upload(&dst)?;
-    drop(dst);
-    let dense_ms = gd.time(&mut gds, 10, runs)?;
-    drop(gds);
+    let dense_ms = dense_step_ms(&gd, &st, runs)?;
     eprintln!("  measuring fidelity against dense decode on the CPU ...");
     let f = fidelity::measure(&spec, &st, &q1, &idx, Some(&o));
     let ok = checks.iter().all(|(_, l, e)| *l == 0 && *e < 1e-2);
@@ -285,10 +307,7 @@ pub fn bench_cuda(
     let read = kv_bytes((spec.capacity() * spec.page).min(c) as f64) + meta;
     let tbps = read / (step * 1e-3) / 1e12;
     let dense_tbps = kv_bytes(c as f64) / (dense_ms * 1e-3) / 1e12;
-    let parts: Vec<String> = each
-        .iter()
-        .map(|(r, ms)| format!("{} {ms:.4}", format!("{r:?}").to_lowercase()))
-        .collect();
+    let parts = kernel_times(&each);
     if json {
         return Ok(format!(
             "{{\"kernel\":\"{}\",\"backend\":\"cuda\",\"gpu\":\"{}\",\"batch\":{b},\"q_heads\":{hq},\"context\":{c},\"capacity\":{},\"page\":{},\"step_ms\":{step:.4},\"graph_ms\":{graph_ms:.4},\"dense_ms\":{dense_ms:.4},\"step_tbps\":{tbps:.3},\"dense_tbps\":{dense_tbps:.3},\"kernels_ms\":\"{}\",\"indices_equal_cpu\":{},\"max_rel_err_vs_cpu\":{:.3e},\"recall\":{:.4},\"mass\":{:.4},\"cosine\":{:.5},\"min_cosine\":{:.5},\"runs\":{}}}\n",

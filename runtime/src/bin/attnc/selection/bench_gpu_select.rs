@@ -3,7 +3,7 @@
 //! (and as one CUDA graph), a dense decode step through the same pipeline beside it, and
 //! the fidelity of the selection.
 
-use super::bench_gpu::{differing_lists, host_limit};
+use super::bench_gpu::{check_host_memory, dense_step_ms, differing_lists, kernel_times};
 use super::*;
 
 /// `attnc bench --backend cuda` for a select-only kernel.
@@ -14,19 +14,7 @@ pub fn bench_select_cuda(
     json: bool,
     tune: bool,
 ) -> Result<String, Error> {
-    // The synthetic cache and the CPU state hold two f32 copies of K and V each.
-    let need = 4 * cache_bytes(&spec);
-    if need > host_limit() {
-        return Err(Error::Input(format!(
-            "benchmarking `{}` needs about {} GiB of host memory to build and check the cache; this machine offers {} GiB",
-            spec.kernel,
-            need >> 30,
-            host_limit() >> 30
-        )));
-    }
-    if tune {
-        eprintln!("  --tune: a select-only kernel has one launch shape so far (nothing to tune)");
-    }
+    check_host_memory(&spec)?;
     let gk = GpuDecode::load(gpu, spec.clone())?;
     let (b, hq, d, c) = (
         spec.batch as usize,
@@ -72,6 +60,21 @@ pub fn bench_select_cuda(
     // st holds the full cache: time the selection, each kernel, and the graph.
     let mut gs = gk.upload(&st)?;
     let idx = gk.select(&mut gs, &syn.q.data)?;
+    let mut tuned = String::new();
+    let gk = if tune {
+        let (t, table) = tune_select(gpu, &spec, &mut gs, &syn.q.data, &idx, runs)?;
+        eprint!("{table}");
+        tuned = format!(
+            "  tuned: {} (of {} candidates)\n",
+            t.label(),
+            Tuning::candidates_for(&spec).len()
+        );
+        let best = GpuDecode::load_tuned(gpu, spec.clone(), t)?;
+        best.adopt(&mut gs)?;
+        best
+    } else {
+        gk
+    };
     let sel_ms = gk.time(&mut gs, 3, runs)?;
     let each = gk.time_each(&mut gs, 2, runs)?;
     let graphed = gk.select_graphed(&mut gs, &syn.q.data)?;
@@ -79,14 +82,7 @@ pub fn bench_select_cuda(
     let graph_ms = gk.time_graph(&mut gs, 3, runs)?;
     drop(gs);
     // The yardstick: a dense decode step over the same cache.
-    let gd = GpuDecode::load(gpu, dense_of(&spec))?;
-    let dense = DecodeKernel::new(dense_of(&spec));
-    let mut dst = dense.new_state();
-    dense.fill(&mut dst, &st.k, &st.v, &st.lens)?;
-    let mut gds = gd.upload(&dst)?;
-    drop(dst);
-    let dense_ms = gd.time(&mut gds, 10, runs)?;
-    drop(gds);
+    let dense_ms = dense_step_ms(&GpuDecode::load(gpu, dense_of(&spec))?, &st, runs)?;
     eprintln!("  measuring fidelity against dense decode on the CPU ...");
     // The decode query: the window's last row of each head (as the CPU bench takes it).
     let q1: Vec<f32> = (0..b * hq)
@@ -99,10 +95,7 @@ pub fn bench_select_cuda(
     // scores), on CUDA cores.
     let dots = (b * hq * rows) as f64 * c as f64;
     let tflops = 2.0 * 2.0 * dots * d as f64 / (sel_ms * 1e-3) / 1e12;
-    let parts: Vec<String> = each
-        .iter()
-        .map(|(r, ms)| format!("{} {ms:.4}", format!("{r:?}").to_lowercase()))
-        .collect();
+    let parts = kernel_times(&each);
     if json {
         return Ok(format!(
             "{{\"kernel\":\"{}\",\"backend\":\"cuda\",\"gpu\":\"{}\",\"batch\":{b},\"q_heads\":{hq},\"rows\":{rows},\"context\":{c},\"capacity\":{},\"select_ms\":{sel_ms:.4},\"graph_ms\":{graph_ms:.4},\"dense_ms\":{dense_ms:.4},\"tflops\":{tflops:.2},\"kernels_ms\":\"{}\",\"indices_equal_cpu\":{ok},\"recall\":{:.4},\"mass\":{:.4},\"runs\":{}}}\n",
@@ -127,6 +120,7 @@ pub fn bench_select_cuda(
         runs.max(1)
     ));
     s.push_str(&format!("  kernels alone (ms): {}\n", parts.join(", ")));
+    s.push_str(&tuned);
     for (what, n) in &checks {
         s.push_str(&format!(
             "  vs the CPU executor ({what}): {n} index lists differ\n"
@@ -142,4 +136,41 @@ pub fn bench_select_cuda(
         )));
     }
     Ok(s)
+}
+
+/// Times every tuning candidate of a select-only kernel on the uploaded state `gs`, each
+/// checked first to select the lists `base` (the default's); records and returns the
+/// fastest, with a table of all.
+fn tune_select(
+    gpu: &Gpu,
+    spec: &SelectSpec,
+    gs: &mut GpuState,
+    q: &[f32],
+    base: &Indices,
+    runs: usize,
+) -> Result<(Tuning, String), Error> {
+    let mut trials: Vec<(Tuning, f64)> = vec![];
+    let mut table = String::from("  tuning candidates (select ms):\n");
+    for t in Tuning::candidates_for(spec) {
+        let cand = GpuDecode::load_tuned(gpu, spec.clone(), t)?;
+        cand.adopt(gs)?;
+        let idx = cand.select(gs, q)?;
+        if &idx != base {
+            return Err(Error::Input(format!(
+                "tuning {} changes the selection ({} lists differ)",
+                t.label(),
+                differing_lists(&idx, base)
+            )));
+        }
+        let ms = cand.time(gs, 3, runs)?;
+        table.push_str(&format!("    {:<36} {ms:.4}\n", t.label()));
+        trials.push((t, ms));
+    }
+    let best = trials
+        .iter()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|r| r.0)
+        .ok_or_else(|| Error::Input("no tuning candidate compiles".into()))?;
+    attnc_runtime::decode::tuned::save(spec, gpu.arch(), &gpu.name(), best, &trials);
+    Ok((best, table))
 }
