@@ -21,15 +21,8 @@ struct Choice {
     /// Absent in choices recorded before it existed: the update in one entry.
     #[serde(default)]
     split_update: bool,
-    /// Absent before it existed: none declared.
-    #[serde(default = "one")]
-    stats_blocks: u32,
     /// The candidates' step times (ms), as the tuner printed them.
     trials: Vec<(String, f64)>,
-}
-
-fn one() -> u32 {
-    1
 }
 
 /// The file of `spec` compiled for `arch`: the spec's printed form (every clause and
@@ -48,7 +41,6 @@ pub fn load(spec: &SelectSpec, arch: Arch, gpu: &str) -> Option<Tuning> {
         unroll: ch.unroll,
         target_blocks: ch.target_blocks,
         split_update: ch.split_update,
-        stats_blocks: ch.stats_blocks,
     })
 }
 
@@ -62,7 +54,6 @@ pub fn save(spec: &SelectSpec, arch: Arch, gpu: &str, best: Tuning, trials: &[(T
         unroll: best.unroll,
         target_blocks: best.target_blocks,
         split_update: best.split_update,
-        stats_blocks: best.stats_blocks,
         trials: trials.iter().map(|(t, ms)| (t.label(), *ms)).collect(),
     };
     if let Ok(text) = serde_json::to_string(&ch) {
@@ -99,7 +90,6 @@ mod tests {
             unroll: 2,
             target_blocks: 2048,
             split_update: true,
-            stats_blocks: 2,
         };
         save(&s, Arch::Sm90, "H200", best, &[(best, 0.17)]);
         assert_eq!(load(&s, Arch::Sm90, "H200"), Some(best));

@@ -119,9 +119,6 @@ pub struct Tuning {
     /// `accumulated`: the logits of H2O's update in an entry of their own over slices of
     /// each list (more blocks than lists), before the per-list update; the same bits.
     pub split_update: bool,
-    /// `window`: blocks an SM the statistics entry is compiled for (`.minnctapersm`; 1:
-    /// none declared, ptxas gives a thread the registers it wants).
-    pub stats_blocks: u32,
 }
 
 impl Default for Tuning {
@@ -131,7 +128,6 @@ impl Default for Tuning {
             unroll: 4,
             target_blocks: 1024,
             split_update: false,
-            stats_blocks: 1,
         }
     }
 }
@@ -139,23 +135,13 @@ impl Default for Tuning {
 impl Tuning {
     /// The candidates `attnc bench --tune` times for `spec`: the page rows of the score
     /// warps only matter to page-bound scores (elsewhere the default's), the split update
-    /// only to `accumulated`; a `window` kernel (no attention) only tries the statistics
-    /// entry's blocks an SM.
+    /// only to `accumulated`.
     pub fn candidates_for(spec: &SelectSpec) -> Vec<Tuning> {
-        let d = Tuning::default();
-        let window = matches!(spec.source, Source::Window { .. });
+        let rows = Tuning::default().score_rows;
         Tuning::candidates()
             .into_iter()
-            .filter(|t| spec.source == Source::PageBound || t.score_rows == d.score_rows)
+            .filter(|t| spec.source == Source::PageBound || t.score_rows == rows)
             .filter(|t| spec.source == Source::Accumulated || !t.split_update)
-            .filter(|t| {
-                let attention = (t.unroll, t.target_blocks) == (d.unroll, d.target_blocks);
-                if window {
-                    attention
-                } else {
-                    t.stats_blocks == d.stats_blocks
-                }
-            })
             .collect()
     }
 
@@ -166,15 +152,12 @@ impl Tuning {
             for unroll in [2, 4, 8] {
                 for target_blocks in [1024, 2048] {
                     for split_update in [false, true] {
-                        for stats_blocks in [1, 2] {
-                            v.push(Tuning {
-                                score_rows,
-                                unroll,
-                                target_blocks,
-                                split_update,
-                                stats_blocks,
-                            });
-                        }
+                        v.push(Tuning {
+                            score_rows,
+                            unroll,
+                            target_blocks,
+                            split_update,
+                        });
                     }
                 }
             }
@@ -184,7 +167,7 @@ impl Tuning {
 
     pub fn label(&self) -> String {
         format!(
-            "rows={} unroll={} blocks={}{}{}",
+            "rows={} unroll={} blocks={}{}",
             self.score_rows,
             self.unroll,
             self.target_blocks,
@@ -192,11 +175,6 @@ impl Tuning {
                 " split-update"
             } else {
                 ""
-            },
-            if self.stats_blocks > 1 {
-                format!(" stats-blocks={}", self.stats_blocks)
-            } else {
-                String::new()
             }
         )
     }
@@ -541,13 +519,7 @@ pub fn compile_tuned(
         .iter()
         .zip(&entries)
         .map(|(&(_, body, n, _, block), e)| {
-            let min_blocks = match body {
-                // More blocks an SM (fewer registers a thread): the window's dots are
-                // latency-bound at one (docs/kv-selection-gpu.md).
-                Body::WindowStats if tuning.stats_blocks > 1 => Some(tuning.stats_blocks),
-                _ => None,
-            };
-            add_kernel(&cx, &m, &e.name, (n, writes(body, n)), (block, min_blocks))
+            add_kernel(&cx, &m, &e.name, (n, writes(body, n)), block)
         })
         .collect();
     let mut g = Gen {
@@ -660,14 +632,13 @@ fn writes(body: Body, n: usize) -> std::ops::Range<usize> {
 /// blocks of `block` threads. No two parameters overlap: all are `noalias`, and those it
 /// only reads are `readonly`, so that their loads take the read-only data path
 /// (`ld.global.nc`). The block size is declared (`.maxntid`), so that ptxas keeps to the
-/// registers a block of that size may have, and `min_blocks` of them an SM where given
-/// (`.minnctapersm`).
+/// registers a block of that size may have.
 fn add_kernel<'c>(
     cx: &'c Context,
     m: &Module<'c>,
     name: &str,
     (n, writes): (usize, std::ops::Range<usize>),
-    (block, min_blocks): (u32, Option<u32>),
+    block: u32,
 ) -> FunctionValue<'c> {
     let gptr = cx.ptr_type(AddressSpace::from(1u16));
     let params: Vec<BasicMetadataTypeEnum> = vec![gptr.into(); n];
@@ -687,13 +658,5 @@ fn add_kernel<'c>(
         cx.i32_type().const_int(block as u64, false).into(),
     ]);
     let _ = m.add_global_metadata("nvvm.annotations", &note);
-    if let Some(k) = min_blocks {
-        let note = cx.metadata_node(&[
-            f.as_global_value().as_pointer_value().into(),
-            cx.metadata_string("minctasm").into(),
-            cx.i32_type().const_int(k as u64, false).into(),
-        ]);
-        let _ = m.add_global_metadata("nvvm.annotations", &note);
-    }
     f
 }
