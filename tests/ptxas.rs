@@ -415,6 +415,21 @@ fn decode_variants_assemble_and_fit() {
             Pool::Avg { size: 3 },
             false,
         ),
+        // Other head dims: 8 and 2 lanes a lane group.
+        (
+            "CONTEXT=8192 D=64",
+            Reduce::Sum,
+            Reduce::Sum,
+            Pool::None,
+            false,
+        ),
+        (
+            "CONTEXT=8192 D=16",
+            Reduce::Sum,
+            Reduce::Sum,
+            Pool::None,
+            false,
+        ),
         // 2^32 logits: computed twice instead of stored.
         (
             "CONTEXT=1048576 BATCH=1 WINDOW=128",
@@ -426,9 +441,13 @@ fn decode_variants_assemble_and_fit() {
     ] {
         let sets: Vec<Binding> = set
             .split(' ')
+            .filter(|b| !b.starts_with("D="))
             .map(|b| Binding::parse(b).expect("binding"))
             .collect();
         let (mut spec, _) = driver::select_spec(&fe, "snapkv_select", &sets).expect("spec");
+        if let Some(d) = set.split(' ').find_map(|b| b.strip_prefix("D=")) {
+            spec.head_dim = d.parse().expect("head dim");
+        }
         spec.rows = rows;
         spec.heads = HeadReduce::PerKvGroup(heads);
         spec.pool = pool;

@@ -286,7 +286,7 @@ fn reduce_dots<'c>(
 /// with the butterfly's pairs (offsets `lanes/2, ..., 1`), halving the heads a lane keeps
 /// while their number is even: a lane ends with `vals` for the heads from `first_head`,
 /// equal in every lane of the group that keeps them; `writer` marks one lane per group.
-fn reduce_scatter<'c>(
+pub(super) fn reduce_scatter<'c>(
     g: &Gen<'c>,
     ll: IntValue<'c>,
     lanes: u32,

@@ -27,6 +27,7 @@
 use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
 
+use super::exact::reduce_scatter;
 use super::softmax::{chunk_stats, exp2c, stats_of_rows};
 use super::Shape;
 use crate::codegen::nvptx::gen::Gen;
@@ -191,99 +192,100 @@ pub fn stored_logits(s: &Shape) -> usize {
     }
 }
 
-/// Floats between the halves of a query row in the statistics entry's shared memory, and
-/// between its rows: the two half-warps read different halves of a row at once, and these
-/// offsets put them in different banks.
-fn half_stride(s: &Shape) -> u32 {
-    s.d / 2 + 4
-}
-fn row_stride(s: &Shape) -> u32 {
-    2 * half_stride(s)
-}
+/// Query rows and keys of a thread's tile in the statistics entry.
+const TILE_ROWS: u32 = 4;
+const TILE_KEYS: u32 = 4;
 
 /// `stats(q, k, lens, stats, wlog)`: `wlog` `[B, Hq, W, C]` gets every logit of the
 /// sequence's keys when [`stored_logits`] says so.
 ///
-/// Threads `p` and `p + 16` of a warp share two adjacent keys: each holds the lane sums of
-/// its half of the lanes (`L/2` of them, 8 channels each) for both keys, against the same
-/// query loads; the butterfly's first level (offset `L/2`, between the halves) trades a
-/// key's half with the partner (`shfl.xor 16`), so the lower thread keeps the first key
-/// and the upper the second, and each finishes its key's butterfly alone. The pairs are
-/// the butterfly's, so the bits are [`logit`]'s; the query loads and the shuffles per dot
-/// are fewer than one thread a key needs (whose shared-memory loads bound it: 22 ms at the
-/// shipped shape, the load/store pipe busy, 12.5 % occupancy).
+/// Register tiles, as `exact`'s logits entry: `L = score_lanes(D)` threads form a lane
+/// group, thread `l` holding lane `l`'s 8 channels; a group takes the chunk's keys
+/// [`TILE_KEYS`] at a time and, for each, the block's rows [`TILE_ROWS`] at a time: each
+/// thread keeps the `TILE_ROWS x TILE_KEYS` lane sums of its lane (`fma` in channel order
+/// from 0), then `reduce_scatter` adds them across the group with the butterfly's pairs
+/// (the lane tree's bits), leaving each thread some of the tile's dots. Fewer live values
+/// a thread than a whole key a thread (which ran at one block of 8 warps an SM and stalled
+/// on its loads: 20.3 ms at the shipped shape).
 pub fn emit_stats<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     let (q, k, lens, stats, wlog) = (p[0], p[1], p[2], p[3], p[4]);
     let store = stored_logits(s) > 0;
     let blk = Block::new(g, s, lens);
-    let qsh = g.shared_array("window_stats_q", g.f32t.into(), ROWS * row_stride(s));
+    let qsh = g.shared_array("window_stats_q", g.f32t.into(), ROWS * s.d);
     let lsh = g.shared_array("window_stats_logits", g.f32t.into(), ROWS * CH);
     let rows = s.g * s.w;
     let nch = chunks(s);
     let lanes = score_lanes(s.d);
-    let (half, per) = (lanes / 2, s.d / lanes);
-    let pair = g.uremi(blk.lane, 16);
-    let upper = g.icmp(IntPredicate::UGE, blk.lane, g.i32(16));
-    let hf = g.seli(upper, g.i32(1), g.i32(0));
-    // Channel `ch` of row `r`: its half `ch / (D/2)` at `half_stride` floats from the other.
-    let layout = |g: &Gen<'c>, r: IntValue<'c>, ch: IntValue<'c>| {
-        let h = g.udivi(ch, (s.d / 2) as i64);
-        let within = g.uremi(ch, (s.d / 2) as i64);
-        g.add(
-            g.add(
-                g.muli(r, row_stride(s) as i64),
-                g.muli(h, half_stride(s) as i64),
-            ),
-            within,
-        )
-    };
+    let per = s.d / lanes;
+    let ll = g.uremi(blk.tid, lanes as i64);
+    let grp = g.udivi(blk.tid, lanes as i64);
+    // Keys of the chunk a lane group takes.
+    let span = CH / (THREADS / lanes);
+    let plain = |g: &Gen<'c>, r: IntValue<'c>, ch: IntValue<'c>| g.add(g.muli(r, s.d as i64), ch);
     g.if_then(g.icmp(IntPredicate::ULT, blk.start, blk.len), &mut |g| {
         g.for_range(g.i32(0), g.i32(groups(s) as i64), &mut |g, group| {
-            blk.load_rows(g, s, (q, qsh), group, &layout);
-            g.for_range(g.i32(0), g.i32(KEYS as i64), &mut |g, i| {
-                // The pair's keys: local `i * 256 + warp * 32 + 2 * pair + {0, 1}`; this
-                // thread keeps the one of its half.
-                let first = g.add(
-                    g.muli(g.add(g.muli(i, WARPS as i64), blk.warp), 32),
-                    g.muli(pair, 2),
-                );
-                let halves: Vec<Vec<FloatValue<'c>>> = (0..2)
+            blk.load_rows(g, s, (q, qsh), group, &plain);
+            let tiles = g.i32((span / TILE_KEYS) as i64);
+            g.for_range(g.i32(0), tiles, &mut |g, kt| {
+                let t0 = g.add(g.muli(grp, span as i64), g.muli(kt, TILE_KEYS as i64));
+                // This lane's channels of the tile's keys.
+                let keys: Vec<Vec<FloatValue<'c>>> = (0..TILE_KEYS)
                     .map(|e| {
-                        let j = g.add(blk.start, g.addi(first, e));
+                        let j = g.add(blk.start, g.addi(t0, e as i64));
                         let valid = g.icmp(IntPredicate::ULT, j, blk.len);
                         let safe = g.seli(valid, j, blk.start);
                         let row = g.muli(g.add(blk.kbase, safe), s.d as i64);
-                        let ch0 = g.add(row, g.muli(hf, (s.d / 2) as i64));
-                        (0..half)
-                            .flat_map(|l| {
-                                g.ld_half_vec(k, g.addi(ch0, (l * per) as i64), per, s.bf16)
-                            })
-                            .collect()
+                        g.ld_half_vec(k, g.add(row, g.muli(ll, per as i64)), per, s.bf16)
                     })
                     .collect();
-                let t = g.add(first, hf);
-                let j = g.add(blk.start, t);
-                for r in 0..ROWS {
-                    // Row `w` of its head sees the keys up to `len - W + w`.
-                    let row = g.addi(g.muli(group, ROWS as i64), r as i64);
-                    let w = g.uremi(row, s.w as i64);
-                    let end = g.add(g.addi(blk.len, 1 - s.w as i64), w);
-                    let seen = g.icmp(IntPredicate::ULT, j, end);
-                    let at = g.add(
-                        g.i32((r * row_stride(s)) as i64),
-                        g.muli(hf, half_stride(s) as i64),
-                    );
-                    let l = pair_logit(g, s, qsh, at, &halves, upper);
-                    let l = g.self_f(seen, l, g.f32(f64::NEG_INFINITY));
-                    g.st_f32(lsh, g.addi(t, (r * CH) as i64), l);
-                    if store {
-                        let inside = g.icmp(IntPredicate::ULT, row, g.i32(rows as i64));
-                        let keep = g.and(inside, g.icmp(IntPredicate::ULT, j, blk.len));
-                        g.if_then(keep, &mut |g| {
-                            let at = g.add(g.muli(g.add(blk.row0, row), s.c as i64), j);
-                            g.st_f32(wlog, at, l);
-                        });
-                    }
+                for sub in 0..ROWS / TILE_ROWS {
+                    // Volatile: LLVM would hoist the rows' loads out of the tile loop
+                    // (every row in registers at once).
+                    let qs: Vec<Vec<FloatValue<'c>>> = (0..TILE_ROWS)
+                        .map(|rr| {
+                            let r = sub * TILE_ROWS + rr;
+                            let at = g.add(g.i32((r * s.d) as i64), g.muli(ll, per as i64));
+                            (0..per / 4)
+                                .flat_map(|c| g.ld_f32x4_volatile(qsh, g.addi(at, 4 * c as i64)))
+                                .collect()
+                        })
+                        .collect();
+                    // The lane sums in (row, key) order.
+                    let sums: Vec<FloatValue<'c>> = qs
+                        .iter()
+                        .flat_map(|qr| {
+                            keys.iter().map(move |kv| {
+                                (0..per as usize)
+                                    .fold(g.f32(0.0), |acc, c| g.fma(qr[c], kv[c], acc))
+                            })
+                        })
+                        .collect();
+                    let (dots, first, writer) = reduce_scatter(g, ll, lanes, sums);
+                    g.if_then(writer, &mut |g| {
+                        for (i, dot) in dots.iter().enumerate() {
+                            let idx = g.addi(first, i as i64);
+                            let r =
+                                g.addi(g.udivi(idx, TILE_KEYS as i64), (sub * TILE_ROWS) as i64);
+                            let t = g.add(t0, g.uremi(idx, TILE_KEYS as i64));
+                            let j = g.add(blk.start, t);
+                            // Row `w` of its head sees the keys up to `len - W + w`.
+                            let row = g.add(g.muli(group, ROWS as i64), r);
+                            let w = g.uremi(row, s.w as i64);
+                            let end = g.add(g.addi(blk.len, 1 - s.w as i64), w);
+                            let seen = g.icmp(IntPredicate::ULT, j, end);
+                            let l = g.fmul(*dot, g.f32(s.scale_log2));
+                            let l = g.self_f(seen, l, g.f32(f64::NEG_INFINITY));
+                            g.st_f32(lsh, g.add(g.muli(r, CH as i64), t), l);
+                            if store {
+                                let inside = g.icmp(IntPredicate::ULT, row, g.i32(rows as i64));
+                                let keep = g.and(inside, g.icmp(IntPredicate::ULT, j, blk.len));
+                                g.if_then(keep, &mut |g| {
+                                    let at = g.add(g.muli(g.add(blk.row0, row), s.c as i64), j);
+                                    g.st_f32(wlog, at, l);
+                                });
+                            }
+                        }
+                    });
                 }
             });
             g.barrier();
@@ -308,55 +310,6 @@ pub fn emit_stats<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             });
         });
     });
-}
-
-/// The base-2 logit of the kept key of a pair (see [`emit_stats`]): `halves[e]` holds this
-/// thread's half of key `e`'s channels (lanes `hf * L/2 ..`), `qsh[at..]` the same half
-/// of the query row; `upper` says which half (and key) this thread has.
-fn pair_logit<'c>(
-    g: &Gen<'c>,
-    s: &Shape,
-    qsh: PointerValue<'c>,
-    at: IntValue<'c>,
-    halves: &[Vec<FloatValue<'c>>],
-    upper: IntValue<'c>,
-) -> FloatValue<'c> {
-    let lanes = score_lanes(s.d) as usize;
-    let (half, per) = (lanes / 2, s.d as usize / lanes);
-    // Volatile: LLVM would hoist the rows' loads out of the key loop (all of them in
-    // registers at once spilled: 255 registers, 1.3 KB of stack); a barrier in the loop
-    // kept them there but held the warps in step, each waiting on its keys at once.
-    let qs: Vec<FloatValue<'c>> = (0..half * per / 4)
-        .flat_map(|c| g.ld_f32x4_volatile(qsh, g.addi(at, 4 * c as i64)))
-        .collect();
-    // v[e][l]: lane l of this half for key e, `fma` in channel order from 0.
-    let v: Vec<Vec<FloatValue<'c>>> = halves
-        .iter()
-        .map(|key| {
-            (0..half)
-                .map(|l| {
-                    (0..per).fold(g.f32(0.0), |acc, c| {
-                        g.fma(qs[l * per + c], key[l * per + c], acc)
-                    })
-                })
-                .collect()
-        })
-        .collect();
-    // Level L/2: lane l + L/2's sum joins lane l's; the lower thread keeps key 0, the upper
-    // key 1 (a + b and b + a are the same bits).
-    let mut w: Vec<FloatValue<'c>> = (0..half)
-        .map(|l| {
-            let mine = g.self_f(upper, v[1][l], v[0][l]);
-            let theirs = g.self_f(upper, v[0][l], v[1][l]);
-            g.fadd(mine, g.shfl_xor(theirs, 16))
-        })
-        .collect();
-    let mut off = half / 2;
-    while off >= 1 {
-        w = (0..off).map(|l| g.fadd(w[l], w[l + off])).collect();
-        off /= 2;
-    }
-    g.fmul(w[0], g.f32(s.scale_log2))
 }
 
 /// `score(q, k, lens, stats, wlog, out)`: `out` is `tok`, or the scores without pooling;
