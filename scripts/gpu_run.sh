@@ -147,7 +147,7 @@ if [ "$MODE" = "select" ]; then
   timeout 200 compute-sanitizer --tool memcheck --error-exitcode 3 $A bench kernels/snapkv.attn --kernel snapkv_select --set CONTEXT=8192 --set BUDGET=1024 --set BATCH=2 --backend cuda --runs 2 > "$OUT/select_sanitizer.txt" 2>&1
   echo "snapkv_select sanitizer exit $?" | tee -a "$OUT/select.txt"
   tail -3 "$OUT/select_sanitizer.txt"
-  for c in "--set CONTEXT=4096 --set BUDGET=1024" "--runs 20"; do
+  for c in "--set CONTEXT=4096 --set BUDGET=1024" "--set BATCH=1 --runs 20" "--runs 20"; do
     timeout 240 $A bench kernels/snapkv.attn --kernel snapkv_select $c --backend cuda 2>&1 | tee -a "$OUT/select.txt"
   done
   echo
