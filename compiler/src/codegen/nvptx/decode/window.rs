@@ -6,23 +6,23 @@
 //! tokens are `[0, m)`, `m = len - W` (the window's own tokens are kept as recent).
 //!
 //! - **stats** (role `Logits`), one block per chunk of `softmax::CHUNK` keys of a list:
-//!   every row's chunk statistics `(m_c, z_c)` into `stats` `[B, Hq, W, chunks, 2]`. The
-//!   `R x C` logits are never stored: the rows go through the block [`ROWS`] at a time
-//!   (their queries and their logits of the chunk in shared memory); a thread takes
-//!   [`KEYS`] keys, each key's dots in the lane-tree order by itself ([`dot`]: the same
-//!   bits as the lanes and shuffles of `exact`). Keys past a row's end are `-inf`; a chunk
-//!   wholly past it gets `(-inf, 0)`, which the row's fold passes over unchanged (so every
-//!   row folds the chunks of the whole sequence, as if it had its own fewer).
+//!   every row's logits of the chunk's keys, [`ROWS`] rows at a time through shared memory,
+//!   in register tiles (see [`emit_stats`]: the lane tree's bits), then every row's chunk
+//!   statistics `(m_c, z_c)` into `stats` `[B, Hq, W, chunks, 2]`, and the logits into
+//!   `wlog` `[B, Hq, W, C]` when they fit 32-bit indices ([`stored_logits`]: 4.3 GB at the
+//!   shipped shape). Keys past a row's end are `-inf`; a chunk wholly past it gets
+//!   `(-inf, 0)`, which the row's fold passes over unchanged (so every row folds the
+//!   chunks of the whole sequence, as if it had its own fewer).
 //! - **score**, the same grid: the rows' `(m, 1 / z)` folded from the chunk statistics,
-//!   the logits again, and per scored token `exp2c(l - m) * (1 / z)` folded over the rows
-//!   of each head in order (`reduce rows`), then over the heads in order (`reduce heads`),
-//!   into `tok` `[B, Hsel, C]` (or straight into the scores without pooling).
+//!   the logits (stored, or computed again a key a thread by [`logit`]), and per scored
+//!   token `exp2c(l - m) * (1 / z)` folded over the rows of each head in order (`reduce
+//!   rows`), then over the heads in order (`reduce heads`), into `tok` `[B, Hsel, C]` (or
+//!   straight into the scores without pooling).
 //! - **pool** (with `pool avg(K)` or `max(K)`), one block per chunk of a list: token `j`
 //!   takes `tok[max(0, j - K/2) .. min(m, j + K/2 + 1)]`, summed from the left and divided
 //!   by `K`, or its maximum, into the scores the top-k reads.
 //!
-//! Computing the logits twice costs twice `R x C x D` CUDA-core `fma`s and no memory;
-//! storing them would take `B x Hq x W x C x 4` bytes (4.3 GB at the shipped shape).
+//! Figures and what was tried: docs/kv-selection-gpu.md.
 
 use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
@@ -115,16 +115,14 @@ impl<'c> Block<'c> {
             .collect()
     }
 
-    /// The block's rows `[group * ROWS, +ROWS)` of the list's queries into `qsh` (zeros
-    /// past the list's rows; `layout(r, ch)` places channel `ch` of row `r`), between
-    /// barriers.
+    /// The block's rows `[group * ROWS, +ROWS)` of the list's queries into `qsh` (row `r`
+    /// at `r * D`; zeros past the list's rows), between barriers.
     fn load_rows(
         &self,
         g: &Gen<'c>,
         s: &Shape,
         (q, qsh): (PointerValue<'c>, PointerValue<'c>),
         group: IntValue<'c>,
-        layout: &dyn Fn(&Gen<'c>, IntValue<'c>, IntValue<'c>) -> IntValue<'c>,
     ) {
         let rows = (s.g * s.w) as i64;
         g.barrier();
@@ -141,7 +139,7 @@ impl<'c> Block<'c> {
                     ch,
                 );
                 let x = g.self_f(inside, g.ld_f32(q, at), g.f32(0.0));
-                g.st_f32(qsh, layout(g, r, ch), x);
+                g.st_f32(qsh, i, x);
             },
         );
         g.barrier();
@@ -221,10 +219,9 @@ pub fn emit_stats<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     let grp = g.udivi(blk.tid, lanes as i64);
     // Keys of the chunk a lane group takes.
     let span = CH / (THREADS / lanes);
-    let plain = |g: &Gen<'c>, r: IntValue<'c>, ch: IntValue<'c>| g.add(g.muli(r, s.d as i64), ch);
     g.if_then(g.icmp(IntPredicate::ULT, blk.start, blk.len), &mut |g| {
         g.for_range(g.i32(0), g.i32(groups(s) as i64), &mut |g, group| {
-            blk.load_rows(g, s, (q, qsh), group, &plain);
+            blk.load_rows(g, s, (q, qsh), group);
             let tiles = g.i32((span / TILE_KEYS) as i64);
             g.for_range(g.i32(0), tiles, &mut |g, kt| {
                 let t0 = g.add(g.muli(grp, span as i64), g.muli(kt, TILE_KEYS as i64));
@@ -359,10 +356,7 @@ pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             let safe = g.seli(scored, j, blk.start);
             g.for_range(g.i32(0), g.i32(groups(s) as i64), &mut |g, group| {
                 if !store {
-                    let plain = |g: &Gen<'c>, r: IntValue<'c>, ch: IntValue<'c>| {
-                        g.add(g.muli(r, s.d as i64), ch)
-                    };
-                    blk.load_rows(g, s, (q, qsh), group, &plain);
+                    blk.load_rows(g, s, (q, qsh), group);
                 }
                 let (mut ha, mut ta) = (g.getf(head_acc), g.getf(tok_acc));
                 // The group's logits first (stored: all loads in flight together).
