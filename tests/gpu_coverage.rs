@@ -1,0 +1,67 @@
+//! Which selection kernels the CUDA backend takes, and the exact words for those it does
+//! not (no GPU or ptxas needed: `gpu_support` and `compile` decide before any device).
+
+use attnc::codegen::nvptx::decode::{self, Role};
+use attnc::codegen::nvptx::Arch;
+use attnc::driver::{self, Source};
+use attnc::select::spec::SelectSpec;
+use attnc::sema::instantiate::Binding;
+use attnc_tests::root;
+
+fn snapkv(sets: &[&str]) -> SelectSpec {
+    let src = Source::load(&root().join("kernels/snapkv.attn")).expect("snapkv.attn");
+    let (fe, _) = driver::frontend(&src).expect("frontend");
+    let sets: Vec<Binding> = sets
+        .iter()
+        .map(|s| Binding::parse(s).expect("binding"))
+        .collect();
+    driver::select_spec(&fe, "snapkv_select", &sets)
+        .expect("spec")
+        .0
+}
+
+fn refusal(s: &SelectSpec) -> String {
+    decode::gpu_support(s).expect_err("a refusal")
+}
+
+#[test]
+fn snapkv_runs_on_the_gpu_with_its_entries() {
+    let s = snapkv(&[]);
+    decode::gpu_support(&s).expect("the shipped SnapKV kernel");
+    let m = decode::compile(&s, Arch::Sm90).expect("compiles");
+    let roles: Vec<Role> = m.entries.iter().map(|e| e.role).collect();
+    // Statistics, score, pooling, then the multi-block top-k's five entries; no attention.
+    assert_eq!(&roles[..3], &[Role::Logits, Role::Score, Role::Pool]);
+    assert_eq!(roles.len(), 8, "{roles:?}");
+    assert!(roles[3..].iter().all(|r| *r == Role::TopK));
+    // 8 x 32 x 32 x 131072 logits (2^30): stored between the passes.
+    assert_eq!(m.window_logits, 1 << 30);
+}
+
+#[test]
+fn window_scoring_outside_the_gpu_kernels_is_refused_with_the_reason() {
+    let mut s = snapkv(&[]);
+    s.head_dim = 256;
+    assert_eq!(
+        refusal(&s),
+        "`snapkv_select` runs on the CPU only so far: the CUDA backend has no `window` scoring at head dim 256 (16 to 128) yet (docs/kv-selection.md, \"GPU coverage\")"
+    );
+    // 4 heads x 512 window rows: more than the 1024 rows a list may have.
+    let s = snapkv(&["WINDOW=512", "CONTEXT=65536"]);
+    assert_eq!(
+        refusal(&s),
+        "`snapkv_select` runs on the CPU only so far: the CUDA backend has no `window` scoring of 2048 query rows per KV head (1024 at most) yet (docs/kv-selection.md, \"GPU coverage\")"
+    );
+}
+
+#[test]
+fn caches_beyond_32_bit_indices_are_refused() {
+    // 8 x 8 x 262144 x 128 = 2^31 values: the last index still fits; twice the batch does not.
+    let s = snapkv(&["CONTEXT=262144"]);
+    decode::gpu_support(&s).expect("2^31 values fit");
+    let s = snapkv(&["CONTEXT=262144", "BATCH=16"]);
+    assert_eq!(
+        refusal(&s),
+        "`snapkv_select` runs on the CPU only so far: the CUDA backend has no caches of more than 2^31 values (4294967296 here: batch x KV heads x CONTEXT x head dim) yet (docs/kv-selection.md, \"GPU coverage\")"
+    );
+}
