@@ -8,7 +8,9 @@ ensure_build_deps
 
 echo "== building attnc (release)" >&2
 cargo build --release -q -p attnc-runtime --bin attnc -p attnc-examples --bin grat_b_cpu
-attnc=target/release/attnc
+# Where cargo puts the binaries (CARGO_TARGET_DIR when set).
+bin="${CARGO_TARGET_DIR:-target}/release"
+attnc="$bin/attnc"
 mkdir -p out
 
 echo "== checking and compiling the shipped kernels" >&2
@@ -34,7 +36,7 @@ echo "== explaining GRAT-B on a 128x128 canvas (Flux 2048^2, no text)" >&2
   --png out/grat_b_2d.png
 
 echo "== running grat_b_2d on the CPU through the Rust API, against the f64 reference" >&2
-target/release/grat_b_cpu
+"$bin/grat_b_cpu"
 
 echo "== timing grat_b_2d (Flux 1024^2 with text, 24 heads) on the CPU" >&2
 "$attnc" bench kernels/grat.attn --kernel grat_b_2d --runs 3

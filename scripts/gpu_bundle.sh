@@ -10,7 +10,7 @@ cd "$(repo_root)"
 need_cargo
 cargo build --release -q -p attnc-runtime --bin attnc
 rm -rf .gpu && mkdir -p .gpu/bin
-cp target/release/attnc .gpu/bin/attnc && strip .gpu/bin/attnc
+cp "${CARGO_TARGET_DIR:-target}/release/attnc" .gpu/bin/attnc && strip .gpu/bin/attnc
 cp -r kernels .gpu/kernels
 # Selection kernels no shipped file has (external scores): decode mode runs them.
 mkdir -p .gpu/examples && cp tests/fixtures/ok/kv_selection_policies.attn .gpu/examples/
