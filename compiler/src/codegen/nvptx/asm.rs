@@ -211,14 +211,6 @@ pub mod ptx {
             .volatile()
     }
 
-    /// The 128-byte line of a global address into L1 (no register written): a later load
-    /// of it then waits on L1, not on L2 or memory.
-    pub fn prefetch_l1() -> Asm {
-        Asm::new("prefetch.global.L1 [{i0}];")
-            .inputs(1, Reg::L)
-            .volatile()
-    }
-
     pub fn cp_async_commit() -> Asm {
         Asm::new("cp.async.commit_group;").volatile()
     }

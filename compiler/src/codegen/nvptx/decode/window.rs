@@ -30,8 +30,7 @@ use inkwell::IntPredicate;
 use super::exact::reduce_scatter;
 use super::softmax::{chunk_stats, exp2c, stats_of_rows};
 use super::Shape;
-use crate::codegen::nvptx::asm::ptx;
-use crate::codegen::nvptx::gen::{ok, Gen};
+use crate::codegen::nvptx::gen::Gen;
 use crate::select::softmax::{CHUNK, LANES};
 use crate::select::spec::{score_lanes, Pool, Reduce};
 
@@ -226,26 +225,16 @@ pub fn emit_stats<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             let tiles = g.i32((span / TILE_KEYS) as i64);
             g.for_range(g.i32(0), tiles, &mut |g, kt| {
                 let t0 = g.add(g.muli(grp, span as i64), g.muli(kt, TILE_KEYS as i64));
-                // This lane's channels of key `t0 + e` (clamped to the chunk's first past
-                // the sequence).
-                let at = |g: &Gen<'c>, e: u32| {
-                    let j = g.add(blk.start, g.addi(t0, e as i64));
-                    let valid = g.icmp(IntPredicate::ULT, j, blk.len);
-                    let safe = g.seli(valid, j, blk.start);
-                    let row = g.muli(g.add(blk.kbase, safe), s.d as i64);
-                    g.add(row, g.muli(ll, per as i64))
-                };
+                // This lane's channels of the tile's keys.
                 let keys: Vec<Vec<FloatValue<'c>>> = (0..TILE_KEYS)
-                    .map(|e| g.ld_half_vec(k, at(g, e), per, s.bf16))
+                    .map(|e| {
+                        let j = g.add(blk.start, g.addi(t0, e as i64));
+                        let valid = g.icmp(IntPredicate::ULT, j, blk.len);
+                        let safe = g.seli(valid, j, blk.start);
+                        let row = g.muli(g.add(blk.kbase, safe), s.d as i64);
+                        g.ld_half_vec(k, g.add(row, g.muli(ll, per as i64)), per, s.bf16)
+                    })
                     .collect();
-                // The next tile's keys into L1 while this one's products run (its loads
-                // then wait on L1; no registers held). Past the group's keys: a
-                // neighbour's, harmless.
-                for e in TILE_KEYS..2 * TILE_KEYS {
-                    let p = g.gep(g.cx.i16_type().into(), k, at(g, e));
-                    let addr = ok(g.b.build_ptr_to_int(p, g.i64t, ""));
-                    ptx::prefetch_l1().emit(g.cx, &g.b, &[addr.into()]);
-                }
                 for sub in 0..ROWS / TILE_ROWS {
                     // Volatile: LLVM would hoist the rows' loads out of the tile loop
                     // (every row in registers at once).
