@@ -301,6 +301,11 @@ fn check_and_explain_the_selection_kernels() {
     let (code, out, err) = run(attnc().arg("explain").arg(repo("kernels/snapkv.attn")));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("  GPU: the CUDA backend runs it"), "{out}");
+    // 8 x 32 x 32 x 131072 f32 logits kept between the passes.
+    assert!(
+        out.contains("  GPU memory: the 32 window rows' logits are kept between two passes: 4.00 GiB of device memory"),
+        "{out}"
+    );
     // Window scores shared across KV heads have no GPU kernels: explain says so.
     let policies = repo("tests/fixtures/ok/kv_selection_policies.attn");
     let (code, out, err) = run(attnc()

@@ -262,13 +262,29 @@ pub fn explain(s: &SelectSpec) -> String {
         s.recent
     );
     out.push_str(&print(s, &p));
-    let _ = match crate::codegen::nvptx::decode::gpu_support(s) {
+    let gpu = crate::codegen::nvptx::decode::gpu_support(s);
+    let _ = match &gpu {
         Ok(()) => writeln!(
             out,
             "  GPU: the CUDA backend runs it (attnc bench --backend cuda; docs/kv-selection.md, \"GPU coverage\")"
         ),
         Err(why) => writeln!(out, "  GPU: {}", why.trim_start_matches(&format!("`{}` ", s.kernel))),
     };
+    if gpu.is_ok() {
+        if let Source::Window { rows } = s.source {
+            let _ = match crate::codegen::nvptx::decode::window_logits(s) {
+                0 => writeln!(
+                    out,
+                    "  GPU memory: the {rows} window rows' logits are computed twice (more than 2^31 of them)"
+                ),
+                n => writeln!(
+                    out,
+                    "  GPU memory: the {rows} window rows' logits are kept between two passes: {} of device memory",
+                    bytes(n as u64 * 4)
+                ),
+            };
+        }
+    }
     out
 }
 

@@ -409,6 +409,16 @@ pub fn gpu_support(s: &SelectSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// `window` scores: the f32 elements of the window's logits the GPU keeps between the
+/// statistics and the score entries (`[B, Hq, W, C]`), or 0 where it computes them twice
+/// (more than `2^31`) or has no window.
+pub fn window_logits(spec: &SelectSpec) -> usize {
+    match spec.source {
+        Source::Window { .. } => window::stored_logits(&Shape::of(spec, Tuning::default())),
+        _ => 0,
+    }
+}
+
 /// Compiles the decode step of `spec` for `arch` with the default tuning.
 pub fn compile(spec: &SelectSpec, arch: Arch) -> Result<DecodeModule, String> {
     compile_tuned(spec, arch, Tuning::default())
