@@ -3,21 +3,11 @@
 
 use attnc::codegen::nvptx::decode::{self, Role};
 use attnc::codegen::nvptx::Arch;
-use attnc::driver::{self, Source};
 use attnc::select::spec::SelectSpec;
-use attnc::sema::instantiate::Binding;
-use attnc_tests::root;
+use attnc_tests::select_spec;
 
 fn snapkv(sets: &[&str]) -> SelectSpec {
-    let src = Source::load(&root().join("kernels/snapkv.attn")).expect("snapkv.attn");
-    let (fe, _) = driver::frontend(&src).expect("frontend");
-    let sets: Vec<Binding> = sets
-        .iter()
-        .map(|s| Binding::parse(s).expect("binding"))
-        .collect();
-    driver::select_spec(&fe, "snapkv_select", &sets)
-        .expect("spec")
-        .0
+    select_spec("kernels/snapkv.attn", "snapkv_select", sets)
 }
 
 fn refusal(s: &SelectSpec) -> String {

@@ -370,10 +370,7 @@ fn decode_variants_assemble_and_fit() {
         (external, "indexer_decode", "CONTEXT=8192", 1),
         (external, "indexer_decode", "CONTEXT=131072", 5),
     ] {
-        let src = Source::load(&root().join(file)).expect("kernel file");
-        let (fe, _) = driver::frontend(&src).expect("frontend");
-        let sets = [Binding::parse(set).expect("binding")];
-        let (spec, _) = driver::select_spec(&fe, kernel, &sets).expect("spec");
+        let spec = attnc_tests::select_spec(file, kernel, &[set]);
         let m =
             decode::compile(&spec, Arch::Sm90).unwrap_or_else(|e| panic!("{kernel} {set}: {e}"));
         let topk = m.entries.iter().filter(|e| e.role == Role::TopK).count();
@@ -391,8 +388,6 @@ fn decode_variants_assemble_and_fit() {
     // in f16, over a context whose lists fit the one-block top-k: every entry assembles
     // and fits.
     use attnc::select::spec::Pool;
-    let src = Source::load(&root().join("kernels/snapkv.attn")).expect("snapkv.attn");
-    let (fe, _) = driver::frontend(&src).expect("frontend");
     for (set, rows, heads, pool, f16) in [
         (
             "CONTEXT=4096",
@@ -439,12 +434,8 @@ fn decode_variants_assemble_and_fit() {
             false,
         ),
     ] {
-        let sets: Vec<Binding> = set
-            .split(' ')
-            .filter(|b| !b.starts_with("D="))
-            .map(|b| Binding::parse(b).expect("binding"))
-            .collect();
-        let (mut spec, _) = driver::select_spec(&fe, "snapkv_select", &sets).expect("spec");
+        let sets: Vec<&str> = set.split(' ').filter(|b| !b.starts_with("D=")).collect();
+        let mut spec = attnc_tests::select_spec("kernels/snapkv.attn", "snapkv_select", &sets);
         if let Some(d) = set.split(' ').find_map(|b| b.strip_prefix("D=")) {
             spec.head_dim = d.parse().expect("head dim");
         }
@@ -466,9 +457,7 @@ fn decode_variants_assemble_and_fit() {
     }
     // H2O's update with the other head reductions (the shipped kernel sums), in one entry
     // and split.
-    let src = Source::load(&root().join("kernels/h2o.attn")).expect("h2o.attn");
-    let (fe, _) = driver::frontend(&src).expect("frontend");
-    let (h2o, _) = driver::select_spec(&fe, "h2o_decode", &[]).expect("spec");
+    let h2o = attnc_tests::select_spec("kernels/h2o.attn", "h2o_decode", &[]);
     for op in [Reduce::Max, Reduce::Mean] {
         for split_update in [false, true] {
             let mut spec = h2o.clone();

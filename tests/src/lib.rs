@@ -31,6 +31,20 @@ pub fn kernel_files() -> Vec<PathBuf> {
     attn_files(&root().join("kernels"))
 }
 
+/// The selection spec of `kernel` in the repository file `file`, with the bindings `sets`
+/// (`NAME=VALUE`, as `--set` takes them).
+pub fn select_spec(file: &str, kernel: &str, sets: &[&str]) -> attnc::select::spec::SelectSpec {
+    let src = attnc::driver::Source::load(&root().join(file)).expect("kernel file");
+    let (fe, _) = attnc::driver::frontend(&src).expect("frontend");
+    let sets: Vec<attnc::sema::instantiate::Binding> = sets
+        .iter()
+        .map(|s| attnc::sema::instantiate::Binding::parse(s).expect("binding"))
+        .collect();
+    attnc::driver::select_spec(&fe, kernel, &sets)
+        .unwrap_or_else(|_| panic!("the spec of {kernel}"))
+        .0
+}
+
 /// Every diagnostic label lies inside the source.
 pub fn spans_inside(diags: &[Diagnostic], len: usize) -> Result<(), String> {
     for d in diags {

@@ -5,8 +5,8 @@
 //! values and page metadata, rounded to the dtype) and the queries; the step launches
 //! logits (`exact` only), score (`exact` and Quest), top-k, attend, combine and H2O's
 //! state update (`accumulated` only) on one stream. A select-only kernel (`window`
-//! scores, SnapKV) has the selection alone: the window rows' statistics, their scores,
-//! the pooling and the top-k.
+//! scores, SnapKV) has the selection alone: the window rows' statistics (role `Logits`),
+//! their scores, the pooling and the top-k.
 
 use std::sync::Arc;
 
@@ -65,8 +65,8 @@ pub struct GpuState {
     q: CudaSlice<f32>,
     /// `exact`: base-2 logits `[B, Hq, C]` and chunk stats `[B, Hq, chunks, 2]`;
     /// `accumulated`: the logits of the list entries `[B, Hq, K]` (no stats); `window`:
-    /// the token scores before pooling `[B, Hsel, C]` and the window rows' chunk stats
-    /// `[B, Hq, W, chunks, 2]`.
+    /// the token scores before pooling `[B, Hsel, C]` (one value without pooling) and the
+    /// window rows' chunk stats `[B, Hq, W, chunks, 2]`.
     logits: CudaSlice<f32>,
     stats: CudaSlice<f32>,
     /// `window`: the window rows' logits `[B, Hq, W, C]` between the statistics and the
@@ -155,7 +155,13 @@ impl GpuDecode {
         let chunks = c.div_ceil(attnc::select::softmax::CHUNK);
         let rows = rows as usize;
         let (logits, stats) = if let Source::Window { .. } = s.source {
-            (lists * c, b * hq * rows * chunks * 2)
+            // The token scores before pooling; without pooling the score entry writes the
+            // scores themselves.
+            let pooled = self.module.entry(Role::Pool).is_some();
+            (
+                if pooled { lists * c } else { 1 },
+                b * hq * rows * chunks * 2,
+            )
         } else if exact {
             let rows = b * hq;
             let c = s.context as usize;

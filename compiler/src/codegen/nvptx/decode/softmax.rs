@@ -135,14 +135,19 @@ pub fn fold_heads<'c>(
     let mut acc = g.f32(0.0);
     for (h, (l, (m, rz))) in heads.enumerate() {
         let p = g.fmul(exp2c(g, g.fsub(l, m)), rz);
-        acc = match (h, s.op) {
-            (0, _) => p,
-            (_, Reduce::Max) => g.maxnum(acc, p),
-            _ => g.fadd(acc, p),
-        };
+        acc = if h == 0 { p } else { fold(g, s.op, acc, p) };
     }
     if s.op == Reduce::Mean {
         acc = g.fdiv(acc, g.f32(s.g as f64));
     }
     acc
+}
+
+/// `a op x` for a reduction after its first value, as the CPU's `score::fold`: `sum` and
+/// `mean` add (`mean` divides once at the end, by the caller), `max` is `maxNum`.
+pub fn fold<'c>(g: &Gen<'c>, op: Reduce, a: FloatValue<'c>, x: FloatValue<'c>) -> FloatValue<'c> {
+    match op {
+        Reduce::Max => g.maxnum(a, x),
+        Reduce::Sum | Reduce::Mean => g.fadd(a, x),
+    }
 }

@@ -28,7 +28,7 @@ use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
 
 use super::exact::reduce_scatter;
-use super::softmax::{chunk_stats, exp2c, stats_of_rows};
+use super::softmax::{chunk_stats, exp2c, fold, stats_of_rows};
 use super::Shape;
 use crate::codegen::nvptx::gen::Gen;
 use crate::select::softmax::{CHUNK, LANES};
@@ -402,15 +402,6 @@ pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             g.if_then(scored, &mut |g| g.st_f32(out, g.add(list, j), x));
         });
     });
-}
-
-/// `a op x` for a fold after its first value (`sum` and `mean` add; `mean` divides once
-/// at the end).
-fn fold<'c>(g: &Gen<'c>, op: Reduce, a: FloatValue<'c>, x: FloatValue<'c>) -> FloatValue<'c> {
-    match op {
-        Reduce::Max => g.maxnum(a, x),
-        Reduce::Sum | Reduce::Mean => g.fadd(a, x),
-    }
 }
 
 /// `pool(tok, lens, scores)`: rule 4's same-padded pooling over the scored tokens.

@@ -48,17 +48,22 @@ fn read_cache(path: &Path, spec: &SelectSpec, what: &str) -> Result<(Tensor, usi
             spec.kernel
         )));
     }
-    let mut data = vec![0f32; b * hkv * c * d];
-    for bh in 0..b * hkv {
-        data[bh * c * d..][..n * d].copy_from_slice(&t.data[bh * n * d..][..n * d]);
-    }
     Ok((
         Tensor {
             shape: vec![b, hkv, c, d],
-            data,
+            data: pad_rows(&t.data, b * hkv, (n, c), d),
         },
         n,
     ))
+}
+
+/// `rows` rows of `n` items of `item` values each, padded with zeros to `c` items a row.
+fn pad_rows(data: &[f32], rows: usize, (n, c): (usize, usize), item: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows * c * item];
+    for r in 0..rows {
+        out[r * c * item..][..n * item].copy_from_slice(&data[r * n * item..][..n * item]);
+    }
+    out
 }
 
 /// A state-shaped input `[B, Hsel, tokens]`, padded to `[B, Hsel, CONTEXT]`.
@@ -77,12 +82,7 @@ fn read_per_token(path: &Path, spec: &SelectSpec, what: &str) -> Result<Vec<f32>
             spec.kernel
         )));
     }
-    let n = t.shape[2];
-    let mut out = vec![0f32; b * hs * c];
-    for r in 0..b * hs {
-        out[r * c..][..n].copy_from_slice(&t.data[r * n..][..n]);
-    }
-    Ok(out)
+    Ok(pad_rows(&t.data, b * hs, (t.shape[2], c), 1))
 }
 
 /// `attnc run` on a selection kernel: on the CPU, or on `gpu` (decode kernels the CUDA
