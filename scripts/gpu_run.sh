@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the bundle folder (see scripts/gpu_bundle.sh). Writes logs to
 # $RESULTS_DIR (default ./results) and prints a summary table last.
-# Usage: run.sh [all|check|speed [side_by_side.py args]|decode|decode-extra|select|wgmma|power]: check = correctness (suite, NumPy,
+# Usage: run.sh [all|check|speed [side_by_side.py args]|decode|decode-extra|select|exact|wgmma|power]: check = correctness (suite, NumPy,
 # ptxas/SASS, sanitizer); speed = the side-by-side table against the peers
 # (bench/gpu/side_by_side.py); decode = the decode kernels against the CPU executor, timed,
 # beside the decode peers (bench/gpu/decode_peers.py); decode-extra = decode shapes no
 # shipped kernel has and compute-sanitizer on small ones; select = the select-only SnapKV
 # kernel checked against the CPU executor, sanitized and timed; wgmma = the sm_90a kernel's SASS,
 # a few shapes timed, the suite with every shape, the tuner's table; power = joules a run
-# of each launch shape under sustained load.
+# of each launch shape under sustained load; exact = exact_decode alone, every tuning
+# candidate (ptxas; sanitizer memcheck and synccheck on a small case; a ragged shape and the
+# shipped one, tuned; about 3 minutes).
 set -u
 cd "$(dirname "$0")"
 OUT="${RESULTS_DIR:-results}"
@@ -153,6 +155,28 @@ if [ "$MODE" = "select" ]; then
   echo
   echo "== summary"
   grep -E "sanitizer exit|^[a-z_]+ on |select |kernels alone|differ|fidelity" "$OUT/select.txt"
+  exit 0
+fi
+
+if [ "$MODE" = "exact" ]; then
+  gpu_info
+  mkdir -p ptx
+  $A compile kernels/exact.attn --kernel exact_decode --emit ptx > ptx/exact_decode.ptx
+  ptxas -arch=sm_90 -v ptx/exact_decode.ptx -o ptx/exact_decode.cubin 2>&1 | grep -E "entry|registers|spill" | tr '\n' ' ' | tee "$OUT/exact_sass.txt"
+  echo
+  : > "$OUT/exact.txt"
+  # Every tuning candidate under the sanitizers (--tune checks each against the default).
+  for tool in memcheck synccheck; do
+    timeout 150 compute-sanitizer --tool $tool --error-exitcode 3 $A bench kernels/exact.attn --kernel exact_decode --set CONTEXT=16384 --set BUDGET=1024 --set BATCH=2 --backend cuda --runs 1 --tune > "$OUT/exact_$tool.txt" 2>&1
+    echo "exact_decode $tool exit $?" | tee -a "$OUT/exact.txt"
+    tail -3 "$OUT/exact_$tool.txt"
+  done
+  for c in "--set CONTEXT=100000 --set BATCH=2 --runs 20 --tune" "--runs 50 --tune"; do
+    timeout 240 $A bench kernels/exact.attn --kernel exact_decode $c --backend cuda 2>&1 | tee -a "$OUT/exact.txt"
+  done
+  echo
+  echo "== summary"
+  grep -E " exit|^[a-z_]+ on |step |kernels alone|differ|fidelity|tuned|    rows=" "$OUT/exact.txt"
   exit 0
 fi
 

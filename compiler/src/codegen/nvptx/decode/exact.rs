@@ -51,108 +51,158 @@ pub fn chunks(s: &Shape) -> u32 {
     s.c.div_ceil(CH)
 }
 
-/// `logits(q, k, lens, logits, stats)`
-pub fn emit_logits<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
-    let (q, k, lens, logits, stats) = (p[0], p[1], p[2], p[3], p[4]);
-    let LaneGrid {
-        lanes,
-        per_lane,
-        tid,
-        warp,
-        lane,
-        ..
-    } = LaneGrid::new(g, s.d);
-    // Lane sums a thread holds (`halves`), threads a token (`tl`), tokens a warp row.
-    let halves = if lanes >= 2 { 2 } else { 1 };
-    let tl = lanes / halves;
-    let per_row = 32 / tl;
-    let sub = g.udivi(lane, tl as i64);
-    let tt = g.uremi(lane, tl as i64);
-    // The first channel of each lane sum this thread holds: lanes `tt` and `tt + tl`.
-    let chs: Vec<IntValue<'c>> = (0..halves)
-        .map(|hf| g.muli(g.addi(tt, (hf * tl) as i64), per_lane as i64))
-        .collect();
-    let c = g.sreg("ctaid.x");
-    let kvh = g.sreg("ctaid.y");
-    let b = g.sreg("ctaid.z");
-    let len = g.ld_i32(lens, b);
-    let start = g.muli(c, CH as i64);
-    let sh = g.shared_array("exact_logits", g.f32t.into(), s.g * CH);
-    let nch = chunks(s);
-    let live = g.icmp(IntPredicate::ULT, start, len);
-    g.if_then(live, &mut |g| {
-        let h0 = g.add(g.muli(b, s.hq as i64), g.muli(kvh, s.g as i64));
-        // qv[half][head][channel]
-        let qv: Vec<Vec<Vec<FloatValue<'c>>>> = chs
+/// Where a thread of a logits entry sits: `L = score_lanes(D)` lane sums a token, two a
+/// thread (`halves`; one when `L = 1`), so `tl = L / halves` threads a token and
+/// `per_row` tokens a warp row; this thread's token of the row (`sub`), its place among
+/// the token's threads (`tt`) and the first channel of each lane sum it holds (`chs`:
+/// lanes `tt` and `tt + tl`).
+pub(super) struct Lanes<'c> {
+    pub grid: LaneGrid<'c>,
+    pub tl: u32,
+    pub per_row: u32,
+    pub sub: IntValue<'c>,
+    pub tt: IntValue<'c>,
+    pub chs: Vec<IntValue<'c>>,
+}
+
+/// The query a thread holds: `[half][head][channel]`.
+pub(super) type Query<'c> = Vec<Vec<Vec<FloatValue<'c>>>>;
+
+impl<'c> Lanes<'c> {
+    pub fn new(g: &Gen<'c>, s: &Shape) -> Lanes<'c> {
+        let grid = LaneGrid::new(g, s.d);
+        let halves = if grid.lanes >= 2 { 2 } else { 1 };
+        let tl = grid.lanes / halves;
+        let tt = g.uremi(grid.lane, tl as i64);
+        let chs = (0..halves)
+            .map(|hf| g.muli(g.addi(tt, (hf * tl) as i64), grid.per_lane as i64))
+            .collect();
+        Lanes {
+            sub: g.udivi(grid.lane, tl as i64),
+            per_row: 32 / tl,
+            tl,
+            tt,
+            chs,
+            grid,
+        }
+    }
+
+    /// The list's `G` query heads from head `h0`, this thread's channels.
+    pub fn query(
+        &self,
+        g: &Gen<'c>,
+        s: &Shape,
+        q: PointerValue<'c>,
+        h0: IntValue<'c>,
+    ) -> Query<'c> {
+        self.chs
             .iter()
             .map(|ch| {
                 (0..s.g)
                     .map(|h| {
                         let at = g.add(g.muli(g.addi(h0, h as i64), s.d as i64), *ch);
-                        (0..per_lane)
+                        (0..self.grid.per_lane)
                             .map(|e| g.ld_f32(q, g.addi(at, e as i64)))
                             .collect()
                     })
                     .collect()
             })
-            .collect();
-        let kbase = g.muli(g.add(g.muli(b, s.hkv as i64), kvh), s.c as i64);
-        let scale = g.f32(s.scale_log2);
-        let rows = CH / (WARPS * per_row);
-        let unroll = logits_rows(s).min(rows);
-        g.for_range(g.i32(0), g.i32((rows / unroll) as i64), &mut |g, it| {
-            // Local token of row r: ((it * unroll + r) * WARPS + warp) * per_row + sub.
-            let locals: Vec<IntValue<'c>> = (0..unroll)
-                .map(|r| {
-                    let row = g.add(
-                        g.muli(g.addi(g.muli(it, unroll as i64), r as i64), WARPS as i64),
-                        warp,
-                    );
-                    g.add(g.muli(row, per_row as i64), sub)
-                })
-                .collect();
-            // keys[row][half][channel]
-            let keys: Vec<Vec<Vec<FloatValue<'c>>>> = locals
-                .iter()
-                .map(|t| {
-                    let j = g.add(start, *t);
-                    let safe = g.seli(g.icmp(IntPredicate::ULT, j, len), j, start);
-                    let row = g.muli(g.add(kbase, safe), s.d as i64);
-                    chs.iter()
-                        .map(|ch| g.ld_half_vec(k, g.add(row, *ch), per_lane, s.bf16))
-                        .collect()
-                })
-                .collect();
-            for (t, kv) in locals.iter().zip(&keys) {
-                // dots[half][head]: each lane sum as the plain lanes compute it.
-                let dots: Vec<Vec<FloatValue<'c>>> = qv
-                    .iter()
-                    .zip(kv)
-                    .map(|(qh, kh)| {
-                        qh.iter()
-                            .map(|qc| {
-                                qc.iter()
-                                    .zip(kh)
-                                    .fold(g.f32(0.0), |acc, (a, x)| g.fma(*a, *x, acc))
-                            })
-                            .collect()
+            .collect()
+    }
+
+    /// This thread's keys of a token whose row starts at element `row` of `k` (global or
+    /// shared): `[half][channel]`.
+    pub fn keys(
+        &self,
+        g: &Gen<'c>,
+        s: &Shape,
+        k: PointerValue<'c>,
+        row: IntValue<'c>,
+    ) -> Vec<Vec<FloatValue<'c>>> {
+        self.chs
+            .iter()
+            .map(|ch| g.ld_half_vec(k, g.add(row, *ch), self.grid.per_lane, s.bf16))
+            .collect()
+    }
+
+    /// The `G` base-2 logits of chunk-local token `t` (`-inf` unless `valid`) from this
+    /// thread's `keys`, summed in the lane tree's order, into `sh[h * CHUNK + t]`.
+    pub fn token(
+        &self,
+        g: &Gen<'c>,
+        s: &Shape,
+        qv: &Query<'c>,
+        keys: &[Vec<FloatValue<'c>>],
+        (t, valid): (IntValue<'c>, IntValue<'c>),
+        sh: PointerValue<'c>,
+    ) {
+        // dots[half][head]: each lane sum as the plain lanes compute it.
+        let dots: Vec<Vec<FloatValue<'c>>> = qv
+            .iter()
+            .zip(keys)
+            .map(|(qh, kh)| {
+                qh.iter()
+                    .map(|qc| {
+                        qc.iter()
+                            .zip(kh)
+                            .fold(g.f32(0.0), |acc, (a, x)| g.fma(*a, *x, acc))
                     })
-                    .collect();
-                let valid = g.icmp(IntPredicate::ULT, g.add(start, *t), len);
-                for (vals, first_head, writer) in reduce_dots(g, tt, tl, dots) {
-                    g.if_then(writer, &mut |g| {
-                        for (i, v) in vals.iter().enumerate() {
-                            let l = g.self_f(valid, g.fmul(*v, scale), g.f32(f64::NEG_INFINITY));
-                            let h = g.addi(first_head, i as i64);
-                            g.st_f32(sh, g.add(g.muli(h, CH as i64), *t), l);
-                        }
-                    });
+                    .collect()
+            })
+            .collect();
+        let scale = g.f32(s.scale_log2);
+        for (vals, first_head, writer) in reduce_dots(g, self.tt, self.tl, dots) {
+            g.if_then(writer, &mut |g| {
+                for (i, v) in vals.iter().enumerate() {
+                    let l = g.self_f(valid, g.fmul(*v, scale), g.f32(f64::NEG_INFINITY));
+                    let h = g.addi(first_head, i as i64);
+                    g.st_f32(sh, g.add(g.muli(h, CH as i64), t), l);
                 }
-            }
-        });
-        g.barrier();
-        // The chunk's logits, coalesced, then its stats (a warp per head).
-        let row0 = g.muli(h0, s.c as i64);
+            });
+        }
+    }
+}
+
+/// Where a block's chunk is: chunk `c` of list (`b`, `kvh`), its first token `start`, the
+/// sequence's length `len`, the list's first query head `h0`.
+pub(super) struct Chunk<'c> {
+    pub c: IntValue<'c>,
+    pub start: IntValue<'c>,
+    pub len: IntValue<'c>,
+    pub h0: IntValue<'c>,
+    /// The list's first key row in `k` (`(b * Hkv + kvh) * C`).
+    pub kbase: IntValue<'c>,
+}
+
+impl<'c> Chunk<'c> {
+    pub fn new(
+        g: &Gen<'c>,
+        s: &Shape,
+        lens: PointerValue<'c>,
+        (c, kvh, b): (IntValue<'c>, IntValue<'c>, IntValue<'c>),
+    ) -> Chunk<'c> {
+        Chunk {
+            c,
+            start: g.muli(c, CH as i64),
+            len: g.ld_i32(lens, b),
+            h0: g.add(g.muli(b, s.hq as i64), g.muli(kvh, s.g as i64)),
+            kbase: g.muli(g.add(g.muli(b, s.hkv as i64), kvh), s.c as i64),
+        }
+    }
+
+    /// After a barrier: the chunk's logits from `sh` to `logits`, coalesced, then its
+    /// stats (a warp per head) to `stats`.
+    pub fn write(
+        &self,
+        g: &Gen<'c>,
+        s: &Shape,
+        grid: &LaneGrid<'c>,
+        sh: PointerValue<'c>,
+        (logits, stats): (PointerValue<'c>, PointerValue<'c>),
+    ) {
+        let (tid, warp, lane) = (grid.tid, grid.warp, grid.lane);
+        let nch = chunks(s);
+        let row0 = g.muli(self.h0, s.c as i64);
         g.for_step(
             tid,
             g.i32((s.g * CH) as i64),
@@ -160,8 +210,8 @@ pub fn emit_logits<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
             &mut |g, i| {
                 let h = g.udivi(i, CH as i64);
                 let t = g.uremi(i, CH as i64);
-                let j = g.add(start, t);
-                g.if_then(g.icmp(IntPredicate::ULT, j, len), &mut |g| {
+                let j = g.add(self.start, t);
+                g.if_then(g.icmp(IntPredicate::ULT, j, self.len), &mut |g| {
                     let at = g.add(g.add(row0, g.muli(h, s.c as i64)), j);
                     g.st_f32(logits, at, g.ld_f32(sh, i));
                 });
@@ -174,11 +224,56 @@ pub fn emit_logits<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                 .collect();
             let (m, z) = chunk_stats(g, &xs);
             g.if_then(g.eqi(lane, 0), &mut |g| {
-                let at = g.muli(g.add(g.muli(g.add(h0, h), nch as i64), c), 2);
+                let at = g.muli(g.add(g.muli(g.add(self.h0, h), nch as i64), self.c), 2);
                 g.st_f32(stats, at, m);
                 g.st_f32(stats, g.addi(at, 1), z);
             });
         });
+    }
+}
+
+/// `logits(q, k, lens, logits, stats)`, the keys loaded into registers (sm_80; sm_90
+/// brings them by bulk copies, `exact_bulk`).
+pub fn emit_logits<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
+    let (q, k, lens, logits, stats) = (p[0], p[1], p[2], p[3], p[4]);
+    let ln = Lanes::new(g, s);
+    let warp = ln.grid.warp;
+    let at = (g.sreg("ctaid.x"), g.sreg("ctaid.y"), g.sreg("ctaid.z"));
+    let ck = Chunk::new(g, s, lens, at);
+    let (start, len) = (ck.start, ck.len);
+    let sh = g.shared_array("exact_logits", g.f32t.into(), s.g * CH);
+    let live = g.icmp(IntPredicate::ULT, start, len);
+    g.if_then(live, &mut |g| {
+        let qv = ln.query(g, s, q, ck.h0);
+        let rows = CH / (WARPS * ln.per_row);
+        let unroll = logits_rows(s).min(rows);
+        g.for_range(g.i32(0), g.i32((rows / unroll) as i64), &mut |g, it| {
+            // Local token of row r: ((it * unroll + r) * WARPS + warp) * per_row + sub.
+            let locals: Vec<IntValue<'c>> = (0..unroll)
+                .map(|r| {
+                    let row = g.add(
+                        g.muli(g.addi(g.muli(it, unroll as i64), r as i64), WARPS as i64),
+                        warp,
+                    );
+                    g.add(g.muli(row, ln.per_row as i64), ln.sub)
+                })
+                .collect();
+            // keys[row][half][channel]
+            let keys: Vec<Vec<Vec<FloatValue<'c>>>> = locals
+                .iter()
+                .map(|t| {
+                    let j = g.add(start, *t);
+                    let safe = g.seli(g.icmp(IntPredicate::ULT, j, len), j, start);
+                    ln.keys(g, s, k, g.muli(g.add(ck.kbase, safe), s.d as i64))
+                })
+                .collect();
+            for (t, kv) in locals.iter().zip(&keys) {
+                let valid = g.icmp(IntPredicate::ULT, g.add(start, *t), len);
+                ln.token(g, s, &qv, kv, (*t, valid), sh);
+            }
+        });
+        g.barrier();
+        ck.write(g, s, &ln.grid, sh, (logits, stats));
     });
 }
 
