@@ -103,20 +103,7 @@ impl GpuDecode {
         let funcs = module
             .entries
             .iter()
-            .map(|e| {
-                let f = m.load_function(&e.name).map_err(cuda)?;
-                if e.smem > 48 * 1024 {
-                    use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAX_DYN;
-                    f.set_attribute(MAX_DYN, e.smem as i32).map_err(cuda)?;
-                }
-                // Entries with dynamic shared memory are written for two blocks an SM:
-                // ask for all of it as shared (the carveout is a hint; the rest is L1).
-                if e.smem > 0 {
-                    use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT as CARVEOUT;
-                    f.set_attribute(CARVEOUT, 100).map_err(cuda)?;
-                }
-                Ok((e.role, f))
-            })
+            .map(|e| Ok((e.role, m.load_function(&e.name).map_err(cuda)?)))
             .collect::<Result<_, Error>>()?;
         Ok(GpuDecode {
             kernel: DecodeKernel::new(spec),
@@ -416,7 +403,7 @@ impl GpuDecode {
             let cfg = LaunchConfig {
                 grid_dim: (e.grid[0], e.grid[1], e.grid[2]),
                 block_dim: (e.block, 1, 1),
-                shared_mem_bytes: e.smem,
+                shared_mem_bytes: 0,
             };
             let mut l = self.stream.launch_builder(f);
             match role {

@@ -363,16 +363,6 @@ pub mod ptx {
         .volatile()
     }
 
-    /// 1 when the barrier's phase with parity `{i1}` has completed, else 0, at once.
-    pub fn mbarrier_test_wait() -> Asm {
-        Asm::new(
-            "{\n.reg .pred p;\nmbarrier.test_wait.parity.shared::cta.b64 p, [{i0}], {i1};\nselp.b32 {o0}, 1, 0, p;\n}",
-        )
-        .outputs(1, Reg::R)
-        .inputs(2, Reg::R)
-        .volatile()
-    }
-
     /// A 2-D box of a tensor (TMA): tensor map at generic address `{i1}`, coordinates
     /// (`{i2}` inner, `{i3}` outer), into shared memory at `{i0}`, completing bytes on the
     /// barrier at `{i4}`.
@@ -383,19 +373,6 @@ pub mod ptx {
         .inputs(1, Reg::R)
         .inputs(1, Reg::L)
         .inputs(3, Reg::R)
-        .volatile()
-    }
-
-    /// A bulk copy (sm_90) of `{i2}` bytes (a multiple of 16) from global address `{i1}`
-    /// to shared address `{i0}` (both 16-byte aligned), completing its bytes on the
-    /// barrier at `{i3}`.
-    pub fn bulk_copy_g2s() -> Asm {
-        Asm::new(
-            "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [{i0}], [{i1}], {i2}, [{i3}];",
-        )
-        .inputs(1, Reg::R)
-        .inputs(1, Reg::L)
-        .inputs(2, Reg::R)
         .volatile()
     }
 

@@ -232,8 +232,9 @@ impl<'c> Chunk<'c> {
     }
 }
 
-/// `logits(q, k, lens, logits, stats)`, the keys loaded into registers (sm_80; sm_90
-/// brings them by bulk copies, `exact_bulk`).
+/// `logits(q, k, lens, logits, stats)`, the keys loaded into registers. (Bulk copies into
+/// a ring of shared-memory stages were slower on the H200: 0.91 ms a step against 0.754,
+/// docs/kv-selection-gpu.md.)
 pub fn emit_logits<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
     let (q, k, lens, logits, stats) = (p[0], p[1], p[2], p[3], p[4]);
     let ln = Lanes::new(g, s);

@@ -35,7 +35,6 @@ mod append;
 mod attend;
 mod combine;
 mod exact;
-mod exact_bulk;
 mod score;
 mod softmax;
 mod topk;
@@ -81,9 +80,6 @@ pub struct DecodeEntry {
     pub name: String,
     pub grid: [u32; 3],
     pub block: u32,
-    /// Bytes of dynamic shared memory a block takes (0: none; above 48 KiB the launcher
-    /// opts in).
-    pub smem: u32,
 }
 
 /// A compiled decode step.
@@ -123,10 +119,6 @@ pub struct Tuning {
     /// `accumulated`: the logits of H2O's update in an entry of their own over slices of
     /// each list (more blocks than lists), before the per-list update; the same bits.
     pub split_update: bool,
-    /// `exact` on sm_90: the logits entry's keys by bulk copies through shared memory
-    /// (`exact_bulk`) instead of loads into registers: 0 no, 1 a block a chunk, 2 about
-    /// two blocks an SM walking the chunks; the same bits.
-    pub bulk_logits: u32,
 }
 
 impl Default for Tuning {
@@ -138,15 +130,14 @@ impl Default for Tuning {
             // Faster in every candidate on the H200 (0.269 -> 0.207 ms a step at the
             // shipped shape, bench/RESULTS.md decode run 8), the same bits.
             split_update: true,
-            bulk_logits: 0,
         }
     }
 }
 
 impl Tuning {
     /// The candidates `attnc bench --tune` times for `spec`: the page rows of the score
-    /// warps only matter to page-bound scores, the split update only to `accumulated`, the
-    /// bulk-copied logits only to `exact` (elsewhere the default's).
+    /// warps only matter to page-bound scores, the split update only to `accumulated`
+    /// (elsewhere the default's).
     pub fn candidates_for(spec: &SelectSpec) -> Vec<Tuning> {
         let d = Tuning::default();
         let rows = d.score_rows;
@@ -154,7 +145,6 @@ impl Tuning {
             .into_iter()
             .filter(|t| spec.source == Source::PageBound || t.score_rows == rows)
             .filter(|t| spec.source == Source::Accumulated || t.split_update == d.split_update)
-            .filter(|t| spec.source == Source::Exact || t.bulk_logits == d.bulk_logits)
             .collect()
     }
 
@@ -165,15 +155,12 @@ impl Tuning {
             for unroll in [2, 4, 8] {
                 for target_blocks in [1024, 2048] {
                     for split_update in [false, true] {
-                        for bulk_logits in [0, 1, 2] {
-                            v.push(Tuning {
-                                score_rows,
-                                unroll,
-                                target_blocks,
-                                split_update,
-                                bulk_logits,
-                            });
-                        }
+                        v.push(Tuning {
+                            score_rows,
+                            unroll,
+                            target_blocks,
+                            split_update,
+                        });
                     }
                 }
             }
@@ -183,7 +170,7 @@ impl Tuning {
 
     pub fn label(&self) -> String {
         format!(
-            "rows={} unroll={} blocks={}{}{}",
+            "rows={} unroll={} blocks={}{}",
             self.score_rows,
             self.unroll,
             self.target_blocks,
@@ -191,11 +178,6 @@ impl Tuning {
                 ""
             } else {
                 " one-entry-update"
-            },
-            match self.bulk_logits {
-                0 => "",
-                1 => " bulk-logits",
-                _ => " bulk-logits-walk",
             }
         )
     }
@@ -469,20 +451,8 @@ pub fn compile_tuned(
     let mut plan: Vec<(Role, Body, usize, [u32; 3], u32)> = vec![];
     if sh.source == Source::Exact {
         let block = exact::WARPS * 32;
-        if tuning.bulk_logits > 0 && arch == Arch::Sm80 {
-            return Err(format!(
-                "`{}`: tuning {} needs sm_90 (bulk copies)",
-                spec.kernel,
-                tuning.label()
-            ));
-        }
-        if tuning.bulk_logits == 0 {
-            let grid = [exact::chunks(&sh), sh.hkv, sh.b];
-            plan.push((Role::Logits, Body::Logits, 5, grid, block));
-        } else {
-            let grid = [exact_bulk::grid(&sh), 1, 1];
-            plan.push((Role::Logits, Body::LogitsBulk, 5, grid, block));
-        }
+        let grid = [exact::chunks(&sh), sh.hkv, sh.b];
+        plan.push((Role::Logits, Body::Logits, 5, grid, block));
         let grid = [exact::score_blocks(&sh), sh.hkv, sh.b];
         plan.push((Role::Score, Body::ExactScore, 5, grid, block));
     }
@@ -556,10 +526,6 @@ pub fn compile_tuned(
             }),
             grid,
             block,
-            smem: match body {
-                Body::LogitsBulk => exact_bulk::smem_bytes(&sh),
-                _ => 0,
-            },
         })
         .collect();
     let fns: Vec<FunctionValue> = plan
@@ -589,7 +555,6 @@ pub fn compile_tuned(
         let ps: Vec<PointerValue> = f.get_param_iter().map(|p| p.into_pointer_value()).collect();
         match body {
             Body::Logits => exact::emit_logits(&g, &sh, &ps),
-            Body::LogitsBulk => exact_bulk::emit_logits(&g, &sh, &ps),
             Body::ExactScore => exact::emit_score(&g, &sh, &ps),
             Body::Score => score::emit(&g, &sh, &ps),
             Body::TopK => topk::emit(&g, &sh, &ps),
@@ -625,8 +590,6 @@ pub fn compile_tuned(
 #[derive(Clone, Copy)]
 enum Body {
     Logits,
-    /// `exact`'s logits with the keys brought by bulk copies (sm_90).
-    LogitsBulk,
     ExactScore,
     Score,
     TopK,
@@ -669,7 +632,6 @@ fn writes(body: Body, n: usize) -> std::ops::Range<usize> {
         // (q, k, idx, hl, acc): the list's logits only.
         Body::AccumulateLogits => n - 2..n - 1,
         Body::Logits
-        | Body::LogitsBulk
         | Body::ExactScore
         | Body::TopK
         | Body::TopKWide(_)
