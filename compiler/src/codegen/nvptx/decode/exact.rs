@@ -125,17 +125,18 @@ impl<'c> Lanes<'c> {
             .collect()
     }
 
-    /// The `G` base-2 logits of chunk-local token `t` (`-inf` unless `valid`) from this
-    /// thread's `keys`, summed in the lane tree's order, into `sh[h * CHUNK + t]`.
-    pub fn token(
+    /// A token's `G` base-2 logits (`-inf` unless `valid`) from this thread's `keys`,
+    /// summed in the lane tree's order: per kept half, its heads' logits, the first head
+    /// and whether this thread writes them (straight-line code: the callers compute
+    /// several tokens' before they [`Lanes::store`] any, so that their chains interleave).
+    pub fn logits(
         &self,
         g: &Gen<'c>,
         s: &Shape,
         qv: &Query<'c>,
         keys: &[Vec<FloatValue<'c>>],
-        (t, valid): (IntValue<'c>, IntValue<'c>),
-        sh: PointerValue<'c>,
-    ) {
+        valid: IntValue<'c>,
+    ) -> Vec<Kept<'c>> {
         // dots[half][head]: each lane sum as the plain lanes compute it.
         let dots: Vec<Vec<FloatValue<'c>>> = qv
             .iter()
@@ -151,17 +152,34 @@ impl<'c> Lanes<'c> {
             })
             .collect();
         let scale = g.f32(s.scale_log2);
-        for (vals, first_head, writer) in reduce_dots(g, self.tt, self.tl, dots) {
-            g.if_then(writer, &mut |g| {
-                for (i, v) in vals.iter().enumerate() {
-                    let l = g.self_f(valid, g.fmul(*v, scale), g.f32(f64::NEG_INFINITY));
-                    let h = g.addi(first_head, i as i64);
-                    g.st_f32(sh, g.add(g.muli(h, CH as i64), t), l);
+        reduce_dots(g, self.tt, self.tl, dots)
+            .into_iter()
+            .map(|(vals, first_head, writer)| {
+                let ls = vals
+                    .iter()
+                    .map(|v| g.self_f(valid, g.fmul(*v, scale), g.f32(f64::NEG_INFINITY)))
+                    .collect();
+                (ls, first_head, writer)
+            })
+            .collect()
+    }
+
+    /// Chunk-local token `t`'s logits ([`Lanes::logits`]) into `sh[h * CHUNK + t]`.
+    pub fn store(&self, g: &Gen<'c>, sh: PointerValue<'c>, t: IntValue<'c>, kept: &[Kept<'c>]) {
+        for (ls, first_head, writer) in kept {
+            g.if_then(*writer, &mut |g| {
+                for (i, l) in ls.iter().enumerate() {
+                    let h = g.addi(*first_head, i as i64);
+                    g.st_f32(sh, g.add(g.muli(h, CH as i64), t), *l);
                 }
             });
         }
     }
 }
+
+/// A token's logits that one thread keeps: the heads' values, the first head, whether
+/// this thread writes them.
+pub(super) type Kept<'c> = (Vec<FloatValue<'c>>, IntValue<'c>, IntValue<'c>);
 
 /// Where a block's chunk is: chunk `c` of list (`b`, `kvh`), its first token `start`, the
 /// sequence's length `len`, the list's first query head `h0`.
@@ -268,9 +286,16 @@ pub fn emit_logits<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                     ln.keys(g, s, k, g.muli(g.add(ck.kbase, safe), s.d as i64))
                 })
                 .collect();
-            for (t, kv) in locals.iter().zip(&keys) {
-                let valid = g.icmp(IntPredicate::ULT, g.add(start, *t), len);
-                ln.token(g, s, &qv, kv, (*t, valid), sh);
+            let kept: Vec<Vec<Kept<'c>>> = locals
+                .iter()
+                .zip(&keys)
+                .map(|(t, kv)| {
+                    let valid = g.icmp(IntPredicate::ULT, g.add(start, *t), len);
+                    ln.logits(g, s, &qv, kv, valid)
+                })
+                .collect();
+            for (t, k) in locals.iter().zip(&kept) {
+                ln.store(g, sh, *t, k);
             }
         });
         g.barrier();
@@ -326,11 +351,21 @@ pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                     (j, valid, ls)
                 })
                 .collect();
-            for (j, valid, ls) in toks {
-                let acc = fold_heads(g, s, ls.into_iter().zip(ms.iter().copied()));
-                g.if_then(valid, &mut |g| g.st_f32(scores, g.add(out_row, j), acc));
-                if let Some(p0) = &pass0 {
-                    p0.count(g, j, valid, acc);
+            // Every token's fold first, in straight-line code (the tokens' chains
+            // interleave), then the stores and the counts, which branch.
+            let accs: Vec<_> = toks
+                .into_iter()
+                .map(|(j, valid, ls)| {
+                    let acc = fold_heads(g, s, ls.into_iter().zip(ms.iter().copied()));
+                    (j, valid, acc)
+                })
+                .collect();
+            for (j, valid, acc) in &accs {
+                g.if_then(*valid, &mut |g| g.st_f32(scores, g.add(out_row, *j), *acc));
+            }
+            if let Some(p0) = &pass0 {
+                for (j, valid, acc) in &accs {
+                    p0.count(g, *j, *valid, *acc);
                 }
             }
         });
