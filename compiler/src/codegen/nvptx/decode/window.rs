@@ -235,9 +235,6 @@ pub fn emit_stats<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                         g.ld_half_vec(k, g.add(row, g.muli(ll, per as i64)), per, s.bf16)
                     })
                     .collect();
-                // Every sub-tile's reduction first, in straight-line code (their shuffle
-                // chains interleave), then the stores, which branch.
-                let mut reduced = vec![];
                 for sub in 0..ROWS / TILE_ROWS {
                     // Volatile: LLVM would hoist the rows' loads out of the tile loop
                     // (every row in registers at once).
@@ -260,9 +257,7 @@ pub fn emit_stats<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
                             })
                         })
                         .collect();
-                    reduced.push((sub, reduce_scatter(g, ll, lanes, sums)));
-                }
-                for (sub, (dots, first, writer)) in reduced {
+                    let (dots, first, writer) = reduce_scatter(g, ll, lanes, sums);
                     g.if_then(writer, &mut |g| {
                         for (i, dot) in dots.iter().enumerate() {
                             let idx = g.addi(first, i as i64);
