@@ -429,15 +429,6 @@ impl GpuDecode {
                     .arg(&gs.wlog)
                     .arg(&mut gs.scores),
                 Role::Pool => l.arg(&gs.logits).arg(&gs.lens).arg(&mut gs.scores),
-                // Exact with the score entry folded in: it writes the scores too.
-                Role::Logits if self.module.entry(Role::Score).is_none() => l
-                    .arg(&gs.q)
-                    .arg(&gs.k)
-                    .arg(&gs.lens)
-                    .arg(&mut gs.logits)
-                    .arg(&mut gs.stats)
-                    .arg(&mut gs.work)
-                    .arg(&mut gs.scores),
                 Role::Logits => l
                     .arg(&gs.q)
                     .arg(&gs.k)

@@ -21,9 +21,6 @@ struct Choice {
     /// Absent in choices recorded before it existed: the update in one entry.
     #[serde(default)]
     split_update: bool,
-    /// Absent in choices recorded before it existed: the score entry on its own.
-    #[serde(default)]
-    fused_score: bool,
     /// The candidates' step times (ms), as the tuner printed them.
     trials: Vec<(String, f64)>,
 }
@@ -44,7 +41,6 @@ pub fn load(spec: &SelectSpec, arch: Arch, gpu: &str) -> Option<Tuning> {
         unroll: ch.unroll,
         target_blocks: ch.target_blocks,
         split_update: ch.split_update,
-        fused_score: ch.fused_score,
     })
 }
 
@@ -58,7 +54,6 @@ pub fn save(spec: &SelectSpec, arch: Arch, gpu: &str, best: Tuning, trials: &[(T
         unroll: best.unroll,
         target_blocks: best.target_blocks,
         split_update: best.split_update,
-        fused_score: best.fused_score,
         trials: trials.iter().map(|(t, ms)| (t.label(), *ms)).collect(),
     };
     if let Ok(text) = serde_json::to_string(&ch) {
@@ -95,7 +90,6 @@ mod tests {
             unroll: 2,
             target_blocks: 2048,
             split_update: true,
-            fused_score: true,
         };
         save(&s, Arch::Sm90, "H200", best, &[(best, 0.17)]);
         assert_eq!(load(&s, Arch::Sm90, "H200"), Some(best));

@@ -254,21 +254,10 @@ impl<'c> Chunk<'c> {
 /// a ring of shared-memory stages were slower on the H200: 0.91 ms a step against 0.754,
 /// docs/kv-selection-gpu.md.)
 pub fn emit_logits<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
-    let at = (g.sreg("ctaid.x"), g.sreg("ctaid.y"), g.sreg("ctaid.z"));
-    logits_chunk(g, s, p, at);
-}
-
-/// The logits entry's work for chunk `c` of list (`b`, `kvh`): `p` is `(q, k, lens,
-/// logits, stats)`.
-fn logits_chunk<'c>(
-    g: &Gen<'c>,
-    s: &Shape,
-    p: &[PointerValue<'c>],
-    at: (IntValue<'c>, IntValue<'c>, IntValue<'c>),
-) {
     let (q, k, lens, logits, stats) = (p[0], p[1], p[2], p[3], p[4]);
     let ln = Lanes::new(g, s);
     let warp = ln.grid.warp;
+    let at = (g.sreg("ctaid.x"), g.sreg("ctaid.y"), g.sreg("ctaid.z"));
     let ck = Chunk::new(g, s, lens, at);
     let (start, len) = (ck.start, ck.len);
     let sh = g.shared_array("exact_logits", g.f32t.into(), s.g * CH);
@@ -318,22 +307,13 @@ fn logits_chunk<'c>(
 /// block; for long lists it also counts the top-k's first digit (`work`, as
 /// `topk_wide`).
 pub fn emit_score<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
-    let at = (g.sreg("ctaid.x"), g.sreg("ctaid.y"), g.sreg("ctaid.z"));
-    score_span(g, s, p, at);
-}
-
-/// The score entry's work for span `c` of list (`b`, `sel`): `p` is `(logits, stats,
-/// lens, work, scores)`.
-fn score_span<'c>(
-    g: &Gen<'c>,
-    s: &Shape,
-    p: &[PointerValue<'c>],
-    (c, sel, b): (IntValue<'c>, IntValue<'c>, IntValue<'c>),
-) {
     let (logits, stats, lens, work, scores) = (p[0], p[1], p[2], p[3], p[4]);
     let tid = g.sreg("tid.x");
     let warp = g.udivi(tid, 32);
     let lane = g.uremi(tid, 32);
+    let c = g.sreg("ctaid.x");
+    let sel = g.sreg("ctaid.y");
+    let b = g.sreg("ctaid.z");
     let len = g.ld_i32(lens, b);
     // Long lists: the top-k's first radix pass counts the scores here.
     let pass0 = topk_wide::fused_first_pass(s).then(|| {
@@ -393,67 +373,6 @@ fn score_span<'c>(
     if let Some(p0) = &pass0 {
         p0.finish(g, s);
     }
-}
-
-/// Lists between a list and the one whose blocks score it in the fused entry: when a
-/// block of list `l` starts, every block of list `l - LAG` has started (blocks start in
-/// order, and a list is `chunks` blocks), so waiting for them cannot deadlock, and most
-/// have finished.
-pub const LAG: u32 = 2;
-
-/// Blocks of the fused entry: the lists' chunks, then `LAG` lists' worth that only score.
-pub fn fused_blocks(s: &Shape) -> u32 {
-    (s.b * s.hkv + LAG) * chunks(s)
-}
-
-/// `logits(q, k, lens, logits, stats, work, scores)` with the score entry folded in
-/// (`Tuning::fused_score`, long lists only: the top-k's work buffer counts the chunks
-/// done): block `i` computes chunk `i % chunks` of list `i / chunks` as `emit_logits`
-/// does and counts it done (after a fence); then, for every `SPAN`-th chunk, the block
-/// waits until list `i / chunks - LAG` has all its chunks and computes that list's span
-/// as `emit_score` does (the logits are in L2 by then). The top-k's emission clears the
-/// counts for the next step.
-pub fn emit_fused<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>]) {
-    let (q, k, lens, logits, stats, work, scores) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
-    let nch = chunks(s);
-    let lists = (s.b * s.hkv) as i64;
-    let tid = g.sreg("tid.x");
-    let i = g.sreg("ctaid.x");
-    let li = g.udivi(i, nch as i64);
-    let c = g.uremi(i, nch as i64);
-    let of = |g: &Gen<'c>, l: IntValue<'c>| (g.uremi(l, s.hkv as i64), g.udivi(l, s.hkv as i64));
-    g.if_then(g.lt(li, g.i32(lists)), &mut |g| {
-        let (kvh, b) = of(g, li);
-        logits_chunk(g, s, &[q, k, lens, logits, stats], (c, kvh, b));
-        g.barrier();
-        g.if_then(g.eqi(tid, 0), &mut |g| {
-            g.fence_gpu();
-            let done = g.gep(g.i32t.into(), work, topk_wide::chunks_done_word(g, s, li));
-            g.atomic_add_i32(done, g.i32(1));
-        });
-    });
-    let lt = g.addi(li, -(LAG as i64));
-    let scores_here = g.and(
-        g.and(
-            g.icmp(IntPredicate::UGE, li, g.i32(LAG as i64)),
-            g.lt(lt, g.i32(lists)),
-        ),
-        g.eqi(g.uremi(c, SPAN as i64), 0),
-    );
-    g.if_then(scores_here, &mut |g| {
-        let (sel, b) = of(g, lt);
-        g.if_then(g.eqi(tid, 0), &mut |g| {
-            let word = topk_wide::chunks_done_word(g, s, lt);
-            g.while_loop(
-                &mut |g| g.lt(g.ld_i32_volatile(work, word), g.i32(nch as i64)),
-                &mut |g| g.nanosleep(64),
-            );
-            g.fence_gpu();
-        });
-        g.barrier();
-        let span = g.udivi(c, SPAN as i64);
-        score_span(g, s, &[logits, stats, lens, work, scores], (span, sel, b));
-    });
 }
 
 /// A token's lane sums, `dots[half][head]` for the one or two lanes (`tt` and `tt + tl`)

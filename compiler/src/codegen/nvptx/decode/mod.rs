@@ -119,9 +119,6 @@ pub struct Tuning {
     /// `accumulated`: the logits of H2O's update in an entry of their own over slices of
     /// each list (more blocks than lists), before the per-list update; the same bits.
     pub split_update: bool,
-    /// `exact` over long lists: the score entry folded into the logits entry (blocks of a
-    /// later list score a finished one, from L2); the same bits.
-    pub fused_score: bool,
 }
 
 impl Default for Tuning {
@@ -133,7 +130,6 @@ impl Default for Tuning {
             // Faster in every candidate on the H200 (0.269 -> 0.207 ms a step at the
             // shipped shape, bench/RESULTS.md decode run 8), the same bits.
             split_update: true,
-            fused_score: false,
         }
     }
 }
@@ -149,7 +145,6 @@ impl Tuning {
             .into_iter()
             .filter(|t| spec.source == Source::PageBound || t.score_rows == rows)
             .filter(|t| spec.source == Source::Accumulated || t.split_update == d.split_update)
-            .filter(|t| spec.source == Source::Exact || t.fused_score == d.fused_score)
             .collect()
     }
 
@@ -160,15 +155,12 @@ impl Tuning {
             for unroll in [2, 4, 8] {
                 for target_blocks in [1024, 2048] {
                     for split_update in [false, true] {
-                        for fused_score in [false, true] {
-                            v.push(Tuning {
-                                score_rows,
-                                unroll,
-                                target_blocks,
-                                split_update,
-                                fused_score,
-                            });
-                        }
+                        v.push(Tuning {
+                            score_rows,
+                            unroll,
+                            target_blocks,
+                            split_update,
+                        });
                     }
                 }
             }
@@ -178,7 +170,7 @@ impl Tuning {
 
     pub fn label(&self) -> String {
         format!(
-            "rows={} unroll={} blocks={}{}{}",
+            "rows={} unroll={} blocks={}{}",
             self.score_rows,
             self.unroll,
             self.target_blocks,
@@ -186,8 +178,7 @@ impl Tuning {
                 ""
             } else {
                 " one-entry-update"
-            },
-            if self.fused_score { " fused-score" } else { "" }
+            }
         )
     }
 }
@@ -460,15 +451,10 @@ pub fn compile_tuned(
     let mut plan: Vec<(Role, Body, usize, [u32; 3], u32)> = vec![];
     if sh.source == Source::Exact {
         let block = exact::WARPS * 32;
-        if tuning.fused_score && topk_wide::fused_first_pass(&sh) {
-            let grid = [exact::fused_blocks(&sh), 1, 1];
-            plan.push((Role::Logits, Body::LogitsFused, 7, grid, block));
-        } else {
-            let grid = [exact::chunks(&sh), sh.hkv, sh.b];
-            plan.push((Role::Logits, Body::Logits, 5, grid, block));
-            let grid = [exact::score_blocks(&sh), sh.hkv, sh.b];
-            plan.push((Role::Score, Body::ExactScore, 5, grid, block));
-        }
+        let grid = [exact::chunks(&sh), sh.hkv, sh.b];
+        plan.push((Role::Logits, Body::Logits, 5, grid, block));
+        let grid = [exact::score_blocks(&sh), sh.hkv, sh.b];
+        plan.push((Role::Score, Body::ExactScore, 5, grid, block));
     }
     let window = matches!(sh.source, Source::Window { .. });
     if window {
@@ -569,7 +555,6 @@ pub fn compile_tuned(
         let ps: Vec<PointerValue> = f.get_param_iter().map(|p| p.into_pointer_value()).collect();
         match body {
             Body::Logits => exact::emit_logits(&g, &sh, &ps),
-            Body::LogitsFused => exact::emit_fused(&g, &sh, &ps),
             Body::ExactScore => exact::emit_score(&g, &sh, &ps),
             Body::Score => score::emit(&g, &sh, &ps),
             Body::TopK => topk::emit(&g, &sh, &ps),
@@ -605,8 +590,6 @@ pub fn compile_tuned(
 #[derive(Clone, Copy)]
 enum Body {
     Logits,
-    /// `exact`'s logits with its score entry folded in (`Tuning::fused_score`).
-    LogitsFused,
     ExactScore,
     Score,
     TopK,
@@ -646,8 +629,6 @@ fn role_name(r: Role) -> &'static str {
 fn writes(body: Body, n: usize) -> std::ops::Range<usize> {
     match body {
         Body::Append => 2..n,
-        // (q, k, lens, logits, stats, work, scores)
-        Body::LogitsFused => 3..n,
         // (q, k, idx, hl, acc): the list's logits only.
         Body::AccumulateLogits => n - 2..n - 1,
         Body::Logits

@@ -65,14 +65,6 @@ pub fn work_words(s: &Shape) -> usize {
     lists * (BINS as usize + 4 + 2 * blocks(s) as usize)
 }
 
-/// The work buffer's word that counts list `list`'s chunks of logits done (the fused
-/// exact entry, `exact::emit_fused`): the fourth of the list's state words; the emission
-/// clears it for the next step.
-pub fn chunks_done_word<'c>(g: &Gen<'c>, s: &Shape, list: IntValue<'c>) -> IntValue<'c> {
-    let lists = (s.b * s.hsel) as i64;
-    g.addi(g.muli(list, 4), lists * BINS as i64 + 3)
-}
-
 /// What each entry does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -169,13 +161,6 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>], step: Step) {
     let ids = (g.sreg("ctaid.x"), g.sreg("ctaid.y"), g.sreg("ctaid.z"));
     let l = List::new(g, s, lens, ids);
     if let Step::Emit = step {
-        if fused_first_pass(s) {
-            // The fused exact entry's chunk counts, for the next step.
-            let first = g.and(g.eqi(l.blk, 0), g.eqi(l.tid, 0));
-            g.if_then(first, &mut |g| {
-                g.st_i32(work, chunks_done_word(g, s, l.row), g.i32(0))
-            });
-        }
         emit_lists(g, s, &l, scores, work, out);
         return;
     }
