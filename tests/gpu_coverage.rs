@@ -20,9 +20,10 @@ fn snapkv_runs_on_the_gpu_with_its_entries() {
     decode::gpu_support(&s).expect("the shipped SnapKV kernel");
     let m = decode::compile(&s, Arch::Sm90).expect("compiles");
     let roles: Vec<Role> = m.entries.iter().map(|e| e.role).collect();
-    // Statistics, score, pooling, then the multi-block top-k's five entries; no attention.
+    // Statistics, score, pooling, then the multi-block top-k's four entries (three radix
+    // passes and the emission); no attention.
     assert_eq!(&roles[..3], &[Role::Logits, Role::Score, Role::Pool]);
-    assert_eq!(roles.len(), 8, "{roles:?}");
+    assert_eq!(roles.len(), 7, "{roles:?}");
     assert!(roles[3..].iter().all(|r| *r == Role::TopK));
     // 8 x 32 x 32 x 131072 logits (2^30): stored between the passes.
     assert_eq!(m.window_logits, 1 << 30);

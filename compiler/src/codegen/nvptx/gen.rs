@@ -598,6 +598,13 @@ impl<'c> Gen<'c> {
         v.into_int_value()
     }
 
+    /// `__nanosleep(ns)`: a waiting thread gives its issue slots up for about `ns`.
+    pub fn nanosleep(&self, ns: u32) {
+        super::asm::Asm::new(format!("nanosleep.u32 {ns};"))
+            .volatile()
+            .emit(self.cx, &self.b, &[]);
+    }
+
     /// `__match_any_sync(0xffffffff, x)`: the lanes holding the same value.
     pub fn match_any(&self, x: IntValue<'c>) -> IntValue<'c> {
         let f = self.intrinsic(

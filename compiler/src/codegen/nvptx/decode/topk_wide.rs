@@ -8,26 +8,28 @@
 //!   histogram and adds it to the list's histogram in `work`; the last block to arrive (a
 //!   counter, after a fence) finds the bin that holds the wanted rank, records the longer
 //!   prefix and the rank within it, and clears the histogram and the counter for the next
-//!   pass (so the work buffer needs no reset between steps: CUDA graphs stay valid).
+//!   pass (so the work buffer needs no reset between steps: CUDA graphs stay valid); the
+//!   last pass also advances the list's step number.
 //!   For `exact` scores the score entry counts the first digit as it computes the scores
 //!   ([`Pass0`]), and `topk_pass0` does not exist.
-//! - `topk_count`: with the threshold key `T` known, each block counts its units above
-//!   `T` and equal to it.
 //! - `topk_emit`: warp ballots turn the keys into masks of units above `T` and equal to it,
-//!   one 32-bit word per 32 adjacent units; each thread takes a word, and from the earlier
-//!   blocks' counts and two block scans (equal units before it, taken units before it) it
-//!   knows where its units go and writes those above `T` and the equal ones whose rank
-//!   among all equal ones is below the number to take, in ascending order.
+//!   one 32-bit word per 32 adjacent units; each block publishes its counts of both under
+//!   the step number and adds up the earlier blocks' as they appear (a decoupled look-back:
+//!   [`look_back`]; a separate counting entry cost a launch); each thread takes a word,
+//!   and from those counts and two block scans (equal units before it, taken units before
+//!   it) it knows where its units go and writes those above `T` and the equal ones whose
+//!   rank among all equal ones is below the number to take, in ascending order.
 //!
 //! The selected set and its order are exactly the one-block kernel's, hence the CPU's.
 //!
 //! `work` (u32): per list a histogram of [`BINS`] counts, then per list 4 words (prefix,
-//! rank, arrivals, unused), then per list and block 2 words (above, equal).
+//! rank, arrivals, step number), then per list and block 2 words (above and equal packed,
+//! the step number they belong to).
 
 use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
 
-use super::topk::{block_scan, count_digit, digit, forced_bounds, key_of, to_u32};
+use super::topk::{block_scan, count_digit, digit, forced_bounds, key_of};
 use super::Shape;
 use crate::codegen::nvptx::gen::{ok, Gen};
 use crate::select::spec::Source;
@@ -69,7 +71,6 @@ pub fn work_words(s: &Shape) -> usize {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
     Pass(usize),
-    Count,
     Emit,
 }
 
@@ -78,7 +79,6 @@ impl Step {
     pub fn name(self) -> String {
         match self {
             Step::Pass(i) => format!("topk_pass{i}"),
-            Step::Count => "topk_count".into(),
             Step::Emit => "topk_emit".into(),
         }
     }
@@ -88,7 +88,7 @@ impl Step {
 pub fn steps(s: &Shape) -> Vec<Step> {
     let first = usize::from(fused_first_pass(s));
     let mut v: Vec<Step> = (first..DIGITS.len()).map(Step::Pass).collect();
-    v.extend([Step::Count, Step::Emit]);
+    v.push(Step::Emit);
     v
 }
 
@@ -164,19 +164,17 @@ pub fn emit<'c>(g: &Gen<'c>, s: &Shape, p: &[PointerValue<'c>], step: Step) {
         emit_lists(g, s, &l, scores, work, out);
         return;
     }
+    let Step::Pass(i) = step else { return };
     // A list that fits keeps everything: only the emission writes it.
-    g.if_then(g.not(l.short), &mut |g| match step {
-        Step::Pass(i) => {
-            let h = Hist::new(g, i, THREADS);
-            let (prefix, _) = h.decided(g, s, &l, work);
-            let mask = g.i32t.const_int(h.mask(), false);
-            for (valid, k) in keys(g, scores, &l) {
-                let same = g.and(valid, g.icmp(IntPredicate::EQ, g.and(k, mask), prefix));
-                h.count(g, same, k);
-            }
-            h.finish(g, s, &l, work, blocks(s));
+    g.if_then(g.not(l.short), &mut |g| {
+        let h = Hist::new(g, i, THREADS);
+        let (prefix, _) = h.decided(g, s, &l, work);
+        let mask = g.i32t.const_int(h.mask(), false);
+        for (valid, k) in keys(g, scores, &l) {
+            let same = g.and(valid, g.icmp(IntPredicate::EQ, g.and(k, mask), prefix));
+            h.count(g, same, k);
         }
-        _ => count(g, s, &l, scores, work),
+        h.finish(g, s, &l, work, blocks(s));
     });
 }
 
@@ -353,11 +351,61 @@ impl<'c> Hist<'c> {
                 });
                 cum = upto;
             }
+            let final_pass = self.i + 1 == DIGITS.len();
             g.if_then(g.eqi(l.tid, 0), &mut |g| {
-                g.st_i32(work, g.addi(l.state, 2), g.i32(0))
+                g.st_i32(work, g.addi(l.state, 2), g.i32(0));
+                if final_pass {
+                    // A new step's threshold: the emission's blocks publish their counts
+                    // under this number.
+                    let epoch = g.addi(l.state, 3);
+                    g.st_i32(work, epoch, g.addi(g.ld_i32(work, epoch), 1));
+                }
             });
         });
     }
+}
+
+/// Block `l.blk`'s counts (`total`: above T in the high half, equal in the low) published
+/// for the later blocks of its list, then the earlier blocks' summed: `(above, equal)` in
+/// every thread. A block's counts are `(packed, epoch)` at [`counts_at`]: it stores them,
+/// fences, then stores the step's `epoch` (which the last radix pass advanced), and a
+/// reader waits for that number before it reads them, so nothing needs clearing between
+/// steps.
+fn look_back<'c>(
+    g: &Gen<'c>,
+    s: &Shape,
+    l: &List<'c>,
+    work: PointerValue<'c>,
+    (epoch, total): (IntValue<'c>, IntValue<'c>),
+) -> (IntValue<'c>, IntValue<'c>) {
+    let nb = blocks(s);
+    let prev = g.shared_array("topk_emit_before", g.i32t.into(), nb);
+    g.if_then(g.eqi(l.tid, 0), &mut |g| {
+        let mine = counts_at(g, s, l.row, l.blk);
+        g.st_i32(work, mine, total);
+        g.fence_gpu();
+        g.st_i32(work, g.addi(mine, 1), epoch);
+    });
+    // Thread `e < blk` waits for block `e`'s counts of this step.
+    g.if_then(g.lt(l.tid, l.blk), &mut |g| {
+        let at = counts_at(g, s, l.row, l.tid);
+        g.while_loop(
+            &mut |g| {
+                let seen = g.ld_i32_volatile(work, g.addi(at, 1));
+                g.icmp(IntPredicate::NE, seen, epoch)
+            },
+            &mut |g| g.nanosleep(32),
+        );
+        g.fence_gpu();
+        g.st_i32(prev, l.tid, g.ld_i32_volatile(work, at));
+    });
+    g.barrier();
+    (0..nb).fold((g.i32(0), g.i32(0)), |(above, equal), e| {
+        let before = g.lt(g.i32(e as i64), l.blk);
+        let c = g.seli(before, g.ld_i32(prev, g.i32(e as i64)), g.i32(0));
+        let hi = ok(g.b.build_right_shift(c, g.i32(16), false, ""));
+        (g.add(above, hi), g.add(equal, g.and(c, g.i32(0xFFFF))))
+    })
 }
 
 /// Where block `blk`'s counts of list `row` live.
@@ -366,33 +414,6 @@ fn counts_at<'c>(g: &Gen<'c>, s: &Shape, row: IntValue<'c>, blk: IntValue<'c>) -
     let base = lists * (BINS as i64 + 4);
     let nb = blocks(s) as i64;
     g.addi(g.muli(g.add(g.muli(row, nb), blk), 2), base)
-}
-
-fn count<'c>(
-    g: &Gen<'c>,
-    s: &Shape,
-    l: &List<'c>,
-    scores: PointerValue<'c>,
-    work: PointerValue<'c>,
-) {
-    let totals = g.shared_array("topk_count_warps", g.i32t.into(), 32);
-    let t = g.ld_i32(work, l.state);
-    let (mut gt, mut eq) = (g.i32(0), g.i32(0));
-    for (valid, k) in keys(g, scores, l) {
-        let above = g.and(valid, g.icmp(IntPredicate::UGT, k, t));
-        let equal = g.and(valid, g.icmp(IntPredicate::EQ, k, t));
-        gt = g.add(gt, to_u32(g, above));
-        eq = g.add(eq, to_u32(g, equal));
-    }
-    // Two counts in one scan: above in the high half, equal in the low (each <= SEG).
-    let both = g.add(ok(g.b.build_left_shift(gt, g.i32(16), "")), eq);
-    let (_, total) = block_scan(g, totals, l.tid, both);
-    g.if_then(g.eqi(l.tid, 0), &mut |g| {
-        let at = counts_at(g, s, l.row, l.blk);
-        let hi = ok(g.b.build_right_shift(total, g.i32(16), false, ""));
-        g.st_i32(work, at, hi);
-        g.st_i32(work, g.addi(at, 1), g.and(total, g.i32(0xFFFF)));
-    });
 }
 
 fn emit_lists<'c>(
@@ -424,14 +445,7 @@ fn emit_lists<'c>(
         &mut |g| {
             let t = g.ld_i32(work, l.state);
             let need = g.ld_i32(work, g.addi(l.state, 1));
-            // The earlier blocks' units above T, and equal to it.
-            let above = g.var(g.i32t.into(), g.i32(0).into());
-            let equal = g.var(g.i32t.into(), g.i32(0).into());
-            g.for_range(g.i32(0), l.blk, &mut |g, e| {
-                let at = counts_at(g, s, l.row, e);
-                g.set(above, g.add(g.geti(above), g.ld_i32(work, at)));
-                g.set(equal, g.add(g.geti(equal), g.ld_i32(work, g.addi(at, 1))));
-            });
+            let epoch = g.ld_i32(work, g.addi(l.state, 3));
             // This thread's PER adjacent units as bit masks of "above" and "equal": the
             // keys are read coalesced (unit r * THREADS + tid of the block), a warp's
             // ballot is the mask of 32 adjacent units, and thread t takes word t.
@@ -452,10 +466,19 @@ fn emit_lists<'c>(
             let first = g.add(g.muli(l.blk, SEG as i64), g.muli(l.tid, PER as i64));
             let gt_bits = g.ld_i32(gt_words, l.tid);
             let eq_bits = g.ld_i32(eq_words, l.tid);
-            // Equal units before this thread's: the earlier blocks', then this block's.
+            // This block's units above T and equal to it, in one scan (above in the high
+            // half, equal in the low: each at most SEG).
             let mine_eq = g.popc(eq_bits);
-            let (eq_before, _) = block_scan(g, totals, l.tid, mine_eq);
-            let eq_start = g.add(g.geti(equal), eq_before);
+            let both = g.add(
+                ok(g.b.build_left_shift(g.popc(gt_bits), g.i32(16), "")),
+                mine_eq,
+            );
+            let (both_before, total) = block_scan(g, totals, l.tid, both);
+            let eq_before = g.and(both_before, g.i32(0xFFFF));
+            // Decoupled look-back: publish this block's counts under the step's number,
+            // then add the earlier blocks' as they appear (they started first).
+            let (above, equal) = look_back(g, s, l, work, (epoch, total));
+            let eq_start = g.add(equal, eq_before);
             // Of this thread's equal units, the first `need - eq_start` (clamped) are taken.
             let room = g.seli(
                 g.icmp(IntPredicate::ULT, eq_start, need),
@@ -464,15 +487,10 @@ fn emit_lists<'c>(
             );
             let take_eq = g.seli(g.icmp(IntPredicate::ULT, room, mine_eq), room, mine_eq);
             let (pos_before, _) = block_scan(g, totals, l.tid, g.add(g.popc(gt_bits), take_eq));
-            let taken_eq_before = g.seli(
-                g.icmp(IntPredicate::ULT, g.geti(equal), need),
-                g.geti(equal),
-                need,
-            );
+            let taken_eq_before = g.seli(g.icmp(IntPredicate::ULT, equal, need), equal, need);
             let pos = g.var(
                 g.i32t.into(),
-                g.add(g.add(g.geti(above), taken_eq_before), pos_before)
-                    .into(),
+                g.add(g.add(above, taken_eq_before), pos_before).into(),
             );
             // The taken units: every one above T, and the first `take_eq` equal ones;
             // written in unit order, one iteration per taken unit.
