@@ -18,6 +18,12 @@ mkdir -p "$OUT"
 A=./bin/attnc
 MODE="${1:-all}"
 log() { echo "== $*"; }
+# ptxas's registers and spills of a decode kernel's entries, one line: decode_ptxas FILE KERNEL.
+decode_ptxas() {
+  mkdir -p ptx
+  $A compile "kernels/$1" --kernel "$2" --emit ptx > "ptx/$2.ptx" && ptxas -arch=sm_90 -v "ptx/$2.ptx" -o "ptx/$2.cubin" 2>&1 | grep -E "entry|registers|spill" | tr '\n' ' ' | sed "s/^/$2: /"
+  echo
+}
 gpu_info() {
   log "GPU"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -111,12 +117,9 @@ if [ "$MODE" = "decode" ]; then
   # minutes); `decode-extra` has the shapes no shipped kernel takes and the sanitizer.
   gpu_info
   log "ptxas (registers, spills) of the decode kernels"
-  mkdir -p ptx
   : > "$OUT/decode_sass.txt"
   for c in "quest.attn quest_decode" "streaming.attn streaming_decode" "exact.attn exact_decode" "h2o.attn h2o_decode" "dense.attn dense_decode"; do
-    set -- $c
-    $A compile kernels/$1 --kernel $2 --emit ptx > "ptx/$2.ptx" && ptxas -arch=sm_90 -v "ptx/$2.ptx" -o "ptx/$2.cubin" 2>&1 | grep -E "entry|registers|spill" | tr '\n' ' ' | sed "s/^/$2: /" >> "$OUT/decode_sass.txt"
-    echo >> "$OUT/decode_sass.txt"
+    decode_ptxas $c >> "$OUT/decode_sass.txt"
   done
   cat "$OUT/decode_sass.txt"
   log "decode step: attnc against the CPU executor, timed, with fidelity"
@@ -141,10 +144,7 @@ if [ "$MODE" = "select" ]; then
   # The select-only kernel (SnapKV's window scores): ptxas, compute-sanitizer on a small
   # case, a short context (the one-block top-k), then the shipped shape checked and timed.
   gpu_info
-  mkdir -p ptx
-  $A compile kernels/snapkv.attn --kernel snapkv_select --emit ptx > ptx/snapkv_select.ptx
-  ptxas -arch=sm_90 -v ptx/snapkv_select.ptx -o ptx/snapkv_select.cubin 2>&1 | grep -E "entry|registers|spill" | tr '\n' ' ' | tee "$OUT/select_sass.txt"
-  echo
+  decode_ptxas snapkv.attn snapkv_select | tee "$OUT/select_sass.txt"
   : > "$OUT/select.txt"
   timeout 200 compute-sanitizer --tool memcheck --error-exitcode 3 $A bench kernels/snapkv.attn --kernel snapkv_select --set CONTEXT=8192 --set BUDGET=1024 --set BATCH=2 --backend cuda --runs 2 > "$OUT/select_sanitizer.txt" 2>&1
   echo "snapkv_select sanitizer exit $?" | tee -a "$OUT/select.txt"
@@ -160,10 +160,7 @@ fi
 
 if [ "$MODE" = "exact" ]; then
   gpu_info
-  mkdir -p ptx
-  $A compile kernels/exact.attn --kernel exact_decode --emit ptx > ptx/exact_decode.ptx
-  ptxas -arch=sm_90 -v ptx/exact_decode.ptx -o ptx/exact_decode.cubin 2>&1 | grep -E "entry|registers|spill" | tr '\n' ' ' | tee "$OUT/exact_sass.txt"
-  echo
+  decode_ptxas exact.attn exact_decode | tee "$OUT/exact_sass.txt"
   : > "$OUT/exact.txt"
   # Every tuning candidate under the sanitizers (--tune checks each against the default).
   for tool in memcheck synccheck; do
