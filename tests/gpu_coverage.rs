@@ -56,3 +56,16 @@ fn caches_beyond_32_bit_indices_are_refused() {
         "`snapkv_select` runs on the CPU only so far: the CUDA backend has no caches of more than 2^31 values (4294967296 here: batch x KV heads x CONTEXT x head dim) yet (docs/kv-selection.md, \"GPU coverage\")"
     );
 }
+
+#[test]
+fn key_norm_scores_run_on_the_cpu_only_and_say_so() {
+    let s = select_spec(
+        "tests/fixtures/ok/kv_selection_policies.attn",
+        "norm_decode",
+        &[],
+    );
+    assert_eq!(
+        refusal(&s),
+        "`norm_decode` runs on the CPU only so far: the CUDA backend has no `key_norm` scoring yet (docs/kv-selection.md, \"GPU coverage\")"
+    );
+}

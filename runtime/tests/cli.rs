@@ -454,7 +454,7 @@ fn gpu_decode_requests_without_a_gpu_or_coverage_are_clear_errors() {
         "{err}"
     );
     // The shipped SnapKV kernel compiles: statistics, scores, pooling and the top-k's
-    // five entries, no attention.
+    // four entries (no separate count since the emission looks back), no attention.
     let (code, out, err) = run(attnc()
         .arg("compile")
         .arg(repo("kernels/snapkv.attn"))
@@ -466,6 +466,7 @@ fn gpu_decode_requests_without_a_gpu_or_coverage_are_clear_errors() {
             "{e}"
         );
     }
+    assert!(!out.contains("topk_count"), "the emission counts");
     assert!(
         !out.contains("attend"),
         "a select-only kernel never attends"

@@ -22,7 +22,7 @@ struct Case {
 
 fn case() -> impl Strategy<Value = Case> {
     (
-        (0u8..5, 0u8..6, 0u8..3, 0u8..3, 0u8..4),
+        (0u8..6, 0u8..6, 0u8..3, 0u8..3, 0u8..4),
         (1u32..300, 0u32..12, 0u32..40, 1u32..4, 0u8..3),
         (0u8..2, 0u8..3, 1u32..6, any::<u64>(), 0u8..2),
         prop::collection::vec(0.0f64..1.0, 3),
@@ -39,6 +39,7 @@ fn case() -> impl Strategy<Value = Case> {
                     1 => Source::Exact,
                     2 => Source::PageBound,
                     3 => Source::External,
+                    4 => Source::KeyNorm,
                     _ => Source::Window {
                         rows: w.min(context),
                     },

@@ -88,6 +88,7 @@ fn every_source_and_head_reduction_selects_as_the_reference() {
         Source::PageBound,
         Source::External,
         Source::Window { rows: 8 },
+        Source::KeyNorm,
     ];
     for source in sources {
         for heads in [
@@ -109,6 +110,44 @@ fn every_source_and_head_reduction_selects_as_the_reference() {
             );
         }
     }
+}
+
+/// `key_norm` keeps the tokens whose keys are smallest, whatever the query: keys shrunk
+/// 100-fold are all selected (beside the sinks and the recent window), and a query that
+/// favours other tokens changes nothing.
+#[test]
+fn key_norm_keeps_the_smallest_keys_whatever_the_query() {
+    let mut s = spec(Source::KeyNorm);
+    s.batch = 1;
+    let lens = [500u32];
+    let (kernel, mut st, q) = setup(&s, &lens, 5);
+    let d = s.head_dim as usize;
+    let c = s.context as usize;
+    // Tokens 100, 106, ..., 454 of every KV head: 60 tokens, inside the budget
+    // left after 4 sinks and 16 recent tokens (128 - 20).
+    let small: Vec<usize> = (0..60).map(|i| 100 + 6 * i).collect();
+    for kvh in 0..s.kv_heads as usize {
+        for &j in &small {
+            for x in &mut st.k[(kvh * c + j) * d..][..d] {
+                *x = attnc_runtime::decode::cache::round(s.dtype, *x * 0.01);
+            }
+        }
+    }
+    let got = kernel.select(&st, &q, None).expect("select");
+    let want = reference_select(&s, &st, &q, None).expect("reference");
+    assert_eq!(got, want);
+    for sel in 0..s.sel_heads() as usize {
+        let list = &got.data[sel * s.capacity() as usize..][..s.capacity() as usize];
+        for j in &small {
+            assert!(
+                list.contains(&(*j as i32)),
+                "list {sel} lacks token {j}: {list:?}"
+            );
+        }
+    }
+    // Another query: the same lists.
+    let q2: Vec<f32> = q.iter().map(|x| -x).collect();
+    assert_eq!(kernel.select(&st, &q2, None).expect("select"), got);
 }
 
 #[test]

@@ -50,7 +50,7 @@ pub fn plan(s: &SelectSpec) -> SelectPlan {
     let mut steps = vec![];
     let per_query_heads = matches!(
         s.source,
-        Source::Exact | Source::Window { .. } | Source::PageBound
+        Source::Exact | Source::Window { .. } | Source::PageBound | Source::KeyNorm
     );
     match s.source {
         Source::None => {}
@@ -91,6 +91,14 @@ pub fn plan(s: &SelectSpec) -> SelectPlan {
             what: format!("external scores: [{b}, {hsel}, {c}] f32"),
             read: b * hsel * c * f32b,
             written: 0,
+        }),
+        Source::KeyNorm => steps.push(Step {
+            name: "score",
+            what: format!(
+                "-|k|^2 of every cached key (each query head takes its KV head's), the query unused: [{b}, {hq}, {c}] f32"
+            ),
+            read: b * hkv * c * d * e,
+            written: b * hq * c * f32b,
         }),
     }
     let scored = if s.source == Source::PageBound {

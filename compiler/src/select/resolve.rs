@@ -22,13 +22,14 @@ pub const MAX_POOL: i64 = 255;
 /// Tokens per split-K chunk of the decode attention.
 pub const SPLIT_TOKENS: u32 = 512;
 
-const SOURCES: [&str; 6] = [
+const SOURCES: [&str; 7] = [
     "none",
     "exact",
     "window",
     "accumulated",
     "page_bound",
     "external",
+    "key_norm",
 ];
 
 pub fn selects(file: &ast::File) -> impl Iterator<Item = &ast::SelectDecl> {
@@ -568,7 +569,8 @@ impl<'a> Inst<'a, '_> {
         (dtype.map_or(DType::Bf16, |d| d.0), scale)
     }
 
-    /// `none`, `exact`, `window(W)`, `accumulated`, `page_bound(page = P)`, `external`.
+    /// `none`, `exact`, `window(W)`, `accumulated`, `page_bound(page = P)`, `external`,
+    /// `key_norm`.
     /// Returns the source and, for `page_bound`, its page size.
     fn source(&mut self, e: &'a ast::Expr, context: i64) -> Option<(Source, Option<u32>)> {
         let (name, args) = call_parts(e);
@@ -596,6 +598,7 @@ impl<'a> Inst<'a, '_> {
             "exact" => Source::Exact,
             "accumulated" => Source::Accumulated,
             "external" => Source::External,
+            "key_norm" => Source::KeyNorm,
             "window" => {
                 let a = &args[0];
                 if let Some(n) = &a.name {

@@ -31,6 +31,9 @@ pub enum Source {
     PageBound,
     /// An input score tensor `[B, Hsel, C]`.
     External,
+    /// The negative squared L2 norm of each token's key (the query unused): tokens whose
+    /// keys have the smallest norms draw the most attention (Devoto et al., 2024).
+    KeyNorm,
 }
 
 /// A reduction over query rows or heads.
@@ -261,6 +264,7 @@ pub fn source_name(s: Source) -> String {
         Source::Accumulated => "accumulated".into(),
         Source::PageBound => "page_bound".into(),
         Source::External => "external".into(),
+        Source::KeyNorm => "key_norm".into(),
     }
 }
 

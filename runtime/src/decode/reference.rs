@@ -106,6 +106,15 @@ fn token_scores(
                 })
                 .collect()
         }
+        Source::KeyNorm => (0..len)
+            .map(|j| {
+                let per: Vec<f64> = heads_of(s, sel)
+                    .into_iter()
+                    .map(|h| -key(s, st, b, h / g, j).iter().map(|x| x * x).sum::<f64>())
+                    .collect();
+                Some(reduce(s.heads.op(), &per))
+            })
+            .collect(),
         Source::PageBound => unreachable!("page scores are computed per page"),
     }
 }

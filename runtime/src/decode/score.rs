@@ -138,6 +138,26 @@ fn row_scores(
             page_scores(s, st, q, b, sel, &mut dst[..len / p]);
             return;
         }
+        Source::KeyNorm => {
+            m = len;
+            let d = s.head_dim as usize;
+            let g = s.group() as usize;
+            let heads: Vec<usize> = list_heads(s, sel).collect();
+            // Each KV head's norms once, folded for every query head that reads it.
+            let mut norms: (usize, Vec<f32>) = (usize::MAX, vec![]);
+            for (n, &h) in heads.iter().enumerate() {
+                if norms.0 != h / g {
+                    let keys = &st.k[(b * s.kv_heads as usize + h / g) * c * d..][..len * d];
+                    norms = (h / g, key_norms(d, keys, len));
+                }
+                for (t, x) in tok.iter_mut().zip(&norms.1) {
+                    fold(s.heads.op(), t, *x, n == 0);
+                }
+            }
+            if s.heads.op() == Reduce::Mean {
+                tok.iter_mut().for_each(|x| *x /= heads.len() as f32);
+            }
+        }
     }
     let m = m.min(tok.len());
     let tok = pool(s.pool, &tok[..m]);
@@ -153,6 +173,15 @@ fn row_scores(
             dst[pg] = tok[lo..((pg + 1) * p).min(m)].iter().sum();
         }
     }
+}
+
+/// Rule 1 for `key_norm`: `-|k|^2` of each of the `n` key rows of `keys` (contiguous rows
+/// of `d`), the squares summed in the lane tree's order ([`lane_tree_fma`]).
+pub fn key_norms(d: usize, keys: &[f32], n: usize) -> Vec<f32> {
+    keys.chunks_exact(d)
+        .take(n)
+        .map(|k| -lane_tree_fma(d, 1, |_, t| (k[t], k[t])))
+        .collect()
 }
 
 /// The factor of a base-2 logit (rule 1, `exact`): `scale * log2(e)` rounded to `f32`.

@@ -372,6 +372,8 @@ pub fn gpu_support(s: &SelectSpec) -> Result<(), String> {
                 ));
             }
         }
+        // Key norms: the CPU executor only so far.
+        Source::KeyNorm => return why("`key_norm` scoring"),
         // Scores given per selection head: the top-k reads them where the score entry
         // would have written them.
         Source::External => {
