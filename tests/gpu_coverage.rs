@@ -69,3 +69,16 @@ fn key_norm_scores_run_on_the_cpu_only_and_say_so() {
         "`norm_decode` runs on the CPU only so far: the CUDA backend has no `key_norm` scoring yet (docs/kv-selection.md, \"GPU coverage\")"
     );
 }
+
+#[test]
+fn head_subsets_run_on_the_cpu_only_and_say_so() {
+    let s = select_spec(
+        "tests/fixtures/ok/kv_selection_policies.attn",
+        "retrieval_decode",
+        &[],
+    );
+    assert_eq!(
+        refusal(&s),
+        "`retrieval_decode` runs on the CPU only so far: the CUDA backend has no lists scored by a subset of the heads (`subset(...)`) yet (docs/kv-selection.md, \"GPU coverage\")"
+    );
+}

@@ -53,9 +53,10 @@ pub fn measure(
         let len = st.lens[b] as usize;
         let probs = dense_probs(spec, st, q, b);
         for s in 0..idx.shape[1] {
+            // The heads that attend through list `s` (a subset's list serves every head).
             let heads: Vec<usize> = match spec.heads {
                 HeadReduce::PerKvGroup(_) => (s * g..(s + 1) * g).collect(),
-                HeadReduce::Shared(_) => (0..hq).collect(),
+                HeadReduce::Shared(_) | HeadReduce::Subset(..) => (0..hq).collect(),
             };
             let row = &idx.data[(b * idx.shape[1] + s) * cap..][..cap];
             let units = len.div_ceil(page);
@@ -181,9 +182,12 @@ pub fn attention_sums(spec: &SelectSpec, st: &DecodeState, q: &[f32]) -> Vec<f32
     let mut out = vec![0f32; spec.batch as usize * hs * c];
     for b in 0..spec.batch as usize {
         for (h, p) in dense_probs(spec, st, q, b).into_iter().enumerate() {
+            // The list whose scores head `h` adds to (none: a head outside the subset).
             let s = match spec.heads {
                 HeadReduce::PerKvGroup(_) => h / g,
                 HeadReduce::Shared(_) => 0,
+                HeadReduce::Subset(_, set) if set.heads().contains(&(h as u32)) => 0,
+                HeadReduce::Subset(..) => continue,
             };
             for (j, x) in p.into_iter().enumerate() {
                 out[(b * hs + s) * c + j] += x as f32;

@@ -2,7 +2,9 @@
 //! recent, budget) and random ragged caches, the CPU executor's index lists equal the
 //! brute-force reference's exactly, and its attention matches the reference's.
 
-use attnc::select::spec::{Budget, HeadReduce, KernelKind, Pool, Reduce, SelectSpec, Source};
+use attnc::select::spec::{
+    Budget, HeadReduce, HeadSet, KernelKind, Pool, Reduce, SelectSpec, Source,
+};
 use attnc::sema::program::DType;
 use attnc_runtime::decode::reference::{reference_attend, reference_select};
 use attnc_runtime::decode::DecodeKernel;
@@ -22,7 +24,7 @@ struct Case {
 
 fn case() -> impl Strategy<Value = Case> {
     (
-        (0u8..6, 0u8..6, 0u8..3, 0u8..3, 0u8..4),
+        (0u8..6, 0u8..8, 0u8..3, 0u8..3, 0u8..4),
         (1u32..300, 0u32..12, 0u32..40, 1u32..4, 0u8..3),
         (0u8..2, 0u8..3, 1u32..6, any::<u64>(), 0u8..2),
         prop::collection::vec(0.0f64..1.0, 3),
@@ -70,10 +72,16 @@ fn case() -> impl Strategy<Value = Case> {
                     },
                     source,
                     rows: reduce(rows),
-                    heads: if hr < 3 {
-                        HeadReduce::PerKvGroup(reduce(hr))
-                    } else {
-                        HeadReduce::Shared(reduce(hr))
+                    heads: match hr {
+                        0..=2 => HeadReduce::PerKvGroup(reduce(hr)),
+                        3..=5 => HeadReduce::Shared(reduce(hr)),
+                        // The first and the last query head.
+                        _ => {
+                            let mut set = HeadSet::default();
+                            set.insert(0);
+                            set.insert(kv_heads * group - 1);
+                            HeadReduce::Subset(reduce(hr), set)
+                        }
                     },
                     pool,
                     page,

@@ -6,7 +6,9 @@
 // Index loops over sequences, heads and tokens read better than zipped iterators here.
 #![allow(clippy::needless_range_loop)]
 
-use attnc::select::spec::{Budget, HeadReduce, KernelKind, Pool, Reduce, SelectSpec, Source};
+use attnc::select::spec::{
+    Budget, HeadReduce, HeadSet, KernelKind, Pool, Reduce, SelectSpec, Source,
+};
 use attnc::sema::program::DType;
 use attnc::sema::spec::Origin;
 use attnc_runtime::decode::reference::{reference_attend, reference_select};
@@ -97,6 +99,8 @@ fn every_source_and_head_reduction_selects_as_the_reference() {
             HeadReduce::PerKvGroup(Reduce::Max),
             HeadReduce::Shared(Reduce::Sum),
             HeadReduce::Shared(Reduce::Max),
+            HeadReduce::Subset(Reduce::Sum, heads_set(&[1, 6])),
+            HeadReduce::Subset(Reduce::Max, heads_set(&[3])),
         ] {
             let mut s = spec(source);
             s.heads = heads;
@@ -110,6 +114,46 @@ fn every_source_and_head_reduction_selects_as_the_reference() {
             );
         }
     }
+}
+
+fn heads_set(heads: &[u32]) -> HeadSet {
+    let mut set = HeadSet::default();
+    for h in heads {
+        set.insert(*h);
+    }
+    set
+}
+
+/// A subset of every head is `shared`, bit for bit; a subset of one head selects by that
+/// head's scores alone, whatever the others' (their queries negated changes nothing).
+#[test]
+fn head_subsets_score_with_their_heads_only() {
+    let all = heads_set(&(0..8).collect::<Vec<u32>>());
+    for op in [Reduce::Sum, Reduce::Mean, Reduce::Max] {
+        let mut shared = spec(Source::Exact);
+        shared.heads = HeadReduce::Shared(op);
+        let mut subset = shared.clone();
+        subset.heads = HeadReduce::Subset(op, all);
+        let (kernel, st, q) = setup(&shared, &LENS, 7);
+        let want = kernel.select(&st, &q, None).expect("shared");
+        let sub = DecodeKernel::new(subset);
+        assert_eq!(sub.select(&st, &q, None).expect("subset"), want, "{op:?}");
+    }
+    let mut s = spec(Source::Exact);
+    s.heads = HeadReduce::Subset(Reduce::Sum, heads_set(&[5]));
+    let (kernel, st, q) = setup(&s, &LENS, 8);
+    let got = kernel.select(&st, &q, None).expect("select");
+    assert_eq!(got, reference_select(&s, &st, &q, None).expect("reference"));
+    let d = s.head_dim as usize;
+    let mut q2 = q.clone();
+    for b in 0..s.batch as usize {
+        for h in (0..8).filter(|h| *h != 5) {
+            for x in &mut q2[(b * 8 + h) * d..][..d] {
+                *x = -*x;
+            }
+        }
+    }
+    assert_eq!(kernel.select(&st, &q2, None).expect("select"), got);
 }
 
 /// `key_norm` keeps the tokens whose keys are smallest, whatever the query: keys shrunk

@@ -4,7 +4,7 @@
 //! parameters, and every impossible setting reported where it was written.
 
 use super::params::{Num, Params};
-use super::spec::{Budget, HeadReduce, KernelKind, Pool, Reduce, SelectSpec, Source};
+use super::spec::{Budget, HeadReduce, HeadSet, KernelKind, Pool, Reduce, SelectSpec, Source};
 use crate::diagnostic::{closest, has_errors, Diagnostic, Span};
 use crate::sema::instantiate::{Binding, MAX_BATCH, MAX_HEADS, MAX_HEAD_DIM};
 use crate::sema::program::DType;
@@ -246,7 +246,7 @@ impl<'a> Inst<'a, '_> {
                     format!("{what} is {v}, outside {lo}..={hi}"),
                     e.span,
                     &format!("= {v}"),
-                    format!("use a {what} from {lo} to {hi}"),
+                    format!("use a value from {lo} to {hi}"),
                 );
                 None
             }
@@ -370,7 +370,7 @@ impl<'a> Inst<'a, '_> {
             None => Reduce::Sum,
         };
         let heads = match c.heads {
-            Some((e, _)) => self.head_reduce(e)?,
+            Some((e, _)) => self.head_reduce(e, q_heads?)?,
             None => HeadReduce::PerKvGroup(Reduce::Sum),
         };
         let pool = match c.pool {
@@ -698,8 +698,13 @@ impl<'a> Inst<'a, '_> {
         }
     }
 
-    fn head_reduce(&mut self, e: &ast::Expr) -> Option<HeadReduce> {
+    /// `per_kv_group(op)`, `shared(op)`, or `subset(op, h, ...)` of the kernel's `heads`
+    /// query heads.
+    fn head_reduce(&mut self, e: &ast::Expr, heads: u32) -> Option<HeadReduce> {
         let (name, args) = call_parts(e);
+        if name == "subset" {
+            return self.head_subset(e, args, heads);
+        }
         let op = match args {
             [] => Reduce::Sum,
             [a] if a.name.is_none() => self.reduce_op(&a.value)?,
@@ -722,11 +727,46 @@ impl<'a> Inst<'a, '_> {
                     format!("unknown head reduction `{}`", shown(e, other)),
                     e.span,
                     "not a head reduction",
-                    "use `per_kv_group(sum|mean|max)` (one list per KV head) or `shared(sum|mean|max)` (one list for all heads)",
+                    "use `per_kv_group(sum|mean|max)` (one list per KV head), `shared(sum|mean|max)` (one list for all heads) or `subset(sum|mean|max, h, ...)` (one list for all heads, scored by heads h, ...)",
                 );
                 None
             }
         }
+    }
+
+    /// `subset(op, h, ...)`: one list for all heads, scored by the distinct query heads
+    /// `h, ...` (each below `heads`).
+    fn head_subset(&mut self, e: &ast::Expr, args: &[ast::Arg], heads: u32) -> Option<HeadReduce> {
+        let (first, rest) = match args {
+            [first, rest @ ..] if !rest.is_empty() && args.iter().all(|a| a.name.is_none()) => {
+                (first, rest)
+            }
+            _ => {
+                self.err_hint(
+                    "E0206",
+                    "`subset` takes a reduction and at least one head",
+                    e.span,
+                    "wrong arguments",
+                    "write `subset(sum, 3, 7, 12)`: the query heads whose scores make the list",
+                );
+                return None;
+            }
+        };
+        let op = self.reduce_op(&first.value)?;
+        let mut set = HeadSet::default();
+        for a in rest {
+            let h = self.int(&a.value, "the query head", 0, heads as i64 - 1, "E0802")?;
+            if !set.insert(h) {
+                self.err(
+                    "E0802",
+                    format!("head {h} is named twice in `subset`"),
+                    a.value.span,
+                    "named before",
+                );
+                return None;
+            }
+        }
+        Some(HeadReduce::Subset(op, set))
     }
 
     fn pool(&mut self, e: &ast::Expr) -> Option<Pool> {

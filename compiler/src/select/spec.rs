@@ -51,13 +51,45 @@ pub enum HeadReduce {
     PerKvGroup(Reduce),
     /// One list for all heads.
     Shared(Reduce),
+    /// One list for all heads, scored by the named query heads only (CompressKV's
+    /// retrieval heads).
+    Subset(Reduce, HeadSet),
 }
 
 impl HeadReduce {
     pub fn op(self) -> Reduce {
         match self {
-            HeadReduce::PerKvGroup(r) | HeadReduce::Shared(r) => r,
+            HeadReduce::PerKvGroup(r) | HeadReduce::Shared(r) | HeadReduce::Subset(r, _) => r,
         }
+    }
+
+    /// One list for every head (`shared` or `subset`).
+    pub fn one_list(self) -> bool {
+        !matches!(self, HeadReduce::PerKvGroup(_))
+    }
+}
+
+/// A set of query heads (below `MAX_HEADS`, 1024), as bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HeadSet([u64; 16]);
+
+impl HeadSet {
+    /// The most heads a set can name.
+    pub const CAPACITY: u32 = 1024;
+
+    /// Adds head `h` (below [`HeadSet::CAPACITY`]); false when it was there already.
+    pub fn insert(&mut self, h: u32) -> bool {
+        let (w, bit) = ((h / 64) as usize, 1u64 << (h % 64));
+        let fresh = self.0[w] & bit == 0;
+        self.0[w] |= bit;
+        fresh
+    }
+
+    /// The heads in ascending order.
+    pub fn heads(&self) -> Vec<u32> {
+        (0..Self::CAPACITY)
+            .filter(|h| self.0[(h / 64) as usize] & (1u64 << (h % 64)) != 0)
+            .collect()
     }
 }
 
@@ -117,7 +149,20 @@ impl SelectSpec {
     pub fn sel_heads(&self) -> u32 {
         match self.heads {
             HeadReduce::PerKvGroup(_) => self.kv_heads,
-            HeadReduce::Shared(_) => 1,
+            HeadReduce::Shared(_) | HeadReduce::Subset(..) => 1,
+        }
+    }
+
+    /// The query heads whose scores make list `sel` (rule 3), in order: the KV group's,
+    /// every head, or the named subset.
+    pub fn scoring_heads(&self, sel: u32) -> Vec<u32> {
+        match self.heads {
+            HeadReduce::PerKvGroup(_) => {
+                let g = self.group();
+                (sel * g..(sel + 1) * g).collect()
+            }
+            HeadReduce::Shared(_) => (0..self.q_heads).collect(),
+            HeadReduce::Subset(_, set) => set.heads(),
         }
     }
 
@@ -196,11 +241,7 @@ impl SelectSpec {
         if let Source::Window { .. } = self.source {
             let _ = writeln!(s, "  reduce rows: {}", reduce_name(self.rows));
         }
-        let (scope, op) = match self.heads {
-            HeadReduce::PerKvGroup(r) => ("per_kv_group", r),
-            HeadReduce::Shared(r) => ("shared", r),
-        };
-        let _ = writeln!(s, "  reduce heads: {scope}({})", reduce_name(op));
+        let _ = writeln!(s, "  reduce heads: {}", head_reduce_name(self.heads));
         match self.pool {
             Pool::None => {}
             Pool::Avg { size } => {
@@ -254,6 +295,19 @@ impl SelectSpec {
 pub fn score_lanes(head_dim: u32) -> u32 {
     let l = (head_dim / 8).clamp(1, 32);
     1 << (31 - l.leading_zeros())
+}
+
+/// A head reduction as the language writes it: `per_kv_group(sum)`, `shared(max)`,
+/// `subset(sum, 3, 7)`.
+pub fn head_reduce_name(h: HeadReduce) -> String {
+    match h {
+        HeadReduce::PerKvGroup(r) => format!("per_kv_group({})", reduce_name(r)),
+        HeadReduce::Shared(r) => format!("shared({})", reduce_name(r)),
+        HeadReduce::Subset(r, set) => {
+            let heads: Vec<String> = set.heads().iter().map(|h| h.to_string()).collect();
+            format!("subset({}, {})", reduce_name(r), heads.join(", "))
+        }
+    }
 }
 
 pub fn source_name(s: Source) -> String {

@@ -73,7 +73,7 @@ fn list_probs(
     sel: usize,
     toks: &[u32],
 ) -> Vec<f32> {
-    let heads: Vec<usize> = list_heads(s, sel).collect();
+    let heads: Vec<usize> = list_heads(s, sel);
     let mut out = vec![0f32; toks.len()];
     for (i, mut l) in list_logits(s, k, q, b, &heads, toks)
         .into_iter()

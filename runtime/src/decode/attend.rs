@@ -3,7 +3,7 @@
 //! maximum, a sum of exponentials and a weighted sum of values; a combine step rescales
 //! and adds the chunks. The query heads of a KV head share one pass over its keys.
 
-use attnc::select::spec::{HeadReduce, SelectSpec};
+use attnc::select::spec::SelectSpec;
 use rayon::prelude::*;
 
 use super::cache::DecodeState;
@@ -44,10 +44,7 @@ pub fn attend(s: &SelectSpec, st: &DecodeState, q: &[f32], idx: &[i32]) -> Vec<f
         .into_par_iter()
         .map(|bk| {
             let (b, kvh) = (bk / hkv, bk % hkv);
-            let sel = match s.heads {
-                HeadReduce::PerKvGroup(_) => kvh,
-                HeadReduce::Shared(_) => 0,
-            };
+            let sel = if s.heads.one_list() { 0 } else { kvh };
             let row = &idx[(b * hs + sel) * cap..][..cap];
             let len = st.lens[b];
             let base = (b * hkv + kvh) * c * d;

@@ -19,10 +19,14 @@ fn reduce(op: Reduce, xs: &[f64]) -> f64 {
 }
 
 fn heads_of(s: &SelectSpec, sel: usize) -> Vec<usize> {
-    let g = s.group() as usize;
     match s.heads {
-        HeadReduce::PerKvGroup(_) => (sel * g..(sel + 1) * g).collect(),
+        HeadReduce::PerKvGroup(_) => {
+            let g = s.group() as usize;
+            (sel * g..(sel + 1) * g).collect()
+        }
         HeadReduce::Shared(_) => (0..s.q_heads as usize).collect(),
+        // Written apart from `SelectSpec::scoring_heads` on purpose: the named heads.
+        HeadReduce::Subset(_, set) => set.heads().into_iter().map(|h| h as usize).collect(),
     }
 }
 

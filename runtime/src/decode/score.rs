@@ -54,14 +54,11 @@ unsafe fn row_scores_fma(
 }
 
 /// The query heads whose scores make list `sel`.
-pub fn list_heads(s: &SelectSpec, sel: usize) -> std::ops::Range<usize> {
-    match s.heads {
-        HeadReduce::PerKvGroup(_) => {
-            let g = s.group() as usize;
-            sel * g..(sel + 1) * g
-        }
-        HeadReduce::Shared(_) => 0..s.q_heads as usize,
-    }
+pub fn list_heads(s: &SelectSpec, sel: usize) -> Vec<usize> {
+    s.scoring_heads(sel as u32)
+        .into_iter()
+        .map(|h| h as usize)
+        .collect()
 }
 
 /// Folds `x` into `acc` (the `n`-th value) with `op`; `mean` divides at the end.
@@ -110,7 +107,7 @@ fn row_scores(
                 Source::Window { rows } => len - rows as usize,
                 _ => len,
             };
-            let heads: Vec<usize> = list_heads(s, sel).collect();
+            let heads: Vec<usize> = list_heads(s, sel);
             let nh = heads.len();
             let rows = s.q_rows() as usize;
             // A KV group's heads together where the vector path takes them (each key read
@@ -142,7 +139,7 @@ fn row_scores(
             m = len;
             let d = s.head_dim as usize;
             let g = s.group() as usize;
-            let heads: Vec<usize> = list_heads(s, sel).collect();
+            let heads: Vec<usize> = list_heads(s, sel);
             // Each KV head's norms once, folded for every query head that reads it.
             let mut norms: (usize, Vec<f32>) = (usize::MAX, vec![]);
             for (n, &h) in heads.iter().enumerate() {
@@ -203,7 +200,7 @@ fn page_scores(s: &SelectSpec, st: &DecodeState, q: &[f32], b: usize, sel: usize
     let g = s.group() as usize;
     let rows = s.q_rows() as usize;
     let units = s.units() as usize;
-    let heads: Vec<usize> = list_heads(s, sel).collect();
+    let heads: Vec<usize> = list_heads(s, sel);
     let nh = heads.len();
     let qs: Vec<&[f32]> = heads
         .iter()

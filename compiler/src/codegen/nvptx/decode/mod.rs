@@ -319,6 +319,9 @@ pub fn gpu_support(s: &SelectSpec) -> Result<(), String> {
             s.kernel
         ))
     };
+    if matches!(s.heads, HeadReduce::Subset(..)) {
+        return why("lists scored by a subset of the heads (`subset(...)`)");
+    }
     let window = matches!(s.source, Source::Window { .. });
     if s.kind != KernelKind::Decode && !window {
         return why(&format!(
