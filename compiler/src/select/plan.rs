@@ -47,6 +47,11 @@ pub fn plan(s: &SelectSpec) -> SelectPlan {
     let rows = s.q_rows() as u64;
     let f32b = 4u64;
     let q_bytes = b * hq * rows * d * e;
+    // The query heads whose scores are computed: a subset's, else every head.
+    let hs = match s.heads {
+        HeadReduce::Subset(_, set) => set.heads().len() as u64,
+        _ => hq,
+    };
     let mut steps = vec![];
     let per_query_heads = matches!(
         s.source,
@@ -57,28 +62,28 @@ pub fn plan(s: &SelectSpec) -> SelectPlan {
         Source::Exact => steps.push(Step {
             name: "score",
             what: format!(
-                "softmax(scale * q . k) of the current query over all cached tokens: [{b}, {hq}, {c}] f32"
+                "softmax(scale * q . k) of the current query over all cached tokens: [{b}, {hs}, {c}] f32"
             ),
             read: q_bytes + b * hkv * c * d * e,
-            written: b * hq * c * f32b,
+            written: b * hs * c * f32b,
         }),
         Source::Window { rows: w } => steps.push(Step {
             name: "score",
             what: format!(
-                "causal softmax of the last {w} queries over the prefix, {} over rows, never a {w} x {c} matrix in memory: [{b}, {hq}, {c}] f32",
+                "causal softmax of the last {w} queries over the prefix, {} over rows, never a {w} x {c} matrix in memory: [{b}, {hs}, {c}] f32",
                 reduce_name(s.rows)
             ),
             read: q_bytes + b * hkv * c * d * e,
-            written: b * hq * c * f32b,
+            written: b * hs * c * f32b,
         }),
         Source::PageBound => steps.push(Step {
             name: "score",
             what: format!(
-                "page bound sum_d max(q_d * kmax_d, q_d * kmin_d) over {units} pages of {}: [{b}, {hq}, {units}] f32",
+                "page bound sum_d max(q_d * kmax_d, q_d * kmin_d) over {units} pages of {}: [{b}, {hs}, {units}] f32",
                 s.page
             ),
             read: q_bytes + 2 * b * hkv * units * d * e,
-            written: b * hq * units * f32b,
+            written: b * hs * units * f32b,
         }),
         Source::Accumulated => steps.push(Step {
             name: "score",
@@ -95,10 +100,10 @@ pub fn plan(s: &SelectSpec) -> SelectPlan {
         Source::KeyNorm => steps.push(Step {
             name: "score",
             what: format!(
-                "-|k|^2 of every cached key (each query head takes its KV head's), the query unused: [{b}, {hq}, {c}] f32"
+                "-|k|^2 of every cached key (each query head takes its KV head's), the query unused: [{b}, {hs}, {c}] f32"
             ),
             read: b * hkv * c * d * e,
-            written: b * hq * c * f32b,
+            written: b * hs * c * f32b,
         }),
     }
     let scored = if s.source == Source::PageBound {
@@ -129,7 +134,7 @@ pub fn plan(s: &SelectSpec) -> SelectPlan {
                 "{} over {scope}: [{b}, {hsel}, {scored}] f32",
                 reduce_name(op)
             ),
-            read: b * hq * scored * f32b,
+            read: b * hs * scored * f32b,
             written: b * hsel * scored * f32b,
         });
     }
