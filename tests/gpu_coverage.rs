@@ -82,3 +82,16 @@ fn head_subsets_run_on_the_cpu_only_and_say_so() {
         "`retrieval_decode` runs on the CPU only so far: the CUDA backend has no lists scored by a subset of the heads (`subset(...)`) yet (docs/kv-selection.md, \"GPU coverage\")"
     );
 }
+
+#[test]
+fn page_means_run_on_the_cpu_only_and_say_so() {
+    let s = select_spec(
+        "tests/fixtures/ok/kv_selection_policies.attn",
+        "centroid_decode",
+        &[],
+    );
+    assert_eq!(
+        refusal(&s),
+        "`centroid_decode` runs on the CPU only so far: the CUDA backend has no `page_mean` scoring yet (docs/kv-selection.md, \"GPU coverage\")"
+    );
+}

@@ -24,7 +24,7 @@ struct Case {
 
 fn case() -> impl Strategy<Value = Case> {
     (
-        (0u8..6, 0u8..8, 0u8..3, 0u8..3, 0u8..4),
+        (0u8..7, 0u8..8, 0u8..3, 0u8..3, 0u8..4),
         (1u32..300, 0u32..12, 0u32..40, 1u32..4, 0u8..3),
         (0u8..2, 0u8..3, 1u32..6, any::<u64>(), 0u8..2),
         prop::collection::vec(0.0f64..1.0, 3),
@@ -42,12 +42,13 @@ fn case() -> impl Strategy<Value = Case> {
                     2 => Source::PageBound,
                     3 => Source::External,
                     4 => Source::KeyNorm,
+                    5 => Source::PageMean,
                     _ => Source::Window {
                         rows: w.min(context),
                     },
                 };
                 let page = match (source, page) {
-                    (Source::PageBound, p) => 2u32 << p,
+                    (Source::PageBound | Source::PageMean, p) => 2u32 << p,
                     (_, 0 | 1) => 1,
                     (_, p) => 1 << p,
                 };

@@ -27,7 +27,7 @@ fn spec(source: Source) -> SelectSpec {
         rows: Reduce::Sum,
         heads: HeadReduce::PerKvGroup(Reduce::Sum),
         pool: Pool::None,
-        page: if source == Source::PageBound { 16 } else { 1 },
+        page: if source.scores_pages() { 16 } else { 1 },
         budget: Budget::Tokens(128),
         sinks: 4,
         recent: 16,
@@ -91,6 +91,7 @@ fn every_source_and_head_reduction_selects_as_the_reference() {
         Source::External,
         Source::Window { rows: 8 },
         Source::KeyNorm,
+        Source::PageMean,
     ];
     for source in sources {
         for heads in [
@@ -154,6 +155,60 @@ fn head_subsets_score_with_their_heads_only() {
         }
     }
     assert_eq!(kernel.select(&st, &q2, None).expect("select"), got);
+}
+
+/// `page_mean` ranks pages by their mean key, `page_bound` by their per-channel extremes:
+/// a page of keys along the query wins under both, a page whose one spike along the query
+/// sits among keys against it wins only the bound.
+#[test]
+fn page_means_differ_from_page_bounds_where_they_should() {
+    let mut s = spec(Source::PageMean);
+    s.batch = 1;
+    s.q_heads = 2;
+    s.kv_heads = 2;
+    let (d, c) = (s.head_dim as usize, s.context as usize);
+    let syn = fidelity::synthetic(&s, 1, 0, 11);
+    let mut k = syn.k.data.clone();
+    let q = syn.q.data.clone();
+    for kvh in 0..2 {
+        let qv = &q[kvh * d..][..d];
+        let norm = qv.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let u: Vec<f32> = qv.iter().map(|x| x / norm).collect();
+        let mut set = |j: usize, f: f32| {
+            for t in 0..d {
+                k[(kvh * c + j) * d + t] = f * u[t];
+            }
+        };
+        for j in 160..176 {
+            set(j, 30.0); // page 10: along the query
+        }
+        for j in 320..336 {
+            set(j, if j == 320 { 60.0 } else { -10.0 }); // page 20: one spike among opposites
+        }
+    }
+    let lens = [500u32];
+    let pages_of = |src: Source| {
+        let mut t = s.clone();
+        t.source = src;
+        let kernel = DecodeKernel::new(t.clone());
+        let mut st = kernel.new_state();
+        kernel.fill(&mut st, &k, &syn.v.data, &lens).expect("fill");
+        let got = kernel.select(&st, &q, None).expect("select");
+        assert_eq!(got, reference_select(&t, &st, &q, None).expect("reference"));
+        got
+    };
+    let mean = pages_of(Source::PageMean);
+    let bound = pages_of(Source::PageBound);
+    let cap = s.capacity() as usize;
+    for sel in 0..2 {
+        let (m, bd) = (
+            &mean.data[sel * cap..][..cap],
+            &bound.data[sel * cap..][..cap],
+        );
+        assert!(m.contains(&10) && bd.contains(&10), "{m:?} {bd:?}");
+        assert!(bd.contains(&20), "the bound takes the spike: {bd:?}");
+        assert!(!m.contains(&20), "the mean does not: {m:?}");
+    }
 }
 
 /// `key_norm` keeps the tokens whose keys are smallest, whatever the query: keys shrunk

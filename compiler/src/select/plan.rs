@@ -55,7 +55,11 @@ pub fn plan(s: &SelectSpec) -> SelectPlan {
     let mut steps = vec![];
     let per_query_heads = matches!(
         s.source,
-        Source::Exact | Source::Window { .. } | Source::PageBound | Source::KeyNorm
+        Source::Exact
+            | Source::Window { .. }
+            | Source::PageBound
+            | Source::PageMean
+            | Source::KeyNorm
     );
     match s.source {
         Source::None => {}
@@ -85,6 +89,15 @@ pub fn plan(s: &SelectSpec) -> SelectPlan {
             read: q_bytes + 2 * b * hkv * units * d * e,
             written: b * hs * units * f32b,
         }),
+        Source::PageMean => steps.push(Step {
+            name: "score",
+            what: format!(
+                "q . mean(k) over each of {units} pages of {} (its representative key): [{b}, {hs}, {units}] f32",
+                s.page
+            ),
+            read: q_bytes + b * hkv * c * d * e,
+            written: b * hs * units * f32b,
+        }),
         Source::Accumulated => steps.push(Step {
             name: "score",
             what: format!("accumulated attention (H2O state): [{b}, {hsel}, {c}] f32"),
@@ -106,11 +119,7 @@ pub fn plan(s: &SelectSpec) -> SelectPlan {
             written: b * hs * c * f32b,
         }),
     }
-    let scored = if s.source == Source::PageBound {
-        units
-    } else {
-        c
-    };
+    let scored = if s.source.scores_pages() { units } else { c };
     if per_query_heads {
         let (scope, op) = match s.heads {
             HeadReduce::PerKvGroup(r) => {
@@ -154,7 +163,7 @@ pub fn plan(s: &SelectSpec) -> SelectPlan {
             });
         }
     }
-    if s.page > 1 && s.source != Source::PageBound && s.source != Source::None {
+    if s.page > 1 && !s.source.scores_pages() && s.source != Source::None {
         steps.push(Step {
             name: "pages",
             what: format!(

@@ -22,12 +22,13 @@ pub const MAX_POOL: i64 = 255;
 /// Tokens per split-K chunk of the decode attention.
 pub const SPLIT_TOKENS: u32 = 512;
 
-const SOURCES: [&str; 7] = [
+const SOURCES: [&str; 8] = [
     "none",
     "exact",
     "window",
     "accumulated",
     "page_bound",
+    "page_mean",
     "external",
     "key_norm",
 ];
@@ -327,7 +328,7 @@ impl<'a> Inst<'a, '_> {
                 format!("select `{}` has no `source`", sel.name.name),
                 sel.name.span,
                 "needs a score source",
-                "add `source exact;` (or none, window(W), accumulated, page_bound(page = P), external)",
+                "add `source exact;` (or none, window(W), accumulated, page_bound(page = P), page_mean(page = P), external, key_norm)",
             );
             return None;
         };
@@ -338,7 +339,10 @@ impl<'a> Inst<'a, '_> {
                 if bound_page.is_some_and(|b| b != p) {
                     self.err(
                         "E0804",
-                        format!("granularity page({p}) contradicts `page_bound(page = {page})`"),
+                        format!(
+                            "granularity page({p}) contradicts `{}(page = {page})`",
+                            crate::select::spec::source_name(source)
+                        ),
                         gspan,
                         "a different page size",
                     );
@@ -349,7 +353,10 @@ impl<'a> Inst<'a, '_> {
         if bound_page.is_some() && page == 1 && c.granularity.is_some() {
             self.err(
                 "E0804",
-                "`page_bound` scores pages: its granularity cannot be `token`",
+                format!(
+                    "`{}` scores pages: its granularity cannot be `token`",
+                    crate::select::spec::source_name(source)
+                ),
                 src_span,
                 "scores pages",
             );
@@ -569,19 +576,20 @@ impl<'a> Inst<'a, '_> {
         (dtype.map_or(DType::Bf16, |d| d.0), scale)
     }
 
-    /// `none`, `exact`, `window(W)`, `accumulated`, `page_bound(page = P)`, `external`,
-    /// `key_norm`.
-    /// Returns the source and, for `page_bound`, its page size.
+    /// `none`, `exact`, `window(W)`, `accumulated`, `page_bound(page = P)`,
+    /// `page_mean(page = P)`, `external`, `key_norm`. Returns the source and, for the page
+    /// sources, its page size.
     fn source(&mut self, e: &'a ast::Expr, context: i64) -> Option<(Source, Option<u32>)> {
         let (name, args) = call_parts(e);
         let arity = match name {
-            "window" | "page_bound" => 1,
+            "window" | "page_bound" | "page_mean" => 1,
             _ => 0,
         };
         if SOURCES.contains(&name) && args.len() != arity {
             let usage = match name {
                 "window" => "window(W)",
                 "page_bound" => "page_bound(page = P)",
+                "page_mean" => "page_mean(page = P)",
                 n => n,
             };
             self.err_hint(
@@ -613,19 +621,24 @@ impl<'a> Inst<'a, '_> {
                 let w = self.int(&a.value, "the observation window", 1, context, "E0802")?;
                 Source::Window { rows: w }
             }
-            "page_bound" => {
+            "page_bound" | "page_mean" => {
                 let a = &args[0];
                 if let Some(n) = a.name.as_ref().filter(|n| n.name != "page") {
                     self.err(
                         "E0206",
-                        format!("`page_bound` has no argument `{}`", n.name),
+                        format!("`{name}` has no argument `{}`", n.name),
                         n.span,
                         "only `page`",
                     );
                     return None;
                 }
                 let p = self.page_size(&a.value)?;
-                return Some((Source::PageBound, Some(p)));
+                let src = if name == "page_bound" {
+                    Source::PageBound
+                } else {
+                    Source::PageMean
+                };
+                return Some((src, Some(p)));
             }
             other => {
                 let mut d = Diagnostic::error(

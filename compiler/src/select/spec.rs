@@ -29,6 +29,8 @@ pub enum Source {
     Accumulated,
     /// Quest: the per-page upper bound from per-channel key minima and maxima.
     PageBound,
+    /// The query against each page's representative key, the mean of its keys.
+    PageMean,
     /// An input score tensor `[B, Hsel, C]`.
     External,
     /// The negative squared L2 norm of each token's key (the query unused): tokens whose
@@ -54,6 +56,13 @@ pub enum HeadReduce {
     /// One list for all heads, scored by the named query heads only (CompressKV's
     /// retrieval heads).
     Subset(Reduce, HeadSet),
+}
+
+impl Source {
+    /// Scores pages directly (`page_bound`, `page_mean`), not tokens.
+    pub fn scores_pages(self) -> bool {
+        matches!(self, Source::PageBound | Source::PageMean)
+    }
 }
 
 impl HeadReduce {
@@ -317,6 +326,7 @@ pub fn source_name(s: Source) -> String {
         Source::Window { rows } => format!("window({rows})"),
         Source::Accumulated => "accumulated".into(),
         Source::PageBound => "page_bound".into(),
+        Source::PageMean => "page_mean".into(),
         Source::External => "external".into(),
         Source::KeyNorm => "key_norm".into(),
     }

@@ -119,7 +119,7 @@ fn token_scores(
                 Some(reduce(s.heads.op(), &per))
             })
             .collect(),
-        Source::PageBound => unreachable!("page scores are computed per page"),
+        Source::PageBound | Source::PageMean => unreachable!("page scores are computed per page"),
     }
 }
 
@@ -156,6 +156,30 @@ fn unit_scores(
                                 (qv[t] * hi).max(qv[t] * lo)
                             })
                             .sum()
+                    })
+                    .collect();
+                Some(reduce(s.heads.op(), &per))
+            })
+            .collect();
+    }
+    if s.source == Source::PageMean {
+        let g = s.group() as usize;
+        return (0..n)
+            .map(|pg| {
+                if (pg + 1) * p > len {
+                    return None;
+                }
+                let per: Vec<f64> = heads_of(s, sel)
+                    .into_iter()
+                    .map(|h| {
+                        let qv = query(s, q, b, h, 0);
+                        let mut mean = vec![0f64; qv.len()];
+                        for j in pg * p..(pg + 1) * p {
+                            for (m, x) in mean.iter_mut().zip(key(s, st, b, h / g, j)) {
+                                *m += x / p as f64;
+                            }
+                        }
+                        qv.iter().zip(&mean).map(|(a, m)| a * m).sum()
                     })
                     .collect();
                 Some(reduce(s.heads.op(), &per))

@@ -135,6 +135,10 @@ fn row_scores(
             page_scores(s, st, q, b, sel, &mut dst[..len / p]);
             return;
         }
+        Source::PageMean => {
+            page_mean_scores(s, st, q, b, sel, &mut dst[..len / p]);
+            return;
+        }
         Source::KeyNorm => {
             m = len;
             let d = s.head_dim as usize;
@@ -246,6 +250,58 @@ fn page_scores(s: &SelectSpec, st: &DecodeState, q: &[f32], b: usize, sel: usize
         };
         *out = match s.heads.op() {
             // Sums fold the heads inside each lane (one butterfly per page).
+            Reduce::Sum => lane_tree_fma(d, nh, term),
+            Reduce::Mean => lane_tree_fma(d, nh, term) / nh as f32,
+            Reduce::Max => (0..nh)
+                .map(|i| lane_tree_fma(d, 1, |_, t| term(i, t)))
+                .reduce(f32::max)
+                .unwrap_or(f32::NEG_INFINITY),
+        };
+    }
+}
+
+/// Rule 1 for `page_mean`: the query against the mean key of every full page of list
+/// `(b, sel)` into `dst`. A page's mean is its keys summed in token order, then times
+/// `1 / P` (exact: `P` is a power of two); the dot folds the heads as the page bound does.
+#[inline(always)]
+fn page_mean_scores(
+    s: &SelectSpec,
+    st: &DecodeState,
+    q: &[f32],
+    b: usize,
+    sel: usize,
+    dst: &mut [f32],
+) {
+    let d = s.head_dim as usize;
+    let (hkv, c, g, p) = (
+        s.kv_heads as usize,
+        s.context as usize,
+        s.group() as usize,
+        s.page as usize,
+    );
+    let rows = s.q_rows() as usize;
+    let heads: Vec<usize> = list_heads(s, sel);
+    let nh = heads.len();
+    let inv = 1.0 / p as f32;
+    let qs: Vec<&[f32]> = heads
+        .iter()
+        .map(|&h| &q[(b * s.q_heads as usize + h) * rows * d..][..d])
+        .collect();
+    let mut means = vec![0f32; nh * d];
+    for (pg, out) in dst.iter_mut().enumerate() {
+        for (i, &h) in heads.iter().enumerate() {
+            let keys = &st.k[((b * hkv + h / g) * c + pg * p) * d..][..p * d];
+            let m = &mut means[i * d..][..d];
+            m.copy_from_slice(&keys[..d]);
+            for key in keys.chunks_exact(d).skip(1) {
+                for (x, k) in m.iter_mut().zip(key) {
+                    *x += *k;
+                }
+            }
+            m.iter_mut().for_each(|x| *x *= inv);
+        }
+        let term = |i: usize, t: usize| (qs[i][t], means[i * d + t]);
+        *out = match s.heads.op() {
             Reduce::Sum => lane_tree_fma(d, nh, term),
             Reduce::Mean => lane_tree_fma(d, nh, term) / nh as f32,
             Reduce::Max => (0..nh)

@@ -375,8 +375,13 @@ pub fn gpu_support(s: &SelectSpec) -> Result<(), String> {
                 ));
             }
         }
-        // Key norms: the CPU executor only so far.
-        Source::KeyNorm => return why("`key_norm` scoring"),
+        // Key norms and page means: the CPU executor only so far.
+        Source::KeyNorm | Source::PageMean => {
+            return why(&format!(
+                "`{}` scoring",
+                crate::select::spec::source_name(s.source)
+            ))
+        }
         // Scores given per selection head: the top-k reads them where the score entry
         // would have written them.
         Source::External => {
