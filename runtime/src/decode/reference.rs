@@ -135,8 +135,26 @@ fn unit_scores(
     let len = st.lens[b] as usize;
     let p = s.page as usize;
     let n = len.div_ceil(p);
-    if s.source == Source::PageBound {
+    if s.source.scores_pages() {
         let g = s.group() as usize;
+        // Head `h`'s score of page `pg` from its query.
+        let head_page = |h: usize, pg: usize, qv: &[f64]| -> f64 {
+            let keys: Vec<Vec<f64>> = (pg * p..(pg + 1) * p)
+                .map(|j| key(s, st, b, h / g, j))
+                .collect();
+            (0..qv.len())
+                .map(|t| {
+                    let col = keys.iter().map(|k| k[t]);
+                    if s.source == Source::PageBound {
+                        let hi = col.clone().fold(f64::NEG_INFINITY, f64::max);
+                        let lo = col.fold(f64::INFINITY, f64::min);
+                        (qv[t] * hi).max(qv[t] * lo)
+                    } else {
+                        qv[t] * col.map(|x| x / p as f64).sum::<f64>()
+                    }
+                })
+                .sum()
+        };
         return (0..n)
             .map(|pg| {
                 if (pg + 1) * p > len {
@@ -144,43 +162,7 @@ fn unit_scores(
                 }
                 let per: Vec<f64> = heads_of(s, sel)
                     .into_iter()
-                    .map(|h| {
-                        let qv = query(s, q, b, h, 0);
-                        (0..qv.len())
-                            .map(|t| {
-                                let col: Vec<f64> = (pg * p..(pg + 1) * p)
-                                    .map(|j| key(s, st, b, h / g, j)[t])
-                                    .collect();
-                                let hi = col.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                                let lo = col.iter().cloned().fold(f64::INFINITY, f64::min);
-                                (qv[t] * hi).max(qv[t] * lo)
-                            })
-                            .sum()
-                    })
-                    .collect();
-                Some(reduce(s.heads.op(), &per))
-            })
-            .collect();
-    }
-    if s.source == Source::PageMean {
-        let g = s.group() as usize;
-        return (0..n)
-            .map(|pg| {
-                if (pg + 1) * p > len {
-                    return None;
-                }
-                let per: Vec<f64> = heads_of(s, sel)
-                    .into_iter()
-                    .map(|h| {
-                        let qv = query(s, q, b, h, 0);
-                        let mut mean = vec![0f64; qv.len()];
-                        for j in pg * p..(pg + 1) * p {
-                            for (m, x) in mean.iter_mut().zip(key(s, st, b, h / g, j)) {
-                                *m += x / p as f64;
-                            }
-                        }
-                        qv.iter().zip(&mean).map(|(a, m)| a * m).sum()
-                    })
+                    .map(|h| head_page(h, pg, &query(s, q, b, h, 0)))
                     .collect();
                 Some(reduce(s.heads.op(), &per))
             })

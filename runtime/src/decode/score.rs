@@ -248,15 +248,22 @@ fn page_scores(s: &SelectSpec, st: &DecodeState, q: &[f32], b: usize, sel: usize
             let (h, l) = (hi[t], lo[t]);
             (x, if x >= 0.0 { h } else { l })
         };
-        *out = match s.heads.op() {
-            // Sums fold the heads inside each lane (one butterfly per page).
-            Reduce::Sum => lane_tree_fma(d, nh, term),
-            Reduce::Mean => lane_tree_fma(d, nh, term) / nh as f32,
-            Reduce::Max => (0..nh)
-                .map(|i| lane_tree_fma(d, 1, |_, t| term(i, t)))
-                .reduce(f32::max)
-                .unwrap_or(f32::NEG_INFINITY),
-        };
+        *out = page_heads(s.heads.op(), d, nh, term);
+    }
+}
+
+/// A page's score from its `nh` heads' terms `term(head, channel)` (products summed in
+/// the lane tree): sums fold the heads inside each lane (one butterfly per page), `mean`
+/// then divides, `max` takes each head's own tree.
+#[inline(always)]
+fn page_heads(op: Reduce, d: usize, nh: usize, term: impl Fn(usize, usize) -> (f32, f32)) -> f32 {
+    match op {
+        Reduce::Sum => lane_tree_fma(d, nh, term),
+        Reduce::Mean => lane_tree_fma(d, nh, term) / nh as f32,
+        Reduce::Max => (0..nh)
+            .map(|i| lane_tree_fma(d, 1, |_, t| term(i, t)))
+            .reduce(f32::max)
+            .unwrap_or(f32::NEG_INFINITY),
     }
 }
 
@@ -300,15 +307,7 @@ fn page_mean_scores(
             }
             m.iter_mut().for_each(|x| *x *= inv);
         }
-        let term = |i: usize, t: usize| (qs[i][t], means[i * d + t]);
-        *out = match s.heads.op() {
-            Reduce::Sum => lane_tree_fma(d, nh, term),
-            Reduce::Mean => lane_tree_fma(d, nh, term) / nh as f32,
-            Reduce::Max => (0..nh)
-                .map(|i| lane_tree_fma(d, 1, |_, t| term(i, t)))
-                .reduce(f32::max)
-                .unwrap_or(f32::NEG_INFINITY),
-        };
+        *out = page_heads(s.heads.op(), d, nh, |i, t| (qs[i][t], means[i * d + t]));
     }
 }
 
