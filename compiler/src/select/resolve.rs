@@ -377,7 +377,9 @@ impl<'a> Inst<'a, '_> {
             None => Reduce::Sum,
         };
         let heads = match c.heads {
-            Some((e, _)) => self.head_reduce(e, q_heads?)?,
+            // Without a valid HEADS (already reported) subsets are checked against the
+            // most heads there can be, so that their other errors still show.
+            Some((e, _)) => self.head_reduce(e, q_heads.unwrap_or(MAX_HEADS))?,
             None => HeadReduce::PerKvGroup(Reduce::Sum),
         };
         let pool = match c.pool {

@@ -260,10 +260,15 @@ fn page_heads(op: Reduce, d: usize, nh: usize, term: impl Fn(usize, usize) -> (f
     match op {
         Reduce::Sum => lane_tree_fma(d, nh, term),
         Reduce::Mean => lane_tree_fma(d, nh, term) / nh as f32,
-        Reduce::Max => (0..nh)
-            .map(|i| lane_tree_fma(d, 1, |_, t| term(i, t)))
-            .reduce(f32::max)
-            .unwrap_or(f32::NEG_INFINITY),
+        // A plain loop (an iterator's `reduce` could be compiled apart, without FMA).
+        Reduce::Max => {
+            let mut best = f32::NEG_INFINITY;
+            for i in 0..nh {
+                let x = lane_tree_fma(d, 1, |_, t| term(i, t));
+                best = if i == 0 { x } else { best.max(x) };
+            }
+            best
+        }
     }
 }
 
