@@ -714,3 +714,110 @@ fn h2o_state_goes_from_one_run_to_the_next() {
         "{err}"
     );
 }
+
+/// `output compacted`: `attnc run --compacted DIR` writes the selected keys and values in
+/// list order and the lengths; the flag is refused where the kernel says nothing of it.
+#[test]
+fn run_a_compacting_select_kernel_writes_the_smaller_cache() {
+    let (b, hq, hkv, d, n, w) = (2usize, 4usize, 2usize, 16usize, 250usize, 8usize);
+    let policies = repo("tests/fixtures/ok/kv_selection_policies.attn");
+    let q = write_npy("cq.npy", &[b, hq, w, d], random(b * hq * w * d, 14));
+    let kd = random(b * hkv * n * d, 15);
+    let vd = random(b * hkv * n * d, 16);
+    let k = write_npy("ck.npy", &[b, hkv, n, d], kd.clone());
+    let v = write_npy("cv.npy", &[b, hkv, n, d], vd.clone());
+    let lens = tmp("clens.npy");
+    attnc_runtime::npy::write_i32(&lens, &[2], &[250, 40]).expect("lens written");
+    let (idx, dir) = (tmp("cidx.npy"), tmp("compacted"));
+    let (code, _, err) = run(attnc()
+        .arg("run")
+        .arg(&policies)
+        .args(["--kernel", "snap_compact_select"])
+        .arg("--q")
+        .arg(&q)
+        .arg("--k")
+        .arg(&k)
+        .arg("--v")
+        .arg(&v)
+        .arg("--input")
+        .arg(format!("lens={}", lens.display()))
+        .arg("-o")
+        .arg(&idx)
+        .arg("--compacted")
+        .arg(&dir));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("the compacted cache [2, 2, 64, 16] (lengths [64, 40])"),
+        "{err}"
+    );
+    let (shape, ids) = attnc_runtime::npy::read_ints(&idx).expect("indices");
+    assert_eq!(shape, vec![b, hkv, 64]);
+    let ck = attnc_runtime::npy::read(&dir.join("k.npy")).expect("k");
+    let cv = attnc_runtime::npy::read(&dir.join("v.npy")).expect("v");
+    let (lshape, clens) = attnc_runtime::npy::read_ints(&dir.join("lens.npy")).expect("lens");
+    assert_eq!((ck.shape.clone(), lshape), (vec![b, hkv, 64, d], vec![b]));
+    assert_eq!(clens, vec![64, 40]);
+    // Every kept token's key and value, bf16-rounded as the cache holds them, in order.
+    let bf = |x: f32| half::bf16::from_f32(x).to_f32();
+    for bi in 0..b {
+        for h in 0..hkv {
+            let row = &ids[(bi * hkv + h) * 64..][..64];
+            for (slot, j) in row.iter().filter(|j| **j >= 0).enumerate() {
+                let src = ((bi * hkv + h) * n + *j as usize) * d;
+                let dst = ((bi * hkv + h) * 64 + slot) * d;
+                for t in 0..d {
+                    assert_eq!(ck.data[dst + t], bf(kd[src + t]));
+                    assert_eq!(cv.data[dst + t], bf(vd[src + t]));
+                }
+            }
+        }
+    }
+    // A kernel that outputs index lists refuses the flag, and this one needs it.
+    let (code, _, err) = run(attnc()
+        .arg("run")
+        .arg(repo("kernels/snapkv.attn"))
+        .args([
+            "--set",
+            "CONTEXT=300",
+            "--set",
+            "BATCH=2",
+            "--set",
+            "HEADS=4",
+        ])
+        .args([
+            "--set",
+            "KV_HEADS=2",
+            "--set",
+            "HEAD_DIM=16",
+            "--set",
+            "WINDOW=8",
+        ])
+        .args(["--set", "BUDGET=64"])
+        .arg("--q")
+        .arg(&q)
+        .arg("--k")
+        .arg(&k)
+        .arg("-o")
+        .arg(&idx)
+        .arg("--compacted")
+        .arg(&dir));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--compacted is for select kernels with `output compacted;`"),
+        "{err}"
+    );
+    let (code, _, err) = run(attnc()
+        .arg("run")
+        .arg(&policies)
+        .args(["--kernel", "snap_compact_select"])
+        .arg("--q")
+        .arg(&q)
+        .arg("--k")
+        .arg(&k)
+        .arg("--v")
+        .arg(&v)
+        .arg("-o")
+        .arg(&idx));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("pass --compacted DIR"), "{err}");
+}

@@ -85,6 +85,7 @@ fn case() -> impl Strategy<Value = Case> {
                         }
                     },
                     pool,
+                    output: Default::default(),
                     page,
                     budget: Budget::Tokens(page),
                     sinks,

@@ -27,6 +27,7 @@ fn spec(source: Source) -> SelectSpec {
         rows: Reduce::Sum,
         heads: HeadReduce::PerKvGroup(Reduce::Sum),
         pool: Pool::None,
+        output: Default::default(),
         page: if source.scores_pages() { 16 } else { 1 },
         budget: Budget::Tokens(128),
         sinks: 4,
@@ -649,4 +650,79 @@ fn page_bounds_follow_the_lane_tree() {
             }
         }
     }
+}
+
+/// `compact`: the listed tokens' keys and values in list order, one length per sequence;
+/// a decode step over the lists equals dense attention over the compacted cache (to f32
+/// rounding), for tokens and for pages (the partial last page included).
+#[test]
+fn compacted_caches_hold_the_selection_and_attend_alike() {
+    for source in [Source::Exact, Source::PageBound] {
+        let s = spec(source);
+        let (kernel, mut st, q, idx) = same_selection(&s, &LENS, 12);
+        let cc = kernel.compact(&st, &idx).expect("compact");
+        let (hkv, c, d, p) = (2usize, 500usize, 32usize, s.page as usize);
+        let t_n = cc.k.shape[2];
+        assert_eq!(
+            cc.k.shape,
+            vec![3, hkv, (s.capacity() * s.page) as usize, d]
+        );
+        for b in 0..3 {
+            for kvh in 0..hkv {
+                let row = &idx.data[(b * hkv + kvh) * idx.shape[2]..][..idx.shape[2]];
+                let toks: Vec<usize> = row
+                    .iter()
+                    .filter(|u| **u >= 0)
+                    .flat_map(|u| {
+                        (*u as usize * p..(*u as usize + 1) * p).filter(|j| *j < LENS[b] as usize)
+                    })
+                    .collect();
+                assert_eq!(cc.lens[b] as usize, toks.len(), "{source:?} {b}");
+                for (n, j) in toks.iter().enumerate() {
+                    let got = &cc.k.data[((b * hkv + kvh) * t_n + n) * d..][..d];
+                    assert_eq!(got, &st.k[((b * hkv + kvh) * c + j) * d..][..d]);
+                    let got = &cc.v.data[((b * hkv + kvh) * t_n + n) * d..][..d];
+                    assert_eq!(got, &st.v[((b * hkv + kvh) * c + j) * d..][..d]);
+                }
+                let rest = &cc.k.data[((b * hkv + kvh) * t_n + toks.len()) * d..]
+                    [..(t_n - toks.len()) * d];
+                assert!(rest.iter().all(|x| *x == 0.0), "zeros past the end");
+            }
+        }
+        // Dense attention over the compacted cache (a budget that keeps everything).
+        let mut dense = spec(Source::None);
+        dense.context = t_n as u32;
+        dense.page = 1;
+        dense.sinks = 0;
+        dense.recent = 0;
+        dense.budget = Budget::Tokens(t_n as u32);
+        let dk = DecodeKernel::new(dense);
+        let mut dst = dk.new_state();
+        dk.fill(&mut dst, &cc.k.data, &cc.v.data, &cc.lens)
+            .expect("fill");
+        let didx = dk.select(&dst, &q, None).expect("select");
+        let want = dk.attend(&mut dst, &q, &didx).expect("dense");
+        let got = kernel.attend(&mut st, &q, &idx).expect("sparse");
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1e-3))
+            .fold(0f32, f32::max);
+        assert!(err < 1e-4, "{source:?}: {err}");
+    }
+    // Lists that name different numbers of tokens for one sequence are refused.
+    let s = spec(Source::Exact);
+    let (kernel, st, _, mut idx) = same_selection(&s, &LENS, 13);
+    let cap = idx.shape[2];
+    let last = (0..cap)
+        .rev()
+        .find(|i| idx.data[cap + i] >= 0)
+        .expect("an entry");
+    idx.data[cap + last] = -1;
+    let e = kernel.compact(&st, &idx).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("a compacted cache has one length per sequence"),
+        "{e}"
+    );
 }

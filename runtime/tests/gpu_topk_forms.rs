@@ -19,6 +19,7 @@ fn spec(page: u32, sinks: u32, recent: u32, budget_units: u32, context: u32) -> 
         rows: Reduce::Sum,
         heads: HeadReduce::PerKvGroup(Reduce::Sum),
         pool: Pool::None,
+        output: Default::default(),
         page,
         budget: Budget::Tokens(budget_units * page),
         sinks,

@@ -165,6 +165,7 @@ pub fn check_ast_spans(f: &File, len: usize) -> Result<(), String> {
                         | SelectStmt::Reduce { value: e, span, .. }
                         | SelectStmt::Pool { value: e, span }
                         | SelectStmt::Granularity { value: e, span }
+                        | SelectStmt::Output { value: e, span }
                         | SelectStmt::Budget { value: e, span, .. } => expr(e, *span)?,
                         SelectStmt::Keep { items, span } => {
                             items.iter().try_for_each(|(_, _, e)| expr(e, *span))?

@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use super::spec::{
-    reduce_name, source_name, Budget, HeadReduce, KernelKind, Pool, SelectSpec, Source,
+    reduce_name, source_name, Budget, HeadReduce, KernelKind, Output, Pool, SelectSpec, Source,
 };
 
 #[derive(Clone, Debug, PartialEq)]
@@ -191,6 +191,17 @@ pub fn plan(s: &SelectSpec) -> SelectPlan {
         written: b * hsel * cap * 4,
     });
     let attended = (cap * s.page as u64).min(c);
+    if s.output == Output::Compacted {
+        steps.push(Step {
+            name: "gather",
+            what: format!(
+                "the listed keys and values, in order, into a cache of {attended} tokens: k, v [{b}, {hkv}, {attended}, {d}] {}, lengths [{b}]",
+                s.dtype.name()
+            ),
+            read: b * hsel * cap * 4 + b * hkv * attended * d * e * 2,
+            written: b * hkv * attended * d * e * 2 + b * 4,
+        });
+    }
     if s.kind == KernelKind::Decode {
         let chunks = cap.div_ceil(s.split as u64);
         steps.push(Step {

@@ -4,7 +4,9 @@
 //! parameters, and every impossible setting reported where it was written.
 
 use super::params::{Num, Params};
-use super::spec::{Budget, HeadReduce, HeadSet, KernelKind, Pool, Reduce, SelectSpec, Source};
+use super::spec::{
+    Budget, HeadReduce, HeadSet, KernelKind, Output, Pool, Reduce, SelectSpec, Source,
+};
 use crate::diagnostic::{closest, has_errors, Diagnostic, Span};
 use crate::sema::instantiate::{Binding, MAX_BATCH, MAX_HEADS, MAX_HEAD_DIM};
 use crate::sema::program::DType;
@@ -149,6 +151,7 @@ struct Clauses<'a> {
     keep: Vec<(KeepKind, Span, &'a ast::Expr)>,
     keep_span: Option<Span>,
     budget: Option<(&'a ast::Expr, BudgetUnit, Span)>,
+    output: Option<(&'a ast::Expr, Span)>,
 }
 
 struct Inst<'a, 'd> {
@@ -193,6 +196,7 @@ impl<'a> Inst<'a, '_> {
                     (&mut c.heads, value, *span, "reduce heads")
                 }
                 SelectStmt::Pool { value, span } => (&mut c.pool, value, *span, "pool"),
+                SelectStmt::Output { value, span } => (&mut c.output, value, *span, "output"),
                 SelectStmt::Granularity { value, span } => {
                     (&mut c.granularity, value, *span, "granularity")
                 }
@@ -396,6 +400,35 @@ impl<'a> Inst<'a, '_> {
             }
             None => Pool::None,
         };
+        let output = match c.output {
+            Some((e, span)) => {
+                let out = match call_parts(e) {
+                    ("indices", []) => Output::Indices,
+                    ("compacted", []) => Output::Compacted,
+                    (other, _) => {
+                        self.err_hint(
+                            "E0801",
+                            format!("unknown output `{}`", shown(e, other)),
+                            e.span,
+                            "not an output",
+                            "use `indices` (the index lists) or `compacted` (with them the selected keys and values, gathered)",
+                        );
+                        return None;
+                    }
+                };
+                if out == Output::Compacted && kind == KernelKind::Decode {
+                    self.err_hint(
+                        "E0804",
+                        "`output compacted` belongs to `select` kernels",
+                        span,
+                        "in a decode kernel",
+                        "a decode step attends over its lists; compact a cache with a `select(...)` kernel",
+                    );
+                }
+                out
+            }
+            None => Output::Indices,
+        };
         match (source, kind) {
             (Source::Window { .. }, KernelKind::Decode) => self.err_hint(
                 "E0804",
@@ -491,6 +524,7 @@ impl<'a> Inst<'a, '_> {
             rows,
             heads,
             pool,
+            output,
             page,
             budget,
             sinks,

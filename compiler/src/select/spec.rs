@@ -102,6 +102,15 @@ impl HeadSet {
     }
 }
 
+/// A selection's output (rule 8): the index lists, or with them the selected keys and
+/// values gathered into a smaller cache (`select` kernels only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Output {
+    #[default]
+    Indices,
+    Compacted,
+}
+
 /// Pooling along the sequence (rule 4); `size` is odd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pool {
@@ -129,6 +138,8 @@ pub struct SelectSpec {
     pub rows: Reduce,
     pub heads: HeadReduce,
     pub pool: Pool,
+    /// What a `select` kernel returns besides its index lists.
+    pub output: Output,
     /// Tokens per unit: 1 for token granularity.
     pub page: u32,
     pub budget: Budget,
@@ -266,6 +277,9 @@ impl SelectSpec {
             let _ = writeln!(s, "  granularity page({})", self.page);
         }
         let _ = writeln!(s, "  keep sinks {}, recent {}", self.sinks, self.recent);
+        if self.output == Output::Compacted {
+            let _ = writeln!(s, "  output compacted");
+        }
         match self.budget {
             Budget::Tokens(n) => {
                 let _ = writeln!(s, "  budget {n} tokens");

@@ -277,6 +277,11 @@ pub enum SelectStmt {
         unit_span: Span,
         span: Span,
     },
+    /// `output indices;` or `output compacted;`.
+    Output {
+        value: Expr,
+        span: Span,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -128,6 +128,7 @@ fn rule_name(rule: Rule) -> String {
         Rule::kw_granularity | Rule::granularity_stmt => "`granularity`",
         Rule::kw_keep | Rule::keep_stmt => "`keep`",
         Rule::kw_budget | Rule::budget_stmt => "`budget`",
+        Rule::kw_output | Rule::output_stmt => "`output`",
         Rule::reduce_axis => "`rows` or `heads`",
         Rule::keep_kind | Rule::keep_item => "`sinks` or `recent`",
         Rule::budget_unit => "`tokens` or `ratio`",
@@ -611,6 +612,7 @@ impl Lower {
             Rule::pool_stmt => SelectStmt::Pool { value, span },
             Rule::granularity_stmt => SelectStmt::Granularity { value, span },
             Rule::keep_stmt => SelectStmt::Keep { items: keeps, span },
+            Rule::output_stmt => SelectStmt::Output { value, span },
             _ => SelectStmt::Budget {
                 value,
                 unit: if word.0 == "ratio" {

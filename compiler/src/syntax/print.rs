@@ -161,6 +161,9 @@ fn select_stmt(out: &mut String, st: &SelectStmt) {
             line(out, 1, &format!("reduce {axis}: {}", expr(value)), *span)
         }
         SelectStmt::Pool { value, span } => line(out, 1, &format!("pool {}", expr(value)), *span),
+        SelectStmt::Output { value, span } => {
+            line(out, 1, &format!("output {}", expr(value)), *span)
+        }
         SelectStmt::Granularity { value, span } => {
             line(out, 1, &format!("granularity {}", expr(value)), *span)
         }

@@ -10,6 +10,7 @@
 mod accumulate;
 pub mod attend;
 pub mod cache;
+pub mod compact;
 pub mod gpu;
 mod lanes_avx;
 pub mod reference;
@@ -20,6 +21,7 @@ pub mod tuned;
 use attnc::select::spec::{KernelKind, SelectSpec, Source};
 
 pub use cache::DecodeState;
+pub use compact::Compacted;
 
 use crate::Error;
 
@@ -194,6 +196,16 @@ impl DecodeKernel {
             accumulate::accumulate(s, st, &q, &idx.data);
         }
         Ok(out)
+    }
+
+    /// Rule 8's `output compacted`: the keys and values the lists `idx` name, gathered in
+    /// list order into a cache of `capacity x page` tokens per sequence and KV head, with
+    /// each sequence's length in it ([`compact::compact`]). Any selection kernel's lists
+    /// can be compacted; `output compacted` is what makes `attnc run` write the cache.
+    pub fn compact(&self, st: &DecodeState, idx: &Indices) -> Result<Compacted, Error> {
+        self.check_state(st)?;
+        self.check_indices(&st.lens, idx)?;
+        compact::compact(&self.spec, st, idx)
     }
 
     /// Index lists fit for attention over sequences of `lens` tokens: shape

@@ -120,6 +120,11 @@ enum Command {
         /// (`[batch, lists, CONTEXT]` f32), to pass to the next step as `--input acc=FILE`.
         #[arg(long, value_name = "FILE")]
         acc_out: Option<PathBuf>,
+        /// Select kernels with `output compacted;`: write the selected keys and values
+        /// (`k.npy`, `v.npy`: [batch, KV heads, capacity tokens, head dim]) and their
+        /// lengths (`lens.npy`) into this folder.
+        #[arg(long, value_name = "DIR")]
+        compacted: Option<PathBuf>,
         #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
         backend: String,
     },
@@ -549,6 +554,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             output,
             indices,
             acc_out,
+            compacted,
             backend,
         } => {
             let Some(k_path) = k_file else {
@@ -576,6 +582,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                     output,
                     indices,
                     acc_out,
+                    compacted,
                 };
                 eprintln!(
                     "{}",
@@ -589,6 +596,11 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             if acc_out.is_some() {
                 return Err(usage(
                     "--acc-out is for decode kernels with an accumulated state",
+                ));
+            }
+            if compacted.is_some() {
+                return Err(usage(
+                    "--compacted is for select kernels with `output compacted;`",
                 ));
             }
             let Some(v) = v else {

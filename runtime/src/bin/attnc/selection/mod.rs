@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use attnc::codegen::nvptx::decode::Tuning;
-use attnc::select::spec::{Budget, KernelKind, Pool, SelectSpec, Source};
+use attnc::select::spec::{Budget, KernelKind, Output, Pool, SelectSpec, Source};
 use attnc_runtime::cuda::Gpu;
 use attnc_runtime::decode::gpu::{GpuDecode, GpuState};
 use attnc_runtime::decode::{DecodeKernel, Indices};

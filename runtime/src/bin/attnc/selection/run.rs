@@ -13,6 +13,8 @@ pub struct RunFiles {
     pub indices: Option<PathBuf>,
     /// `accumulated`: where the state after the step goes.
     pub acc_out: Option<PathBuf>,
+    /// `output compacted`: the folder for `k.npy`, `v.npy` and `lens.npy`.
+    pub compacted: Option<PathBuf>,
 }
 
 fn input<'a>(files: &'a RunFiles, name: &str) -> Option<&'a Path> {
@@ -100,6 +102,28 @@ pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<Stri
     {
         return Err(Error::Shape(format!(
             "`{}` keeps no accumulated state: --acc-out is for decode kernels with source accumulated",
+            spec.kernel
+        )));
+    }
+    let compacted = spec.output == Output::Compacted;
+    match (&files.compacted, compacted) {
+        (Some(_), false) => {
+            return Err(Error::Shape(format!(
+                "`{}` outputs index lists: --compacted is for select kernels with `output compacted;`",
+                spec.kernel
+            )))
+        }
+        (None, true) => {
+            return Err(Error::Shape(format!(
+                "`{}` outputs a compacted cache: pass --compacted DIR (k.npy, v.npy and lens.npy go there)",
+                spec.kernel
+            )))
+        }
+        _ => {}
+    }
+    if compacted && files.v.is_none() {
+        return Err(Error::Shape(format!(
+            "`{}` gathers values too: pass --v FILE.npy",
             spec.kernel
         )));
     }
@@ -234,6 +258,22 @@ pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<Stri
             idx.shape,
             files.output.display()
         );
+        if let Some(dir) = &files.compacted {
+            // Gathered on the host from the cache as read, for either backend.
+            let cc = kernel.compact(&st, &idx)?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
+            npy::write(&dir.join("k.npy"), &cc.k)?;
+            npy::write(&dir.join("v.npy"), &cc.v)?;
+            let lens: Vec<i32> = cc.lens.iter().map(|l| *l as i32).collect();
+            npy::write_i32(&dir.join("lens.npy"), &[lens.len()], &lens)?;
+            msg.push_str(&format!(
+                ", the compacted cache {:?} (lengths {:?}) to {}",
+                cc.k.shape,
+                cc.lens,
+                dir.display()
+            ));
+        }
     }
     Ok(msg)
 }
