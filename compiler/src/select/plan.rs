@@ -126,16 +126,10 @@ pub fn plan(s: &SelectSpec) -> SelectPlan {
                 (format!("the {} query heads of each KV head", s.group()), r)
             }
             HeadReduce::Shared(r) => (format!("all {hq} heads"), r),
-            HeadReduce::Subset(r, set) => {
-                let heads: Vec<String> = set.heads().iter().map(|h| h.to_string()).collect();
-                (
-                    format!(
-                        "the query heads {} (one list for all heads)",
-                        heads.join(", ")
-                    ),
-                    r,
-                )
-            }
+            HeadReduce::Subset(r, set) => (
+                format!("the query heads {} (one list for all heads)", set.listing()),
+                r,
+            ),
         };
         steps.push(Step {
             name: "reduce",

@@ -76,6 +76,15 @@ impl HeadReduce {
     pub fn one_list(self) -> bool {
         !matches!(self, HeadReduce::PerKvGroup(_))
     }
+
+    /// The list KV head `kvh` attends through: its own, or the one list.
+    pub fn list_of_kv_head(self, kvh: usize) -> usize {
+        if self.one_list() {
+            0
+        } else {
+            kvh
+        }
+    }
 }
 
 /// A set of query heads (below `MAX_HEADS`, 1024), as bits.
@@ -99,6 +108,12 @@ impl HeadSet {
         (0..Self::CAPACITY)
             .filter(|h| self.0[(h / 64) as usize] & (1u64 << (h % 64)) != 0)
             .collect()
+    }
+
+    /// The heads as the language writes them: `2, 9, 13`.
+    pub fn listing(&self) -> String {
+        let heads: Vec<String> = self.heads().iter().map(|h| h.to_string()).collect();
+        heads.join(", ")
     }
 }
 
@@ -326,10 +341,7 @@ pub fn head_reduce_name(h: HeadReduce) -> String {
     match h {
         HeadReduce::PerKvGroup(r) => format!("per_kv_group({})", reduce_name(r)),
         HeadReduce::Shared(r) => format!("shared({})", reduce_name(r)),
-        HeadReduce::Subset(r, set) => {
-            let heads: Vec<String> = set.heads().iter().map(|h| h.to_string()).collect();
-            format!("subset({}, {})", reduce_name(r), heads.join(", "))
-        }
+        HeadReduce::Subset(r, set) => format!("subset({}, {})", reduce_name(r), set.listing()),
     }
 }
 

@@ -44,7 +44,7 @@ pub fn attend(s: &SelectSpec, st: &DecodeState, q: &[f32], idx: &[i32]) -> Vec<f
         .into_par_iter()
         .map(|bk| {
             let (b, kvh) = (bk / hkv, bk % hkv);
-            let sel = if s.heads.one_list() { 0 } else { kvh };
+            let sel = s.heads.list_of_kv_head(kvh);
             let row = &idx[(b * hs + sel) * cap..][..cap];
             let len = st.lens[b];
             let base = (b * hkv + kvh) * c * d;

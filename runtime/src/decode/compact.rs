@@ -1,8 +1,9 @@
-//! Rule 8's `output compacted`: the keys and values a selection names, gathered into a
+//! Rule 7's `output compacted`: the keys and values a selection names, gathered into a
 //! smaller cache (SnapKV after prefill keeps this cache and decodes over it).
 
 use attnc::select::spec::SelectSpec;
 
+use super::attend::row_tokens;
 use super::{DecodeState, Indices};
 use crate::{Error, Tensor};
 
@@ -27,26 +28,24 @@ pub fn compact(s: &SelectSpec, st: &DecodeState, idx: &Indices) -> Result<Compac
         s.context as usize,
         s.head_dim as usize,
     );
-    let (p, cap) = (s.page as usize, s.capacity() as usize);
-    let t_n = (cap * p).min(c);
+    let cap = s.capacity() as usize;
+    let t_n = (cap * s.page as usize).min(c);
     let mut k = vec![0f32; b_n * hkv * t_n * d];
     let mut v = vec![0f32; b_n * hkv * t_n * d];
     let mut lens = vec![0u32; b_n];
     for b in 0..b_n {
-        let len = st.lens[b] as usize;
         for kvh in 0..hkv {
-            let sel = if s.heads.one_list() { 0 } else { kvh };
+            let sel = s.heads.list_of_kv_head(kvh);
             let row = &idx.data[(b * idx.shape[1] + sel) * cap..][..cap];
             let src = (b * hkv + kvh) * c * d;
             let dst = (b * hkv + kvh) * t_n * d;
-            let mut n = 0usize;
-            for &u in row.iter().filter(|u| **u >= 0) {
-                for j in u as usize * p..((u as usize + 1) * p).min(len) {
-                    k[dst + n * d..][..d].copy_from_slice(&st.k[src + j * d..][..d]);
-                    v[dst + n * d..][..d].copy_from_slice(&st.v[src + j * d..][..d]);
-                    n += 1;
-                }
+            let toks = row_tokens(s, row, st.lens[b]);
+            for (n, j) in toks.iter().enumerate() {
+                let j = *j as usize;
+                k[dst + n * d..][..d].copy_from_slice(&st.k[src + j * d..][..d]);
+                v[dst + n * d..][..d].copy_from_slice(&st.v[src + j * d..][..d]);
             }
+            let n = toks.len();
             if kvh == 0 {
                 lens[b] = n as u32;
             } else if lens[b] as usize != n {

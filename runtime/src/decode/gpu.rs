@@ -128,13 +128,7 @@ impl GpuDecode {
                 st.lens[b], s.context
             )));
         }
-        let rows = s.q_rows();
-        if let Some(b) = st.lens.iter().position(|l| *l < rows) {
-            return Err(Error::Input(format!(
-                "sequence {b} holds {} tokens, fewer than the observation window of {rows}",
-                st.lens[b]
-            )));
-        }
+        self.kernel.check_window_lens(&st.lens)?;
         let dt = s.dtype.name();
         let up16 = |x: &[f32]| -> Result<CudaSlice<u16>, Error> {
             if x.is_empty() {
@@ -153,7 +147,7 @@ impl GpuDecode {
         let exact = s.source == Source::Exact;
         let c = s.context as usize;
         let chunks = c.div_ceil(attnc::select::softmax::CHUNK);
-        let rows = rows as usize;
+        let rows = s.q_rows() as usize;
         let (logits, stats) = if let Source::Window { .. } = s.source {
             // The token scores before pooling; without pooling the score entry writes the
             // scores themselves.
@@ -163,12 +157,7 @@ impl GpuDecode {
                 b * hq * rows * chunks * 2,
             )
         } else if exact {
-            let rows = b * hq;
-            let c = s.context as usize;
-            (
-                rows * c,
-                rows * c.div_ceil(attnc::select::softmax::CHUNK) * 2,
-            )
+            (b * hq * c, b * hq * chunks * 2)
         } else if s.source == Source::Accumulated {
             (b * hq * s.capacity() as usize, 1)
         } else {
@@ -322,31 +311,23 @@ impl GpuDecode {
     /// [`GpuDecode::select`] launched as the step's CUDA graph (a select-only kernel's
     /// step is its selection).
     pub fn select_graphed(&self, gs: &mut GpuState, q: &[f32]) -> Result<Indices, Error> {
-        self.select_only("select_graphed")?;
+        self.require(KernelKind::Select, "select_graphed")?;
         self.set_query(gs, q)?;
         self.launch_graph(gs)?;
         self.stream.synchronize().map_err(cuda)?;
         self.indices(gs)
     }
 
-    /// An error unless this is a select-only kernel (`what` needs one).
-    fn select_only(&self, what: &str) -> Result<(), Error> {
-        match self.spec().kind {
-            KernelKind::Select => Ok(()),
-            KernelKind::Decode => Err(Error::Shape(format!(
-                "`{}` is a decode kernel: {what} is for select-only kernels",
-                self.spec().kernel
+    /// An error unless the kernel is of `kind` (`what` needs one).
+    fn require(&self, kind: KernelKind, what: &str) -> Result<(), Error> {
+        let name = &self.spec().kernel;
+        match (kind, self.spec().kind) {
+            (want, have) if want == have => Ok(()),
+            (KernelKind::Select, _) => Err(Error::Shape(format!(
+                "`{name}` is a decode kernel: {what} is for select-only kernels"
             ))),
-        }
-    }
-
-    /// An error for a select-only kernel (`what` needs the attention).
-    fn decode_only(&self, what: &str) -> Result<(), Error> {
-        match self.spec().kind {
-            KernelKind::Decode => Ok(()),
-            KernelKind::Select => Err(Error::Shape(format!(
-                "`{}` is a select kernel: it selects and never attends ({what} is for decode kernels)",
-                self.spec().kernel
+            (KernelKind::Decode, _) => Err(Error::Shape(format!(
+                "`{name}` is a select kernel: it selects and never attends ({what} is for decode kernels)"
             ))),
         }
     }
@@ -355,7 +336,7 @@ impl GpuDecode {
     /// executor checks them): the output `[B, Hq, D]`. For `accumulated`, also the state
     /// update, as on the CPU.
     pub fn attend(&self, gs: &mut GpuState, q: &[f32], idx: &Indices) -> Result<Vec<f32>, Error> {
-        self.decode_only("attend")?;
+        self.require(KernelKind::Decode, "attend")?;
         self.kernel.check_indices(&gs.lens_host, idx)?;
         self.set_query(gs, q)?;
         let mut data = idx.data.clone();
@@ -413,21 +394,20 @@ impl GpuDecode {
                     .arg(&gs.lens)
                     .arg(&mut gs.stats)
                     .arg(&mut gs.wlog),
-                // The window's token scores: pooled into the scores, or the scores.
-                Role::Score if window && pooled => l
-                    .arg(&gs.q)
-                    .arg(&gs.k)
-                    .arg(&gs.lens)
-                    .arg(&gs.stats)
-                    .arg(&gs.wlog)
-                    .arg(&mut gs.logits),
-                Role::Score if window => l
-                    .arg(&gs.q)
-                    .arg(&gs.k)
-                    .arg(&gs.lens)
-                    .arg(&gs.stats)
-                    .arg(&gs.wlog)
-                    .arg(&mut gs.scores),
+                // The window's token scores: to be pooled into the scores, or the scores.
+                Role::Score if window => {
+                    let out = if pooled {
+                        &mut gs.logits
+                    } else {
+                        &mut gs.scores
+                    };
+                    l.arg(&gs.q)
+                        .arg(&gs.k)
+                        .arg(&gs.lens)
+                        .arg(&gs.stats)
+                        .arg(&gs.wlog)
+                        .arg(out)
+                }
                 Role::Pool => l.arg(&gs.logits).arg(&gs.lens).arg(&mut gs.scores),
                 Role::Logits => l
                     .arg(&gs.q)
@@ -500,7 +480,7 @@ impl GpuDecode {
     /// (rounded to the dtype, as the CPU executor's append rounds them), page metadata
     /// included. A full sequence is an error, as on the CPU.
     pub fn append(&self, gs: &mut GpuState, k_new: &[f32], v_new: &[f32]) -> Result<(), Error> {
-        self.decode_only("append")?;
+        self.require(KernelKind::Decode, "append")?;
         let s = self.spec();
         let n = s.batch as usize * s.kv_heads as usize * s.head_dim as usize;
         let shape = format!(
@@ -549,7 +529,7 @@ impl GpuDecode {
     /// One step: query in, index lists and output back (decode kernels; a select-only
     /// kernel's step is [`GpuDecode::select`]).
     pub fn step(&self, gs: &mut GpuState, q: &[f32]) -> Result<(Indices, Vec<f32>), Error> {
-        self.decode_only("step")?;
+        self.require(KernelKind::Decode, "step")?;
         self.step_by(gs, q, GpuDecode::launch)
     }
 
@@ -571,7 +551,7 @@ impl GpuDecode {
     /// gaps between separately launched kernels. Shapes are fixed, so the graph stays
     /// valid across steps and appends.
     pub fn step_graphed(&self, gs: &mut GpuState, q: &[f32]) -> Result<(Indices, Vec<f32>), Error> {
-        self.decode_only("step_graphed")?;
+        self.require(KernelKind::Decode, "step_graphed")?;
         self.step_by(gs, q, GpuDecode::launch_graph)
     }
 

@@ -124,13 +124,8 @@ impl DecodeKernel {
     ) -> Result<Indices, Error> {
         let s = &self.spec;
         self.check_state(st)?;
+        self.check_window_lens(&st.lens)?;
         let rows = s.q_rows() as usize;
-        if let Some(b) = st.lens.iter().position(|l| (*l as usize) < rows) {
-            return Err(Error::Input(format!(
-                "sequence {b} holds {} tokens, fewer than the observation window of {rows}",
-                st.lens[b]
-            )));
-        }
         let q = self.queries(q, rows)?;
         let hs = s.sel_heads() as usize;
         let c = s.context as usize;
@@ -198,7 +193,7 @@ impl DecodeKernel {
         Ok(out)
     }
 
-    /// Rule 8's `output compacted`: the keys and values the lists `idx` name, gathered in
+    /// Rule 7's `output compacted`: the keys and values the lists `idx` name, gathered in
     /// list order into a cache of `capacity x page` tokens per sequence and KV head, with
     /// each sequence's length in it ([`compact::compact`]). Any selection kernel's lists
     /// can be compacted; `output compacted` is what makes `attnc run` write the cache.
@@ -206,6 +201,19 @@ impl DecodeKernel {
         self.check_state(st)?;
         self.check_indices(&st.lens, idx)?;
         compact::compact(&self.spec, st, idx)
+    }
+
+    /// Every sequence at least as long as the observation window (`window` scores; one
+    /// query row otherwise).
+    pub(crate) fn check_window_lens(&self, lens: &[u32]) -> Result<(), Error> {
+        let rows = self.spec.q_rows();
+        match lens.iter().position(|l| *l < rows) {
+            Some(b) => Err(Error::Input(format!(
+                "sequence {b} holds {} tokens, fewer than the observation window of {rows}",
+                lens[b]
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Index lists fit for attention over sequences of `lens` tokens: shape

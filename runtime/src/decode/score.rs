@@ -299,11 +299,18 @@ fn page_mean_scores(
         .iter()
         .map(|&h| &q[(b * s.q_heads as usize + h) * rows * d..][..d])
         .collect();
-    let mut means = vec![0f32; nh * d];
+    // The list's KV heads (ascending with the heads) and each head's among them: a page's
+    // mean once per KV head, not once per query head.
+    let mut kvs: Vec<usize> = heads.iter().map(|h| h / g).collect();
+    kvs.dedup();
+    let slot: Vec<usize> = heads
+        .iter()
+        .map(|h| kvs.iter().position(|kv| *kv == h / g).unwrap_or(0))
+        .collect();
+    let mut means = vec![0f32; kvs.len() * d];
     for (pg, out) in dst.iter_mut().enumerate() {
-        for (i, &h) in heads.iter().enumerate() {
-            let keys = &st.k[((b * hkv + h / g) * c + pg * p) * d..][..p * d];
-            let m = &mut means[i * d..][..d];
+        for (kv, m) in kvs.iter().zip(means.chunks_exact_mut(d)) {
+            let keys = &st.k[((b * hkv + kv) * c + pg * p) * d..][..p * d];
             m.copy_from_slice(&keys[..d]);
             for key in keys.chunks_exact(d).skip(1) {
                 for (x, k) in m.iter_mut().zip(key) {
@@ -312,7 +319,9 @@ fn page_mean_scores(
             }
             m.iter_mut().for_each(|x| *x *= inv);
         }
-        *out = page_heads(s.heads.op(), d, nh, |i, t| (qs[i][t], means[i * d + t]));
+        *out = page_heads(s.heads.op(), d, nh, |i, t| {
+            (qs[i][t], means[slot[i] * d + t])
+        });
     }
 }
 

@@ -56,7 +56,7 @@ pub fn chunks(s: &Shape) -> u32 {
 /// `per_row` tokens a warp row; this thread's token of the row (`sub`), its place among
 /// the token's threads (`tt`) and the first channel of each lane sum it holds (`chs`:
 /// lanes `tt` and `tt + tl`).
-pub(super) struct Lanes<'c> {
+struct Lanes<'c> {
     pub grid: LaneGrid<'c>,
     pub tl: u32,
     pub per_row: u32,
@@ -66,7 +66,7 @@ pub(super) struct Lanes<'c> {
 }
 
 /// The query a thread holds: `[half][head][channel]`.
-pub(super) type Query<'c> = Vec<Vec<Vec<FloatValue<'c>>>>;
+type Query<'c> = Vec<Vec<Vec<FloatValue<'c>>>>;
 
 impl<'c> Lanes<'c> {
     pub fn new(g: &Gen<'c>, s: &Shape) -> Lanes<'c> {
@@ -110,8 +110,8 @@ impl<'c> Lanes<'c> {
             .collect()
     }
 
-    /// This thread's keys of a token whose row starts at element `row` of `k` (global or
-    /// shared): `[half][channel]`.
+    /// This thread's keys of a token whose row starts at element `row` of `k`:
+    /// `[half][channel]`.
     pub fn keys(
         &self,
         g: &Gen<'c>,
@@ -179,11 +179,11 @@ impl<'c> Lanes<'c> {
 
 /// A token's logits that one thread keeps: the heads' values, the first head, whether
 /// this thread writes them.
-pub(super) type Kept<'c> = (Vec<FloatValue<'c>>, IntValue<'c>, IntValue<'c>);
+type Kept<'c> = (Vec<FloatValue<'c>>, IntValue<'c>, IntValue<'c>);
 
 /// Where a block's chunk is: chunk `c` of list (`b`, `kvh`), its first token `start`, the
 /// sequence's length `len`, the list's first query head `h0`.
-pub(super) struct Chunk<'c> {
+struct Chunk<'c> {
     pub c: IntValue<'c>,
     pub start: IntValue<'c>,
     pub len: IntValue<'c>,
