@@ -4,13 +4,20 @@
 # GPU suite on the GPU machine (no Rust there) and prints a table last, and ncu_decode.sh
 # (Nsight Compute on the decode kernels), ncu_attention.sh (on the attention kernel at
 # two canvas sizes). Then, on the GPU machine:
-#   RESULTS_DIR=$OUT .gpu/run.sh [all|check|speed|decode|decode-extra|select|exact|wgmma|power]
+#   RESULTS_DIR=$OUT .gpu/run.sh [all|check|speed|decode|decode-extra|select|exact|wgmma|power|ab]
 source "$(dirname "$0")/common.sh"
 cd "$(repo_root)"
 need_cargo
 cargo build --release -q -p attnc-runtime --bin attnc
 rm -rf .gpu && mkdir -p .gpu/bin
 cp "${CARGO_TARGET_DIR:-target}/release/attnc" .gpu/bin/attnc && strip .gpu/bin/attnc
+# `run.sh ab` compares the new binary with the one given here (e.g. a copy of the previous
+# bundle's bin/attnc), xz-compressed so that the two binaries stay under the device's
+# 64 MiB carry limit (run.sh unpacks it).
+if [ -n "${ATTNC_BASE:-}" ]; then
+  cp "$ATTNC_BASE" .gpu/attnc_base && strip .gpu/attnc_base
+  xz -T0 -6 .gpu/attnc_base && mv .gpu/attnc_base.xz .gpu/bin/attnc_base.xz
+fi
 cp -r kernels .gpu/kernels
 # Selection kernels no shipped file has (external scores): decode mode runs them.
 mkdir -p .gpu/examples && cp tests/fixtures/ok/kv_selection_policies.attn .gpu/examples/
@@ -19,5 +26,6 @@ cp tests/numpy/independent_reference.py bench/gpu/side_by_side.py bench/gpu/deco
 cp scripts/gpu_run.sh .gpu/run.sh
 cp scripts/gpu_ncu_decode.sh .gpu/ncu_decode.sh
 cp scripts/gpu_ncu_attention.sh .gpu/ncu_attention.sh
-chmod +x .gpu/run.sh .gpu/ncu_decode.sh .gpu/ncu_attention.sh
+cp scripts/gpu_ncu_source.sh .gpu/ncu_source.sh
+chmod +x .gpu/run.sh .gpu/ncu_decode.sh .gpu/ncu_attention.sh .gpu/ncu_source.sh
 du -sh .gpu >&2

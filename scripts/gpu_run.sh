@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the bundle folder (see scripts/gpu_bundle.sh). Writes logs to
 # $RESULTS_DIR (default ./results) and prints a summary table last.
-# Usage: run.sh [all|check|speed [side_by_side.py args]|decode|decode-extra|select|exact|wgmma|power]: check = correctness (suite, NumPy,
+# Usage: run.sh [all|check|speed [side_by_side.py args]|decode|decode-extra|select|exact|wgmma|power|ab]: check = correctness (suite, NumPy,
 # ptxas/SASS, sanitizer); speed = the side-by-side table against the peers
 # (bench/gpu/side_by_side.py); decode = the decode kernels against the CPU executor, timed,
 # beside the decode peers (bench/gpu/decode_peers.py); decode-extra = decode shapes no
 # shipped kernel has and compute-sanitizer on small ones; select = the select-only SnapKV
 # kernel checked against the CPU executor, sanitized and timed; wgmma = the sm_90a kernel's SASS,
 # a few shapes timed, the suite with every shape, the tuner's table; power = joules a run
-# of each launch shape under sustained load; exact = exact_decode alone, every tuning
+# of each launch shape under sustained load; ab = a kernel change against bin/attnc_base
+# (the suite, then GRAT-B cases alternating the two binaries); exact = exact_decode alone, every tuning
 # candidate (ptxas; sanitizer memcheck and synccheck on a small case; a ragged shape and the
 # shipped one, tuned; about 3 minutes).
 set -u
@@ -84,6 +85,48 @@ if [ "$MODE" = "wgmma" ]; then
   grep -E "on .*median" "$OUT/wgmma_bench.txt"
   echo "suite exit $suite_rc: $(tail -1 "$OUT/suite.txt"); wgmma lines ok: $(grep -c '^ok .*wgmma' "$OUT/suite.txt"), failed: $(grep -c '^FAIL .*wgmma' "$OUT/suite.txt")"
   grep -E "^--|block|median" "$OUT/wgmma_tune.txt"
+  exit 0
+fi
+
+if [ "$MODE" = "ab" ]; then
+  # A change to the attention kernel against the binary before it (bin/attnc_base.xz, put in
+  # the bundle by `ATTNC_BASE=path scripts/gpu_bundle.sh`): the suite on the new binary
+  # (every shipped kernel, every shape, against the CPU backend), then each case timed by
+  # do_bench's protocol (`--rep-ms 100`), base and new alternating twice after a 1 s rest,
+  # so that drift of the clock under the power limit falls on both alike.
+  gpu_info
+  B=./bin/attnc_base
+  [ -f $B.xz ] && python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' $B.xz $B && chmod +x $B
+  [ -x $B ] || { echo "no bin/attnc_base.xz in the bundle (ATTNC_BASE=path scripts/gpu_bundle.sh)"; exit 2; }
+  log "suite (new binary) against the CPU backend"
+  timeout 300 $A suite --kernels kernels > "$OUT/suite.txt" 2>&1
+  suite_rc=$?
+  grep -E "FAIL|rows differ" "$OUT/suite.txt" | head -20
+  : > "$OUT/ab.txt"
+  # Case: canvas side, R, shape.
+  for c in ${AB_CASES:-"256 1 64x64-wgmma-tma-x3" "256 2 64x64-wgmma-tma-x3" "256 3 64x64-wgmma-tma-x3" "256 1 128x128-wgmma-tma" "512 1 64x64-wgmma-tma-x3" "512 2 64x64-wgmma-tma"}; do
+    set -- $c
+    for rep in 1 2; do
+      for bin in $B $A; do
+        sleep 1
+        ms=$(timeout 120 $bin bench kernels/grat.attn --kernel grat_b_2d --set H=$1 --set W=$1 --set TEXT=0 --set R=$2 --backend cuda --rep-ms 100 --block $3 --json 2>&1 | tail -1 | python3 -c 'import json, sys; print(json.loads(sys.stdin.read())["ms"])' 2>/dev/null || echo nan)
+        echo "$1 r=$2 $3 $(basename $bin) $rep $ms" | tee -a "$OUT/ab.txt"
+      done
+    done
+  done
+  echo
+  echo "== summary: suite exit $suite_rc: $(tail -1 "$OUT/suite.txt")"
+  echo "case | base ms (two runs) | new ms (two runs) | new/base"
+  python3 - "$OUT/ab.txt" <<'PY'
+import sys, collections
+t = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    *case, binary, rep, ms = line.split()
+    t[(" ".join(case), binary)].append(float(ms))
+for case in dict.fromkeys(c for c, _ in t):
+    b, n = t[(case, "attnc_base")], t[(case, "attnc")]
+    print(f"{case} | {' '.join(f'{x:.3f}' for x in b)} | {' '.join(f'{x:.3f}' for x in n)} | {min(n) / min(b):.3f}")
+PY
   exit 0
 fi
 
