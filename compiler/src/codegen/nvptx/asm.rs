@@ -304,15 +304,6 @@ pub mod ptx {
         Asm::new("fence.proxy.async.shared::cta;").volatile()
     }
 
-    /// Prefetches `size` bytes (a multiple of 16) from a 16-byte-aligned global address
-    /// into L2 (sm_90): a hint, no completion to wait for.
-    pub fn prefetch_l2_bulk() -> Asm {
-        Asm::new("cp.async.bulk.prefetch.L2.global [{i0}], {i1};")
-            .inputs(1, Reg::L)
-            .inputs(1, Reg::R)
-            .volatile()
-    }
-
     /// `mbarrier.init` of the barrier at a shared address with an arrival count.
     pub fn mbarrier_init() -> Asm {
         Asm::new("mbarrier.init.shared::cta.b64 [{i0}], {i1};")

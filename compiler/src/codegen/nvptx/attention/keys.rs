@@ -4,9 +4,6 @@
 
 use super::*;
 
-/// At most this many tiles of a run are prefetched into L2 (`prefetch_runs`).
-const PREFETCH_TILES: i64 = 8;
-
 impl<'a, 'c> Attention<'a, 'c> {
     /// The walk over this query tile's runs of key tiles: the end of its runs in the run
     /// table, the current chunk's cursor (at the first run, when there is one) and one for
@@ -32,89 +29,6 @@ impl<'a, 'c> Attention<'a, 'c> {
             next,
             has,
         }
-    }
-
-    /// L2 prefetch of the key tiles this query tile reads (tensor-copy shapes, sm_90):
-    /// lane `j` of the block's last warp takes run `j` of the query tile's first 32 and
-    /// prefetches its K and V rows, at most `PREFETCH_TILES` tiles of it (a dense row's one
-    /// long run stays a hint of bounded size). The double-buffered loop brings a chunk one
-    /// chunk ahead, less than a miss to memory takes: the key tile a query tile is the
-    /// first to read (GRAT-B's lower right) stalls its warpgroup unless it is already in L2.
-    pub(super) fn prefetch_runs(&self) {
-        let g = self.g;
-        let cfg = self.cfg;
-        let total_tiles = i64::from(self.geo.total_tiles);
-        let mut row_at = g.add(g.muli(self.variant, total_tiles + 1), self.qt);
-        if cfg.shape.ordered {
-            row_at = g.addi(row_at, total_tiles);
-        }
-        let start = g.ld_i32(self.params.rows, row_at);
-        let end = g.ld_i32(self.params.rows, g.addi(row_at, 1));
-        let first_lane = i64::from(cfg.threads() - 32);
-        let lane_run = g.add(start, g.addi(self.kv_tid, -first_lane));
-        let mine = g.and(
-            g.icmp(IntPredicate::SGE, self.kv_tid, g.i32(first_lane)),
-            g.lt(lane_run, end),
-        );
-        let this = self;
-        g.if_then(mine, &mut |g| {
-            let base = g.muli(lane_run, 3);
-            let kt0 = g.ld_i32(this.params.runs, base);
-            let len = g.ld_i32(this.params.runs, g.addi(base, 1));
-            let len = g.smin(len, g.i32(PREFETCH_TILES));
-            let last = g.add(kt0, g.addi(len, -1));
-            let from = tokens::row(g, this.geo, kt0, g.i32(0)).pos;
-            let to = g.add(
-                tokens::row(g, this.geo, last, g.i32(0)).pos,
-                tokens::tile(g, this.geo, last).len,
-            );
-            // Tiles of a run are consecutive in the tiled order; anything else is skipped.
-            let span = g.sub(to, from);
-            let most = g.muli(len, i64::from(this.geo.tile_tokens));
-            let sane = g.and(
-                g.icmp(IntPredicate::SGT, span, g.i32(0)),
-                g.icmp(IntPredicate::SLE, span, most),
-            );
-            g.if_then(sane, &mut |g| {
-                let kvheads = i64::from(this.k.info.kv_heads);
-                let tokens_n = this.k.info.tokens as i64;
-                let bh = g.add(g.muli(g.zext64(this.batch), kvheads), g.zext64(this.kvh));
-                let row = g.add(g.muli(bh, tokens_n), g.zext64(from));
-                for (ptr, dim) in [(this.params.k, cfg.d), (this.params.v, cfg.dv)] {
-                    let bytes = i64::from(dim) * 2;
-                    let addr = g.add(this.global_addr(ptr), g.muli(row, bytes));
-                    let size = g.muli(span, bytes);
-                    ptx::prefetch_l2_bulk().emit(g.cx, &g.b, &[addr.into(), size.into()]);
-                }
-            });
-        });
-    }
-
-    /// Experiment: L2 prefetch of the Q rows of the query tile `ahead` tiles after this
-    /// one (the block launched about a residency later), by the block's last thread.
-    pub(super) fn prefetch_next_q(&self, ahead: i64) {
-        let g = self.g;
-        let cfg = self.cfg;
-        let nt = g.addi(self.qt, ahead);
-        let sub0 = g.lt(self.row0, g.i32(1));
-        let last = g.eqi(self.kv_tid, i64::from(cfg.threads() - 1));
-        let go = g.and(
-            g.and(sub0, last),
-            g.lt(nt, g.i32(i64::from(self.geo.total_tiles))),
-        );
-        let this = self;
-        g.if_then(go, &mut |g| {
-            let from = tokens::row(g, this.geo, nt, g.i32(0)).pos;
-            let len = tokens::tile(g, this.geo, nt).len;
-            let heads = i64::from(this.k.info.heads);
-            let tokens_n = this.k.info.tokens as i64;
-            let bh = g.add(g.muli(g.zext64(this.batch), heads), g.zext64(this.head));
-            let row = g.add(g.muli(bh, tokens_n), g.zext64(from));
-            let bytes = i64::from(cfg.d) * 2;
-            let addr = g.add(this.global_addr(this.params.q), g.muli(row, bytes));
-            let size = g.muli(len, bytes);
-            ptx::prefetch_l2_bulk().emit(g.cx, &g.b, &[addr.into(), size.into()]);
-        });
     }
 
     pub(super) fn cursor_load_run(&self, c: &Cursor<'c>, r: IntValue<'c>) {

@@ -17,15 +17,16 @@ impl<'a, 'c> Attention<'a, 'c> {
             return self.kv_loop_ws(region, f);
         }
         let g = self.g;
-        let walk = self.early.unwrap_or_else(|| {
-            let walk = self.key_walk();
-            self.first_chunk(&walk.cur, walk.has);
-            walk
-        });
-        let KeyWalk { end, cur, next, .. } = walk;
+        let KeyWalk {
+            end,
+            cur,
+            next,
+            has,
+        } = self.key_walk();
         // Chunks computed so far: chunk n is in buffer n % 2 and, with tensor copies, its
         // buffer's barrier completes round n / 2 for it.
         let done = g.var(g.i32t.into(), g.i32(0).into());
+        self.first_chunk(&cur, has);
         let body: Vec<NodeIndex> = self.k.region_nodes(region);
         let mut err = None;
         g.while_loop(&mut |g| g.lt(g.geti(cur.r), end), &mut |g| {

@@ -103,7 +103,6 @@ enum Operands {
 }
 
 /// `Attention::key_walk`'s result.
-#[derive(Clone, Copy)]
 struct KeyWalk<'c> {
     end: IntValue<'c>,
     cur: Cursor<'c>,
@@ -153,9 +152,6 @@ pub struct Attention<'a, 'c> {
     qrows: [(IntValue<'c>, Option<Row<'c>>); 2],
     qfrag: Vec<[IntValue<'c>; 4]>,
     variant: IntValue<'c>,
-    /// The plain key loop's walk when its first chunk was issued before Q was loaded
-    /// (`Config::early_first_chunk`).
-    early: Option<KeyWalk<'c>>,
 }
 
 /// Kernel parameters.
@@ -208,7 +204,6 @@ impl<'a, 'c> Attention<'a, 'c> {
             qrows: [(z, None), (z, None)],
             qfrag: vec![],
             variant: z,
-            early: None,
         }
     }
 
@@ -389,23 +384,6 @@ impl<'a, 'c> Attention<'a, 'c> {
             });
         }
 
-        if cfg.shape.tma && std::env::var("ATTNC_EXP").is_ok_and(|v| v.contains("kv")) {
-            self.prefetch_runs();
-        }
-        if let Some(d) = std::env::var("ATTNC_EXP")
-            .ok()
-            .and_then(|v| v.split(',').find_map(|p| p.strip_prefix("q:")?.parse().ok()))
-        {
-            if cfg.shape.tma {
-                self.prefetch_next_q(d);
-            }
-        }
-        if cfg.early_first_chunk() {
-            // The first chunk's K and V travel while Q does (Q is staged in buffer 1).
-            let walk = self.key_walk();
-            self.first_chunk(&walk.cur, walk.has);
-            self.early = Some(walk);
-        }
         self.load_q();
         // Walk the IR: region 0 until the loop, the loop body per chunk, then the rest.
         let mut frags = Frags {
@@ -481,13 +459,6 @@ impl<'a, 'c> Attention<'a, 'c> {
         let cfg = self.cfg;
         let qtile = self.qtile.expect("q tile set");
         let qinfo = cfg.qinfo();
-        // Where Q is staged: K buffer 1 when the first chunk is already on its way into
-        // buffer 0, else the start of the K/V buffers.
-        let stage = if cfg.early_first_chunk() {
-            i64::from(cfg.shape.bn * cfg.d * 2)
-        } else {
-            0
-        };
         // Row information: one thread per row.
         let in_block = g.and(
             g.lt(self.tid, g.i32(i64::from(cfg.shape.bm))),
@@ -531,12 +502,11 @@ impl<'a, 'c> Attention<'a, 'c> {
                 let src = g.add(g.add(q_base, bh_off), elem);
                 let src = g.seli(exists, src, q_base);
                 let size = g.seli(exists, g.i32(16), g.i32(0));
-                let dst = this.saddr(g.addi(this.swz(row, c, cfg.d), stage));
+                let dst = this.saddr(this.swz(row, c, cfg.d));
                 ptx::cp_async_16().emit(g.cx, &g.b, &[dst.into(), src.into(), size.into()]);
             });
         }
         ptx::cp_async_commit().emit(g.cx, &g.b, &[]);
-        // Early: the first chunk's commit group is older; wait for every group.
         ptx::cp_async_wait(0).emit(g.cx, &g.b, &[]);
         g.barrier();
         // A fragments: rows warp*16 .. +16, 16 columns per ldmatrix.x4.
@@ -549,7 +519,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         self.qfrag = (0..cfg.d / 16)
             .map(|kk| {
                 let chunk = g.add(g.i32(i64::from(kk * 2)), half);
-                let addr = self.saddr(g.addi(self.swz(row, chunk, cfg.d), stage));
+                let addr = self.saddr(self.swz(row, chunk, cfg.d));
                 let r = ptx::ldmatrix_x4(false).emit(g.cx, &g.b, &[addr.into()]);
                 [r[0], r[1], r[2], r[3]].map(|x| x.into_int_value())
             })
@@ -563,11 +533,7 @@ impl<'a, 'c> Attention<'a, 'c> {
             let coords = [0, 1, 2].map(|a| self.ld_shared_i32(g.addi(base, 4 + 4 * a)));
             self.qrows[i] = (tr, Some(Row { pos, coords }));
         }
-        // The K/V pipeline reuses the memory Q was staged in. Early, the next tensor copy
-        // lands there: order this thread's reads before it (the barrier completes it).
-        if cfg.early_first_chunk() {
-            ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
-        }
+        // The K/V pipeline reuses the memory Q was staged in.
         g.barrier();
     }
 

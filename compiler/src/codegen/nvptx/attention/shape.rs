@@ -256,14 +256,6 @@ impl Config {
         self.warps * 32
     }
 
-    /// The plain loop with tensor copies issues its first chunk into buffer 0 before Q is
-    /// loaded, Q staged in K buffer 1 (which it fits when `bm <= bn`): the two loads'
-    /// latencies overlap instead of adding up at every block's start.
-    pub(super) fn early_first_chunk(&self) -> bool {
-        let t = &self.shape;
-        t.tma && !t.overlap && !t.ws && t.bm <= t.bn
-    }
-
     /// Threads that compute (16 query rows a warp).
     pub(super) fn compute_threads(&self) -> u32 {
         self.shape.bm / 16 * 32
