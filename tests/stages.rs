@@ -267,6 +267,11 @@ fn attention_shapes_follow_the_gpu_and_the_token_order() {
         // Where tensor copies fit, every shape after the default (the yardstick) uses them.
         assert_eq!(all.iter().skip(1).all(|t| t.tma), tiled, "{kernel}");
         assert!(all.iter().any(|t| t.overlap) == tiled, "{kernel}");
+        assert_eq!(
+            all.contains(&shape("128x128-wgmma-tma-ws")),
+            tiled,
+            "{kernel}"
+        );
         assert!(candidates(&c.ir, geo, false).iter().all(|t| !t.wgmma));
         let want = if tiled {
             "64x64-wgmma-tma"
@@ -312,7 +317,28 @@ fn attention_shapes_follow_the_gpu_and_the_token_order() {
     assert!(lpt.ordered && lpt.tma && lpt.blocks_per_sm == 3);
     assert_eq!(
         attnc::codegen::nvptx::attention::experimental(&c.ir, &c.schedule.geom, true),
-        vec![ws, pp, lpt]
+        vec![
+            ws,
+            pp,
+            shape("128x128-wgmma-tma-ws-pp"),
+            shape("128x128-wgmma-tma-ws-pers"),
+            shape("128x128-wgmma-tma-ws-pp-pers"),
+            lpt
+        ]
+    );
+    // The persistent kernel: one block an SM walking the work items, warp-specialised only.
+    let pers = shape("128x128-wgmma-tma-ws-pp-pers");
+    assert!(pers.persistent && pers.pingpong && pers.ws);
+    assert_eq!(pers.name(), "128x128-wgmma-tma-ws-pp-pers");
+    let err = config_for(&c.ir, shape("128x128-wgmma-tma-pers")).unwrap_err();
+    assert!(
+        err.contains("the persistent kernel is warp-specialised"),
+        "{err}"
+    );
+    let pers_smem = config_for(&c.ir, pers).unwrap().smem_bytes;
+    assert!(
+        pers_smem > 160 * 1024 && pers_smem <= 227 * 1024,
+        "{pers_smem}"
     );
     let err = config_for(&c.ir, shape("128x64-wgmma-tma-pp")).unwrap_err();
     assert!(err.contains("ping-pong needs warp specialisation"), "{err}");

@@ -292,8 +292,17 @@ impl CudaKernel {
         if self.shape.tma {
             self.tensor_maps(a, self.shape.bn)?;
         }
+        let grid_dim = if self.shape.persistent {
+            // One block an SM walks the work items (the kernel knows their count).
+            use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT as SMS;
+            let sms = self.stream.context().attribute(SMS).map_err(cuda)?;
+            let items = self.artefact.grid_x * m.heads as u32 * m.batch as u32;
+            (items.min(sms.max(1) as u32), 1, 1)
+        } else {
+            (self.artefact.grid_x, m.heads as u32, m.batch as u32)
+        };
         let cfg = LaunchConfig {
-            grid_dim: (self.artefact.grid_x, m.heads as u32, m.batch as u32),
+            grid_dim,
             block_dim: (self.artefact.block, 1, 1),
             shared_mem_bytes: if self.artefact.dynamic_smem {
                 self.artefact.smem_bytes

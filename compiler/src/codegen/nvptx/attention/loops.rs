@@ -233,7 +233,9 @@ impl<'a, 'c> Attention<'a, 'c> {
             has,
         } = self.key_walk();
         let body: Vec<NodeIndex> = self.k.region_nodes(region);
-        let n_var = g.var(g.i32t.into(), g.i32(0).into());
+        let n_var = self
+            .chunks
+            .unwrap_or_else(|| g.var(g.i32t.into(), g.i32(0).into()));
         // Ping-pong: computing warpgroup `w` issues its `Q K^T` after the barrier `1 + w`
         // and then opens `2 - w` for the other. Warpgroup 1 opens 1 once before the first
         // chunk and not after its last, so that every arrival has its wait.
@@ -287,7 +289,9 @@ impl<'a, 'c> Attention<'a, 'c> {
         let cfg = self.cfg;
         let stages = i64::from(cfg.stages());
         let KeyWalk { end, cur, .. } = self.key_walk();
-        let n_var = g.var(g.i32t.into(), g.i32(0).into());
+        let n_var = self
+            .chunks
+            .unwrap_or_else(|| g.var(g.i32t.into(), g.i32(0).into()));
         let first = g.eqi(self.kv_tid, 0);
         g.while_loop(&mut |g| g.lt(g.geti(cur.r), end), &mut |g| {
             let n = g.geti(n_var);

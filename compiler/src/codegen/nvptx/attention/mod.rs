@@ -152,6 +152,9 @@ pub struct Attention<'a, 'c> {
     qrows: [(IntValue<'c>, Option<Row<'c>>); 2],
     qfrag: Vec<[IntValue<'c>; 4]>,
     variant: IntValue<'c>,
+    /// The persistent kernel's count of chunks walked, across work items (the stages'
+    /// barrier phases follow it); else each key loop counts from 0.
+    chunks: Option<Var<'c>>,
 }
 
 /// Kernel parameters.
@@ -204,6 +207,7 @@ impl<'a, 'c> Attention<'a, 'c> {
             qrows: [(z, None), (z, None)],
             qfrag: vec![],
             variant: z,
+            chunks: None,
         }
     }
 
@@ -343,22 +347,9 @@ impl<'a, 'c> Attention<'a, 'c> {
         self.lane = g.uremi(raw, 32);
         self.grp = g.udivi(self.lane, 4);
         self.tig = g.uremi(self.lane, 4);
-        let bx = g.sreg("ctaid.x");
-        self.head = g.sreg("ctaid.y");
-        self.batch = g.sreg("ctaid.z");
-        let group = i64::from(self.k.info.heads / self.k.info.kv_heads.max(1));
-        self.kvh = g.udivi(self.head, group.max(1));
-        let slot = g.udivi(bx, i64::from(cfg.blocks_per_tile));
-        // Ordered shapes: the launch order leads the row table.
-        self.qt = if cfg.shape.ordered {
-            g.ld_i32(self.params.rows, slot)
-        } else {
-            slot
-        };
-        let sub = g.uremi(bx, i64::from(cfg.blocks_per_tile));
-        self.row0 = g.muli(sub, i64::from(cfg.shape.bm));
-        self.qtile = Some(tokens::tile(g, self.geo, self.qt));
-        self.variant = g.ld_i32(self.params.head_variant, self.head);
+        if !cfg.shape.persistent {
+            self.begin_item(g.sreg("ctaid.x"), g.sreg("ctaid.y"), g.sreg("ctaid.z"));
+        }
         if cfg.shape.tma {
             // One arrival (the issuing thread's) per phase; visible to the tensor copies
             // before load_q's barriers let anyone issue one.
@@ -384,11 +375,88 @@ impl<'a, 'c> Attention<'a, 'c> {
             });
         }
 
+        if cfg.shape.persistent {
+            return self.emit_persistent();
+        }
         self.load_q();
         // Walk the IR: region 0 until the loop, the loop body per chunk, then the rest.
-        let mut frags = Frags {
+        let mut frags = self.new_frags();
+        if !cfg.shape.ws {
+            self.walk(&mut frags)?;
+            self.store(&frags);
+            return Ok(());
+        }
+        // Warp-specialised: the computing warpgroups raise their registers, read the
+        // staged Q into fragments, order those reads before the copies that will land
+        // there and arrive at named barrier 3, which the producer waits at before its
+        // first copy; from here the roles never meet at a block barrier. Registers: 65536 /
+        // 384 = 168 a thread at launch; the producer needs few, so it gives them to the two
+        // computing warpgroups (2 x 128 x 232 + 128 x 40 <= 65536). (Branches built by hand:
+        // the computing side sets `qfrag` and `qrows`.)
+        let all = g.i32(i64::from(cfg.threads()));
+        let q_read = g.i32(3);
+        let compute = g.block("compute");
+        let produce = g.block("produce");
+        let done = g.block("roles_done");
+        ok(g.b.build_conditional_branch(self.computing, compute, produce));
+        g.b.position_at_end(compute);
+        ptx::setmaxnreg(true, WS_COMPUTE_REGS).emit(g.cx, &g.b, &[]);
+        self.q_fragments();
+        ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
+        ptx::bar_arrive_if().emit(g.cx, &g.b, &[q_read.into(), all.into(), g.i32(1).into()]);
+        let walked = self.walk(&mut frags);
+        if walked.is_ok() {
+            self.store(&frags);
+        }
+        ok(g.b.build_unconditional_branch(done));
+        g.b.position_at_end(produce);
+        ptx::setmaxnreg(false, WS_PRODUCER_REGS).emit(g.cx, &g.b, &[]);
+        ptx::bar_sync().emit(g.cx, &g.b, &[q_read.into(), all.into()]);
+        self.produce();
+        ok(g.b.build_unconditional_branch(done));
+        g.b.position_at_end(done);
+        walked
+    }
+
+    /// The work item's fields: query block `bx` (of the tile `bx / blocks_per_tile`, or of
+    /// the launch order's tile at that place), `head` and `batch`.
+    fn begin_item(&mut self, bx: IntValue<'c>, head: IntValue<'c>, batch: IntValue<'c>) {
+        let g = self.g;
+        let cfg = self.cfg;
+        self.head = head;
+        self.batch = batch;
+        let group = i64::from(self.k.info.heads / self.k.info.kv_heads.max(1));
+        self.kvh = g.udivi(self.head, group.max(1));
+        let slot = g.udivi(bx, i64::from(cfg.blocks_per_tile));
+        // Ordered shapes: the launch order leads the row table.
+        self.qt = if cfg.shape.ordered {
+            g.ld_i32(self.params.rows, slot)
+        } else {
+            slot
+        };
+        let sub = g.uremi(bx, i64::from(cfg.blocks_per_tile));
+        self.row0 = g.muli(sub, i64::from(cfg.shape.bm));
+        self.qtile = Some(tokens::tile(g, self.geo, self.qt));
+        self.variant = g.ld_i32(self.params.head_variant, self.head);
+    }
+
+    /// Work item `item` of the persistent kernel: the query blocks of head 0 of batch 0,
+    /// then of head 1, ... (the order of the other kernels' grid).
+    fn begin_item_at(&mut self, item: IntValue<'c>) {
+        let g = self.g;
+        let per_head = i64::from(self.geo.total_tiles * self.cfg.blocks_per_tile);
+        let heads = i64::from(self.k.info.heads);
+        let bx = g.uremi(item, per_head);
+        let rest = g.udivi(item, per_head);
+        self.begin_item(bx, g.uremi(rest, heads), g.udivi(rest, heads));
+    }
+
+    /// Zeroed accumulators, running maxima at -inf and sums at 0.
+    fn new_frags(&self) -> Frags<'c> {
+        let g = self.g;
+        Frags {
             s: vec![],
-            acc: (0..cfg.dv / 8)
+            acc: (0..self.cfg.dv / 8)
                 .map(|_| [0; 4].map(|_| g.var(g.f32t.into(), g.f32(0.0).into())))
                 .collect(),
             m: [0; 2].map(|_| g.var(g.f32t.into(), g.f32(f64::NEG_INFINITY).into())),
@@ -398,36 +466,79 @@ impl<'a, 'c> Attention<'a, 'c> {
             p: vec![],
             held: vec![],
             deferred: None,
-        };
-        if !cfg.shape.ws {
-            self.walk(&mut frags)?;
-            self.store(&frags);
-            return Ok(());
         }
-        // Warp-specialised: every thread is past load_q's reads of the staged Q (and its
-        // generic writes are ordered before the copies that will land there) before the
-        // producer issues a copy; from here the roles never meet at a block barrier.
-        ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
+    }
+
+    /// The persistent warp-specialised kernel: every role walks the work items
+    /// `ctaid.x, + nctaid.x, ...` in the same order, and the stages' barriers count the
+    /// chunks across items (`chunks`), so that the producer fills the next item's first
+    /// stages while the computing warpgroups store this item's rows and load the next
+    /// one's Q into its own buffer. Registers as in `emit`'s warp-specialised kernel.
+    fn emit_persistent(&mut self) -> Result<(), String> {
+        let g = self.g;
+        let cfg = self.cfg;
+        let per_head = i64::from(self.geo.total_tiles * cfg.blocks_per_tile);
+        let items = g.i32(per_head * i64::from(self.k.info.heads) * i64::from(self.k.info.batch));
+        let stride = g.sreg("nctaid.x");
+        self.chunks = Some(g.var(g.i32t.into(), g.i32(0).into()));
+        let item = g.var(g.i32t.into(), g.sreg("ctaid.x").into());
+        // The barriers' initialisation is visible to every thread before anyone waits.
         g.barrier();
-        let t = &*self;
-        let mut err = None;
-        // Registers: 65536 / 384 = 168 a thread at launch; the producer needs few, so it
-        // gives them to the two computing warpgroups (2 x 128 x 232 + 128 x 40 <= 65536).
-        g.if_else(
-            self.computing,
-            &mut |g| {
-                ptx::setmaxnreg(true, WS_COMPUTE_REGS).emit(g.cx, &g.b, &[]);
-                match t.walk(&mut frags) {
-                    Ok(()) => t.store(&frags),
-                    Err(e) => err = Some(e),
+        let compute = g.block("compute");
+        let produce = g.block("produce");
+        let done = g.block("roles_done");
+        ok(g.b.build_conditional_branch(self.computing, compute, produce));
+        g.b.position_at_end(compute);
+        ptx::setmaxnreg(true, WS_COMPUTE_REGS).emit(g.cx, &g.b, &[]);
+        let mut frags = self.new_frags();
+        let mut walked = Ok(());
+        let this = &mut *self;
+        g.while_loop(&mut |g| g.lt(g.geti(item), items), &mut |g| {
+            let it = g.geti(item);
+            this.begin_item_at(it);
+            for t in &frags.acc {
+                for v in t {
+                    g.set(*v, g.f32(0.0));
                 }
-            },
-            &mut |g| {
-                ptx::setmaxnreg(false, WS_PRODUCER_REGS).emit(g.cx, &g.b, &[]);
-                t.produce()
-            },
-        );
-        err.map_or(Ok(()), Err)
+            }
+            for r in 0..2 {
+                g.set(frags.m[r], g.f32(f64::NEG_INFINITY));
+                g.set(frags.l[r], g.f32(0.0));
+            }
+            this.load_q();
+            this.q_fragments();
+            match this.walk(&mut frags) {
+                Ok(()) => this.store(&frags),
+                Err(e) => walked = Err(e),
+            }
+            g.set(item, g.add(it, stride));
+        });
+        ok(g.b.build_unconditional_branch(done));
+        g.b.position_at_end(produce);
+        ptx::setmaxnreg(false, WS_PRODUCER_REGS).emit(g.cx, &g.b, &[]);
+        g.set(item, g.sreg("ctaid.x"));
+        let this = &mut *self;
+        g.while_loop(&mut |g| g.lt(g.geti(item), items), &mut |g| {
+            let it = g.geti(item);
+            this.begin_item_at(it);
+            this.produce();
+            g.set(item, g.add(it, stride));
+        });
+        ok(g.b.build_unconditional_branch(done));
+        g.b.position_at_end(done);
+        walked
+    }
+
+    /// A barrier of the threads that load Q: the block's, or in the persistent kernel the
+    /// computing warpgroups' (named barrier 4; the producer is elsewhere).
+    fn q_barrier(&self) {
+        let g = self.g;
+        if self.cfg.shape.persistent {
+            let threads = g.i32(i64::from(self.cfg.compute_threads()));
+            ptx::bar_sync().emit(g.cx, &g.b, &[g.i32(4).into(), threads.into()]);
+        } else {
+            g.barrier();
+        }
     }
 
     /// Region 0 of the IR: the key loop, then nothing but the store (emitted by the caller).
@@ -459,6 +570,12 @@ impl<'a, 'c> Attention<'a, 'c> {
         let cfg = self.cfg;
         let qtile = self.qtile.expect("q tile set");
         let qinfo = cfg.qinfo();
+        let stage = i64::from(cfg.q_stage());
+        if cfg.shape.persistent {
+            // Every computing thread is past the previous item's reads of the row
+            // information and of the staged Q.
+            self.q_barrier();
+        }
         // Row information: one thread per row.
         let in_block = g.and(
             g.lt(self.tid, g.i32(i64::from(cfg.shape.bm))),
@@ -475,7 +592,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                 this.st_shared_i32(g.addi(off, 4 + 4 * a as i64), info.coords[a]);
             }
         });
-        g.barrier();
+        self.q_barrier();
         // cp.async the rows (missing rows zero-filled).
         let chunks_per_row = cfg.d / 8;
         let total = cfg.shape.bm * chunks_per_row;
@@ -502,13 +619,29 @@ impl<'a, 'c> Attention<'a, 'c> {
                 let src = g.add(g.add(q_base, bh_off), elem);
                 let src = g.seli(exists, src, q_base);
                 let size = g.seli(exists, g.i32(16), g.i32(0));
-                let dst = this.saddr(this.swz(row, c, cfg.d));
+                let dst = this.saddr(g.addi(this.swz(row, c, cfg.d), stage));
                 ptx::cp_async_16().emit(g.cx, &g.b, &[dst.into(), src.into(), size.into()]);
             });
         }
         ptx::cp_async_commit().emit(g.cx, &g.b, &[]);
         ptx::cp_async_wait(0).emit(g.cx, &g.b, &[]);
-        g.barrier();
+        self.q_barrier();
+        if !cfg.shape.ws {
+            self.q_fragments();
+            // The K/V pipeline reuses the memory Q was staged in.
+            g.barrier();
+        }
+    }
+
+    /// This thread's A fragments of the staged Q rows (ldmatrix) and its two rows'
+    /// information. Warp-specialised, the computing warpgroups do this after `setmaxnreg`
+    /// raised their registers: fragments loaded before it would be live across the
+    /// change, which makes ptxas spill them and serialise every `wgmma` (C7512).
+    fn q_fragments(&mut self) {
+        let g = self.g;
+        let cfg = self.cfg;
+        let qinfo = cfg.qinfo();
+        let stage = i64::from(cfg.q_stage());
         // A fragments: rows warp*16 .. +16, 16 columns per ldmatrix.x4.
         let mi = g.udivi(self.lane, 8);
         let row = g.add(
@@ -519,7 +652,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         self.qfrag = (0..cfg.d / 16)
             .map(|kk| {
                 let chunk = g.add(g.i32(i64::from(kk * 2)), half);
-                let addr = self.saddr(self.swz(row, chunk, cfg.d));
+                let addr = self.saddr(g.addi(self.swz(row, chunk, cfg.d), stage));
                 let r = ptx::ldmatrix_x4(false).emit(g.cx, &g.b, &[addr.into()]);
                 [r[0], r[1], r[2], r[3]].map(|x| x.into_int_value())
             })
@@ -533,8 +666,6 @@ impl<'a, 'c> Attention<'a, 'c> {
             let coords = [0, 1, 2].map(|a| self.ld_shared_i32(g.addi(base, 4 + 4 * a)));
             self.qrows[i] = (tr, Some(Row { pos, coords }));
         }
-        // The K/V pipeline reuses the memory Q was staged in.
-        g.barrier();
     }
 
     /// Normalises and writes this thread's output elements (rows that exist only).

@@ -58,6 +58,12 @@ pub struct Tuning {
     /// take turns to issue `S = Q K^T` (named barriers 1 and 2), so that one's product
     /// runs while the other is in its softmax.
     pub pingpong: bool,
+    /// Warp-specialised and persistent: one block an SM walks the work items (query
+    /// block, head, batch) `blockIdx.x, + gridDim.x, ...`; its producer runs on into the
+    /// next item's keys while the computing warpgroups store this one's rows and load the
+    /// next one's Q (staged in a buffer of its own), so that a block's start and end no
+    /// longer leave the SM idle.
+    pub persistent: bool,
     /// Query tiles launched longest first: block `x` takes the tile at `rows[x / blocks
     /// per tile]` (the runtime puts that order, by descending key tiles, before the row
     /// offsets), so that the grid's last wave holds the shortest tiles (the edges) instead
@@ -78,6 +84,7 @@ impl Tuning {
             overlap: false,
             ws: false,
             pingpong: false,
+            persistent: false,
             ordered: false,
         }
     }
@@ -93,12 +100,13 @@ impl Tuning {
             (false, true, true) => "-ws-pp",
             _ => "",
         };
+        let p = if self.persistent { "-pers" } else { "" };
         let l = if self.ordered { "-lpt" } else { "" };
         let o = match self.blocks_per_sm {
             0 => String::new(),
             n => format!("-x{n}"),
         };
-        format!("{}x{}{w}{t}{v}{l}{o}", self.bm, self.bn)
+        format!("{}x{}{w}{t}{v}{p}{l}{o}", self.bm, self.bn)
     }
 
     /// The inverse of `name`.
@@ -113,6 +121,7 @@ impl Tuning {
             None => (s, false),
         };
         let (s, ordered) = strip(s, "-lpt");
+        let (s, persistent) = strip(s, "-pers");
         let (s, overlap) = strip(s, "-ovl");
         let (s, pingpong) = strip(s, "-pp");
         let (s, ws) = strip(s, "-ws");
@@ -128,6 +137,7 @@ impl Tuning {
             overlap,
             ws,
             pingpong,
+            persistent,
             ordered,
         })
     }
@@ -214,15 +224,27 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
                 });
             }
         }
+        // FlashAttention-3's producer and two consumers on 128x128 (since its fragments
+        // are read after `setmaxnreg`, its wgmma are no longer serialised): the fastest
+        // shape on dense 16384 and GRAT-B r=2 512x512 in bench/RESULTS.md's sixth session.
+        if tma_ok {
+            push(Tuning {
+                wgmma: true,
+                tma: true,
+                ws: true,
+                ..Tuning::plain(128, 128)
+            });
+        }
     }
     out
 }
 
-/// Shapes the GPU suite checks but the tuner does not try: the warp-specialised kernel,
-/// correct on the H200 and slower than three 64-row blocks an SM on every case measured
-/// (bench/RESULTS.md, runs 15 and 19), kept as the base for the overlapped version; and
-/// the tuner's usual pick with its tiles launched longest first (`ordered`; not yet run
-/// on a GPU).
+/// Shapes the GPU suite checks but the tuner does not try: the warp-specialised kernel
+/// on 128x64 (slower than three 64-row blocks an SM on every case measured,
+/// bench/RESULTS.md, runs 15 and 19) and with ping-pong on 128x128, the persistent
+/// warp-specialised kernel (`-pers`; 1 to 3 % behind its non-persistent form except on
+/// GRAT-B r=1 512x512, sixth session), and the tuner's usual pick with its tiles launched
+/// longest first (`ordered`, run 22: no change).
 pub fn experimental(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
     if !wgmma || !tensor_copies_fit(geo) {
         return vec![];
@@ -244,7 +266,18 @@ pub fn experimental(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
         ordered: true,
         ..Tuning::plain(64, 64)
     };
-    [ws, pp, lpt]
+    let ws128 = Tuning { bn: 128, ..ws };
+    let pp128 = Tuning { bn: 128, ..pp };
+    // (ws128 is a tuning candidate.)
+    let pers = Tuning {
+        persistent: true,
+        ..ws128
+    };
+    let pers_pp = Tuning {
+        persistent: true,
+        ..pp128
+    };
+    [ws, pp, pp128, pers, pers_pp, lpt]
         .into_iter()
         .filter(|t| config_for(k, *t).is_ok())
         .collect()
@@ -279,9 +312,24 @@ impl Config {
         self.stages() * self.shape.bn * self.d * 2
     }
 
+    /// Where Q is staged before the computing threads read it into fragments: the start
+    /// of the K/V buffers, or a buffer of its own after them in the persistent kernel
+    /// (whose producer may be filling any stage meanwhile).
+    pub(super) fn q_stage(&self) -> u32 {
+        if self.shape.persistent {
+            self.kv_bytes()
+        } else {
+            0
+        }
+    }
+
     /// Where the slots of key information start (16 bytes a key, `bn` keys a slot).
     pub(super) fn kinfo(&self) -> u32 {
-        self.kv_bytes()
+        if self.shape.persistent {
+            self.kv_bytes() + self.shape.bm * self.d * 2
+        } else {
+            self.kv_bytes()
+        }
     }
 
     /// Where the query rows' information starts: after a slot of key information a K/V
@@ -343,9 +391,16 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
         overlap,
         ws,
         pingpong,
+        persistent,
         // Any shape may launch its tiles in any order.
-        ordered: _,
+        ordered,
     } = t;
+    if persistent && (!ws || ordered) {
+        return Err(format!(
+            "block shape {}: the persistent kernel is warp-specialised, in tile order (128xN-wgmma-tma-ws-pers)",
+            t.name()
+        ));
+    }
     if pingpong && !ws {
         return Err(format!(
             "block shape {}: ping-pong needs warp specialisation (-ws-pp)",
@@ -409,7 +464,10 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
             t.name()
         ));
     }
-    if smem_bytes > MAX_SMEM {
+    // The persistent kernel (sm_90a only) opts into sm_90's 227 KiB a block for its Q
+    // buffer.
+    let max_smem = if persistent { 227 * 1024 } else { MAX_SMEM };
+    if smem_bytes > max_smem {
         return Err(format!(
             "block shape {bm}x{bn} needs {smem_bytes} bytes of shared memory"
         ));
