@@ -10,11 +10,11 @@ impl<'a, 'c> Attention<'a, 'c> {
         region: crate::ir::RegionId,
         f: &mut Frags<'c>,
     ) -> Result<(), String> {
-        if self.cfg.shape.overlap {
-            return self.kv_loop_overlapped(region, f);
-        }
-        if self.cfg.shape.ws {
-            return self.kv_loop_ws(region, f);
+        match (self.cfg.shape.ws, self.cfg.shape.overlap) {
+            (true, true) => return self.kv_loop_ws_overlapped(region, f),
+            (true, false) => return self.kv_loop_ws(region, f),
+            (false, true) => return self.kv_loop_overlapped(region, f),
+            (false, false) => {}
         }
         let g = self.g;
         let KeyWalk {
@@ -273,6 +273,77 @@ impl<'a, 'c> Attention<'a, 'c> {
             ptx::mbarrier_arrive().emit(g.cx, &g.b, &[empty.into()]);
             self.advance(&cur, end);
             g.set(n_var, g.addi(n, 1));
+        });
+        err.map_or(Ok(()), Err)
+    }
+
+    /// The warp-specialised key loop with each warpgroup's softmax overlapped with its
+    /// previous `P V` (`-ws-ovl`: FlashAttention-3's producer, consumers and
+    /// intra-warpgroup pipelining): chunk `n` in stage `n % S` as in `kv_loop_ws`; the
+    /// first chunk's `S` waited for and its P kept; chunk `n > 0` issues `S = Q K^T(n)`
+    /// with `P(n-1) V(n-1)` and runs its softmax while `P V` does; once `P V` completed,
+    /// stage `n - 1` is released (its "empty" barrier). After the loop, the last chunk's
+    /// `P V`, and its stage released. The computing warpgroups hold two stages at once.
+    pub(super) fn kv_loop_ws_overlapped(
+        &self,
+        region: crate::ir::RegionId,
+        f: &mut Frags<'c>,
+    ) -> Result<(), String> {
+        let g = self.g;
+        let stages = i64::from(self.cfg.stages());
+        let KeyWalk { end, cur, has, .. } = self.key_walk();
+        let body: Vec<NodeIndex> = self.k.region_nodes(region);
+        let n_var = self
+            .chunks
+            .unwrap_or_else(|| g.var(g.i32t.into(), g.i32(0).into()));
+        let p_vars: Vec<[Var<'c>; 4]> = (0..self.cfg.shape.bn / 16)
+            .map(|_| [0; 4].map(|_| g.var(g.i32t.into(), g.i32(0).into())))
+            .collect();
+        let keep_p = |f: &Frags<'c>| {
+            for (vars, words) in p_vars.iter().zip(&f.p) {
+                for (v, w) in vars.iter().zip(words) {
+                    g.set(*v, *w);
+                }
+            }
+        };
+        let release = |t: &Self, stage: IntValue<'c>| {
+            let empty = t.mbar_addr(g.addi(stage, stages));
+            ptx::mbarrier_arrive().emit(g.cx, &g.b, &[empty.into()]);
+        };
+        let mut err = None;
+        let t = self;
+        g.if_then(has, &mut |g| {
+            let n0 = g.geti(n_var);
+            let s0 = g.uremi(n0, stages);
+            t.wait_tma(s0, g.udivi(n0, stages));
+            if let Err(e) = t.chunk(&body, &cur, s0, Step::First(s0), f, &mut |_| {}) {
+                err = Some(e);
+            }
+            keep_p(f);
+            t.advance(&cur, end);
+            g.set(n_var, g.addi(n0, 1));
+            g.while_loop(&mut |g| g.lt(g.geti(cur.r), end), &mut |g| {
+                let n = g.geti(n_var);
+                let stage = g.uremi(n, stages);
+                let prev = g.uremi(g.addi(n, -1), stages);
+                t.wait_tma(stage, g.udivi(n, stages));
+                f.p = p_vars.iter().map(|w| w.map(|v| g.geti(v))).collect();
+                let step = Step::Steady {
+                    k: stage,
+                    v_prev: t.v_buf(prev),
+                };
+                if let Err(e) = t.chunk(&body, &cur, stage, step, f, &mut |t| release(t, prev)) {
+                    err = Some(e);
+                }
+                keep_p(f);
+                t.advance(&cur, end);
+                g.set(n_var, g.addi(n, 1));
+            });
+            // The last chunk's P V, then its stage is free.
+            let last = g.uremi(g.addi(g.geti(n_var), -1), stages);
+            f.p = p_vars.iter().map(|w| w.map(|v| g.geti(v))).collect();
+            t.pv_wgmma(t.v_buf(last), f);
+            release(t, last);
         });
         err.map_or(Ok(()), Err)
     }

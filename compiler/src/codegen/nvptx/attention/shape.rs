@@ -95,7 +95,8 @@ impl Tuning {
         let w = if self.wgmma { "-wgmma" } else { "" };
         let t = if self.tma { "-tma" } else { "" };
         let v = match (self.overlap, self.ws, self.pingpong) {
-            (true, _, _) => "-ovl",
+            (true, true, _) => "-ws-ovl",
+            (true, false, _) => "-ovl",
             (false, true, false) => "-ws",
             (false, true, true) => "-ws-pp",
             _ => "",
@@ -225,15 +226,19 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
             }
         }
         // FlashAttention-3's producer and two consumers on 128x128 (since its fragments
-        // are read after `setmaxnreg`, its wgmma are no longer serialised): the fastest
-        // shape on dense 16384 and GRAT-B r=2 512x512 in bench/RESULTS.md's sixth session.
+        // are read after `setmaxnreg`, its wgmma are no longer serialised), alone and with
+        // each warpgroup's softmax overlapped with its `P V`: the fastest shapes on dense
+        // 16384 and GRAT-B r=2 512x512 in bench/RESULTS.md's sixth session.
         if tma_ok {
-            push(Tuning {
-                wgmma: true,
-                tma: true,
-                ws: true,
-                ..Tuning::plain(128, 128)
-            });
+            for overlap in [false, true] {
+                push(Tuning {
+                    wgmma: true,
+                    tma: true,
+                    ws: true,
+                    overlap,
+                    ..Tuning::plain(128, 128)
+                });
+            }
         }
     }
     out
@@ -268,7 +273,7 @@ pub fn experimental(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
     };
     let ws128 = Tuning { bn: 128, ..ws };
     let pp128 = Tuning { bn: 128, ..pp };
-    // (ws128 is a tuning candidate.)
+    // (ws128 and its overlapped form are tuning candidates.)
     let pers = Tuning {
         persistent: true,
         ..ws128
@@ -294,10 +299,12 @@ impl Config {
         self.shape.bm / 16 * 32
     }
 
-    /// K/V buffers: two, or the warp-specialised ring's stages (as many as 128 KiB hold).
+    /// K/V buffers: two, or the warp-specialised ring's stages (as many as 128 KiB hold;
+    /// 192 KiB when overlapped, whose computing warpgroups hold two stages at once).
     pub(super) fn stages(&self) -> u32 {
         if self.shape.ws {
-            (128 * 1024 / (self.shape.bn * (self.d + self.dv) * 2)).clamp(2, 4)
+            let budget = if self.shape.overlap { 192 } else { 128 } * 1024;
+            (budget / (self.shape.bn * (self.d + self.dv) * 2)).clamp(2, 4)
         } else {
             2
         }
@@ -335,7 +342,11 @@ impl Config {
     /// Where the query rows' information starts: after a slot of key information a K/V
     /// buffer, three in the overlapped loop.
     pub(super) fn qinfo(&self) -> u32 {
-        let slots = if self.shape.overlap { 3 } else { self.stages() };
+        let slots = if self.shape.overlap && !self.shape.ws {
+            3
+        } else {
+            self.stages()
+        };
         self.kinfo() + slots * self.shape.bn * 16
     }
 
@@ -349,8 +360,8 @@ impl Config {
     pub(super) fn mbars(&self) -> u32 {
         match (self.shape.tma, self.shape.overlap, self.shape.ws) {
             (false, _, _) => 0,
-            (true, true, _) => 4,
-            (true, false, true) => 2 * self.stages(),
+            (true, _, true) => 2 * self.stages(),
+            (true, true, false) => 4,
             (true, false, false) => 2,
         }
     }
@@ -407,7 +418,7 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
             t.name()
         ));
     }
-    if ws && (!tma || overlap || bm != 128 || blocks_per_sm > 0) {
+    if ws && (!tma || (overlap && (pingpong || persistent)) || bm != 128 || blocks_per_sm > 0) {
         return Err(format!(
             "block shape {}: warp specialisation is 128 rows with tensor copies (128xN-wgmma-tma-ws)",
             t.name()
@@ -466,7 +477,11 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
     }
     // The persistent kernel (sm_90a only) opts into sm_90's 227 KiB a block for its Q
     // buffer.
-    let max_smem = if persistent { 227 * 1024 } else { MAX_SMEM };
+    let max_smem = if persistent || (ws && overlap) {
+        227 * 1024
+    } else {
+        MAX_SMEM
+    };
     if smem_bytes > max_smem {
         return Err(format!(
             "block shape {bm}x{bn} needs {smem_bytes} bytes of shared memory"
