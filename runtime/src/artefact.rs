@@ -1,7 +1,8 @@
 //! A kernel compiled for the GPU, as the runtime loads it: the PTX, the manifest, the launch
 //! geometry and the schedule tables. Written by `attnc compile --target sm_90 -o DIR` as
 //! `DIR/KERNEL.ptx` and `DIR/KERNEL.json`, and kept in the on-disk cache of in-process
-//! compilation, keyed by source, parameters, target and compiler version.
+//! compilation (`build_tuned`), keyed by what the code generator reads, the target, the
+//! block shape and the attnc build.
 
 use std::path::{Path, PathBuf};
 
@@ -44,9 +45,10 @@ pub struct GpuArtefact {
     pub ptx: String,
 }
 
-/// Compiles a kernel for `arch` with the default block shape.
+/// Compiles a kernel for `arch` with the default block shape (`attnc compile`, which
+/// writes the artefact where it is told: not through the cache).
 pub fn build(c: &Compiled, arch: Arch) -> Result<GpuArtefact, Error> {
-    build_tuned(c, arch, nvptx::attention::default_tuning(&c.ir))
+    compile_artefact(c, arch, nvptx::attention::default_tuning(&c.ir))
 }
 
 /// Compiles a kernel for `gpu` with the shape it runs best without tuning
@@ -56,8 +58,59 @@ pub fn build_for(c: &Compiled, gpu: &crate::cuda::Gpu) -> Result<GpuArtefact, Er
     build_tuned(c, gpu.arch(), t)
 }
 
-/// Compiles a kernel for `arch` with a block shape.
+/// Compiles a kernel for `arch` with a block shape, through the on-disk cache
+/// (`cache_dir`): a second call with the same kernel, target and shape from the same
+/// attnc build loads the PTX instead of generating it again.
 pub fn build_tuned(
+    c: &Compiled,
+    arch: Arch,
+    tuning: nvptx::attention::Tuning,
+) -> Result<GpuArtefact, Error> {
+    build_tuned_in(cache_dir().as_deref(), c, arch, tuning)
+}
+
+/// `build_tuned` with the cache in `dir` (none: always compile). A cache entry that cannot
+/// be read is compiled again; one that cannot be written is skipped, not an error.
+pub fn build_tuned_in(
+    dir: Option<&Path>,
+    c: &Compiled,
+    arch: Arch,
+    tuning: nvptx::attention::Tuning,
+) -> Result<GpuArtefact, Error> {
+    let cached = dir.zip(artefact_key(c, arch, tuning));
+    if let Some((dir, key)) = &cached {
+        if let Ok(a) = GpuArtefact::load(dir, key) {
+            return Ok(a);
+        }
+    }
+    let a = compile_artefact(c, arch, tuning)?;
+    if let Some((dir, key)) = &cached {
+        let _ = a.save(dir, key);
+    }
+    Ok(a)
+}
+
+/// The cache name of a compilation: everything the code generator reads (the spec, the
+/// schedule and the IR, in their debug form), the target, the shape, and which attnc
+/// build compiles (its version and the running executable's size and modification time,
+/// so that a rebuilt compiler never loads an older one's PTX). None when the executable
+/// cannot be inspected: then nothing is cached.
+pub fn artefact_key(c: &Compiled, arch: Arch, tuning: nvptx::attention::Tuning) -> Option<String> {
+    let exe = std::env::current_exe().ok()?;
+    let meta = std::fs::metadata(exe).ok()?;
+    let modified = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    let build = format!("{VERSION} {} {}", meta.len(), modified.as_nanos());
+    let inputs = format!("{:?}\u{0}{:?}\u{0}{:?}", c.spec, c.schedule, c.ir);
+    let key = hash_key(&[&build, arch.name(), &tuning.name(), &inputs]);
+    Some(format!("gpu-{key}"))
+}
+
+/// Generates the PTX and the manifest of a kernel for `arch` with a block shape.
+fn compile_artefact(
     c: &Compiled,
     arch: Arch,
     tuning: nvptx::attention::Tuning,
@@ -117,14 +170,18 @@ pub fn launch_order(variants: &[attnc::pattern::VariantSchedule], total_tiles: u
 }
 
 impl GpuArtefact {
-    /// Writes `DIR/NAME.ptx` and `DIR/NAME.json`.
+    /// Writes `DIR/NAME.ptx`, then `DIR/NAME.json`, each whole or not at all (written
+    /// beside and renamed), so that a reader that finds the JSON finds its PTX.
     pub fn save(&self, dir: &Path, name: &str) -> Result<(), Error> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Io(format!("cannot create `{}`: {e}", dir.display())))?;
         let json = serde_json::to_string(self).map_err(|e| Error::Io(e.to_string()))?;
         let write = |p: PathBuf, s: &str| {
-            std::fs::write(&p, s)
-                .map_err(|e| Error::Io(format!("cannot write `{}`: {e}", p.display())))
+            let fail =
+                |e: std::io::Error| Error::Io(format!("cannot write `{}`: {e}", p.display()));
+            let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, s).map_err(fail)?;
+            std::fs::rename(&tmp, &p).map_err(fail)
         };
         write(dir.join(format!("{name}.ptx")), &self.ptx)?;
         write(dir.join(format!("{name}.json")), &json)
@@ -155,10 +212,11 @@ impl GpuArtefact {
     }
 }
 
-/// The cache folder: `$ATTNC_CACHE_DIR`, else `$XDG_CACHE_HOME/attnc`, else `~/.cache/attnc`.
+/// The cache folder: `$ATTNC_CACHE_DIR` (set and empty: no cache), else
+/// `$XDG_CACHE_HOME/attnc`, else `~/.cache/attnc`. Anything in it may be deleted at any time.
 pub fn cache_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("ATTNC_CACHE_DIR") {
-        return Some(PathBuf::from(d));
+        return (!d.is_empty()).then(|| PathBuf::from(d));
     }
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
         return Some(PathBuf::from(d).join("attnc"));
@@ -190,31 +248,58 @@ pub fn hash_key(parts: &[&str]) -> String {
     h.finalize().to_hex()[..32].to_string()
 }
 
-/// Compiles for the GPU through the on-disk cache (a cache that cannot be written is
-/// skipped, not an error).
-pub fn build_cached(
-    src: &Source,
-    kernel: &str,
-    sets: &[Binding],
-    arch: Arch,
-) -> Result<GpuArtefact, Error> {
-    let key = cache_key(src, kernel, sets, arch);
-    if let Some(dir) = cache_dir() {
-        if let Ok(a) = GpuArtefact::load(&dir, &key) {
-            return Ok(a);
-        }
-    }
-    let c = crate::cache::compile(src, kernel, sets)?;
-    let a = build(&c, arch)?;
-    if let Some(dir) = cache_dir() {
-        let _ = a.save(&dir, &key);
-    }
-    Ok(a)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn compiled(sets: &[(&str, i64)]) -> Compiled {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/grat.attn");
+        let src = Source::load(&path).expect("grat.attn");
+        let sets: Vec<Binding> = sets
+            .iter()
+            .map(|(n, v)| Binding::parse(&format!("{n}={v}")).expect("binding"))
+            .collect();
+        crate::cache::compile(&src, "grat_b_2d", &sets).expect("compiles")
+    }
+
+    #[test]
+    fn the_gpu_cache_returns_what_was_compiled_and_tells_compilations_apart() {
+        let dir = std::env::temp_dir().join(format!("attnc-gpu-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let t = nvptx::attention::Tuning::parse("64x64-wgmma-tma-x3").expect("shape");
+        let c = compiled(&[("TEXT", 0)]);
+        let key = artefact_key(&c, Arch::Sm90, t).expect("a key");
+        // The same kernel compiled again (its own analyses' maps) has the same key.
+        assert_eq!(
+            artefact_key(&compiled(&[("TEXT", 0)]), Arch::Sm90, t),
+            Some(key.clone())
+        );
+        let fresh = build_tuned_in(None, &c, Arch::Sm90, t).expect("compiles");
+        let first = build_tuned_in(Some(&dir), &c, Arch::Sm90, t).expect("compiles");
+        assert!(
+            dir.join(format!("{key}.json")).is_file() && dir.join(format!("{key}.ptx")).is_file()
+        );
+        let second = build_tuned_in(Some(&dir), &c, Arch::Sm90, t).expect("loads");
+        assert_eq!(first, fresh);
+        assert_eq!(second, fresh);
+        assert_eq!(second.ptx, fresh.ptx);
+        // Another shape, target or parameter is another entry.
+        let other = nvptx::attention::Tuning::parse("128x128-wgmma-tma-ws-ovl").expect("shape");
+        let keys = [
+            artefact_key(&c, Arch::Sm90, other),
+            artefact_key(&c, Arch::Sm80, t),
+            artefact_key(&compiled(&[("TEXT", 0), ("R", 2)]), Arch::Sm90, t),
+        ];
+        for k in keys {
+            assert_ne!(k, Some(key.clone()));
+        }
+        // A damaged entry is compiled again, and replaced.
+        std::fs::write(dir.join(format!("{key}.json")), "{").expect("write");
+        let again = build_tuned_in(Some(&dir), &c, Arch::Sm90, t).expect("recompiles");
+        assert_eq!(again, fresh);
+        assert_eq!(GpuArtefact::load(&dir, &key).expect("rewritten"), fresh);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_launch_order_puts_the_longest_tiles_first() {
@@ -244,13 +329,13 @@ mod tests {
             .all(|w| work(w[0]) != work(w[1]) || w[0] < w[1]));
         // An ordered shape's row table starts with the order, then the plain one's.
         let t = nvptx::attention::Tuning::parse("64x64-wgmma-tma-lpt-x3").expect("shape");
-        let a = build_tuned(&c, Arch::Sm90, t).expect("artefact");
+        let a = build_tuned_in(None, &c, Arch::Sm90, t).expect("artefact");
         assert_eq!(&a.rows[..tiles as usize], &order[..]);
         let unordered = nvptx::attention::Tuning {
             ordered: false,
             ..t
         };
-        let plain = build_tuned(&c, Arch::Sm90, unordered).expect("plain");
+        let plain = build_tuned_in(None, &c, Arch::Sm90, unordered).expect("plain");
         assert_eq!(&a.rows[tiles as usize..], &plain.rows[..]);
     }
 }
