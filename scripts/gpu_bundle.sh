@@ -4,7 +4,7 @@
 # GPU suite on the GPU machine (no Rust there) and prints a table last, and ncu_decode.sh
 # (Nsight Compute on the decode kernels), ncu_attention.sh (on the attention kernel at
 # two canvas sizes). Then, on the GPU machine:
-#   RESULTS_DIR=$OUT .gpu/run.sh [all|check|speed|decode|decode-extra|select|exact|wgmma|power|ab]
+#   RESULTS_DIR=$OUT .gpu/run.sh [all|check|speed|decode|decode-extra|select|exact|wgmma|power|ab|shapes]
 source "$(dirname "$0")/common.sh"
 cd "$(repo_root)"
 need_cargo

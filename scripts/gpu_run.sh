@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the bundle folder (see scripts/gpu_bundle.sh). Writes logs to
 # $RESULTS_DIR (default ./results) and prints a summary table last.
-# Usage: run.sh [all|check|speed [side_by_side.py args]|decode|decode-extra|select|exact|wgmma|power|ab]: check = correctness (suite, NumPy,
+# Usage: run.sh [all|check|speed [side_by_side.py args]|decode|decode-extra|select|exact|wgmma|power|ab|shapes]: check = correctness (suite, NumPy,
 # ptxas/SASS, sanitizer); speed = the side-by-side table against the peers
 # (bench/gpu/side_by_side.py); decode = the decode kernels against the CPU executor, timed,
 # beside the decode peers (bench/gpu/decode_peers.py); decode-extra = decode shapes no
@@ -9,7 +9,8 @@
 # kernel checked against the CPU executor, sanitized and timed; wgmma = the sm_90a kernel's SASS,
 # a few shapes timed, the suite with every shape, the tuner's table; power = joules a run
 # of each launch shape under sustained load; ab = a kernel change against bin/attnc_base
-# (the suite, then GRAT-B cases alternating the two binaries); exact = exact_decode alone, every tuning
+# (the suite, then GRAT-B cases alternating the two binaries); shapes = launch shapes
+# side by side (SHAPES), with the suite and the sanitizers; exact = exact_decode alone, every tuning
 # candidate (ptxas; sanitizer memcheck and synccheck on a small case; a ragged shape and the
 # shipped one, tuned; about 3 minutes).
 set -u
@@ -126,6 +127,57 @@ for line in open(sys.argv[1]):
 for case in dict.fromkeys(c for c, _ in t):
     b, n = t[(case, "attnc_base")], t[(case, "attnc")]
     print(f"{case} | {' '.join(f'{x:.3f}' for x in b)} | {' '.join(f'{x:.3f}' for x in n)} | {min(n) / min(b):.3f}")
+PY
+  exit 0
+fi
+
+if [ "$MODE" = "shapes" ]; then
+  # Launch shapes side by side (sixth session): a smoke run of each, the suite (every
+  # shipped kernel, every tuning and experimental shape, against the CPU backend),
+  # compute-sanitizer (memcheck, synccheck, racecheck) on the first shape, then GRAT-B r=1
+  # 256x256 and 512x512, r=2 512x512 and dense 16384 timed by do_bench's protocol
+  # (`--rep-ms 100`), the shapes alternating twice after a 1 s rest. SHAPES overrides the
+  # shapes (the first is the yardstick of the last column).
+  gpu_info
+  shapes="${SHAPES:-64x64-wgmma-tma-x3 128x128-wgmma-tma-ws 128x128-wgmma-tma-ws-ovl}"
+  for b in $shapes; do
+    timeout 30 $A bench kernels/grat.attn --kernel grat_b_2d --set H=128 --set W=128 --backend cuda --runs 3 --block $b 2>&1 | tail -1
+    rc=${PIPESTATUS[0]}
+    [ "$rc" = 0 ] || { echo "smoke run of $b failed ($rc): stopping"; exit 1; }
+  done
+  log "suite against the CPU backend"
+  timeout 300 $A suite --kernels kernels > "$OUT/suite.txt" 2>&1
+  suite_rc=$?
+  grep FAIL "$OUT/suite.txt" | head
+  first=${shapes%% *}
+  for tool in memcheck synccheck racecheck; do
+    timeout 200 compute-sanitizer --tool $tool --error-exitcode 3 $A bench kernels/grat.attn --kernel grat_b_2d --set H=64 --set W=64 --backend cuda --runs 1 --block $first > "$OUT/sanitizer_$tool.txt" 2>&1
+    echo "compute-sanitizer $tool on $first: exit $? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.txt" | head -1)"
+  done
+  : > "$OUT/shapes.txt"
+  for rep in 1 2; do
+    for b in $shapes; do
+      for c in "B1-256 grat.attn grat_b_2d H=256 W=256 TEXT=0" "B1-512 grat.attn grat_b_2d H=512 W=512 TEXT=0" "B2-512 grat.attn grat_b_2d H=512 W=512 TEXT=0 R=2" "dense-16384 dense.attn dense N=16384"; do
+        set -- $c
+        name=$1; file=$2; k=$3; shift 3
+        sets=""; for x in "$@"; do sets="$sets --set $x"; done
+        sleep 1
+        ms=$(timeout 120 $A bench kernels/$file --kernel $k $sets --backend cuda --rep-ms 100 --block $b --json 2>&1 | tail -1 | python3 -c 'import json, sys; print(json.loads(sys.stdin.read())["ms"])' 2>/dev/null || echo nan)
+        echo "$name $b $ms" | tee -a "$OUT/shapes.txt"
+      done
+    done
+  done
+  echo
+  echo "== summary: suite exit $suite_rc: $(tail -1 "$OUT/suite.txt")"
+  python3 - "$OUT/shapes.txt" "$first" <<'PY'
+import collections, sys
+t = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    case, shape, ms = line.split()
+    t[case, shape].append(float(ms))
+for case in dict.fromkeys(c for c, _ in t):
+    base = min(t[case, sys.argv[2]])
+    print(case, " | ".join(f"{s} {' '.join(f'{x:.3f}' for x in v)} ({min(v) / base:.3f})" for (c, s), v in t.items() if c == case))
 PY
   exit 0
 fi
