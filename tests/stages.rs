@@ -217,6 +217,39 @@ fn quest_plan_bytes_follow_the_bandwidth_arithmetic() {
     assert_eq!(p64.steps[0].read, (64 << 20) + 8 * 32 * 128 * 2);
 }
 
+/// language.md §12's per-layer schedule: the PyramidKV budgets fall linearly from
+/// 2 BUDGET - TOP in layer 0 to TOP in the last layer, their mean BUDGET to within a token,
+/// and a layer past the last is an error naming the budget it would get.
+#[test]
+fn a_pyramid_budget_schedule_is_a_budget_expression() {
+    let src = Source::new(
+        "pyramid.attn",
+        "select pyramid {
+           param BUDGET = 1024, LAYER = 0, LAYERS = 32, TOP = BUDGET / 8;
+           source exact;
+           keep sinks 4, recent 64;
+           budget 2 * BUDGET - TOP - 2 * (BUDGET - TOP) * LAYER / (LAYERS - 1) tokens;
+         }
+         kernel pyramid_decode = decode(pyramid) { heads 16; kv_heads 4; head_dim 64; CONTEXT = 8192; }",
+    );
+    let (fe, _) = driver::frontend(&src).unwrap_or_else(|d| panic!("{}", src.render(&d, false)));
+    let budget = |layer: i64| {
+        let sets = [Binding::parse(&format!("LAYER={layer}")).unwrap()];
+        driver::select_spec(&fe, "pyramid_decode", &sets).map(|(s, _)| s.capacity())
+    };
+    let budgets: Vec<u32> = (0..32).map(|l| budget(l).expect("a budget")).collect();
+    assert_eq!((budgets[0], budgets[15], budgets[31]), (1920, 1053, 128));
+    assert!(budgets.windows(2).all(|w| w[0] > w[1]), "{budgets:?}");
+    let mean = budgets.iter().map(|&b| f64::from(b)).sum::<f64>() / 32.0;
+    assert!((mean - 1024.0).abs() < 1.0, "mean {mean}");
+    let err = budget(40).unwrap_err();
+    let text = src.render(&err, false);
+    assert!(
+        text.contains("E0808") && text.contains("the budget is -392"),
+        "{text}"
+    );
+}
+
 /// `--tune` tries the score warps' page rows only where there is a page-bound score: 18
 /// launch shapes for Quest, 6 for exact scores (the same 6 for every row count otherwise).
 #[test]
