@@ -233,9 +233,7 @@ impl<'a, 'c> Attention<'a, 'c> {
             has,
         } = self.key_walk();
         let body: Vec<NodeIndex> = self.k.region_nodes(region);
-        let n_var = self
-            .chunks
-            .unwrap_or_else(|| g.var(g.i32t.into(), g.i32(0).into()));
+        let n_var = self.chunk_counter();
         // Ping-pong: computing warpgroup `w` issues its `Q K^T` after the barrier `1 + w`
         // and then opens `2 - w` for the other. Warpgroup 1 opens 1 once before the first
         // chunk and not after its last, so that every arrival has its wait.
@@ -293,9 +291,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         let stages = i64::from(self.cfg.stages());
         let KeyWalk { end, cur, has, .. } = self.key_walk();
         let body: Vec<NodeIndex> = self.k.region_nodes(region);
-        let n_var = self
-            .chunks
-            .unwrap_or_else(|| g.var(g.i32t.into(), g.i32(0).into()));
+        let n_var = self.chunk_counter();
         let p_vars: Vec<[Var<'c>; 4]> = (0..self.cfg.shape.bn / 16)
             .map(|_| [0; 4].map(|_| g.var(g.i32t.into(), g.i32(0).into())))
             .collect();
@@ -360,9 +356,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         let cfg = self.cfg;
         let stages = i64::from(cfg.stages());
         let KeyWalk { end, cur, .. } = self.key_walk();
-        let n_var = self
-            .chunks
-            .unwrap_or_else(|| g.var(g.i32t.into(), g.i32(0).into()));
+        let n_var = self.chunk_counter();
         let first = g.eqi(self.kv_tid, 0);
         g.while_loop(&mut |g| g.lt(g.geti(cur.r), end), &mut |g| {
             let n = g.geti(n_var);
@@ -384,6 +378,14 @@ impl<'a, 'c> Attention<'a, 'c> {
             self.advance(&cur, end);
             g.set(n_var, g.addi(n, 1));
         });
+    }
+
+    /// The count of chunks walked, which the stages' barrier phases follow: the persistent
+    /// kernel's (across work items), or a new one from 0.
+    pub(super) fn chunk_counter(&self) -> Var<'c> {
+        let g = self.g;
+        self.chunks
+            .unwrap_or_else(|| g.var(g.i32t.into(), g.i32(0).into()))
     }
 
     /// One chunk: the loop body's ops on fragments. The keys' information is in slot

@@ -386,36 +386,56 @@ impl<'a, 'c> Attention<'a, 'c> {
             self.store(&frags);
             return Ok(());
         }
-        // Warp-specialised: the computing warpgroups raise their registers, read the
-        // staged Q into fragments, order those reads before the copies that will land
-        // there and arrive at named barrier 3, which the producer waits at before its
-        // first copy; from here the roles never meet at a block barrier. Registers: 65536 /
-        // 384 = 168 a thread at launch; the producer needs few, so it gives them to the two
-        // computing warpgroups (2 x 128 x 232 + 128 x 40 <= 65536). (Branches built by hand:
-        // the computing side sets `qfrag` and `qrows`.)
+        // Warp-specialised: the computing warpgroups read the staged Q into fragments,
+        // order those reads before the copies that will land there and arrive at named
+        // barrier 3, which the producer waits at before its first copy; from here the
+        // roles never meet at a block barrier.
         let all = g.i32(i64::from(cfg.threads()));
         let q_read = g.i32(3);
-        let compute = g.block("compute");
-        let produce = g.block("produce");
-        let done = g.block("roles_done");
-        ok(g.b.build_conditional_branch(self.computing, compute, produce));
-        g.b.position_at_end(compute);
+        self.split_roles(
+            &mut |t| {
+                t.q_fragments();
+                ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
+                let arrive = [q_read.into(), all.into(), g.i32(1).into()];
+                ptx::bar_arrive_if().emit(g.cx, &g.b, &arrive);
+                t.walk(&mut frags)?;
+                t.store(&frags);
+                Ok(())
+            },
+            &mut |t| {
+                ptx::bar_sync().emit(g.cx, &g.b, &[q_read.into(), all.into()]);
+                t.produce();
+            },
+        )
+    }
+
+    /// The warp-specialised roles, their branches built by hand so that either side may
+    /// set the kernel's per-thread fields: the computing warpgroups raise their registers
+    /// to `WS_COMPUTE_REGS` and run `compute`, the producer lowers its own to
+    /// `WS_PRODUCER_REGS` and runs `produce` (65536 / 384 = 168 a thread at launch, and
+    /// 2 x 128 x 232 + 128 x 40 <= 65536). Returns `compute`'s result.
+    fn split_roles(
+        &mut self,
+        compute: &mut dyn FnMut(&mut Self) -> Result<(), String>,
+        produce: &mut dyn FnMut(&mut Self),
+    ) -> Result<(), String> {
+        let g = self.g;
+        let (c, p, done) = (
+            g.block("compute"),
+            g.block("produce"),
+            g.block("roles_done"),
+        );
+        ok(g.b.build_conditional_branch(self.computing, c, p));
+        g.b.position_at_end(c);
         ptx::setmaxnreg(true, WS_COMPUTE_REGS).emit(g.cx, &g.b, &[]);
-        self.q_fragments();
-        ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
-        ptx::bar_arrive_if().emit(g.cx, &g.b, &[q_read.into(), all.into(), g.i32(1).into()]);
-        let walked = self.walk(&mut frags);
-        if walked.is_ok() {
-            self.store(&frags);
-        }
+        let computed = compute(self);
         ok(g.b.build_unconditional_branch(done));
-        g.b.position_at_end(produce);
+        g.b.position_at_end(p);
         ptx::setmaxnreg(false, WS_PRODUCER_REGS).emit(g.cx, &g.b, &[]);
-        ptx::bar_sync().emit(g.cx, &g.b, &[q_read.into(), all.into()]);
-        self.produce();
+        produce(self);
         ok(g.b.build_unconditional_branch(done));
         g.b.position_at_end(done);
-        walked
+        computed
     }
 
     /// The work item's fields: query block `bx` (of the tile `bx / blocks_per_tile`, or of
@@ -484,49 +504,42 @@ impl<'a, 'c> Attention<'a, 'c> {
         let item = g.var(g.i32t.into(), g.sreg("ctaid.x").into());
         // The barriers' initialisation is visible to every thread before anyone waits.
         g.barrier();
-        let compute = g.block("compute");
-        let produce = g.block("produce");
-        let done = g.block("roles_done");
-        ok(g.b.build_conditional_branch(self.computing, compute, produce));
-        g.b.position_at_end(compute);
-        ptx::setmaxnreg(true, WS_COMPUTE_REGS).emit(g.cx, &g.b, &[]);
-        let mut frags = self.new_frags();
-        let mut walked = Ok(());
-        let this = &mut *self;
-        g.while_loop(&mut |g| g.lt(g.geti(item), items), &mut |g| {
-            let it = g.geti(item);
-            this.begin_item_at(it);
-            for t in &frags.acc {
-                for v in t {
-                    g.set(*v, g.f32(0.0));
-                }
-            }
-            for r in 0..2 {
-                g.set(frags.m[r], g.f32(f64::NEG_INFINITY));
-                g.set(frags.l[r], g.f32(0.0));
-            }
-            this.load_q();
-            this.q_fragments();
-            match this.walk(&mut frags) {
-                Ok(()) => this.store(&frags),
-                Err(e) => walked = Err(e),
-            }
-            g.set(item, g.add(it, stride));
-        });
-        ok(g.b.build_unconditional_branch(done));
-        g.b.position_at_end(produce);
-        ptx::setmaxnreg(false, WS_PRODUCER_REGS).emit(g.cx, &g.b, &[]);
-        g.set(item, g.sreg("ctaid.x"));
-        let this = &mut *self;
-        g.while_loop(&mut |g| g.lt(g.geti(item), items), &mut |g| {
-            let it = g.geti(item);
-            this.begin_item_at(it);
-            this.produce();
-            g.set(item, g.add(it, stride));
-        });
-        ok(g.b.build_unconditional_branch(done));
-        g.b.position_at_end(done);
-        walked
+        let more = |g: &Gen<'c>| g.lt(g.geti(item), items);
+        self.split_roles(
+            &mut |t| {
+                let mut frags = t.new_frags();
+                let mut walked = Ok(());
+                g.while_loop(&mut |g| more(g), &mut |g| {
+                    let it = g.geti(item);
+                    t.begin_item_at(it);
+                    for acc in &frags.acc {
+                        for v in acc {
+                            g.set(*v, g.f32(0.0));
+                        }
+                    }
+                    for r in 0..2 {
+                        g.set(frags.m[r], g.f32(f64::NEG_INFINITY));
+                        g.set(frags.l[r], g.f32(0.0));
+                    }
+                    t.load_q();
+                    t.q_fragments();
+                    match t.walk(&mut frags) {
+                        Ok(()) => t.store(&frags),
+                        Err(e) => walked = Err(e),
+                    }
+                    g.set(item, g.add(it, stride));
+                });
+                walked
+            },
+            &mut |t| {
+                g.while_loop(&mut |g| more(g), &mut |g| {
+                    let it = g.geti(item);
+                    t.begin_item_at(it);
+                    t.produce();
+                    g.set(item, g.add(it, stride));
+                });
+            },
+        )
     }
 
     /// A barrier of the threads that load Q: the block's, or in the persistent kernel the
