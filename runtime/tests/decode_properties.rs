@@ -24,7 +24,7 @@ struct Case {
 
 fn case() -> impl Strategy<Value = Case> {
     (
-        (0u8..7, 0u8..8, 0u8..3, 0u8..3, 0u8..4),
+        (0u8..8, 0u8..8, 0u8..3, 0u8..3, 0u8..4),
         (1u32..300, 0u32..12, 0u32..40, 1u32..4, 0u8..3),
         (0u8..2, 0u8..3, 1u32..6, any::<u64>(), 0u8..2),
         prop::collection::vec(0.0f64..1.0, 3),
@@ -43,6 +43,9 @@ fn case() -> impl Strategy<Value = Case> {
                     3 => Source::External,
                     4 => Source::KeyNorm,
                     5 => Source::PageMean,
+                    6 => Source::Normalized {
+                        rows: w.min(context),
+                    },
                     _ => Source::Window {
                         rows: w.min(context),
                     },
@@ -66,7 +69,7 @@ fn case() -> impl Strategy<Value = Case> {
                 let mut spec = SelectSpec {
                     kernel: "prop".into(),
                     select: "prop".into(),
-                    kind: if matches!(source, Source::Window { .. }) {
+                    kind: if matches!(source, Source::Window { .. } | Source::Normalized { .. }) {
                         KernelKind::Select
                     } else {
                         KernelKind::Decode

@@ -20,7 +20,7 @@ fn spec(source: Source) -> SelectSpec {
         kernel: "test".into(),
         select: "test".into(),
         kind: match source {
-            Source::Window { .. } => KernelKind::Select,
+            Source::Window { .. } | Source::Normalized { .. } => KernelKind::Select,
             _ => KernelKind::Decode,
         },
         source,
@@ -91,6 +91,7 @@ fn every_source_and_head_reduction_selects_as_the_reference() {
         Source::PageBound,
         Source::External,
         Source::Window { rows: 8 },
+        Source::Normalized { rows: 8 },
         Source::KeyNorm,
         Source::PageMean,
     ];
@@ -116,6 +117,72 @@ fn every_source_and_head_reduction_selects_as_the_reference() {
             );
         }
     }
+}
+
+/// ZipCache's normalised attention (`normalized(W)`): before the window a token's score is
+/// the window rows' mean probability, bit for bit `window(W)` with `reduce rows: mean`;
+/// inside the window it is the sum over the rows that see it divided by their count, so the
+/// window's last token has exactly the last row's probability of itself.
+#[test]
+fn normalized_scores_divide_by_the_rows_that_see_a_token() {
+    use attnc_runtime::decode::score::{causal_count, unit_scores};
+    let rows = 8;
+    let mut norm = spec(Source::Normalized { rows });
+    norm.batch = 1;
+    let mut win = spec(Source::Window { rows });
+    win.batch = 1;
+    win.rows = Reduce::Mean;
+    win.recent = rows;
+    let lens = [300];
+    let (_, st, q) = setup(&norm, &lens, 5);
+    let a = unit_scores(&norm, &st, &q, None);
+    let b = unit_scores(&win, &st, &q, None);
+    let (len, units) = (300, norm.units() as usize);
+    for sel in 0..norm.sel_heads() as usize {
+        let (a, b) = (&a[sel * units..][..len], &b[sel * units..][..len]);
+        for j in 0..len - rows as usize {
+            assert_eq!(a[j].to_bits(), b[j].to_bits(), "list {sel} token {j}");
+        }
+        // The window's own tokens: scored here, not by `window`.
+        for j in len - rows as usize..len {
+            assert!(
+                a[j].is_finite() && a[j] > 0.0,
+                "list {sel} token {j}: {}",
+                a[j]
+            );
+            assert_eq!(b[j], f32::NEG_INFINITY);
+        }
+    }
+    assert_eq!(causal_count(len, 8, 0), 8);
+    assert_eq!(causal_count(len, 8, len - 9), 8);
+    assert_eq!(causal_count(len, 8, len - 8), 8);
+    assert_eq!(causal_count(len, 8, len - 7), 7);
+    assert_eq!(causal_count(len, 8, len - 1), 1);
+    // One query head a list: the last token's score is the last row's probability of it.
+    let mut one = norm.clone();
+    (one.q_heads, one.kv_heads) = (2, 2);
+    let (_, st, q) = setup(&one, &lens, 6);
+    let got = unit_scores(&one, &st, &q, None)[len - 1];
+    let d = one.head_dim as usize;
+    let last_row = &q[(rows as usize - 1) * d..][..d];
+    let logits: Vec<f64> = (0..len)
+        .map(|j| {
+            let k = &st.k[j * d..][..d];
+            one.scale
+                * last_row
+                    .iter()
+                    .zip(k)
+                    .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                    .sum::<f64>()
+        })
+        .collect();
+    let top = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = logits.iter().map(|l| (l - top).exp()).sum();
+    let want = (logits[len - 1] - top).exp() / sum;
+    assert!(
+        (f64::from(got) - want).abs() < 1e-5 * want.max(1e-3),
+        "{got} against {want}"
+    );
 }
 
 fn heads_set(heads: &[u32]) -> HeadSet {

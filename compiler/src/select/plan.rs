@@ -57,6 +57,7 @@ pub fn plan(s: &SelectSpec) -> SelectPlan {
         s.source,
         Source::Exact
             | Source::Window { .. }
+            | Source::Normalized { .. }
             | Source::PageBound
             | Source::PageMean
             | Source::KeyNorm
@@ -76,6 +77,14 @@ pub fn plan(s: &SelectSpec) -> SelectPlan {
             what: format!(
                 "causal softmax of the last {w} queries over the prefix, {} over rows, never a {w} x {c} matrix in memory: [{b}, {hs}, {c}] f32",
                 reduce_name(s.rows)
+            ),
+            read: q_bytes + b * hkv * c * d * e,
+            written: b * hs * c * f32b,
+        }),
+        Source::Normalized { rows: w } => steps.push(Step {
+            name: "score",
+            what: format!(
+                "causal softmax of the last {w} queries over all tokens, each token's sum divided by the queries that see it, never a {w} x {c} matrix in memory: [{b}, {hs}, {c}] f32"
             ),
             read: q_bytes + b * hkv * c * d * e,
             written: b * hs * c * f32b,

@@ -24,10 +24,11 @@ pub const MAX_POOL: i64 = 255;
 /// Tokens per split-K chunk of the decode attention.
 pub const SPLIT_TOKENS: u32 = 512;
 
-const SOURCES: [&str; 8] = [
+const SOURCES: [&str; 9] = [
     "none",
     "exact",
     "window",
+    "normalized",
     "accumulated",
     "page_bound",
     "page_mean",
@@ -367,7 +368,15 @@ impl<'a> Inst<'a, '_> {
         }
         let rows = match c.rows {
             Some((e, span)) => {
-                if !matches!(source, Source::Window { .. }) {
+                if let Source::Normalized { .. } = source {
+                    self.err_hint(
+                        "E0804",
+                        "`reduce rows` does not apply to a `normalized` source",
+                        span,
+                        "its rows are averaged over those that see each token",
+                        "remove it, or use `source window(W);` to reduce the rows yourself",
+                    );
+                } else if !matches!(source, Source::Window { .. }) {
                     self.err_hint(
                         "E0804",
                         "`reduce rows` needs a `window` source",
@@ -430,9 +439,12 @@ impl<'a> Inst<'a, '_> {
             None => Output::Indices,
         };
         match (source, kind) {
-            (Source::Window { .. }, KernelKind::Decode) => self.err_hint(
+            (Source::Window { .. } | Source::Normalized { .. }, KernelKind::Decode) => self.err_hint(
                 "E0804",
-                "a `window` source scores the prompt's last queries: it belongs to a `select` kernel",
+                format!(
+                    "a `{}` source scores the prompt's last queries: it belongs to a `select` kernel",
+                    if matches!(source, Source::Window { .. }) { "window" } else { "normalized" }
+                ),
                 k.span,
                 "a decode kernel has one query row",
                 format!("write `kernel {} = select({})`", k.name.name, sel.name.name),
@@ -618,12 +630,13 @@ impl<'a> Inst<'a, '_> {
     fn source(&mut self, e: &'a ast::Expr, context: i64) -> Option<(Source, Option<u32>)> {
         let (name, args) = call_parts(e);
         let arity = match name {
-            "window" | "page_bound" | "page_mean" => 1,
+            "window" | "normalized" | "page_bound" | "page_mean" => 1,
             _ => 0,
         };
         if SOURCES.contains(&name) && args.len() != arity {
             let usage = match name {
                 "window" => "window(W)",
+                "normalized" => "normalized(W)",
                 "page_bound" => "page_bound(page = P)",
                 "page_mean" => "page_mean(page = P)",
                 n => n,
@@ -643,19 +656,23 @@ impl<'a> Inst<'a, '_> {
             "accumulated" => Source::Accumulated,
             "external" => Source::External,
             "key_norm" => Source::KeyNorm,
-            "window" => {
+            "window" | "normalized" => {
                 let a = &args[0];
                 if let Some(n) = &a.name {
                     self.err(
                         "E0206",
-                        format!("`window` has no argument `{}`", n.name),
+                        format!("`{name}` has no argument `{}`", n.name),
                         n.span,
                         "write the row count alone",
                     );
                     return None;
                 }
                 let w = self.int(&a.value, "the observation window", 1, context, "E0802")?;
-                Source::Window { rows: w }
+                if name == "window" {
+                    Source::Window { rows: w }
+                } else {
+                    Source::Normalized { rows: w }
+                }
             }
             "page_bound" | "page_mean" => {
                 let a = &args[0];

@@ -25,6 +25,10 @@ pub enum Source {
     Exact,
     /// SnapKV: the softmax attention of the last `rows` queries.
     Window { rows: u32 },
+    /// ZipCache's normalised attention: every token's attention from the last `rows`
+    /// queries, summed over those that see it and divided by their count (the causal
+    /// count), so that the window's own tokens are scored too.
+    Normalized { rows: u32 },
     /// H2O: an accumulated state, updated after each decode step's attention.
     Accumulated,
     /// Quest: the per-page upper bound from per-channel key minima and maxima.
@@ -219,7 +223,7 @@ impl SelectSpec {
     /// Query rows per head: the observation window for `window`, else 1.
     pub fn q_rows(&self) -> u32 {
         match self.source {
-            Source::Window { rows } => rows,
+            Source::Window { rows } | Source::Normalized { rows } => rows,
             _ => 1,
         }
     }
@@ -350,6 +354,7 @@ pub fn source_name(s: Source) -> String {
         Source::None => "none".into(),
         Source::Exact => "exact".into(),
         Source::Window { rows } => format!("window({rows})"),
+        Source::Normalized { rows } => format!("normalized({rows})"),
         Source::Accumulated => "accumulated".into(),
         Source::PageBound => "page_bound".into(),
         Source::PageMean => "page_mean".into(),

@@ -74,13 +74,14 @@ fn token_scores(
         Source::External => (0..len)
             .map(|j| Some(ext.map_or(0.0, |e| e[(b * hs + sel) * c + j] as f64)))
             .collect(),
-        Source::Exact | Source::Window { .. } => {
+        Source::Exact | Source::Window { .. } | Source::Normalized { .. } => {
             let rows = s.q_rows() as usize;
             let scored = if matches!(s.source, Source::Window { .. }) {
                 len - rows
             } else {
                 len
             };
+            let normalized = matches!(s.source, Source::Normalized { .. });
             let per_head: Vec<Vec<f64>> = heads_of(s, sel)
                 .into_iter()
                 .map(|h| {
@@ -95,7 +96,17 @@ fn token_scores(
                         })
                         .collect();
                     (0..scored)
-                        .map(|j| reduce(s.rows, &rows_p.iter().map(|r| r[j]).collect::<Vec<_>>()))
+                        .map(|j| {
+                            // The rows that see token j (a row's probabilities end at the
+                            // last key it sees).
+                            let seen: Vec<f64> =
+                                rows_p.iter().filter_map(|r| r.get(j).copied()).collect();
+                            if normalized {
+                                seen.iter().sum::<f64>() / seen.len() as f64
+                            } else {
+                                reduce(s.rows, &seen)
+                            }
+                        })
                         .collect()
                 })
                 .collect();

@@ -101,8 +101,8 @@ fn row_scores(
             m = len;
             tok.copy_from_slice(&src[(b * hs + sel) * c..][..len]);
         }
-        Source::Exact | Source::Window { .. } => {
-            // A window's own tokens are kept, not scored.
+        Source::Exact | Source::Window { .. } | Source::Normalized { .. } => {
+            // A window's own tokens are kept, not scored (a normalised window scores them).
             m = match s.source {
                 Source::Window { rows } => len - rows as usize,
                 _ => len,
@@ -396,18 +396,38 @@ pub(super) fn key_logits(s: &SelectSpec, qs: &[&[f32]], keys: &[f32], n: usize) 
 fn head_scores(s: &SelectSpec, rows_logits: &mut [Vec<f32>], len: usize, m: usize) -> Vec<f32> {
     let rows = rows_logits.len();
     let mut out = vec![0f32; m];
+    let normalized = matches!(s.source, Source::Normalized { .. });
     for (r, l) in rows_logits.iter_mut().enumerate() {
         // Row r sits at position len - rows + r and sees the keys up to it.
-        let l = &mut l[..len - rows + r + 1];
+        let seen = len - rows + r + 1;
+        let l = &mut l[..seen];
         softmax::softmax_in_place(l);
+        if normalized {
+            // Summed in row order over the rows that see the token (from 0).
+            for j in 0..m.min(seen) {
+                out[j] += l[j];
+            }
+            continue;
+        }
         for j in 0..m {
             fold(s.rows, &mut out[j], l[j], r == 0);
         }
     }
-    if rows > 1 && s.rows == Reduce::Mean {
+    if normalized {
+        // Divided by the causal count: token j is seen by the rows from j - (len - rows).
+        for (j, x) in out.iter_mut().enumerate() {
+            *x /= causal_count(len, rows, j) as f32;
+        }
+    } else if rows > 1 && s.rows == Reduce::Mean {
         out.iter_mut().for_each(|x| *x /= rows as f32);
     }
     out
+}
+
+/// How many of the last `rows` queries of a sequence of `len` tokens see token `j`
+/// (`normalized`'s divisor): all of them for a token before the window, fewer inside it.
+pub fn causal_count(len: usize, rows: usize, j: usize) -> usize {
+    rows - (j + 1).saturating_sub(len - rows + 1)
 }
 
 /// The sum of the products `a * b`, `(a, b) = f(i, t)`, over `i < n` (heads, in order) and

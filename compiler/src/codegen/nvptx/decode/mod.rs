@@ -375,8 +375,9 @@ pub fn gpu_support(s: &SelectSpec) -> Result<(), String> {
                 ));
             }
         }
-        // Key norms and page means: the CPU executor only so far.
-        Source::KeyNorm | Source::PageMean => {
+        // Key norms, page means and normalised window scores: the CPU executor only so
+        // far (a normalised score is select-only, refused above).
+        Source::KeyNorm | Source::PageMean | Source::Normalized { .. } => {
             return why(&format!(
                 "`{}` scoring",
                 crate::select::spec::source_name(s.source)
