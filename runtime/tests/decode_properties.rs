@@ -91,6 +91,7 @@ fn case() -> impl Strategy<Value = Case> {
                     output: Default::default(),
                     page,
                     budget: Budget::Tokens(page),
+                    adaptive: None,
                     sinks,
                     recent,
                     context,
@@ -112,6 +113,10 @@ fn case() -> impl Strategy<Value = Case> {
                     let extra = (fr[0] * (units + 2) as f64) as u32;
                     Budget::Tokens((min_units + extra) * page)
                 };
+                // Ada-KV's shared budgets on some cases with several per-KV-head lists.
+                if fr[1] < 0.3 && !spec.heads.one_list() && spec.kv_heads > 1 {
+                    spec.adaptive = Some(fr[2]);
+                }
                 let lo = spec.q_rows();
                 let lens = (0..batch as usize)
                     .map(|i| lo + ((fr[i % 3] * 997.0) as u32 + i as u32 * 13) % (context - lo + 1))

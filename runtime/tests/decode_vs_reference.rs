@@ -30,6 +30,7 @@ fn spec(source: Source) -> SelectSpec {
         output: Default::default(),
         page: if source.scores_pages() { 16 } else { 1 },
         budget: Budget::Tokens(128),
+        adaptive: None,
         sinks: 4,
         recent: 16,
         context: 500,
@@ -183,6 +184,89 @@ fn normalized_scores_divide_by_the_rows_that_see_a_token() {
         (f64::from(got) - want).abs() < 1e-5 * want.max(1e-3),
         "{got} against {want}"
     );
+}
+
+/// Ada-KV's adaptive budget (`adaptive(floor = F)`): with every source and both budget
+/// kinds the executor equals the reference; with planted scores a list whose attention sits
+/// on a few tokens keeps just its floor and gives the rest of its budget to the lists whose
+/// attention is spread, the lists' total staying the budget's.
+#[test]
+fn adaptive_budgets_share_among_the_lists() {
+    for source in [
+        Source::Exact,
+        Source::External,
+        Source::Window { rows: 8 },
+        Source::Normalized { rows: 8 },
+        Source::KeyNorm,
+        Source::PageBound,
+    ] {
+        for budget in [Budget::Tokens(128), Budget::Ratio(0.3)] {
+            let mut s = spec(source);
+            s.budget = budget;
+            s.adaptive = Some(0.25);
+            if let Source::Window { rows } = source {
+                s.recent = rows;
+            }
+            same_selection(&s, &LENS, 3);
+        }
+    }
+    // Four lists of 128 tokens on average, a floor of a quarter (32). List 0's scores are
+    // ten spikes over zeros; the others' are all 1 (0.5 on even tokens).
+    let mut s = spec(Source::External);
+    (s.batch, s.q_heads, s.kv_heads) = (1, 8, 4);
+    s.adaptive = Some(0.25);
+    assert_eq!(s.capacity(), 4 * 128 - 3 * 32);
+    let c = s.context as usize;
+    let mut ext = vec![0f32; 4 * c];
+    for j in 0..10 {
+        ext[40 + 37 * j] = 100.0;
+    }
+    for l in 1..4 {
+        for j in 0..c {
+            ext[l * c + j] = if j % 2 == 0 { 0.5 } else { 1.0 };
+        }
+    }
+    let (kernel, st, q) = setup(&s, &[500], 4);
+    let got = kernel.select(&st, &q, Some(&ext)).expect("select");
+    let want = reference_select(&s, &st, &q, Some(&ext)).expect("reference");
+    assert_eq!(got, want);
+    let cap = s.capacity() as usize;
+    let lists: Vec<Vec<i32>> = (0..4)
+        .map(|l| {
+            got.data[l * cap..][..cap]
+                .iter()
+                .copied()
+                .filter(|u| *u >= 0)
+                .collect()
+        })
+        .collect();
+    let counts: Vec<usize> = lists.iter().map(Vec::len).collect();
+    assert_eq!(counts, [32, 160, 160, 160]);
+    for j in 0..10 {
+        assert!(lists[0].contains(&(40 + 37 * j)), "spike {j}");
+    }
+    // The sinks and the recent tokens in every list; list 1's shared units are its odd
+    // tokens (score 1) before any even one.
+    for l in &lists {
+        assert!((0..4).chain(484..500).all(|u| l.contains(&u)));
+    }
+    assert!(lists[1]
+        .iter()
+        .filter(|u| (4..484).contains(*u))
+        .all(|u| u % 2 == 1));
+    // Without the allocation every list keeps 128.
+    s.adaptive = None;
+    let plain = kernel_select(&s, &st, &q, &ext);
+    assert!(plain
+        .chunks(s.capacity() as usize)
+        .all(|l| l.iter().filter(|u| **u >= 0).count() == 128));
+}
+
+fn kernel_select(s: &SelectSpec, st: &DecodeState, q: &[f32], ext: &[f32]) -> Vec<i32> {
+    DecodeKernel::new(s.clone())
+        .select(st, q, Some(ext))
+        .expect("select")
+        .data
 }
 
 fn heads_set(heads: &[u32]) -> HeadSet {

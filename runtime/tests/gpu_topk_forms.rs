@@ -22,6 +22,7 @@ fn spec(page: u32, sinks: u32, recent: u32, budget_units: u32, context: u32) -> 
         output: Default::default(),
         page,
         budget: Budget::Tokens(budget_units * page),
+        adaptive: None,
         sinks,
         recent,
         context,

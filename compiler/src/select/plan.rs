@@ -178,22 +178,29 @@ pub fn plan(s: &SelectSpec) -> SelectPlan {
         });
     }
     let unit = if s.page == 1 { "tokens" } else { "pages" };
-    let budget = match s.budget {
+    let mut budget = match s.budget {
         Budget::Tokens(n) => format!("{n} tokens"),
         Budget::Ratio(f) => format!("{f} of each sequence"),
     };
+    if let Some(f) = s.adaptive {
+        budget = format!(
+            "{budget} a list on average, the {hsel} lists sharing theirs, each at least {f} of it (Ada-KV)"
+        );
+    }
     steps.push(Step {
         name: "topk",
         what: format!(
-            "keep sinks {}, recent {}{}, then the best of the rest up to {budget} (ties to the lower index), ascending, padded with -1: [{b}, {hsel}, {cap}] i32 {unit}",
+            "keep sinks {}, recent {}{}, then the best of the rest up to {budget} (ties to the lower index{}), ascending, padded with -1: [{b}, {hsel}, {cap}] i32 {unit}",
             s.sinks,
             s.recent,
             if s.page > 1 { ", the partial last page" } else { "" },
+            if s.adaptive.is_some() { ", then the lower list" } else { "" },
         ),
         read: if s.source == Source::None { 0 } else { b * hsel * units * f32b },
         written: b * hsel * cap * 4,
     });
-    let attended = (cap * s.page as u64).min(c);
+    // Tokens a list names (on average, when the lists share their budgets).
+    let attended = (s.budget_units() as u64 * s.page as u64).min(c);
     if s.output == Output::Compacted {
         steps.push(Step {
             name: "gather",

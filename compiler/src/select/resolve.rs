@@ -151,7 +151,7 @@ struct Clauses<'a> {
     granularity: Option<(&'a ast::Expr, Span)>,
     keep: Vec<(KeepKind, Span, &'a ast::Expr)>,
     keep_span: Option<Span>,
-    budget: Option<(&'a ast::Expr, BudgetUnit, Span)>,
+    budget: Option<(&'a ast::Expr, BudgetUnit, Option<&'a ast::Expr>, Span)>,
     output: Option<(&'a ast::Expr, Span)>,
 }
 
@@ -213,12 +213,16 @@ impl<'a> Inst<'a, '_> {
                     continue;
                 }
                 SelectStmt::Budget {
-                    value, unit, span, ..
+                    value,
+                    unit,
+                    alloc,
+                    span,
+                    ..
                 } => {
                     if c.budget.is_some() {
                         self.err("E0109", "`budget` appears twice", *span, "second `budget`");
                     } else {
-                        c.budget = Some((value, *unit, *span));
+                        c.budget = Some((value, *unit, alloc.as_ref(), *span));
                     }
                     continue;
                 }
@@ -486,7 +490,7 @@ impl<'a> Inst<'a, '_> {
             }
         }
 
-        let Some((b_expr, unit, b_span)) = c.budget else {
+        let Some((b_expr, unit, alloc, b_span)) = c.budget else {
             self.err_hint(
                 "E0803",
                 format!("select `{}` has no `budget`", sel.name.name),
@@ -527,6 +531,10 @@ impl<'a> Inst<'a, '_> {
                 Budget::Ratio(f)
             }
         };
+        let adaptive = match alloc {
+            Some(e) => Some(self.allocation(e, heads, output, kv_heads)?),
+            None => None,
+        };
 
         let spec = SelectSpec {
             kernel: k.name.name.clone(),
@@ -539,6 +547,7 @@ impl<'a> Inst<'a, '_> {
             output,
             page,
             budget,
+            adaptive,
             sinks,
             recent,
             context: context?,
@@ -878,6 +887,64 @@ impl<'a> Inst<'a, '_> {
     }
 
     /// The budget must hold the forced units of every length up to `CONTEXT`.
+    /// `adaptive(floor = F)` after a budget (Ada-KV): the per-KV-head lists of a sequence
+    /// share their budgets, each keeping at least the fraction `F` of its own. Returns `F`.
+    fn allocation(
+        &mut self,
+        e: &ast::Expr,
+        heads: HeadReduce,
+        output: Output,
+        kv_heads: Option<u32>,
+    ) -> Option<f64> {
+        let floor = match call_parts(e) {
+            ("adaptive", [a]) if a.name.as_ref().is_none_or(|n| n.name == "floor") => {
+                let f = self.params.eval(&a.value, self.diags)?.as_f64();
+                if !(0.0..=1.0).contains(&f) {
+                    self.err_hint(
+                        "E0808",
+                        format!("an adaptive budget's floor of {f} is outside [0, 1]"),
+                        a.value.span,
+                        "not a fraction",
+                        "use a fraction of each list's budget, such as 0.2",
+                    );
+                    return None;
+                }
+                f
+            }
+            (name, _) => {
+                self.err_hint(
+                    "E0801",
+                    format!("unknown budget allocation `{}`", shown(e, name)),
+                    e.span,
+                    "not an allocation",
+                    "write `adaptive(floor = F)`: the KV heads' lists share their budgets, each keeping at least the fraction F of its own (Ada-KV)",
+                );
+                return None;
+            }
+        };
+        if heads.one_list() || kv_heads == Some(1) {
+            self.err_hint(
+                "E0808",
+                "an adaptive budget is shared among the KV heads' lists, and this selection has one list",
+                e.span,
+                "nothing to share",
+                "use `reduce heads: per_kv_group(...)` with several KV heads, or remove `adaptive`",
+            );
+            return None;
+        }
+        if output == Output::Compacted {
+            self.err_hint(
+                "E0804",
+                "`output compacted` keeps one length a sequence, and an adaptive budget gives each KV head its own",
+                e.span,
+                "lists of different lengths",
+                "remove `adaptive`, or output the index lists",
+            );
+            return None;
+        }
+        Some(floor)
+    }
+
     fn check_budget(&mut self, s: &SelectSpec, span: Span) {
         let forced = s.max_forced();
         let unit = if s.page == 1 {

@@ -162,6 +162,9 @@ pub struct SelectSpec {
     /// Tokens per unit: 1 for token granularity.
     pub page: u32,
     pub budget: Budget,
+    /// Ada-KV's adaptive allocation (`adaptive(floor = F)`): the per-KV-head lists of a
+    /// sequence share their budgets, each keeping at least `ceil(F * k)` units (rule 6).
+    pub adaptive: Option<f64>,
     pub sinks: u32,
     pub recent: u32,
     /// Cache capacity in tokens (`CONTEXT`).
@@ -210,14 +213,35 @@ impl SelectSpec {
         self.context.div_ceil(self.page)
     }
 
-    /// Entries per index list (`K` of rule 6).
-    pub fn capacity(&self) -> u32 {
+    /// A list's budget in units at a full cache (`K` of rule 6; with an adaptive
+    /// allocation, the lists' mean).
+    pub fn budget_units(&self) -> u32 {
         match self.budget {
             Budget::Tokens(n) => n / self.page,
             Budget::Ratio(f) => ((f * self.context as f64 / self.page as f64).ceil() as u32)
                 .max(self.max_forced())
                 .max(1),
         }
+    }
+
+    /// The least units an adaptive allocation leaves a list whose mean budget is `k`
+    /// units (its forced units count towards it).
+    pub fn floor_units(&self, k: u32) -> u32 {
+        self.adaptive
+            .map_or(k, |f| ((f * f64::from(k)).ceil() as u32).min(k))
+    }
+
+    /// Entries per index list: the budget, or with an adaptive allocation the most one
+    /// list can take (every other list at its floor), at most the units of a full cache.
+    pub fn capacity(&self) -> u32 {
+        let k = self.budget_units();
+        if self.adaptive.is_none() {
+            return k;
+        }
+        let h = self.sel_heads();
+        (h * k - (h - 1) * self.floor_units(k))
+            .min(self.units())
+            .max(k.min(self.units()))
     }
 
     /// Query rows per head: the observation window for `window`, else 1.
@@ -299,12 +323,16 @@ impl SelectSpec {
         if self.output == Output::Compacted {
             let _ = writeln!(s, "  output compacted");
         }
+        let alloc = self
+            .adaptive
+            .map(|f| format!(" adaptive(floor = {f})"))
+            .unwrap_or_default();
         match self.budget {
             Budget::Tokens(n) => {
-                let _ = writeln!(s, "  budget {n} tokens");
+                let _ = writeln!(s, "  budget {n} tokens{alloc}");
             }
             Budget::Ratio(f) => {
-                let _ = writeln!(s, "  budget {f} ratio");
+                let _ = writeln!(s, "  budget {f} ratio{alloc}");
             }
         }
         let _ = writeln!(

@@ -271,10 +271,13 @@ pub enum SelectStmt {
         items: Vec<(KeepKind, Span, Expr)>,
         span: Span,
     },
+    /// `budget 4096 tokens;`, or with an allocation across the lists after the unit
+    /// (`budget 1024 tokens adaptive(floor = 0.2);`).
     Budget {
         value: Expr,
         unit: BudgetUnit,
         unit_span: Span,
+        alloc: Option<Expr>,
         span: Span,
     },
     /// `output indices;` or `output compacted;`.

@@ -592,6 +592,12 @@ impl Lower {
                 _ => words.push((c.as_str().to_string(), span_of(&c))),
             }
         }
+        // A budget's allocation follows its value.
+        let alloc = if rule == Rule::budget_stmt && exprs.len() > 1 {
+            exprs.pop()
+        } else {
+            None
+        };
         let value = exprs.pop().unwrap_or(Expr {
             kind: ExprKind::Int(0),
             span,
@@ -621,6 +627,7 @@ impl Lower {
                     BudgetUnit::Tokens
                 },
                 unit_span: word.1,
+                alloc,
                 span,
             },
         }

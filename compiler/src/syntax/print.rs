@@ -181,13 +181,26 @@ fn select_stmt(out: &mut String, st: &SelectStmt) {
             line(out, 1, &format!("keep {}", items.join(", ")), *span)
         }
         SelectStmt::Budget {
-            value, unit, span, ..
+            value,
+            unit,
+            alloc,
+            span,
+            ..
         } => {
             let unit = match unit {
                 BudgetUnit::Tokens => "tokens",
                 BudgetUnit::Ratio => "ratio",
             };
-            line(out, 1, &format!("budget {} {unit}", expr(value)), *span)
+            let alloc = alloc
+                .as_ref()
+                .map(|a| format!(" {}", expr(a)))
+                .unwrap_or_default();
+            line(
+                out,
+                1,
+                &format!("budget {} {unit}{alloc}", expr(value)),
+                *span,
+            )
         }
     }
 }

@@ -158,9 +158,20 @@ impl DecodeKernel {
         let units = s.units() as usize;
         let cap = s.capacity() as usize;
         let mut data = vec![-1i32; s.batch as usize * hs * cap];
-        for (r, out) in data.chunks_mut(cap).enumerate() {
-            let b = r / hs;
-            topk::select_row(s, st.lens[b], &scores[r * units..][..units], out);
+        if s.adaptive.is_some() {
+            // The lists of a sequence share their budgets.
+            for (b, seq) in data.chunks_mut(hs * cap).enumerate() {
+                let sc: Vec<&[f32]> = (0..hs)
+                    .map(|l| &scores[(b * hs + l) * units..][..units])
+                    .collect();
+                let mut outs: Vec<&mut [i32]> = seq.chunks_mut(cap).collect();
+                topk::select_shared(s, st.lens[b], &sc, &mut outs);
+            }
+        } else {
+            for (r, out) in data.chunks_mut(cap).enumerate() {
+                let b = r / hs;
+                topk::select_row(s, st.lens[b], &scores[r * units..][..units], out);
+            }
         }
         Ok(Indices {
             shape: [s.batch as usize, hs, cap],

@@ -246,35 +246,71 @@ pub fn reference_select(
             })
             .collect();
         let nf = forced.iter().filter(|f| **f).count();
+        // A list's budget (with an adaptive allocation, the lists' mean).
+        let per_list = s.budget_units() as usize;
         let k = match s.budget {
-            Budget::Tokens(t) => (t as usize / p).min(cap),
-            Budget::Ratio(f) => (((f * n as f64).floor() as usize).max(nf)).min(cap),
+            Budget::Tokens(t) => (t as usize / p).min(per_list),
+            Budget::Ratio(f) => (((f * n as f64).floor() as usize).max(nf)).min(per_list),
         };
-        for sel in 0..hs {
-            let row = &mut data[(b * hs + sel) * cap..][..cap];
-            if n <= k {
+        if n <= k {
+            for sel in 0..hs {
+                let row = &mut data[(b * hs + sel) * cap..][..cap];
                 for u in 0..n {
                     row[u] = u as i32;
                 }
-                continue;
             }
-            let scores = unit_scores(s, st, q, external, b, sel);
-            let mut order: Vec<usize> = (0..n).filter(|u| !forced[*u]).collect();
-            order.sort_by(|&x, &y| {
-                let (a, c) = (
-                    scores[x].unwrap_or(f64::NEG_INFINITY),
-                    scores[y].unwrap_or(f64::NEG_INFINITY),
-                );
-                match (a.is_nan(), c.is_nan()) {
-                    (true, false) => Ordering::Greater,
-                    (false, true) => Ordering::Less,
-                    _ => c.partial_cmp(&a).unwrap_or(Ordering::Equal).then(x.cmp(&y)),
+            continue;
+        }
+        // Better first: higher score, NaN last; then the lower unit, then the lower list.
+        let better =
+            |a: (f64, usize, usize), c: (f64, usize, usize)| match (a.0.is_nan(), c.0.is_nan()) {
+                (true, false) => Ordering::Greater,
+                (false, true) => Ordering::Less,
+                _ => {
+                    c.0.partial_cmp(&a.0)
+                        .unwrap_or(Ordering::Equal)
+                        .then(a.1.cmp(&c.1))
+                        .then(a.2.cmp(&c.2))
                 }
-            });
-            let mut chosen: Vec<usize> = (0..n).filter(|u| forced[*u]).collect();
-            chosen.extend(order.into_iter().take(k.saturating_sub(nf)));
-            chosen.sort();
-            for (o, u) in row.iter_mut().zip(chosen) {
+            };
+        // Each list's non-forced units, best first.
+        let orders: Vec<Vec<(f64, usize, usize)>> = (0..hs)
+            .map(|sel| {
+                let scores = unit_scores(s, st, q, external, b, sel);
+                let mut order: Vec<(f64, usize, usize)> = (0..n)
+                    .filter(|u| !forced[*u])
+                    .map(|u| (scores[u].unwrap_or(f64::NEG_INFINITY), u, sel))
+                    .collect();
+                order.sort_by(|x, y| better(*x, *y));
+                order
+            })
+            .collect();
+        let mut chosen: Vec<Vec<usize>> = vec![(0..n).filter(|u| forced[*u]).collect(); hs];
+        match s.adaptive {
+            None => {
+                for (c, order) in chosen.iter_mut().zip(&orders) {
+                    c.extend(order.iter().take(k - nf).map(|x| x.1));
+                }
+            }
+            Some(f) => {
+                // Ada-KV: each list its floor, then the best of everything left for the
+                // rest of the lists' total.
+                let floor = ((f * k as f64).ceil() as usize).min(k).max(nf);
+                let mut left = vec![];
+                for (c, order) in chosen.iter_mut().zip(&orders) {
+                    c.extend(order.iter().take(floor - nf).map(|x| x.1));
+                    left.extend(order.iter().skip(floor - nf).copied());
+                }
+                left.sort_by(|x, y| better(*x, *y));
+                for x in left.into_iter().take(hs * (k - floor)) {
+                    chosen[x.2].push(x.1);
+                }
+            }
+        }
+        for (sel, mut c) in chosen.into_iter().enumerate() {
+            c.sort();
+            let row = &mut data[(b * hs + sel) * cap..][..cap];
+            for (o, u) in row.iter_mut().zip(c) {
                 *o = u as i32;
             }
         }

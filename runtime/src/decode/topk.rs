@@ -24,10 +24,66 @@ pub fn rank(a: (f32, u32), b: (f32, u32)) -> Ordering {
 pub fn kept_units(s: &SelectSpec, len: u32, forced: usize) -> usize {
     let n = len.div_ceil(s.page) as usize;
     let k = match s.budget {
-        Budget::Tokens(_) => s.capacity() as usize,
+        Budget::Tokens(_) => s.budget_units() as usize,
         Budget::Ratio(f) => ((f * n as f64).floor() as usize).max(forced),
     };
-    k.min(s.capacity() as usize)
+    k.min(s.budget_units() as usize)
+}
+
+/// The lists of one sequence under an adaptive allocation (Ada-KV, rule 6): list `l`'s
+/// scores in `scores[l]`, its entries in `outs[l]`. Each list keeps its forced units and
+/// its best units up to its floor (`max(ceil(F * k), forced)`); the rest of the lists'
+/// total (`lists * k`) goes to the best of all lists' remaining units: higher score first,
+/// NaN below every number, then the lower unit, then the lower list.
+pub fn select_shared(s: &SelectSpec, len: u32, scores: &[&[f32]], outs: &mut [&mut [i32]]) {
+    let n = len.div_ceil(s.page) as usize;
+    let forced = s.forced_units(len);
+    let k = kept_units(s, len, forced.len());
+    for o in outs.iter_mut() {
+        o.fill(-1);
+    }
+    if n <= k {
+        for o in outs.iter_mut() {
+            for (u, x) in o.iter_mut().take(n).enumerate() {
+                *x = u as i32;
+            }
+        }
+        return;
+    }
+    let floor = (s.floor_units(k as u32) as usize).max(forced.len());
+    let mut is_forced = vec![false; n];
+    for &u in &forced {
+        is_forced[u as usize] = true;
+    }
+    let mut chosen: Vec<Vec<u32>> = vec![forced.clone(); outs.len()];
+    let mut left: Vec<(f32, u32, u32)> = vec![];
+    for (l, sc) in scores.iter().enumerate() {
+        let mut rest: Vec<(f32, u32)> = (0..n as u32)
+            .filter(|u| !is_forced[*u as usize])
+            .map(|u| (sc[u as usize], u))
+            .collect();
+        let own = floor - forced.len();
+        if own > 0 && own < rest.len() {
+            rest.select_nth_unstable_by(own - 1, |a, b| rank(*a, *b));
+        }
+        chosen[l].extend(rest[..own].iter().map(|x| x.1));
+        left.extend(rest[own..].iter().map(|&(x, u)| (x, u, l as u32)));
+    }
+    let shared = (outs.len() * (k - floor)).min(left.len());
+    let better =
+        |a: &(f32, u32, u32), b: &(f32, u32, u32)| rank((a.0, a.1), (b.0, b.1)).then(a.2.cmp(&b.2));
+    if shared > 0 && shared < left.len() {
+        left.select_nth_unstable_by(shared - 1, better);
+    }
+    for &(_, u, l) in &left[..shared] {
+        chosen[l as usize].push(u);
+    }
+    for (o, mut c) in outs.iter_mut().zip(chosen) {
+        c.sort_unstable();
+        for (x, u) in o.iter_mut().zip(c) {
+            *x = u as i32;
+        }
+    }
 }
 
 /// One index list: `scores` holds a score per unit (at least `ceil(len / P)` of them).

@@ -322,6 +322,9 @@ pub fn gpu_support(s: &SelectSpec) -> Result<(), String> {
     if matches!(s.heads, HeadReduce::Subset(..)) {
         return why("lists scored by a subset of the heads (`subset(...)`)");
     }
+    if s.adaptive.is_some() {
+        return why("adaptive budgets (`adaptive(...)`)");
+    }
     let window = matches!(s.source, Source::Window { .. });
     if s.kind != KernelKind::Decode && !window {
         return why(&format!(

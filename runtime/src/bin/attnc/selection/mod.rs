@@ -41,6 +41,7 @@ fn dense_of(s: &SelectSpec) -> SelectSpec {
     d.sinks = 0;
     d.recent = 0;
     d.budget = Budget::Tokens(s.context);
+    d.adaptive = None;
     d.split = attnc::select::resolve::SPLIT_TOKENS;
     d
 }
