@@ -145,7 +145,7 @@ def main():
     ap.add_argument("--attnc", required=True)
     ap.add_argument("--kernels", default="kernels")
     ap.add_argument("--quick", action="store_true", help="fewer sizes")
-    ap.add_argument("--parts", default="plain,text,other", help="which groups: plain (GRAT, no text), text (GRAT + 512 text), other (NA, video, dense)")
+    ap.add_argument("--parts", default="plain,text,other", help="which groups: plain (GRAT, no text), text (GRAT + 512 text), other (NA, video, dense), dense (dense alone)")
     ap.add_argument("--sides", default=None, help="canvas sides, e.g. 64,128")
     a = ap.parse_args()
     out_dir = os.environ.get("RESULTS_DIR", ".")
@@ -188,6 +188,8 @@ def main():
                             add(case + " 1s", n, blocks, "attnc", long["ms"], dict(block=long["block"]))
     if "plain" in parts:
         cudnn_at_canvas_sizes(sides, add, rows)
+    if "dense" in parts and "other" not in parts:
+        dense_cases(a, add, rows)
     if "other" not in parts:
         return finish(rows, out_dir)
     # Neighbourhood attention, 13x13 window, 128x128 canvas, raster order.
@@ -208,7 +210,13 @@ def main():
             add("GRAT-B 3D 32x48x80 +text", n3, blocks, "attnc", ours["ms"], dict(block=ours.get("block", f"{ours['bm']}x{ours['bn']}")))
     except Exception as e:  # noqa: BLE001
         rows.append(dict(case="GRAT-B 3D", impl="flex", error=repr(e)[:200]))
-    # Dense.
+    dense_cases(a, add, rows)
+
+    finish(rows, out_dir)
+
+
+def dense_cases(a, add, rows):
+    """Dense attention: cuDNN and FlashAttention-2 through SDPA, and attnc's `dense`."""
     for n in ([4096, 16384] if a.quick else [4096, 16384, 65536]):
         blocks = (n // 128) ** 2
         q, k, v = (torch.randn(1, H, n, D, dtype=torch.bfloat16, device=dev) for _ in range(3))
@@ -225,8 +233,6 @@ def main():
             add(f"dense {n}", n, blocks, "attnc", ours["ms"], dict(block=ours.get("block", f"{ours['bm']}x{ours['bn']}")))
         else:
             rows.append(dict(case=f"dense {n}", impl="attnc", error=ours["error"]))
-
-    finish(rows, out_dir)
 
 
 def cudnn_at_canvas_sizes(sides, add, rows):
