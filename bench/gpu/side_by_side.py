@@ -266,9 +266,10 @@ def density_criterion(rows):
 # Why a peer is faster where it is (printed for every case attnc loses).
 WHY = {
     "cudnn": "cuDNN's Hopper kernel is FlashAttention-3's design (a producer warp, two consumer "
-    "warpgroups taking turns, softmax overlapped with the products); the shapes attnc's tuner "
-    "picks run each warpgroup on its own, one a block and three blocks an SM (its "
-    "warp-specialised -ws/-ws-pp shapes measured 22 % slower than those on GRAT-B 128x128)",
+    "warpgroups taking turns, softmax overlapped with the products); attnc's -ws-ovl shape "
+    "has the producer and the overlap but not the turns (its -ws-pp form measured slower, "
+    "bench/RESULTS.md sixth session), and on short rows (a few blocks a head) the tuner "
+    "picks a 64-row block",
     "fa2": "unexpected: FlashAttention-2 has no Hopper path; check the shape the tuner picked",
     "flex": "unexpected: check the shape the tuner picked and the block counts",
 }
