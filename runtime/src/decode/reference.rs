@@ -302,7 +302,7 @@ pub fn reference_select(
                     left.extend(order.iter().skip(floor - nf).copied());
                 }
                 left.sort_by(|x, y| better(*x, *y));
-                for x in left.into_iter().take(hs * (k - floor)) {
+                for x in left.into_iter().take(hs * k.saturating_sub(floor)) {
                     chosen[x.2].push(x.1);
                 }
             }

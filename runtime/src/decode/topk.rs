@@ -69,7 +69,7 @@ pub fn select_shared(s: &SelectSpec, len: u32, scores: &[&[f32]], outs: &mut [&m
         chosen[l].extend(rest[..own].iter().map(|x| x.1));
         left.extend(rest[own..].iter().map(|&(x, u)| (x, u, l as u32)));
     }
-    let shared = (outs.len() * (k - floor)).min(left.len());
+    let shared = (outs.len() * k.saturating_sub(floor)).min(left.len());
     let better =
         |a: &(f32, u32, u32), b: &(f32, u32, u32)| rank((a.0, a.1), (b.0, b.1)).then(a.2.cmp(&b.2));
     if shared > 0 && shared < left.len() {
