@@ -90,12 +90,10 @@ pub fn build_tuned_in(
     Ok(a)
 }
 
-/// The cache name of a compilation: everything the code generator reads (the spec, the
-/// schedule and the IR, in their debug form), the target, the shape, and which attnc
-/// build compiles (its version and the running executable's size and modification time,
-/// so that a rebuilt compiler never loads an older one's PTX). None when the executable
-/// cannot be inspected: then nothing is cached.
-pub fn artefact_key(c: &Compiled, arch: Arch, tuning: nvptx::attention::Tuning) -> Option<String> {
+/// Which attnc build is running: its version and the running executable's size and
+/// modification time, so that a rebuilt compiler never loads an older one's PTX from the
+/// cache. None when the executable cannot be inspected: then nothing is cached.
+pub fn build_identity() -> Option<String> {
     let exe = std::env::current_exe().ok()?;
     let meta = std::fs::metadata(exe).ok()?;
     let modified = meta
@@ -103,7 +101,14 @@ pub fn artefact_key(c: &Compiled, arch: Arch, tuning: nvptx::attention::Tuning) 
         .ok()?
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?;
-    let build = format!("{VERSION} {} {}", meta.len(), modified.as_nanos());
+    Some(format!("{VERSION} {} {}", meta.len(), modified.as_nanos()))
+}
+
+/// The cache name of a compilation: everything the code generator reads (the spec, the
+/// schedule and the IR, in their debug form), the target, the shape, and which attnc
+/// build compiles ([`build_identity`]).
+pub fn artefact_key(c: &Compiled, arch: Arch, tuning: nvptx::attention::Tuning) -> Option<String> {
+    let build = build_identity()?;
     let inputs = format!("{:?}\u{0}{:?}\u{0}{:?}", c.spec, c.schedule, c.ir);
     let key = hash_key(&[&build, arch.name(), &tuning.name(), &inputs]);
     Some(format!("gpu-{key}"))
@@ -176,15 +181,8 @@ impl GpuArtefact {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Io(format!("cannot create `{}`: {e}", dir.display())))?;
         let json = serde_json::to_string(self).map_err(|e| Error::Io(e.to_string()))?;
-        let write = |p: PathBuf, s: &str| {
-            let fail =
-                |e: std::io::Error| Error::Io(format!("cannot write `{}`: {e}", p.display()));
-            let tmp = p.with_extension(format!("tmp{}", std::process::id()));
-            std::fs::write(&tmp, s).map_err(fail)?;
-            std::fs::rename(&tmp, &p).map_err(fail)
-        };
-        write(dir.join(format!("{name}.ptx")), &self.ptx)?;
-        write(dir.join(format!("{name}.json")), &json)
+        write_whole(&dir.join(format!("{name}.ptx")), &self.ptx)?;
+        write_whole(&dir.join(format!("{name}.json")), &json)
     }
 
     /// Reads `DIR/NAME.ptx` and `DIR/NAME.json`.
@@ -210,6 +208,14 @@ impl GpuArtefact {
         a.ptx = read(dir.join(format!("{name}.ptx")))?;
         Ok(a)
     }
+}
+
+/// Writes `text` to `path` whole or not at all: beside it first, then renamed over it.
+pub fn write_whole(path: &Path, text: &str) -> Result<(), Error> {
+    let fail = |e: std::io::Error| Error::Io(format!("cannot write `{}`: {e}", path.display()));
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, text).map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
 }
 
 /// The cache folder: `$ATTNC_CACHE_DIR` (set and empty: no cache), else

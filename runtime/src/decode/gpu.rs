@@ -95,7 +95,7 @@ impl GpuDecode {
 
     /// As [`GpuDecode::load`], with a given tuning.
     pub fn load_tuned(gpu: &Gpu, spec: SelectSpec, tuning: Tuning) -> Result<GpuDecode, Error> {
-        let module = codegen::compile_tuned(&spec, gpu.arch(), tuning).map_err(Error::Input)?;
+        let module = super::module_cache::compile_tuned(&spec, gpu.arch(), tuning)?;
         let m = gpu
             .ctx
             .load_module(Ptx::from_src(module.ptx.clone()))

@@ -13,6 +13,7 @@ pub mod cache;
 pub mod compact;
 pub mod gpu;
 mod lanes_avx;
+pub mod module_cache;
 pub mod reference;
 pub mod score;
 pub mod topk;
