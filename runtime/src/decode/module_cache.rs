@@ -13,18 +13,6 @@ use serde::{Deserialize, Serialize};
 use crate::artefact::{self, write_whole};
 use crate::Error;
 
-/// Every role, for reading a stored module back.
-const ROLES: [Role; 8] = [
-    Role::Logits,
-    Role::Score,
-    Role::Pool,
-    Role::TopK,
-    Role::Attend,
-    Role::Combine,
-    Role::Accumulate,
-    Role::Append,
-];
-
 /// What a module stores besides its PTX (which is in a file of its own).
 #[derive(Serialize, Deserialize)]
 struct Stored {
@@ -100,7 +88,7 @@ fn load(dir: &Path, key: &str) -> Option<DecodeModule> {
         .entries
         .into_iter()
         .map(|(role, name, grid, block)| {
-            let role = *ROLES.iter().find(|r| format!("{r:?}") == role)?;
+            let role = *Role::ALL.iter().find(|r| format!("{r:?}") == role)?;
             Some(DecodeEntry {
                 role,
                 name,

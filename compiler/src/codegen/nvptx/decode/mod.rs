@@ -73,6 +73,20 @@ pub enum Role {
     Append,
 }
 
+impl Role {
+    /// Every role, in launch order (append last).
+    pub const ALL: [Role; 8] = [
+        Role::Logits,
+        Role::Score,
+        Role::Pool,
+        Role::TopK,
+        Role::Attend,
+        Role::Combine,
+        Role::Accumulate,
+        Role::Append,
+    ];
+}
+
 /// One entry with its launch shape.
 #[derive(Clone, Debug)]
 pub struct DecodeEntry {
