@@ -53,14 +53,14 @@ if [ "$MODE" = "wgmma" ]; then
   log "SASS of the wgmma shapes"
   mkdir -p ptx
   : > "$OUT/wgmma_sass.txt"
-  for b in 64x64-wgmma-tma 64x64-wgmma-tma-ovl 128x64-wgmma-tma-ws 128x64-wgmma-tma-ws-pp; do
+  for b in 64x64-wgmma-tma 64x64-wgmma-tma-ovl 128x64-wgmma-tma-ws 128x64-wgmma-tma-ws-pp 128x128-wgmma-tma-ws 128x128-wgmma-tma-ws-ovl; do
     $A compile kernels/grat.attn --kernel grat_b_2d --emit ptx --block $b > ptx/grat_$b.ptx
     ptxas -arch=sm_90a -v ptx/grat_$b.ptx -o ptx/grat_$b.cubin 2>&1 | grep -E "registers|spill|wgmma" | tr '\n' ' ' >> "$OUT/wgmma_sass.txt"
     echo " $b HGMMA=$(cuobjdump -sass ptx/grat_$b.cubin | grep -c HGMMA) HMMA=$(cuobjdump -sass ptx/grat_$b.cubin | grep -c ' HMMA')" >> "$OUT/wgmma_sass.txt"
   done
   cat "$OUT/wgmma_sass.txt"
   log "launch shapes side by side, GRAT-B 128x128"
-  for b in 64x64-wgmma-tma 64x64-wgmma-tma-x3 64x64-wgmma-tma-lpt-x3 128x64-wgmma-tma 128x64-wgmma-tma-ws 128x64-wgmma-tma-ws-pp; do
+  for b in 64x64-wgmma-tma 64x64-wgmma-tma-x3 64x64-wgmma-tma-lpt-x3 128x64-wgmma-tma 128x64-wgmma-tma-ws 128x64-wgmma-tma-ws-pp 128x128-wgmma-tma-ws 128x128-wgmma-tma-ws-ovl; do
     timeout 60 $A bench kernels/grat.attn --kernel grat_b_2d --set H=128 --set W=128 --set TEXT=0 --backend cuda --runs 20 --block $b 2>&1 | tee -a "$OUT/wgmma_bench.txt"
   done
   log "suite: every shipped kernel, default and wgmma shapes, against the CPU backend"
