@@ -911,6 +911,16 @@ impl<'a> Inst<'a, '_> {
                 }
                 f
             }
+            ("adaptive", _) => {
+                self.err_hint(
+                    "E0206",
+                    "`adaptive` takes one argument, the floor",
+                    e.span,
+                    "wrong arguments",
+                    "write `adaptive(floor = 0.2)`: each list keeps at least 0.2 of its budget",
+                );
+                return None;
+            }
             (name, _) => {
                 self.err_hint(
                     "E0801",
