@@ -305,9 +305,21 @@ pub fn explain(s: &SelectSpec) -> String {
         s.sel_heads(),
         s.capacity()
     );
+    // With an adaptive budget a list may take more than its share; their mean is the
+    // budget.
+    let reads = if s.adaptive.is_some() {
+        "reads on average"
+    } else {
+        "reads at most"
+    };
+    let per = if s.adaptive.is_some() {
+        "a list"
+    } else {
+        "per sequence"
+    };
     let _ = writeln!(
         out,
-        "  reads at most {} of {} cached tokens per sequence ({:.2}%), always {} sinks and {} recent",
+        "  {reads} {} of {} cached tokens {per} ({:.2}%), always {} sinks and {} recent",
         p.attended_tokens,
         s.context,
         100.0 * p.attended_tokens as f64 / s.context as f64,
