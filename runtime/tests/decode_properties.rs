@@ -92,6 +92,7 @@ fn case() -> impl Strategy<Value = Case> {
                     page,
                     budget: Budget::Tokens(page),
                     adaptive: None,
+                    gumbel: None,
                     sinks,
                     recent,
                     context,

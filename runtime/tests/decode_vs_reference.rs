@@ -31,6 +31,7 @@ fn spec(source: Source) -> SelectSpec {
         page: if source.scores_pages() { 16 } else { 1 },
         budget: Budget::Tokens(128),
         adaptive: None,
+        gumbel: None,
         sinks: 4,
         recent: 16,
         context: 500,
@@ -615,6 +616,97 @@ fn h2o_accumulates_the_step_probabilities_on_the_selection() {
             }
         }
     }
+}
+
+/// Keyformer's noise as docs/kv-selection.md writes it (rule 1), written again here.
+fn keyformer_noise(b: u64, h: u64, t: u64, j: u64) -> f64 {
+    let mut x = b.wrapping_mul(0x9E3779B97F4A7C15)
+        ^ h.wrapping_mul(0xC2B2AE3D27D4EB4F)
+        ^ t.wrapping_mul(0x165667B19E3779F9)
+        ^ j.wrapping_mul(0xD6E8FEB86659FD93);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D049BB133111EB);
+    x ^= x >> 31;
+    let u = ((x >> 40) as f64 + 0.5) / 16777216.0;
+    -(-u.ln()).ln()
+}
+
+/// Keyformer (`keyformer(tau, tau_end, steps)`): each step adds, at the selected tokens,
+/// the softmax of the logits plus Gumbel noise over the temperature of the sequence's step
+/// (rising linearly, then constant), summed over the KV group's heads; selections equal
+/// the reference's at every step, and a second run repeats the state bit for bit.
+#[test]
+fn keyformer_accumulates_the_gumbel_softmax_at_the_step_temperature() {
+    let mut s = spec(Source::Accumulated);
+    s.gumbel = Some(attnc::select::spec::Gumbel {
+        tau: 0.5,
+        tau_end: 3.0,
+        steps: 2,
+    });
+    let (kernel, mut st, q) = setup(&s, &LENS, 21);
+    let (c, d, g) = (s.context as usize, s.head_dim as usize, s.group() as usize);
+    for step in 0..4u32 {
+        assert_eq!(st.steps, [step; 3]);
+        let tau = [0.5, 1.75, 3.0, 3.0][step as usize];
+        let before = st.acc.clone();
+        let idx = kernel.select(&st, &q, None).expect("select");
+        assert_eq!(
+            idx,
+            reference_select(&s, &st, &q, None).unwrap(),
+            "step {step}"
+        );
+        kernel.attend(&mut st, &q, &idx).expect("attend");
+        for b in 0..3 {
+            for kvh in 0..2 {
+                let row = &idx.data[(b * 2 + kvh) * idx.shape[2]..][..idx.shape[2]];
+                let mut want = vec![0f64; c];
+                for h in kvh * g..(kvh + 1) * g {
+                    let qv: Vec<f64> = q[(b * 8 + h) * d..][..d]
+                        .iter()
+                        .map(|x| half::bf16::from_f32(*x).to_f32() as f64)
+                        .collect();
+                    let l: Vec<(usize, f64)> = row
+                        .iter()
+                        .filter(|u| **u >= 0)
+                        .map(|&j| {
+                            let k = &st.k[((b * 2 + kvh) * c + j as usize) * d..][..d];
+                            let dot: f64 = qv.iter().zip(k).map(|(a, b)| a * *b as f64).sum();
+                            let noise = keyformer_noise(b as u64, h as u64, step as u64, j as u64);
+                            (j as usize, (dot * s.scale + noise) / tau)
+                        })
+                        .collect();
+                    let m = l.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = l.iter().map(|x| (x.1 - m).exp()).sum();
+                    for (j, x) in l {
+                        want[j] += (x - m).exp() / z;
+                    }
+                }
+                for j in 0..c {
+                    let at = (b * 2 + kvh) * c + j;
+                    let got = st.acc[at] as f64 - before[at] as f64;
+                    assert!(
+                        (got - want[j]).abs() < 2e-5,
+                        "step {step} b {b} kvh {kvh} token {j}: {got} vs {}",
+                        want[j]
+                    );
+                }
+            }
+        }
+    }
+    // The noise is a function of (sequence, head, step, token): the same run again gives
+    // the same state, bit for bit; H2O's plain update gives another.
+    let (kernel2, mut again, _) = setup(&s, &LENS, 21);
+    let mut plain_spec = s.clone();
+    plain_spec.gumbel = None;
+    let (plain_kernel, mut plain, _) = setup(&plain_spec, &LENS, 21);
+    for _ in 0..4 {
+        let idx = kernel2.select(&again, &q, None).unwrap();
+        kernel2.attend(&mut again, &q, &idx).unwrap();
+        let idx = plain_kernel.select(&plain, &q, None).unwrap();
+        plain_kernel.attend(&mut plain, &q, &idx).unwrap();
+    }
+    assert_eq!(again.acc, st.acc);
+    assert_ne!(plain.acc, st.acc);
 }
 
 #[test]

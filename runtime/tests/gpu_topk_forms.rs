@@ -23,6 +23,7 @@ fn spec(page: u32, sinks: u32, recent: u32, budget_units: u32, context: u32) -> 
         page,
         budget: Budget::Tokens(budget_units * page),
         adaptive: None,
+        gumbel: None,
         sinks,
         recent,
         context,

@@ -237,10 +237,19 @@ pub fn plan(s: &SelectSpec) -> SelectPlan {
         if s.source == Source::Accumulated {
             steps.push(Step {
                 name: "update",
-                what: format!(
-                    "add the step's attention probabilities ({} over a KV head's query heads) to the state at the selected tokens",
-                    reduce_name(s.heads.op())
-                ),
+                what: match s.gumbel {
+                    None => format!(
+                        "add the step's attention probabilities ({} over a KV head's query heads) to the state at the selected tokens",
+                        reduce_name(s.heads.op())
+                    ),
+                    Some(g) => format!(
+                        "add the Gumbel softmax of the step's logits at temperature {} rising to {} over {} steps ({} over a KV head's query heads) to the state at the selected tokens (Keyformer)",
+                        g.tau,
+                        g.tau_end,
+                        g.steps,
+                        reduce_name(s.heads.op())
+                    ),
+                },
                 read: b * hsel * attended * f32b,
                 written: b * hsel * attended * f32b,
             });

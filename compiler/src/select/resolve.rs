@@ -5,7 +5,7 @@
 
 use super::params::{Num, Params};
 use super::spec::{
-    Budget, HeadReduce, HeadSet, KernelKind, Output, Pool, Reduce, SelectSpec, Source,
+    Budget, Gumbel, HeadReduce, HeadSet, KernelKind, Output, Pool, Reduce, SelectSpec, Source,
 };
 use crate::diagnostic::{closest, has_errors, Diagnostic, Span};
 use crate::sema::instantiate::{Binding, MAX_BATCH, MAX_HEADS, MAX_HEAD_DIM};
@@ -24,12 +24,13 @@ pub const MAX_POOL: i64 = 255;
 /// Tokens per split-K chunk of the decode attention.
 pub const SPLIT_TOKENS: u32 = 512;
 
-const SOURCES: [&str; 9] = [
+const SOURCES: [&str; 10] = [
     "none",
     "exact",
     "window",
     "normalized",
     "accumulated",
+    "keyformer",
     "page_bound",
     "page_mean",
     "external",
@@ -133,6 +134,7 @@ pub fn instantiate(
     let spec = Inst {
         params,
         diags: &mut diags,
+        gumbel: None,
     }
     .run(sel, kernel);
     match spec {
@@ -158,6 +160,8 @@ struct Clauses<'a> {
 struct Inst<'a, 'd> {
     params: Params<'a>,
     diags: &'d mut Vec<Diagnostic>,
+    /// Set by a `keyformer` source.
+    gumbel: Option<Gumbel>,
 }
 
 impl<'a> Inst<'a, '_> {
@@ -337,7 +341,7 @@ impl<'a> Inst<'a, '_> {
                 format!("select `{}` has no `source`", sel.name.name),
                 sel.name.span,
                 "needs a score source",
-                "add `source exact;` (or none, window(W), accumulated, page_bound(page = P), page_mean(page = P), external, key_norm)",
+                "add `source exact;` (or none, window(W), normalized(W), accumulated, keyformer(steps = N), page_bound(page = P), page_mean(page = P), external, key_norm)",
             );
             return None;
         };
@@ -455,7 +459,14 @@ impl<'a> Inst<'a, '_> {
             ),
             (Source::Accumulated, KernelKind::Select) => self.err_hint(
                 "E0804",
-                "an `accumulated` source is updated by decode steps: it needs a `decode` kernel",
+                format!(
+                    "{} source is updated by decode steps: it needs a `decode` kernel",
+                    if self.gumbel.is_some() {
+                        "a `keyformer`"
+                    } else {
+                        "an `accumulated`"
+                    }
+                ),
                 k.span,
                 "a select kernel never attends",
                 format!("write `kernel {} = decode({})`", k.name.name, sel.name.name),
@@ -548,6 +559,7 @@ impl<'a> Inst<'a, '_> {
             page,
             budget,
             adaptive,
+            gumbel: self.gumbel,
             sinks,
             recent,
             context: context?,
@@ -638,6 +650,10 @@ impl<'a> Inst<'a, '_> {
     /// sources, its page size.
     fn source(&mut self, e: &'a ast::Expr, context: i64) -> Option<(Source, Option<u32>)> {
         let (name, args) = call_parts(e);
+        if name == "keyformer" {
+            self.gumbel = Some(self.keyformer(e, args)?);
+            return Some((Source::Accumulated, None));
+        }
         let arity = match name {
             "window" | "normalized" | "page_bound" | "page_mean" => 1,
             _ => 0,
@@ -717,6 +733,79 @@ impl<'a> Inst<'a, '_> {
             }
         };
         Some((src, None))
+    }
+
+    /// `keyformer(tau = T0, tau_end = T1, steps = N)` (`tau` 1 and `tau_end` 2 unless
+    /// given): an `accumulated` source whose update is Keyformer's Gumbel softmax.
+    fn keyformer(&mut self, e: &ast::Expr, args: &[ast::Arg]) -> Option<Gumbel> {
+        let (mut tau, mut tau_end, mut steps) = (1.0, 2.0, None);
+        for a in args {
+            let Some(n) = &a.name else {
+                self.err_hint(
+                    "E0206",
+                    "`keyformer` takes named arguments",
+                    a.value.span,
+                    "not named",
+                    "write `keyformer(tau = 1, tau_end = 2, steps = 256)`",
+                );
+                return None;
+            };
+            match n.name.as_str() {
+                "tau" | "tau_end" => {
+                    let v = self.params.eval(&a.value, self.diags)?.as_f64();
+                    if !(v.is_finite() && v > 0.0) {
+                        self.err_hint(
+                            "E0802",
+                            format!("a temperature of {v} is not positive"),
+                            a.value.span,
+                            "not positive",
+                            "use a temperature such as 1 or 2",
+                        );
+                        return None;
+                    }
+                    if n.name == "tau" {
+                        tau = v;
+                    } else {
+                        tau_end = v;
+                    }
+                }
+                "steps" => {
+                    let v = self.int(
+                        &a.value,
+                        "the temperature schedule's steps",
+                        1,
+                        i64::from(i32::MAX),
+                        "E0802",
+                    )?;
+                    steps = Some(v);
+                }
+                other => {
+                    self.err_hint(
+                        "E0206",
+                        format!("`keyformer` has no argument `{other}`"),
+                        n.span,
+                        "unknown argument",
+                        "its arguments: `tau`, `tau_end`, `steps`",
+                    );
+                    return None;
+                }
+            }
+        }
+        let Some(steps) = steps else {
+            self.err_hint(
+                "E0206",
+                "`keyformer` needs `steps`, the decode steps over which the temperature rises",
+                e.span,
+                "no `steps`",
+                "write `keyformer(steps = 256)` (tau 1 to tau_end 2 unless given)",
+            );
+            return None;
+        };
+        Some(Gumbel {
+            tau,
+            tau_end,
+            steps,
+        })
     }
 
     fn page_size(&mut self, e: &ast::Expr) -> Option<u32> {

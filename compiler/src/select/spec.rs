@@ -42,6 +42,41 @@ pub enum Source {
     KeyNorm,
 }
 
+/// Keyformer's update of the accumulated scores (Adnan et al., MLSys 2024): a step adds
+/// the softmax of the list's logits perturbed by Gumbel noise at a temperature rising from
+/// `tau` to `tau_end` over the first `steps` decode steps, instead of the plain
+/// probabilities (`source keyformer(...)`; rule 1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gumbel {
+    pub tau: f64,
+    pub tau_end: f64,
+    pub steps: u32,
+}
+
+impl Gumbel {
+    /// The temperature of a sequence's decode step `t` (0 the first after its cache was
+    /// filled): linear from `tau` to `tau_end`, then constant.
+    pub fn temperature(&self, t: u32) -> f64 {
+        self.tau + (self.tau_end - self.tau) * f64::from(t.min(self.steps)) / f64::from(self.steps)
+    }
+}
+
+/// Keyformer's noise for sequence `b`, query head `h`, step `t` and token `j`:
+/// `-ln(-ln u)` with `u = (x >> 40 + 0.5) / 2^24` and `x` the SplitMix64 finaliser of
+/// `b * 0x9E3779B97F4A7C15 ^ h * 0xC2B2AE3D27D4EB4F ^ t * 0x165667B19E3779F9 ^ j *
+/// 0xD6E8FEB86659FD93` (wrapping products), in f64 (docs/kv-selection.md, rule 1).
+pub fn gumbel_noise(b: u32, h: u32, t: u32, j: u32) -> f64 {
+    let mut x = u64::from(b).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ u64::from(h).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+        ^ u64::from(t).wrapping_mul(0x1656_67B1_9E37_79F9)
+        ^ u64::from(j).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    let u = ((x >> 40) as f64 + 0.5) / (1u64 << 24) as f64;
+    -(-u.ln()).ln()
+}
+
 /// A reduction over query rows or heads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reduce {
@@ -165,6 +200,8 @@ pub struct SelectSpec {
     /// Ada-KV's adaptive allocation (`adaptive(floor = F)`): the per-KV-head lists of a
     /// sequence share their budgets, each keeping at least `ceil(F * k)` units (rule 6).
     pub adaptive: Option<f64>,
+    /// `source keyformer(...)`: an `accumulated` source whose update is perturbed.
+    pub gumbel: Option<Gumbel>,
     pub sinks: u32,
     pub recent: u32,
     /// Cache capacity in tokens (`CONTEXT`).
@@ -300,7 +337,18 @@ impl SelectSpec {
             };
             let _ = writeln!(s, "  param {name} = {value}{from}");
         }
-        let _ = writeln!(s, "  source {}", source_name(self.source));
+        match self.gumbel {
+            Some(g) => {
+                let _ = writeln!(
+                    s,
+                    "  source keyformer(tau = {}, tau_end = {}, steps = {})",
+                    g.tau, g.tau_end, g.steps
+                );
+            }
+            None => {
+                let _ = writeln!(s, "  source {}", source_name(self.source));
+            }
+        }
         if let Source::Window { .. } = self.source {
             let _ = writeln!(s, "  reduce rows: {}", reduce_name(self.rows));
         }

@@ -6,7 +6,7 @@
 //! adds the same bits and the selections of later steps stay equal.
 
 use attnc::select::softmax;
-use attnc::select::spec::{Reduce, SelectSpec};
+use attnc::select::spec::{gumbel_noise, Reduce, SelectSpec};
 use rayon::prelude::*;
 
 use super::attend::row_tokens;
@@ -21,7 +21,7 @@ pub fn accumulate(s: &SelectSpec, st: &mut DecodeState, q: &[f32], idx: &[i32]) 
     let c = s.context as usize;
     #[cfg(target_arch = "x86_64")]
     let fma = std::arch::is_x86_feature_detected!("fma");
-    let (k, lens) = (&st.k, &st.lens);
+    let (k, lens, steps) = (&st.k, &st.lens, &st.steps);
     st.acc
         .par_chunks_mut(c)
         .enumerate()
@@ -29,19 +29,23 @@ pub fn accumulate(s: &SelectSpec, st: &mut DecodeState, q: &[f32], idx: &[i32]) 
             let b = list / hs;
             let row = &idx[list * cap..][..cap];
             let toks = row_tokens(s, row, lens[b]);
+            let t = steps[b];
             let probs = || {
                 #[cfg(target_arch = "x86_64")]
                 if fma {
                     // SAFETY: the CPU has FMA (checked above), the one feature the
                     // function is compiled for.
-                    return unsafe { list_probs_fma(s, k, q, b, list % hs, &toks) };
+                    return unsafe { list_probs_fma(s, k, q, (b, t), list % hs, &toks) };
                 }
-                list_probs(s, k, q, b, list % hs, &toks)
+                list_probs(s, k, q, (b, t), list % hs, &toks)
             };
             for (j, x) in toks.iter().zip(probs()) {
                 acc[*j as usize] += x;
             }
         });
+    for t in st.steps.iter_mut() {
+        *t += 1;
+    }
 }
 
 /// [`list_probs`] with the FMA instructions (the contract's `fma`s are correctly rounded
@@ -55,21 +59,24 @@ unsafe fn list_probs_fma(
     s: &SelectSpec,
     k: &[f32],
     q: &[f32],
-    b: usize,
+    at: (usize, u32),
     sel: usize,
     toks: &[u32],
 ) -> Vec<f32> {
-    list_probs(s, k, q, b, sel, toks)
+    list_probs(s, k, q, at, sel, toks)
 }
 
-/// The probabilities of list `sel` of sequence `b` over its tokens `toks`, each head's
-/// softmax (rule 1's order) reduced over the list's heads in order.
+/// The probabilities of list `sel` of sequence `b` at its step `t` (`at = (b, t)`) over its
+/// tokens `toks`, each head's softmax (rule 1's order) reduced over the list's heads in
+/// order. Keyformer's (`s.gumbel`): each base-2 logit `l` becomes `(l + g log2 e) / tau_t`
+/// before the softmax, `g` the head's noise for the token at step `t` rounded to f32 (the
+/// product in f64), `tau_t` the schedule's temperature rounded to f32.
 #[inline(always)]
 fn list_probs(
     s: &SelectSpec,
     k: &[f32],
     q: &[f32],
-    b: usize,
+    (b, t): (usize, u32),
     sel: usize,
     toks: &[u32],
 ) -> Vec<f32> {
@@ -79,6 +86,14 @@ fn list_probs(
         .into_iter()
         .enumerate()
     {
+        if let Some(g) = s.gumbel {
+            let tau = g.temperature(t) as f32;
+            let h = heads[i] as u32;
+            for (x, &j) in l.iter_mut().zip(toks) {
+                let noise = (gumbel_noise(b as u32, h, t, j) * std::f64::consts::LOG2_E) as f32;
+                *x = (*x + noise) / tau;
+            }
+        }
         softmax::softmax_in_place(&mut l);
         for (x, p) in out.iter_mut().zip(&l) {
             fold(s.heads.op(), x, *p, i == 0);

@@ -18,6 +18,9 @@ pub struct DecodeState {
     pub kmax: Vec<f32>,
     pub kmin: Vec<f32>,
     pub acc: Vec<f32>,
+    /// Decode steps each sequence has taken since its cache was filled (`[B]`; Keyformer's
+    /// temperature schedule reads it; the accumulated update counts it).
+    pub steps: Vec<u32>,
 }
 
 /// `x` rounded to the dtype (bf16 and f16 values are exact in f32).
@@ -61,6 +64,7 @@ pub(crate) fn new_state(s: &SelectSpec) -> DecodeState {
         kmax: vec![0.0; b * hkv * pages * d],
         kmin: vec![0.0; b * hkv * pages * d],
         acc: vec![0.0; acc],
+        steps: vec![0; b],
     }
 }
 

@@ -89,6 +89,7 @@ impl DecodeKernel {
             || st.lens.len() != fresh.lens.len()
             || st.kmax.len() != fresh.kmax.len()
             || st.acc.len() != fresh.acc.len()
+            || st.steps.len() != fresh.steps.len()
         {
             return Err(Error::Shape(format!(
                 "the state does not belong to `{}` (make it with new_state)",

@@ -339,6 +339,9 @@ pub fn gpu_support(s: &SelectSpec) -> Result<(), String> {
     if s.adaptive.is_some() {
         return why("adaptive budgets (`adaptive(...)`)");
     }
+    if s.gumbel.is_some() {
+        return why("Keyformer's update (`keyformer(...)`)");
+    }
     let window = matches!(s.source, Source::Window { .. });
     if s.kind != KernelKind::Decode && !window {
         return why(&format!(

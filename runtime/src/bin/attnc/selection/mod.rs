@@ -42,6 +42,7 @@ fn dense_of(s: &SelectSpec) -> SelectSpec {
     d.recent = 0;
     d.budget = Budget::Tokens(s.context);
     d.adaptive = None;
+    d.gumbel = None;
     d.split = attnc::select::resolve::SPLIT_TOKENS;
     d
 }
