@@ -715,6 +715,92 @@ fn h2o_state_goes_from_one_run_to_the_next() {
     );
 }
 
+/// Keyformer from the command line: the temperature follows `--input steps=FILE.npy`
+/// (each sequence's decode steps so far), so the state a step adds changes with it; a
+/// kernel without a schedule refuses the input, and a negative count is an error.
+#[test]
+fn keyformer_steps_come_from_an_input() {
+    let (b, hq, hkv, d, n) = (2usize, 4usize, 2usize, 16usize, 200usize);
+    let src = tmp("keyformer_small.attn");
+    std::fs::write(
+        &src,
+        "select kf { source keyformer(tau = 0.5, tau_end = 4, steps = 8); keep sinks 2, recent 8; budget 32 tokens; }\n\
+         kernel k = decode(kf) { heads 4; kv_heads 2; head_dim 16; batch 2; CONTEXT = 256; }\n",
+    )
+    .expect("write");
+    let q = write_npy("kq.npy", &[b, hq, 1, d], random(b * hq * d, 51));
+    let k = write_npy("kk.npy", &[b, hkv, n, d], random(b * hkv * n * d, 52));
+    let v = write_npy("kv.npy", &[b, hkv, n, d], random(b * hkv * n * d, 53));
+    let step = |steps: Option<&[i32]>, acc_out: &PathBuf| {
+        let mut c = attnc();
+        c.arg("run").arg(&src).args(["--kernel", "k"]);
+        c.arg("--q").arg(&q).arg("--k").arg(&k).arg("--v").arg(&v);
+        if let Some(t) = steps {
+            let f = tmp("ksteps.npy");
+            attnc_runtime::npy::write_i32(&f, &[t.len()], t).expect("steps");
+            c.arg("--input").arg(format!("steps={}", f.display()));
+        }
+        c.arg("-o").arg(tmp("ko.npy")).arg("--acc-out").arg(acc_out);
+        run(&mut c)
+    };
+    let (a0, a0b, a5) = (tmp("kacc0.npy"), tmp("kacc0b.npy"), tmp("kacc5.npy"));
+    for (steps, out) in [
+        (None, &a0),
+        (Some(&[0, 0][..]), &a0b),
+        (Some(&[5, 5][..]), &a5),
+    ] {
+        let (code, _, err) = step(steps, out);
+        assert_eq!(code, 0, "{err}");
+    }
+    let read = |p: &PathBuf| attnc_runtime::npy::read(p).expect("acc").data;
+    // No input is step 0; another step is another temperature.
+    assert_eq!(read(&a0), read(&a0b));
+    assert_ne!(read(&a0), read(&a5));
+    // Each step still adds one distribution per query head of a list.
+    for x in read(&a5).chunks(256) {
+        let sum: f64 = x.iter().map(|v| *v as f64).sum();
+        assert!((sum - (hq / hkv) as f64).abs() < 1e-4, "{sum}");
+    }
+    let (code, _, err) = step(Some(&[-1, 0]), &tmp("kbad.npy"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("a step count of -1 is not a number of decode steps"),
+        "{err}"
+    );
+    let (code, _, err) = step(Some(&[0, 0, 0]), &tmp("kbad.npy"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("steps `") && err.contains("expected [2]"),
+        "{err}"
+    );
+    // H2O's plain state has no schedule.
+    let h2o = tmp("h2o_steps.attn");
+    std::fs::write(
+        &h2o,
+        "select hh { source accumulated; keep sinks 2, recent 8; budget 32 tokens; }\n\
+         kernel h = decode(hh) { heads 4; kv_heads 2; head_dim 16; batch 2; CONTEXT = 256; }\n",
+    )
+    .expect("write");
+    let f = tmp("hsteps.npy");
+    attnc_runtime::npy::write_i32(&f, &[2], &[1, 1]).expect("steps");
+    let (code, _, err) = run(attnc()
+        .arg("run")
+        .arg(&h2o)
+        .args(["--kernel", "h"])
+        .arg("--q")
+        .arg(&q)
+        .arg("--k")
+        .arg(&k)
+        .arg("--v")
+        .arg(&v)
+        .arg("--input")
+        .arg(format!("steps={}", f.display()))
+        .arg("-o")
+        .arg(tmp("ho2.npy")));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("has no temperature schedule"), "{err}");
+}
+
 /// `output compacted`: `attnc run --compacted DIR` writes the selected keys and values in
 /// list order and the lengths; the flag is refused where the kernel says nothing of it.
 #[test]

@@ -107,8 +107,9 @@ enum Command {
         k_file: Option<PathBuf>,
         #[arg(long)]
         v: Option<PathBuf>,
-        /// A score-modifier input, or for selection kernels lens, scores or acc:
-        /// NAME=FILE.npy.
+        /// A score-modifier input, or for selection kernels lens, scores, acc or steps
+        /// (`keyformer`: the decode steps each sequence has taken, `[batch]`; 0 unless
+        /// given): NAME=FILE.npy.
         #[arg(long = "input", value_name = "NAME=FILE")]
         inputs: Vec<String>,
         #[arg(short = 'o', long = "output")]

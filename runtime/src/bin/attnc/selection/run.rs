@@ -91,9 +91,9 @@ fn read_per_token(path: &Path, spec: &SelectSpec, what: &str) -> Result<Vec<f32>
 /// backend covers).
 pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<String, Error> {
     for (n, _) in &files.inputs {
-        if !["lens", "scores", "acc"].contains(&n.as_str()) {
+        if !["lens", "scores", "acc", "steps"].contains(&n.as_str()) {
             return Err(Error::Shape(format!(
-                "selection kernels take the inputs lens, scores (external source) and acc (accumulated source), not `{n}`"
+                "selection kernels take the inputs lens, scores (external source), acc (accumulated source) and steps (keyformer), not `{n}`"
             )));
         }
     }
@@ -168,6 +168,33 @@ pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<Stri
             )));
         }
         st.acc = read_per_token(p, &spec, "acc")?;
+    }
+    if let Some(p) = input(files, "steps") {
+        if spec.gumbel.is_none() || spec.kind != KernelKind::Decode {
+            return Err(Error::Shape(format!(
+                "`{}` has no temperature schedule: steps is for decode kernels with source keyformer",
+                spec.kernel
+            )));
+        }
+        let (shape, data) = npy::read_ints(p)?;
+        if shape != [spec.batch as usize] {
+            return Err(Error::Shape(format!(
+                "steps `{}` has shape {shape:?}; expected [{}]",
+                p.display(),
+                spec.batch
+            )));
+        }
+        st.steps = data
+            .iter()
+            .map(|&t| {
+                u32::try_from(t).map_err(|_| {
+                    Error::Input(format!(
+                        "a step count of {t} is not a number of decode steps (0 to {})",
+                        u32::MAX
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
     }
     let scores = match input(files, "scores") {
         Some(p) => Some(read_per_token(p, &spec, "scores")?),
