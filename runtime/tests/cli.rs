@@ -1,5 +1,6 @@
 //! The `attnc` binary end to end: exit codes, outputs, files written.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -141,6 +142,32 @@ fn non_utf8_input_is_a_clear_error() {
     assert!(err.contains("not UTF-8"), "{err}");
 }
 
+/// `--q Q --k K [--v V]` on an `attnc run` command.
+trait Tensors {
+    fn qk(&mut self, q: impl AsRef<OsStr>, k: impl AsRef<OsStr>) -> &mut Self;
+    fn qkv(
+        &mut self,
+        q: impl AsRef<OsStr>,
+        k: impl AsRef<OsStr>,
+        v: impl AsRef<OsStr>,
+    ) -> &mut Self;
+}
+
+impl Tensors for Command {
+    fn qk(&mut self, q: impl AsRef<OsStr>, k: impl AsRef<OsStr>) -> &mut Self {
+        self.arg("--q").arg(q).arg("--k").arg(k)
+    }
+
+    fn qkv(
+        &mut self,
+        q: impl AsRef<OsStr>,
+        k: impl AsRef<OsStr>,
+        v: impl AsRef<OsStr>,
+    ) -> &mut Self {
+        self.qk(q, k).arg("--v").arg(v)
+    }
+}
+
 fn write_npy(name: &str, shape: &[usize], data: Vec<f32>) -> PathBuf {
     let p = tmp(name);
     attnc_runtime::npy::write(
@@ -182,12 +209,7 @@ fn run_writes_the_output_and_matches_the_reference() {
         .arg(repo("kernels/dense.attn"))
         .args(["--kernel", "causal"])
         .args(DENSE)
-        .arg("--q")
-        .arg(&q)
-        .arg("--k")
-        .arg(&k)
-        .arg("--v")
-        .arg(&v)
+        .qkv(&q, &k, &v)
         .arg("-o")
         .arg(&out));
     assert_eq!(code, 0, "{err}");
@@ -230,12 +252,7 @@ fn run_rejects_bad_inputs_with_exit_2() {
             .arg(repo("kernels/dense.attn"))
             .args(["--kernel", "dense"])
             .args(DENSE)
-            .arg("--q")
-            .arg(q)
-            .arg("--k")
-            .arg(k)
-            .arg("--v")
-            .arg(&good)
+            .qkv(q, k, &good)
             .arg("-o")
             .arg(&out))
     };
@@ -355,12 +372,7 @@ fn run_a_decode_kernel_writes_output_and_indices() {
         .arg("run")
         .arg(repo("kernels/quest.attn"))
         .args(QUEST_SMALL)
-        .arg("--q")
-        .arg(&q)
-        .arg("--k")
-        .arg(&k)
-        .arg("--v")
-        .arg(&v)
+        .qkv(&q, &k, &v)
         .arg("--input")
         .arg(format!("lens={}", lens.display()))
         .arg("-o")
@@ -396,12 +408,7 @@ fn run_a_selection_kernel_rejects_a_wrong_cache_shape() {
         .arg("run")
         .arg(repo("kernels/quest.attn"))
         .args(QUEST_SMALL)
-        .arg("--q")
-        .arg(&q)
-        .arg("--k")
-        .arg(&k)
-        .arg("--v")
-        .arg(&k)
+        .qkv(&q, &k, &k)
         .arg("-o")
         .arg(tmp("so.npy")));
     assert_eq!(code, 2, "{err}");
@@ -649,7 +656,7 @@ fn h2o_state_goes_from_one_run_to_the_next() {
     let step = |acc_in: Option<&PathBuf>, acc_out: &PathBuf, idx: &PathBuf| {
         let mut c = attnc();
         c.arg("run").arg(&src).args(["--kernel", "h"]);
-        c.arg("--q").arg(&q).arg("--k").arg(&k).arg("--v").arg(&v);
+        c.qkv(&q, &k, &v);
         if let Some(a) = acc_in {
             c.arg("--input").arg(format!("acc={}", a.display()));
         }
@@ -698,12 +705,7 @@ fn h2o_state_goes_from_one_run_to_the_next() {
         .arg("run")
         .arg(repo("kernels/quest.attn"))
         .args(QUEST_SMALL)
-        .arg("--q")
-        .arg(tmp("dq.npy"))
-        .arg("--k")
-        .arg(tmp("dk.npy"))
-        .arg("--v")
-        .arg(tmp("dv.npy"))
+        .qkv(tmp("dq.npy"), tmp("dk.npy"), tmp("dv.npy"))
         .arg("-o")
         .arg(tmp("x.npy"))
         .arg("--acc-out")
@@ -734,7 +736,7 @@ fn keyformer_steps_come_from_an_input() {
     let step = |steps: Option<&[i32]>, acc_out: &PathBuf| {
         let mut c = attnc();
         c.arg("run").arg(&src).args(["--kernel", "k"]);
-        c.arg("--q").arg(&q).arg("--k").arg(&k).arg("--v").arg(&v);
+        c.qkv(&q, &k, &v);
         if let Some(t) = steps {
             let f = tmp("ksteps.npy");
             attnc_runtime::npy::write_i32(&f, &[t.len()], t).expect("steps");
@@ -787,12 +789,7 @@ fn keyformer_steps_come_from_an_input() {
         .arg("run")
         .arg(&h2o)
         .args(["--kernel", "h"])
-        .arg("--q")
-        .arg(&q)
-        .arg("--k")
-        .arg(&k)
-        .arg("--v")
-        .arg(&v)
+        .qkv(&q, &k, &v)
         .arg("--input")
         .arg(format!("steps={}", f.display()))
         .arg("-o")
@@ -819,12 +816,7 @@ fn run_a_compacting_select_kernel_writes_the_smaller_cache() {
         .arg("run")
         .arg(&policies)
         .args(["--kernel", "snap_compact_select"])
-        .arg("--q")
-        .arg(&q)
-        .arg("--k")
-        .arg(&k)
-        .arg("--v")
-        .arg(&v)
+        .qkv(&q, &k, &v)
         .arg("--input")
         .arg(format!("lens={}", lens.display()))
         .arg("-o")
@@ -879,10 +871,7 @@ fn run_a_compacting_select_kernel_writes_the_smaller_cache() {
             "WINDOW=8",
         ])
         .args(["--set", "BUDGET=64"])
-        .arg("--q")
-        .arg(&q)
-        .arg("--k")
-        .arg(&k)
+        .qk(&q, &k)
         .arg("-o")
         .arg(&idx)
         .arg("--compacted")
@@ -896,12 +885,7 @@ fn run_a_compacting_select_kernel_writes_the_smaller_cache() {
         .arg("run")
         .arg(&policies)
         .args(["--kernel", "snap_compact_select"])
-        .arg("--q")
-        .arg(&q)
-        .arg("--k")
-        .arg(&k)
-        .arg("--v")
-        .arg(&v)
+        .qkv(&q, &k, &v)
         .arg("-o")
         .arg(&idx));
     assert_eq!(code, 2, "{err}");

@@ -562,6 +562,57 @@ fn attention_matches_the_reference_across_split_boundaries() {
     assert_eq!(&o[..d], &st.v[..d]);
 }
 
+/// The state `st.acc` minus `before` against the update of one step over the lists `idx`
+/// computed in f64 (3 sequences, 2 KV heads, bf16 queries): at each listed token, the
+/// softmax over the list of `logit(b, h, j, scale * q . k)`, summed over the KV group's
+/// heads; within `tol`.
+fn check_update(
+    s: &SelectSpec,
+    st: &DecodeState,
+    q: &[f32],
+    idx: &Indices,
+    before: &[f32],
+    tol: f64,
+    logit: impl Fn(usize, usize, usize, f64) -> f64,
+) {
+    let (c, d, g) = (s.context as usize, s.head_dim as usize, s.group() as usize);
+    for b in 0..3 {
+        for kvh in 0..2 {
+            let row = &idx.data[(b * 2 + kvh) * idx.shape[2]..][..idx.shape[2]];
+            let mut want = vec![0f64; c];
+            for h in kvh * g..(kvh + 1) * g {
+                let qv: Vec<f64> = q[(b * 8 + h) * d..][..d]
+                    .iter()
+                    .map(|x| half::bf16::from_f32(*x).to_f32() as f64)
+                    .collect();
+                let l: Vec<(usize, f64)> = row
+                    .iter()
+                    .filter(|u| **u >= 0)
+                    .map(|&j| {
+                        let k = &st.k[((b * 2 + kvh) * c + j as usize) * d..][..d];
+                        let dot: f64 = qv.iter().zip(k).map(|(a, b)| a * *b as f64).sum();
+                        (j as usize, logit(b, h, j as usize, dot * s.scale))
+                    })
+                    .collect();
+                let m = l.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = l.iter().map(|x| (x.1 - m).exp()).sum();
+                for (j, x) in l {
+                    want[j] += (x - m).exp() / z;
+                }
+            }
+            for j in 0..c {
+                let at = (b * 2 + kvh) * c + j;
+                let got = st.acc[at] as f64 - before[at] as f64;
+                assert!(
+                    (got - want[j]).abs() < tol,
+                    "b {b} kvh {kvh} token {j}: {got} vs {}",
+                    want[j]
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn h2o_accumulates_the_step_probabilities_on_the_selection() {
     let mut s = spec(Source::Accumulated);
@@ -577,44 +628,7 @@ fn h2o_accumulates_the_step_probabilities_on_the_selection() {
         );
         kernel.attend(&mut st, &q, &idx).expect("attend");
         // The reference probabilities over the same selection, summed over each group.
-        let c = s.context as usize;
-        let d = s.head_dim as usize;
-        let g = s.group() as usize;
-        for b in 0..3 {
-            for kvh in 0..2 {
-                let row = &idx.data[(b * 2 + kvh) * idx.shape[2]..][..idx.shape[2]];
-                let mut want = vec![0f64; c];
-                for h in kvh * g..(kvh + 1) * g {
-                    let qv: Vec<f64> = q[(b * 8 + h) * d..][..d]
-                        .iter()
-                        .map(|x| half::bf16::from_f32(*x).to_f32() as f64)
-                        .collect();
-                    let l: Vec<(usize, f64)> = row
-                        .iter()
-                        .filter(|u| **u >= 0)
-                        .map(|&j| {
-                            let k = &st.k[((b * 2 + kvh) * c + j as usize) * d..][..d];
-                            let dot: f64 = qv.iter().zip(k).map(|(a, b)| a * *b as f64).sum();
-                            (j as usize, dot * s.scale)
-                        })
-                        .collect();
-                    let m = l.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
-                    let z: f64 = l.iter().map(|x| (x.1 - m).exp()).sum();
-                    for (j, x) in l {
-                        want[j] += (x - m).exp() / z;
-                    }
-                }
-                for j in 0..c {
-                    let got =
-                        st.acc[(b * 2 + kvh) * c + j] as f64 - before[(b * 2 + kvh) * c + j] as f64;
-                    assert!(
-                        (got - want[j]).abs() < 1e-5,
-                        "step {step} b {b} kvh {kvh} token {j}: {got} vs {}",
-                        want[j]
-                    );
-                }
-            }
-        }
+        check_update(&s, &st, &q, &idx, &before, 1e-5, |_, _, _, l| l);
     }
 }
 
@@ -644,7 +658,6 @@ fn keyformer_accumulates_the_gumbel_softmax_at_the_step_temperature() {
         steps: 2,
     });
     let (kernel, mut st, q) = setup(&s, &LENS, 21);
-    let (c, d, g) = (s.context as usize, s.head_dim as usize, s.group() as usize);
     for step in 0..4u32 {
         assert_eq!(st.steps, [step; 3]);
         let tau = [0.5, 1.75, 3.0, 3.0][step as usize];
@@ -656,42 +669,9 @@ fn keyformer_accumulates_the_gumbel_softmax_at_the_step_temperature() {
             "step {step}"
         );
         kernel.attend(&mut st, &q, &idx).expect("attend");
-        for b in 0..3 {
-            for kvh in 0..2 {
-                let row = &idx.data[(b * 2 + kvh) * idx.shape[2]..][..idx.shape[2]];
-                let mut want = vec![0f64; c];
-                for h in kvh * g..(kvh + 1) * g {
-                    let qv: Vec<f64> = q[(b * 8 + h) * d..][..d]
-                        .iter()
-                        .map(|x| half::bf16::from_f32(*x).to_f32() as f64)
-                        .collect();
-                    let l: Vec<(usize, f64)> = row
-                        .iter()
-                        .filter(|u| **u >= 0)
-                        .map(|&j| {
-                            let k = &st.k[((b * 2 + kvh) * c + j as usize) * d..][..d];
-                            let dot: f64 = qv.iter().zip(k).map(|(a, b)| a * *b as f64).sum();
-                            let noise = keyformer_noise(b as u64, h as u64, step as u64, j as u64);
-                            (j as usize, (dot * s.scale + noise) / tau)
-                        })
-                        .collect();
-                    let m = l.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
-                    let z: f64 = l.iter().map(|x| (x.1 - m).exp()).sum();
-                    for (j, x) in l {
-                        want[j] += (x - m).exp() / z;
-                    }
-                }
-                for j in 0..c {
-                    let at = (b * 2 + kvh) * c + j;
-                    let got = st.acc[at] as f64 - before[at] as f64;
-                    assert!(
-                        (got - want[j]).abs() < 2e-5,
-                        "step {step} b {b} kvh {kvh} token {j}: {got} vs {}",
-                        want[j]
-                    );
-                }
-            }
-        }
+        check_update(&s, &st, &q, &idx, &before, 2e-5, |b, h, j, l| {
+            (l + keyformer_noise(b as u64, h as u64, u64::from(step), j as u64)) / tau
+        });
     }
     // The noise is a function of (sequence, head, step, token): the same run again gives
     // the same state, bit for bit; H2O's plain update gives another.
