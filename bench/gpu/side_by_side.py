@@ -267,9 +267,9 @@ def density_criterion(rows):
 WHY = {
     "cudnn": "cuDNN's Hopper kernel is FlashAttention-3's design (a producer warp, two consumer "
     "warpgroups taking turns, softmax overlapped with the products); attnc's -ws-ovl shape "
-    "has the producer and the overlap but not the turns (its -ws-pp form measured slower, "
-    "bench/RESULTS.md sixth session), and on short rows (a few blocks a head) the tuner "
-    "picks a 64-row block",
+    "has the producer and the overlap but not the turns (its -ws-pp form, without the "
+    "overlap, measured within 1 % of -ws, bench/RESULTS.md run 28), and on short rows (a "
+    "few blocks a head) the tuner picks a 64-row block",
     "fa2": "unexpected: FlashAttention-2 has no Hopper path; check the shape the tuner picked",
     "flex": "unexpected: check the shape the tuner picked and the block counts",
 }

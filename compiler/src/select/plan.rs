@@ -62,33 +62,25 @@ pub fn plan(s: &SelectSpec) -> SelectPlan {
             | Source::PageMean
             | Source::KeyNorm
     );
+    // A score for every cached token from the queries against all keys.
+    let from_keys = |what: String| Step {
+        name: "score",
+        what,
+        read: q_bytes + b * hkv * c * d * e,
+        written: b * hs * c * f32b,
+    };
     match s.source {
         Source::None => {}
-        Source::Exact => steps.push(Step {
-            name: "score",
-            what: format!(
-                "softmax(scale * q . k) of the current query over all cached tokens: [{b}, {hs}, {c}] f32"
-            ),
-            read: q_bytes + b * hkv * c * d * e,
-            written: b * hs * c * f32b,
-        }),
-        Source::Window { rows: w } => steps.push(Step {
-            name: "score",
-            what: format!(
-                "causal softmax of the last {w} queries over the prefix, {} over rows, never a {w} x {c} matrix in memory: [{b}, {hs}, {c}] f32",
-                reduce_name(s.rows)
-            ),
-            read: q_bytes + b * hkv * c * d * e,
-            written: b * hs * c * f32b,
-        }),
-        Source::Normalized { rows: w } => steps.push(Step {
-            name: "score",
-            what: format!(
-                "causal softmax of the last {w} queries over all tokens, each token's sum divided by the queries that see it, never a {w} x {c} matrix in memory: [{b}, {hs}, {c}] f32"
-            ),
-            read: q_bytes + b * hkv * c * d * e,
-            written: b * hs * c * f32b,
-        }),
+        Source::Exact => steps.push(from_keys(format!(
+            "softmax(scale * q . k) of the current query over all cached tokens: [{b}, {hs}, {c}] f32"
+        ))),
+        Source::Window { rows: w } => steps.push(from_keys(format!(
+            "causal softmax of the last {w} queries over the prefix, {} over rows, never a {w} x {c} matrix in memory: [{b}, {hs}, {c}] f32",
+            reduce_name(s.rows)
+        ))),
+        Source::Normalized { rows: w } => steps.push(from_keys(format!(
+            "causal softmax of the last {w} queries over all tokens, each token's sum divided by the queries that see it, never a {w} x {c} matrix in memory: [{b}, {hs}, {c}] f32"
+        ))),
         Source::PageBound => steps.push(Step {
             name: "score",
             what: format!(
@@ -109,7 +101,10 @@ pub fn plan(s: &SelectSpec) -> SelectPlan {
         }),
         Source::Accumulated => steps.push(Step {
             name: "score",
-            what: format!("accumulated attention (H2O state): [{b}, {hsel}, {c}] f32"),
+            what: format!(
+                "accumulated attention ({} state): [{b}, {hsel}, {c}] f32",
+                if s.gumbel.is_some() { "Keyformer" } else { "H2O" }
+            ),
             read: b * hsel * c * f32b,
             written: 0,
         }),

@@ -276,9 +276,8 @@ impl SelectSpec {
             return k;
         }
         let h = self.sel_heads();
-        (h * k - (h - 1) * self.floor_units(k))
-            .min(self.units())
-            .max(k.min(self.units()))
+        // At least k: the floor is at most k.
+        (h * k - (h - 1) * self.floor_units(k)).min(self.units())
     }
 
     /// Query rows per head: the observation window for `window`, else 1.

@@ -43,9 +43,6 @@ pub fn accumulate(s: &SelectSpec, st: &mut DecodeState, q: &[f32], idx: &[i32]) 
                 acc[*j as usize] += x;
             }
         });
-    for t in st.steps.iter_mut() {
-        *t += 1;
-    }
 }
 
 /// [`list_probs`] with the FMA instructions (the contract's `fma`s are correctly rounded

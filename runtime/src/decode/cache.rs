@@ -18,8 +18,8 @@ pub struct DecodeState {
     pub kmax: Vec<f32>,
     pub kmin: Vec<f32>,
     pub acc: Vec<f32>,
-    /// Decode steps each sequence has taken since its cache was filled (`[B]`; Keyformer's
-    /// temperature schedule reads it; the accumulated update counts it).
+    /// Decode steps each sequence has taken since its cache was filled (`[B]`; each
+    /// attention counts one; Keyformer's temperature schedule reads it).
     pub steps: Vec<u32>,
 }
 

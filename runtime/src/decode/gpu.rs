@@ -27,17 +27,9 @@ use crate::Error;
 /// `Score` entry, only `exact` and `window` have `Logits`, only a pooled `window` has
 /// `Pool`, only `accumulated` has `Accumulate`, and a select-only kernel ends at `TopK`;
 /// append is not part of the step).
-const STEP: [Role; 7] = [
-    Role::Logits,
-    Role::Score,
-    Role::Pool,
-    Role::TopK,
-    Role::Attend,
-    Role::Combine,
-    Role::Accumulate,
-];
+const STEP: &[Role] = Role::ALL.split_at(7).0;
 /// The selection alone.
-const SELECT: [Role; 4] = [Role::Logits, Role::Score, Role::Pool, Role::TopK];
+const SELECT: &[Role] = Role::ALL.split_at(4).0;
 
 /// A decode kernel loaded on a GPU.
 pub struct GpuDecode {
@@ -296,14 +288,14 @@ impl GpuDecode {
 
     /// Launches one decode step (asynchronously, on the kernel's stream).
     pub fn launch(&self, gs: &mut GpuState) -> Result<(), Error> {
-        self.launch_roles(gs, &STEP)
+        self.launch_roles(gs, STEP)
     }
 
     /// The selection alone (rules 1 to 7): the index lists for the query `q` (the decode
     /// query, or a select-only kernel's observation window `[B, Hq, W, D]`).
     pub fn select(&self, gs: &mut GpuState, q: &[f32]) -> Result<Indices, Error> {
         self.set_query(gs, q)?;
-        self.launch_roles(gs, &SELECT)?;
+        self.launch_roles(gs, SELECT)?;
         self.stream.synchronize().map_err(cuda)?;
         self.indices(gs)
     }
@@ -562,7 +554,7 @@ impl GpuDecode {
             gs.graph = None;
             let mode = CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
             self.stream.begin_capture(mode).map_err(cuda)?;
-            let launched = self.launch_roles(gs, &STEP);
+            let launched = self.launch_roles(gs, STEP);
             let graph = self
                 .stream
                 .end_capture(CUgraphInstantiate_flags(0))
@@ -595,7 +587,8 @@ impl GpuDecode {
         warmup: usize,
         runs: usize,
     ) -> Result<Vec<(Role, f64)>, Error> {
-        STEP.into_iter()
+        STEP.iter()
+            .copied()
             .filter(|r| self.module.entry(*r).is_some())
             .map(|r| {
                 let ms = median_event_ms(&self.stream, warmup, runs, &mut || {

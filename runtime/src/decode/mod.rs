@@ -203,6 +203,10 @@ impl DecodeKernel {
         if s.source == Source::Accumulated {
             accumulate::accumulate(s, st, &q, &idx.data);
         }
+        // The step is over: each sequence has taken one more (Keyformer's schedule).
+        for t in st.steps.iter_mut() {
+            *t += 1;
+        }
         Ok(out)
     }
 

@@ -247,9 +247,9 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
 /// Shapes the GPU suite checks but the tuner does not try: the warp-specialised kernel
 /// on 128x64 (slower than three 64-row blocks an SM on every case measured,
 /// bench/RESULTS.md, runs 15 and 19) and with ping-pong on 128x128, the persistent
-/// warp-specialised kernel (`-pers`; 1 to 3 % behind its non-persistent form except on
-/// GRAT-B r=1 512x512, sixth session), and the tuner's usual pick with its tiles launched
-/// longest first (`ordered`, run 22: no change).
+/// warp-specialised kernel (`-pers`; up to 1.6 % behind its non-persistent form, 1.5 %
+/// ahead on GRAT-B r=1 512x512, run 29), and the tuner's usual pick with its tiles
+/// launched longest first (`ordered`, run 22: no change).
 pub fn experimental(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
     if !wgmma || !tensor_copies_fit(geo) {
         return vec![];
