@@ -300,7 +300,11 @@ fn attention_shapes_follow_the_gpu_and_the_token_order() {
         // Where tensor copies fit, every shape after the default (the yardstick) uses them.
         assert_eq!(all.iter().skip(1).all(|t| t.tma), tiled, "{kernel}");
         assert!(all.iter().any(|t| t.overlap) == tiled, "{kernel}");
-        for ws in ["128x128-wgmma-tma-ws", "128x128-wgmma-tma-ws-ovl"] {
+        for ws in [
+            "128x128-wgmma-tma-ws",
+            "128x128-wgmma-tma-ws-ovl",
+            "128x128-wgmma-tma-ws-ovl-pers",
+        ] {
             assert_eq!(all.contains(&shape(ws)), tiled, "{kernel} {ws}");
         }
         assert!(candidates(&c.ir, geo, false).iter().all(|t| !t.wgmma));
@@ -366,6 +370,18 @@ fn attention_shapes_follow_the_gpu_and_the_token_order() {
         err.contains("the persistent kernel is warp-specialised"),
         "{err}"
     );
+    // The persistent overlapped kernel: separate K and V rings of two stages, two Q
+    // buffers; its Q comes by tensor copies of K's box, so as many keys a chunk as rows.
+    let ovl = shape("128x128-wgmma-tma-ws-ovl-pers");
+    assert!(ovl.persistent && ovl.overlap && ovl.ws && !ovl.pingpong);
+    assert_eq!(ovl.name(), "128x128-wgmma-tma-ws-ovl-pers");
+    let ovl_smem = config_for(&c.ir, ovl).unwrap().smem_bytes;
+    assert!(
+        ovl_smem > 200 * 1024 && ovl_smem <= 227 * 1024,
+        "{ovl_smem}"
+    );
+    let err = config_for(&c.ir, shape("128x64-wgmma-tma-ws-ovl-pers")).unwrap_err();
+    assert!(err.contains("as many keys a chunk as rows"), "{err}");
     let pers_smem = config_for(&c.ir, pers).unwrap().smem_bytes;
     assert!(
         pers_smem > 160 * 1024 && pers_smem <= 227 * 1024,

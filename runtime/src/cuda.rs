@@ -116,7 +116,7 @@ pub struct DeviceArgs {
     pub v: CudaSlice<u16>,
     pub o: CudaSlice<u16>,
     pub inputs: Vec<CudaSlice<f32>>,
-    /// The K and V tensor maps of the last kernel with tensor copies launched on these
+    /// The K, V and Q tensor maps of the last kernel with tensor copies launched on these
     /// buffers, and the rows of a box they were made for.
     tmaps: Option<(u32, CudaSlice<u64>)>,
 }
@@ -205,10 +205,11 @@ impl CudaKernel {
         })
     }
 
-    /// The K and V tensor maps for a kernel with tensor copies of `rows`-row boxes: each
-    /// tensor as `[batch * kv_heads * tokens, dim]` 16-bit rows, boxes of 64 elements x
-    /// `rows`, swizzled by 128 bytes (the layout the wgmma descriptors read). Made when
-    /// the box changes, kept in `a`.
+    /// The K, V and Q tensor maps for a kernel with tensor copies of `rows`-row boxes:
+    /// each tensor as `[batch * heads * tokens, dim]` 16-bit rows (K and V with the KV
+    /// heads), boxes of 64 elements x `rows`, swizzled by 128 bytes (the layout the wgmma
+    /// descriptors read; only the persistent overlapped kernel copies Q). Made when the
+    /// box changes, kept in `a`.
     fn tensor_maps(&self, a: &mut DeviceArgs, rows: u32) -> Result<(), Error> {
         use cudarc::driver::sys::{
             CUtensorMapDataType_enum as Dt, CUtensorMapFloatOOBfill_enum as Oob,
@@ -225,9 +226,14 @@ impl CudaKernel {
         } else {
             Dt::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
         };
-        let lines = (m.batch * m.kv_heads * m.tokens) as u64;
+        let kv_lines = (m.batch * m.kv_heads * m.tokens) as u64;
+        let q_lines = (m.batch * m.heads * m.tokens) as u64;
         let mut words = vec![];
-        for (buf, dim) in [(&a.k, m.head_dim), (&a.v, m.value_dim)] {
+        for (buf, dim, lines) in [
+            (&a.k, m.head_dim, kv_lines),
+            (&a.v, m.value_dim, kv_lines),
+            (&a.q, m.head_dim, q_lines),
+        ] {
             let (ptr, _sync) = buf.device_ptr(&self.stream);
             let dims = [dim as u64, lines];
             let strides = [dim as u64 * 2];
@@ -327,7 +333,7 @@ impl CudaKernel {
         // SAFETY: the argument list is the kernel's signature (see `codegen::nvptx`): four
         // tensors whose sizes were just checked against the manifest the kernel was compiled
         // for, the schedule tables compiled with it, one pointer per declared input (sizes
-        // checked at upload), and for tensor copies the maps of K and V made above; the
+        // checked at upload), and for tensor copies the maps of K, V and Q made above; the
         // grid is the one the kernel expects. The kernel reads and writes only inside these
         // buffers (missing rows are zero-filled, not read; the tensor copies stay in the
         // maps' bounds and zero-fill past them).

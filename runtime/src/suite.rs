@@ -232,6 +232,15 @@ pub fn cases(small: bool) -> Vec<Case> {
         ],
         "tiled",
     ));
+    // More work items than a GPU has SMs, several a block: the persistent kernels carry
+    // their pipelines from one item to the next (1024 items of GRAT-B r=1; items of the
+    // same head in a row along a block's walk, every 132nd).
+    v.push(case(
+        "grat.attn",
+        "grat_b_2d",
+        &["H=256", "W=256", "TEXT=0", "HEADS=2", "HEAD_DIM=128"],
+        "tiled",
+    ));
     // f16 as well as bf16.
     v.push(case(
         "grat.attn",

@@ -231,6 +231,20 @@ pub mod ptx {
         pub accumulate: bool,
         /// B is stored MN-major.
         pub trans_b: bool,
+        /// A is read from shared memory by descriptor (K-major), one a k step, instead of
+        /// four registers a k step.
+        pub a_desc: bool,
+    }
+
+    impl Wgmma<'_> {
+        /// Inputs a k step: A's (four words, or a descriptor) and B's descriptor.
+        fn inputs_per_step(&self) -> u32 {
+            if self.a_desc {
+                2
+            } else {
+                5
+            }
+        }
     }
 
     /// Products issued in one asm block, each committed as a group of its own, then a wait
@@ -239,32 +253,45 @@ pub mod ptx {
     /// and wait in one block, so that nothing the compiler places between them can touch
     /// registers the tensor cores own.
     ///
-    /// Inputs: per product its A words and descriptors, then a word that must be 1 (it sets
-    /// the predicates), then the current D of each accumulating product. Outputs: every
-    /// product's D, in order.
+    /// Inputs: per product its A words (or descriptors) and B descriptors, then the
+    /// predicate word (`WGMMA_ACCUMULATE`, or `WGMMA_FRESH` for accumulating products that
+    /// start from 0: their first k step ignores D), then the current D of each
+    /// accumulating product. Outputs: every product's D, in order.
     pub fn wgmma_block(ps: &[Wgmma], pending: Option<usize>) -> Asm {
-        let one: u32 = ps.iter().map(|w| 5 * w.ksteps).sum();
+        let one: u32 = ps.iter().map(|w| w.inputs_per_step() * w.ksteps).sum();
+        // p: bit 0 (set: true), z: its negation (false), a: bit 1.
         let mut t = format!(
-            "{{\n.reg .pred p, z;\nsetp.ne.b32 p, {{i{one}}}, 0;\nsetp.eq.b32 z, {{i{one}}}, 0;\nwgmma.fence.sync.aligned;\n"
+            "{{\n.reg .pred p, z, a;\n.reg .b32 w;\nand.b32 w, {{i{one}}}, 1;\nsetp.ne.b32 p, w, 0;\nsetp.eq.b32 z, w, 0;\nand.b32 w, {{i{one}}}, 2;\nsetp.ne.b32 a, w, 0;\nwgmma.fence.sync.aligned;\n"
         );
         let (mut i0, mut o0) = (0, 0);
         for w in ps {
             let d: Vec<String> = (o0..o0 + w.n / 2).map(|i| format!("{{o{i}}}")).collect();
             let d = d.join(", ");
+            let a_words = w.inputs_per_step() - 1;
             for k in 0..w.ksteps {
-                let a: Vec<String> = (0..4).map(|j| format!("{{i{}}}", i0 + 4 * k + j)).collect();
-                let scale = if w.accumulate || k > 0 { "p" } else { "z" };
+                let scale = match (w.accumulate, k) {
+                    (_, 1..) => "p",
+                    (true, 0) => "a",
+                    (false, 0) => "z",
+                };
+                // A's descriptor is K-major (imm-trans-a 0).
+                let (a, trans_a) = if w.a_desc {
+                    (format!("{{i{}}}", i0 + k), "0, ")
+                } else {
+                    let a: Vec<String> =
+                        (0..4).map(|j| format!("{{i{}}}", i0 + 4 * k + j)).collect();
+                    (format!("{{{}}}", a.join(", ")), "")
+                };
                 t += &format!(
-                    "wgmma.mma_async.sync.aligned.m64n{}k16.f32.{e}.{e} {{{d}}}, {{{}}}, {{i{}}}, {scale}, 1, 1, {};\n",
+                    "wgmma.mma_async.sync.aligned.m64n{}k16.f32.{e}.{e} {{{d}}}, {a}, {{i{}}}, {scale}, 1, 1, {trans_a}{};\n",
                     w.n,
-                    a.join(", "),
-                    i0 + 4 * w.ksteps + k,
+                    i0 + a_words * w.ksteps + k,
                     u32::from(w.trans_b),
                     e = w.elem,
                 );
             }
             t += "wgmma.commit_group.sync.aligned;\n";
-            i0 += 5 * w.ksteps;
+            i0 += w.inputs_per_step() * w.ksteps;
             o0 += w.n / 2;
         }
         if let Some(n) = pending {
@@ -273,9 +300,12 @@ pub mod ptx {
         t += "}";
         let mut a = Asm::new(t);
         for w in ps {
-            a = a
-                .inputs(4 * w.ksteps as usize, Reg::R)
-                .inputs(w.ksteps as usize, Reg::L);
+            a = if w.a_desc {
+                a.inputs(w.ksteps as usize, Reg::L)
+            } else {
+                a.inputs(4 * w.ksteps as usize, Reg::R)
+            };
+            a = a.inputs(w.ksteps as usize, Reg::L);
         }
         a = a.inputs(1, Reg::R).volatile();
         for w in ps {
@@ -288,6 +318,11 @@ pub mod ptx {
         a
     }
 
+    /// `wgmma_block`'s predicate word: accumulating products add to D...
+    pub const WGMMA_ACCUMULATE: i64 = 3;
+    /// ... or start from 0.
+    pub const WGMMA_FRESH: i64 = 1;
+
     /// Waits until no wgmma group is in flight. The accumulators of the groups in flight
     /// (`carry` f32 registers) pass through tied, so that their readers come after it; the
     /// A words they read (`held`) are inputs, so that their registers stay theirs until then.
@@ -295,6 +330,15 @@ pub mod ptx {
         Asm::new("wgmma.wait_group.sync.aligned 0;")
             .inputs(held, Reg::R)
             .inouts(carry, Reg::F)
+            .volatile()
+    }
+
+    /// `tid.x` read where it stands: volatile, so that nothing computed from it is hoisted
+    /// out of the loop it is read in (where a value kept from before the loop would hold a
+    /// register through it).
+    pub fn thread_index_here() -> Asm {
+        Asm::new("mov.u32 {o0}, %tid.x;")
+            .outputs(1, Reg::R)
             .volatile()
     }
 
@@ -412,6 +456,7 @@ mod tests {
             ksteps: 2,
             accumulate,
             trans_b,
+            a_desc: false,
         };
         let a = ptx::wgmma_block(&[w(true, true)], Some(0));
         // 8 accumulators, 8 A words, 2 descriptors, the predicate word, 8 tied inputs.
@@ -420,9 +465,16 @@ mod tests {
             "=f,=f,=f,=f,=f,=f,=f,=f,r,r,r,r,r,r,r,r,l,l,r,0,1,2,3,4,5,6,7,~{memory}"
         );
         let t = a.text();
-        assert!(t.contains("setp.ne.b32 p, $18, 0;"), "{t}");
         assert!(
-            t.contains("wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {$0, $1, $2, $3, $4, $5, $6, $7}, {$8, $9, $10, $11}, $16, p, 1, 1, 1;"),
+            t.contains("and.b32 w, $18, 1;\nsetp.ne.b32 p, w, 0;"),
+            "{t}"
+        );
+        assert!(
+            t.contains("and.b32 w, $18, 2;\nsetp.ne.b32 a, w, 0;"),
+            "{t}"
+        );
+        assert!(
+            t.contains("wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {$0, $1, $2, $3, $4, $5, $6, $7}, {$8, $9, $10, $11}, $16, a, 1, 1, 1;"),
             "{t}"
         );
         assert!(t.contains("{$12, $13, $14, $15}, $17, p, 1, 1, 1;"), "{t}");
@@ -442,12 +494,12 @@ mod tests {
         );
         assert!(
             t.contains(
-                "{$8, $9, $10, $11, $12, $13, $14, $15}, {$26, $27, $28, $29}, $34, p, 1, 1, 1;"
+                "{$8, $9, $10, $11, $12, $13, $14, $15}, {$26, $27, $28, $29}, $34, a, 1, 1, 1;"
             ),
             "{t}"
         );
         assert!(t.contains("{$30, $31, $32, $33}, $35, p, 1, 1, 1;"), "{t}");
-        assert!(t.contains("setp.ne.b32 p, $36, 0;"), "{t}");
+        assert!(t.contains("and.b32 w, $36, 1;"), "{t}");
         assert_eq!(t.matches("commit_group").count(), 2, "{t}");
         assert!(t.contains("wgmma.wait_group.sync.aligned 1;"), "{t}");
         assert!(
@@ -464,6 +516,26 @@ mod tests {
         assert_eq!(
             ptx::wgmma_wait(2, 2).constraints(),
             "=f,=f,r,r,0,1,~{memory}"
+        );
+        // A by descriptor: one 64-bit input a k step before B's, imm-trans-a 0; S's A
+        // descriptors $8-$9, B's $10-$11, the predicate word $12.
+        let sd = ptx::wgmma_block(
+            &[ptx::Wgmma {
+                a_desc: true,
+                ..w(false, false)
+            }],
+            Some(0),
+        );
+        let t = sd.text();
+        assert!(
+            t.contains("{$0, $1, $2, $3, $4, $5, $6, $7}, $8, $10, z, 1, 1, 0, 0;"),
+            "{t}"
+        );
+        assert!(t.contains("$9, $11, p, 1, 1, 0, 0;"), "{t}");
+        assert!(t.contains("and.b32 w, $12, 1;"), "{t}");
+        assert_eq!(
+            sd.constraints(),
+            "=f,=f,=f,=f,=f,=f,=f,=f,l,l,l,l,r,~{memory}"
         );
     }
 }

@@ -6,7 +6,7 @@
 //! `[batch, heads, tokens, dim]`), `rows` (u32: per head variant the schedule's CSR offsets,
 //! `total_tiles + 1` each, into the concatenated runs), `runs` (u32 triples
 //! `(start, len, class)`), `head_variant` (u32 per query head), then one f32 pointer per
-//! declared input, and with tensor copies the K and V tensor maps (128 bytes each). Grid:
+//! declared input, and with tensor copies the K, V and Q tensor maps (128 bytes each). Grid:
 //! `(total_tiles * blocks_per_tile, heads, batch)`; block: `warps * 32` threads; shared
 //! memory static up to 48 KiB, dynamic above.
 

@@ -484,10 +484,14 @@ impl<'a, 'c> Attention<'a, 'c> {
                                 self.rescale_deferred(f);
                                 at_pv(self);
                             }
+                            // `at_pv` before the rescale: the persistent overlapped kernel
+                            // stores a finished item's rows there and clears the
+                            // accumulators, which the next item's first rescale (by 0)
+                            // then leaves at 0.
                             Step::Steady { .. } => {
                                 self.pv_complete(f);
-                                self.rescale_deferred(f);
                                 at_pv(self);
+                                self.rescale_deferred(f);
                             }
                         },
                     }

@@ -40,6 +40,7 @@ use crate::sema::spec::InputSpec;
 mod keys;
 mod loops;
 mod mask;
+mod persistent_overlap;
 mod products;
 mod shape;
 mod softmax;
@@ -151,10 +152,20 @@ pub struct Attention<'a, 'c> {
     /// This thread's two query rows: (tile row, row info).
     qrows: [(IntValue<'c>, Option<Row<'c>>); 2],
     qfrag: Vec<[IntValue<'c>; 4]>,
+    /// The persistent overlapped kernel: the shared offset of the current item's Q
+    /// buffer, which `S = Q K^T` reads by descriptor (no fragments).
+    q_smem: Option<IntValue<'c>>,
+    /// The persistent overlapped kernel: `ptx::WGMMA_FRESH` when the `P V` about to be
+    /// issued is its item's first (the accumulators still hold the previous item's rows,
+    /// stored already), else `WGMMA_ACCUMULATE` (the default when `None`).
+    pv_word: Option<IntValue<'c>>,
     variant: IntValue<'c>,
     /// The persistent kernel's count of chunks walked, across work items (the stages'
     /// barrier phases follow it); else each key loop counts from 0.
     chunks: Option<Var<'c>>,
+    /// The persistent overlapped kernel's computing warpgroups: what a work item leaves
+    /// to the next one (its last `P V` and its store).
+    carry: Option<persistent_overlap::Carry<'c>>,
 }
 
 /// Kernel parameters.
@@ -168,7 +179,8 @@ pub struct Params<'c> {
     pub runs: PointerValue<'c>,
     pub head_variant: PointerValue<'c>,
     pub inputs: Vec<PointerValue<'c>>,
-    /// Tensor copies: the K and V tensor maps (128 bytes each, K first).
+    /// Tensor copies: the K, V and Q tensor maps (128 bytes each, in that order; only the
+    /// persistent overlapped kernel copies Q).
     pub tmaps: Option<PointerValue<'c>>,
 }
 
@@ -206,8 +218,11 @@ impl<'a, 'c> Attention<'a, 'c> {
             qtile: None,
             qrows: [(z, None), (z, None)],
             qfrag: vec![],
+            q_smem: None,
+            pv_word: None,
             variant: z,
             chunks: None,
+            carry: None,
         }
     }
 
@@ -254,17 +269,21 @@ impl<'a, 'c> Attention<'a, 'c> {
     /// split into 64-element halves, each half a `[bn][128 bytes]` region, the 16-byte chunk
     /// XORed with `row % 8` (Swizzle<3,4,3> on a 1024-byte-aligned base).
     fn kv_off(&self, row: IntValue<'c>, chunk: IntValue<'c>, dim: u32) -> IntValue<'c> {
-        let g = self.g;
         if !self.cfg.shape.wgmma {
             return self.swz(row, chunk, dim);
         }
+        self.copied_off(row, chunk, self.cfg.shape.bn)
+    }
+
+    /// Byte offset of (row, 16-byte chunk) in a buffer of `rows` rows that tensor copies of
+    /// 64-element boxes filled with the 128-byte swizzle: a `[rows][128 bytes]` region a
+    /// half row, the chunk XORed with `row % 8`.
+    fn copied_off(&self, row: IntValue<'c>, chunk: IntValue<'c>, rows: u32) -> IntValue<'c> {
+        let g = self.g;
         let half = g.udivi(chunk, 8);
         let c = ok(g.b.build_xor(g.uremi(chunk, 8), g.uremi(row, 8), ""));
         g.add(
-            g.add(
-                g.muli(half, i64::from(self.cfg.shape.bn * 128)),
-                g.muli(row, 128),
-            ),
+            g.add(g.muli(half, i64::from(rows * 128)), g.muli(row, 128)),
             g.muli(c, 16),
         )
     }
@@ -334,37 +353,19 @@ impl<'a, 'c> Attention<'a, 'c> {
             let pad = g.and(g.sub(g.i32(0), base), g.i32(1023));
             self.smem = self.sptr(pad);
         }
-        let raw = g.sreg("tid.x");
-        self.kv_tid = raw;
-        self.tid = raw;
-        if cfg.shape.ws {
-            // Warpgroup 0 produces; the others compute, numbered from 0.
-            let producers = g.i32(i64::from(WS_PRODUCER_THREADS));
-            self.computing = g.icmp(IntPredicate::UGE, raw, producers);
-            self.tid = g.seli(self.computing, g.sub(raw, producers), g.i32(0));
-        }
-        self.warp = g.udivi(self.tid, 32);
-        self.lane = g.uremi(raw, 32);
-        self.grp = g.udivi(self.lane, 4);
-        self.tig = g.uremi(self.lane, 4);
+        self.thread_fields(g.sreg("tid.x"));
         if !cfg.shape.persistent {
             self.begin_item(g.sreg("ctaid.x"), g.sreg("ctaid.y"), g.sreg("ctaid.z"));
         }
         if cfg.shape.tma {
             // One arrival (the issuing thread's) per phase; visible to the tensor copies
             // before load_q's barriers let anyone issue one.
-            let first = g.eqi(raw, 0);
+            let first = g.eqi(self.kv_tid, 0);
             let this = &*self;
             g.if_then(first, &mut |g| {
                 for b in 0..this.cfg.mbars() {
                     let bar = this.mbar_addr(g.i32(i64::from(b)));
-                    // Warp-specialised: "full" completes on the producer's 128 arrivals
-                    // (and the copies' bytes), "empty" on every computing thread's.
-                    let count = match (this.cfg.shape.ws, b < this.cfg.stages()) {
-                        (false, _) => 1,
-                        (true, true) => WS_PRODUCER_THREADS,
-                        (true, false) => this.cfg.compute_threads(),
-                    };
+                    let count = this.cfg.mbar_arrivals(b);
                     ptx::mbarrier_init().emit(
                         g.cx,
                         &g.b,
@@ -407,6 +408,31 @@ impl<'a, 'c> Attention<'a, 'c> {
                 t.produce();
             },
         )
+    }
+
+    /// The thread's fields from its `tid.x`.
+    fn thread_fields(&mut self, raw: IntValue<'c>) {
+        let g = self.g;
+        self.kv_tid = raw;
+        self.tid = raw;
+        if self.cfg.shape.ws {
+            // Warpgroup 0 produces; the others compute, numbered from 0.
+            let producers = g.i32(i64::from(WS_PRODUCER_THREADS));
+            self.computing = g.icmp(IntPredicate::UGE, raw, producers);
+            self.tid = g.seli(self.computing, g.sub(raw, producers), g.i32(0));
+        }
+        self.warp = g.udivi(self.tid, 32);
+        self.lane = g.uremi(raw, 32);
+        self.grp = g.udivi(self.lane, 4);
+        self.tig = g.uremi(self.lane, 4);
+    }
+
+    /// `thread_fields` from `tid.x` read here (see `ptx::thread_index_here`; the
+    /// persistent overlapped kernel's loops over work items).
+    fn thread_fields_here(&mut self) {
+        let g = self.g;
+        let raw = ptx::thread_index_here().emit(g.cx, &g.b, &[])[0];
+        self.thread_fields(raw.into_int_value());
     }
 
     /// The warp-specialised roles, their branches built by hand so that either side may
@@ -502,9 +528,32 @@ impl<'a, 'c> Attention<'a, 'c> {
         let stride = g.sreg("nctaid.x");
         self.chunks = Some(g.var(g.i32t.into(), g.i32(0).into()));
         let item = g.var(g.i32t.into(), g.sreg("ctaid.x").into());
+        // Work items this block has taken (the persistent overlapped kernel's Q buffers
+        // follow it).
+        let taken = g.var(g.i32t.into(), g.i32(0).into());
         // The barriers' initialisation is visible to every thread before anyone waits.
         g.barrier();
         let more = |g: &Gen<'c>| g.lt(g.geti(item), items);
+        if cfg.rings() {
+            return self.split_roles(
+                &mut |t| {
+                    let mut frags = t.new_frags();
+                    t.carry = Some(t.new_carry(taken, item, items, stride));
+                    let region = t.loop_region()?;
+                    t.consume_items(region, &mut frags)
+                },
+                &mut |t| {
+                    g.while_loop(&mut |g| more(g), &mut |g| {
+                        let it = g.geti(item);
+                        t.thread_fields_here();
+                        t.begin_item_at(it);
+                        t.produce_q(taken);
+                        t.produce_rings();
+                        g.set(item, g.add(it, stride));
+                    });
+                },
+            );
+        }
         self.split_roles(
             &mut |t| {
                 let mut frags = t.new_frags();
@@ -556,13 +605,20 @@ impl<'a, 'c> Attention<'a, 'c> {
 
     /// Region 0 of the IR: the key loop, then nothing but the store (emitted by the caller).
     fn walk(&self, frags: &mut Frags<'c>) -> Result<(), String> {
+        self.kv_loop(self.loop_region()?, frags)
+    }
+
+    /// The key loop's region, region 0 checked to hold nothing else the kernel must do
+    /// but the store.
+    fn loop_region(&self) -> Result<crate::ir::RegionId, String> {
         let order = self.k.topo_order();
+        let mut found = None;
         for n in order
             .iter()
             .filter(|n| self.k.node(**n).region == crate::ir::RegionId(0))
         {
             match &self.k.node(*n).op {
-                Op::KvLoop { region, .. } => self.kv_loop(*region, frags)?,
+                Op::KvLoop { region, .. } if found.is_none() => found = Some(*region),
                 Op::Normalize | Op::Convert(_) | Op::Store => {}
                 Op::Arg(_) | Op::ProgramId | Op::KvHead | Op::Load(Tensor::Q) | Op::Const(_) => {}
                 other => {
@@ -573,7 +629,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                 }
             }
         }
-        Ok(())
+        found.ok_or_else(|| "the kernel IR has no key loop".to_string())
     }
 
     /// Q rows of this block into registers: positions into shared memory, cp.async, then
@@ -652,9 +708,15 @@ impl<'a, 'c> Attention<'a, 'c> {
     /// change, which makes ptxas spill them and serialise every `wgmma` (C7512).
     fn q_fragments(&mut self) {
         let g = self.g;
+        let (stage, qinfo) = (self.cfg.q_stage(), self.cfg.qinfo());
+        self.q_fragments_at(g.i32(i64::from(stage)), g.i32(i64::from(qinfo)));
+    }
+
+    /// `q_fragments` from the Q buffer at shared offset `stage` (staged by cp.async in
+    /// `swz`'s layout) and the rows' information at `qinfo`.
+    fn q_fragments_at(&mut self, stage: IntValue<'c>, qinfo: IntValue<'c>) {
+        let g = self.g;
         let cfg = self.cfg;
-        let qinfo = cfg.qinfo();
-        let stage = i64::from(cfg.q_stage());
         // A fragments: rows warp*16 .. +16, 16 columns per ldmatrix.x4.
         let mi = g.udivi(self.lane, 8);
         let row = g.add(
@@ -665,16 +727,21 @@ impl<'a, 'c> Attention<'a, 'c> {
         self.qfrag = (0..cfg.d / 16)
             .map(|kk| {
                 let chunk = g.add(g.i32(i64::from(kk * 2)), half);
-                let addr = self.saddr(g.addi(self.swz(row, chunk, cfg.d), stage));
+                let addr = self.saddr(g.add(self.swz(row, chunk, cfg.d), stage));
                 let r = ptx::ldmatrix_x4(false).emit(g.cx, &g.b, &[addr.into()]);
                 [r[0], r[1], r[2], r[3]].map(|x| x.into_int_value())
             })
             .collect();
-        // This thread's two rows.
+        self.q_rows_at(qinfo);
+    }
+
+    /// This thread's two rows: their tile rows and information (at `qinfo`).
+    fn q_rows_at(&mut self, qinfo: IntValue<'c>) {
+        let g = self.g;
         for (i, off) in [0i64, 8].iter().enumerate() {
             let brow = g.addi(g.add(g.muli(self.warp, 16), self.grp), *off);
             let tr = g.add(self.row0, brow);
-            let base = g.addi(g.muli(brow, 16), i64::from(qinfo));
+            let base = g.add(g.muli(brow, 16), qinfo);
             let pos = self.ld_shared_i32(base);
             let coords = [0, 1, 2].map(|a| self.ld_shared_i32(g.addi(base, 4 + 4 * a)));
             self.qrows[i] = (tr, Some(Row { pos, coords }));
@@ -684,28 +751,57 @@ impl<'a, 'c> Attention<'a, 'c> {
     /// Normalises and writes this thread's output elements (rows that exist only).
     fn store(&self, f: &Frags<'c>) {
         let g = self.g;
+        let l = f.l.map(|v| g.getf(v));
+        self.store_rows(Some(&f.acc), l, self.my_rows(), self.bh());
+    }
+
+    /// This thread's two query rows: whether each exists in the tile, and its position.
+    fn my_rows(&self) -> [(IntValue<'c>, IntValue<'c>); 2] {
+        let len = self.qtile.expect("q tile").len;
+        self.qrows
+            .map(|(tr, info)| (self.g.lt(tr, len), info.expect("q rows read").pos))
+    }
+
+    /// The work item's `batch * heads + head`.
+    fn bh(&self) -> IntValue<'c> {
+        let g = self.g;
+        g.add(g.muli(self.batch, i64::from(self.k.info.heads)), self.head)
+    }
+
+    /// Normalises accumulators by their rows' thread-partial sums `l` and writes the
+    /// elements of this thread's two rows `(exists, position)` that exist into the
+    /// output of `bh` (`batch * heads + head`); zeros without accumulators (rows that
+    /// see no key).
+    fn store_rows(
+        &self,
+        acc: Option<&[[Var<'c>; 4]]>,
+        l: [FloatValue<'c>; 2],
+        rows: [(IntValue<'c>, IntValue<'c>); 2],
+        bh: IntValue<'c>,
+    ) {
+        let g = self.g;
         let cfg = self.cfg;
-        let qtile = self.qtile.expect("q tile");
-        let heads = i64::from(self.k.info.heads);
         let tokens_n = self.k.info.tokens as i64;
         let o_base = self.global_addr(self.params.o);
-        let bh = g.add(g.muli(g.zext64(self.batch), heads), g.zext64(self.head));
-        let bh_off = g.muli(bh, tokens_n * i64::from(cfg.dv) * 2);
-        for row in 0..2 {
-            let l = self.quad_reduce(g.getf(f.l[row]), false);
+        let bh_off = g.muli(g.zext64(bh), tokens_n * i64::from(cfg.dv) * 2);
+        for (row, (exists, pos)) in rows.into_iter().enumerate() {
+            let l = self.quad_reduce(l[row], false);
             let zero = g.fcmp(FloatPredicate::OEQ, l, g.f32(0.0));
             let inv = g.self_f(zero, g.f32(0.0), g.fdiv(g.f32(1.0), l));
-            let (tr, info) = self.qrows[row];
-            let Some(info) = info else { continue };
-            let exists = g.lt(tr, qtile.len);
             let this = self;
             g.if_then(exists, &mut |g| {
-                let row_off = g.add(bh_off, g.muli(g.zext64(info.pos), i64::from(cfg.dv) * 2));
-                for (n, t) in f.acc.iter().enumerate() {
-                    let x = g.fmul(g.getf(t[2 * row]), inv);
-                    let y = g.fmul(g.getf(t[2 * row + 1]), inv);
-                    let packed = ptx::pack2(cfg.elem).emit(g.cx, &g.b, &[x.into(), y.into()])[0]
-                        .into_int_value();
+                let row_off = g.add(bh_off, g.muli(g.zext64(pos), i64::from(cfg.dv) * 2));
+                for n in 0..(cfg.dv / 8) as usize {
+                    let packed = match acc {
+                        Some(acc) => {
+                            let t = &acc[n];
+                            let x = g.fmul(g.getf(t[2 * row]), inv);
+                            let y = g.fmul(g.getf(t[2 * row + 1]), inv);
+                            ptx::pack2(cfg.elem).emit(g.cx, &g.b, &[x.into(), y.into()])[0]
+                                .into_int_value()
+                        }
+                        None => g.i32(0),
+                    };
                     let col = g.add(g.i32(n as i64 * 8), g.muli(this.tig, 2));
                     let addr = g.add(g.add(o_base, row_off), g.muli(g.zext64(col), 2));
                     let p =

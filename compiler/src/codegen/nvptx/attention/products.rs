@@ -32,7 +32,8 @@ impl<'a, 'c> Attention<'a, 'c> {
         }
     }
 
-    /// `S = Q K^T` on wgmma: Q from registers (each warp's A fragments), K^T by descriptor
+    /// `S = Q K^T` on wgmma: Q from registers (each warp's A fragments) or, where it stays
+    /// in its buffer (`q_smem`), by descriptor; K^T by descriptor
     /// (K-major: keys are the rows of the buffer); k step `kk` starts 32 bytes further into
     /// the swizzled 128-byte rows, or in the second half.
     pub(super) fn qk_product(
@@ -53,8 +54,22 @@ impl<'a, 'c> Attention<'a, 'c> {
             ksteps,
             accumulate: false,
             trans_b: false,
+            a_desc: self.q_smem.is_some(),
         };
-        (w, self.wgmma_inputs(&self.qfrag, descs))
+        let Some(q) = self.q_smem else {
+            return (w, self.wgmma_inputs(&self.qfrag, descs));
+        };
+        // Q by descriptor (the persistent overlapped kernel): this warpgroup's 64 rows of
+        // the Q buffer, in K's layout with `bm` rows a half.
+        let q = g.add(q, g.muli(g.udivi(self.warp, 4), 64 * 128));
+        let mut args: Vec<BasicValueEnum<'c>> = (0..ksteps)
+            .map(|kk| {
+                let off = (kk / 4) * cfg.shape.bm * 128 + (kk % 4) * 32;
+                self.descriptor(g.addi(q, i64::from(off)), 16).into()
+            })
+            .collect();
+        args.extend(descs.map(BasicValueEnum::from));
+        (w, args)
     }
 
     pub(super) fn qk_wgmma(&self, buf: IntValue<'c>, f: &mut Frags<'c>) {
@@ -65,7 +80,8 @@ impl<'a, 'c> Attention<'a, 'c> {
 
     /// Issues `products` in one `ptx::wgmma_block` (waiting until `pending` groups are left
     /// in flight): `inputs` are the products' A words and descriptors, `tied` the current D
-    /// of the accumulating ones; the predicate word goes between them. Returns every D.
+    /// of the accumulating ones; the predicate word goes between them (`pv_word`: whether
+    /// `P V` adds to the accumulators or starts them afresh). Returns every D.
     fn wgmma(
         &self,
         products: &[ptx::Wgmma],
@@ -74,7 +90,8 @@ impl<'a, 'c> Attention<'a, 'c> {
         tied: Vec<BasicValueEnum<'c>>,
     ) -> Vec<BasicValueEnum<'c>> {
         let g = self.g;
-        inputs.push(g.i32(1).into());
+        let word = self.pv_word.unwrap_or_else(|| g.i32(ptx::WGMMA_ACCUMULATE));
+        inputs.push(word.into());
         inputs.extend(tied);
         ptx::wgmma_block(products, pending).emit(g.cx, &g.b, &inputs)
     }
@@ -151,6 +168,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                     ksteps,
                     accumulate: true,
                     trans_b: true,
+                    a_desc: false,
                 };
                 (
                     w,

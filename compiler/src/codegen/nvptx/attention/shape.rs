@@ -62,7 +62,10 @@ pub struct Tuning {
     /// block, head, batch) `blockIdx.x, + gridDim.x, ...`; its producer runs on into the
     /// next item's keys while the computing warpgroups store this one's rows and load the
     /// next one's Q (staged in a buffer of its own), so that a block's start and end no
-    /// longer leave the SM idle.
+    /// longer leave the SM idle. With `overlap` (`-ws-ovl-pers`,
+    /// docs/persistent-overlap.md) the overlapped pipeline runs on across items: an
+    /// item's first `Q K^T` is issued with the previous item's last `P V`, the producer
+    /// brings the next item's Q by a tensor copy, and K and V have rings of their own.
     pub persistent: bool,
     /// Query tiles launched longest first: block `x` takes the tile at `rows[x / blocks
     /// per tile]` (the runtime puts that order, by descending key tiles, before the row
@@ -227,15 +230,19 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
         }
         // FlashAttention-3's producer and two consumers on 128x128 (since its fragments
         // are read after `setmaxnreg`, its wgmma are no longer serialised), alone and with
-        // each warpgroup's softmax overlapped with its `P V`: the fastest shapes on dense
-        // 16384 and GRAT-B r=2 512x512 in bench/RESULTS.md's sixth session.
+        // each warpgroup's softmax overlapped with its `P V` (the fastest shapes on dense
+        // 16384 and GRAT-B r=2 512x512 in bench/RESULTS.md's sixth session), and the
+        // overlapped one persistent, its pipeline carried across work items (seventh
+        // session, run 33: 4 to 5 % ahead of three 64-row blocks an SM on GRAT-B r=1, 4 %
+        // on dense 16384, 1 % behind on r=2).
         if tma_ok {
-            for overlap in [false, true] {
+            for (overlap, persistent) in [(false, false), (true, false), (true, true)] {
                 push(Tuning {
                     wgmma: true,
                     tma: true,
                     ws: true,
                     overlap,
+                    persistent,
                     ..Tuning::plain(128, 128)
                 });
             }
@@ -247,9 +254,9 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
 /// Shapes the GPU suite checks but the tuner does not try: the warp-specialised kernel
 /// on 128x64 (slower than three 64-row blocks an SM on every case measured,
 /// bench/RESULTS.md, runs 15 and 19) and with ping-pong on 128x128, the persistent
-/// warp-specialised kernel (`-pers`; up to 1.6 % behind its non-persistent form, 1.5 %
-/// ahead on GRAT-B r=1 512x512, run 29), and the tuner's usual pick with its tiles
-/// launched longest first (`ordered`, run 22: no change).
+/// warp-specialised kernel without the overlap (`-pers`; up to 1.6 % behind its
+/// non-persistent form, 1.5 % ahead on GRAT-B r=1 512x512, run 29), and the tuner's
+/// usual pick with its tiles launched longest first (`ordered`, run 22: no change).
 pub fn experimental(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
     if !wgmma || !tensor_copies_fit(geo) {
         return vec![];
@@ -273,7 +280,7 @@ pub fn experimental(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
     };
     let ws128 = Tuning { bn: 128, ..ws };
     let pp128 = Tuning { bn: 128, ..pp };
-    // (ws128 and its overlapped form are tuning candidates.)
+    // (ws128, its overlapped form and that one persistent are tuning candidates.)
     let pers = Tuning {
         persistent: true,
         ..ws128
@@ -299,10 +306,30 @@ impl Config {
         self.shape.bm / 16 * 32
     }
 
+    /// The persistent overlapped kernel (`-ws-ovl-pers`): K and V in rings of their own
+    /// (FlashAttention-3's two pipelines), two stages each, and two Q buffers
+    /// (docs/persistent-overlap.md).
+    pub(super) fn rings(&self) -> bool {
+        self.shape.ws && self.shape.overlap && self.shape.persistent
+    }
+
+    /// Q buffers: two in the persistent overlapped kernel (its producer brings the next
+    /// item's rows while the computing warpgroups read this one's), else one.
+    pub(super) fn q_buffers(&self) -> u32 {
+        if self.rings() {
+            2
+        } else {
+            1
+        }
+    }
+
     /// K/V buffers: two, or the warp-specialised ring's stages (as many as 128 KiB hold;
-    /// 192 KiB when overlapped, whose computing warpgroups hold two stages at once).
+    /// 192 KiB when overlapped, whose computing warpgroups hold two stages at once; two
+    /// of K and two of V in separate rings).
     pub(super) fn stages(&self) -> u32 {
-        if self.shape.ws {
+        if self.rings() {
+            2
+        } else if self.shape.ws {
             let budget = if self.shape.overlap { 192 } else { 128 } * 1024;
             (budget / (self.shape.bn * (self.d + self.dv) * 2)).clamp(2, 4)
         } else {
@@ -330,10 +357,15 @@ impl Config {
         }
     }
 
+    /// Bytes of one staged Q buffer.
+    pub(super) fn q_bytes(&self) -> u32 {
+        self.shape.bm * self.d * 2
+    }
+
     /// Where the slots of key information start (16 bytes a key, `bn` keys a slot).
     pub(super) fn kinfo(&self) -> u32 {
         if self.shape.persistent {
-            self.kv_bytes() + self.shape.bm * self.d * 2
+            self.kv_bytes() + self.q_buffers() * self.q_bytes()
         } else {
             self.kv_bytes()
         }
@@ -351,19 +383,89 @@ impl Config {
     }
 
     /// The first mbarrier (tensor copies): one a K/V buffer, or in the overlapped loop one
-    /// a K buffer and one a V buffer (K0, K1, V0, V1).
+    /// a K buffer and one a V buffer (K0, K1, V0, V1). After the query rows' information
+    /// (a slot a Q buffer).
     pub(super) fn mbar(&self) -> u32 {
-        self.qinfo() + self.shape.bm * 16
+        self.carried() + self.carried_bytes()
     }
 
-    /// Warp-specialised: "full" barrier `s` and "empty" barrier `stages + s` a stage.
+    /// The persistent overlapped kernel: where each computing thread keeps what the store
+    /// of a work item needs until the next item's first chunk makes it (two slots of 16
+    /// bytes a thread, a slot an item as the Q buffers), after the query rows'
+    /// information (a slot a Q buffer).
+    pub(super) fn carried(&self) -> u32 {
+        self.qinfo() + self.q_buffers() * self.shape.bm * 16
+    }
+
+    fn carried_bytes(&self) -> u32 {
+        if self.rings() {
+            2 * self.compute_threads() * 16
+        } else {
+            0
+        }
+    }
+
+    /// Warp-specialised: "full" barrier `s` and "empty" barrier `stages + s` a stage; with
+    /// separate rings (`rings`) the indices of `Ring`.
     pub(super) fn mbars(&self) -> u32 {
         match (self.shape.tma, self.shape.overlap, self.shape.ws) {
+            _ if self.rings() => 12,
             (false, _, _) => 0,
             (true, _, true) => 2 * self.stages(),
             (true, true, false) => 4,
             (true, false, false) => 2,
         }
+    }
+
+    /// Arrivals that complete a phase of mbarrier `b`: the issuing thread's alone without
+    /// warp specialisation; else a "full" barrier the producer's threads (each wrote
+    /// information the consumers read; V's only the issuing thread's), an "empty" barrier
+    /// every computing thread's.
+    pub(super) fn mbar_arrivals(&self, b: u32) -> u32 {
+        let (producer, consumers) = (super::WS_PRODUCER_THREADS, self.compute_threads());
+        if !self.shape.ws {
+            1
+        } else if self.rings() {
+            match Ring::of(b) {
+                Ring::KFull | Ring::QFull => producer,
+                Ring::VFull => 1,
+                Ring::KEmpty | Ring::VEmpty | Ring::QEmpty => consumers,
+            }
+        } else if b < self.stages() {
+            producer
+        } else {
+            consumers
+        }
+    }
+}
+
+/// The mbarriers of the persistent overlapped kernel (`Config::rings`), two of each (one a
+/// stage or Q buffer), in this order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Ring {
+    KFull,
+    VFull,
+    KEmpty,
+    VEmpty,
+    QFull,
+    QEmpty,
+}
+
+impl Ring {
+    /// Index of the first of the pair.
+    pub(super) fn base(self) -> i64 {
+        2 * self as i64
+    }
+
+    fn of(b: u32) -> Ring {
+        [
+            Ring::KFull,
+            Ring::VFull,
+            Ring::KEmpty,
+            Ring::VEmpty,
+            Ring::QFull,
+            Ring::QEmpty,
+        ][(b / 2) as usize]
     }
 }
 
@@ -412,13 +514,20 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
             t.name()
         ));
     }
+    // The next item's Q comes by a tensor copy of K's box.
+    if persistent && overlap && bn != bm {
+        return Err(format!(
+            "block shape {}: the persistent overlapped kernel takes as many keys a chunk as rows (128x128-wgmma-tma-ws-ovl-pers)",
+            t.name()
+        ));
+    }
     if pingpong && !ws {
         return Err(format!(
             "block shape {}: ping-pong needs warp specialisation (-ws-pp)",
             t.name()
         ));
     }
-    if ws && (!tma || (overlap && (pingpong || persistent)) || bm != 128 || blocks_per_sm > 0) {
+    if ws && (!tma || (overlap && pingpong) || bm != 128 || blocks_per_sm > 0) {
         return Err(format!(
             "block shape {}: warp specialisation is 128 rows with tensor copies (128xN-wgmma-tma-ws)",
             t.name()
@@ -468,7 +577,7 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
     }
     // wgmma's swizzled tiles need 1024-byte alignment: the kernel rounds its base up; the
     // tensor copies' two mbarriers follow the query rows' information.
-    let smem_bytes = cfg.qinfo() + bm * 16 + 8 * cfg.mbars() + if wgmma { 1024 } else { 0 };
+    let smem_bytes = cfg.mbar() + 8 * cfg.mbars() + if wgmma { 1024 } else { 0 };
     if blocks_per_sm * smem_bytes > 227 * 1024 {
         return Err(format!(
             "block shape {}: {blocks_per_sm} blocks of {smem_bytes} bytes of shared memory do not fit an SM",
