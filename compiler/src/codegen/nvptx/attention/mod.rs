@@ -791,6 +791,13 @@ impl<'a, 'c> Attention<'a, 'c> {
             let this = self;
             g.if_then(exists, &mut |g| {
                 let row_off = g.add(bh_off, g.muli(g.zext64(pos), i64::from(cfg.dv) * 2));
+                // This thread's first element of the row; the 8-column tiles follow at
+                // constant offsets, which the stores take as immediates (computed apart,
+                // each store's address was a register of its own, reused by the next
+                // address while the store still read it: run 35).
+                let first = g.add(g.add(o_base, row_off), g.muli(g.zext64(this.tig), 4));
+                let row_ptr =
+                    ok(g.b.build_int_to_ptr(first, g.cx.ptr_type(AddressSpace::from(1u16)), ""));
                 for n in 0..(cfg.dv / 8) as usize {
                     let packed = match acc {
                         Some(acc) => {
@@ -802,10 +809,16 @@ impl<'a, 'c> Attention<'a, 'c> {
                         }
                         None => g.i32(0),
                     };
-                    let col = g.add(g.i32(n as i64 * 8), g.muli(this.tig, 2));
-                    let addr = g.add(g.add(o_base, row_off), g.muli(g.zext64(col), 2));
-                    let p =
-                        ok(g.b.build_int_to_ptr(addr, g.cx.ptr_type(AddressSpace::from(1u16)), ""));
+                    // SAFETY: n * 16 bytes stay inside the row of `dv` 16-bit elements
+                    // (n < dv / 8, this thread's column 2 * tig + 8 n < dv).
+                    let p = unsafe {
+                        ok(g.b.build_in_bounds_gep(
+                            g.cx.i8_type(),
+                            row_ptr,
+                            &[g.i64(n as i64 * 16)],
+                            "",
+                        ))
+                    };
                     ok(g.b.build_store(p, packed));
                 }
             });
