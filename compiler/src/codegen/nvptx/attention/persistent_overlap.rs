@@ -114,6 +114,30 @@ impl<'a, 'c> Attention<'a, 'c> {
         )
     }
 
+    /// Shared offset of Q buffer `b`'s key-walk start (see `Config::walks`).
+    fn walk_slot(&self, b: IntValue<'c>) -> IntValue<'c> {
+        let g = self.g;
+        g.addi(g.muli(b, 32), i64::from(self.cfg.walks()))
+    }
+
+    /// The key walk of Q buffer `b`'s item as the producer left it (its first chunk's
+    /// cursor and the end of its runs), read after the buffer's "full" barrier.
+    fn walk_at(&self, b: IntValue<'c>) -> KeyWalk<'c> {
+        let g = self.g;
+        let at = self.walk_slot(b);
+        let cur = self.new_cursor();
+        for (k, v) in [cur.r, cur.kt, cur.kend, cur.class].into_iter().enumerate() {
+            g.set(v, self.ld_shared_i32(g.addi(at, 4 * k as i64)));
+        }
+        let end = self.ld_shared_i32(g.addi(at, 16));
+        KeyWalk {
+            end,
+            cur,
+            next: self.new_cursor(),
+            has: g.lt(g.geti(cur.r), end),
+        }
+    }
+
     /// Shared offset of this thread's carried slot `slot`: its two rows' positions (-1
     /// for a row past the tile) and the item's `batch * heads + head`.
     fn carried_at(&self, slot: IntValue<'c>) -> IntValue<'c> {
@@ -122,12 +146,12 @@ impl<'a, 'c> Attention<'a, 'c> {
         g.addi(g.muli(at, 16), i64::from(cfg.carried()))
     }
 
-    /// The producer's start of a work item (the `taken`-th of the block): once Q buffer
-    /// `taken % 2` is free (from the third item on), the rows' information (a thread a row)
-    /// and the rows by tensor copies of 64-element boxes (Q as `[batch * heads * tokens,
-    /// dim]`: a query block's rows are consecutive; rows past the tile are finite, and
-    /// never stored).
-    pub(super) fn produce_q(&self, taken: Var<'c>) {
+    /// The producer's start of a work item (the `taken`-th of the block, whose key walk
+    /// is `walk`): once Q buffer `taken % 2` is free (from the third item on), the rows'
+    /// information (a thread a row), the walk's start, and the rows by tensor copies of
+    /// 64-element boxes (Q as `[batch * heads * tokens, dim]`: a query block's rows are
+    /// consecutive; rows past the tile are finite, and never stored).
+    pub(super) fn produce_q(&self, taken: Var<'c>, walk: &KeyWalk<'c>) {
         let g = self.g;
         let cfg = self.cfg;
         let Some(tmaps) = self.params.tmaps else {
@@ -157,6 +181,12 @@ impl<'a, 'c> Attention<'a, 'c> {
         g.if_else(
             first,
             &mut |g| {
+                let at = this.walk_slot(b);
+                let c = &walk.cur;
+                for (k, v) in [c.r, c.kt, c.kend, c.class].into_iter().enumerate() {
+                    this.st_shared_i32(g.addi(at, 4 * k as i64), g.geti(v));
+                }
+                this.st_shared_i32(g.addi(at, 16), walk.end);
                 let pos0 = this.ld_shared_i32(info_at);
                 let heads = i64::from(this.k.info.heads);
                 let bh = g.add(g.muli(this.batch, heads), this.head);
@@ -185,9 +215,9 @@ impl<'a, 'c> Attention<'a, 'c> {
     /// to be released (from chunk 2 on), writes the keys' information into slot `n % 2`
     /// and arrives on "K full" (its first thread expecting K's copy, which it issues);
     /// then the first thread waits for V stage `n % 2` and copies V onto "V full".
-    pub(super) fn produce_rings(&self) {
+    pub(super) fn produce_rings(&self, walk: &KeyWalk<'c>) {
         let g = self.g;
-        let KeyWalk { end, cur, .. } = self.key_walk();
+        let (end, cur) = (walk.end, walk.cur);
         let n_var = self.chunk_counter();
         let first = g.eqi(self.kv_tid, 0);
         g.while_loop(&mut |g| g.lt(g.geti(cur.r), end), &mut |g| {
@@ -377,7 +407,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                 g.set(f.m[r], g.f32(f64::NEG_INFINITY));
                 g.set(f.l[r], g.f32(0.0));
             }
-            let walk = t.key_walk();
+            let walk = t.walk_at(b);
             g.if_then(walk.has, &mut |g| {
                 t.copy_cursor(&walk.cur, &cur);
                 g.set(end, walk.end);

@@ -386,7 +386,23 @@ impl Config {
     /// a K buffer and one a V buffer (K0, K1, V0, V1). After the query rows' information
     /// (a slot a Q buffer).
     pub(super) fn mbar(&self) -> u32 {
+        self.walks() + self.walk_bytes()
+    }
+
+    /// The persistent overlapped kernel: where the producer leaves the start of each Q
+    /// buffer's item's key walk (its run cursor and the end of its runs, 32 bytes a
+    /// buffer), so that the computing warpgroups do not wait for the schedule's tables at
+    /// every item.
+    pub(super) fn walks(&self) -> u32 {
         self.carried() + self.carried_bytes()
+    }
+
+    fn walk_bytes(&self) -> u32 {
+        if self.rings() {
+            self.q_buffers() * 32
+        } else {
+            0
+        }
     }
 
     /// The persistent overlapped kernel: where each computing thread keeps what the store
