@@ -547,8 +547,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                         let it = g.geti(item);
                         t.thread_fields_here();
                         t.begin_item_at(it);
-                        let walk = t.key_walk();
-                        t.produce_q(taken, &walk);
+                        let walk = t.produce_q(taken);
                         t.produce_rings(&walk);
                         g.set(item, g.add(it, stride));
                     });

@@ -146,17 +146,19 @@ impl<'a, 'c> Attention<'a, 'c> {
         g.addi(g.muli(at, 16), i64::from(cfg.carried()))
     }
 
-    /// The producer's start of a work item (the `taken`-th of the block, whose key walk
-    /// is `walk`): once Q buffer `taken % 2` is free (from the third item on), the rows'
-    /// information (a thread a row), the walk's start, and the rows by tensor copies of
-    /// 64-element boxes (Q as `[batch * heads * tokens, dim]`: a query block's rows are
-    /// consecutive; rows past the tile are finite, and never stored).
-    pub(super) fn produce_q(&self, taken: Var<'c>, walk: &KeyWalk<'c>) {
+    /// The producer's start of a work item (the `taken`-th of the block): once Q buffer
+    /// `taken % 2` is free (from the third item on), the rows' information (a thread a
+    /// row) and the rows by tensor copies of 64-element boxes (Q as `[batch * heads *
+    /// tokens, dim]`: a query block's rows are consecutive; rows past the tile are
+    /// finite, and never stored); then the item's key walk, which it returns and whose
+    /// start thread 1 leaves beside the buffer. The threads other than the issuing one
+    /// arrive on the buffer's "full" barrier after the walk's loads, which so run while
+    /// the copy does (walked before the copy was issued, they delayed the next item's Q
+    /// by their latency: run 39).
+    pub(super) fn produce_q(&self, taken: Var<'c>) -> KeyWalk<'c> {
         let g = self.g;
         let cfg = self.cfg;
-        let Some(tmaps) = self.params.tmaps else {
-            return;
-        };
+        let tmaps = self.params.tmaps.expect("tensor copies have their maps");
         let i = g.geti(taken);
         let b = g.uremi(i, 2);
         let reused = g.icmp(IntPredicate::UGE, i, g.i32(2));
@@ -178,37 +180,39 @@ impl<'a, 'c> Attention<'a, 'c> {
             }
         });
         let first = g.eqi(tid, 0);
-        g.if_else(
-            first,
-            &mut |g| {
-                let at = this.walk_slot(b);
-                let c = &walk.cur;
-                for (k, v) in [c.r, c.kt, c.kend, c.class].into_iter().enumerate() {
-                    this.st_shared_i32(g.addi(at, 4 * k as i64), g.geti(v));
-                }
-                this.st_shared_i32(g.addi(at, 16), walk.end);
-                let pos0 = this.ld_shared_i32(info_at);
-                let heads = i64::from(this.k.info.heads);
-                let bh = g.add(g.muli(this.batch, heads), this.head);
-                let row = g.add(g.muli(bh, this.k.info.tokens as i64), pos0);
-                let bytes = g.i32(i64::from(cfg.q_bytes()));
-                ptx::mbarrier_arrive_expect_tx().emit(g.cx, &g.b, &[full.into(), bytes.into()]);
-                let map = g.add(this.global_addr(tmaps), g.i64(2 * 128));
-                for half in 0..cfg.d / 64 {
-                    let dst = this.saddr(g.addi(stage, i64::from(half * cfg.shape.bm * 128)));
-                    let col = g.i32(i64::from(half * 64));
-                    ptx::tma_load_2d().emit(
-                        g.cx,
-                        &g.b,
-                        &[dst.into(), map.into(), col.into(), row.into(), full.into()],
-                    );
-                }
-            },
-            &mut |g| {
-                ptx::mbarrier_arrive().emit(g.cx, &g.b, &[full.into()]);
-            },
-        );
+        g.if_then(first, &mut |g| {
+            let pos0 = this.ld_shared_i32(info_at);
+            let heads = i64::from(this.k.info.heads);
+            let bh = g.add(g.muli(this.batch, heads), this.head);
+            let row = g.add(g.muli(bh, this.k.info.tokens as i64), pos0);
+            let bytes = g.i32(i64::from(cfg.q_bytes()));
+            ptx::mbarrier_arrive_expect_tx().emit(g.cx, &g.b, &[full.into(), bytes.into()]);
+            let map = g.add(this.global_addr(tmaps), g.i64(2 * 128));
+            for half in 0..cfg.d / 64 {
+                let dst = this.saddr(g.addi(stage, i64::from(half * cfg.shape.bm * 128)));
+                let col = g.i32(i64::from(half * 64));
+                ptx::tma_load_2d().emit(
+                    g.cx,
+                    &g.b,
+                    &[dst.into(), map.into(), col.into(), row.into(), full.into()],
+                );
+            }
+        });
+        let walk = self.key_walk();
+        g.if_then(g.eqi(tid, 1), &mut |g| {
+            let at = this.walk_slot(b);
+            let c = &walk.cur;
+            for (k, v) in [c.r, c.kt, c.kend, c.class].into_iter().enumerate() {
+                this.st_shared_i32(g.addi(at, 4 * k as i64), g.geti(v));
+            }
+            this.st_shared_i32(g.addi(at, 16), walk.end);
+        });
+        let others = ok(g.b.build_not(first, ""));
+        g.if_then(others, &mut |g| {
+            ptx::mbarrier_arrive().emit(g.cx, &g.b, &[full.into()]);
+        });
         g.set(taken, g.addi(i, 1));
+        walk
     }
 
     /// The producer's walk over a work item's chunks: chunk `n` waits for K stage `n % 2`
