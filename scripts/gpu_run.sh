@@ -53,7 +53,7 @@ if [ "$MODE" = "wgmma" ]; then
   log "SASS of the wgmma shapes"
   mkdir -p ptx
   : > "$OUT/wgmma_sass.txt"
-  for b in 64x64-wgmma-tma 64x64-wgmma-tma-ovl 128x64-wgmma-tma-ws 128x64-wgmma-tma-ws-pp 128x128-wgmma-tma-ws 128x128-wgmma-tma-ws-ovl; do
+  for b in 64x64-wgmma-tma 64x64-wgmma-tma-ovl 128x64-wgmma-tma-ws 128x64-wgmma-tma-ws-pp 128x128-wgmma-tma-ws 128x128-wgmma-tma-ws-ovl 128x128-wgmma-tma-ws-ovl-pers; do
     $A compile kernels/grat.attn --kernel grat_b_2d --emit ptx --block $b > ptx/grat_$b.ptx
     ptxas -arch=sm_90a -v ptx/grat_$b.ptx -o ptx/grat_$b.cubin 2>&1 | grep -E "registers|spill|wgmma" | tr '\n' ' ' >> "$OUT/wgmma_sass.txt"
     echo " $b HGMMA=$(cuobjdump -sass ptx/grat_$b.cubin | grep -c HGMMA) HMMA=$(cuobjdump -sass ptx/grat_$b.cubin | grep -c ' HMMA')" >> "$OUT/wgmma_sass.txt"

@@ -19,9 +19,10 @@
 //! reuse the same walk over the IR; docs/design.md describes them. Files: `shape.rs`
 //! (launch shapes, their sizes and checks, the tuner's candidates), `keys.rs` (the walk
 //! over a query tile's keys and the K/V copies), `loops.rs` (the key loops and one chunk
-//! of the loop body), `products.rs` (`Q K^T` and `P V`), `softmax.rs`, `mask.rs`; this
-//! file holds the kernel's per-thread state, shared-memory addressing, the Q load and the
-//! store.
+//! of the loop body), `persistent_overlap.rs` (the persistent overlapped kernel's roles
+//! and its loop over work items), `products.rs` (`Q K^T` and `P V`), `softmax.rs`,
+//! `mask.rs`; this file holds the kernel's per-thread state, shared-memory addressing,
+//! the Q load and the store.
 
 use inkwell::values::{BasicValueEnum, FloatValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
