@@ -283,13 +283,7 @@ impl<'a, 'c> Attention<'a, 'c> {
             let r = t.chunk(&body, &c_cur, k0, Step::First(k0), f, &mut |t| {
                 t.ring_arrive(Ring::KEmpty, k0)
             });
-            if let Err(e) = r {
-                err = Some(e);
-            }
-            t.keep_p(f);
-            t.first_chunk_done();
-            t.advance(&c_cur, g.geti(c_end));
-            g.set(n_var, g.addi(n0, 1));
+            t.chunk_done(r, &mut err, f, n0);
             g.while_loop(&mut |g| live(g), &mut |g| {
                 let finished = g.icmp(IntPredicate::SGE, g.geti(c_cur.r), g.geti(c_end));
                 g.if_then(finished, &mut |_| t.close_item(f));
@@ -313,13 +307,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                         let closing = g.icmp(IntPredicate::NE, g.geti(c_closing), g.i32(0));
                         g.if_then(closing, &mut |g| t.store_closed(&acc, g.geti(c_closed)));
                     });
-                    if let Err(e) = r {
-                        err = Some(e);
-                    }
-                    t.keep_p(f);
-                    t.first_chunk_done();
-                    t.advance(&c_cur, g.geti(c_end));
-                    g.set(n_var, g.addi(n, 1));
+                    t.chunk_done(r, &mut err, f, n);
                 });
             });
             // The last item's last P V alone, then its rows.
@@ -336,20 +324,34 @@ impl<'a, 'c> Attention<'a, 'c> {
         err.map_or(Ok(()), Err)
     }
 
+    /// After chunk `n` (`r`, its lowering's result, kept in `err` when it failed): its P
+    /// words kept for its `P V`, whether it was its item's first, the cursor and the count
+    /// moved on.
+    fn chunk_done(
+        &self,
+        r: Result<(), String>,
+        err: &mut Option<String>,
+        f: &Frags<'c>,
+        n: IntValue<'c>,
+    ) {
+        let g = self.g;
+        let c = self.carry();
+        if let Err(e) = r {
+            *err = Some(e);
+        }
+        self.keep_p(f);
+        g.set(c.first_done, g.geti(c.opening));
+        g.set(c.opening, g.i32(0));
+        self.advance(&c.cur, g.geti(c.end));
+        g.set(self.chunk_counter(), g.addi(n, 1));
+    }
+
     /// The predicate word of the `P V` of the previous chunk: fresh when that chunk was
     /// its item's first.
     fn pv_word_now(&self) -> IntValue<'c> {
         let g = self.g;
         let first = g.icmp(IntPredicate::NE, g.geti(self.carry().first_done), g.i32(0));
         g.seli(first, g.i32(ptx::WGMMA_FRESH), g.i32(ptx::WGMMA_ACCUMULATE))
-    }
-
-    /// After a chunk: whether it was its item's first.
-    fn first_chunk_done(&self) {
-        let g = self.g;
-        let c = self.carry();
-        g.set(c.first_done, g.geti(c.opening));
-        g.set(c.opening, g.i32(0));
     }
 
     fn keep_p(&self, f: &Frags<'c>) {
