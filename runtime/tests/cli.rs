@@ -569,6 +569,44 @@ fn block_shapes_are_checked() {
         8,
         "prologue and loop"
     );
+    // `run --block`: parsed as bench's, CUDA only, attention kernels only (both said
+    // before any input is read or a GPU is looked for).
+    let quest = repo("kernels/quest.attn");
+    let missing = ["--q", "no-q.npy", "--k-file", "no-k.npy", "-o", "out.npy"];
+    for (file, kernel, block, backend, want) in [
+        (
+            &grat,
+            "grat_b_2d",
+            "64by64",
+            "cuda",
+            "--block 64by64: expected ROWSxKEYS",
+        ),
+        (
+            &grat,
+            "grat_b_2d",
+            "64x64",
+            "cpu",
+            "--block picks a GPU launch shape; it needs --backend cuda",
+        ),
+        (
+            &quest,
+            "quest_decode",
+            "64x64",
+            "cuda",
+            "`quest_decode`: --block is for attention kernels",
+        ),
+    ] {
+        let (code, _, err) = run(attnc().arg("run").arg(file).args(missing).args([
+            "--kernel",
+            kernel,
+            "--block",
+            block,
+            "--backend",
+            backend,
+        ]));
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(want), "{err}");
+    }
 }
 
 #[test]

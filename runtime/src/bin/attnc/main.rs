@@ -128,6 +128,10 @@ enum Command {
         compacted: Option<PathBuf>,
         #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
         backend: String,
+        /// CUDA attention kernels: this launch shape instead of the default (as `bench
+        /// --block`), e.g. to compare two shapes' outputs on the same inputs.
+        #[arg(long, value_name = "SHAPE")]
+        block: Option<String>,
     },
     /// Times a kernel on random inputs: median of many runs after warm-up, in ms and
     /// GFLOP/s on active pairs.
@@ -371,7 +375,7 @@ fn write_artefacts(
 fn parse_block(block: &str) -> Result<Tuning, u8> {
     Tuning::parse(block).ok_or_else(|| {
         usage(format!(
-            "--block {block}: expected ROWSxKEYS[-wgmma[-tma[-ovl|-ws[-pp]]]][-xBLOCKS], e.g. 128x64 or 64x64-wgmma-tma"
+            "--block {block}: expected ROWSxKEYS[-wgmma[-tma[-ovl|-ws[-pp|-ovl]][-pers]]][-lpt][-xBLOCKS], e.g. 128x64, 64x64-wgmma-tma-x3 or 128x128-wgmma-tma-ws-ovl-pers"
         ))
     })
 }
@@ -558,7 +562,14 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             acc_out,
             compacted,
             backend,
+            block,
         } => {
+            let block = block.as_deref().map(parse_block).transpose()?;
+            if block.is_some() && backend != "cuda" {
+                return Err(usage(
+                    "--block picks a GPU launch shape; it needs --backend cuda",
+                ));
+            }
             let Some(k_path) = k_file else {
                 return Err(usage("missing --k FILE.npy"));
             };
@@ -570,6 +581,12 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                 named.push((n.to_string(), PathBuf::from(p)));
             }
             if let Some((_, spec)) = selection(&k, color)? {
+                if block.is_some() {
+                    return Err(usage(format!(
+                        "`{}`: --block is for attention kernels",
+                        spec.kernel
+                    )));
+                }
                 let gpu = if backend == "cuda" {
                     attnc::codegen::nvptx::decode::gpu_support(&spec).map_err(usage)?;
                     Some(open_gpu()?)
@@ -617,7 +634,11 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             };
             if backend == "cuda" {
                 let gpu = open_gpu()?;
-                let art = attnc_runtime::artefact::build_for(&c, &gpu).map_err(runtime_error)?;
+                let art = match block {
+                    Some(b) => attnc_runtime::artefact::build_tuned(&c, gpu.arch(), b),
+                    None => attnc_runtime::artefact::build_for(&c, &gpu),
+                }
+                .map_err(runtime_error)?;
                 let kernel = CudaKernel::load(&gpu, art).map_err(runtime_error)?;
                 let r = run_npy_cuda(&kernel, &args, &output).map_err(runtime_error)?;
                 eprintln!(
