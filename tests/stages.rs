@@ -271,6 +271,14 @@ fn decode_tuning_candidates_follow_the_source() {
     assert_eq!(count("kernels/streaming.attn", "streaming_decode"), 6);
 }
 
+/// A shipped attention kernel, compiled with its defaults.
+fn compiled(file: &str, kernel: &str) -> driver::Compiled {
+    let src = Source::load(&root().join(file)).unwrap();
+    let (fe, _) = driver::frontend(&src).unwrap();
+    let k = driver::find_kernel(&fe.program, kernel).unwrap();
+    driver::compile_kernel(&fe.program, k, &[]).unwrap()
+}
+
 /// The attention kernel's launch shapes: names round-trip, wgmma shapes only where asked
 /// for, tensor copies only where a key tile's rows are consecutive (tiled token order),
 /// and the shapes the CUDA backend cannot build are errors that say why.
@@ -278,12 +286,6 @@ fn decode_tuning_candidates_follow_the_source() {
 fn attention_shapes_follow_the_gpu_and_the_token_order() {
     use attnc::codegen::nvptx::attention::{candidates, config_for, gpu_default, Tuning};
     use attnc::codegen::nvptx::{compile_tuned, Arch};
-    let compiled = |file: &str, kernel: &str| {
-        let src = Source::load(&root().join(file)).unwrap();
-        let (fe, _) = driver::frontend(&src).unwrap();
-        let k = driver::find_kernel(&fe.program, kernel).unwrap();
-        driver::compile_kernel(&fe.program, k, &[]).unwrap()
-    };
     let shape = |s: &str| Tuning::parse(s).unwrap_or_else(|| panic!("{s}"));
     for (file, kernel, tiled) in [
         ("kernels/grat.attn", "grat_b_2d", true),
@@ -382,6 +384,25 @@ fn attention_shapes_follow_the_gpu_and_the_token_order() {
     );
     let err = config_for(&c.ir, shape("128x64-wgmma-tma-ws-ovl-pers")).unwrap_err();
     assert!(err.contains("as many keys a chunk as rows"), "{err}");
+    let names: Vec<&str> = config_for(&c.ir, ovl)
+        .unwrap()
+        .smem_regions()
+        .iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "K",
+            "V",
+            "Q",
+            "key information",
+            "query rows",
+            "carried rows",
+            "key walks",
+            "mbarriers"
+        ]
+    );
     let pers_smem = config_for(&c.ir, pers).unwrap().smem_bytes;
     assert!(
         pers_smem > 160 * 1024 && pers_smem <= 227 * 1024,
@@ -417,5 +438,50 @@ fn attention_shapes_follow_the_gpu_and_the_token_order() {
         "64x64-fast",
     ] {
         assert_eq!(Tuning::parse(bad), None, "{bad}");
+    }
+}
+
+/// Every shape's shared-memory plan (every tuning candidate and experimental shape of three
+/// kernels): regions in address order without overlap, inside the size the launch asks
+/// for (less the 1024 bytes that align a wgmma kernel's base), mbarriers on 8 bytes, and
+/// with wgmma the operand buffers on 1024 bytes (the 128-byte swizzle's period) with
+/// stages of whole periods.
+#[test]
+fn shared_memory_plans_fit_and_do_not_overlap() {
+    use attnc::codegen::nvptx::attention::{candidates, config_for, experimental};
+    for (file, kernel) in [
+        ("kernels/grat.attn", "grat_b_2d"),
+        ("kernels/natten.attn", "na_2d"),
+        ("kernels/dense.attn", "causal"),
+    ] {
+        let c = compiled(file, kernel);
+        let geo = &c.schedule.geom;
+        for t in candidates(&c.ir, geo, true)
+            .into_iter()
+            .chain(experimental(&c.ir, geo, true))
+        {
+            let cfg = config_for(&c.ir, t).unwrap();
+            let what = format!("{kernel} {}", t.name());
+            let regions = cfg.smem_regions();
+            for pair in regions.windows(2) {
+                assert!(pair[0].2 <= pair[1].1, "{what}: {pair:?} overlap");
+            }
+            let end = regions.last().map_or(0, |r| r.2);
+            let align = if t.wgmma { 1024 } else { 0 };
+            assert!(
+                end + align <= cfg.smem_bytes,
+                "{what}: {end} + {align} > {}",
+                cfg.smem_bytes
+            );
+            for (name, start, stop) in &regions {
+                if *name == "mbarriers" {
+                    assert_eq!(start % 8, 0, "{what}: {name} at {start}");
+                }
+                if t.wgmma && matches!(*name, "K" | "V" | "Q") {
+                    assert_eq!(start % 1024, 0, "{what}: {name} at {start}");
+                    assert_eq!((stop - start) % 1024, 0, "{what}: {name} {start}..{stop}");
+                }
+            }
+        }
     }
 }

@@ -433,6 +433,33 @@ impl Config {
         }
     }
 
+    /// The shared-memory plan, region by region in address order: `(name, start, end)` in
+    /// bytes from the (1024-byte aligned, with wgmma) base; empty regions left out. Q has
+    /// a region of its own only in the persistent kernels: the others stage it where the
+    /// K buffers go, before the key loop.
+    pub fn smem_regions(&self) -> Vec<(&'static str, u32, u32)> {
+        let kinfo_end = self.qinfo();
+        let regions = [
+            ("K", 0, self.vbuf()),
+            ("V", self.vbuf(), self.kv_bytes()),
+            (
+                "Q",
+                self.kv_bytes(),
+                if self.shape.persistent {
+                    self.kinfo()
+                } else {
+                    self.kv_bytes()
+                },
+            ),
+            ("key information", self.kinfo(), kinfo_end),
+            ("query rows", self.qinfo(), self.carried()),
+            ("carried rows", self.carried(), self.walks()),
+            ("key walks", self.walks(), self.mbar()),
+            ("mbarriers", self.mbar(), self.mbar() + 8 * self.mbars()),
+        ];
+        regions.into_iter().filter(|(_, a, b)| b > a).collect()
+    }
+
     /// Arrivals that complete a phase of mbarrier `b`: the issuing thread's alone without
     /// warp specialisation; else a "full" barrier the producer's threads (each wrote
     /// information the consumers read; V's only the issuing thread's), an "empty" barrier
