@@ -5,10 +5,10 @@
 //! copies in the phase of parity `n / 2 % 2`, `n` counted across the block's items) and Q
 //! in two buffers (item `i` of the block in buffer `i % 2`), all by tensor copies that the
 //! producer issues as soon as the computing warpgroups release a stage or buffer
-//! (`Ring`'s barriers). The computing warpgroups issue a work item's first `Q K^T` with
-//! the previous item's last `P V` (`Step::Boundary`) and store that item's rows once it
-//! completed, so that a block pays for one unpaired product at its start and one at its
-//! end, not at every item's.
+//! (`Ring`'s barriers). The computing warpgroups walk every chunk of the block's items in
+//! one loop (`consume_items`): a work item's first `Q K^T` goes out with the previous
+//! item's last `P V`, whose completion stores that item's rows, so that a block pays for
+//! one unpaired product at its start and one at its end, not at every item's.
 
 use super::*;
 
@@ -39,6 +39,7 @@ pub(super) struct Carry<'c> {
     /// serialise every wgmma).
     opening: Var<'c>,
     first_done: Var<'c>,
+    /// The closing item's thread-partial row sums.
     l: [Var<'c>; 2],
     /// The P words of the previous chunk (its `P V` is issued with the next `Q K^T`).
     p: Vec<[Var<'c>; 4]>,
