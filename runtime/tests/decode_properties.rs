@@ -48,6 +48,7 @@ fn case() -> impl Strategy<Value = Case> {
                     },
                     _ => Source::Window {
                         rows: w.min(context),
+                        lse: false,
                     },
                 };
                 let page = match (source, page) {
@@ -58,7 +59,7 @@ fn case() -> impl Strategy<Value = Case> {
                 let kv_heads = 1 + hq as u32 % 2;
                 let group = 1u32 << g;
                 let recent = match source {
-                    Source::Window { rows } => recent.max(rows),
+                    Source::Window { rows, .. } => recent.max(rows),
                     _ => recent,
                 };
                 let pool = if page == 1 {

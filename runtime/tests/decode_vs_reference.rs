@@ -73,7 +73,13 @@ fn same_selection(
     seed: u64,
 ) -> (DecodeKernel, DecodeState, Vec<f32>, Indices) {
     let (kernel, st, q) = setup(s, lens, seed);
-    let ext = (s.source == Source::External).then(|| external(s, seed + 9));
+    let ext = match s.source {
+        Source::External => Some(external(s, seed + 9)),
+        Source::Window { lse: true, .. } => {
+            Some(attnc_runtime::decode::reference::window_lse(s, &st, &q))
+        }
+        _ => None,
+    };
     let got = kernel.select(&st, &q, ext.as_deref()).expect("select");
     let want = reference_select(s, &st, &q, ext.as_deref()).expect("reference");
     assert_eq!(
@@ -92,7 +98,11 @@ fn every_source_and_head_reduction_selects_as_the_reference() {
         Source::Exact,
         Source::PageBound,
         Source::External,
-        Source::Window { rows: 8 },
+        Source::Window {
+            rows: 8,
+            lse: false,
+        },
+        Source::Window { rows: 8, lse: true },
         Source::Normalized { rows: 8 },
         Source::KeyNorm,
         Source::PageMean,
@@ -109,7 +119,7 @@ fn every_source_and_head_reduction_selects_as_the_reference() {
         ] {
             let mut s = spec(source);
             s.heads = heads;
-            if let Source::Window { rows } = source {
+            if let Source::Window { rows, .. } = source {
                 s.recent = rows;
             }
             let (_, _, _, idx) = same_selection(&s, &LENS, 1);
@@ -119,6 +129,62 @@ fn every_source_and_head_reduction_selects_as_the_reference() {
             );
         }
     }
+}
+
+/// `window_lse(W)` divides each window row by the log-sum-exp it is given: with the exact
+/// ones (what a prefill's attention gives) its scores are `window(W)`'s to f32 rounding;
+/// a shifted log-sum-exp scales the row's contribution by `e` to the shift; a missing,
+/// misshapen or non-finite one is an error that says so.
+#[test]
+fn window_lse_divides_by_the_given_log_sum_exps() {
+    use attnc_runtime::decode::reference::window_lse;
+    use attnc_runtime::decode::score::unit_scores;
+    let rows = 8;
+    let mut given = spec(Source::Window { rows, lse: true });
+    given.recent = rows;
+    let mut own = spec(Source::Window { rows, lse: false });
+    own.recent = rows;
+    let (kernel, st, q) = setup(&given, &LENS, 7);
+    let lse = window_lse(&given, &st, &q);
+    // The executor's scores from the queries as `select` rounds them (bf16).
+    let q: Vec<f32> = q
+        .iter()
+        .map(|x| attnc_runtime::decode::cache::round(given.dtype, *x))
+        .collect();
+    let a = unit_scores(&given, &st, &q, Some(&lse));
+    let b = unit_scores(&own, &st, &q, None);
+    let mut worst = 0f32;
+    for (x, y) in a.iter().zip(&b) {
+        if y.is_finite() {
+            worst = worst.max((x - y).abs() / y.abs().max(1e-30));
+        } else {
+            assert_eq!(x, y);
+        }
+    }
+    assert!(worst < 1e-5, "largest relative difference {worst}");
+    // Every row's log-sum-exp one less: every probability, so every score, e times larger.
+    let less: Vec<f32> = lse.iter().map(|x| x - 1.0).collect();
+    let c = unit_scores(&given, &st, &q, Some(&less));
+    for (x, y) in c.iter().zip(&a) {
+        if y.is_finite() && *y > 1e-20 {
+            let r = x / y;
+            assert!((r - std::f32::consts::E).abs() < 1e-4, "{x} / {y} = {r}");
+        }
+    }
+    let err = kernel.select(&st, &q, None).unwrap_err().to_string();
+    assert!(
+        err.contains("divides by the log-sum-exps of the prefill's attention: pass lse [3, 8, 8]"),
+        "{err}"
+    );
+    let err = kernel
+        .select(&st, &q, Some(&lse[1..]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lse has 191 values; expected 192"), "{err}");
+    let mut nan = lse.clone();
+    nan[5] = f32::NAN;
+    let err = kernel.select(&st, &q, Some(&nan)).unwrap_err().to_string();
+    assert!(err.contains("lse holds NaN at flat index 5"), "{err}");
 }
 
 /// ZipCache's normalised attention (`normalized(W)`): before the window a token's score is
@@ -131,7 +197,7 @@ fn normalized_scores_divide_by_the_rows_that_see_a_token() {
     let rows = 8;
     let mut norm = spec(Source::Normalized { rows });
     norm.batch = 1;
-    let mut win = spec(Source::Window { rows });
+    let mut win = spec(Source::Window { rows, lse: false });
     win.batch = 1;
     win.rows = Reduce::Mean;
     win.recent = rows;
@@ -196,7 +262,10 @@ fn adaptive_budgets_share_among_the_lists() {
     for source in [
         Source::Exact,
         Source::External,
-        Source::Window { rows: 8 },
+        Source::Window {
+            rows: 8,
+            lse: false,
+        },
         Source::Normalized { rows: 8 },
         Source::KeyNorm,
         Source::PageBound,
@@ -205,7 +274,7 @@ fn adaptive_budgets_share_among_the_lists() {
             let mut s = spec(source);
             s.budget = budget;
             s.adaptive = Some(0.25);
-            if let Source::Window { rows } = source {
+            if let Source::Window { rows, .. } = source {
                 s.recent = rows;
             }
             same_selection(&s, &LENS, 3);
@@ -406,7 +475,10 @@ fn key_norm_keeps_the_smallest_keys_whatever_the_query() {
 fn window_row_reductions_and_pooling_select_as_the_reference() {
     for rows in [Reduce::Sum, Reduce::Mean, Reduce::Max] {
         for pool in [Pool::None, Pool::Avg { size: 5 }, Pool::Max { size: 7 }] {
-            let mut s = spec(Source::Window { rows: 6 });
+            let mut s = spec(Source::Window {
+                rows: 6,
+                lse: false,
+            });
             s.rows = rows;
             s.pool = pool;
             s.recent = 6;
@@ -768,7 +840,10 @@ fn wrong_shapes_and_values_are_errors_not_panics() {
             .contains(&format!("unit {} appears twice in list 1", idx.data[k + 3])),
         "{e}"
     );
-    let w = spec(Source::Window { rows: 8 });
+    let w = spec(Source::Window {
+        rows: 8,
+        lse: false,
+    });
     let (kw, mut sw, qw) = setup(&w, &LENS, 18);
     let idx = kw.select(&sw, &qw, None).unwrap();
     let e = kw
@@ -794,7 +869,13 @@ fn wrong_shapes_and_values_are_errors_not_panics() {
 /// heads takes the per-head path. Rule 1 fixes the order, so the scores agree bit for bit.
 #[test]
 fn exact_scores_grouped_path_equals_per_head_path() {
-    for source in [Source::Exact, Source::Window { rows: 8 }] {
+    for source in [
+        Source::Exact,
+        Source::Window {
+            rows: 8,
+            lse: false,
+        },
+    ] {
         grouped_equals_per_head(source);
     }
 }

@@ -74,8 +74,13 @@ pub fn plan(s: &SelectSpec) -> SelectPlan {
         Source::Exact => steps.push(from_keys(format!(
             "softmax(scale * q . k) of the current query over all cached tokens: [{b}, {hs}, {c}] f32"
         ))),
-        Source::Window { rows: w } => steps.push(from_keys(format!(
-            "causal softmax of the last {w} queries over the prefix, {} over rows, never a {w} x {c} matrix in memory: [{b}, {hs}, {c}] f32",
+        Source::Window { rows: w, lse } => steps.push(from_keys(format!(
+            "causal softmax of the last {w} queries over the prefix{}, {} over rows, never a {w} x {c} matrix in memory: [{b}, {hs}, {c}] f32",
+            if lse {
+                " (each row's log-sum-exp an input)"
+            } else {
+                ""
+            },
             reduce_name(s.rows)
         ))),
         Source::Normalized { rows: w } => steps.push(from_keys(format!(
@@ -340,7 +345,7 @@ pub fn explain(s: &SelectSpec) -> String {
         Err(why) => writeln!(out, "  GPU: {}", why.trim_start_matches(&format!("`{}` ", s.kernel))),
     };
     if gpu.is_ok() {
-        if let Source::Window { rows } = s.source {
+        if let Source::Window { rows, .. } = s.source {
             let _ = match crate::codegen::nvptx::decode::window_logits(s) {
                 0 => writeln!(
                     out,

@@ -24,10 +24,11 @@ pub const MAX_POOL: i64 = 255;
 /// Tokens per split-K chunk of the decode attention.
 pub const SPLIT_TOKENS: u32 = 512;
 
-const SOURCES: [&str; 10] = [
+const SOURCES: [&str; 11] = [
     "none",
     "exact",
     "window",
+    "window_lse",
     "normalized",
     "accumulated",
     "keyformer",
@@ -451,7 +452,11 @@ impl<'a> Inst<'a, '_> {
                 "E0804",
                 format!(
                     "a `{}` source scores the prompt's last queries: it belongs to a `select` kernel",
-                    if matches!(source, Source::Window { .. }) { "window" } else { "normalized" }
+                    match source {
+                        Source::Window { lse: true, .. } => "window_lse",
+                        Source::Window { .. } => "window",
+                        _ => "normalized",
+                    }
                 ),
                 k.span,
                 "a decode kernel has one query row",
@@ -489,7 +494,7 @@ impl<'a> Inst<'a, '_> {
                 KeepKind::Recent => recent = v,
             }
         }
-        if let Source::Window { rows: w } = source {
+        if let Source::Window { rows: w, .. } = source {
             if recent < w {
                 self.err_hint(
                     "E0807",
@@ -655,12 +660,13 @@ impl<'a> Inst<'a, '_> {
             return Some((Source::Accumulated, None));
         }
         let arity = match name {
-            "window" | "normalized" | "page_bound" | "page_mean" => 1,
+            "window" | "window_lse" | "normalized" | "page_bound" | "page_mean" => 1,
             _ => 0,
         };
         if SOURCES.contains(&name) && args.len() != arity {
             let usage = match name {
                 "window" => "window(W)",
+                "window_lse" => "window_lse(W)",
                 "normalized" => "normalized(W)",
                 "page_bound" => "page_bound(page = P)",
                 "page_mean" => "page_mean(page = P)",
@@ -681,7 +687,7 @@ impl<'a> Inst<'a, '_> {
             "accumulated" => Source::Accumulated,
             "external" => Source::External,
             "key_norm" => Source::KeyNorm,
-            "window" | "normalized" => {
+            "window" | "window_lse" | "normalized" => {
                 let a = &args[0];
                 if let Some(n) = &a.name {
                     self.err(
@@ -693,8 +699,11 @@ impl<'a> Inst<'a, '_> {
                     return None;
                 }
                 let w = self.int(&a.value, "the observation window", 1, context, "E0802")?;
-                if name == "window" {
-                    Source::Window { rows: w }
+                if name != "normalized" {
+                    Source::Window {
+                        rows: w,
+                        lse: name == "window_lse",
+                    }
                 } else {
                     Source::Normalized { rows: w }
                 }

@@ -23,8 +23,11 @@ pub enum Source {
     None,
     /// The current query's attention probabilities.
     Exact,
-    /// SnapKV: the softmax attention of the last `rows` queries.
-    Window { rows: u32 },
+    /// SnapKV: the softmax attention of the last `rows` queries; with `lse`
+    /// (`window_lse(W)`) each row's softmax divides by the log-sum-exp the prefill's
+    /// attention kernel gave (an input `[B, Hq, rows]`, FlashAttention's `softmax_lse`)
+    /// instead of the row's own sum.
+    Window { rows: u32, lse: bool },
     /// ZipCache's normalised attention: every token's attention from the last `rows`
     /// queries, summed over those that see it and divided by their count (the causal
     /// count), so that the window's own tokens are scored too.
@@ -283,7 +286,7 @@ impl SelectSpec {
     /// Query rows per head: the observation window for `window`, else 1.
     pub fn q_rows(&self) -> u32 {
         match self.source {
-            Source::Window { rows } | Source::Normalized { rows } => rows,
+            Source::Window { rows, .. } | Source::Normalized { rows } => rows,
             _ => 1,
         }
     }
@@ -428,7 +431,8 @@ pub fn source_name(s: Source) -> String {
     match s {
         Source::None => "none".into(),
         Source::Exact => "exact".into(),
-        Source::Window { rows } => format!("window({rows})"),
+        Source::Window { rows, lse: false } => format!("window({rows})"),
+        Source::Window { rows, lse: true } => format!("window_lse({rows})"),
         Source::Normalized { rows } => format!("normalized({rows})"),
         Source::Accumulated => "accumulated".into(),
         Source::PageBound => "page_bound".into(),

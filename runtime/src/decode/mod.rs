@@ -116,8 +116,10 @@ impl DecodeKernel {
     }
 
     /// Rules 1 to 7: the index lists for the query `q` `[B, Hq, rows, D]` (`rows` is the
-    /// observation window for `window`, else 1). `external` `[B, Hsel, CONTEXT]` is
-    /// required by, and only by, `source external`.
+    /// observation window for `window`, else 1). `external` is required by, and only by,
+    /// `source external` (the scores, `[B, Hsel, CONTEXT]`) and `source window_lse(W)`
+    /// (each window row's log-sum-exp from the prefill's attention, natural log,
+    /// `[B, Hq, W]`).
     pub fn select(
         &self,
         st: &DecodeState,
@@ -147,6 +149,20 @@ impl DecodeKernel {
                         s.batch as usize * hs * c
                     )));
                 }
+            }
+            (Source::Window { lse: true, .. }, lse) => {
+                let want = [s.batch as usize, s.q_heads as usize, rows];
+                let shape = format!(
+                    "[{}, {}, {rows}]: batch, query heads, window rows",
+                    want[0], want[1]
+                );
+                let Some(lse) = lse else {
+                    return Err(Error::Shape(format!(
+                        "`{}` divides by the log-sum-exps of the prefill's attention: pass lse {shape}",
+                        s.kernel
+                    )));
+                };
+                cache::check_values("lse", lse, want.iter().product(), &shape)?;
             }
             (_, Some(_)) => {
                 return Err(Error::Shape(format!(

@@ -92,7 +92,15 @@ fn token_scores(
                             let l: Vec<f64> = (0..seen)
                                 .map(|j| s.scale * dotp(&qv, &key(s, st, b, h / g, j)))
                                 .collect();
-                            softmax(&l)
+                            match (s.source, ext) {
+                                // The row's log-sum-exp given (natural log).
+                                (Source::Window { lse: true, .. }, Some(e)) => {
+                                    let hq = s.q_heads as usize;
+                                    let lse = e[(b * hq + h) * rows + i] as f64;
+                                    l.iter().map(|x| (x - lse).exp()).collect()
+                                }
+                                _ => softmax(&l),
+                            }
                         })
                         .collect();
                     (0..scored)
@@ -375,4 +383,34 @@ pub fn reference_attend(
         }
     }
     Ok(out)
+}
+
+/// The log-sum-exps a prefill's attention gives the window rows of a `window_lse(W)`
+/// selection (what FlashAttention returns as `softmax_lse`): for each sequence, query head
+/// and row `i` of the last `W` queries `q` `[B, Hq, W, D]`, `ln sum_j exp(scale q . k_j)`
+/// over the keys `j` up to the row's position, in `f64` (queries and keys as the cache's
+/// dtype holds them), rounded to `f32`. `[B, Hq, W]`.
+pub fn window_lse(s: &SelectSpec, st: &DecodeState, q: &[f32]) -> Vec<f32> {
+    let (b_n, hq, rows) = (s.batch as usize, s.q_heads as usize, s.q_rows() as usize);
+    let g = s.group() as usize;
+    let mut out = Vec::with_capacity(b_n * hq * rows);
+    for b in 0..b_n {
+        let len = st.lens[b] as usize;
+        for h in 0..hq {
+            for i in 0..rows {
+                let qv = query(s, q, b, h, i);
+                let seen = len - rows + i + 1;
+                let l: Vec<f64> = (0..seen)
+                    .map(|j| {
+                        let kv = key(s, st, b, h / g, j);
+                        s.scale * qv.iter().zip(&kv).map(|(x, y)| x * y).sum::<f64>()
+                    })
+                    .collect();
+                let m = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = l.iter().map(|x| (x - m).exp()).sum();
+                out.push((m + z.ln()) as f32);
+            }
+        }
+    }
+    out
 }

@@ -104,7 +104,7 @@ fn row_scores(
         Source::Exact | Source::Window { .. } | Source::Normalized { .. } => {
             // A window's own tokens are kept, not scored (a normalised window scores them).
             m = match s.source {
-                Source::Window { rows } => len - rows as usize,
+                Source::Window { rows, .. } => len - rows as usize,
                 _ => len,
             };
             let heads: Vec<usize> = list_heads(s, sel);
@@ -117,10 +117,18 @@ fn row_scores(
             } else {
                 1
             };
+            let hq = s.q_heads as usize;
             for (n, batch) in heads.chunks(together).enumerate() {
                 let mut logits = head_logits(s, st, q, b, batch, len);
                 for (k, head_rows) in logits.chunks_mut(rows).enumerate() {
-                    let hs = head_scores(s, head_rows, len, m);
+                    // `window_lse`: the head's rows' log-sum-exps, `[B, Hq, rows]`.
+                    let lse = match s.source {
+                        Source::Window { lse: true, .. } => {
+                            ext.map(|e| &e[(b * hq + batch[k]) * rows..][..rows])
+                        }
+                        _ => None,
+                    };
+                    let hs = head_scores(s, head_rows, len, m, lse);
                     for j in 0..m {
                         fold(s.heads.op(), &mut tok[j], hs[j], n * together + k == 0);
                     }
@@ -391,9 +399,17 @@ pub(super) fn key_logits(s: &SelectSpec, qs: &[&[f32]], keys: &[f32], n: usize) 
 
 /// One head's scores over the tokens `[0, m)` from its rows' logits ([`head_logits`]):
 /// each row's softmax (rule 1's order, `attnc::select::softmax`) over the keys it sees,
-/// then the rows reduced (a window's rows; the decode query's single row as it is).
+/// or with the rows' log-sum-exps given (`lse`, natural log: `window_lse`)
+/// `exp2c(l - lse * log2(e))`, then the rows reduced (a window's rows; the decode query's
+/// single row as it is).
 #[inline(always)]
-fn head_scores(s: &SelectSpec, rows_logits: &mut [Vec<f32>], len: usize, m: usize) -> Vec<f32> {
+fn head_scores(
+    s: &SelectSpec,
+    rows_logits: &mut [Vec<f32>],
+    len: usize,
+    m: usize,
+    lse: Option<&[f32]>,
+) -> Vec<f32> {
     let rows = rows_logits.len();
     let mut out = vec![0f32; m];
     let normalized = matches!(s.source, Source::Normalized { .. });
@@ -401,7 +417,14 @@ fn head_scores(s: &SelectSpec, rows_logits: &mut [Vec<f32>], len: usize, m: usiz
         // Row r sits at position len - rows + r and sees the keys up to it.
         let seen = len - rows + r + 1;
         let l = &mut l[..seen];
-        softmax::softmax_in_place(l);
+        match lse {
+            Some(lse) => {
+                // The logits are in base 2 (rule 1): the given log-sum-exp too.
+                let z = lse[r] * std::f32::consts::LOG2_E;
+                l.iter_mut().for_each(|x| *x = softmax::exp2c(*x - z));
+            }
+            None => softmax::softmax_in_place(l),
+        }
         if normalized {
             // Summed in row order over the rows that see the token (from 0).
             for j in 0..m.min(seen) {

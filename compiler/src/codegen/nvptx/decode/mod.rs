@@ -373,7 +373,10 @@ pub fn gpu_support(s: &SelectSpec) -> Result<(), String> {
         }
         // The observation window's probabilities (SnapKV): per KV group, recomputed
         // rather than stored, the rows' statistics in shared memory.
-        Source::Window { rows } => {
+        Source::Window { rows, lse } => {
+            if lse {
+                return why("`window_lse` scoring (log-sum-exps given)");
+            }
             if !matches!(s.heads, HeadReduce::PerKvGroup(_)) {
                 return why("`window` scoring with scores shared across KV heads");
             }

@@ -47,10 +47,19 @@ pub fn bench(spec: SelectSpec, runs: usize, json: bool) -> Result<String, Error>
         .flat_map(|bh| syn.q.data[(bh * rows + rows - 1) * d..][..d].to_vec())
         .map(|x| attnc_runtime::decode::cache::round(spec.dtype, x))
         .collect();
-    let scores = (spec.source == Source::External).then(|| {
+    let scores = match spec.source {
         // External scores: random (they measure the pipeline's cost, not a policy).
-        Tensor::random(&[b, spec.sel_heads() as usize, spec.context as usize], 11).data
-    });
+        Source::External => {
+            Some(Tensor::random(&[b, spec.sel_heads() as usize, spec.context as usize], 11).data)
+        }
+        // The log-sum-exps an exact prefill gives the window rows.
+        Source::Window { lse: true, .. } => Some(attnc_runtime::decode::reference::window_lse(
+            &spec,
+            &st,
+            &syn.q.data,
+        )),
+        _ => None,
+    };
     if spec.source == Source::Accumulated {
         seed_history(&spec, &mut st, &q1);
     }

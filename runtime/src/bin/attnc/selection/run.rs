@@ -91,9 +91,9 @@ fn read_per_token(path: &Path, spec: &SelectSpec, what: &str) -> Result<Vec<f32>
 /// backend covers).
 pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<String, Error> {
     for (n, _) in &files.inputs {
-        if !["lens", "scores", "acc", "steps"].contains(&n.as_str()) {
+        if !["lens", "scores", "acc", "steps", "lse"].contains(&n.as_str()) {
             return Err(Error::Shape(format!(
-                "selection kernels take the inputs lens, scores (external source), acc (accumulated source) and steps (keyformer), not `{n}`"
+                "selection kernels take the inputs lens, scores (external source), acc (accumulated source), steps (keyformer) and lse (window_lse), not `{n}`"
             )));
         }
     }
@@ -196,10 +196,37 @@ pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<Stri
             })
             .collect::<Result<_, _>>()?;
     }
-    let scores = match input(files, "scores") {
+    let mut scores = match input(files, "scores") {
         Some(p) => Some(read_per_token(p, &spec, "scores")?),
         None => None,
     };
+    // `window_lse`: the window rows' log-sum-exps, where the executor takes its extra
+    // tensor.
+    if let Some(p) = input(files, "lse") {
+        let Source::Window { rows, lse: true } = spec.source else {
+            return Err(Error::Shape(format!(
+                "`{}` has no use for lse: it is for select kernels with source window_lse(W)",
+                spec.kernel
+            )));
+        };
+        let t = npy::read(p)?;
+        let want = [spec.batch as usize, spec.q_heads as usize, rows as usize];
+        if t.shape != want {
+            return Err(Error::Shape(format!(
+                "lse `{}` has shape {:?}; `{}` expects {want:?} (batch, query heads, window rows)",
+                p.display(),
+                t.shape,
+                spec.kernel
+            )));
+        }
+        if scores.is_some() {
+            return Err(Error::Shape(format!(
+                "`{}` takes lse, not scores",
+                spec.kernel
+            )));
+        }
+        scores = Some(t.data);
+    }
     let q = npy::read(&files.q)?;
     let t = Instant::now();
     // On the GPU: the index lists, the output and where and how fast it ran (and H2O's
