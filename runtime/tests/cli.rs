@@ -929,3 +929,61 @@ fn run_a_compacting_select_kernel_writes_the_smaller_cache() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("pass --compacted DIR"), "{err}");
 }
+
+/// `window_lse` from the command line: the log-sum-exps come from `--input lse=FILE.npy`
+/// (`[batch, query heads, window rows]`) and the index lists are written; a missing or
+/// misshapen file is refused, and a kernel of another source refuses the input.
+#[test]
+fn window_lse_takes_the_log_sum_exps_as_an_input() {
+    let (b, hq, hkv, d, n, w) = (2usize, 4usize, 2usize, 16usize, 200usize, 8usize);
+    let src = tmp("window_lse.attn");
+    std::fs::write(
+        &src,
+        "select s { source window_lse(8); keep sinks 2, recent 8; budget 32 tokens; }\n\
+         kernel k = select(s) { heads 4; kv_heads 2; head_dim 16; batch 2; CONTEXT = 256; }\n\
+         select plain { source window(8); keep sinks 2, recent 8; budget 32 tokens; }\n\
+         kernel p = select(plain) { heads 4; kv_heads 2; head_dim 16; batch 2; CONTEXT = 256; }\n",
+    )
+    .expect("write");
+    let q = write_npy("lq.npy", &[b, hq, w, d], random(b * hq * w * d, 61));
+    let k = write_npy("lk.npy", &[b, hkv, n, d], random(b * hkv * n * d, 62));
+    let v = write_npy("lv.npy", &[b, hkv, n, d], random(b * hkv * n * d, 63));
+    let lse = |name: &str, shape: &[usize]| {
+        let len = shape.iter().product();
+        write_npy(
+            name,
+            shape,
+            (0..len).map(|i| 5.0 + (i % 7) as f32 * 0.1).collect(),
+        )
+    };
+    let select = |kernel: &str, lse: Option<&PathBuf>| {
+        let mut c = attnc();
+        c.arg("run")
+            .arg(&src)
+            .args(["--kernel", kernel])
+            .qkv(&q, &k, &v);
+        if let Some(f) = lse {
+            c.arg("--input").arg(format!("lse={}", f.display()));
+        }
+        c.arg("-o").arg(tmp("lidx.npy"));
+        run(&mut c)
+    };
+    let good = lse("lse.npy", &[b, hq, w]);
+    let (code, _, err) = select("k", Some(&good));
+    assert_eq!(code, 0, "{err}");
+    let (shape, ids) = attnc_runtime::npy::read_ints(&tmp("lidx.npy")).expect("indices");
+    assert_eq!(shape, vec![b, hkv, 32]);
+    assert!(ids.iter().all(|i| (-1..n as i64).contains(i)), "{ids:?}");
+    let (code, _, err) = select("k", None);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("pass lse [2, 4, 8]"), "{err}");
+    let (code, _, err) = select("k", Some(&lse("lse_bad.npy", &[b, hq, w - 1])));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("has shape [2, 4, 7]; `k` expects [2, 4, 8]"),
+        "{err}"
+    );
+    let (code, _, err) = select("p", Some(&good));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`p` has no use for lse"), "{err}");
+}
