@@ -77,17 +77,32 @@ pub fn build_tuned_in(
     arch: Arch,
     tuning: nvptx::attention::Tuning,
 ) -> Result<GpuArtefact, Error> {
-    let cached = dir.zip(artefact_key(c, arch, tuning));
+    through_cache(
+        dir.zip(artefact_key(c, arch, tuning)),
+        |dir, key| GpuArtefact::load(dir, key).ok(),
+        || compile_artefact(c, arch, tuning),
+        |dir, key, a| a.save(dir, key),
+    )
+}
+
+/// `make`, or the entry `key` in `dir` when `load` finds it (`cached` none: always
+/// `make`); what `make` gives is saved there, and a save that fails is skipped.
+pub fn through_cache<T>(
+    cached: Option<(&Path, String)>,
+    load: impl FnOnce(&Path, &str) -> Option<T>,
+    make: impl FnOnce() -> Result<T, Error>,
+    save: impl FnOnce(&Path, &str, &T) -> Result<(), Error>,
+) -> Result<T, Error> {
     if let Some((dir, key)) = &cached {
-        if let Ok(a) = GpuArtefact::load(dir, key) {
-            return Ok(a);
+        if let Some(x) = load(dir, key) {
+            return Ok(x);
         }
     }
-    let a = compile_artefact(c, arch, tuning)?;
+    let x = make()?;
     if let Some((dir, key)) = &cached {
-        let _ = a.save(dir, key);
+        let _ = save(dir, key, &x);
     }
-    Ok(a)
+    Ok(x)
 }
 
 /// Which attnc build is running: its version and the running executable's size and

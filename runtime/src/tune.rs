@@ -129,7 +129,7 @@ pub fn tune(
     // the L2 flushed before each): under sustained load the H200 lowers its clock at its
     // power limit, by more for some shapes than for others, so that the shape fastest in
     // a burst of 10 launches is not always the one fastest in a diffusion loop (run 34
-    // picked three 64-row blocks an SM at GRAT-B r=1 256x256 in a burst, 4 to 7 % behind
+    // picked three 64-row blocks an SM at GRAT-B r=1 256x256 in a burst, 3.6 to 7 % behind
     // the persistent overlapped kernel under load in runs 33 and 37).
     if progress {
         eprintln!(

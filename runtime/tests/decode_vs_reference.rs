@@ -691,17 +691,32 @@ fn h2o_accumulates_the_step_probabilities_on_the_selection() {
     s.heads = HeadReduce::PerKvGroup(Reduce::Sum);
     let (kernel, mut st, q) = setup(&s, &LENS, 14);
     for step in 0..3 {
-        let before = st.acc.clone();
-        let idx = kernel.select(&st, &q, None).expect("select");
-        assert_eq!(
-            idx,
-            reference_select(&s, &st, &q, None).unwrap(),
-            "step {step}"
-        );
-        kernel.attend(&mut st, &q, &idx).expect("attend");
         // The reference probabilities over the same selection, summed over each group.
-        check_update(&s, &st, &q, &idx, &before, 1e-5, |_, _, _, l| l);
+        checked_step(&kernel, &mut st, &q, step, 1e-5, |_, _, _, l| l);
     }
+}
+
+/// One decode step of an accumulated source: the selection the reference's, then the
+/// attention, then the state's update checked against the reference (`check_update`,
+/// `logit` as there).
+fn checked_step(
+    kernel: &DecodeKernel,
+    st: &mut DecodeState,
+    q: &[f32],
+    step: u32,
+    tol: f64,
+    logit: impl Fn(usize, usize, usize, f64) -> f64,
+) {
+    let s = kernel.spec();
+    let before = st.acc.clone();
+    let idx = kernel.select(st, q, None).expect("select");
+    assert_eq!(
+        idx,
+        reference_select(s, st, q, None).unwrap(),
+        "step {step}"
+    );
+    kernel.attend(st, q, &idx).expect("attend");
+    check_update(s, st, q, &idx, &before, tol, logit);
 }
 
 /// Keyformer's noise as docs/kv-selection.md writes it (rule 1), written again here.
@@ -733,15 +748,7 @@ fn keyformer_accumulates_the_gumbel_softmax_at_the_step_temperature() {
     for step in 0..4u32 {
         assert_eq!(st.steps, [step; 3]);
         let tau = [0.5, 1.75, 3.0, 3.0][step as usize];
-        let before = st.acc.clone();
-        let idx = kernel.select(&st, &q, None).expect("select");
-        assert_eq!(
-            idx,
-            reference_select(&s, &st, &q, None).unwrap(),
-            "step {step}"
-        );
-        kernel.attend(&mut st, &q, &idx).expect("attend");
-        check_update(&s, &st, &q, &idx, &before, 2e-5, |b, h, j, l| {
+        checked_step(&kernel, &mut st, &q, step, 2e-5, |b, h, j, l| {
             (l + keyformer_noise(b as u64, h as u64, u64::from(step), j as u64)) / tau
         });
     }

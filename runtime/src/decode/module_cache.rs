@@ -38,17 +38,12 @@ pub fn compile_tuned_in(
     arch: Arch,
     tuning: Tuning,
 ) -> Result<DecodeModule, Error> {
-    let cached = dir.zip(module_key(spec, arch, tuning));
-    if let Some((dir, key)) = &cached {
-        if let Some(m) = load(dir, key) {
-            return Ok(m);
-        }
-    }
-    let m = codegen::compile_tuned(spec, arch, tuning).map_err(Error::Input)?;
-    if let Some((dir, key)) = &cached {
-        let _ = save(dir, key, &m);
-    }
-    Ok(m)
+    artefact::through_cache(
+        dir.zip(module_key(spec, arch, tuning)),
+        load,
+        || codegen::compile_tuned(spec, arch, tuning).map_err(Error::Input),
+        save,
+    )
 }
 
 /// The cache name: the instantiated selection kernel (its debug form: every clause and

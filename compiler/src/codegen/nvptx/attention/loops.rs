@@ -115,9 +115,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         } = self.key_walk();
         let ahead = self.new_cursor();
         let body: Vec<NodeIndex> = self.k.region_nodes(region);
-        let p_vars: Vec<[Var<'c>; 4]> = (0..self.cfg.shape.bn / 16)
-            .map(|_| [0; 4].map(|_| g.var(g.i32t.into(), g.i32(0).into())))
-            .collect();
+        let kept = self.kept_p();
         // Q was staged where the tensor copies land: order those generic accesses before
         // the async proxy's writes (the barrier below completes the order).
         ptx::fence_proxy_async().emit(g.cx, &g.b, &[]);
@@ -161,13 +159,6 @@ impl<'a, 'c> Attention<'a, 'c> {
                 t.copy_cursor(&ahead, &mid);
                 t.advance(&ahead, end);
             };
-            let keep_p = |f: &Frags<'c>| {
-                for (vars, words) in p_vars.iter().zip(&f.p) {
-                    for (v, w) in vars.iter().zip(words) {
-                        g.set(*v, *w);
-                    }
-                }
-            };
             // Chunk 0.
             t.wait_tma(k0, k0);
             let zero = g.i32(0);
@@ -177,7 +168,7 @@ impl<'a, 'c> Attention<'a, 'c> {
             if let Err(e) = r {
                 err = Some(e);
             }
-            keep_p(f);
+            kept.keep(g, f);
             shift(t);
             let n_var = g.var(g.i32t.into(), g.i32(1).into());
             g.while_loop(&mut |_| exists(&cur), &mut |g| {
@@ -187,10 +178,11 @@ impl<'a, 'c> Attention<'a, 'c> {
                 let vb = g.uremi(prev, 2);
                 t.wait_tma(kb, g.udivi(n, 2));
                 t.wait_tma(g.addi(vb, 2), g.udivi(prev, 2));
-                f.p = p_vars.iter().map(|w| w.map(|v| g.geti(v))).collect();
+                kept.restore(g, f);
                 let step = Step::Steady {
                     k: kb,
                     v_prev: t.v_buf(vb),
+                    word: t.accumulate(),
                 };
                 let slot = g.uremi(n, 3);
                 let r = t.chunk(&body, &cur, slot, step, f, &mut |t| {
@@ -199,7 +191,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                 if let Err(e) = r {
                     err = Some(e);
                 }
-                keep_p(f);
+                kept.keep(g, f);
                 shift(t);
                 g.set(n_var, g.addi(n, 1));
             });
@@ -207,8 +199,8 @@ impl<'a, 'c> Attention<'a, 'c> {
             let last = g.sub(g.geti(n_var), g.i32(1));
             let vb = g.uremi(last, 2);
             t.wait_tma(g.addi(vb, 2), g.udivi(last, 2));
-            f.p = p_vars.iter().map(|w| w.map(|v| g.geti(v))).collect();
-            t.pv_wgmma(t.v_buf(vb), f);
+            kept.restore(g, f);
+            t.pv_wgmma(t.v_buf(vb), t.accumulate(), f);
         });
         err.map_or(Ok(()), Err)
     }
@@ -292,16 +284,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         let KeyWalk { end, cur, has, .. } = self.key_walk();
         let body: Vec<NodeIndex> = self.k.region_nodes(region);
         let n_var = self.chunk_counter();
-        let p_vars: Vec<[Var<'c>; 4]> = (0..self.cfg.shape.bn / 16)
-            .map(|_| [0; 4].map(|_| g.var(g.i32t.into(), g.i32(0).into())))
-            .collect();
-        let keep_p = |f: &Frags<'c>| {
-            for (vars, words) in p_vars.iter().zip(&f.p) {
-                for (v, w) in vars.iter().zip(words) {
-                    g.set(*v, *w);
-                }
-            }
-        };
+        let kept = self.kept_p();
         let release = |t: &Self, stage: IntValue<'c>| {
             let empty = t.mbar_addr(g.addi(stage, stages));
             ptx::mbarrier_arrive().emit(g.cx, &g.b, &[empty.into()]);
@@ -315,7 +298,7 @@ impl<'a, 'c> Attention<'a, 'c> {
             if let Err(e) = t.chunk(&body, &cur, s0, Step::First(s0), f, &mut |_| {}) {
                 err = Some(e);
             }
-            keep_p(f);
+            kept.keep(g, f);
             t.advance(&cur, end);
             g.set(n_var, g.addi(n0, 1));
             g.while_loop(&mut |g| g.lt(g.geti(cur.r), end), &mut |g| {
@@ -323,22 +306,23 @@ impl<'a, 'c> Attention<'a, 'c> {
                 let stage = g.uremi(n, stages);
                 let prev = g.uremi(g.addi(n, -1), stages);
                 t.wait_tma(stage, g.udivi(n, stages));
-                f.p = p_vars.iter().map(|w| w.map(|v| g.geti(v))).collect();
+                kept.restore(g, f);
                 let step = Step::Steady {
                     k: stage,
                     v_prev: t.v_buf(prev),
+                    word: t.accumulate(),
                 };
                 if let Err(e) = t.chunk(&body, &cur, stage, step, f, &mut |t| release(t, prev)) {
                     err = Some(e);
                 }
-                keep_p(f);
+                kept.keep(g, f);
                 t.advance(&cur, end);
                 g.set(n_var, g.addi(n, 1));
             });
             // The last chunk's P V, then its stage is free.
             let last = g.uremi(g.addi(g.geti(n_var), -1), stages);
-            f.p = p_vars.iter().map(|w| w.map(|v| g.geti(v))).collect();
-            t.pv_wgmma(t.v_buf(last), f);
+            kept.restore(g, f);
+            t.pv_wgmma(t.v_buf(last), t.accumulate(), f);
             release(t, last);
         });
         err.map_or(Ok(()), Err)
@@ -378,6 +362,16 @@ impl<'a, 'c> Attention<'a, 'c> {
             self.advance(&cur, end);
             g.set(n_var, g.addi(n, 1));
         });
+    }
+
+    /// Variables for the P words an overlapped loop keeps across its back edge.
+    pub(super) fn kept_p(&self) -> KeptP<'c> {
+        let g = self.g;
+        KeptP(
+            (0..self.cfg.shape.bn / 16)
+                .map(|_| [0; 4].map(|_| g.var(g.i32t.into(), g.i32(0).into())))
+                .collect(),
+        )
     }
 
     /// The count of chunks walked, which the stages' barrier phases follow: the persistent
@@ -434,7 +428,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                 Op::KvTile | Op::Carry(_) | Op::Load(_) | Op::Yield => {}
                 Op::Dot { transpose_b: true } => match step {
                     Step::Serial(buf) | Step::First(buf) => self.qk(buf, f),
-                    Step::Steady { k, v_prev } => self.qk_with_pv(k, v_prev, f),
+                    Step::Steady { k, v_prev, word } => self.qk_with_pv(k, v_prev, word, f),
                     Step::Turn {
                         buf,
                         mine,
@@ -485,9 +479,9 @@ impl<'a, 'c> Attention<'a, 'c> {
                                 at_pv(self);
                             }
                             // `at_pv` before the rescale: the persistent overlapped kernel
-                            // stores a finished item's rows there and clears the
-                            // accumulators, which the next item's first rescale (by 0)
-                            // then leaves at 0.
+                            // stores a finished item's rows there, before the next item's
+                            // first rescale touches the accumulators (whose values that
+                            // item's first `P V` then overwrites, `ptx::WGMMA_FRESH`).
                             Step::Steady { .. } => {
                                 self.pv_complete(f);
                                 at_pv(self);

@@ -71,6 +71,26 @@ struct Frags<'c> {
     deferred: Option<(IntValue<'c>, [Var<'c>; 2])>,
 }
 
+/// The P words of a chunk whose `P V` goes out with the next chunk's `Q K^T` (the
+/// overlapped loops), kept in variables across the loop's back edge.
+struct KeptP<'c>(Vec<[Var<'c>; 4]>);
+
+impl<'c> KeptP<'c> {
+    /// Keeps the chunk's P words (`f.p`).
+    fn keep(&self, g: &Gen<'c>, f: &Frags<'c>) {
+        for (vars, words) in self.0.iter().zip(&f.p) {
+            for (v, w) in vars.iter().zip(words) {
+                g.set(*v, *w);
+            }
+        }
+    }
+
+    /// The kept words back as `f.p`, for their `P V`.
+    fn restore(&self, g: &Gen<'c>, f: &mut Frags<'c>) {
+        f.p = self.0.iter().map(|w| w.map(|v| g.geti(v))).collect();
+    }
+}
+
 /// How a chunk's products are issued.
 #[derive(Clone, Copy)]
 enum Step<'c> {
@@ -80,10 +100,13 @@ enum Step<'c> {
     /// the next chunk's block.
     First(IntValue<'c>),
     /// The overlapped loop's later chunks: `S` (K in buffer `k`) issued with the previous
-    /// chunk's `P V` (V at shared offset `v_prev`), which is waited for at the `P V` op.
+    /// chunk's `P V` (V at shared offset `v_prev`, `word` its `ptx::wgmma_block`
+    /// predicate word: it adds to the accumulators, or starts them afresh), which is
+    /// waited for at the `P V` op.
     Steady {
         k: IntValue<'c>,
         v_prev: IntValue<'c>,
+        word: IntValue<'c>,
     },
     /// Ping-pong (K and V in buffer `buf`): wait at named barrier `mine` before issuing
     /// `S = Q K^T`, then arrive at `other` (when `arrive` is 1) before waiting for it;
@@ -156,10 +179,6 @@ pub struct Attention<'a, 'c> {
     /// The persistent overlapped kernel: the shared offset of the current item's Q
     /// buffer, which `S = Q K^T` reads by descriptor (no fragments).
     q_smem: Option<IntValue<'c>>,
-    /// The persistent overlapped kernel: `ptx::WGMMA_FRESH` when the `P V` about to be
-    /// issued is its item's first (the accumulators still hold the previous item's rows,
-    /// stored already), else `WGMMA_ACCUMULATE` (the default when `None`).
-    pv_word: Option<IntValue<'c>>,
     variant: IntValue<'c>,
     /// The persistent kernel's count of chunks walked, across work items (the stages'
     /// barrier phases follow it); else each key loop counts from 0.
@@ -220,7 +239,6 @@ impl<'a, 'c> Attention<'a, 'c> {
             qrows: [(z, None), (z, None)],
             qfrag: vec![],
             q_smem: None,
-            pv_word: None,
             variant: z,
             chunks: None,
             carry: None,
@@ -516,6 +534,15 @@ impl<'a, 'c> Attention<'a, 'c> {
         }
     }
 
+    /// Running maxima back at -inf and sums at 0, for a new work item.
+    fn restart_rows(&self, f: &Frags<'c>) {
+        let g = self.g;
+        for r in 0..2 {
+            g.set(f.m[r], g.f32(f64::NEG_INFINITY));
+            g.set(f.l[r], g.f32(0.0));
+        }
+    }
+
     /// The persistent warp-specialised kernel: every role walks the work items
     /// `ctaid.x, + nctaid.x, ...` in the same order, and the stages' barriers count the
     /// chunks across items (`chunks`), so that the producer fills the next item's first
@@ -567,10 +594,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                             g.set(*v, g.f32(0.0));
                         }
                     }
-                    for r in 0..2 {
-                        g.set(frags.m[r], g.f32(f64::NEG_INFINITY));
-                        g.set(frags.l[r], g.f32(0.0));
-                    }
+                    t.restart_rows(&frags);
                     t.load_q();
                     t.q_fragments();
                     match t.walk(&mut frags) {

@@ -33,16 +33,14 @@ pub(super) struct Carry<'c> {
     /// completes, from the row sums `l` and carried slot `closed`.
     closing: Var<'c>,
     closed: Var<'c>,
-    /// 1 from opening an item until its first chunk was computed; `first_done` 1 while
-    /// the previous chunk was its item's first, so that its `P V` starts the
+    /// The open item's first chunk (counted across items): its `P V` starts the
     /// accumulators afresh (`ptx::WGMMA_FRESH`: clearing them instead made ptxas
     /// serialise every wgmma).
-    opening: Var<'c>,
-    first_done: Var<'c>,
+    first: Var<'c>,
     /// The closing item's thread-partial row sums.
     l: [Var<'c>; 2],
     /// The P words of the previous chunk (its `P V` is issued with the next `Q K^T`).
-    p: Vec<[Var<'c>; 4]>,
+    p: KeptP<'c>,
     /// The chunk cursor of the open item and the end of its runs.
     cur: Cursor<'c>,
     end: Var<'c>,
@@ -69,12 +67,9 @@ impl<'a, 'c> Attention<'a, 'c> {
             opened: int(),
             closing: int(),
             closed: int(),
-            opening: int(),
-            first_done: int(),
+            first: int(),
             l: [float(), float()],
-            p: (0..self.cfg.shape.bn / 16)
-                .map(|_| [0; 4].map(|_| int()))
-                .collect(),
+            p: self.kept_p(),
             cur: self.new_cursor(),
             end: int(),
         }
@@ -296,11 +291,11 @@ impl<'a, 'c> Attention<'a, 'c> {
                     let v = g.uremi(prev, 2);
                     t.ring_wait(Ring::KFull, k, g.udivi(n, 2));
                     t.ring_wait(Ring::VFull, v, g.udivi(prev, 2));
-                    f.p = t.kept_p();
-                    t.pv_word = Some(t.pv_word_now());
+                    t.carry().p.restore(g, f);
                     let step = Step::Steady {
                         k,
                         v_prev: t.v_buf(v),
+                        word: t.pv_word(prev),
                     };
                     let r = t.chunk(&body, &c_cur, k, step, f, &mut |t| {
                         t.ring_arrive(Ring::KEmpty, k);
@@ -316,9 +311,8 @@ impl<'a, 'c> Attention<'a, 'c> {
             let last = g.addi(g.geti(n_var), -1);
             let v = g.uremi(last, 2);
             t.ring_wait(Ring::VFull, v, g.udivi(last, 2));
-            f.p = t.kept_p();
-            t.pv_word = Some(t.pv_word_now());
-            t.pv_wgmma(t.v_buf(v), f);
+            t.carry().p.restore(g, f);
+            t.pv_wgmma(t.v_buf(v), t.pv_word(last), f);
             t.ring_arrive(Ring::VEmpty, v);
             t.store_closed(&acc, g.geti(c_closed));
         });
@@ -326,8 +320,7 @@ impl<'a, 'c> Attention<'a, 'c> {
     }
 
     /// After chunk `n` (`r`, its lowering's result, kept in `err` when it failed): its P
-    /// words kept for its `P V`, whether it was its item's first, the cursor and the count
-    /// moved on.
+    /// words kept for its `P V`, the cursor and the count moved on.
     fn chunk_done(
         &self,
         r: Result<(), String>,
@@ -340,37 +333,16 @@ impl<'a, 'c> Attention<'a, 'c> {
         if let Err(e) = r {
             *err = Some(e);
         }
-        self.keep_p(f);
-        g.set(c.first_done, g.geti(c.opening));
-        g.set(c.opening, g.i32(0));
+        c.p.keep(g, f);
         self.advance(&c.cur, g.geti(c.end));
         g.set(self.chunk_counter(), g.addi(n, 1));
     }
 
-    /// The predicate word of the `P V` of the previous chunk: fresh when that chunk was
-    /// its item's first.
-    fn pv_word_now(&self) -> IntValue<'c> {
+    /// The predicate word of chunk `n`'s `P V`: fresh when it was its item's first.
+    fn pv_word(&self, n: IntValue<'c>) -> IntValue<'c> {
         let g = self.g;
-        let first = g.icmp(IntPredicate::NE, g.geti(self.carry().first_done), g.i32(0));
+        let first = g.icmp(IntPredicate::EQ, n, g.geti(self.carry().first));
         g.seli(first, g.i32(ptx::WGMMA_FRESH), g.i32(ptx::WGMMA_ACCUMULATE))
-    }
-
-    fn keep_p(&self, f: &Frags<'c>) {
-        let g = self.g;
-        for (vars, words) in self.carry().p.iter().zip(&f.p) {
-            for (v, w) in vars.iter().zip(words) {
-                g.set(*v, *w);
-            }
-        }
-    }
-
-    fn kept_p(&self) -> Vec<[IntValue<'c>; 4]> {
-        let g = self.g;
-        self.carry()
-            .p
-            .iter()
-            .map(|w| w.map(|v| g.geti(v)))
-            .collect()
     }
 
     /// Takes work items from `item` on until one has keys (it becomes the open item, its
@@ -379,7 +351,7 @@ impl<'a, 'c> Attention<'a, 'c> {
     /// stores zeros and releases its buffer at once.
     fn open_next(&mut self, f: &mut Frags<'c>) {
         let g = self.g;
-        let (item, items, stride, live, taken, open_item, opened, opening, cur, end) = {
+        let (item, items, stride, live, taken, open_item, opened, first, cur, end) = {
             let c = self.carry();
             (
                 c.item,
@@ -389,11 +361,12 @@ impl<'a, 'c> Attention<'a, 'c> {
                 c.taken,
                 c.open_item,
                 c.opened,
-                c.opening,
+                c.first,
                 c.cur,
                 c.end,
             )
         };
+        let chunks = self.chunk_counter();
         g.set(live, g.i32(0));
         let t = &mut *self;
         let searching = |g: &Gen<'c>| {
@@ -410,17 +383,15 @@ impl<'a, 'c> Attention<'a, 'c> {
             g.set(taken, g.addi(i, 1));
             let (_, info) = t.q_buffer(b);
             t.q_rows_at(info);
-            for r in 0..2 {
-                g.set(f.m[r], g.f32(f64::NEG_INFINITY));
-                g.set(f.l[r], g.f32(0.0));
-            }
+            t.restart_rows(f);
             let walk = t.walk_at(b);
             g.if_then(walk.has, &mut |g| {
                 t.copy_cursor(&walk.cur, &cur);
                 g.set(end, walk.end);
                 g.set(open_item, it);
                 g.set(live, g.i32(1));
-                g.set(opening, g.i32(1));
+                // The next chunk computed is its first.
+                g.set(first, g.geti(chunks));
                 // Slot `opened % 2` was last read by the store of the item opened two
                 // before, when this one's predecessor's first chunk completed.
                 let k = g.geti(opened);

@@ -42,12 +42,8 @@ impl<'a, 'c> Attention<'a, 'c> {
     ) -> (ptx::Wgmma<'static>, Vec<BasicValueEnum<'c>>) {
         let g = self.g;
         let cfg = self.cfg;
-        let kbase = self.k_buf(buf);
         let ksteps = cfg.d / 16;
-        let descs = (0..ksteps).map(|kk| {
-            let off = (kk / 4) * cfg.shape.bn * 128 + (kk % 4) * 32;
-            self.descriptor(g.addi(kbase, i64::from(off)), 16)
-        });
+        let descs = self.k_major_descs(self.k_buf(buf), cfg.shape.bn);
         let w = ptx::Wgmma {
             elem: cfg.elem,
             n: cfg.shape.bn,
@@ -57,40 +53,57 @@ impl<'a, 'c> Attention<'a, 'c> {
             a_desc: self.q_smem.is_some(),
         };
         let Some(q) = self.q_smem else {
-            return (w, self.wgmma_inputs(&self.qfrag, descs));
+            return (w, self.wgmma_inputs(&self.qfrag, descs.into_iter()));
         };
         // Q by descriptor (the persistent overlapped kernel): this warpgroup's 64 rows of
         // the Q buffer, in K's layout with `bm` rows a half.
         let q = g.add(q, g.muli(g.udivi(self.warp, 4), 64 * 128));
-        let mut args: Vec<BasicValueEnum<'c>> = (0..ksteps)
-            .map(|kk| {
-                let off = (kk / 4) * cfg.shape.bm * 128 + (kk % 4) * 32;
-                self.descriptor(g.addi(q, i64::from(off)), 16).into()
-            })
+        let args = self
+            .k_major_descs(q, cfg.shape.bm)
+            .into_iter()
+            .chain(descs)
+            .map(BasicValueEnum::from)
             .collect();
-        args.extend(descs.map(BasicValueEnum::from));
         (w, args)
+    }
+
+    /// The descriptors of a K-major operand at shared offset `base` in `copied_off`'s
+    /// layout (`rows` rows a 64-element half, 128-byte swizzle), one a k step of the head
+    /// dim: step `kk` starts 32 bytes further into the rows, or in the second half.
+    fn k_major_descs(&self, base: IntValue<'c>, rows: u32) -> Vec<IntValue<'c>> {
+        let g = self.g;
+        (0..self.cfg.d / 16)
+            .map(|kk| {
+                let off = (kk / 4) * rows * 128 + (kk % 4) * 32;
+                self.descriptor(g.addi(base, i64::from(off)), 16)
+            })
+            .collect()
     }
 
     pub(super) fn qk_wgmma(&self, buf: IntValue<'c>, f: &mut Frags<'c>) {
         let (w, args) = self.qk_product(buf);
-        let d = self.wgmma(&[w], Some(0), args, vec![]);
+        let d = self.wgmma(&[w], Some(0), args, vec![], self.accumulate());
         self.set_s_into(f, &d);
+    }
+
+    /// The predicate word of products that add to their accumulators (`S`'s ignores it).
+    pub(super) fn accumulate(&self) -> IntValue<'c> {
+        self.g.i32(ptx::WGMMA_ACCUMULATE)
     }
 
     /// Issues `products` in one `ptx::wgmma_block` (waiting until `pending` groups are left
     /// in flight): `inputs` are the products' A words and descriptors, `tied` the current D
-    /// of the accumulating ones; the predicate word goes between them (`pv_word`: whether
-    /// `P V` adds to the accumulators or starts them afresh). Returns every D.
+    /// of the accumulating ones; the predicate word `word` goes between them (whether an
+    /// accumulating product adds to D or starts it afresh). Returns every D.
     fn wgmma(
         &self,
         products: &[ptx::Wgmma],
         pending: Option<usize>,
         mut inputs: Vec<BasicValueEnum<'c>>,
         tied: Vec<BasicValueEnum<'c>>,
+        word: IntValue<'c>,
     ) -> Vec<BasicValueEnum<'c>> {
         let g = self.g;
-        let word = self.pv_word.unwrap_or_else(|| g.i32(ptx::WGMMA_ACCUMULATE));
         inputs.push(word.into());
         inputs.extend(tied);
         ptx::wgmma_block(products, pending).emit(g.cx, &g.b, &inputs)
@@ -109,7 +122,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         let threads = g.i32(i64::from(self.cfg.compute_threads()));
         ptx::bar_sync().emit(g.cx, &g.b, &[mine.into(), threads.into()]);
         let (w, args) = self.qk_product(buf);
-        let d = self.wgmma(&[w], None, args, vec![]);
+        let d = self.wgmma(&[w], None, args, vec![], self.accumulate());
         ptx::bar_arrive_if().emit(g.cx, &g.b, &[other.into(), threads.into(), arrive.into()]);
         let d = ptx::wgmma_wait(0, d.len()).emit(g.cx, &g.b, &d);
         self.set_s_into(f, &d);
@@ -179,21 +192,27 @@ impl<'a, 'c> Attention<'a, 'c> {
             .collect()
     }
 
-    /// `acc += P V` on wgmma, waited for.
-    pub(super) fn pv_wgmma(&self, vbase: IntValue<'c>, f: &mut Frags<'c>) {
+    /// `acc += P V` on wgmma (`word`: added to, or started afresh), waited for.
+    pub(super) fn pv_wgmma(&self, vbase: IntValue<'c>, word: IntValue<'c>, f: &mut Frags<'c>) {
         for (w, args, tiles) in self.pv_products(vbase, &f.p) {
             let tied = self.acc_values(&f.acc[tiles.clone()]);
-            let d = self.wgmma(&[w], Some(0), args, tied);
+            let d = self.wgmma(&[w], Some(0), args, tied, word);
             self.set_acc(&f.acc[tiles], &d);
         }
     }
 
     /// The overlapped loop's products: `S = Q K^T` of this chunk (K in buffer `k`) and
-    /// `acc += P V` of the previous one (V at `v_prev`, P the previous chunk's, `f.p`)
-    /// issued in one block that waits for `S` only. `P V` runs on: `acc` comes out of this
+    /// `acc += P V` of the previous one (V at `v_prev`, P the previous chunk's, `f.p`;
+    /// `word` its predicate word) issued in one block that waits for `S` only. `P V` runs on: `acc` comes out of this
     /// block owned by the tensor cores until the wait at the `P V` op (`f.held` keeps the P
     /// words alive until then); the softmax in between touches neither.
-    pub(super) fn qk_with_pv(&self, k: IntValue<'c>, v_prev: IntValue<'c>, f: &mut Frags<'c>) {
+    pub(super) fn qk_with_pv(
+        &self,
+        k: IntValue<'c>,
+        v_prev: IntValue<'c>,
+        word: IntValue<'c>,
+        f: &mut Frags<'c>,
+    ) {
         let (qk, mut args) = self.qk_product(k);
         let mut products = vec![qk];
         let mut tied = vec![];
@@ -203,7 +222,7 @@ impl<'a, 'c> Attention<'a, 'c> {
             args.extend(a.iter().copied());
             tied.extend(self.acc_values(&f.acc[tiles.clone()]));
         }
-        let d = self.wgmma(&products, Some(pv.len()), args, tied);
+        let d = self.wgmma(&products, Some(pv.len()), args, tied, word);
         self.set_s_into(f, &d);
         let mut at = (self.cfg.shape.bn / 2) as usize;
         for (w, _, tiles) in &pv {
@@ -231,7 +250,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         let cfg = self.cfg;
         let vbase = self.v_buf(buf);
         if cfg.shape.wgmma {
-            return self.pv_wgmma(vbase, f);
+            return self.pv_wgmma(vbase, self.accumulate(), f);
         }
         let mi = g.udivi(self.lane, 8);
         for t in 0..cfg.shape.bn / 16 {

@@ -233,8 +233,8 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
         // each warpgroup's softmax overlapped with its `P V` (the fastest shapes on dense
         // 16384 and GRAT-B r=2 512x512 in bench/RESULTS.md's sixth session), and the
         // overlapped one persistent, its pipeline carried across work items (seventh
-        // session, run 33: 4 to 5 % ahead of three 64-row blocks an SM on GRAT-B r=1, 4 %
-        // on dense 16384, 1 % behind on r=2).
+        // session, runs 33 and 37: 1.6 to 7 % ahead of three 64-row blocks an SM on
+        // GRAT-B r=1, 2.5 to 3.6 % on dense 16384, from 1 % behind to 2.4 % ahead on r=2).
         if tma_ok {
             for (overlap, persistent) in [(false, false), (true, false), (true, true)] {
                 push(Tuning {
@@ -383,8 +383,8 @@ impl Config {
     }
 
     /// The first mbarrier (tensor copies): one a K/V buffer, or in the overlapped loop one
-    /// a K buffer and one a V buffer (K0, K1, V0, V1). After the query rows' information
-    /// (a slot a Q buffer).
+    /// a K buffer and one a V buffer (K0, K1, V0, V1). The last region of the plan
+    /// (`smem_regions`).
     pub(super) fn mbar(&self) -> u32 {
         self.walks() + self.walk_bytes()
     }
@@ -407,8 +407,8 @@ impl Config {
 
     /// The persistent overlapped kernel: where each computing thread keeps what the store
     /// of a work item needs until the next item's first chunk makes it (two slots of 16
-    /// bytes a thread, a slot an item as the Q buffers), after the query rows'
-    /// information (a slot a Q buffer).
+    /// bytes a thread, slot `i % 2` for the block's `i`-th item with keys), after the
+    /// query rows' information (a slot a Q buffer).
     pub(super) fn carried(&self) -> u32 {
         self.qinfo() + self.q_buffers() * self.shape.bm * 16
     }

@@ -87,6 +87,19 @@ fn read_per_token(path: &Path, spec: &SelectSpec, what: &str) -> Result<Vec<f32>
     Ok(pad_rows(&t.data, b * hs, (t.shape[2], c), 1))
 }
 
+/// An integer input with one value a sequence (`[batch]`).
+fn read_per_sequence(path: &Path, spec: &SelectSpec, what: &str) -> Result<Vec<i64>, Error> {
+    let (shape, data) = npy::read_ints(path)?;
+    if shape != [spec.batch as usize] {
+        return Err(Error::Shape(format!(
+            "{what} `{}` has shape {shape:?}; expected [{}]",
+            path.display(),
+            spec.batch
+        )));
+    }
+    Ok(data)
+}
+
 /// `attnc run` on a selection kernel: on the CPU, or on `gpu` (decode kernels the CUDA
 /// backend covers).
 pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<String, Error> {
@@ -135,16 +148,8 @@ pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<Stri
     };
     let lens: Vec<u32> = match input(files, "lens") {
         Some(p) => {
-            let (shape, data) = npy::read_ints(p)?;
-            if shape != [spec.batch as usize] {
-                return Err(Error::Shape(format!(
-                    "lens `{}` has shape {shape:?}; expected [{}]",
-                    p.display(),
-                    spec.batch
-                )));
-            }
             let mut out = vec![];
-            for l in data {
+            for l in read_per_sequence(p, &spec, "lens")? {
                 if l < 1 || l as usize > n {
                     return Err(Error::Input(format!(
                         "a length of {l} is outside 1..={n} (the tokens in --k)"
@@ -176,15 +181,7 @@ pub fn run(spec: SelectSpec, files: &RunFiles, gpu: Option<&Gpu>) -> Result<Stri
                 spec.kernel
             )));
         }
-        let (shape, data) = npy::read_ints(p)?;
-        if shape != [spec.batch as usize] {
-            return Err(Error::Shape(format!(
-                "steps `{}` has shape {shape:?}; expected [{}]",
-                p.display(),
-                spec.batch
-            )));
-        }
-        st.steps = data
+        st.steps = read_per_sequence(p, &spec, "steps")?
             .iter()
             .map(|&t| {
                 u32::try_from(t).map_err(|_| {
