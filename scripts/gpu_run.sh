@@ -104,9 +104,12 @@ if [ "$MODE" = "ab" ]; then
   suite_rc=$?
   grep -E "FAIL|rows differ" "$OUT/suite.txt" | head -20
   : > "$OUT/ab.txt"
-  # Case: canvas side, R, shape.
-  for c in ${AB_CASES:-"256 1 64x64-wgmma-tma-x3" "256 2 64x64-wgmma-tma-x3" "256 3 64x64-wgmma-tma-x3" "256 1 128x128-wgmma-tma" "512 1 64x64-wgmma-tma-x3" "512 2 64x64-wgmma-tma"}; do
+  # Cases: canvas side, R, shape; AB_CASES separates them by ';' (e.g.
+  # AB_CASES="512 1 128x128-wgmma-tma-ws-ovl-pers;256 1 64x64-wgmma-tma-x3").
+  IFS=';' read -r -a cases <<< "${AB_CASES:-256 1 64x64-wgmma-tma-x3;256 2 64x64-wgmma-tma-x3;256 3 64x64-wgmma-tma-x3;256 1 128x128-wgmma-tma;512 1 64x64-wgmma-tma-x3;512 2 64x64-wgmma-tma}"
+  for c in "${cases[@]}"; do
     set -- $c
+    [ $# -eq 3 ] || { echo "AB_CASES: '$c' is not 'side R shape'"; continue; }
     for rep in 1 2; do
       for bin in $B $A; do
         sleep 1
