@@ -306,6 +306,7 @@ fn attention_shapes_follow_the_gpu_and_the_token_order() {
             "128x128-wgmma-tma-ws",
             "128x128-wgmma-tma-ws-ovl",
             "128x128-wgmma-tma-ws-ovl-pers",
+            "128x128-wgmma-tma-ws-ovl-pers-c4",
         ] {
             assert_eq!(all.contains(&shape(ws)), tiled, "{kernel} {ws}");
         }

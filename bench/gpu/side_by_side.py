@@ -147,6 +147,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer sizes")
     ap.add_argument("--parts", default="plain,text,other", help="which groups: plain (GRAT, no text), text (GRAT + 512 text), other (NA, video, dense), dense (dense alone)")
     ap.add_argument("--sides", default=None, help="canvas sides, e.g. 64,128")
+    ap.add_argument("--grat", default="b1,b2,x", help="which GRAT cases: b1 (GRAT-B r=1), b2 (r=2), x (GRAT-X)")
     a = ap.parse_args()
     out_dir = os.environ.get("RESULTS_DIR", ".")
     rows = []
@@ -167,7 +168,10 @@ def main():
         for side in sides:
             n = side * side + text
             grid = [side // 8, side // 16]
+            wanted = a.grat.split(",")
             for kind, r, kernel in (("b", 1, "grat_b_2d"), ("b", 2, "grat_b_2d"), ("x", 0, "grat_x_2d")):
+                if f"{kind}{r or ''}" not in wanted:
+                    continue
                 case = f"GRAT-{kind.upper()}{' r=' + str(r) if kind == 'b' else ''} {side}x{side}{' +text' if text else ''}"
                 try:
                     blocks, fms, build, first, sustained = flex_case(n, grat_rule(kind, r, grid, text, 128))

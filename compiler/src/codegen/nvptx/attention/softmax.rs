@@ -14,15 +14,29 @@ impl<'a, 'c> Attention<'a, 'c> {
         x
     }
 
+    /// `op` over a row's values: one chain in column order from `init`, or `CHAINS`
+    /// chains (`Tuning::chains`).
+    fn row_reduce(
+        &self,
+        init: FloatValue<'c>,
+        values: Vec<FloatValue<'c>>,
+        op: &dyn Fn(FloatValue<'c>, FloatValue<'c>) -> FloatValue<'c>,
+    ) -> FloatValue<'c> {
+        if self.cfg.shape.chains {
+            interleaved(values, CHAINS, op)
+        } else {
+            values.into_iter().fold(init, op)
+        }
+    }
+
     pub(super) fn row_max(&self, f: &mut Frags<'c>) {
         let g = self.g;
         for row in 0..2 {
-            let mut m = g.f32(f64::NEG_INFINITY);
-            for t in &f.s {
-                for e in [2 * row, 2 * row + 1] {
-                    m = g.maxnum(m, g.getf(t[e]));
-                }
-            }
+            let m = self.row_reduce(
+                g.f32(f64::NEG_INFINITY),
+                row_values(g, &f.s, row),
+                &|a, b| g.maxnum(a, b),
+            );
             f.rowmax[row] = Some(self.quad_reduce(m, true));
         }
     }
@@ -100,15 +114,43 @@ impl<'a, 'c> Attention<'a, 'c> {
     pub(super) fn update_l(&self, f: &mut Frags<'c>) {
         let g = self.g;
         for row in 0..2 {
-            let mut sum = g.f32(0.0);
-            for t in &f.s {
-                for e in [2 * row, 2 * row + 1] {
-                    sum = g.fadd(sum, g.getf(t[e]));
-                }
-            }
+            let sum = self.row_reduce(g.f32(0.0), row_values(g, &f.s, row), &|a, b| g.fadd(a, b));
             g.set(f.l[row], g.fadd(g.getf(f.l[row]), sum));
         }
     }
+}
+
+/// This thread's values of fragment row `row` (0: g, 1: g + 8), in column order.
+fn row_values<'c>(g: &Gen<'c>, s: &[[Var<'c>; 4]], row: usize) -> Vec<FloatValue<'c>> {
+    s.iter()
+        .flat_map(|t| [t[2 * row], t[2 * row + 1]])
+        .map(|v| g.getf(v))
+        .collect()
+}
+
+/// Independent chains a row's max or sum is split into with `Tuning::chains`: one chain is
+/// 32 dependent instructions, each waiting for the last (run 42: the row max took 14 % of
+/// the computing warps' samples); four chains and two steps to join them are a quarter of
+/// that latency.
+const CHAINS: usize = 4;
+
+/// `op` over `values` (at least one) as `chains` interleaved chains joined pairwise.
+fn interleaved<'c>(
+    values: Vec<FloatValue<'c>>,
+    chains: usize,
+    op: &dyn Fn(FloatValue<'c>, FloatValue<'c>) -> FloatValue<'c>,
+) -> FloatValue<'c> {
+    let mut acc: Vec<FloatValue<'c>> = values.iter().take(chains).copied().collect();
+    for (i, v) in values.iter().enumerate().skip(chains) {
+        acc[i % chains] = op(acc[i % chains], *v);
+    }
+    while acc.len() > 1 {
+        acc = acc
+            .chunks(2)
+            .map(|p| if p.len() == 2 { op(p[0], p[1]) } else { p[0] })
+            .collect();
+    }
+    acc[0]
 }
 
 /// How far (log2 units) a chunk's row max may exceed the running max before the running
