@@ -757,7 +757,8 @@ impl Resolver {
             return;
         };
         let li = self.prog.patterns[pi].layout;
-        let rank = self.prog.layouts[li].rank();
+        // A pattern on an unknown layout (E0102) points at layout 0, which may not exist.
+        let rank = self.prog.layouts.get(li).map_or(1, LayoutDef::rank);
         let axes = axis_names(rank.max(1));
         let scopes = self.chain(Scope::Kernel(ki));
         let penv = Env {
