@@ -149,7 +149,8 @@ pub fn check_ast_spans(f: &File, len: usize) -> Result<(), String> {
                         KernelStmt::Param(d) => params(d)?,
                         KernelStmt::Setting { value: e, span, .. }
                         | KernelStmt::Score { expr: e, span } => expr(e, *span)?,
-                        KernelStmt::Input { dims, span, .. } => {
+                        KernelStmt::Input { dims, span, .. }
+                        | KernelStmt::Outputs { names: dims, span } => {
                             dims.iter().try_for_each(|d| expr(d, *span))?
                         }
                         KernelStmt::Override(b) => value(&b.value, b.span)?,
