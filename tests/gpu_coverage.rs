@@ -3,6 +3,7 @@
 
 use attnc::codegen::nvptx::decode::{self, Role};
 use attnc::codegen::nvptx::Arch;
+use attnc::driver::{self, Source, Stage};
 use attnc::select::spec::SelectSpec;
 use attnc_tests::select_spec;
 
@@ -94,4 +95,45 @@ fn page_means_run_on_the_cpu_only_and_say_so() {
         refusal(&s),
         "`centroid_decode` runs on the CPU only so far: the CUDA backend has no `page_mean` scoring yet (docs/kv-selection.md, \"GPU coverage\")"
     );
+}
+
+/// An attention kernel with `outputs lse;` is refused on the GPU (E0812) with the words
+/// and the place, never compiled without its log-sum-exps; without `--kernel` the GPU
+/// stages leave it out, as they leave out the selection kernels the GPU does not cover.
+#[test]
+fn attention_log_sum_exps_are_refused_on_the_gpu() {
+    let src = Source::new(
+        "lse.attn",
+        "layout sequence { param N = 256; canvas (N); tile (64); }
+pattern full on sequence {}
+kernel plain = attention(full) { head_dim 64; }
+kernel with_lse = attention(full) { head_dim 64; outputs lse; }
+",
+    );
+    let diags = driver::emit(&src, Stage::Ptx, Some("with_lse"), &[]).expect_err("refused");
+    assert_eq!(
+        src.render(&diags, false),
+        "error[E0812]: `with_lse` runs on the CPU only so far: the CUDA backend does not write `outputs lse` (the rows' log-sum-exps) yet (docs/attention-lse.md)
+  ┌─ lse.attn:4:58
+  │
+4 │ kernel with_lse = attention(full) { head_dim 64; outputs lse; }
+  │                                                          ^^^ written by the CPU backend only
+  │
+  = help: run it with --backend cpu
+
+"
+    );
+    let diags = driver::emit(&src, Stage::Llvm, Some("with_lse"), &[]).expect_err("refused");
+    assert_eq!(diags[0].code, "E0812");
+    let (ptx, _) = driver::emit(&src, Stage::Ptx, None, &[]).expect("the other kernel");
+    assert!(ptx.contains(".entry attnc_plain("), "{ptx}");
+    assert!(!ptx.contains("attnc_with_lse"));
+    // Past the refusal, the code generator itself fails on the op it cannot lower rather
+    // than leave the log-sum-exps unwritten.
+    let (fe, _) = driver::frontend(&src).expect("frontend");
+    let k = driver::find_kernel(&fe.program, "with_lse").expect("kernel");
+    let c = driver::compile_kernel(&fe.program, k, &[]).expect("compiles");
+    let err = attnc::codegen::nvptx::compile(&c.ir, &c.schedule.geom, &[], Arch::Sm90)
+        .expect_err("no CUDA lowering of the log-sum-exps");
+    assert!(err.contains("cannot lower `log_sum_exp`"), "{err}");
 }

@@ -3,7 +3,7 @@
 
 use attnc::driver::{self, Source, Stage};
 use attnc::sema::instantiate::Binding;
-use attnc_tests::{kernel_files, root};
+use attnc_tests::{kernel_files, root, with_lse};
 
 fn kernels() -> Vec<(Source, String)> {
     let mut out = vec![];
@@ -55,6 +55,25 @@ fn ir_snapshots() {
             .unwrap_or_else(|d| panic!("{}", src.render(&d, false)));
         insta::assert_snapshot!(format!("ir__{k}"), text);
     }
+}
+
+/// `outputs lse;` adds to the IR the `lse` argument, a `log_sum_exp` of the key loop's
+/// final running max and sum (in base 2 after `fold-log2e`, as the softmax) and its store;
+/// the kernels without it keep their IR (`ir_snapshots`), and `--emit spec` names the
+/// output.
+#[test]
+fn ir_snapshot_of_a_kernel_with_log_sum_exps() {
+    let text = std::fs::read_to_string(root().join("kernels/dense.attn")).expect("dense.attn");
+    let src = Source::new("dense.attn", with_lse(&text, "causal"));
+    let (ir, _) = driver::emit(&src, Stage::Ir, Some("causal"), &[])
+        .unwrap_or_else(|d| panic!("{}", src.render(&d, false)));
+    insta::assert_snapshot!("ir__causal_outputs_lse", ir);
+    let (spec, _) = driver::emit(&src, Stage::Spec, Some("causal"), &[])
+        .unwrap_or_else(|d| panic!("{}", src.render(&d, false)));
+    assert!(
+        spec.ends_with("output lse: f32[1, 24, 4096] (natural log)\n"),
+        "{spec}"
+    );
 }
 
 #[test]

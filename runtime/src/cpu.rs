@@ -47,8 +47,9 @@ impl Scratch {
 
 /// The call context shared by the worker threads.
 struct Shared(Ctx);
-// SAFETY: the pointers in `Ctx` are read-only (inputs, tables) except `o`, and every call
-// writes the output rows of its own (batch, head, query tile), disjoint from all others.
+// SAFETY: the pointers in `Ctx` are read-only (inputs, tables) except `o` and `lse`, and
+// every call writes the output rows of its own (batch, head, query tile), disjoint from
+// all others.
 unsafe impl Sync for Shared {}
 
 impl CpuKernel {
@@ -119,7 +120,33 @@ impl CpuKernel {
         Ok(())
     }
 
+    /// Checks the log-sum-exps' buffer: given exactly when the kernel writes them
+    /// (`outputs lse;`), of their shape.
+    fn check_lse(&self, lse: Option<usize>) -> Result<(), Error> {
+        let m = &self.manifest;
+        match (m.lse_shape(), lse) {
+            (None, None) => Ok(()),
+            (Some(shape), None) => Err(Error::Shape(format!(
+                "kernel `{}` writes its rows' log-sum-exps (`outputs lse;`): pass a buffer of {} values {shape:?} (run_with_lse)",
+                m.kernel,
+                shape.iter().product::<usize>()
+            ))),
+            (None, Some(_)) => Err(Error::Shape(format!(
+                "kernel `{}` writes no log-sum-exps: add `outputs lse;` to its body",
+                m.kernel
+            ))),
+            (Some(shape), Some(n)) if n != shape.iter().product::<usize>() => {
+                Err(Error::Shape(format!(
+                    "the lse output holds {n} values; expected {} = {shape:?}",
+                    shape.iter().product::<usize>()
+                )))
+            }
+            (Some(_), Some(_)) => Ok(()),
+        }
+    }
+
     /// Runs the kernel: `out` is `[batch, heads, tokens, value_dim]`, fully overwritten.
+    /// A kernel with `outputs lse;` needs [`CpuKernel::run_with_lse`].
     pub fn run(
         &self,
         q: TensorRef,
@@ -128,7 +155,24 @@ impl CpuKernel {
         inputs: &[TensorRef],
         out: &mut [f32],
     ) -> Result<(), Error> {
+        self.run_with_lse(q, k, v, inputs, out, None)
+    }
+
+    /// As [`CpuKernel::run`], and for a kernel with `outputs lse;` each query row's
+    /// log-sum-exp into `lse` (`[batch, heads, tokens]`, natural log, -inf for a row that
+    /// sees no key), fully overwritten. `lse` must be given exactly when the kernel writes
+    /// them.
+    pub fn run_with_lse(
+        &self,
+        q: TensorRef,
+        k: TensorRef,
+        v: TensorRef,
+        inputs: &[TensorRef],
+        out: &mut [f32],
+        lse: Option<&mut [f32]>,
+    ) -> Result<(), Error> {
         self.check(q, k, v, inputs, out.len())?;
+        self.check_lse(lse.as_ref().map(|l| l.len()))?;
         let m = &self.manifest;
         let rows: Vec<*const u32> = self.rows.iter().map(|r| r.as_ptr()).collect();
         let runs: Vec<*const u32> = self.runs.iter().map(|r| r.as_ptr()).collect();
@@ -142,6 +186,7 @@ impl CpuKernel {
             runs: runs.as_ptr(),
             head_variant: self.head_variant.as_ptr(),
             inputs: ins.as_ptr(),
+            lse: lse.map_or(std::ptr::null_mut(), |l| l.as_mut_ptr()),
         });
         let tiles = self.total_tiles;
         let jobs = m.batch * m.heads * tiles;
@@ -157,8 +202,9 @@ impl CpuKernel {
                 // shape the code was compiled for; the tables are this kernel's schedule
                 // (one CSR row per tile, variants per head below the variant count);
                 // (b, h, t) are in range; the scratch buffer is this thread's own, of
-                // `scratch_bytes` bytes, 64-byte aligned; each job writes only the output
-                // rows of its own query tile, so concurrent jobs never overlap.
+                // `scratch_bytes` bytes, 64-byte aligned; `lse` is null only when the
+                // kernel writes none (`check_lse`); each job writes only the output (and
+                // lse) rows of its own query tile, so concurrent jobs never overlap.
                 unsafe {
                     self.module
                         .call(&shared.0, b as i64, h as i64, t as i64, scratch.ptr())

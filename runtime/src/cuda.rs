@@ -123,6 +123,13 @@ pub struct DeviceArgs {
 
 impl CudaKernel {
     pub fn load(gpu: &Gpu, artefact: GpuArtefact) -> Result<CudaKernel, Error> {
+        // The GPU code writes `o` only (`artefact::supported`).
+        if let Some((name, _)) = artefact.manifest.outputs.first() {
+            return Err(Error::Input(format!(
+                "the artefact of `{}` lists the output `{name}`, which the CUDA backend does not write yet; run it with --backend cpu",
+                artefact.manifest.kernel
+            )));
+        }
         let module = gpu
             .ctx
             .load_module(Ptx::from_src(artefact.ptx.clone()))

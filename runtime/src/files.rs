@@ -17,6 +17,8 @@ pub struct NpyArgs {
 pub struct RunReport {
     pub shape: Vec<usize>,
     pub millis: f64,
+    /// The shape of the log-sum-exps written (`outputs lse;` and a path for them).
+    pub lse_shape: Option<Vec<usize>>,
 }
 
 /// The tensors read from the files of one run, inputs in the manifest's order.
@@ -80,15 +82,42 @@ fn run_with(
     Ok(RunReport {
         shape: o.shape,
         millis,
+        lse_shape: None,
     })
 }
 
-/// Reads the tensors, checks them against the kernel's manifest, runs, writes `out`.
-pub fn run_npy(kernel: &CpuKernel, args: &NpyArgs, out: &Path) -> Result<RunReport, Error> {
-    run_with(kernel.manifest(), args, out, |t, o| {
+/// Reads the tensors, checks them against the kernel's manifest, runs, writes `out`, and
+/// for a kernel with `outputs lse;` its rows' log-sum-exps (`[batch, heads, tokens]` f32)
+/// to `lse_out` when given (a path for a kernel without them is an error, before anything
+/// is read).
+pub fn run_npy(
+    kernel: &CpuKernel,
+    args: &NpyArgs,
+    out: &Path,
+    lse_out: Option<&Path>,
+) -> Result<RunReport, Error> {
+    let m = kernel.manifest();
+    let mut lse = match (m.lse_shape(), lse_out) {
+        (None, Some(p)) => {
+            return Err(Error::Shape(format!(
+                "kernel `{}` writes no log-sum-exps for `{}`: add `outputs lse;` to its body",
+                m.kernel,
+                p.display()
+            )))
+        }
+        (Some(shape), _) => Some(Tensor::zeros(shape.to_vec())),
+        (None, None) => None,
+    };
+    let mut r = run_with(m, args, out, |t, o| {
         let views: Vec<_> = t.inputs.iter().map(Tensor::view).collect();
-        kernel.run(t.q.view(), t.k.view(), t.v.view(), &views, o)
-    })
+        let lse = lse.as_mut().map(|l| l.data.as_mut_slice());
+        kernel.run_with_lse(t.q.view(), t.k.view(), t.v.view(), &views, o, lse)
+    })?;
+    if let (Some(p), Some(l)) = (lse_out, &lse) {
+        npy::write(p, l)?;
+        r.lse_shape = Some(l.shape.clone());
+    }
+    Ok(r)
 }
 
 /// As [`run_npy`], on the GPU (inputs converted to the kernel's 16-bit type).

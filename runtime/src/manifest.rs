@@ -40,6 +40,10 @@ pub struct Manifest {
     pub tile_tokens: usize,
     /// Declared inputs of score modifiers: name and shape.
     pub inputs: Vec<(String, Vec<usize>)>,
+    /// Outputs beside `o` (`[batch, heads, tokens, value_dim]`): name and shape. `lse`
+    /// `[batch, heads, tokens]` f32 for a kernel with `outputs lse;`.
+    #[serde(default)]
+    pub outputs: Vec<(String, Vec<usize>)>,
 }
 
 impl Manifest {
@@ -75,7 +79,27 @@ impl Manifest {
                 .iter()
                 .map(|i| (i.name.clone(), i.dims.iter().map(|d| *d as usize).collect()))
                 .collect(),
+            outputs: s
+                .outputs
+                .lse
+                .map(|_| {
+                    let (b, h) = (s.batch as usize, s.heads as usize);
+                    (
+                        "lse".to_string(),
+                        vec![b, h, c.schedule.geom.total_tokens as usize],
+                    )
+                })
+                .into_iter()
+                .collect(),
         }
+    }
+
+    /// The shape of the log-sum-exps the kernel writes (`outputs lse;`), if it does.
+    pub fn lse_shape(&self) -> Option<&[usize]> {
+        self.outputs
+            .iter()
+            .find(|(n, _)| n == "lse")
+            .map(|(_, d)| d.as_slice())
     }
 
     pub fn q_shape(&self) -> [usize; 4] {

@@ -1,7 +1,8 @@
 //! The reference implementation, written plainly in f64: dense attention over every key,
 //! with the mask decided token pair by token pair by the pattern's definition
-//! (`pattern::brute::Oracle`) and the score modifier evaluated by the interpreter. Slow on
-//! purpose: it is the oracle the compiled kernels are tested against.
+//! (`pattern::brute::Oracle`) and the score modifier evaluated by the interpreter, and each
+//! row's log-sum-exp. Slow on purpose: it is the oracle the compiled kernels are tested
+//! against.
 
 use attnc::pattern::brute::Oracle;
 use attnc::pattern::geometry::TokenRef;
@@ -20,6 +21,20 @@ pub fn attention(
     v: TensorRef,
     inputs: &[TensorRef],
 ) -> Result<Vec<f64>, Error> {
+    attention_with_lse(spec, q, k, v, inputs).map(|(out, _)| out)
+}
+
+/// The output, as [`attention`], and each query row's log-sum-exp `[batch, heads, tokens]`
+/// in f64: `ln sum_j exp(s_j)` over the keys `j` the row sees, `s_j` its score after the
+/// scale and the score modifier (what `outputs lse;` writes, FlashAttention's
+/// `softmax_lse`); -inf for a row that sees no key.
+pub fn attention_with_lse(
+    spec: &Spec,
+    q: TensorRef,
+    k: TensorRef,
+    v: TensorRef,
+    inputs: &[TensorRef],
+) -> Result<(Vec<f64>, Vec<f64>), Error> {
     let oracle = Oracle::new(spec).map_err(Error::Compile)?;
     let g = &oracle.geom;
     let n = g.total_tokens as usize;
@@ -50,6 +65,7 @@ pub fn attention(
         })
         .collect();
     let mut out = vec![0f64; b_n * h_n * n * dv];
+    let mut lse = vec![f64::NEG_INFINITY; b_n * h_n * n];
     let mut scores = vec![0f64; n];
     let mut active = vec![false; n];
     // Mask rows are computed once per (head variant, query) and shared by its heads.
@@ -113,11 +129,12 @@ pub fn attention(
                     for x in o.iter_mut() {
                         *x /= sum;
                     }
+                    lse[(b * h_n + h) * n + i] = max + sum.ln();
                 }
             }
         }
     }
-    Ok(out)
+    Ok((out, lse))
 }
 
 fn eval_error(e: EvalError) -> Error {

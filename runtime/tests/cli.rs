@@ -987,3 +987,106 @@ fn window_lse_takes_the_log_sum_exps_as_an_input() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("`p` has no use for lse"), "{err}");
 }
+
+/// `attnc run --lse-out`: a kernel with `outputs lse;` writes its rows' log-sum-exps
+/// (`[batch, heads, tokens]` f32, as the f64 reference's) beside the output; a kernel
+/// without them, a selection kernel and the CUDA backend (E0812, before any GPU is
+/// looked for) refuse the request with the reason.
+#[test]
+fn run_writes_the_log_sum_exps_with_lse_out() {
+    let src = tmp("lse.attn");
+    std::fs::write(
+        &src,
+        "layout sequence { param N = 96; canvas (N); tile (32); }\n\
+         pattern lower on sequence { tiles: kx <= qx; tokens: kx <= qx; }\n\
+         kernel causal = attention(lower) { heads 4; kv_heads 2; head_dim 16; outputs lse; }\n\
+         kernel plain = attention(lower) { heads 4; kv_heads 2; head_dim 16; }\n\
+         select s { source exact; budget 32 tokens; }\n\
+         kernel d = decode(s) { heads 4; kv_heads 2; head_dim 16; CONTEXT = 96; }\n",
+    )
+    .expect("write");
+    let (qs, kvs) = ([1usize, 4, 96, 16], [1usize, 2, 96, 16]);
+    let q = write_npy("lse_q.npy", &qs, random(qs.iter().product(), 71));
+    let k = write_npy("lse_k.npy", &kvs, random(kvs.iter().product(), 72));
+    let v = write_npy("lse_v.npy", &kvs, random(kvs.iter().product(), 73));
+    let (out, lse) = (tmp("lse_o.npy"), tmp("lse_lse.npy"));
+    let run_kernel = |kernel: &str, extra: &[&str]| {
+        run(attnc()
+            .arg("run")
+            .arg(&src)
+            .args(["--kernel", kernel])
+            .qkv(&q, &k, &v)
+            .arg("-o")
+            .arg(&out)
+            .arg("--lse-out")
+            .arg(&lse)
+            .args(extra))
+    };
+    let (code, _, err) = run_kernel("causal", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("lse [1, 4, 96] to {}", lse.display())),
+        "{err}"
+    );
+    let got = attnc_runtime::npy::read(&lse).expect("lse readable");
+    assert_eq!(got.shape, vec![1, 4, 96]);
+    let text = std::fs::read_to_string(&src).expect("source");
+    let c =
+        attnc_runtime::cache::compile(&attnc::driver::Source::new("lse.attn", text), "causal", &[])
+            .expect("compiles");
+    let t = |p: &PathBuf| attnc_runtime::npy::read(p).expect("npy");
+    let (qt, kt, vt) = (t(&q), t(&k), t(&v));
+    let (_, want) =
+        attnc_runtime::reference::attention_with_lse(&c.spec, qt.view(), kt.view(), vt.view(), &[])
+            .expect("reference");
+    for (a, b) in got.data.iter().zip(&want) {
+        let e = (f64::from(*a) - b).abs() / b.abs().max(1.0);
+        assert!(e < 1e-5, "lse {a}, reference {b}");
+    }
+    let (code, _, err) = run_kernel("plain", &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "error: --lse-out {}: `plain` writes no log-sum-exps; add `outputs lse;` to its body",
+            lse.display()
+        )),
+        "{err}"
+    );
+    let (code, _, err) = run_kernel("d", &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("error: `d`: --lse-out is for attention kernels with `outputs lse;`"),
+        "{err}"
+    );
+    let (code, _, err) = run_kernel("causal", &["--backend", "cuda"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error[E0812]: `causal` runs on the CPU only so far: the CUDA backend does not write `outputs lse` (the rows' log-sum-exps) yet (docs/attention-lse.md)"),
+        "{err}"
+    );
+    assert!(err.contains("= help: run it with --backend cpu"), "{err}");
+    let (code, _, err) = run(attnc()
+        .arg("compile")
+        .arg(&src)
+        .args(["--kernel", "causal", "--emit", "ptx"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error[E0812]: `causal` runs on the CPU only"),
+        "{err}"
+    );
+    let (code, _, err) = run(attnc()
+        .arg("compile")
+        .arg(&src)
+        .args(["--kernel", "causal", "--out-dir"])
+        .arg(tmp("lse_artefacts")));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("error[E0812]"), "{err}");
+    assert!(!tmp("lse_artefacts/causal.ptx").exists());
+    // The CPU benchmark times the kernel writing its log-sum-exps.
+    let (code, out, err) = run(attnc()
+        .arg("bench")
+        .arg(&src)
+        .args(["--kernel", "causal", "--runs", "1"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("causal on the CPU"), "{out}");
+}

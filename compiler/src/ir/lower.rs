@@ -1,6 +1,6 @@
 //! Spec + schedule -> kernel IR: the FlashAttention-2 forward for one (batch, head, query
 //! tile): load the query tile, loop over the schedule's key tiles with an online softmax,
-//! normalise, store.
+//! normalise, store (and, with `outputs lse;`, each row's log-sum-exp).
 
 use super::*;
 use crate::pattern::Schedule;
@@ -69,6 +69,15 @@ pub fn lower(spec: &Spec, sched: &Schedule) -> Kernel {
     let kt = k.add(Op::Arg(Tensor::K), vec![tensor(spec.kv_heads, d)], r0, &[]);
     let vt = k.add(Op::Arg(Tensor::V), vec![tensor(spec.kv_heads, dv)], r0, &[]);
     let o = k.add(Op::Arg(Tensor::O), vec![tensor(spec.heads, dv)], r0, &[]);
+    let lse = spec.outputs.lse.map(|_| {
+        let ty = Type::Tensor {
+            elem: Elem::F32,
+            heads: spec.heads,
+            tokens: g.total_tokens,
+            dim: 1,
+        };
+        k.add(Op::Arg(Tensor::Lse), vec![ty], r0, &[])
+    });
     let pid = k.add(
         Op::ProgramId,
         vec![Type::Index, Type::Index, Type::Index],
@@ -214,5 +223,19 @@ pub fn lower(spec: &Spec, sched: &Schedule) -> Kernel {
         r0,
         &[value(o, 0), b, h, qt, value(out, 0)],
     );
+    if let Some(lse) = lse {
+        let rows_lse = k.add(
+            Op::LogSumExp { exp2: false },
+            vec![rows(bq)],
+            r0,
+            &[value(lp, 0), value(lp, 1)],
+        );
+        k.add(
+            Op::Store,
+            vec![],
+            r0,
+            &[value(lse, 0), b, h, qt, value(rows_lse, 0)],
+        );
+    }
     k
 }

@@ -89,6 +89,8 @@ pub enum Tensor {
     K,
     V,
     O,
+    /// Each query row's log-sum-exp (`outputs lse;`): `[batch, heads, tokens, 1]` f32.
+    Lse,
 }
 
 impl Tensor {
@@ -98,6 +100,7 @@ impl Tensor {
             Tensor::K => "k",
             Tensor::V => "v",
             Tensor::O => "o",
+            Tensor::Lse => "lse",
         }
     }
 }
@@ -131,7 +134,8 @@ pub enum Op {
     /// Loads the tile of a tensor at (batch, head, tile) into a scope. Rows past the
     /// sequence or the tile's valid length are zero-filled, never read.
     Load(Tensor),
-    /// Stores a register tile into the output at (batch, head, tile); only existing rows.
+    /// Stores a register tile into an output at (batch, head, tile); only existing rows.
+    /// Rows (one value each) go into a tensor of dim 1 (the log-sum-exps).
     Store,
     /// A constant tile or row vector.
     Const(f64),
@@ -161,6 +165,11 @@ pub enum Op {
     RescaleAdd,
     /// `acc / l` per row; rows with `l == 0` (no key seen) become 0.
     Normalize,
+    /// Each row's log-sum-exp in natural log, from the loop's final running max and sum:
+    /// operands (m, l). `exp2` (the softmax runs in base 2 after `fold-log2e`: `m` is a
+    /// maximum of scores times log2(e), `l` a sum of `2^(s - m)`): `(m + log2(l)) * ln 2`;
+    /// otherwise `m + ln(l)`. Rows with `l == 0` (no key seen) get -inf.
+    LogSumExp { exp2: bool },
     /// Loop over the key tiles of the query tile (operand 0), carrying the other operands.
     /// Results are the carried values after the last iteration.
     KvLoop { source: KvSource, region: RegionId },
@@ -191,6 +200,7 @@ impl Op {
             Op::SoftmaxUpdate { .. } => "softmax_update",
             Op::RescaleAdd => "rescale_add",
             Op::Normalize => "normalize",
+            Op::LogSumExp { .. } => "log_sum_exp",
             Op::KvLoop { .. } => "kv_loop",
             Op::KvTile => "kv_tile",
             Op::Carry(_) => "carry",
@@ -442,6 +452,20 @@ impl Kernel {
                 },
             );
         }
+    }
+
+    /// For a result of a `kv_loop`, the op that gives it: the producer of the matching
+    /// operand of the body's yield (the last iteration's value).
+    pub fn yielded_by(&self, v: Value) -> Option<&Op> {
+        let Op::KvLoop { region, .. } = self.graph.node_weight(v.node)?.op else {
+            return None;
+        };
+        let y = self
+            .region_nodes(region)
+            .into_iter()
+            .find(|n| self.node(*n).op == Op::Yield)?;
+        let src = self.operands(y).get(v.result as usize).copied()?;
+        Some(&self.node(src.node).op)
     }
 
     /// Is region `inner` equal to or nested in `outer`?

@@ -51,6 +51,13 @@ fn op_text(k: &Kernel, op: &Op) -> String {
                 "softmax_update exp".into()
             }
         }
+        Op::LogSumExp { exp2 } => {
+            if *exp2 {
+                "log_sum_exp exp2".into()
+            } else {
+                "log_sum_exp exp".into()
+            }
+        }
         Op::KvLoop { source, region } => {
             let src = match source {
                 KvSource::Closed => {

@@ -152,10 +152,18 @@ fn node(k: &Kernel, n: NodeIndex) -> Result<(), String> {
         Op::Store => {
             arity(5)?;
             results(0)?;
-            let Some(Type::Tensor { dim, .. }) = tys[0] else {
+            let Some(Type::Tensor { elem, dim, .. }) = tys[0] else {
                 return Err("operand 0 must be a tensor".into());
             };
             (1..4).try_for_each(index)?;
+            if let Some(Type::Rows { rows, .. }) = tys[4] {
+                expect(elem == Elem::F32 && dim == 1, || {
+                    "rows are stored into an f32 tensor of dim 1".into()
+                })?;
+                return expect(rows == k.info.tile_q, || {
+                    format!("storing {rows} rows of a {}-row query tile", k.info.tile_q)
+                });
+            }
             let (scope, _, _, cols) = tile(tys[4])?;
             expect(scope == Scope::Register, || {
                 "stores write register tiles".into()
@@ -271,6 +279,27 @@ fn node(k: &Kernel, n: NodeIndex) -> Result<(), String> {
                     }),
                 || "l must be rows of the tile".into(),
             )
+        }
+        Op::LogSumExp { exp2 } => {
+            arity(2)?;
+            let Some(
+                rows @ Type::Rows {
+                    elem: Elem::F32, ..
+                },
+            ) = tys[0]
+            else {
+                return Err("m must be f32 rows".into());
+            };
+            expect(tys[1] == Some(rows) && nd.results == vec![rows], || {
+                "l and the result are rows like m".into()
+            })?;
+            match k.yielded_by(ops[0]) {
+                Some(Op::SoftmaxUpdate { exp2: base2 }) => expect(*base2 == *exp2, || {
+                    "its units (exp or exp2) differ from those of the softmax update that gives m"
+                        .into()
+                }),
+                _ => Ok(()),
+            }
         }
         Op::KvLoop { region, .. } => {
             expect(!ops.is_empty(), || "a loop needs the query tile".into())?;

@@ -1,7 +1,8 @@
 //! `fold-log2e`: switches the online softmax to exp2 by scaling scores with log2(e). With
 //! no score modifier the factor folds into the existing `scale` node (one multiply per
 //! score, as FlashAttention does); otherwise a scale is inserted after the modifier, since
-//! the modifier sees natural-unit scores.
+//! the modifier sees natural-unit scores. A `log_sum_exp` of the loop's running max and
+//! sum follows its softmax into base 2 (it then converts back to natural log).
 
 use petgraph::visit::EdgeRef;
 
@@ -76,6 +77,25 @@ impl Pass for FoldLog2e {
             k.graph[u].op = Op::SoftmaxUpdate { exp2: true };
             changes += 1;
         }
-        changes
+        changes + base2_log_sum_exps(k)
     }
+}
+
+/// Marks base 2 the `log_sum_exp`s whose running max comes from a base-2 softmax update;
+/// returns how many.
+fn base2_log_sum_exps(k: &mut Kernel) -> usize {
+    let lses: Vec<_> = k
+        .graph
+        .node_indices()
+        .filter(|n| k.node(*n).op == Op::LogSumExp { exp2: false })
+        .filter(|n| {
+            k.operands(*n)
+                .first()
+                .is_some_and(|m| k.yielded_by(*m) == Some(&Op::SoftmaxUpdate { exp2: true }))
+        })
+        .collect();
+    for n in &lses {
+        k.graph[*n].op = Op::LogSumExp { exp2: true };
+    }
+    lses.len()
 }

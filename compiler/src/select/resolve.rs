@@ -644,6 +644,13 @@ impl<'a> Inst<'a, '_> {
                     "only attention kernels take `input`",
                     "use `source external;` for a score tensor",
                 ),
+                KernelStmt::Outputs { span, .. } => self.err_hint(
+                    "E0811",
+                    "a selection kernel has no `outputs`",
+                    *span,
+                    "only attention kernels take `outputs`",
+                    "remove it: a selection's outputs are its `select`'s `output` clause (`indices` or `compacted`)",
+                ),
                 KernelStmt::Param(_) | KernelStmt::Override(_) => {}
             }
         }

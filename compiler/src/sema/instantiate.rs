@@ -580,6 +580,7 @@ impl<'a> Inst<'a> {
             scale,
             score,
             inputs,
+            outputs: k.outputs,
             kernel_span: k.span,
             pattern_span: pat.span,
         })

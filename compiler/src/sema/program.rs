@@ -159,6 +159,22 @@ pub struct InputDef {
     pub dims: Vec<Expr>,
 }
 
+/// What an attention kernel writes beside its output `o` (`outputs lse;`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outputs {
+    /// Each query row's log-sum-exp, `[BATCH, HEADS, tokens]` f32; where `lse` was
+    /// named, when it was.
+    pub lse: Option<Span>,
+}
+
+impl Outputs {
+    /// The names `outputs` accepts, with what each one is (for diagnostics).
+    pub const KNOWN: [(&'static str, &'static str); 1] = [(
+        "lse",
+        "each query row's log-sum-exp, `[BATCH, HEADS, tokens]` f32",
+    )];
+}
+
 #[derive(Clone, Debug)]
 pub struct KernelDef {
     pub name: String,
@@ -171,6 +187,7 @@ pub struct KernelDef {
     pub scale: Option<Expr>,
     pub score: Option<Expr>,
     pub inputs: Vec<InputDef>,
+    pub outputs: Outputs,
     /// `NAME = value;` statements: they replace a visible parameter's default.
     pub overrides: Vec<(ParamId, ParamValue, Span)>,
 }

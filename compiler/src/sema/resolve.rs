@@ -103,6 +103,7 @@ impl Resolver {
                         scale: None,
                         score: None,
                         inputs: vec![],
+                        outputs: Outputs::default(),
                         overrides: vec![],
                     });
                 }
@@ -757,7 +758,8 @@ impl Resolver {
             return;
         };
         let li = self.prog.patterns[pi].layout;
-        let rank = self.prog.layouts[li].rank();
+        // A pattern on an unknown layout (E0102) points at layout 0, which may not exist.
+        let rank = self.prog.layouts.get(li).map_or(1, LayoutDef::rank);
         let axes = axis_names(rank.max(1));
         let scopes = self.chain(Scope::Kernel(ki));
         let penv = Env {
@@ -779,6 +781,7 @@ impl Resolver {
         let mut dtype_span: Option<Span> = None;
         let mut score_span: Option<Span> = None;
         let mut scale_span: Option<Span> = None;
+        let mut outputs_span: Option<Span> = None;
         // Inputs first: score modifiers may index them wherever they are declared.
         for s in &k.stmts {
             if let ast::KernelStmt::Input {
@@ -885,7 +888,34 @@ impl Resolver {
                         }
                     }
                 }
+                ast::KernelStmt::Outputs { names, span } => {
+                    if let Some(prev) = outputs_span {
+                        self.duplicate_stmt("outputs", *span, prev);
+                        continue;
+                    }
+                    outputs_span = Some(*span);
+                    self.kernel_outputs(names, ki);
+                }
                 ast::KernelStmt::Override(b) => self.kernel_override(b, ki, &scopes, &penv),
+            }
+        }
+    }
+
+    /// `outputs lse;`: what the kernel writes beside `o`. Each name once, and only the
+    /// names of [`Outputs::KNOWN`].
+    fn kernel_outputs(&mut self, names: &[ast::Expr], ki: usize) {
+        for e in names {
+            match &e.kind {
+                ast::ExprKind::Name(n) if n == "lse" => match self.prog.kernels[ki].outputs.lse {
+                    Some(prev) => self.diags.push(
+                        Diagnostic::error("E0109", "output `lse` is named twice")
+                            .with_label(e.span, "second one")
+                            .with_secondary(prev, "first one")
+                            .with_hint("name each output once"),
+                    ),
+                    None => self.prog.kernels[ki].outputs.lse = Some(e.span),
+                },
+                _ => self.diags.push(unknown_output(e)),
             }
         }
     }
@@ -1549,4 +1579,37 @@ fn plural(n: usize) -> &'static str {
     } else {
         "s"
     }
+}
+
+/// E0117: `outputs` names something an attention kernel cannot write.
+fn unknown_output(e: &ast::Expr) -> Diagnostic {
+    let known: Vec<&str> = Outputs::KNOWN.iter().map(|(n, _)| *n).collect();
+    let listed: Vec<String> = Outputs::KNOWN
+        .iter()
+        .map(|(n, what)| format!("`{n}` ({what})"))
+        .collect();
+    let (shown, hint) = match &e.kind {
+        ast::ExprKind::Name(n) if n == "o" => (
+            n.clone(),
+            "`o` is always written: `outputs` names what is written beside it".to_string(),
+        ),
+        ast::ExprKind::Name(n) => (
+            n.clone(),
+            match closest(n, known.iter().copied()) {
+                Some(c) => format!("did you mean `{c}`?"),
+                None => "write `outputs lse;`".to_string(),
+            },
+        ),
+        _ => (
+            crate::syntax::print::expr(e),
+            "write `outputs lse;`".to_string(),
+        ),
+    };
+    Diagnostic::error("E0117", format!("unknown output `{shown}`"))
+        .with_label(e.span, "not an output of an attention kernel")
+        .with_note(format!(
+            "an attention kernel writes `o` and, when asked, {}",
+            listed.join(", ")
+        ))
+        .with_hint(hint)
 }

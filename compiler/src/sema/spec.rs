@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use super::eval::Value;
 use super::expr::{axis_names, format_float, Expr, InputId, ParamId, Printer};
-use super::program::{DType, Group};
+use super::program::{DType, Group, Outputs};
 use crate::diagnostic::Span;
 use crate::syntax::ast::{Order, Placement};
 
@@ -31,6 +31,8 @@ pub struct Spec {
     /// Score modifier over `score`, `b`, `h`, token coordinates, positions, inputs.
     pub score: Option<Expr>,
     pub inputs: Vec<InputSpec>,
+    /// What the kernel writes beside `o` (`outputs lse;`).
+    pub outputs: Outputs,
     pub kernel_span: Span,
     pub pattern_span: Span,
 }
@@ -307,6 +309,15 @@ pub fn print_spec(s: &Spec) -> String {
     for i in &s.inputs {
         let d: Vec<String> = i.dims.iter().map(|x| x.to_string()).collect();
         let _ = writeln!(o, "input {}: {}[{}]", i.name, i.dtype.name(), d.join(", "));
+    }
+    if s.outputs.lse.is_some() {
+        let _ = writeln!(
+            o,
+            "output lse: f32[{}, {}, {}] (natural log)",
+            s.batch,
+            s.heads,
+            l.total_tokens()
+        );
     }
     o
 }

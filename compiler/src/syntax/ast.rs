@@ -214,6 +214,11 @@ pub enum KernelStmt {
         dims: Vec<Expr>,
         span: Span,
     },
+    /// `outputs lse;`: outputs beside `o` (names, checked by the resolver).
+    Outputs {
+        names: Vec<Expr>,
+        span: Span,
+    },
     /// `R = 2;` overrides a parameter declared by the pattern or layout.
     Override(ParamBind),
 }

@@ -129,6 +129,7 @@ fn rule_name(rule: Rule) -> String {
         Rule::kw_keep | Rule::keep_stmt => "`keep`",
         Rule::kw_budget | Rule::budget_stmt => "`budget`",
         Rule::kw_output | Rule::output_stmt => "`output`",
+        Rule::kw_outputs | Rule::outputs_stmt => "`outputs`",
         Rule::reduce_axis => "`rows` or `heads`",
         Rule::keep_kind | Rule::keep_item => "`sinks` or `recent`",
         Rule::budget_unit => "`tokens` or `ratio`",
@@ -686,6 +687,10 @@ impl Lower {
                     span,
                 }
             }
+            Rule::outputs_stmt => KernelStmt::Outputs {
+                names: self.expr_list_child(p),
+                span,
+            },
             _ => {
                 let mut it = children(p);
                 let name = it

@@ -135,6 +135,9 @@ fn kernel_stmts(out: &mut String, stmts: &[KernelStmt]) {
                 &format!("input {}: {}[{}]", name.name, dtype.name, list(dims)),
                 *span,
             ),
+            KernelStmt::Outputs { names, span } => {
+                line(out, 1, &format!("outputs {}", list(names)), *span)
+            }
             KernelStmt::Override(b) => line(
                 out,
                 1,

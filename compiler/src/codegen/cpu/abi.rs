@@ -20,6 +20,9 @@ pub struct Ctx {
     pub head_variant: *const u32,
     /// Per declared input: its data (f32, row-major over the declared dims).
     pub inputs: *const *const f32,
+    /// `[batch, heads, tokens]` f32, natural log: each query row's log-sum-exp, for a
+    /// kernel with `outputs lse;` (null otherwise: such a kernel never reads it).
+    pub lse: *mut f32,
 }
 
 pub const OFF_Q: i32 = 0;
@@ -30,6 +33,7 @@ pub const OFF_ROWS: i32 = 32;
 pub const OFF_RUNS: i32 = 40;
 pub const OFF_HEAD_VARIANT: i32 = 48;
 pub const OFF_INPUTS: i32 = 56;
+pub const OFF_LSE: i32 = 64;
 
 /// The kernel entry point.
 pub type KernelFn =
@@ -53,13 +57,15 @@ mod tests {
             runs: std::ptr::null(),
             head_variant: std::ptr::null(),
             inputs: std::ptr::null(),
+            lse: std::ptr::null_mut(),
         };
         let base = &c as *const Ctx as usize;
         assert_eq!(&c.k as *const _ as usize - base, OFF_K as usize);
         assert_eq!(&c.o as *const _ as usize - base, OFF_O as usize);
         assert_eq!(&c.runs as *const _ as usize - base, OFF_RUNS as usize);
         assert_eq!(&c.inputs as *const _ as usize - base, OFF_INPUTS as usize);
-        assert_eq!(std::mem::size_of::<Ctx>(), 64);
+        assert_eq!(&c.lse as *const _ as usize - base, OFF_LSE as usize);
+        assert_eq!(std::mem::size_of::<Ctx>(), 72);
         let _ = OFF_Q + OFF_V + OFF_ROWS + OFF_HEAD_VARIANT;
     }
 }

@@ -4,7 +4,7 @@
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    types, Block, BlockArg, Endianness, InstBuilder, MemFlagsData, Type, Value,
+    types, Block, BlockArg, Endianness, FuncRef, InstBuilder, MemFlagsData, Type, Value,
 };
 use cranelift_frontend::{FunctionBuilder, Variable};
 
@@ -235,6 +235,12 @@ impl<'a> Em<'a> {
 
     pub fn block(&mut self) -> Block {
         self.b.create_block()
+    }
+
+    /// Calls a helper of one f64 (`libm.rs`) and returns its f64 result.
+    pub fn call_f64(&mut self, f: FuncRef, x: Value) -> Value {
+        let c = self.b.ins().call(f, &[x]);
+        self.b.inst_results(c)[0]
     }
 
     // ---- comparisons -------------------------------------------------------------------

@@ -227,10 +227,7 @@ impl ExprGen<'_> {
                 }
             })
             .collect();
-        let libcall = |em: &mut Em, f: FuncRef, x: Value| {
-            let c = em.b.ins().call(f, &[x]);
-            em.b.inst_results(c)[0]
-        };
+        let libcall = |em: &mut Em, f: FuncRef, x: Value| em.call_f64(f, x);
         match f {
             Builtin::Abs if float => em.b.ins().fabs(vals[0]),
             Builtin::Abs => {

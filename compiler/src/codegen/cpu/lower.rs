@@ -272,6 +272,9 @@ impl<'a, 'e, 'd> Lower<'a, 'e, 'd> {
                 self.buf(out),
             ),
             Op::Normalize => self.normalize(self.buf(ops[0]), self.buf(ops[1]), self.buf(out)),
+            Op::LogSumExp { exp2 } => {
+                self.log_sum_exp(self.buf(ops[0]), self.buf(ops[1]), self.buf(out), *exp2)
+            }
             Op::KvLoop { region, .. } => self.kv_loop(n, *region, &ops),
             Op::KvTile | Op::Carry(_) => {}
             Op::Yield => {
@@ -309,6 +312,7 @@ impl<'a, 'e, 'd> Lower<'a, 'e, 'd> {
             ir::Tensor::K => OFF_K,
             ir::Tensor::V => OFF_V,
             ir::Tensor::O => OFF_O,
+            ir::Tensor::Lse => OFF_LSE,
         };
         self.em.ld(I64, self.ctx, off)
     }
@@ -385,17 +389,22 @@ impl<'a, 'e, 'd> Lower<'a, 'e, 'd> {
         });
     }
 
+    /// Writes the existing rows of a tile (or of rows, into a tensor of dim 1) to the
+    /// output argument it names.
     fn store(&mut self, ops: &[ir::Value]) {
         let k = self.k;
         let (heads, dim) = match k.ty(ops[0]) {
             Some(Type::Tensor { heads, dim, .. }) => (heads, dim),
             _ => return,
         };
+        let Op::Arg(target) = k.node(ops[0].node).op else {
+            return;
+        };
         let Some(info) = self.qinfo else { return };
         let (b, head) = (self.index(ops[1]), self.index(ops[2]));
         let src = self.buf(ops[4]);
         let tokens = k.info.tokens as i64;
-        let base_ptr = self.tensor_ptr(ir::Tensor::O);
+        let base_ptr = self.tensor_ptr(target);
         let bh = {
             let bb = self.em.muli(b, i64::from(heads));
             let bh = self.em.add(bb, head);
@@ -651,6 +660,38 @@ impl<'a, 'e, 'd> Lower<'a, 'e, 'd> {
                 let y = em.b.ins().fmul(x, iv);
                 em.st(y, or, out.off + c as i32 * 4);
             }
+        });
+    }
+
+    /// Each row's log-sum-exp from the final running max `m` and sum `l`, in f64 through
+    /// the `log` helper: `(m + log2(l)) * ln 2` when the softmax ran in base 2, else
+    /// `m + ln(l)`; -inf where `l == 0` (the row saw no key).
+    fn log_sum_exp(&mut self, m: Buf, l: Buf, out: Buf, exp2: bool) {
+        let scratch = self.scratch;
+        let log = self.gen.libm.log;
+        self.em.for_n(i64::from(m.rows), 1, &mut |em, i| {
+            let at = |em: &mut Em, b: Buf| em.index(scratch, i, i64::from(b.stride) * 4);
+            let (mp, lp, op) = (at(em, m), at(em, l), at(em, out));
+            let mv = em.ld(F32, mp, m.off);
+            let lv = em.ld(F32, lp, l.off);
+            let mv = em.b.ins().fpromote(F64, mv);
+            let lw = em.b.ins().fpromote(F64, lv);
+            let ln_l = em.call_f64(log, lw);
+            let lse = if exp2 {
+                let to_log2 = em.f64(std::f64::consts::LOG2_E);
+                let ln2 = em.f64(std::f64::consts::LN_2);
+                let log2_l = em.b.ins().fmul(ln_l, to_log2);
+                let sum = em.b.ins().fadd(mv, log2_l);
+                em.b.ins().fmul(sum, ln2)
+            } else {
+                em.b.ins().fadd(mv, ln_l)
+            };
+            let lse = em.b.ins().fdemote(F32, lse);
+            let zero = em.f32(0.0);
+            let empty = em.fcmp(FloatCC::Equal, lv, zero);
+            let ninf = em.f32(f32::NEG_INFINITY);
+            let r = em.b.ins().select(empty, ninf, lse);
+            em.st(r, op, out.off);
         });
     }
 

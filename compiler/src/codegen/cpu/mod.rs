@@ -67,7 +67,8 @@ impl CpuModule {
     /// `ctx` must point at tensors of exactly the shapes the kernel was compiled for
     /// (`[batch, heads, tokens, dim]` f32, KV tensors with the KV heads), the schedule
     /// tables the kernel was compiled with, one variant index below the variant count per
-    /// query head, and the declared inputs; `batch`, `head` and `query_tile` must be in
+    /// query head, the declared inputs, and for a kernel with `outputs lse;` an `lse` of
+    /// `[batch, heads, tokens]` f32; `batch`, `head` and `query_tile` must be in
     /// range; `scratch` must be `scratch_bytes` writable bytes aligned to
     /// `abi::SCRATCH_ALIGN` and used by no other call at the same time; two concurrent
     /// calls must not write the same output rows (distinct (batch, head, query tile)).

@@ -121,6 +121,11 @@ enum Command {
         /// (`[batch, lists, CONTEXT]` f32), to pass to the next step as `--input acc=FILE`.
         #[arg(long, value_name = "FILE")]
         acc_out: Option<PathBuf>,
+        /// Attention kernels with `outputs lse;`: also write each query row's log-sum-exp
+        /// here (`[batch, heads, tokens]` float32, natural log, -inf for a row that sees no
+        /// key): a `window_lse(W)` selection's `--input lse` is its last W rows.
+        #[arg(long, value_name = "FILE")]
+        lse_out: Option<PathBuf>,
         /// Select kernels with `output compacted;`: write the selected keys and values
         /// (`k.npy`, `v.npy`: [batch, KV heads, capacity tokens, head dim]) and their
         /// lengths (`lens.npy`) into this folder.
@@ -322,6 +327,13 @@ fn compile(a: &KernelArgs, color: bool) -> Result<(Source, driver::Compiled), u8
     Ok((src, c))
 }
 
+/// Refuses, with the rendered E0812, an attention kernel the CUDA backend does not build
+/// yet (`outputs lse;`).
+fn gpu_supported(src: &Source, c: &driver::Compiled, color: bool) -> Result<(), u8> {
+    driver::gpu_support(&c.spec)
+        .map_err(|d| report(src, &[d], color).err().unwrap_or(EXIT_DIAGNOSTICS))
+}
+
 fn runtime_error(e: Error) -> u8 {
     match e {
         Error::Compile(m) => {
@@ -360,6 +372,7 @@ fn write_artefacts(
             .map_err(|d| report(src, &[d], color).err().unwrap_or(EXIT_DIAGNOSTICS))?;
         let c = driver::compile_kernel(&fe.program, ki, sets)
             .map_err(|d| report(src, &d, color).err().unwrap_or(EXIT_DIAGNOSTICS))?;
+        gpu_supported(src, &c, color)?;
         let a = attnc_runtime::artefact::build(&c, arch).map_err(runtime_error)?;
         a.save(dir, &name).map_err(runtime_error)?;
         eprintln!(
@@ -393,7 +406,8 @@ fn emit_block(
     if !matches!(stage, Stage::Llvm | Stage::Ptx) {
         return Err(usage("--block is for --emit llvm or ptx"));
     }
-    let (_, c) = compile(k, color)?;
+    let (src, c) = compile(k, color)?;
+    gpu_supported(&src, &c, color)?;
     let m = attnc::codegen::nvptx::compile_tuned(&c.ir, &c.schedule.geom, &c.spec.inputs, arch, t)
         .map_err(|e| usage(format!("--block {block}: {e}")))?;
     write_out(
@@ -560,6 +574,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             output,
             indices,
             acc_out,
+            lse_out,
             compacted,
             backend,
             block,
@@ -584,6 +599,12 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                 if block.is_some() {
                     return Err(usage(format!(
                         "`{}`: --block is for attention kernels",
+                        spec.kernel
+                    )));
+                }
+                if lse_out.is_some() {
+                    return Err(usage(format!(
+                        "`{}`: --lse-out is for attention kernels with `outputs lse;`",
                         spec.kernel
                     )));
                 }
@@ -625,7 +646,14 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             let Some(v) = v else {
                 return Err(usage("missing --v FILE.npy"));
             };
-            let (_, c) = compile(&k, color)?;
+            let (src, c) = compile(&k, color)?;
+            if let (Some(p), None) = (&lse_out, c.spec.outputs.lse) {
+                return Err(usage(format!(
+                    "--lse-out {}: `{}` writes no log-sum-exps; add `outputs lse;` to its body",
+                    p.display(),
+                    c.spec.kernel
+                )));
+            }
             let args = NpyArgs {
                 q,
                 k: k_path,
@@ -633,6 +661,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                 inputs: named,
             };
             if backend == "cuda" {
+                gpu_supported(&src, &c, color)?;
                 let gpu = open_gpu()?;
                 let art = match block {
                     Some(b) => attnc_runtime::artefact::build_tuned(&c, gpu.arch(), b),
@@ -652,9 +681,13 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                 return Ok(());
             }
             let kernel = CpuKernel::new(c, false).map_err(runtime_error)?;
-            let r = run_npy(&kernel, &args, &output).map_err(runtime_error)?;
+            let r = run_npy(&kernel, &args, &output, lse_out.as_deref()).map_err(runtime_error)?;
+            let lse = match (&r.lse_shape, &lse_out) {
+                (Some(shape), Some(p)) => format!(", lse {shape:?} to {}", p.display()),
+                _ => String::new(),
+            };
             eprintln!(
-                "{}: output {:?} written to {} ({:.1} ms on the CPU)",
+                "{}: output {:?} written to {}{lse} ({:.1} ms on the CPU)",
                 kernel.manifest().kernel,
                 r.shape,
                 output.display(),
@@ -723,6 +756,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             let (src, c) = compile(&k, color)?;
             let flops = explain::figures(&c.spec, &c.schedule).flops;
             if backend == "cuda" {
+                gpu_supported(&src, &c, color)?;
                 let key = tune.then(|| {
                     let sets: Vec<Binding> = k
                         .sets
@@ -745,11 +779,20 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             let (q, kk, v, ins) = m.random_args();
             let views: Vec<_> = ins.iter().map(Tensor::view).collect();
             let mut o = vec![0f32; m.o_shape().iter().product()];
+            // A kernel with `outputs lse;` is timed writing them.
+            let mut lse = m.lse_shape().map(|s| vec![0f32; s.iter().product()]);
             let mut times = vec![];
             for i in 0..runs.max(1) + 2 {
                 let t = Instant::now();
                 kernel
-                    .run(q.view(), kk.view(), v.view(), &views, &mut o)
+                    .run_with_lse(
+                        q.view(),
+                        kk.view(),
+                        v.view(),
+                        &views,
+                        &mut o,
+                        lse.as_deref_mut(),
+                    )
                     .map_err(runtime_error)?;
                 if i >= 2 {
                     times.push(t.elapsed().as_secs_f64() * 1e3);
