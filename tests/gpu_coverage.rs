@@ -1,5 +1,6 @@
 //! Which selection kernels the CUDA backend takes, and the exact words for those it does
-//! not (no GPU or ptxas needed: `gpu_support` and `compile` decide before any device).
+//! not (no GPU or ptxas needed: `gpu_support` and `compile` decide before any device);
+//! attention kernels with their log-sum-exps.
 
 use attnc::codegen::nvptx::decode::{self, Role};
 use attnc::codegen::nvptx::Arch;
@@ -97,43 +98,47 @@ fn page_means_run_on_the_cpu_only_and_say_so() {
     );
 }
 
-/// An attention kernel with `outputs lse;` is refused on the GPU (E0812) with the words
-/// and the place, never compiled without its log-sum-exps; without `--kernel` the GPU
-/// stages leave it out, as they leave out the selection kernels the GPU does not cover.
+/// An attention kernel with `outputs lse;` compiles for the GPU with one parameter more
+/// (the log-sum-exps, after the inputs) and writes them through `lg2`; the persistent
+/// overlapped kernel, which stores a finished item's rows from shared memory without their
+/// running maxima, refuses the setting with the reason and is not a tuning candidate.
 #[test]
-fn attention_log_sum_exps_are_refused_on_the_gpu() {
+fn attention_log_sum_exps_compile_for_the_gpu() {
+    use attnc::codegen::nvptx::attention::{candidates, Tuning};
     let src = Source::new(
         "lse.attn",
-        "layout sequence { param N = 256; canvas (N); tile (64); }
+        "layout sequence { param N = 256; canvas (N); tile (64); order tiled; }
 pattern full on sequence {}
-kernel plain = attention(full) { head_dim 64; }
-kernel with_lse = attention(full) { head_dim 64; outputs lse; }
+kernel plain = attention(full) { head_dim 128; }
+kernel with_lse = attention(full) { head_dim 128; outputs lse; }
 ",
     );
-    let diags = driver::emit(&src, Stage::Ptx, Some("with_lse"), &[]).expect_err("refused");
-    assert_eq!(
-        src.render(&diags, false),
-        "error[E0812]: `with_lse` runs on the CPU only so far: the CUDA backend does not write `outputs lse` (the rows' log-sum-exps) yet (docs/attention-lse.md)
-  ┌─ lse.attn:4:58
-  │
-4 │ kernel with_lse = attention(full) { head_dim 64; outputs lse; }
-  │                                                          ^^^ written by the CPU backend only
-  │
-  = help: run it with --backend cpu
-
-"
-    );
-    let diags = driver::emit(&src, Stage::Llvm, Some("with_lse"), &[]).expect_err("refused");
-    assert_eq!(diags[0].code, "E0812");
-    let (ptx, _) = driver::emit(&src, Stage::Ptx, None, &[]).expect("the other kernel");
-    assert!(ptx.contains(".entry attnc_plain("), "{ptx}");
-    assert!(!ptx.contains("attnc_with_lse"));
-    // Past the refusal, the code generator itself fails on the op it cannot lower rather
-    // than leave the log-sum-exps unwritten.
+    let (ptx, _) = driver::emit(&src, Stage::Ptx, None, &[]).expect("both kernels");
+    let params = |entry: &str| {
+        let at = ptx.find(&format!(".entry {entry}(")).expect(entry);
+        let end = at + ptx[at..].find(')').expect("parameter list");
+        ptx[at..end].matches(".param").count()
+    };
+    assert_eq!(params("attnc_with_lse"), params("attnc_plain") + 1);
+    assert!(ptx.contains("lg2.approx.f32"), "{ptx}");
     let (fe, _) = driver::frontend(&src).expect("frontend");
     let k = driver::find_kernel(&fe.program, "with_lse").expect("kernel");
     let c = driver::compile_kernel(&fe.program, k, &[]).expect("compiles");
-    let err = attnc::codegen::nvptx::compile(&c.ir, &c.schedule.geom, &[], Arch::Sm90)
-        .expect_err("no CUDA lowering of the log-sum-exps");
-    assert!(err.contains("cannot lower `log_sum_exp`"), "{err}");
+    let pers = Tuning::parse("128x128-wgmma-tma-ws-ovl-pers").expect("shape");
+    let err = attnc::codegen::nvptx::compile_tuned(&c.ir, &c.schedule.geom, &[], Arch::Sm90, pers)
+        .expect_err("refused");
+    assert_eq!(
+        err,
+        "block shape 128x128-wgmma-tma-ws-ovl-pers: the persistent overlapped kernel does not write `outputs lse` yet"
+    );
+    let shapes = candidates(&c.ir, &c.schedule.geom, true);
+    assert!(
+        shapes.iter().all(|t| !(t.persistent && t.overlap)),
+        "{shapes:?}"
+    );
+    assert!(shapes.iter().any(|t| t.ws && t.overlap), "{shapes:?}");
+    for t in shapes {
+        attnc::codegen::nvptx::compile_tuned(&c.ir, &c.schedule.geom, &[], Arch::Sm90, t)
+            .unwrap_or_else(|e| panic!("{}: {e}", t.name()));
+    }
 }

@@ -51,15 +51,6 @@ pub fn build(c: &Compiled, arch: Arch) -> Result<GpuArtefact, Error> {
     compile_artefact(c, arch, nvptx::attention::default_tuning(&c.ir))
 }
 
-/// Refuses a kernel the CUDA backend does not build yet (`driver::gpu_support`: `outputs
-/// lse;`), before any cache lookup or code generation.
-pub fn supported(c: &Compiled) -> Result<(), Error> {
-    attnc::driver::gpu_support(&c.spec).map_err(|d| {
-        let hints: String = d.hints.iter().map(|h| format!("  = help: {h}\n")).collect();
-        Error::Compile(format!("error[{}]: {}\n{hints}", d.code, d.message))
-    })
-}
-
 /// Compiles a kernel for `gpu` with the shape it runs best without tuning
 /// (`attention::gpu_default`: wgmma and tensor copies on compute capability 9.0).
 pub fn build_for(c: &Compiled, gpu: &crate::cuda::Gpu) -> Result<GpuArtefact, Error> {
@@ -86,7 +77,6 @@ pub fn build_tuned_in(
     arch: Arch,
     tuning: nvptx::attention::Tuning,
 ) -> Result<GpuArtefact, Error> {
-    supported(c)?;
     through_cache(
         dir.zip(artefact_key(c, arch, tuning)),
         |dir, key| GpuArtefact::load(dir, key).ok(),
@@ -145,7 +135,6 @@ fn compile_artefact(
     arch: Arch,
     tuning: nvptx::attention::Tuning,
 ) -> Result<GpuArtefact, Error> {
-    supported(c)?;
     let m = nvptx::compile_tuned(&c.ir, &c.schedule.geom, &c.spec.inputs, arch, tuning)
         .map_err(Error::Compile)?;
     let g = &c.schedule.geom;

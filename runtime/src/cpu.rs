@@ -122,28 +122,6 @@ impl CpuKernel {
 
     /// Checks the log-sum-exps' buffer: given exactly when the kernel writes them
     /// (`outputs lse;`), of their shape.
-    fn check_lse(&self, lse: Option<usize>) -> Result<(), Error> {
-        let m = &self.manifest;
-        match (m.lse_shape(), lse) {
-            (None, None) => Ok(()),
-            (Some(shape), None) => Err(Error::Shape(format!(
-                "kernel `{}` writes its rows' log-sum-exps (`outputs lse;`): pass a buffer of {} values {shape:?} (run_with_lse)",
-                m.kernel,
-                shape.iter().product::<usize>()
-            ))),
-            (None, Some(_)) => Err(Error::Shape(format!(
-                "kernel `{}` writes no log-sum-exps: add `outputs lse;` to its body",
-                m.kernel
-            ))),
-            (Some(shape), Some(n)) if n != shape.iter().product::<usize>() => {
-                Err(Error::Shape(format!(
-                    "the lse output holds {n} values; expected {} = {shape:?}",
-                    shape.iter().product::<usize>()
-                )))
-            }
-            (Some(_), Some(_)) => Ok(()),
-        }
-    }
 
     /// Runs the kernel: `out` is `[batch, heads, tokens, value_dim]`, fully overwritten.
     /// A kernel with `outputs lse;` needs [`CpuKernel::run_with_lse`].
@@ -172,7 +150,7 @@ impl CpuKernel {
         lse: Option<&mut [f32]>,
     ) -> Result<(), Error> {
         self.check(q, k, v, inputs, out.len())?;
-        self.check_lse(lse.as_ref().map(|l| l.len()))?;
+        self.manifest.check_lse(lse.as_ref().map(|l| l.len()))?;
         let m = &self.manifest;
         let rows: Vec<*const u32> = self.rows.iter().map(|r| r.as_ptr()).collect();
         let runs: Vec<*const u32> = self.runs.iter().map(|r| r.as_ptr()).collect();

@@ -116,6 +116,8 @@ pub struct DeviceArgs {
     pub v: CudaSlice<u16>,
     pub o: CudaSlice<u16>,
     pub inputs: Vec<CudaSlice<f32>>,
+    /// The rows' log-sum-exps (`outputs lse;`, `[batch, heads, tokens]` f32).
+    pub lse: Option<CudaSlice<f32>>,
     /// The K, V and Q tensor maps of the last kernel with tensor copies launched on these
     /// buffers, and the rows of a box they were made for.
     tmaps: Option<(u32, CudaSlice<u64>)>,
@@ -123,8 +125,8 @@ pub struct DeviceArgs {
 
 impl CudaKernel {
     pub fn load(gpu: &Gpu, artefact: GpuArtefact) -> Result<CudaKernel, Error> {
-        // The GPU code writes `o` only (`artefact::supported`).
-        if let Some((name, _)) = artefact.manifest.outputs.first() {
+        // The GPU code writes `o` and the log-sum-exps only.
+        if let Some((name, _)) = artefact.manifest.outputs.iter().find(|(n, _)| n != "lse") {
             return Err(Error::Input(format!(
                 "the artefact of `{}` lists the output `{name}`, which the CUDA backend does not write yet; run it with --backend cpu",
                 artefact.manifest.kernel
@@ -208,6 +210,10 @@ impl CudaKernel {
                 .iter()
                 .map(|t| s.clone_htod(t.data).map_err(cuda))
                 .collect::<Result<_, _>>()?,
+            lse: match m.lse_shape() {
+                Some(shape) => Some(s.alloc_zeros::<f32>(shape.iter().product()).map_err(cuda)?),
+                None => None,
+            },
             tmaps: None,
         })
     }
@@ -302,6 +308,7 @@ impl CudaKernel {
                 m.inputs.len()
             )));
         }
+        m.check_lse(a.lse.as_ref().map(|l| l.len()))?;
         if self.shape.tma {
             self.tensor_maps(a, self.shape.bn)?;
         }
@@ -334,13 +341,17 @@ impl CudaKernel {
         for i in &a.inputs {
             b.arg(i);
         }
+        if let Some(lse) = &mut a.lse {
+            b.arg(lse);
+        }
         if let (true, Some((_, maps))) = (self.shape.tma, &a.tmaps) {
             b.arg(maps);
         }
         // SAFETY: the argument list is the kernel's signature (see `codegen::nvptx`): four
         // tensors whose sizes were just checked against the manifest the kernel was compiled
         // for, the schedule tables compiled with it, one pointer per declared input (sizes
-        // checked at upload), and for tensor copies the maps of K, V and Q made above; the
+        // checked at upload), the log-sum-exps where the kernel writes them (size checked
+        // above), and for tensor copies the maps of K, V and Q made above; the
         // grid is the one the kernel expects. The kernel reads and writes only inside these
         // buffers (missing rows are zero-filled, not read; the tensor copies stay in the
         // maps' bounds and zero-fill past them).
@@ -362,13 +373,31 @@ impl CudaKernel {
         unsafe {
             cudarc::driver::result::memset_d8_async(dptr, 0xff, bytes, self.stream.cu_stream())
         }
-        .map_err(cuda)
+        .map_err(cuda)?;
+        if let Some(lse) = &mut a.lse {
+            let bytes = lse.len() * std::mem::size_of::<f32>();
+            let (dptr, _record) = lse.device_ptr_mut(&self.stream);
+            // SAFETY: as above, for the log-sum-exps (0xffffffff is a NaN in f32).
+            unsafe {
+                cudarc::driver::result::memset_d8_async(dptr, 0xff, bytes, self.stream.cu_stream())
+            }
+            .map_err(cuda)?;
+        }
+        Ok(())
     }
 
     /// Copies the output back as f32.
     pub fn download(&self, a: &DeviceArgs) -> Result<Vec<f32>, Error> {
         let bits = self.stream.clone_dtoh(&a.o).map_err(cuda)?;
         Ok(from_half(&self.manifest().dtype, &bits))
+    }
+
+    /// Copies the log-sum-exps back (`outputs lse;`; none for a kernel without them).
+    pub fn download_lse(&self, a: &DeviceArgs) -> Result<Option<Vec<f32>>, Error> {
+        a.lse
+            .as_ref()
+            .map(|l| self.stream.clone_dtoh(l).map_err(cuda))
+            .transpose()
     }
 
     /// A sample of the output, as f32 (after the stream finishes): `segments` runs of
@@ -407,6 +436,20 @@ impl CudaKernel {
         inputs: &[TensorRef],
         out: &mut [f32],
     ) -> Result<(), Error> {
+        self.run_with_lse(q, k, v, inputs, out, None)
+    }
+
+    /// `run` for a kernel that also writes its rows' log-sum-exps (`outputs lse;`) into
+    /// `lse` (`[batch, heads, tokens]`; given exactly when the kernel writes them).
+    pub fn run_with_lse(
+        &self,
+        q: TensorRef,
+        k: TensorRef,
+        v: TensorRef,
+        inputs: &[TensorRef],
+        out: &mut [f32],
+        lse: Option<&mut [f32]>,
+    ) -> Result<(), Error> {
         let want: usize = self.manifest().o_shape().iter().product();
         if out.len() != want {
             return Err(Error::Shape(format!(
@@ -414,11 +457,15 @@ impl CudaKernel {
                 out.len()
             )));
         }
+        self.manifest().check_lse(lse.as_ref().map(|l| l.len()))?;
         let mut a = self.upload(q, k, v, inputs)?;
         self.poison(&mut a)?;
         self.launch(&mut a)?;
         self.stream.synchronize().map_err(cuda)?;
         out.copy_from_slice(&self.download(&a)?);
+        if let (Some(dst), Some(got)) = (lse, self.download_lse(&a)?) {
+            dst.copy_from_slice(&got);
+        }
         Ok(())
     }
 

@@ -96,7 +96,34 @@ pub fn run_npy(
     out: &Path,
     lse_out: Option<&Path>,
 ) -> Result<RunReport, Error> {
-    let m = kernel.manifest();
+    run_writing_lse(kernel.manifest(), args, out, lse_out, |t, o, lse| {
+        let views: Vec<_> = t.inputs.iter().map(Tensor::view).collect();
+        kernel.run_with_lse(t.q.view(), t.k.view(), t.v.view(), &views, o, lse)
+    })
+}
+
+/// As [`run_npy`], on the GPU (inputs converted to the kernel's 16-bit type).
+pub fn run_npy_cuda(
+    kernel: &crate::cuda::CudaKernel,
+    args: &NpyArgs,
+    out: &Path,
+    lse_out: Option<&Path>,
+) -> Result<RunReport, Error> {
+    run_writing_lse(kernel.manifest(), args, out, lse_out, |t, o, lse| {
+        let views: Vec<_> = t.inputs.iter().map(Tensor::view).collect();
+        kernel.run_with_lse(t.q.view(), t.k.view(), t.v.view(), &views, o, lse)
+    })
+}
+
+/// `run_with`, the log-sum-exps computed where the kernel writes them (`outputs lse;`)
+/// and written to `lse_out` when given (refused for a kernel without them).
+fn run_writing_lse(
+    m: &Manifest,
+    args: &NpyArgs,
+    out: &Path,
+    lse_out: Option<&Path>,
+    launch: impl FnOnce(&Loaded, &mut [f32], Option<&mut [f32]>) -> Result<(), Error>,
+) -> Result<RunReport, Error> {
     let mut lse = match (m.lse_shape(), lse_out) {
         (None, Some(p)) => {
             return Err(Error::Shape(format!(
@@ -109,25 +136,11 @@ pub fn run_npy(
         (None, None) => None,
     };
     let mut r = run_with(m, args, out, |t, o| {
-        let views: Vec<_> = t.inputs.iter().map(Tensor::view).collect();
-        let lse = lse.as_mut().map(|l| l.data.as_mut_slice());
-        kernel.run_with_lse(t.q.view(), t.k.view(), t.v.view(), &views, o, lse)
+        launch(t, o, lse.as_mut().map(|l| l.data.as_mut_slice()))
     })?;
     if let (Some(p), Some(l)) = (lse_out, &lse) {
         npy::write(p, l)?;
         r.lse_shape = Some(l.shape.clone());
     }
     Ok(r)
-}
-
-/// As [`run_npy`], on the GPU (inputs converted to the kernel's 16-bit type).
-pub fn run_npy_cuda(
-    kernel: &crate::cuda::CudaKernel,
-    args: &NpyArgs,
-    out: &Path,
-) -> Result<RunReport, Error> {
-    run_with(kernel.manifest(), args, out, |t, o| {
-        let views: Vec<_> = t.inputs.iter().map(Tensor::view).collect();
-        kernel.run(t.q.view(), t.k.view(), t.v.view(), &views, o)
-    })
 }

@@ -94,6 +94,31 @@ impl Manifest {
         }
     }
 
+    /// Checks an lse buffer of `lse` values (none: not passed) against what the kernel
+    /// writes (`outputs lse;`, `[batch, heads, tokens]`).
+    pub fn check_lse(&self, lse: Option<usize>) -> Result<(), Error> {
+        let m = self;
+        match (m.lse_shape(), lse) {
+            (None, None) => Ok(()),
+            (Some(shape), None) => Err(Error::Shape(format!(
+                "kernel `{}` writes its rows' log-sum-exps (`outputs lse;`): pass a buffer of {} values {shape:?} (run_with_lse)",
+                m.kernel,
+                shape.iter().product::<usize>()
+            ))),
+            (None, Some(_)) => Err(Error::Shape(format!(
+                "kernel `{}` writes no log-sum-exps: add `outputs lse;` to its body",
+                m.kernel
+            ))),
+            (Some(shape), Some(n)) if n != shape.iter().product::<usize>() => {
+                Err(Error::Shape(format!(
+                    "the lse output holds {n} values; expected {} = {shape:?}",
+                    shape.iter().product::<usize>()
+                )))
+            }
+            (Some(_), Some(_)) => Ok(()),
+        }
+    }
+
     /// The shape of the log-sum-exps the kernel writes (`outputs lse;`), if it does.
     pub fn lse_shape(&self) -> Option<&[usize]> {
         self.outputs

@@ -19,6 +19,8 @@ pub struct Case {
     pub kernel: &'static str,
     pub sets: Vec<String>,
     pub order: &'static str,
+    /// The kernel with `outputs lse;` added: its rows' log-sum-exps compared as well.
+    pub lse: bool,
 }
 
 fn case(file: &'static str, kernel: &'static str, sets: &[&str], order: &'static str) -> Case {
@@ -27,6 +29,7 @@ fn case(file: &'static str, kernel: &'static str, sets: &[&str], order: &'static
         kernel,
         sets: sets.iter().map(|s| s.to_string()).collect(),
         order,
+        lse: false,
     }
 }
 
@@ -261,6 +264,27 @@ pub fn cases(small: bool) -> Vec<Case> {
         &["N=384", "TILE=64", "HEADS=2", "HEAD_DIM=64", "DTYPE=f16"],
         "tiled",
     ));
+    // The rows' log-sum-exps (`outputs lse;`): dense causal in both orders, GRAT-B with a
+    // text prefix, and the case of several work items a block (the persistent kernel
+    // without the overlap writes them; the overlapped one does not take the setting).
+    let lse: Vec<Case> = v
+        .iter()
+        .filter(|c| {
+            (c.kernel == "causal" && c.sets.contains(&"N=1000".to_string()))
+                || (c.kernel == "grat_b_2d"
+                    && c.order == "tiled"
+                    && (c.sets.contains(&"TEXT=512".to_string())
+                        || c.sets.contains(&"H=256".to_string())))
+        })
+        .map(|c| Case {
+            file: c.file,
+            kernel: c.kernel,
+            sets: c.sets.clone(),
+            order: c.order,
+            lse: true,
+        })
+        .collect();
+    v.extend(lse);
     if small {
         let mut seen = vec![];
         v.retain(|c| {
@@ -283,6 +307,16 @@ fn source(dir: &Path, c: &Case) -> Result<Source, Error> {
         .replace("order raster;", &format!("order {};", c.order));
     if let Some(d) = c.sets.iter().find_map(|s| s.strip_prefix("DTYPE=")) {
         text = text.replace("dtype bf16;", &format!("dtype {d};"));
+    }
+    if c.lse {
+        let head = format!("kernel {} = attention(", c.kernel);
+        let brace = text
+            .find(&head)
+            .and_then(|at| text[at..].find('{').map(|b| at + b))
+            .ok_or_else(|| {
+                Error::Input(format!("{}: no attention kernel `{}`", c.file, c.kernel))
+            })?;
+        text.insert_str(brace + 1, " outputs lse;");
     }
     Ok(Source::new(format!("{} ({})", c.file, c.order), text))
 }
@@ -368,14 +402,35 @@ fn run_case(
         Tensor::random(&m.v_shape(), *rng + 2),
     );
     let mut want = vec![f32::NAN; m.o_shape().iter().product()];
-    cpu.run(q.view(), k.view(), v.view(), &[], &mut want)?;
+    let lse_len = m.lse_shape().map(|s| s.iter().product::<usize>());
+    let mut want_lse = lse_len.map(|n| vec![f32::NAN; n]);
+    cpu.run_with_lse(
+        q.view(),
+        k.view(),
+        v.view(),
+        &[],
+        &mut want,
+        want_lse.as_deref_mut(),
+    )?;
     let mut all = true;
     for (t, art, compile_ms) in built {
         let gk = CudaKernel::load(gpu, art)?;
         let mut got = vec![f32::NAN; want.len()];
-        gk.run(q.view(), k.view(), v.view(), &[], &mut got)?;
+        let mut got_lse = lse_len.map(|n| vec![f32::NAN; n]);
+        gk.run_with_lse(
+            q.view(),
+            k.view(),
+            v.view(),
+            &[],
+            &mut got,
+            got_lse.as_deref_mut(),
+        )?;
         let (err, at) = max_rel(&got, &want);
-        let pass = err < tol;
+        let lse_err = match (&got_lse, &want_lse) {
+            (Some(g), Some(w)) => Some(lse_error(g, w)),
+            _ => None,
+        };
+        let pass = err < tol && lse_err.is_none_or(|(e, _)| e < tol);
         println!(
             "{} {:10} {:6} {dtype} tokens {:6}  rel err {err:.2e} (max at {at}: gpu {} cpu {})  block {}  compile {compile_ms:.0} ms  {}",
             if pass { "ok  " } else { "FAIL" },
@@ -387,6 +442,21 @@ fn run_case(
             t.name(),
             c.sets.join(" ")
         );
+        if let Some((e, at)) = lse_err {
+            println!(
+                "     lse: error {e:.2e} (max at {at}: gpu {} cpu {})",
+                got_lse
+                    .as_ref()
+                    .and_then(|g| g.get(at))
+                    .copied()
+                    .unwrap_or(f32::NAN),
+                want_lse
+                    .as_ref()
+                    .and_then(|w| w.get(at))
+                    .copied()
+                    .unwrap_or(f32::NAN),
+            );
+        }
         if !pass {
             report_rows(&m, &got, &want, tol);
         }
@@ -425,6 +495,24 @@ fn report_rows(m: &Manifest, got: &[f32], want: &[f32], tol: f64) {
         want.len() / dv,
         show.join(" ")
     );
+}
+
+/// The log-sum-exps' largest error `|got - want| / max(|want|, 1)` and where: -inf
+/// (a row that saw no key) must be -inf on both sides; NaN (a row never written) counts as
+/// infinite.
+pub fn lse_error(got: &[f32], want: &[f32]) -> (f64, usize) {
+    let mut worst = (0f64, 0usize);
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        let e = match (a.is_finite(), b.is_finite()) {
+            (true, true) => f64::from((a - b).abs()) / f64::from(b.abs()).max(1.0),
+            (false, false) if a == b => 0.0,
+            _ => f64::INFINITY,
+        };
+        if e > worst.0 {
+            worst = (e, i);
+        }
+    }
+    worst
 }
 
 /// Max-norm relative error and where it is largest; NaN counts as infinite.

@@ -251,25 +251,6 @@ pub fn compile_kernel_with_budget(
     })
 }
 
-/// Whether the CUDA backend builds this attention kernel. It writes `o` only: a kernel
-/// with `outputs lse;` runs on the CPU (the CUDA store of the log-sum-exps is next,
-/// docs/attention-lse.md), and every GPU path refuses it with E0812, as it refuses the
-/// selection kernels it does not cover, instead of leaving `lse` unwritten.
-pub fn gpu_support(spec: &Spec) -> Result<(), Diagnostic> {
-    match spec.outputs.lse {
-        Some(at) => Err(Diagnostic::error(
-            "E0812",
-            format!(
-                "`{}` runs on the CPU only so far: the CUDA backend does not write `outputs lse` (the rows' log-sum-exps) yet (docs/attention-lse.md)",
-                spec.kernel
-            ),
-        )
-        .with_label(at, "written by the CPU backend only")
-        .with_hint("run it with --backend cpu")),
-        None => Ok(()),
-    }
-}
-
 /// Warnings that only the analysis can give.
 fn pattern_warnings(spec: &Spec, s: &Schedule) -> Vec<Diagnostic> {
     let mut out = vec![];
@@ -497,12 +478,6 @@ pub fn emit_for(
                         m.clif.clone().unwrap_or_default()
                     }
                     Stage::Llvm | Stage::Ptx => {
-                        match gpu_support(&c.spec) {
-                            Ok(()) => {}
-                            // Without --kernel, the GPU stages cover what runs on the GPU.
-                            Err(_) if kernel.is_none() => continue,
-                            Err(d) => return Err(vec![d]),
-                        }
                         let m = crate::codegen::nvptx::compile(
                             &c.ir,
                             &c.schedule.geom,

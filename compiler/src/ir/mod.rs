@@ -468,6 +468,13 @@ impl Kernel {
         Some(&self.node(src.node).op)
     }
 
+    /// Whether the kernel writes its rows' log-sum-exps (`outputs lse;`): an `lse` argument.
+    pub fn writes_lse(&self) -> bool {
+        self.graph
+            .node_weights()
+            .any(|n| n.op == Op::Arg(Tensor::Lse))
+    }
+
     /// Is region `inner` equal to or nested in `outer`?
     pub fn region_within(&self, inner: RegionId, outer: RegionId) -> bool {
         let mut r = Some(inner);

@@ -6,7 +6,8 @@
 //! `[batch, heads, tokens, dim]`), `rows` (u32: per head variant the schedule's CSR offsets,
 //! `total_tiles + 1` each, into the concatenated runs), `runs` (u32 triples
 //! `(start, len, class)`), `head_variant` (u32 per query head), then one f32 pointer per
-//! declared input, and with tensor copies the K, V and Q tensor maps (128 bytes each). Grid:
+//! declared input, with `outputs lse;` the log-sum-exps (f32 `[batch, heads, tokens]`), and
+//! with tensor copies the K, V and Q tensor maps (128 bytes each). Grid:
 //! `(total_tiles * blocks_per_tile, heads, batch)`; block: `warps * 32` threads; shared
 //! memory static up to 48 KiB, dynamic above.
 
@@ -164,8 +165,10 @@ pub fn compile_tuned(
     let cx = Context::create();
     let m = new_module(&cx, &tm, &k.info.name);
     let gptr = cx.ptr_type(AddressSpace::from(1u16));
-    // q k v o rows runs head_variant, the inputs, and with tensor copies the tensor maps.
-    let n_params = 7 + inputs.len() + usize::from(cfg.shape.tma);
+    // q k v o rows runs head_variant, the inputs, the log-sum-exps where the kernel writes
+    // them, and with tensor copies the tensor maps.
+    let lse = k.writes_lse();
+    let n_params = 7 + inputs.len() + usize::from(lse) + usize::from(cfg.shape.tma);
     let params: Vec<inkwell::types::BasicMetadataTypeEnum> = vec![gptr.into(); n_params];
     let fn_ty = cx.void_type().fn_type(&params, false);
     let entry = entry_name(&k.info.name);
@@ -217,8 +220,13 @@ pub fn compile_tuned(
         inputs: (0..inputs.len() as u32)
             .map(|i| p(7 + i))
             .collect::<Result<_, _>>()?,
-        tmaps: if cfg.shape.tma {
+        lse: if lse {
             Some(p(7 + inputs.len() as u32)?)
+        } else {
+            None
+        },
+        tmaps: if cfg.shape.tma {
+            Some(p(7 + inputs.len() as u32 + u32::from(lse))?)
         } else {
             None
         },

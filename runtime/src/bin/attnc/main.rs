@@ -327,11 +327,12 @@ fn compile(a: &KernelArgs, color: bool) -> Result<(Source, driver::Compiled), u8
     Ok((src, c))
 }
 
-/// Refuses, with the rendered E0812, an attention kernel the CUDA backend does not build
-/// yet (`outputs lse;`).
-fn gpu_supported(src: &Source, c: &driver::Compiled, color: bool) -> Result<(), u8> {
-    driver::gpu_support(&c.spec)
-        .map_err(|d| report(src, &[d], color).err().unwrap_or(EXIT_DIAGNOSTICS))
+/// ", lse [shape] to FILE" when a run wrote its log-sum-exps.
+fn lse_note(r: &attnc_runtime::files::RunReport, lse_out: Option<&std::path::Path>) -> String {
+    match (&r.lse_shape, lse_out) {
+        (Some(shape), Some(p)) => format!(", lse {shape:?} to {}", p.display()),
+        _ => String::new(),
+    }
 }
 
 fn runtime_error(e: Error) -> u8 {
@@ -372,7 +373,6 @@ fn write_artefacts(
             .map_err(|d| report(src, &[d], color).err().unwrap_or(EXIT_DIAGNOSTICS))?;
         let c = driver::compile_kernel(&fe.program, ki, sets)
             .map_err(|d| report(src, &d, color).err().unwrap_or(EXIT_DIAGNOSTICS))?;
-        gpu_supported(src, &c, color)?;
         let a = attnc_runtime::artefact::build(&c, arch).map_err(runtime_error)?;
         a.save(dir, &name).map_err(runtime_error)?;
         eprintln!(
@@ -406,8 +406,7 @@ fn emit_block(
     if !matches!(stage, Stage::Llvm | Stage::Ptx) {
         return Err(usage("--block is for --emit llvm or ptx"));
     }
-    let (src, c) = compile(k, color)?;
-    gpu_supported(&src, &c, color)?;
+    let (_, c) = compile(k, color)?;
     let m = attnc::codegen::nvptx::compile_tuned(&c.ir, &c.schedule.geom, &c.spec.inputs, arch, t)
         .map_err(|e| usage(format!("--block {block}: {e}")))?;
     write_out(
@@ -646,7 +645,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             let Some(v) = v else {
                 return Err(usage("missing --v FILE.npy"));
             };
-            let (src, c) = compile(&k, color)?;
+            let (_, c) = compile(&k, color)?;
             if let (Some(p), None) = (&lse_out, c.spec.outputs.lse) {
                 return Err(usage(format!(
                     "--lse-out {}: `{}` writes no log-sum-exps; add `outputs lse;` to its body",
@@ -661,7 +660,6 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                 inputs: named,
             };
             if backend == "cuda" {
-                gpu_supported(&src, &c, color)?;
                 let gpu = open_gpu()?;
                 let art = match block {
                     Some(b) => attnc_runtime::artefact::build_tuned(&c, gpu.arch(), b),
@@ -669,12 +667,14 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                 }
                 .map_err(runtime_error)?;
                 let kernel = CudaKernel::load(&gpu, art).map_err(runtime_error)?;
-                let r = run_npy_cuda(&kernel, &args, &output).map_err(runtime_error)?;
+                let r = run_npy_cuda(&kernel, &args, &output, lse_out.as_deref())
+                    .map_err(runtime_error)?;
                 eprintln!(
-                    "{}: output {:?} written to {} ({:.1} ms on {})",
+                    "{}: output {:?} written to {}{} ({:.1} ms on {})",
                     kernel.manifest().kernel,
                     r.shape,
                     output.display(),
+                    lse_note(&r, lse_out.as_deref()),
                     r.millis,
                     gpu.name()
                 );
@@ -682,10 +682,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             }
             let kernel = CpuKernel::new(c, false).map_err(runtime_error)?;
             let r = run_npy(&kernel, &args, &output, lse_out.as_deref()).map_err(runtime_error)?;
-            let lse = match (&r.lse_shape, &lse_out) {
-                (Some(shape), Some(p)) => format!(", lse {shape:?} to {}", p.display()),
-                _ => String::new(),
-            };
+            let lse = lse_note(&r, lse_out.as_deref());
             eprintln!(
                 "{}: output {:?} written to {}{lse} ({:.1} ms on the CPU)",
                 kernel.manifest().kernel,
@@ -756,7 +753,6 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             let (src, c) = compile(&k, color)?;
             let flops = explain::figures(&c.spec, &c.schedule).flops;
             if backend == "cuda" {
-                gpu_supported(&src, &c, color)?;
                 let key = tune.then(|| {
                     let sets: Vec<Binding> = k
                         .sets

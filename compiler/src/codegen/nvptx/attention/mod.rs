@@ -199,6 +199,8 @@ pub struct Params<'c> {
     pub runs: PointerValue<'c>,
     pub head_variant: PointerValue<'c>,
     pub inputs: Vec<PointerValue<'c>>,
+    /// `outputs lse;`: each query row's log-sum-exp, f32 `[batch, heads, tokens]`.
+    pub lse: Option<PointerValue<'c>>,
     /// Tensor copies: the K, V and Q tensor maps (128 bytes each, in that order; only the
     /// persistent overlapped kernel copies Q).
     pub tmaps: Option<PointerValue<'c>>,
@@ -644,7 +646,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         {
             match &self.k.node(*n).op {
                 Op::KvLoop { region, .. } if found.is_none() => found = Some(*region),
-                Op::Normalize | Op::Convert(_) | Op::Store => {}
+                Op::Normalize | Op::Convert(_) | Op::Store | Op::LogSumExp { .. } => {}
                 Op::Arg(_) | Op::ProgramId | Op::KvHead | Op::Load(Tensor::Q) | Op::Const(_) => {}
                 other => {
                     return Err(format!(
@@ -778,6 +780,40 @@ impl<'a, 'c> Attention<'a, 'c> {
         let g = self.g;
         let l = f.l.map(|v| g.getf(v));
         self.store_rows(Some(&f.acc), l, self.my_rows(), self.bh());
+        self.store_lse(f.m, l, self.my_rows(), self.bh());
+    }
+
+    /// `outputs lse;`: each existing row's log-sum-exp in natural units, written by the
+    /// quad's first lane. The softmax runs in base 2 (`m` the running max of the scores
+    /// times the folded scale and `log2 e`, `l` the thread-partial sums of `2^(s - m)`), so
+    /// `lse = (m + log2 l) ln 2`, and -inf where `l == 0` (the row saw no key).
+    fn store_lse(
+        &self,
+        m: [Var<'c>; 2],
+        l: [FloatValue<'c>; 2],
+        rows: [(IntValue<'c>, IntValue<'c>); 2],
+        bh: IntValue<'c>,
+    ) {
+        let Some(base) = self.params.lse else { return };
+        let g = self.g;
+        let m = m.map(|v| g.getf(v));
+        let tokens_n = self.k.info.tokens as i64;
+        let base = self.global_addr(base);
+        let first_lane = g.icmp(IntPredicate::EQ, self.tig, g.i32(0));
+        for (row, (exists, pos)) in rows.into_iter().enumerate() {
+            let l = self.quad_reduce(l[row], false);
+            let seen = g.fcmp(FloatPredicate::ONE, l, g.f32(0.0));
+            let log2_l = ptx::lg2().emit(g.cx, &g.b, &[l.into()])[0].into_float_value();
+            let lse = g.fmul(g.fadd(m[row], log2_l), g.f32(std::f64::consts::LN_2));
+            let lse = g.self_f(seen, lse, g.f32(f64::NEG_INFINITY));
+            g.if_then(g.and(exists, first_lane), &mut |g| {
+                let at = g.add(g.muli(g.zext64(bh), tokens_n), g.zext64(pos));
+                let addr = g.add(base, g.muli(at, 4));
+                let p =
+                    ok(g.b.build_int_to_ptr(addr, g.cx.ptr_type(AddressSpace::from(1u16)), ""));
+                ok(g.b.build_store(p, lse));
+            });
+        }
     }
 
     /// This thread's two query rows: whether each exists in the tile, and its position.
