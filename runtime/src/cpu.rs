@@ -120,9 +120,6 @@ impl CpuKernel {
         Ok(())
     }
 
-    /// Checks the log-sum-exps' buffer: given exactly when the kernel writes them
-    /// (`outputs lse;`), of their shape.
-
     /// Runs the kernel: `out` is `[batch, heads, tokens, value_dim]`, fully overwritten.
     /// A kernel with `outputs lse;` needs [`CpuKernel::run_with_lse`].
     pub fn run(
