@@ -1,6 +1,7 @@
 //! `attnc run` on the CPU against an independent NumPy reference (tests/numpy/), on
 //! held-out random cases of grat_b_2d, grat_x_2d, grat_b_3d, grat_x_3d, sta_3d (with a
-//! 256-token text suffix) and na_2d, to 1e-4 relative. Needs a Python with NumPy:
+//! 256-token text suffix) and na_2d, to 1e-4 relative; every second round of them with
+//! `outputs lse;`, their log-sum-exps against NumPy's too. Needs a Python with NumPy:
 //! `./test.sh` makes one in .tools/venv and names it in ATTNC_PYTHON; without it the
 //! test says it was skipped.
 

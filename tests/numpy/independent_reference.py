@@ -4,7 +4,9 @@ The masks here are written from the papers' definitions (GRAT surrounding blocks
 criss-cross, 3-D criss-cross lines, STA's clamped sliding tile window, NATTEN's
 neighbourhood), not from attnc's code; the token order (text segments, tile-major or
 raster canvas) is rebuilt from the layout description. Random shapes and inputs come
-from a seed, so the cases are held out from the Rust tests.
+from a seed, so the cases are held out from the Rust tests. Every second round of the
+kernels runs with `outputs lse;` added and its rows' log-sum-exps (`--lse-out`) are
+compared with NumPy's as well.
 
     python independent_reference.py --attnc target/release/attnc --seed 11 [--cases 12]
 """
@@ -108,9 +110,11 @@ def na(r):
 
 
 def attention(q, k, v, mask, scale):
+    """The output and each row's log-sum-exp (natural log, -inf for a row without keys)."""
     b, h, n, dh = q.shape
     g = h // k.shape[1]
     out = np.zeros((b, h, n, v.shape[-1]))
+    lse = np.full((b, h, n), -np.inf)
     for bi in range(b):
         for hi in range(h):
             s = (q[bi, hi].astype(np.float64) @ k[bi, hi // g].astype(np.float64).T) * scale
@@ -121,7 +125,30 @@ def attention(q, k, v, mask, scale):
             o = p @ v[bi, hi // g].astype(np.float64)
             o[seen] /= p[seen].sum(axis=1, keepdims=True)
             out[bi, hi] = o
+            lse[bi, hi, seen] = mx[seen, 0] + np.log(p[seen].sum(axis=1))
+    return out, lse
+
+
+def with_lse(path, kernel, tmp):
+    """A copy of the kernel file whose kernel also writes its log-sum-exps (`outputs lse;`)."""
+    text = open(path).read()
+    at = text.index(f"kernel {kernel} = attention(")
+    brace = text.index("{", at)
+    out = os.path.join(tmp, f"{kernel}_lse.attn")
+    with open(out, "w") as f:
+        f.write(text[: brace + 1] + " outputs lse;" + text[brace + 1 :])
     return out
+
+
+def lse_error(got, want):
+    """max |got - want| / max(|want|, 1); -inf must meet -inf, anything else non-finite fails."""
+    both_inf = np.isneginf(got) & np.isneginf(want)
+    finite = np.isfinite(got) & np.isfinite(want)
+    if not np.all(both_inf | finite):
+        return math.inf
+    if not finite.any():
+        return 0.0
+    return float((np.abs(got[finite] - want[finite]) / np.maximum(np.abs(want[finite]), 1.0)).max())
 
 
 def case(rng, kind):
@@ -201,27 +228,40 @@ def main():
             q = rng.standard_normal((1, heads, n, hd)).astype(np.float32)
             k = rng.standard_normal((1, kvh, n, hd)).astype(np.float32)
             v = rng.standard_normal((1, kvh, n, hd)).astype(np.float32)
-            paths = {x: os.path.join(tmp, f"{x}.npy") for x in "qkvo"}
+            paths = {x: os.path.join(tmp, f"{x}.npy") for x in ("q", "k", "v", "o", "lse")}
             for x, t in zip("qkv", (q, k, v)):
                 np.save(paths[x], t)
-            cmd = [a.attnc, "run", os.path.join(a.kernels, file), "--kernel", kernel, "--backend", a.backend]
+            # Every second round of the kinds also writes the rows' log-sum-exps
+            # (`outputs lse;`), compared with NumPy's in f64.
+            lse = (i // len(kinds)) % 2 == 1
+            path = os.path.join(a.kernels, file)
+            if lse:
+                path = with_lse(path, kernel, tmp)
+            cmd = [a.attnc, "run", path, "--kernel", kernel, "--backend", a.backend]
             for name, val in sets.items():
                 cmd += ["--set", f"{name}={val}"]
             cmd += ["--q", paths["q"], "--k", paths["k"], "--v", paths["v"], "-o", paths["o"], "--color", "never"]
+            if lse:
+                cmd += ["--lse-out", paths["lse"]]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 print(f"FAIL {kernel} {sets}: attnc exited {res.returncode}\n{res.stderr}")
                 failures += 1
                 continue
             out = np.load(paths["o"])
-            ref = attention(q, k, v, layout.mask(rule), 1.0 / math.sqrt(hd))
+            ref, ref_lse = attention(q, k, v, layout.mask(rule), 1.0 / math.sqrt(hd))
             err = float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30))
+            note = ""
+            if lse:
+                lse_err = lse_error(np.load(paths["lse"]).astype(np.float64), ref_lse)
+                err = max(err, lse_err)
+                note = f" (lse {lse_err:.2e})"
             worst = max(worst, err)
             ok = err < a.tolerance
             failures += 0 if ok else 1
             dens = layout.mask(rule).mean()
             print(f"{'ok  ' if ok else 'FAIL'} {kernel:10s} tokens {n:5d} density {dens:.3f} heads {heads}/{kvh} "
-                  f"d {hd}: relative error {err:.2e}  {sets}")
+                  f"d {hd}: relative error {err:.2e}{note}  {sets}")
     print(f"{a.cases - failures}/{a.cases} cases within {a.tolerance:g}; worst relative error {worst:.2e}")
     sys.exit(1 if failures else 0)
 

@@ -130,8 +130,8 @@ fn row_values<'c>(g: &Gen<'c>, s: &[[Var<'c>; 4]], row: usize) -> Vec<FloatValue
 
 /// Independent chains a row's max or sum is split into with `Tuning::chains`: one chain is
 /// 32 dependent instructions, each waiting for the last (run 42: the row max took 14 % of
-/// the computing warps' samples); four chains and two steps to join them are a quarter of
-/// that latency.
+/// the computing warps' samples); four chains of eight and two steps to join them are
+/// about a third of that latency.
 const CHAINS: usize = 4;
 
 /// `op` over `values` (at least one) as `chains` interleaved chains joined pairwise.
