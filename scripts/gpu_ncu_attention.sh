@@ -6,6 +6,7 @@
 # kernel does not drop). Writes $RESULTS_DIR/ncu_attention_SIDE.txt and prints the key
 # lines. Usage: ncu_attention.sh [SHAPE [KERNEL [SIDES...]]]
 cd "$(dirname "$0")"
+source ./unpack.sh
 OUT="${RESULTS_DIR:-results}"; mkdir -p "$OUT"
 SHAPE="${1:-64x64-wgmma-tma-x3}"; KERNEL="${2:-grat_b_2d}"; shift 2 2>/dev/null
 SIDES="${*:-256 512}"

@@ -4,6 +4,7 @@
 # Compute (speed of light, occupancy, warp states, memory) into $RESULTS_DIR/ncu.txt and
 # prints the key lines. Usage: ncu_decode.sh [FILE.attn KERNEL [--set ...]]
 cd "$(dirname "$0")"
+source ./unpack.sh
 OUT="${RESULTS_DIR:-results}"; mkdir -p "$OUT"
 FILE="${1:-quest.attn}"; KERNEL="${2:-quest_decode}"; shift 2 2>/dev/null
 ./bin/attnc bench "kernels/$FILE" --kernel "$KERNEL" "$@" --backend cuda --runs 30 2>&1 | grep -v "^  vs the"

@@ -6,6 +6,7 @@
 # prints the split and the hottest instructions.
 # Usage: ncu_source.sh [SHAPE [SIDE [R...]]]
 cd "$(dirname "$0")"
+source ./unpack.sh
 OUT="${RESULTS_DIR:-results}"; mkdir -p "$OUT"
 SHAPE="${1:-64x64-wgmma-tma-x3}"; SIDE="${2:-256}"; shift 2 2>/dev/null
 RS="${*:-1 2}"

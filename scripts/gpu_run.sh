@@ -9,7 +9,8 @@
 # kernel checked against the CPU executor, sanitized and timed; wgmma = the sm_90a kernel's SASS,
 # a few shapes timed, the suite with every shape, the tuner's table; power = joules a run
 # of each launch shape under sustained load; ab = a kernel change against bin/attnc_base
-# (the suite, then GRAT-B cases alternating the two binaries); shapes = launch shapes
+# (the suite, then GRAT-B cases alternating the base, the variants and the new binary);
+# shapes = launch shapes
 # side by side (SHAPES), with the suite and the sanitizers; exact = exact_decode alone, every tuning
 # candidate (ptxas; sanitizer memcheck and synccheck on a small case; a ragged shape and the
 # shipped one, tuned; about 3 minutes).
@@ -19,6 +20,7 @@ OUT="${RESULTS_DIR:-results}"
 mkdir -p "$OUT"
 A=./bin/attnc
 MODE="${1:-all}"
+source ./unpack.sh
 log() { echo "== $*"; }
 # ptxas's registers and spills of a decode kernel's entries, one line: decode_ptxas FILE KERNEL.
 decode_ptxas() {
@@ -97,8 +99,14 @@ if [ "$MODE" = "ab" ]; then
   # so that drift of the clock under the power limit falls on both alike.
   gpu_info
   B=./bin/attnc_base
-  [ -f $B.xz ] && python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' $B.xz $B && chmod +x $B
   [ -x $B ] || { echo "no bin/attnc_base.xz in the bundle (ATTNC_BASE=path scripts/gpu_bundle.sh)"; exit 2; }
+  # The base, the variants (bin/attnc_NAME from ATTNC_VARIANTS) and the new binary, in
+  # that order each round.
+  bins="$B"
+  for v in bin/attnc_*; do
+    case "$v" in *.xz|bin/attnc_base) ;; *) [ -x "$v" ] && bins="$bins ./$v" ;; esac
+  done
+  bins="$bins $A"
   log "suite (new binary) against the CPU backend"
   timeout 300 $A suite --kernels kernels > "$OUT/suite.txt" 2>&1
   suite_rc=$?
@@ -111,7 +119,7 @@ if [ "$MODE" = "ab" ]; then
     set -- $c
     [ $# -eq 3 ] || { echo "AB_CASES: '$c' is not 'side R shape'"; continue; }
     for rep in 1 2; do
-      for bin in $B $A; do
+      for bin in $bins; do
         sleep 1
         ms=$(timeout 120 $bin bench kernels/grat.attn --kernel grat_b_2d --set H=$1 --set W=$1 --set TEXT=0 --set R=$2 --backend cuda --rep-ms 100 --block $3 --json 2>&1 | tail -1 | python3 -c 'import json, sys; print(json.loads(sys.stdin.read())["ms"])' 2>/dev/null || echo nan)
         echo "$1 r=$2 $3 $(basename $bin) $rep $ms" | tee -a "$OUT/ab.txt"
@@ -120,7 +128,7 @@ if [ "$MODE" = "ab" ]; then
   done
   echo
   echo "== summary: suite exit $suite_rc: $(tail -1 "$OUT/suite.txt")"
-  echo "case | base ms (two runs) | new ms (two runs) | new/base"
+  echo "case | binary | ms (two runs) | min / base's min"
   python3 - "$OUT/ab.txt" <<'PY'
 import sys, collections
 t = collections.defaultdict(list)
@@ -128,8 +136,10 @@ for line in open(sys.argv[1]):
     *case, binary, rep, ms = line.split()
     t[(" ".join(case), binary)].append(float(ms))
 for case in dict.fromkeys(c for c, _ in t):
-    b, n = t[(case, "attnc_base")], t[(case, "attnc")]
-    print(f"{case} | {' '.join(f'{x:.3f}' for x in b)} | {' '.join(f'{x:.3f}' for x in n)} | {min(n) / min(b):.3f}")
+    b = t[(case, "attnc_base")]
+    for (c, binary), ms in t.items():
+        if c == case:
+            print(f"{case} | {binary} | {' '.join(f'{x:.3f}' for x in ms)} | {min(ms) / min(b):.3f}")
 PY
   exit 0
 fi
