@@ -1043,6 +1043,19 @@ fn run_writes_the_log_sum_exps_with_lse_out() {
         let e = (f64::from(*a) - b).abs() / b.abs().max(1.0);
         assert!(e < 1e-5, "lse {a}, reference {b}");
     }
+    // Without --lse-out the run says the log-sum-exps were not written.
+    let (code, _, err) = run(attnc()
+        .arg("run")
+        .arg(&src)
+        .args(["--kernel", "causal"])
+        .qkv(&q, &k, &v)
+        .arg("-o")
+        .arg(&out));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(", lse not written (--lse-out FILE.npy)"),
+        "{err}"
+    );
     let (code, _, err) = run_kernel("plain", &[]);
     assert_eq!(code, 2, "{err}");
     assert!(

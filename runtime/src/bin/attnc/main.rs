@@ -327,10 +327,16 @@ fn compile(a: &KernelArgs, color: bool) -> Result<(Source, driver::Compiled), u8
     Ok((src, c))
 }
 
-/// ", lse [shape] to FILE" when a run wrote its log-sum-exps.
-fn lse_note(r: &attnc_runtime::files::RunReport, lse_out: Option<&std::path::Path>) -> String {
+/// ", lse [shape] to FILE" when a run wrote its log-sum-exps; a reminder when the kernel
+/// computed them (`outputs lse;`) but no file was named.
+fn lse_note(
+    r: &attnc_runtime::files::RunReport,
+    m: &attnc_runtime::Manifest,
+    lse_out: Option<&std::path::Path>,
+) -> String {
     match (&r.lse_shape, lse_out) {
         (Some(shape), Some(p)) => format!(", lse {shape:?} to {}", p.display()),
+        _ if m.lse_shape().is_some() => ", lse not written (--lse-out FILE.npy)".to_string(),
         _ => String::new(),
     }
 }
@@ -674,7 +680,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
                     kernel.manifest().kernel,
                     r.shape,
                     output.display(),
-                    lse_note(&r, lse_out.as_deref()),
+                    lse_note(&r, kernel.manifest(), lse_out.as_deref()),
                     r.millis,
                     gpu.name()
                 );
@@ -682,7 +688,7 @@ fn run(cmd: Command, color: bool) -> Result<(), u8> {
             }
             let kernel = CpuKernel::new(c, false).map_err(runtime_error)?;
             let r = run_npy(&kernel, &args, &output, lse_out.as_deref()).map_err(runtime_error)?;
-            let lse = lse_note(&r, lse_out.as_deref());
+            let lse = lse_note(&r, kernel.manifest(), lse_out.as_deref());
             eprintln!(
                 "{}: output {:?} written to {}{lse} ({:.1} ms on the CPU)",
                 kernel.manifest().kernel,
