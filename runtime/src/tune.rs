@@ -15,7 +15,8 @@ use crate::artefact::{self, GpuArtefact};
 use crate::cuda::{CudaKernel, Gpu};
 use crate::{Error, Tensor};
 
-/// One timed shape (`ms` NaN: its output disagreed with the default shape's; not used).
+/// One timed shape (`ms` NaN: its output or log-sum-exps disagreed with the default
+/// shape's; not used).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Trial {
     /// The shape's name (`Tuning::name`).
@@ -78,8 +79,9 @@ pub fn tune(
     let mut trials = vec![];
     // The default shape's output is the yardstick: a shape that disagrees with it is never
     // chosen (the tuner must not trade correctness for speed). Inputs are uploaded once and
-    // shared by every candidate; outputs are compared on a sample (runs spread over the output).
-    let mut reference: Option<Vec<f32>> = None;
+    // shared by every candidate; outputs are compared on a sample (runs spread over the
+    // output), and the log-sum-exps of a kernel with `outputs lse;` whole.
+    let mut reference: Option<(Vec<f32>, Option<Vec<f32>>)> = None;
     let mut args: Option<crate::cuda::DeviceArgs> = None;
     let shapes = candidates(&c.ir, &c.schedule.geom, gpu.has_wgmma());
     // Progress on a terminal (tuning a large case takes a while; pipes get the table).
@@ -107,11 +109,16 @@ pub fn tune(
         kernel.launch(dev)?;
         // 256 runs of 256 values spread over every head and batch entry.
         let out = kernel.download_sample(dev, (256, 256))?;
+        let lse = kernel.download_lse(dev)?;
         match &reference {
-            None => reference = Some(out),
-            Some(r) => {
+            None => reference = Some((out, lse)),
+            Some((r, r_lse)) => {
                 let (err, _) = crate::suite::max_rel(&out, r);
-                if err.is_nan() || err >= 1e-2 {
+                let lse_err = match (&lse, r_lse) {
+                    (Some(x), Some(y)) => crate::suite::lse_error(x, y).0,
+                    _ => 0.0,
+                };
+                if err.is_nan() || err >= 1e-2 || lse_err.is_nan() || lse_err >= 1e-2 {
                     trials.push(Trial::new(t, f64::NAN));
                     continue;
                 }
