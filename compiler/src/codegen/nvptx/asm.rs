@@ -333,13 +333,6 @@ pub mod ptx {
             .volatile()
     }
 
-    /// `log2(x)`, approximate (`lg2.approx`: relative error about 2^-22 on normal inputs).
-    pub fn lg2() -> Asm {
-        Asm::new("lg2.approx.f32 {o0}, {i0};")
-            .outputs(1, Reg::F)
-            .inputs(1, Reg::F)
-    }
-
     /// `tid.x` read where it stands: volatile, so that nothing computed from it is hoisted
     /// out of the loop it is read in (where a value kept from before the loop would hold a
     /// register through it).

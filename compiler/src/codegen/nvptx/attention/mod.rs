@@ -803,7 +803,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         for (row, (exists, pos)) in rows.into_iter().enumerate() {
             let l = self.quad_reduce(l[row], false);
             let seen = g.fcmp(FloatPredicate::ONE, l, g.f32(0.0));
-            let log2_l = ptx::lg2().emit(g.cx, &g.b, &[l.into()])[0].into_float_value();
+            let log2_l = g.lg2(l);
             let lse = g.fmul(g.fadd(m[row], log2_l), g.f32(std::f64::consts::LN_2));
             let lse = g.self_f(seen, lse, g.f32(f64::NEG_INFINITY));
             g.if_then(g.and(exists, first_lane), &mut |g| {
