@@ -380,9 +380,14 @@ fn attention_shapes_follow_the_gpu_and_the_token_order() {
             shape("128x128-wgmma-tma-ws-pp"),
             shape("128x128-wgmma-tma-ws-pers"),
             shape("128x128-wgmma-tma-ws-pp-pers"),
-            lpt
+            lpt,
+            shape("128x128-wgmma-tma-ws-ovl-pers-poly"),
         ]
     );
+    // A quarter of the exponentials by polynomial: its own suffix, round-tripped.
+    let poly = shape("128x128-wgmma-tma-ws-ovl-pers-c4-poly");
+    assert!(poly.poly && poly.chains && poly.persistent && poly.overlap);
+    assert_eq!(poly.name(), "128x128-wgmma-tma-ws-ovl-pers-c4-poly");
     // The persistent kernel: one block an SM walking the work items, warp-specialised only.
     let pers = shape("128x128-wgmma-tma-ws-pp-pers");
     assert!(pers.persistent && pers.pingpong && pers.ws);

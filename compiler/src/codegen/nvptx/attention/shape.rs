@@ -77,6 +77,11 @@ pub struct Tuning {
     /// with the persistent overlapped kernel, 2 to 3 % slower at r=2; so the tuner tries
     /// both.
     pub chains: bool,
+    /// One exponential in four by a cubic on the FMA units instead of the MUFU unit
+    /// (`-poly`, FlashAttention-4's software `exp2`): the computing warps' exponentials were
+    /// 25 % of their samples (run 42), 64 a thread a chunk on a unit that does 16 an SM a
+    /// cycle. Experimental: not timed yet.
+    pub poly: bool,
 }
 
 impl Tuning {
@@ -95,6 +100,7 @@ impl Tuning {
             persistent: false,
             ordered: false,
             chains: false,
+            poly: false,
         }
     }
 
@@ -113,11 +119,12 @@ impl Tuning {
         let p = if self.persistent { "-pers" } else { "" };
         let l = if self.ordered { "-lpt" } else { "" };
         let c = if self.chains { "-c4" } else { "" };
+        let e = if self.poly { "-poly" } else { "" };
         let o = match self.blocks_per_sm {
             0 => String::new(),
             n => format!("-x{n}"),
         };
-        format!("{}x{}{w}{t}{v}{p}{l}{c}{o}", self.bm, self.bn)
+        format!("{}x{}{w}{t}{v}{p}{l}{c}{e}{o}", self.bm, self.bn)
     }
 
     /// The inverse of `name`.
@@ -131,6 +138,7 @@ impl Tuning {
             Some(rest) => (rest, true),
             None => (s, false),
         };
+        let (s, poly) = strip(s, "-poly");
         let (s, chains) = strip(s, "-c4");
         let (s, ordered) = strip(s, "-lpt");
         let (s, persistent) = strip(s, "-pers");
@@ -152,6 +160,7 @@ impl Tuning {
             persistent,
             ordered,
             chains,
+            poly,
         })
     }
 }
@@ -271,7 +280,9 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
 /// bench/RESULTS.md, runs 15 and 19) and with ping-pong on 128x128, the persistent
 /// warp-specialised kernel without the overlap (`-pers`; up to 1.6 % behind its
 /// non-persistent form, 1.5 % ahead on GRAT-B r=1 512x512, run 29), and the tuner's
-/// usual pick with its tiles launched longest first (`ordered`, run 22: no change).
+/// usual pick with its tiles launched longest first (`ordered`, run 22: no change), and
+/// the persistent overlapped kernel with a quarter of its exponentials by polynomial
+/// (`poly`, not timed yet).
 pub fn experimental(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
     if !wgmma || !tensor_copies_fit(geo) {
         return vec![];
@@ -304,7 +315,14 @@ pub fn experimental(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
         persistent: true,
         ..pp128
     };
-    [ws, pp, pp128, pers, pers_pp, lpt]
+    // The persistent overlapped kernel with a quarter of its exponentials on the FMA units.
+    let pers_ovl_poly = Tuning {
+        overlap: true,
+        persistent: true,
+        poly: true,
+        ..ws128
+    };
+    [ws, pp, pp128, pers, pers_pp, lpt, pers_ovl_poly]
         .into_iter()
         .filter(|t| config_for(k, *t).is_ok())
         .collect()
@@ -563,9 +581,11 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
         ws,
         pingpong,
         persistent,
-        // Any shape may launch its tiles in any order, and reduce its rows in chains.
+        // Any shape may launch its tiles in any order, reduce its rows in chains and take
+        // some exponentials on the FMA units.
         ordered,
         chains: _,
+        poly: _,
     } = t;
     if persistent && (!ws || ordered) {
         return Err(format!(
