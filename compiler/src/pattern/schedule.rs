@@ -190,6 +190,9 @@ fn build_variant(
             if !rules.sees(qside, Side::Segment(sg.index)) {
                 continue;
             }
+            // Every key tile of the segment is visited for every query tile that sees it:
+            // a huge segment must run out of budget, not of time.
+            budget.spend(u64::from(sg.tiles))?;
             for j in 0..sg.tiles {
                 let k = sg.first_tile + j;
                 let valid = geom.tile_valid_len(k);
