@@ -265,16 +265,17 @@ pub fn cases(small: bool) -> Vec<Case> {
         "tiled",
     ));
     // The rows' log-sum-exps (`outputs lse;`): dense causal in both orders, GRAT-B with a
-    // text prefix, and the case of several work items a block (the persistent kernel
-    // without the overlap writes them; the overlapped one does not take the setting).
+    // text prefix, with batch 2 and GQA, and the case of several work items a block (the
+    // persistent kernel without the overlap writes them; the overlapped one does not take
+    // the setting yet).
+    let has = |c: &Case, set: &str| c.sets.iter().any(|s| s == set);
     let lse: Vec<Case> = v
         .iter()
         .filter(|c| {
-            (c.kernel == "causal" && c.sets.contains(&"N=1000".to_string()))
+            (c.kernel == "causal" && has(c, "N=1000"))
                 || (c.kernel == "grat_b_2d"
                     && c.order == "tiled"
-                    && (c.sets.contains(&"TEXT=512".to_string())
-                        || c.sets.contains(&"H=256".to_string())))
+                    && (has(c, "TEXT=512") || has(c, "H=256") || has(c, "BATCH=2")))
         })
         .map(|c| Case {
             file: c.file,
@@ -533,4 +534,41 @@ pub fn max_rel(got: &[f32], want: &[f32]) -> (f64, usize) {
         }
     }
     worst
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The suite's cases with `outputs lse;`: which they are, and that their sources
+    /// compile to kernels that write the log-sum-exps (the GPU run compares them).
+    #[test]
+    fn log_sum_exp_cases_write_them() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels");
+        let lse: Vec<Case> = cases(false).into_iter().filter(|c| c.lse).collect();
+        let names: Vec<(&str, &str)> = lse.iter().map(|c| (c.kernel, c.order)).collect();
+        assert_eq!(
+            names,
+            [
+                ("grat_b_2d", "tiled"),
+                ("grat_b_2d", "tiled"),
+                ("causal", "tiled"),
+                ("causal", "raster"),
+                ("grat_b_2d", "tiled"),
+            ]
+        );
+        assert!(lse.iter().any(|c| c.sets.iter().any(|s| s == "BATCH=2")));
+        for c in &lse {
+            let src = source(&dir, c).expect("source");
+            let sets: Vec<Binding> = c
+                .sets
+                .iter()
+                .map(|s| Binding::parse(s).expect("binding"))
+                .collect();
+            let compiled = cache::compile(&src, c.kernel, &sets).expect("compiles");
+            assert!(compiled.spec.outputs.lse.is_some(), "{}", c.kernel);
+        }
+        // The small cases compute-sanitizer runs keep none of them.
+        assert!(cases(true).iter().all(|c| !c.lse));
+    }
 }
