@@ -1071,6 +1071,17 @@ fn run_writes_the_log_sum_exps_with_lse_out() {
         err.contains("error: `d`: --lse-out is for attention kernels with `outputs lse;`"),
         "{err}"
     );
+    // explain says the kernel writes them; a kernel without them says nothing of it.
+    let explain = |kernel: &str| run(attnc().arg("explain").arg(&src).args(["--kernel", kernel]));
+    let (code, out, err) = explain("causal");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("batch 1, bf16; also writes each row's log-sum-exp (outputs lse, f32)"),
+        "{out}"
+    );
+    let (code, out, err) = explain("plain");
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("log-sum-exp"), "{out}");
     // The CPU benchmark times the kernel writing its log-sum-exps.
     let (code, out, err) = run(attnc()
         .arg("bench")

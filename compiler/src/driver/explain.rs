@@ -121,13 +121,18 @@ pub fn report(spec: &Spec, s: &Schedule, file: &str, query_tile: Option<u32>) ->
     );
     let _ = writeln!(
         o,
-        "  heads {} (kv {}), head_dim {}, value_dim {}, batch {}, {}",
+        "  heads {} (kv {}), head_dim {}, value_dim {}, batch {}, {}{}",
         spec.heads,
         spec.kv_heads,
         spec.head_dim,
         spec.value_dim,
         spec.batch,
-        spec.dtype.name()
+        spec.dtype.name(),
+        if spec.outputs.lse.is_some() {
+            "; also writes each row's log-sum-exp (outputs lse, f32)"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         o,
