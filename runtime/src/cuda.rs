@@ -363,27 +363,27 @@ impl CudaKernel {
     /// that an element the kernel never writes cannot pass for a result. A device memset:
     /// the host copy it replaces was 1.6 GB at 262144 tokens, on every shape tuned.
     pub fn poison(&self, a: &mut DeviceArgs) -> Result<(), Error> {
-        use cudarc::driver::DevicePtrMut;
         self.stream.context().bind_to_thread().map_err(cuda)?;
-        let bytes = a.o.len() * std::mem::size_of::<u16>();
-        let (dptr, _record) = a.o.device_ptr_mut(&self.stream);
-        // SAFETY: `dptr` is the output buffer, allocated on this stream and alive while `a`
-        // is borrowed; the memset covers exactly its bytes; every pattern of bits is a
-        // valid u16.
+        self.fill_ff(&mut a.o)?;
+        // The log-sum-exps likewise (0xffffffff is a NaN in f32).
+        if let Some(lse) = &mut a.lse {
+            self.fill_ff(lse)?;
+        }
+        Ok(())
+    }
+
+    /// Sets every byte of a buffer of plain numbers (u16, f32) to 0xff, on the stream.
+    fn fill_ff<T>(&self, buf: &mut CudaSlice<T>) -> Result<(), Error> {
+        use cudarc::driver::DevicePtrMut;
+        let bytes = buf.len() * std::mem::size_of::<T>();
+        let (dptr, _record) = buf.device_ptr_mut(&self.stream);
+        // SAFETY: `dptr` is the buffer, allocated on this stream and alive while `buf` is
+        // borrowed; the memset covers exactly its bytes; the callers' element types (u16,
+        // f32) are valid with every pattern of bits.
         unsafe {
             cudarc::driver::result::memset_d8_async(dptr, 0xff, bytes, self.stream.cu_stream())
         }
-        .map_err(cuda)?;
-        if let Some(lse) = &mut a.lse {
-            let bytes = lse.len() * std::mem::size_of::<f32>();
-            let (dptr, _record) = lse.device_ptr_mut(&self.stream);
-            // SAFETY: as above, for the log-sum-exps (0xffffffff is a NaN in f32).
-            unsafe {
-                cudarc::driver::result::memset_d8_async(dptr, 0xff, bytes, self.stream.cu_stream())
-            }
-            .map_err(cuda)?;
-        }
-        Ok(())
+        .map_err(cuda)
     }
 
     /// Copies the output back as f32.

@@ -97,17 +97,16 @@ impl Manifest {
     /// Checks an lse buffer of `lse` values (none: not passed) against what the kernel
     /// writes (`outputs lse;`, `[batch, heads, tokens]`).
     pub fn check_lse(&self, lse: Option<usize>) -> Result<(), Error> {
-        let m = self;
-        match (m.lse_shape(), lse) {
+        match (self.lse_shape(), lse) {
             (None, None) => Ok(()),
             (Some(shape), None) => Err(Error::Shape(format!(
                 "kernel `{}` writes its rows' log-sum-exps (`outputs lse;`): pass a buffer of {} values {shape:?} (run_with_lse)",
-                m.kernel,
+                self.kernel,
                 shape.iter().product::<usize>()
             ))),
             (None, Some(_)) => Err(Error::Shape(format!(
                 "kernel `{}` writes no log-sum-exps: add `outputs lse;` to its body",
-                m.kernel
+                self.kernel
             ))),
             (Some(shape), Some(n)) if n != shape.iter().product::<usize>() => {
                 Err(Error::Shape(format!(

@@ -14,6 +14,7 @@ use crate::cuda::{CudaKernel, Gpu};
 use crate::{artefact, cache, CpuKernel, Error, Manifest, Tensor};
 
 /// One case: kernel file, kernel, `--set` bindings, token order.
+#[derive(Clone)]
 pub struct Case {
     pub file: &'static str,
     pub kernel: &'static str,
@@ -278,11 +279,8 @@ pub fn cases(small: bool) -> Vec<Case> {
                     && (has(c, "TEXT=512") || has(c, "H=256") || has(c, "BATCH=2")))
         })
         .map(|c| Case {
-            file: c.file,
-            kernel: c.kernel,
-            sets: c.sets.clone(),
-            order: c.order,
             lse: true,
+            ..c.clone()
         })
         .collect();
     v.extend(lse);
@@ -310,16 +308,23 @@ fn source(dir: &Path, c: &Case) -> Result<Source, Error> {
         text = text.replace("dtype bf16;", &format!("dtype {d};"));
     }
     if c.lse {
-        let head = format!("kernel {} = attention(", c.kernel);
-        let brace = text
-            .find(&head)
-            .and_then(|at| text[at..].find('{').map(|b| at + b))
-            .ok_or_else(|| {
-                Error::Input(format!("{}: no attention kernel `{}`", c.file, c.kernel))
-            })?;
-        text.insert_str(brace + 1, " outputs lse;");
+        text = with_lse(&text, c.kernel).ok_or_else(|| {
+            Error::Input(format!("{}: no attention kernel `{}`", c.file, c.kernel))
+        })?;
     }
     Ok(Source::new(format!("{} ({})", c.file, c.order), text))
+}
+
+/// `text` with `outputs lse;` added to the body of its attention kernel `kernel` (none:
+/// the text has no such kernel).
+pub fn with_lse(text: &str, kernel: &str) -> Option<String> {
+    let at = text.find(&format!("kernel {kernel} = attention("))?;
+    let brace = at + text[at..].find('{')?;
+    Some(format!(
+        "{} outputs lse;{}",
+        &text[..=brace],
+        &text[brace + 1..]
+    ))
 }
 
 /// Runs the suite (the cases of `only`, when given). Returns the number of failures.
@@ -444,18 +449,11 @@ fn run_case(
             c.sets.join(" ")
         );
         if let Some((e, at)) = lse_err {
+            let value = |x: &Option<Vec<f32>>| x.as_ref().map_or(f32::NAN, |x| x[at]);
             println!(
                 "     lse: error {e:.2e} (max at {at}: gpu {} cpu {})",
-                got_lse
-                    .as_ref()
-                    .and_then(|g| g.get(at))
-                    .copied()
-                    .unwrap_or(f32::NAN),
-                want_lse
-                    .as_ref()
-                    .and_then(|w| w.get(at))
-                    .copied()
-                    .unwrap_or(f32::NAN),
+                value(&got_lse),
+                value(&want_lse)
             );
         }
         if !pass {

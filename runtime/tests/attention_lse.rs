@@ -17,12 +17,8 @@ const TOLERANCE: f64 = 1e-5;
 
 /// `text` with `outputs lse;` added to the body of its attention kernel `kernel`.
 fn with_lse(text: &str, kernel: &str) -> String {
-    let head = format!("kernel {kernel} = attention(");
-    let at = text
-        .find(&head)
-        .unwrap_or_else(|| panic!("no attention kernel `{kernel}`"));
-    let brace = at + text[at..].find('{').expect("a kernel body");
-    format!("{} outputs lse;{}", &text[..=brace], &text[brace + 1..])
+    attnc_runtime::suite::with_lse(text, kernel)
+        .unwrap_or_else(|| panic!("no attention kernel `{kernel}`"))
 }
 
 fn kernels_dir() -> std::path::PathBuf {

@@ -94,7 +94,8 @@ impl<'a, 'c> Attention<'a, 'c> {
     ///
     /// Chunk 0: `S` waited for, softmax, P kept. Chunk `n > 0`: wait for K(n) and V(n-1);
     /// one block issues `S = Q K^T(n)` and `P(n-1) V(n-1)` and waits for `S`; the softmax of
-    /// `n` runs while `P V` does; then the wait for `P V`, after which K(n) and V(n-1) are
+    /// `n`; then the wait for `P V` (ptxas moves it ahead of the exponentials: run 42),
+    /// after which K(n) and V(n-1) are
     /// read by nobody in this warpgroup: the key information of chunk `n + 2`, the one
     /// barrier a chunk, and one thread issues K(n+2) into K buffer `n % 2` and V(n+1) into
     /// V buffer `(n+1) % 2` (each lands a whole chunk before it is read). The slot filled,
@@ -271,7 +272,8 @@ impl<'a, 'c> Attention<'a, 'c> {
     /// previous `P V` (`-ws-ovl`: FlashAttention-3's producer, consumers and
     /// intra-warpgroup pipelining): chunk `n` in stage `n % S` as in `kv_loop_ws`; the
     /// first chunk's `S` waited for and its P kept; chunk `n > 0` issues `S = Q K^T(n)`
-    /// with `P(n-1) V(n-1)` and runs its softmax while `P V` does; once `P V` completed,
+    /// with `P(n-1) V(n-1)` and its softmax before the wait for `P V` (which ptxas moves
+    /// ahead of the exponentials: run 42); once `P V` completed,
     /// stage `n - 1` is released (its "empty" barrier). After the loop, the last chunk's
     /// `P V`, and its stage released. The computing warpgroups hold two stages at once.
     pub(super) fn kv_loop_ws_overlapped(

@@ -779,14 +779,15 @@ impl<'a, 'c> Attention<'a, 'c> {
     fn store(&self, f: &Frags<'c>) {
         let g = self.g;
         let l = f.l.map(|v| g.getf(v));
-        self.store_rows(Some(&f.acc), l, self.my_rows(), self.bh());
-        self.store_lse(f.m, l, self.my_rows(), self.bh());
+        let sums = self.store_rows(Some(&f.acc), l, self.my_rows(), self.bh());
+        self.store_lse(f.m, sums, self.my_rows(), self.bh());
     }
 
     /// `outputs lse;`: each existing row's log-sum-exp in natural units, written by the
     /// quad's first lane. The softmax runs in base 2 (`m` the running max of the scores
-    /// times the folded scale and `log2 e`, `l` the thread-partial sums of `2^(s - m)`), so
-    /// `lse = (m + log2 l) ln 2`, and -inf where `l == 0` (the row saw no key).
+    /// times the folded scale and `log2 e`, `l` the rows' sums of `2^(s - m)`, as
+    /// `store_rows` reduced them across the quad), so `lse = (m + log2 l) ln 2`, and -inf
+    /// where `l == 0` (the row saw no key).
     fn store_lse(
         &self,
         m: [Var<'c>; 2],
@@ -801,7 +802,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         let base = self.global_addr(base);
         let first_lane = g.icmp(IntPredicate::EQ, self.tig, g.i32(0));
         for (row, (exists, pos)) in rows.into_iter().enumerate() {
-            let l = self.quad_reduce(l[row], false);
+            let l = l[row];
             let seen = g.fcmp(FloatPredicate::ONE, l, g.f32(0.0));
             let log2_l = g.lg2(l);
             let lse = g.fmul(g.fadd(m[row], log2_l), g.f32(std::f64::consts::LN_2));
@@ -832,21 +833,23 @@ impl<'a, 'c> Attention<'a, 'c> {
     /// Normalises accumulators by their rows' thread-partial sums `l` and writes the
     /// elements of this thread's two rows `(exists, position)` that exist into the
     /// output of `bh` (`batch * heads + head`); zeros without accumulators (rows that
-    /// see no key).
+    /// see no key). Returns the rows' sums, reduced across the quad.
     fn store_rows(
         &self,
         acc: Option<&[[Var<'c>; 4]]>,
         l: [FloatValue<'c>; 2],
         rows: [(IntValue<'c>, IntValue<'c>); 2],
         bh: IntValue<'c>,
-    ) {
+    ) -> [FloatValue<'c>; 2] {
         let g = self.g;
         let cfg = self.cfg;
         let tokens_n = self.k.info.tokens as i64;
         let o_base = self.global_addr(self.params.o);
         let bh_off = g.muli(g.zext64(bh), tokens_n * i64::from(cfg.dv) * 2);
+        let mut sums = l;
         for (row, (exists, pos)) in rows.into_iter().enumerate() {
             let l = self.quad_reduce(l[row], false);
+            sums[row] = l;
             let zero = g.fcmp(FloatPredicate::OEQ, l, g.f32(0.0));
             let inv = g.self_f(zero, g.f32(0.0), g.fdiv(g.f32(1.0), l));
             let this = self;
@@ -884,6 +887,7 @@ impl<'a, 'c> Attention<'a, 'c> {
                 }
             });
         }
+        sums
     }
 }
 

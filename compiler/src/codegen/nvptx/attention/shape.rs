@@ -43,10 +43,12 @@ pub struct Tuning {
     /// cp.async. Needs wgmma and a token order in which a key tile's rows are consecutive
     /// (`tensor_copies_fit`).
     pub tma: bool,
-    /// With tensor copies: each warpgroup's softmax overlaps its own previous `P V`
+    /// With tensor copies: each warpgroup's softmax between its `P V`'s issue and its wait
     /// (FlashAttention-3's intra-warpgroup pipelining, `kv_loop_overlapped`): `S = Q K^T`
     /// of chunk `n` and `P V` of chunk `n - 1` are issued together, the softmax of chunk
-    /// `n` runs while `P V` does.
+    /// `n` comes before the wait for `P V`. That is the PTX: ptxas moves the wait ahead of
+    /// the exponentials, so the softmax runs beside the other warpgroup's products, not its
+    /// own `P V` (bench/RESULTS.md, run 42).
     pub overlap: bool,
     /// With tensor copies: warp-specialised (FlashAttention-3's producer and consumers):
     /// a producer warpgroup walks the keys, fills their information and issues the tensor
@@ -73,9 +75,9 @@ pub struct Tuning {
     /// of whatever the raster order ends with.
     pub ordered: bool,
     /// A row's max and sum as four interleaved chains joined pairwise instead of one
-    /// chain of dependent instructions (`-c4`): run 45, 1.5 to 3 % faster at GRAT-B r=1
-    /// with the persistent overlapped kernel, 2 to 3 % slower at r=2; so the tuner tries
-    /// both.
+    /// chain of dependent instructions (`-c4`): run 45, 1.6 and 2.2 % faster (medians) at
+    /// GRAT-B r=1 with the persistent overlapped kernel, 3.2 % slower at r=2; so the tuner
+    /// tries both.
     pub chains: bool,
     /// One exponential in four by a cubic on the FMA units instead of the MUFU unit
     /// (`-poly`, FlashAttention-4's software `exp2`): the computing warps' exponentials were
@@ -248,8 +250,8 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
         }
         // FlashAttention-3's producer and two consumers on 128x128 (since its fragments
         // are read after `setmaxnreg`, its wgmma are no longer serialised), alone and with
-        // each warpgroup's softmax overlapped with its `P V` (the fastest shapes on dense
-        // 16384 and GRAT-B r=2 512x512 in bench/RESULTS.md's sixth session), and the
+        // each warpgroup's softmax between its `P V`'s issue and wait (the fastest shapes on
+        // dense 16384 and GRAT-B r=2 512x512 in bench/RESULTS.md's sixth session), and the
         // overlapped one persistent, its pipeline carried across work items (seventh
         // session, runs 33 and 37: 1.6 to 7 % ahead of three 64-row blocks an SM on
         // GRAT-B r=1, 2.5 to 3.6 % on dense 16384, from 1 % behind to 2.4 % ahead on r=2).
