@@ -780,24 +780,24 @@ impl<'a, 'c> Attention<'a, 'c> {
         let g = self.g;
         let l = f.l.map(|v| g.getf(v));
         let sums = self.store_rows(Some(&f.acc), l, self.my_rows(), self.bh());
-        self.store_lse(f.m, sums, self.my_rows(), self.bh());
+        self.store_lse(Some(f.m), sums, self.my_rows(), self.bh());
     }
 
     /// `outputs lse;`: each existing row's log-sum-exp in natural units, written by the
     /// quad's first lane. The softmax runs in base 2 (`m` the running max of the scores
     /// times the folded scale and `log2 e`, `l` the rows' sums of `2^(s - m)`, as
     /// `store_rows` reduced them across the quad), so `lse = (m + log2 l) ln 2`, and -inf
-    /// where `l == 0` (the row saw no key).
+    /// where `l == 0` (the row saw no key; `m` may then be none).
     fn store_lse(
         &self,
-        m: [Var<'c>; 2],
+        m: Option<[Var<'c>; 2]>,
         l: [FloatValue<'c>; 2],
         rows: [(IntValue<'c>, IntValue<'c>); 2],
         bh: IntValue<'c>,
     ) {
         let Some(base) = self.params.lse else { return };
         let g = self.g;
-        let m = m.map(|v| g.getf(v));
+        let m = m.map_or([g.f32(f64::NEG_INFINITY); 2], |m| m.map(|v| g.getf(v)));
         let tokens_n = self.k.info.tokens as i64;
         let base = self.global_addr(base);
         let first_lane = g.icmp(IntPredicate::EQ, self.tig, g.i32(0));

@@ -37,8 +37,10 @@ pub(super) struct Carry<'c> {
     /// accumulators afresh (`ptx::WGMMA_FRESH`: clearing them instead made ptxas
     /// serialise every wgmma).
     first: Var<'c>,
-    /// The closing item's thread-partial row sums.
+    /// The closing item's thread-partial row sums...
     l: [Var<'c>; 2],
+    /// ... and, for a kernel with `outputs lse;`, its running maxima.
+    m: Option<[Var<'c>; 2]>,
     /// The P words of the previous chunk (its `P V` is issued with the next `Q K^T`).
     p: KeptP<'c>,
     /// The chunk cursor of the open item and the end of its runs.
@@ -69,6 +71,7 @@ impl<'a, 'c> Attention<'a, 'c> {
             closed: int(),
             first: int(),
             l: [float(), float()],
+            m: self.params.lse.map(|_| [float(), float()]),
             p: self.kept_p(),
             cur: self.new_cursor(),
             end: int(),
@@ -407,6 +410,7 @@ impl<'a, 'c> Attention<'a, 'c> {
             g.if_then(empty, &mut |g| {
                 let l = [g.f32(0.0); 2];
                 t.store_rows(None, l, t.my_rows(), t.bh());
+                t.store_lse(None, l, t.my_rows(), t.bh());
                 t.ring_arrive(Ring::QEmpty, b);
             });
             g.set(item, g.add(it, stride));
@@ -435,12 +439,15 @@ impl<'a, 'c> Attention<'a, 'c> {
     /// the next item.
     fn close_item(&mut self, f: &mut Frags<'c>) {
         let g = self.g;
-        let (l, closing, closed, opened, taken) = {
+        let (l, m, closing, closed, opened, taken) = {
             let c = self.carry();
-            (c.l, c.closing, c.closed, c.opened, c.taken)
+            (c.l, c.m, c.closing, c.closed, c.opened, c.taken)
         };
         for r in 0..2 {
             g.set(l[r], g.getf(f.l[r]));
+            if let Some(m) = m {
+                g.set(m[r], g.getf(f.m[r]));
+            }
         }
         g.set(closing, g.i32(1));
         g.set(closed, g.uremi(g.addi(g.geti(opened), -1), 2));
@@ -459,7 +466,9 @@ impl<'a, 'c> Attention<'a, 'c> {
             (g.icmp(IntPredicate::SGE, pos, g.i32(0)), pos)
         });
         let l = c.l.map(|v| g.getf(v));
-        self.store_rows(Some(acc), l, rows, self.ld_shared_i32(g.addi(at, 8)));
+        let bh = self.ld_shared_i32(g.addi(at, 8));
+        let sums = self.store_rows(Some(acc), l, rows, bh);
+        self.store_lse(c.m, sums, rows, bh);
         g.set(c.closing, g.i32(0));
     }
 }

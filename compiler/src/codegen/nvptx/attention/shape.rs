@@ -595,14 +595,6 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
             t.name()
         ));
     }
-    // It stores a finished item's rows from shared memory, where their running maxima do
-    // not wait (docs/attention-lse.md).
-    if persistent && overlap && k.writes_lse() {
-        return Err(format!(
-            "block shape {}: the persistent overlapped kernel does not write `outputs lse` yet",
-            t.name()
-        ));
-    }
     // The next item's Q comes by a tensor copy of K's box.
     if persistent && overlap && bn != bm {
         return Err(format!(
