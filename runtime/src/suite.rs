@@ -266,9 +266,8 @@ pub fn cases(small: bool) -> Vec<Case> {
         "tiled",
     ));
     // The rows' log-sum-exps (`outputs lse;`): dense causal in both orders, GRAT-B with a
-    // text prefix, with batch 2 and GQA, and the case of several work items a block (the
-    // persistent kernel without the overlap writes them; the overlapped one does not take
-    // the setting yet).
+    // text prefix, with batch 2 and GQA, and the case of several work items a block (where
+    // the persistent kernels carry a finished item's running maxima to its store).
     let has = |c: &Case, set: &str| c.sets.iter().any(|s| s == set);
     let lse: Vec<Case> = v
         .iter()
