@@ -326,6 +326,8 @@ fn attention_shapes_follow_the_gpu_and_the_token_order() {
             "128x128-wgmma-tma-ws-ovl",
             "128x128-wgmma-tma-ws-ovl-pers",
             "128x128-wgmma-tma-ws-ovl-pers-c4",
+            "128x128-wgmma-tma-ws-ovl-pers-lpt",
+            "128x128-wgmma-tma-ws-ovl-pers-lpt-c4",
         ] {
             assert_eq!(all.contains(&shape(ws)), tiled, "{kernel} {ws}");
         }
@@ -380,14 +382,12 @@ fn attention_shapes_follow_the_gpu_and_the_token_order() {
             shape("128x128-wgmma-tma-ws-pp"),
             shape("128x128-wgmma-tma-ws-pers"),
             shape("128x128-wgmma-tma-ws-pp-pers"),
-            lpt,
-            shape("128x128-wgmma-tma-ws-ovl-pers-poly"),
+            lpt
         ]
     );
-    // A quarter of the exponentials by polynomial: its own suffix, round-tripped.
-    let poly = shape("128x128-wgmma-tma-ws-ovl-pers-c4-poly");
-    assert!(poly.poly && poly.chains && poly.persistent && poly.overlap);
-    assert_eq!(poly.name(), "128x128-wgmma-tma-ws-ovl-pers-c4-poly");
+    // The persistent kernel may walk each head's tiles in the launch order.
+    let pers_lpt = shape("128x128-wgmma-tma-ws-ovl-pers-lpt-c4");
+    assert!(pers_lpt.persistent && pers_lpt.ordered && pers_lpt.chains);
     // The persistent kernel: one block an SM walking the work items, warp-specialised only.
     let pers = shape("128x128-wgmma-tma-ws-pp-pers");
     assert!(pers.persistent && pers.pingpong && pers.ws);

@@ -394,7 +394,7 @@ fn write_artefacts(
 fn parse_block(block: &str) -> Result<Tuning, u8> {
     Tuning::parse(block).ok_or_else(|| {
         usage(format!(
-            "--block {block}: expected ROWSxKEYS[-wgmma[-tma[-ovl|-ws[-pp|-ovl]][-pers]]][-lpt][-c4][-poly][-xBLOCKS], e.g. 128x64, 64x64-wgmma-tma-x3 or 128x128-wgmma-tma-ws-ovl-pers"
+            "--block {block}: expected ROWSxKEYS[-wgmma[-tma[-ovl|-ws[-pp|-ovl]][-pers]]][-lpt][-c4][-xBLOCKS], e.g. 128x64, 64x64-wgmma-tma-x3 or 128x128-wgmma-tma-ws-ovl-pers"
         ))
     })
 }

@@ -508,7 +508,9 @@ impl<'a, 'c> Attention<'a, 'c> {
     }
 
     /// Work item `item` of the persistent kernel: the query blocks of head 0 of batch 0,
-    /// then of head 1, ... (the order of the other kernels' grid).
+    /// then of head 1, ... (the order of the other kernels' grid; an ordered shape takes
+    /// each head's blocks in the launch order, so that the blocks, which take the items in
+    /// turn, get like shares of key tiles).
     fn begin_item_at(&mut self, item: IntValue<'c>) {
         let g = self.g;
         let per_head = i64::from(self.geo.total_tiles * self.cfg.blocks_per_tile);

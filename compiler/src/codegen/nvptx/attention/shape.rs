@@ -79,11 +79,6 @@ pub struct Tuning {
     /// GRAT-B r=1 with the persistent overlapped kernel, 3.2 % slower at r=2; so the tuner
     /// tries both.
     pub chains: bool,
-    /// One exponential in four by a cubic on the FMA units instead of the MUFU unit
-    /// (`-poly`, FlashAttention-4's software `exp2`): the computing warps' exponentials were
-    /// 25 % of their samples (run 42), 64 a thread a chunk on a unit that does 16 an SM a
-    /// cycle. Experimental: not timed yet.
-    pub poly: bool,
 }
 
 impl Tuning {
@@ -102,7 +97,6 @@ impl Tuning {
             persistent: false,
             ordered: false,
             chains: false,
-            poly: false,
         }
     }
 
@@ -121,12 +115,11 @@ impl Tuning {
         let p = if self.persistent { "-pers" } else { "" };
         let l = if self.ordered { "-lpt" } else { "" };
         let c = if self.chains { "-c4" } else { "" };
-        let e = if self.poly { "-poly" } else { "" };
         let o = match self.blocks_per_sm {
             0 => String::new(),
             n => format!("-x{n}"),
         };
-        format!("{}x{}{w}{t}{v}{p}{l}{c}{e}{o}", self.bm, self.bn)
+        format!("{}x{}{w}{t}{v}{p}{l}{c}{o}", self.bm, self.bn)
     }
 
     /// The inverse of `name`.
@@ -140,7 +133,6 @@ impl Tuning {
             Some(rest) => (rest, true),
             None => (s, false),
         };
-        let (s, poly) = strip(s, "-poly");
         let (s, chains) = strip(s, "-c4");
         let (s, ordered) = strip(s, "-lpt");
         let (s, persistent) = strip(s, "-pers");
@@ -162,7 +154,6 @@ impl Tuning {
             persistent,
             ordered,
             chains,
-            poly,
         })
     }
 }
@@ -255,12 +246,18 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
         // overlapped one persistent, its pipeline carried across work items (seventh
         // session, runs 33 and 37: 1.6 to 7 % ahead of three 64-row blocks an SM on
         // GRAT-B r=1, 2.5 to 3.6 % on dense 16384, from 1 % behind to 2.4 % ahead on r=2).
+        // The persistent one also with each head's tiles in the launch order (`-lpt`): it
+        // deals its items to the blocks in turn, so in tile order the blocks' shares of key
+        // tiles differ (edge tiles have fewer), by 4.9 % at GRAT-B r=1 256x256 and 2.0 % at
+        // 512x512 (a model of the schedule); longest first, by 0.9 and 0.2 %.
         if tma_ok {
-            for (overlap, persistent, chains) in [
-                (false, false, false),
-                (true, false, false),
-                (true, true, false),
-                (true, true, true),
+            for (overlap, persistent, chains, ordered) in [
+                (false, false, false, false),
+                (true, false, false, false),
+                (true, true, false, false),
+                (true, true, true, false),
+                (true, true, false, true),
+                (true, true, true, true),
             ] {
                 push(Tuning {
                     wgmma: true,
@@ -269,6 +266,7 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
                     overlap,
                     persistent,
                     chains,
+                    ordered,
                     ..Tuning::plain(128, 128)
                 });
             }
@@ -282,9 +280,7 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
 /// bench/RESULTS.md, runs 15 and 19) and with ping-pong on 128x128, the persistent
 /// warp-specialised kernel without the overlap (`-pers`; up to 1.6 % behind its
 /// non-persistent form, 1.5 % ahead on GRAT-B r=1 512x512, run 29), and the tuner's
-/// usual pick with its tiles launched longest first (`ordered`, run 22: no change), and
-/// the persistent overlapped kernel with a quarter of its exponentials by polynomial
-/// (`poly`, not timed yet).
+/// usual pick with its tiles launched longest first (`ordered`, run 22: no change).
 pub fn experimental(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
     if !wgmma || !tensor_copies_fit(geo) {
         return vec![];
@@ -317,14 +313,7 @@ pub fn experimental(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
         persistent: true,
         ..pp128
     };
-    // The persistent overlapped kernel with a quarter of its exponentials on the FMA units.
-    let pers_ovl_poly = Tuning {
-        overlap: true,
-        persistent: true,
-        poly: true,
-        ..ws128
-    };
-    [ws, pp, pp128, pers, pers_pp, lpt, pers_ovl_poly]
+    [ws, pp, pp128, pers, pers_pp, lpt]
         .into_iter()
         .filter(|t| config_for(k, *t).is_ok())
         .collect()
@@ -583,15 +572,14 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
         ws,
         pingpong,
         persistent,
-        // Any shape may launch its tiles in any order, reduce its rows in chains and take
-        // some exponentials on the FMA units.
-        ordered,
+        // Any shape may launch its tiles in any order (the persistent kernel walks each
+        // head's tiles in the launch order) and reduce its rows in chains.
+        ordered: _,
         chains: _,
-        poly: _,
     } = t;
-    if persistent && (!ws || ordered) {
+    if persistent && !ws {
         return Err(format!(
-            "block shape {}: the persistent kernel is warp-specialised, in tile order (128xN-wgmma-tma-ws-pers)",
+            "block shape {}: the persistent kernel is warp-specialised (128xN-wgmma-tma-ws-pers)",
             t.name()
         ));
     }

@@ -85,18 +85,13 @@ impl<'a, 'c> Attention<'a, 'c> {
             }
         });
         f.deferred = factors.map(|fs| (any, fs));
-        let poly = self.cfg.shape.poly;
         for row in 0..2 {
             let neg_m = g.fsub(g.f32(0.0), live_max(g, g.getf(f.m[row])));
-            let elems = f.s.iter().flat_map(|t| [t[2 * row], t[2 * row + 1]]);
-            for (j, v) in elems.enumerate() {
-                let x = g.fma(g.getf(v), c, neg_m);
-                let p = if poly && j % 4 == 3 {
-                    poly_ex2(g, x)
-                } else {
-                    g.ex2(x)
-                };
-                g.set(v, p);
+            for t in &f.s {
+                for e in [2 * row, 2 * row + 1] {
+                    let p = g.ex2(g.fma(g.getf(t[e]), c, neg_m));
+                    g.set(t[e], p);
+                }
             }
         }
     }
@@ -158,37 +153,6 @@ fn interleaved<'c>(
     acc[0]
 }
 
-/// `2^f` on `[0, 1)` as `1 + f (C1 + f (C2 + f C3))`, fitted for relative error (at most
-/// 8.7e-5, far below bf16's 3.9e-3 that P is rounded to).
-const POLY_EX2: [f64; 3] = [0.695_114_5, 0.227_655_4, 0.077_057_49];
-
-/// `2^x` without the MUFU unit (FlashAttention-4's software exponential): `x` split into
-/// an integer `j` and a fraction `f` in `[0, 1]`, `2^f` by the cubic, `j` added to the
-/// exponent bits. `j` comes from adding `1.5 * 2^23` to `x - 1/2` (round to nearest even:
-/// `floor(x)`, or `x - 1` at an odd integer `x`, where `f = 1`), which leaves `j` in the
-/// low bits of the sum, so that no conversion runs on the MUFU unit's conversion pipe
-/// either. `x` is at most `RESCALE_SLACK` here; below -126 (masked scores are -inf) the
-/// result is 0, as `ex2.approx.ftz` flushes what would be denormal.
-fn poly_ex2<'c>(g: &Gen<'c>, x_in: FloatValue<'c>) -> FloatValue<'c> {
-    let x = g.maxnum(x_in, g.f32(-126.0));
-    let shifted = g.fadd(g.fsub(x, g.f32(0.5)), g.f32(ROUNDER));
-    let j = g.fsub(shifted, g.f32(ROUNDER));
-    let f = g.fsub(x, j);
-    let [c1, c2, c3] = POLY_EX2.map(|c| g.f32(c));
-    let p = g.fma(g.fma(g.fma(f, c3, c2), f, c1), f, g.f32(1.0));
-    let j_bits = g.sub(g.f32_bits(shifted), g.f32_bits(g.f32(ROUNDER)));
-    let bits = g.add(
-        g.f32_bits(p),
-        ok(g.b.build_left_shift(j_bits, g.i32(23), "")),
-    );
-    let flushed = g.fcmp(FloatPredicate::OLT, x_in, g.f32(-126.0));
-    g.self_f(flushed, g.f32(0.0), g.f32_from_bits(bits))
-}
-
-/// `1.5 * 2^23`: added to a float of magnitude below 2^22, it rounds it to an integer held
-/// in the low bits of the sum's mantissa.
-const ROUNDER: f64 = 12_582_912.0;
-
 /// How far (log2 units) a chunk's row max may exceed the running max before the running
 /// max moves and the accumulators are rescaled: `p` stays at most `2^8`.
 const RESCALE_SLACK: f64 = 8.0;
@@ -207,45 +171,4 @@ fn rescale_rows<'c>(g: &Gen<'c>, acc: &[[Var<'c>; 4]], row: usize, alpha: FloatV
 fn live_max<'c>(g: &Gen<'c>, m: FloatValue<'c>) -> FloatValue<'c> {
     let dead = g.fcmp(FloatPredicate::OEQ, m, g.f32(f64::NEG_INFINITY));
     g.self_f(dead, g.f32(0.0), m)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::POLY_EX2;
-
-    /// `poly_ex2`'s arithmetic in f32, step for step.
-    fn poly_ex2(x_in: f32) -> f32 {
-        let rounder = super::ROUNDER as f32;
-        let x = x_in.max(-126.0);
-        let shifted = (x - 0.5) + rounder;
-        let j = shifted - rounder;
-        let f = x - j;
-        let [c1, c2, c3] = POLY_EX2.map(|c| c as f32);
-        let p = f.mul_add(f.mul_add(f.mul_add(c3, c2), c1), 1.0);
-        let j_bits = shifted.to_bits().wrapping_sub(rounder.to_bits());
-        if x_in < -126.0 {
-            0.0
-        } else {
-            f32::from_bits(p.to_bits().wrapping_add(j_bits << 23))
-        }
-    }
-
-    #[test]
-    fn the_software_exponential_is_within_bf16_rounding() {
-        let mut worst = 0f64;
-        for i in 0..=(135 * 1024) {
-            let x = -126.0 + f64::from(i) / 1024.0;
-            let got = f64::from(poly_ex2(x as f32));
-            let want = (x as f32 as f64).exp2();
-            worst = worst.max((got - want).abs() / want);
-        }
-        assert!(worst < 1e-4, "worst relative error {worst:e}");
-        // Masked scores (-inf) and anything below -126 give 0, as ex2.approx.ftz does.
-        for x in [f32::NEG_INFINITY, -126.5, -127.0, -200.0] {
-            assert_eq!(poly_ex2(x), 0.0, "{x}");
-        }
-        assert_eq!(poly_ex2(-126.0), f32::MIN_POSITIVE);
-        assert_eq!(poly_ex2(0.0), 1.0);
-        assert_eq!(poly_ex2(4.0), 16.0);
-    }
 }
