@@ -35,8 +35,9 @@ pub struct GpuArtefact {
     /// or warp-specialised loop, blocks an SM), which the launcher also needs (tensor
     /// maps, carveout).
     pub shape: String,
-    /// Per head variant the CSR row offsets (`total_tiles + 1` each, into `runs`); for an
-    /// ordered shape (`-lpt`) after the launch order (`total_tiles` tile indices).
+    /// Per head variant the CSR row offsets (`total_tiles + 1` each, into `runs`); for a
+    /// shape with a launch order (`-lpt`, not persistent: `Tuning::launch_order`) after
+    /// that order (`total_tiles` tile indices).
     pub rows: Vec<u32>,
     /// `(start, len, class)` triples, class 1 = partial.
     pub runs: Vec<u32>,
@@ -139,7 +140,7 @@ fn compile_artefact(
         .map_err(Error::Compile)?;
     let g = &c.schedule.geom;
     // Ordered shapes read their launch order first (`Tuning::ordered`).
-    let mut rows = if tuning.ordered {
+    let mut rows = if tuning.launch_order() {
         launch_order(&c.schedule.variants, g.total_tiles)
     } else {
         vec![]

@@ -107,6 +107,9 @@ pub struct CudaKernel {
     rows: CudaSlice<u32>,
     runs: CudaSlice<u32>,
     head_variant: CudaSlice<u32>,
+    /// The persistent kernel's blocks (one an SM, at most one a work item) and, for a
+    /// shape with work lists, the lists dealt to them (`work_list`).
+    persistent: Option<(u32, Option<CudaSlice<u32>>)>,
 }
 
 /// Device buffers of one call.
@@ -167,6 +170,24 @@ impl CudaKernel {
         let rows = s.clone_htod(&artefact.rows).map_err(cuda)?;
         let runs = s.clone_htod(&artefact.runs).map_err(cuda)?;
         let head_variant = s.clone_htod(&artefact.head_variant).map_err(cuda)?;
+        let persistent = if shape.persistent {
+            // One block an SM walks the work items (the kernel knows their count).
+            use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT as SMS;
+            let sms = gpu.stream.context().attribute(SMS).map_err(cuda)?;
+            let m = &artefact.manifest;
+            let items = artefact.grid_x * m.heads as u32 * m.batch as u32;
+            let blocks = items.min(sms.max(1) as u32).max(1);
+            let lists = if shape.work_lists() {
+                let costs = crate::work_list::item_costs(&artefact, shape.bm)?;
+                let lists = crate::work_list::deal(&costs, blocks);
+                Some(s.clone_htod(&lists).map_err(cuda)?)
+            } else {
+                None
+            };
+            Some((blocks, lists))
+        } else {
+            None
+        };
         Ok(CudaKernel {
             artefact,
             shape,
@@ -176,6 +197,7 @@ impl CudaKernel {
             rows,
             runs,
             head_variant,
+            persistent,
         })
     }
 
@@ -312,12 +334,8 @@ impl CudaKernel {
         if self.shape.tma {
             self.tensor_maps(a, self.shape.bn)?;
         }
-        let grid_dim = if self.shape.persistent {
-            // One block an SM walks the work items (the kernel knows their count).
-            use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT as SMS;
-            let sms = self.stream.context().attribute(SMS).map_err(cuda)?;
-            let items = self.artefact.grid_x * m.heads as u32 * m.batch as u32;
-            (items.min(sms.max(1) as u32), 1, 1)
+        let grid_dim = if let Some((blocks, _)) = &self.persistent {
+            (*blocks, 1, 1)
         } else {
             (self.artefact.grid_x, m.heads as u32, m.batch as u32)
         };
@@ -347,12 +365,16 @@ impl CudaKernel {
         if let (true, Some((_, maps))) = (self.shape.tma, &a.tmaps) {
             b.arg(maps);
         }
+        if let Some((_, Some(lists))) = &self.persistent {
+            b.arg(lists);
+        }
         // SAFETY: the argument list is the kernel's signature (see `codegen::nvptx`): four
         // tensors whose sizes were just checked against the manifest the kernel was compiled
         // for, the schedule tables compiled with it, one pointer per declared input (sizes
         // checked at upload), the log-sum-exps where the kernel writes them (size checked
-        // above), and for tensor copies the maps of K, V and Q made above; the
-        // grid is the one the kernel expects. The kernel reads and writes only inside these
+        // above), for tensor copies the maps of K, V and Q made above, and for work lists
+        // the lists dealt for this grid (each item once, every entry below the item
+        // count); the grid is the one the kernel expects. The kernel reads and writes only inside these
         // buffers (missing rows are zero-filled, not read; the tensor copies stay in the
         // maps' bounds and zero-fill past them).
         unsafe { b.launch(cfg) }.map_err(cuda)?;

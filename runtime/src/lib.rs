@@ -16,6 +16,7 @@ pub mod reference;
 pub mod suite;
 pub mod tensor;
 pub mod tune;
+pub mod work_list;
 
 pub use cache::Runtime;
 pub use cpu::CpuKernel;

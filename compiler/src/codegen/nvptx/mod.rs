@@ -166,9 +166,11 @@ pub fn compile_tuned(
     let m = new_module(&cx, &tm, &k.info.name);
     let gptr = cx.ptr_type(AddressSpace::from(1u16));
     // q k v o rows runs head_variant, the inputs, the log-sum-exps where the kernel writes
-    // them, and with tensor copies the tensor maps.
+    // them, with tensor copies the tensor maps, and with work lists the work lists.
     let lse = k.writes_lse();
-    let n_params = 7 + inputs.len() + usize::from(lse) + usize::from(cfg.shape.tma);
+    let work = cfg.shape.work_lists();
+    let n_params =
+        7 + inputs.len() + usize::from(lse) + usize::from(cfg.shape.tma) + usize::from(work);
     let params: Vec<inkwell::types::BasicMetadataTypeEnum> = vec![gptr.into(); n_params];
     let fn_ty = cx.void_type().fn_type(&params, false);
     let entry = entry_name(&k.info.name);
@@ -227,6 +229,11 @@ pub fn compile_tuned(
         },
         tmaps: if cfg.shape.tma {
             Some(p(7 + inputs.len() as u32 + u32::from(lse))?)
+        } else {
+            None
+        },
+        work: if work {
+            Some(p(n_params as u32 - 1)?)
         } else {
             None
         },

@@ -12,7 +12,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         let g = self.g;
         let total_tiles = i64::from(self.geo.total_tiles);
         let mut row_at = g.add(g.muli(self.variant, total_tiles + 1), self.qt);
-        if self.cfg.shape.ordered {
+        if self.cfg.shape.launch_order() {
             // The row offsets follow the launch order's `total_tiles` entries.
             row_at = g.addi(row_at, total_tiles);
         }

@@ -204,6 +204,9 @@ pub struct Params<'c> {
     /// Tensor copies: the K, V and Q tensor maps (128 bytes each, in that order; only the
     /// persistent overlapped kernel copies Q).
     pub tmaps: Option<PointerValue<'c>>,
+    /// The persistent kernel's work lists (`Tuning::work_lists`): u32, `gridDim.x + 1`
+    /// offsets, then the work items, each block's from its offset to the next.
+    pub work: Option<PointerValue<'c>>,
 }
 
 impl<'a, 'c> Attention<'a, 'c> {
@@ -496,7 +499,7 @@ impl<'a, 'c> Attention<'a, 'c> {
         self.kvh = g.udivi(self.head, group.max(1));
         let slot = g.udivi(bx, i64::from(cfg.blocks_per_tile));
         // Ordered shapes: the launch order leads the row table.
-        self.qt = if cfg.shape.ordered {
+        self.qt = if cfg.shape.launch_order() {
             g.ld_i32(self.params.rows, slot)
         } else {
             slot
@@ -507,12 +510,19 @@ impl<'a, 'c> Attention<'a, 'c> {
         self.variant = g.ld_i32(self.params.head_variant, self.head);
     }
 
-    /// Work item `item` of the persistent kernel: the query blocks of head 0 of batch 0,
-    /// then of head 1, ... (the order of the other kernels' grid; an ordered shape takes
-    /// each head's blocks in the launch order, so that the blocks, which take the items in
-    /// turn, get like shares of key tiles).
-    fn begin_item_at(&mut self, item: IntValue<'c>) {
+    /// The persistent kernel's work item at place `at` of the block's walk: item `at`
+    /// (the blocks take `blockIdx.x, + gridDim.x, ...`), or with work lists the list's
+    /// entry `at`. Items are numbered as the other kernels' grid: the query blocks of head
+    /// 0 of batch 0, then of head 1, ...
+    fn begin_item_at(&mut self, at: IntValue<'c>) {
         let g = self.g;
+        let item = match self.params.work {
+            Some(work) => {
+                let lists = g.addi(g.sreg("nctaid.x"), 1);
+                g.ld_i32(work, g.add(lists, at))
+            }
+            None => at,
+        };
         let per_head = i64::from(self.geo.total_tiles * self.cfg.blocks_per_tile);
         let heads = i64::from(self.k.info.heads);
         let bx = g.uremi(item, per_head);
@@ -556,10 +566,21 @@ impl<'a, 'c> Attention<'a, 'c> {
         let g = self.g;
         let cfg = self.cfg;
         let per_head = i64::from(self.geo.total_tiles * cfg.blocks_per_tile);
-        let items = g.i32(per_head * i64::from(self.k.info.heads) * i64::from(self.k.info.batch));
-        let stride = g.sreg("nctaid.x");
+        // The places of the block's walk: `item` from its first on, below `items`, by
+        // `stride`.
+        let (first, items, stride) = match self.params.work {
+            Some(work) => {
+                let b = g.sreg("ctaid.x");
+                (g.ld_i32(work, b), g.ld_i32(work, g.addi(b, 1)), g.i32(1))
+            }
+            None => (
+                g.sreg("ctaid.x"),
+                g.i32(per_head * i64::from(self.k.info.heads) * i64::from(self.k.info.batch)),
+                g.sreg("nctaid.x"),
+            ),
+        };
         self.chunks = Some(g.var(g.i32t.into(), g.i32(0).into()));
-        let item = g.var(g.i32t.into(), g.sreg("ctaid.x").into());
+        let item = g.var(g.i32t.into(), first.into());
         // Work items this block has taken (the persistent overlapped kernel's Q buffers
         // follow it).
         let taken = g.var(g.i32t.into(), g.i32(0).into());
