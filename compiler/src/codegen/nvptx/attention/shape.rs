@@ -264,10 +264,10 @@ pub fn candidates(k: &Kernel, geo: &Geometry, wgmma: bool) -> Vec<Tuning> {
         // overlapped one persistent, its pipeline carried across work items (seventh
         // session, runs 33 and 37: 1.6 to 7 % ahead of three 64-row blocks an SM on
         // GRAT-B r=1, 2.5 to 3.6 % on dense 16384, from 1 % behind to 2.4 % ahead on r=2).
-        // The persistent one also with each head's tiles in the launch order (`-lpt`): it
-        // deals its items to the blocks in turn, so in tile order the blocks' shares of key
-        // tiles differ (edge tiles have fewer), by 4.9 % at GRAT-B r=1 256x256 and 2.0 % at
-        // 512x512 (a model of the schedule); longest first, by 0.9 and 0.2 %.
+        // The persistent one also with work lists (`-lpt`, `Tuning::work_lists`): taking
+        // the items in turn, its blocks' shares of key tiles differ (edge tiles have
+        // fewer; text rows see every key), by 4.9 % at GRAT-B r=1 256x256 and about 70 %
+        // with a text prefix (a model of the schedule); dealt, by at most one item.
         if tma_ok {
             for (overlap, persistent, chains, ordered) in [
                 (false, false, false, false),
