@@ -392,6 +392,11 @@ fn attention_shapes_follow_the_gpu_and_the_token_order() {
     let pers = shape("128x128-wgmma-tma-ws-pp-pers");
     assert!(pers.persistent && pers.pingpong && pers.ws);
     assert_eq!(pers.name(), "128x128-wgmma-tma-ws-pp-pers");
+    let err = config_for(&c.ir, shape("128x128-wgmma-tma-ws-pp-pers-lpt")).unwrap_err();
+    assert!(
+        err.contains("work lists (-lpt) need the overlapped"),
+        "{err}"
+    );
     let err = config_for(&c.ir, shape("128x128-wgmma-tma-pers")).unwrap_err();
     assert!(
         err.contains("the persistent kernel is warp-specialised"),

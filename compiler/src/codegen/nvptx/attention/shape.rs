@@ -590,14 +590,20 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
         ws,
         pingpong,
         persistent,
-        // Any shape may launch its tiles in any order (the persistent kernel walks each
-        // head's tiles in the launch order) and reduce its rows in chains.
-        ordered: _,
+        // Any shape may launch its tiles in any order and reduce its rows in chains.
+        ordered,
         chains: _,
     } = t;
     if persistent && !ws {
         return Err(format!(
             "block shape {}: the persistent kernel is warp-specialised (128xN-wgmma-tma-ws-pers)",
+            t.name()
+        ));
+    }
+    // Work lists (`-pers-lpt`) are checked on a GPU with the overlapped kernel only.
+    if persistent && ordered && !overlap {
+        return Err(format!(
+            "block shape {}: work lists (-lpt) need the overlapped persistent kernel (128x128-wgmma-tma-ws-ovl-pers-lpt)",
             t.name()
         ));
     }
