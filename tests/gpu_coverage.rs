@@ -135,3 +135,40 @@ kernel with_lse = attention(full) { head_dim 128; outputs lse; }
             .unwrap_or_else(|e| panic!("{}: {e}", t.name()));
     }
 }
+
+/// The persistent kernel with work lists (`-pers-lpt`) takes one parameter more than the
+/// one that walks the items in turn (the lists, last) and reads its block's range of them
+/// by `%ctaid.x` and its entries after the `%nctaid.x + 1` offsets; the one in turn takes
+/// no lists. (That the runtime deals and passes them: runtime/src/work_list.rs and the
+/// GPU suite.)
+#[test]
+fn work_lists_are_the_persistent_kernels_last_parameter() {
+    use attnc::codegen::nvptx::{attention::Tuning, compile_tuned, Arch};
+    let src = Source::new(
+        "pers.attn",
+        "layout sequence { param N = 1024; canvas (N); tile (128); order tiled; }
+pattern causal on sequence { tiles: kx <= qx; tokens: kx <= qx; }
+kernel k = attention(causal) { dtype bf16; head_dim 128; }
+",
+    );
+    let (fe, _) = driver::frontend(&src).expect("frontend");
+    let k = driver::find_kernel(&fe.program, "k").expect("kernel");
+    let c = driver::compile_kernel(&fe.program, k, &[]).expect("compiles");
+    let ptx = |shape: &str| {
+        let t = Tuning::parse(shape).expect(shape);
+        compile_tuned(&c.ir, &c.schedule.geom, &[], Arch::Sm90, t)
+            .unwrap_or_else(|e| panic!("{shape}: {e}"))
+            .ptx
+    };
+    let params = |ptx: &str| {
+        let at = ptx.find(".entry ").expect("entry");
+        let end = at + ptx[at..].find(')').expect("parameter list");
+        ptx[at..end].matches(".param").count()
+    };
+    let in_turn = ptx("128x128-wgmma-tma-ws-ovl-pers");
+    let lists = ptx("128x128-wgmma-tma-ws-ovl-pers-lpt");
+    assert_eq!(params(&lists), params(&in_turn) + 1);
+    let last = format!("_param_{}]", params(&lists) - 1);
+    assert!(lists.contains(&last), "the lists are read");
+    assert!(!in_turn.contains(&last));
+}
