@@ -9,7 +9,8 @@
 # kernel checked against the CPU executor, sanitized and timed; wgmma = the sm_90a kernel's SASS,
 # a few shapes timed, the suite with every shape, the tuner's table; power = joules a run
 # of each launch shape under sustained load; ab = a kernel change against bin/attnc_base
-# (the suite, then GRAT-B cases alternating the base, the variants and the new binary);
+# (the suite, then GRAT-B cases alternating the base, the variants and the new binary;
+# AB_CASES "side R shape [text];...", AB_SUITE new/all/none, AB_BUDGET_S);
 # shapes = launch shapes
 # side by side (SHAPES), with the suite and the sanitizers; exact = exact_decode alone, every tuning
 # candidate (ptxas; sanitizer memcheck and synccheck on a small case; a ragged shape and the
@@ -107,27 +108,48 @@ if [ "$MODE" = "ab" ]; then
     case "$v" in *.xz|bin/attnc_base) ;; *) [ -x "$v" ] && bins="$bins ./$v" ;; esac
   done
   bins="$bins $A"
-  log "suite (new binary) against the CPU backend"
-  timeout 300 $A suite --kernels kernels > "$OUT/suite.txt" 2>&1
-  suite_rc=$?
-  grep -E "FAIL|rows differ" "$OUT/suite.txt" | head -20
+  # AB_SUITE: which binaries the suite checks first: `new` (default), `all` (the variants
+  # too: changes not yet run on a GPU) or `none`.
+  suite_rc=-
+  case "${AB_SUITE:-new}" in
+    new) suite_bins="$A" ;;
+    all) suite_bins="${bins#"$B "}" ;;
+    none) suite_bins="" ;;
+    *) echo "AB_SUITE: '${AB_SUITE}' is not new, all or none"; exit 2 ;;
+  esac
+  : > "$OUT/suite.txt"
+  for bin in $suite_bins; do
+    log "suite ($(basename $bin)) against the CPU backend"
+    timeout 300 $bin suite --kernels kernels > "$OUT/suite_$(basename $bin).txt" 2>&1
+    rc=$?
+    grep -E "FAIL|rows differ" "$OUT/suite_$(basename $bin).txt" | head -20
+    echo "$(basename $bin): exit $rc: $(tail -1 "$OUT/suite_$(basename $bin).txt")" | tee -a "$OUT/suite.txt"
+    [ "$bin" = "$A" ] && suite_rc=$rc
+  done
   : > "$OUT/ab.txt"
-  # Cases: canvas side, R, shape; AB_CASES separates them by ';' (e.g.
-  # AB_CASES="512 1 128x128-wgmma-tma-ws-ovl-pers;256 1 64x64-wgmma-tma-x3").
+  # Cases: canvas side, R, shape and optionally the text tokens (default 0); AB_CASES
+  # separates them by ';' (e.g. AB_CASES="512 1 128x128-wgmma-tma-ws-ovl-pers;256 1
+  # 128x128-wgmma-tma-ws-ovl-pers-lpt-c4 512"). No case starts after AB_BUDGET_S seconds
+  # (default 540: one call may not run over 10 minutes).
   IFS=';' read -r -a cases <<< "${AB_CASES:-256 1 64x64-wgmma-tma-x3;256 2 64x64-wgmma-tma-x3;256 3 64x64-wgmma-tma-x3;256 1 128x128-wgmma-tma;512 1 64x64-wgmma-tma-x3;512 2 64x64-wgmma-tma}"
   for c in "${cases[@]}"; do
     set -- $c
-    [ $# -eq 3 ] || { echo "AB_CASES: '$c' is not 'side R shape'"; continue; }
+    [ $# -eq 3 ] || [ $# -eq 4 ] || { echo "AB_CASES: '$c' is not 'side R shape [text]'"; continue; }
+    text=${4:-0}
+    label="$1 r=$2"
+    [ "$text" = 0 ] || label="$label text=$text"
     for rep in 1 2; do
       for bin in $bins; do
+        [ $SECONDS -lt "${AB_BUDGET_S:-540}" ] || { echo "AB_BUDGET_S reached: stopping"; break 3; }
         sleep 1
-        ms=$(timeout 120 $bin bench kernels/grat.attn --kernel grat_b_2d --set H=$1 --set W=$1 --set TEXT=0 --set R=$2 --backend cuda --rep-ms 100 --block $3 --json 2>&1 | tail -1 | python3 -c 'import json, sys; print(json.loads(sys.stdin.read())["ms"])' 2>/dev/null || echo nan)
-        echo "$1 r=$2 $3 $(basename $bin) $rep $ms" | tee -a "$OUT/ab.txt"
+        ms=$(timeout 120 $bin bench kernels/grat.attn --kernel grat_b_2d --set H=$1 --set W=$1 --set TEXT=$text --set R=$2 --backend cuda --rep-ms 100 --block $3 --json 2>&1 | tail -1 | python3 -c 'import json, sys; print(json.loads(sys.stdin.read())["ms"])' 2>/dev/null || echo nan)
+        echo "$label $3 $(basename $bin) $rep $ms" | tee -a "$OUT/ab.txt"
       done
     done
   done
   echo
-  echo "== summary: suite exit $suite_rc: $(tail -1 "$OUT/suite.txt")"
+  echo "== summary: suite (new binary) exit $suite_rc"
+  cat "$OUT/suite.txt"
   echo "case | binary | ms (two runs) | min / base's min"
   python3 - "$OUT/ab.txt" <<'PY'
 import sys, collections
@@ -181,7 +203,8 @@ if [ "$MODE" = "shapes" ]; then
     done
   done
   echo
-  echo "== summary: suite exit $suite_rc: $(tail -1 "$OUT/suite.txt")"
+  echo "== summary: suite (new binary) exit $suite_rc"
+  cat "$OUT/suite.txt"
   python3 - "$OUT/shapes.txt" "$first" <<'PY'
 import collections, sys
 t = collections.defaultdict(list)
