@@ -159,8 +159,10 @@ enum Command {
         /// CUDA: this launch shape instead of the default: query rows x keys per chunk,
         /// then `-wgmma` (sm_90a), `-tma` (tensor copies), `-ovl` (overlapped loop) or
         /// `-ws` (warp-specialised; `-ws-pp` with ping-pong, `-ws-ovl` overlapped), `-pers`
-        /// (persistent, warp-specialised), `-lpt` (query tiles launched longest first),
-        /// `-xN` (N blocks an SM), e.g. 128x64, 64x64-wgmma-tma, 128x128-wgmma-tma-ws-ovl.
+        /// (persistent, warp-specialised), `-lpt` (query tiles launched longest first; on
+        /// `-ws-ovl-pers`, work lists dealt longest first), `-c4` (row reductions in four
+        /// chains), `-xN` (N blocks an SM), e.g. 128x64, 64x64-wgmma-tma,
+        /// 128x128-wgmma-tma-ws-ovl-pers-lpt.
         #[arg(long, value_name = "SHAPE", conflicts_with = "tune")]
         block: Option<String>,
         /// Print one JSON object instead of a sentence.
