@@ -13,7 +13,9 @@ use attnc::sema::instantiate::Binding;
 use attnc_runtime::decode::DecodeKernel;
 use attnc_runtime::{cache, fidelity, reference, CpuKernel, Tensor};
 
-const TOLERANCE: f64 = 1e-5;
+mod common;
+
+use common::{compare, kernels_dir, random, TOLERANCE};
 
 /// `text` with `outputs lse;` added to the body of its attention kernel `kernel`.
 fn with_lse(text: &str, kernel: &str) -> String {
@@ -21,16 +23,9 @@ fn with_lse(text: &str, kernel: &str) -> String {
         .unwrap_or_else(|| panic!("no attention kernel `{kernel}`"))
 }
 
-fn kernels_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels")
-}
-
 /// A shipped file in token order `order`, kernel `kernel` with `outputs lse;`.
 fn shipped_with_lse(file: &str, kernel: &str, order: &str) -> Source {
-    let text = std::fs::read_to_string(kernels_dir().join(file)).expect("shipped kernel");
-    let text = text
-        .replace("order tiled;", &format!("order {order};"))
-        .replace("order raster;", &format!("order {order};"));
+    let text = common::shipped_text(file, order);
     Source::new(format!("{file} ({order})"), with_lse(&text, kernel))
 }
 
@@ -40,15 +35,6 @@ fn compile(src: &Source, kernel: &str, sets: &[&str]) -> Compiled {
         .map(|s| Binding::parse(s).expect("binding"))
         .collect();
     cache::compile(src, kernel, &sets).unwrap_or_else(|e| panic!("{}: {e}", src.name))
-}
-
-fn random(shape: &[usize], rng: &mut fastrand::Rng) -> Tensor {
-    let n = shape.iter().product();
-    Tensor::new(
-        shape.to_vec(),
-        (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect(),
-    )
-    .expect("tensor")
 }
 
 /// Largest error of the log-sum-exps against the reference's, relative to the
@@ -79,18 +65,6 @@ fn lse_error(got: &[f32], want: &[f64], what: &str) -> f64 {
     worst.0
 }
 
-/// The max-norm relative error of `o` against the reference (as `cpu_vs_reference`).
-fn out_error(got: &[f32], want: &[f64], what: &str) -> f64 {
-    let scale = want.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-30);
-    let mut worst = 0f64;
-    for (i, (a, b)) in got.iter().zip(want).enumerate() {
-        assert!(a.is_finite(), "{what}: element {i} of o is {a}");
-        worst = worst.max((f64::from(*a) - b).abs() / scale);
-    }
-    assert!(worst < TOLERANCE, "{what}: o's relative error {worst:.3e}");
-    worst
-}
-
 /// Runs a compiled kernel with `outputs lse;` on random tensors against the reference;
 /// returns the log-sum-exps' relative error and the reference's log-sum-exps.
 fn run_against_reference(k: &CpuKernel, seed: u64, what: &str) -> (f64, Vec<f64>) {
@@ -110,90 +84,27 @@ fn run_against_reference(k: &CpuKernel, seed: u64, what: &str) -> (f64, Vec<f64>
     let (o_ref, lse_ref) =
         reference::attention_with_lse(&k.compiled().spec, q.view(), kk.view(), v.view(), &[])
             .expect("reference");
-    out_error(&out, &o_ref, what);
+    compare(&out, &o_ref, what);
     (lse_error(&lse, &lse_ref, what), lse_ref)
 }
 
-/// Small shapes of every shipped attention kernel: ragged tiles, padded text, GQA, batch 2,
-/// value dims that differ from the head dim.
+/// Small shapes of every shipped attention kernel: the first of each kernel in
+/// `cpu_vs_reference`'s cases (ragged tiles, padded text, GQA, batch 2, value dims that
+/// differ from the head dim), and the streaming prefill.
 fn cases() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
-    let gqa = ["HEADS=8", "KV_HEADS=2"];
-    let with = |sets: &[&'static str]| [sets, &gqa[..]].concat();
-    let grat_2d = [
-        "H=18",
-        "W=20",
-        "TILE_H=4",
-        "TILE_W=8",
-        "TEXT=40",
-        "TEXT_VALID=29",
-        "HEAD_DIM=64",
-        "VALUE_DIM=48",
-        "BATCH=2",
-    ];
-    let grat_3d = [
-        "T=5",
-        "H=6",
-        "W=9",
-        "TILE_T=2",
-        "TILE_H=4",
-        "TILE_W=4",
-        "TEXT=24",
-        "TEXT_VALID=13",
-        "HEAD_DIM=64",
-        "VALUE_DIM=80",
-    ];
-    vec![
-        ("grat.attn", "grat_b_2d", with(&grat_2d)),
-        ("grat.attn", "grat_x_2d", with(&grat_2d)),
-        ("grat.attn", "grat_b_3d", with(&grat_3d)),
-        ("grat.attn", "grat_x_3d", with(&grat_3d)),
-        (
-            "sta.attn",
-            "sta_3d",
-            with(&[
-                "T=7",
-                "H=9",
-                "W=10",
-                "TILE_T=3",
-                "TILE_H=3",
-                "TILE_W=4",
-                "TEXT=30",
-                "TEXT_VALID=25",
-                "HEAD_DIM=64",
-                "VALUE_DIM=32",
-            ]),
-        ),
-        (
-            "natten.attn",
-            "na_2d",
-            with(&[
-                "H=20",
-                "W=22",
-                "TILE_H=4",
-                "TILE_W=8",
-                "R=3",
-                "TEXT=16",
-                "TEXT_VALID=10",
-                "HEAD_DIM=64",
-                "VALUE_DIM=96",
-            ]),
-        ),
-        (
-            "dense.attn",
-            "dense",
-            with(&["N=300", "TILE=64", "HEAD_DIM=64", "VALUE_DIM=40", "BATCH=2"]),
-        ),
-        (
-            "dense.attn",
-            "causal",
-            with(&["N=257", "TILE=32", "HEAD_DIM=128"]),
-        ),
-        (
-            "streaming.attn",
-            "streaming_prefill",
-            with(&["N=300", "TILE=32", "SINKS=4", "WINDOW=100", "HEAD_DIM=64"]),
-        ),
-    ]
+    let mut v: Vec<(&'static str, &'static str, Vec<&'static str>)> = vec![];
+    for c in common::cases() {
+        if !v.iter().any(|(f, k, _)| (*f, *k) == (c.0, c.1)) {
+            v.push(c);
+        }
+    }
+    let streaming = ["N=300", "TILE=32", "SINKS=4", "WINDOW=100", "HEAD_DIM=64"];
+    v.push((
+        "streaming.attn",
+        "streaming_prefill",
+        [&streaming[..], &["HEADS=8", "KV_HEADS=2"]].concat(),
+    ));
+    v
 }
 
 /// The attention kernels of every shipped file, as (file, kernel).

@@ -8,26 +8,15 @@ use attnc::driver::Source;
 use attnc::sema::instantiate::Binding;
 use attnc_runtime::{cache, reference, CpuKernel, Tensor};
 
-const TOLERANCE: f64 = 1e-5;
+mod common;
+
+use common::{cases, compare, random};
 
 fn kernel_source(file: &str, order: &str) -> Source {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../kernels")
-        .join(file);
-    let text = std::fs::read_to_string(&path).expect("shipped kernel");
-    let text = text
-        .replace("order tiled;", &format!("order {order};"))
-        .replace("order raster;", &format!("order {order};"));
-    Source::new(format!("{file} ({order})"), text)
-}
-
-fn random(shape: [usize; 4], rng: &mut fastrand::Rng) -> Tensor {
-    let n = shape.iter().product();
-    Tensor::new(
-        shape.to_vec(),
-        (0..n).map(|_| rng.f32() * 2.0 - 1.0).collect(),
+    Source::new(
+        format!("{file} ({order})"),
+        common::shipped_text(file, order),
     )
-    .expect("tensor")
 }
 
 /// Runs one case; returns the max-norm relative error of the JIT against the reference.
@@ -42,9 +31,9 @@ fn run_case(src: &Source, kernel: &str, sets: &[&str], seed: u64) -> f64 {
     let m = k.manifest().clone();
     let mut rng = fastrand::Rng::with_seed(seed);
     let (q, kk, v) = (
-        random(m.q_shape(), &mut rng),
-        random(m.k_shape(), &mut rng),
-        random(m.v_shape(), &mut rng),
+        random(&m.q_shape(), &mut rng),
+        random(&m.k_shape(), &mut rng),
+        random(&m.v_shape(), &mut rng),
     );
     let mut out = vec![f32::NAN; m.o_shape().iter().product()];
     k.run(q.view(), kk.view(), v.view(), &[], &mut out)
@@ -52,179 +41,6 @@ fn run_case(src: &Source, kernel: &str, sets: &[&str], seed: u64) -> f64 {
     let r = reference::attention(&k.compiled().spec, q.view(), kk.view(), v.view(), &[])
         .expect("reference");
     compare(&out, &r, &format!("{} {kernel} {sets:?}", src.name))
-}
-
-fn compare(out: &[f32], r: &[f64], what: &str) -> f64 {
-    assert_eq!(out.len(), r.len());
-    let scale = r.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-30);
-    let mut worst = (0f64, 0usize);
-    for (i, (a, b)) in out.iter().zip(r).enumerate() {
-        assert!(
-            a.is_finite(),
-            "{what}: element {i} is {a} (never written, or NaN)"
-        );
-        let e = (f64::from(*a) - b).abs() / scale;
-        if e > worst.0 {
-            worst = (e, i);
-        }
-    }
-    assert!(
-        worst.0 < TOLERANCE,
-        "{what}: relative error {:.3e} at element {} (jit {}, reference {})",
-        worst.0,
-        worst.1,
-        out[worst.1],
-        r[worst.1]
-    );
-    worst.0
-}
-
-/// Per kernel: shapes with ragged tiles, padded text, GQA and unusual dims.
-fn cases() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
-    let gqa = ["HEADS=8", "KV_HEADS=2"];
-    let mut v = vec![];
-    for k in ["grat_b_2d", "grat_x_2d"] {
-        v.push((
-            "grat.attn",
-            k,
-            [
-                &[
-                    "H=18",
-                    "W=20",
-                    "TILE_H=4",
-                    "TILE_W=8",
-                    "TEXT=40",
-                    "TEXT_VALID=29",
-                    "HEAD_DIM=64",
-                    "VALUE_DIM=48",
-                    "BATCH=2",
-                ][..],
-                &gqa,
-            ]
-            .concat(),
-        ));
-        let r = if k == "grat_b_2d" { "R=2" } else { "W=24" };
-        v.push((
-            "grat.attn",
-            k,
-            vec![
-                "H=16",
-                "W=16",
-                "TILE_H=4",
-                "TILE_W=8",
-                "TEXT=0",
-                "HEADS=2",
-                "HEAD_DIM=128",
-                r,
-            ],
-        ));
-    }
-    for k in ["grat_b_3d", "grat_x_3d"] {
-        v.push((
-            "grat.attn",
-            k,
-            [
-                &[
-                    "T=5",
-                    "H=6",
-                    "W=9",
-                    "TILE_T=2",
-                    "TILE_H=4",
-                    "TILE_W=4",
-                    "TEXT=24",
-                    "TEXT_VALID=13",
-                    "HEAD_DIM=64",
-                    "VALUE_DIM=80",
-                ][..],
-                &gqa,
-            ]
-            .concat(),
-        ));
-    }
-    v.push((
-        "sta.attn",
-        "sta_3d",
-        [
-            &[
-                "T=7",
-                "H=9",
-                "W=10",
-                "TILE_T=3",
-                "TILE_H=3",
-                "TILE_W=4",
-                "TEXT=30",
-                "TEXT_VALID=25",
-                "HEAD_DIM=64",
-                "VALUE_DIM=32",
-            ][..],
-            &gqa,
-        ]
-        .concat(),
-    ));
-    v.push((
-        "sta.attn",
-        "sta_3d",
-        vec![
-            "T=6",
-            "H=8",
-            "W=8",
-            "TILE_T=2",
-            "TILE_H=2",
-            "TILE_W=2",
-            "TEXT=0",
-            "HEADS=2",
-            "HEAD_DIM=128",
-            "R=1",
-        ],
-    ));
-    v.push((
-        "natten.attn",
-        "na_2d",
-        [
-            &[
-                "H=20",
-                "W=22",
-                "TILE_H=4",
-                "TILE_W=8",
-                "R=3",
-                "TEXT=16",
-                "TEXT_VALID=10",
-                "HEAD_DIM=64",
-                "VALUE_DIM=96",
-            ][..],
-            &gqa,
-        ]
-        .concat(),
-    ));
-    v.push((
-        "natten.attn",
-        "na_2d",
-        vec![
-            "H=17",
-            "W=13",
-            "TILE_H=3",
-            "TILE_W=5",
-            "R_H=2",
-            "R_W=4",
-            "HEADS=2",
-            "HEAD_DIM=128",
-        ],
-    ));
-    v.push((
-        "dense.attn",
-        "dense",
-        [
-            &["N=300", "TILE=64", "HEAD_DIM=64", "VALUE_DIM=40", "BATCH=2"][..],
-            &gqa,
-        ]
-        .concat(),
-    ));
-    v.push((
-        "dense.attn",
-        "causal",
-        [&["N=257", "TILE=32", "HEAD_DIM=128"][..], &gqa].concat(),
-    ));
-    v
 }
 
 #[test]
@@ -270,9 +86,9 @@ kernel soft_cap = attention(p) {
     let m = k.manifest().clone();
     let mut rng = fastrand::Rng::with_seed(7);
     let (q, kk, v) = (
-        random(m.q_shape(), &mut rng),
-        random(m.k_shape(), &mut rng),
-        random(m.v_shape(), &mut rng),
+        random(&m.q_shape(), &mut rng),
+        random(&m.k_shape(), &mut rng),
+        random(&m.v_shape(), &mut rng),
     );
     let temp =
         Tensor::new(vec![4, 140], (0..560).map(|_| 0.5 + rng.f32()).collect()).expect("temp");
@@ -303,9 +119,9 @@ kernel k = attention(p) { heads 1; head_dim 16; }
     let m = k.manifest().clone();
     let mut rng = fastrand::Rng::with_seed(3);
     let (q, kk, v) = (
-        random(m.q_shape(), &mut rng),
-        random(m.k_shape(), &mut rng),
-        random(m.v_shape(), &mut rng),
+        random(&m.q_shape(), &mut rng),
+        random(&m.k_shape(), &mut rng),
+        random(&m.v_shape(), &mut rng),
     );
     let mut out = vec![f32::NAN; m.o_shape().iter().product()];
     k.run(q.view(), kk.view(), v.view(), &[], &mut out)
@@ -337,13 +153,13 @@ fn wrong_shapes_and_nan_are_errors() {
     let m = k.manifest().clone();
     let mut rng = fastrand::Rng::with_seed(5);
     let (q, kk, v) = (
-        random(m.q_shape(), &mut rng),
-        random(m.k_shape(), &mut rng),
-        random(m.v_shape(), &mut rng),
+        random(&m.q_shape(), &mut rng),
+        random(&m.k_shape(), &mut rng),
+        random(&m.v_shape(), &mut rng),
     );
     let mut out = vec![0f32; m.o_shape().iter().product()];
     // K with the query head count instead of the KV head count.
-    let bad_k = random([1, 4, 64, 8], &mut rng);
+    let bad_k = random(&[1, 4, 64, 8], &mut rng);
     let e = k
         .run(q.view(), bad_k.view(), v.view(), &[], &mut out)
         .unwrap_err()
