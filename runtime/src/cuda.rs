@@ -171,7 +171,8 @@ impl CudaKernel {
         let runs = s.clone_htod(&artefact.runs).map_err(cuda)?;
         let head_variant = s.clone_htod(&artefact.head_variant).map_err(cuda)?;
         let persistent = if shape.persistent {
-            // One block an SM walks the work items (the kernel knows their count).
+            // One block an SM (at most one a work item) walks the work items: in turn
+            // (the kernel knows their count) or, with work lists, the list dealt to it.
             use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT as SMS;
             let sms = gpu.stream.context().attribute(SMS).map_err(cuda)?;
             let m = &artefact.manifest;
@@ -374,9 +375,9 @@ impl CudaKernel {
         // checked at upload), the log-sum-exps where the kernel writes them (size checked
         // above), for tensor copies the maps of K, V and Q made above, and for work lists
         // the lists dealt for this grid (each item once, every entry below the item
-        // count); the grid is the one the kernel expects. The kernel reads and writes only inside these
-        // buffers (missing rows are zero-filled, not read; the tensor copies stay in the
-        // maps' bounds and zero-fill past them).
+        // count); the grid is the one the kernel expects. The kernel reads and writes only
+        // inside these buffers (missing rows are zero-filled, not read; the tensor copies
+        // stay in the maps' bounds and zero-fill past them).
         unsafe { b.launch(cfg) }.map_err(cuda)?;
         Ok(())
     }

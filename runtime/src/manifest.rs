@@ -97,23 +97,20 @@ impl Manifest {
     /// Checks an lse buffer of `lse` values (none: not passed) against what the kernel
     /// writes (`outputs lse;`, `[batch, heads, tokens]`).
     pub fn check_lse(&self, lse: Option<usize>) -> Result<(), Error> {
-        match (self.lse_shape(), lse) {
+        let want = self.lse_shape().map(|s| (s, s.iter().product::<usize>()));
+        match (want, lse) {
             (None, None) => Ok(()),
-            (Some(shape), None) => Err(Error::Shape(format!(
-                "kernel `{}` writes its rows' log-sum-exps (`outputs lse;`): pass a buffer of {} values {shape:?} (run_with_lse)",
-                self.kernel,
-                shape.iter().product::<usize>()
+            (Some((shape, n)), None) => Err(Error::Shape(format!(
+                "kernel `{}` writes its rows' log-sum-exps (`outputs lse;`): pass a buffer of {n} values {shape:?} (run_with_lse)",
+                self.kernel
             ))),
             (None, Some(_)) => Err(Error::Shape(format!(
                 "kernel `{}` writes no log-sum-exps: add `outputs lse;` to its body",
                 self.kernel
             ))),
-            (Some(shape), Some(n)) if n != shape.iter().product::<usize>() => {
-                Err(Error::Shape(format!(
-                    "the lse output holds {n} values; expected {} = {shape:?}",
-                    shape.iter().product::<usize>()
-                )))
-            }
+            (Some((shape, n)), Some(got)) if got != n => Err(Error::Shape(format!(
+                "the lse output holds {got} values; expected {n} = {shape:?}"
+            ))),
             (Some(_), Some(_)) => Ok(()),
         }
     }

@@ -6,8 +6,9 @@
 //! `[batch, heads, tokens, dim]`), `rows` (u32: per head variant the schedule's CSR offsets,
 //! `total_tiles + 1` each, into the concatenated runs), `runs` (u32 triples
 //! `(start, len, class)`), `head_variant` (u32 per query head), then one f32 pointer per
-//! declared input, with `outputs lse;` the log-sum-exps (f32 `[batch, heads, tokens]`), and
-//! with tensor copies the K, V and Q tensor maps (128 bytes each). Grid:
+//! declared input, with `outputs lse;` the log-sum-exps (f32 `[batch, heads, tokens]`),
+//! with tensor copies the K, V and Q tensor maps (128 bytes each), and with work lists
+//! (`Tuning::work_lists`) the persistent kernel's lists (u32). Grid:
 //! `(total_tiles * blocks_per_tile, heads, batch)`; block: `warps * 32` threads; shared
 //! memory static up to 48 KiB, dynamic above.
 
@@ -211,6 +212,15 @@ pub fn compile_tuned(
             .map(|x| x.into_pointer_value())
             .ok_or_else(|| "missing kernel parameter".to_string())
     };
+    // The optional parameters after the inputs, in order: each present one takes the next.
+    let mut next = 7 + inputs.len() as u32;
+    let mut optional = |present: bool| -> Result<Option<_>, String> {
+        if !present {
+            return Ok(None);
+        }
+        next += 1;
+        p(next - 1).map(Some)
+    };
     let params = Params {
         q: p(0)?,
         k: p(1)?,
@@ -222,21 +232,9 @@ pub fn compile_tuned(
         inputs: (0..inputs.len() as u32)
             .map(|i| p(7 + i))
             .collect::<Result<_, _>>()?,
-        lse: if lse {
-            Some(p(7 + inputs.len() as u32)?)
-        } else {
-            None
-        },
-        tmaps: if cfg.shape.tma {
-            Some(p(7 + inputs.len() as u32 + u32::from(lse))?)
-        } else {
-            None
-        },
-        work: if work {
-            Some(p(n_params as u32 - 1)?)
-        } else {
-            None
-        },
+        lse: optional(lse)?,
+        tmaps: optional(cfg.shape.tma)?,
+        work: optional(work)?,
     };
     if cfg.shape.blocks_per_sm > 0 || cfg.shape.ws {
         // The block size and the blocks an SM must hold: ptxas sizes the registers to fit

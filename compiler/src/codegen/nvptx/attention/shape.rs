@@ -133,9 +133,9 @@ impl Tuning {
     /// gridDim.x, ...` (`-lpt` on a persistent shape): the runtime deals the items, longest
     /// first, each to the block with the least work so far (`runtime::work_list`), and
     /// passes the lists as the kernel's last parameter: `gridDim.x + 1` offsets, then the
-    /// items. Dealt in turn, the blocks' shares differed by 4.9 % at GRAT-B r=1 256x256
-    /// (edge tiles have fewer key tiles) and by 70 % with a text prefix (whose rows see
-    /// every key).
+    /// items. Dealt in turn, the blocks' shares differ by 4.9 % at GRAT-B r=1 256x256
+    /// (edge tiles have fewer key tiles) and by about 70 % with a text prefix (whose rows
+    /// see every key), by a model of the schedule.
     pub fn work_lists(&self) -> bool {
         self.ordered && self.persistent
     }
@@ -590,7 +590,8 @@ pub fn config_for(k: &Kernel, t: Tuning) -> Result<Config, String> {
         ws,
         pingpong,
         persistent,
-        // Any shape may launch its tiles in any order and reduce its rows in chains.
+        // Any shape may launch its tiles in any order (work lists: below) and reduce its
+        // rows in chains.
         ordered,
         chains: _,
     } = t;
