@@ -45,16 +45,6 @@ pub fn select_spec(file: &str, kernel: &str, sets: &[&str]) -> attnc::select::sp
         .0
 }
 
-/// `text` with `outputs lse;` added to the body of its attention kernel `kernel`.
-pub fn with_lse(text: &str, kernel: &str) -> String {
-    let head = format!("kernel {kernel} = attention(");
-    let at = text
-        .find(&head)
-        .unwrap_or_else(|| panic!("no attention kernel `{kernel}`"));
-    let brace = at + text[at..].find('{').expect("a kernel body");
-    format!("{} outputs lse;{}", &text[..=brace], &text[brace + 1..])
-}
-
 /// Every diagnostic label lies inside the source.
 pub fn spans_inside(diags: &[Diagnostic], len: usize) -> Result<(), String> {
     for d in diags {
