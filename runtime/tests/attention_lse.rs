@@ -15,7 +15,7 @@ use attnc_runtime::{cache, fidelity, reference, CpuKernel, Tensor};
 
 mod common;
 
-use common::{compare, kernels_dir, random, TOLERANCE};
+use common::{compare, kernels_dir, random_qkv, TOLERANCE};
 
 /// `text` with `outputs lse;` added to the body of its attention kernel `kernel`.
 fn with_lse(text: &str, kernel: &str) -> String {
@@ -72,11 +72,7 @@ fn run_against_reference(k: &CpuKernel, seed: u64, what: &str) -> (f64, Vec<f64>
     let lse_shape = m.lse_shape().expect("the manifest lists lse").to_vec();
     assert_eq!(lse_shape, vec![m.batch, m.heads, m.tokens], "{what}");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let (q, kk, v) = (
-        random(&m.q_shape(), &mut rng),
-        random(&m.k_shape(), &mut rng),
-        random(&m.v_shape(), &mut rng),
-    );
+    let (q, kk, v) = random_qkv(&m, &mut rng);
     let mut out = vec![f32::NAN; m.o_shape().iter().product()];
     let mut lse = vec![f32::NAN; lse_shape.iter().product()];
     k.run_with_lse(q.view(), kk.view(), v.view(), &[], &mut out, Some(&mut lse))
@@ -235,11 +231,7 @@ fn the_log_sum_exps_buffer_is_checked() {
     assert!(without.manifest().outputs.is_empty());
     let m = with.manifest().clone();
     let mut rng = fastrand::Rng::with_seed(5);
-    let (q, kk, v) = (
-        random(&m.q_shape(), &mut rng),
-        random(&m.k_shape(), &mut rng),
-        random(&m.v_shape(), &mut rng),
-    );
+    let (q, kk, v) = random_qkv(&m, &mut rng);
     let mut out = vec![0f32; m.o_shape().iter().product()];
     let e = with
         .run(q.view(), kk.view(), v.view(), &[], &mut out)

@@ -10,7 +10,7 @@ use attnc_runtime::{cache, reference, CpuKernel, Tensor};
 
 mod common;
 
-use common::{cases, compare, random};
+use common::{cases, compare, random, random_qkv};
 
 fn kernel_source(file: &str, order: &str) -> Source {
     Source::new(
@@ -30,11 +30,7 @@ fn run_case(src: &Source, kernel: &str, sets: &[&str], seed: u64) -> f64 {
     let k = CpuKernel::new(compiled, false).unwrap_or_else(|e| panic!("{}: {e}", src.name));
     let m = k.manifest().clone();
     let mut rng = fastrand::Rng::with_seed(seed);
-    let (q, kk, v) = (
-        random(&m.q_shape(), &mut rng),
-        random(&m.k_shape(), &mut rng),
-        random(&m.v_shape(), &mut rng),
-    );
+    let (q, kk, v) = random_qkv(&m, &mut rng);
     let mut out = vec![f32::NAN; m.o_shape().iter().product()];
     k.run(q.view(), kk.view(), v.view(), &[], &mut out)
         .expect("runs");
@@ -85,11 +81,7 @@ kernel soft_cap = attention(p) {
     let k = CpuKernel::new(compiled, false).expect("compiles");
     let m = k.manifest().clone();
     let mut rng = fastrand::Rng::with_seed(7);
-    let (q, kk, v) = (
-        random(&m.q_shape(), &mut rng),
-        random(&m.k_shape(), &mut rng),
-        random(&m.v_shape(), &mut rng),
-    );
+    let (q, kk, v) = random_qkv(&m, &mut rng);
     let temp =
         Tensor::new(vec![4, 140], (0..560).map(|_| 0.5 + rng.f32()).collect()).expect("temp");
     let mut out = vec![f32::NAN; m.o_shape().iter().product()];
@@ -118,11 +110,7 @@ kernel k = attention(p) { heads 1; head_dim 16; }
     let k = CpuKernel::new(cache::compile(&src, "k", &[]).expect("compiles"), false).expect("jit");
     let m = k.manifest().clone();
     let mut rng = fastrand::Rng::with_seed(3);
-    let (q, kk, v) = (
-        random(&m.q_shape(), &mut rng),
-        random(&m.k_shape(), &mut rng),
-        random(&m.v_shape(), &mut rng),
-    );
+    let (q, kk, v) = random_qkv(&m, &mut rng);
     let mut out = vec![f32::NAN; m.o_shape().iter().product()];
     k.run(q.view(), kk.view(), v.view(), &[], &mut out)
         .expect("runs");
@@ -152,11 +140,7 @@ fn wrong_shapes_and_nan_are_errors() {
     .expect("jit");
     let m = k.manifest().clone();
     let mut rng = fastrand::Rng::with_seed(5);
-    let (q, kk, v) = (
-        random(&m.q_shape(), &mut rng),
-        random(&m.k_shape(), &mut rng),
-        random(&m.v_shape(), &mut rng),
-    );
+    let (q, kk, v) = random_qkv(&m, &mut rng);
     let mut out = vec![0f32; m.o_shape().iter().product()];
     // K with the query head count instead of the KV head count.
     let bad_k = random(&[1, 4, 64, 8], &mut rng);

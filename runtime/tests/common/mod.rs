@@ -29,6 +29,18 @@ pub fn random(shape: &[usize], rng: &mut fastrand::Rng) -> Tensor {
     .expect("tensor")
 }
 
+/// Random `q`, `k` and `v` of a kernel's shapes, drawn from `rng` in that order.
+pub fn random_qkv(
+    m: &attnc_runtime::Manifest,
+    rng: &mut fastrand::Rng,
+) -> (Tensor, Tensor, Tensor) {
+    (
+        random(&m.q_shape(), rng),
+        random(&m.k_shape(), rng),
+        random(&m.v_shape(), rng),
+    )
+}
+
 /// The max-norm relative error of `out` against the reference `r`, asserted below
 /// `TOLERANCE`; an element never written (NaN) fails.
 pub fn compare(out: &[f32], r: &[f64], what: &str) -> f64 {
